@@ -1,0 +1,225 @@
+"""The model file: one ``.safetensors`` file with every weight and the spec that rebuilds them.
+
+Metadata (all strings):
+    ``polymodal.format``    file format version
+    ``polymodal.spec``      the spec as JSON, with canonical component ids
+    ``polymodal.versions``  JSON: polymodal, torch, and each plugin package the spec uses
+    ``polymodal.state``     JSON: fitted preprocessing state (vocabularies, statistics), if any
+
+Nothing is ever unpickled: safetensors holds raw tensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_model
+
+from .assembly import PolymodalModel, build
+from .errors import ModelFileError, SpecError
+from .registry import Registry, get_registry
+from .spec import validate_spec_data
+
+FORMAT_VERSION = 1
+KEY_FORMAT = "polymodal.format"
+KEY_SPEC = "polymodal.spec"
+KEY_VERSIONS = "polymodal.versions"
+KEY_STATE = "polymodal.state"
+
+
+def _versions(model: PolymodalModel, registry: Registry) -> dict[str, str]:
+    from . import __version__
+
+    versions = {"polymodal": __version__, "torch": torch.__version__.split("+")[0]}
+    for _, config in model.spec.components():
+        rec = registry.record_for_config(type(config))
+        versions.setdefault(rec.package, rec.version)
+    return versions
+
+
+def save(
+    model: PolymodalModel,
+    path: str | Path,
+    *,
+    state: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    if not isinstance(model, PolymodalModel):
+        raise TypeError(f"polymodal.save takes a model built by polymodal, not {type(model).__name__}")
+    registry = registry or get_registry()
+    path = Path(path)
+    metadata = {
+        KEY_FORMAT: str(FORMAT_VERSION),
+        KEY_SPEC: json.dumps(model.spec.to_dict(registry), sort_keys=False),
+        KEY_VERSIONS: json.dumps(_versions(model, registry)),
+    }
+    fitted = dict(getattr(model, "fitted_state", None) or {})
+    fitted.update(state or {})
+    if fitted:
+        metadata[KEY_STATE] = json.dumps(fitted)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_model(model, tmp, metadata=metadata, force_contiguous=True)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a polymodal model file, checked; no tensor is read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(
+            f"{path}: not a valid safetensors model file ({_reason(exc)});"
+            " it may be truncated, corrupt, or another format such as a pickle"
+        ) from None
+    if KEY_FORMAT not in metadata:
+        raise ModelFileError(
+            f"{path}: a safetensors file, but not a polymodal model (no {KEY_FORMAT} metadata)"
+        )
+    try:
+        version = int(metadata[KEY_FORMAT])
+    except ValueError:
+        raise ModelFileError(f"{path}: unreadable {KEY_FORMAT} {metadata[KEY_FORMAT]!r}") from None
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: written in model file format {version} by a newer polymodal"
+            f" ({_versions_of(metadata).get('polymodal', '?')}); this polymodal reads format"
+            f" {FORMAT_VERSION}: pip install -U polymodal"
+        )
+    return metadata
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _versions_of(metadata: Mapping[str, str]) -> dict[str, str]:
+    try:
+        versions = json.loads(metadata.get(KEY_VERSIONS, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return versions if isinstance(versions, dict) else {}
+
+
+def spec_of(path: str | Path, registry: Registry | None = None):
+    """The validated spec embedded in a model file."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        data = json.loads(metadata[KEY_SPEC])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: its embedded spec is missing or not JSON ({exc})") from None
+    try:
+        return validate_spec_data(data, registry, source=f"{path} (embedded spec)")
+    except SpecError as exc:
+        raise ModelFileError(_missing_plugin_hint(str(exc), data, metadata)) from None
+
+
+def _missing_plugin_hint(message: str, data: Any, metadata: Mapping[str, str]) -> str:
+    versions = _versions_of(metadata)
+    registry = get_registry()
+    installed = {p.package for p in registry.plugins if p.status in ("lazy", "loaded")}
+    needed = set()
+    for text in json.dumps(data).split('"type": "')[1:]:
+        type_id = text.split('"', 1)[0]
+        if ":" in type_id:
+            needed.add(type_id.split(":", 1)[0])
+    missing = sorted(needed - installed)
+    if not missing:
+        return message
+    lines = [
+        f"{p} {versions[p]}" if p in versions else p for p in missing
+    ]
+    return (
+        f"{message}\nThis model needs the plugin package(s) {', '.join(lines)}:"
+        f" pip install {' '.join(missing)}"
+    )
+
+
+def load(
+    path: str | Path, *, device: str | torch.device = "cpu", registry: Registry | None = None
+) -> PolymodalModel:
+    """Rebuild the model from the file's spec and load its weights strictly. No network."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    spec = spec_of(path, registry)
+    # Building on the meta device skips weight initialisation; the file's tensors are then
+    # assigned in place. Buffers a file does not hold (non-persistent) force a regular build.
+    with torch.device("meta"):
+        model = build(spec, pretrained=False, registry=registry)
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: cannot read its tensors ({_reason(exc)})") from None
+    _check_tensors(model, tensors, path)
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: its tensors do not match its spec: {_reason(exc)}") from None
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        model = build(spec, pretrained=False, registry=registry).to(device)
+        model.load_state_dict(tensors, strict=True)
+    if KEY_STATE in metadata:
+        model.fitted_state = json.loads(metadata[KEY_STATE])
+    model.eval()
+    return model
+
+
+def _check_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    # safetensors' save_model drops names that share storage with another; those are restored
+    # from the kept name.
+    shared = _shared_names(model)
+    missing = [k for k in expected if k not in tensors and k not in shared]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [
+        f"{k} {tuple(tensors[k].shape)} (spec gives {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {', '.join(unexpected[:5])}")
+    if wrong:
+        problems.append(f"{len(wrong)} with the wrong shape: {', '.join(wrong[:5])}")
+    if problems:
+        raise ModelFileError(f"{path}: its tensors do not match its spec: " + "; ".join(problems))
+    for alias, source in shared.items():
+        if alias not in tensors and source in tensors:
+            tensors[alias] = tensors[source]  # type: ignore[index]
+
+
+def _shared_names(model: torch.nn.Module) -> dict[str, str]:
+    """State-dict names that alias an earlier name's tensor."""
+    seen: dict[tuple[int, int], str] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = (id(tensor), 0)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return aliases

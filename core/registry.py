@@ -1,0 +1,374 @@
+"""Plugin discovery and the component registry.
+
+Each entry point in group ``polymodal`` is one plugin, loaded on its own so a broken plugin is
+recorded with its reason and never stops the others (pluggy's bulk loader stops at the first
+failure and skips duplicate names silently). A plugin whose components are listed in a static
+manifest is not imported until a spec uses one of them, so listing imports no plugin code.
+
+Environment:
+    ``POLYMODAL_DISABLE_PLUGINS=a,b``  plugins (entry-point or package names) never imported.
+    ``POLYMODAL_PLUGINS=a,b``          allow-list: only these plugins are used (reproducible runs).
+    A name in both is disabled: disabling wins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import os
+import re
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hooks
+from .errors import ComponentError, PolymodalError, close_matches
+from .manifest import KINDS, ComponentEntry, Manifest, catalog, find_package_manifest, read_manifest
+
+if TYPE_CHECKING:
+    from .components import Component
+
+ENTRY_POINT_GROUP = "polymodal"
+DISABLE_ENV = "POLYMODAL_DISABLE_PLUGINS"
+ALLOW_ENV = "POLYMODAL_PLUGINS"
+CORE_PACKAGE = "polymodal"
+
+
+def normalize_package(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass
+class ComponentRecord:
+    """A component known to the registry, loaded or not yet."""
+
+    kind: str
+    type: str
+    package: str
+    version: str
+    plugin: str
+    summary: str
+    target: str
+    cls: type[Component] | None = None
+
+    @property
+    def canonical(self) -> str:
+        return f"{self.package}:{self.type}"
+
+
+@dataclass
+class PluginInfo:
+    """One entry point of group ``polymodal`` and what became of it."""
+
+    name: str
+    package: str
+    version: str
+    value: str
+    status: str = "pending"  # lazy (manifest, not imported) | loaded | failed | disabled
+    error: str | None = None
+    components: list[ComponentRecord] = field(default_factory=list)
+    entry_point: metadata.EntryPoint | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.package} {self.version}, entry point {self.name!r} ({self.value})"
+
+
+def _env_names(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _summary(cls: type) -> str:
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+class Registry:
+    """Every plugin found through entry points, and the components they provide."""
+
+    def __init__(self, entry_points: list[metadata.EntryPoint] | None = None):
+        self.plugins: list[PluginInfo] = []
+        self.manager = pluggy.PluginManager(hooks.PROJECT)
+        self.manager.add_hookspecs(hooks)
+        self._catalog: Manifest | None = None
+        if entry_points is None:
+            entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+        disabled = _env_names(DISABLE_ENV) or set()
+        allowed = _env_names(ALLOW_ENV)
+        for ep in entry_points:
+            self._discover(ep, disabled, allowed)
+
+    # -- discovery -------------------------------------------------------------------------
+    def _discover(self, ep: metadata.EntryPoint, disabled: set[str], allowed: set[str] | None):
+        dist = getattr(ep, "dist", None)
+        package = normalize_package(dist.metadata["Name"]) if dist is not None else "unknown"
+        version = dist.version if dist is not None else "unknown"
+        plugin = PluginInfo(ep.name, package, version, ep.value, entry_point=ep)
+        self.plugins.append(plugin)
+        names = {ep.name, package, f"{package}:{ep.name}"}
+        if names & disabled:
+            plugin.status, plugin.error = "disabled", f"disabled by {DISABLE_ENV}"
+            return
+        if allowed is not None and not names & allowed:
+            plugin.status, plugin.error = "disabled", f"not in {ALLOW_ENV}"
+            return
+        try:
+            entries = self._manifest_entries(plugin)
+        except PolymodalError as exc:
+            plugin.status, plugin.error = "failed", str(exc)
+            return
+        if entries is None:
+            self._activate(plugin)
+            return
+        plugin.status = "lazy"
+        plugin.components = [
+            ComponentRecord(e.kind, e.type, package, version, ep.name, e.summary, e.target)
+            for e in entries
+        ]
+
+    def _manifest_entries(self, plugin: PluginInfo) -> tuple[ComponentEntry, ...] | None:
+        if plugin.package == CORE_PACKAGE:
+            manifest = self.catalog
+        else:
+            module = plugin.value.split(":", 1)[0]
+            path = find_package_manifest(module)
+            if path is None:
+                return None
+            manifest = read_manifest(path)
+        return manifest.plugins.get(plugin.name)
+
+    @property
+    def catalog(self) -> Manifest:
+        if self._catalog is None:
+            self._catalog = catalog()
+        return self._catalog
+
+    def _activate(self, plugin: PluginInfo) -> None:
+        """Import a plugin, register it with pluggy and collect its components."""
+        from .components import component_identity
+
+        assert plugin.entry_point is not None
+        listed = {(c.kind, c.type): c for c in plugin.components}
+        try:
+            obj = plugin.entry_point.load()
+        except Exception as exc:  # noqa: BLE001 - any failure of third-party code is reported
+            plugin.status = "failed"
+            plugin.error = f"import failed: {type(exc).__name__}: {exc}"
+            plugin.components = []
+            plugin.error += _origin(exc)
+            return
+        api = getattr(obj, "POLYMODAL_PLUGIN_API", hooks.PLUGIN_API)
+        if api != hooks.PLUGIN_API:
+            plugin.status = "failed"
+            plugin.error = (
+                f"built for plugin API {api}; this polymodal provides API {hooks.PLUGIN_API}"
+                f" (upgrade polymodal or install a {plugin.package} release made for API"
+                f" {hooks.PLUGIN_API})"
+            )
+            plugin.components = []
+            return
+        try:
+            self.manager.register(obj, name=f"{plugin.package}:{plugin.name}")
+            impls = [
+                impl
+                for impl in self.manager.hook.polymodal_components.get_hookimpls()
+                if impl.plugin is obj
+            ]
+            if not impls:
+                raise PolymodalError("implements no polymodal_components() hook")
+            classes: list[Any] = []
+            for impl in impls:
+                returned = impl.function()
+                if not isinstance(returned, (list, tuple)):
+                    raise PolymodalError(
+                        f"polymodal_components() returned {type(returned).__name__},"
+                        " not a list of component classes"
+                    )
+                classes.extend(returned)
+            records = []
+            for cls in classes:
+                kind, type_name = component_identity(cls)
+                records.append(
+                    ComponentRecord(
+                        kind, type_name, plugin.package, plugin.version, plugin.name,
+                        _summary(cls), f"{cls.__module__}:{cls.__qualname__}", cls,
+                    )
+                )
+        except Exception as exc:  # noqa: BLE001
+            plugin.status = "failed"
+            plugin.error = str(exc) if isinstance(exc, PolymodalError) else (
+                f"{type(exc).__name__}: {exc}{_origin(exc)}"
+            )
+            plugin.components = []
+            return
+        seen: set[tuple[str, str]] = set()
+        for rec in records:
+            key = (rec.kind, rec.type)
+            if key in seen:
+                plugin.status = "failed"
+                plugin.error = f"provides {rec.kind} {rec.type!r} twice"
+                plugin.components = []
+                return
+            seen.add(key)
+        if listed:
+            missing = sorted(set(listed) - seen)
+            if missing:
+                plugin.status = "failed"
+                plugin.error = "its manifest lists " + ", ".join(
+                    f"{k} {t!r}" for k, t in missing
+                ) + " but the plugin does not provide " + ("it" if len(missing) == 1 else "them")
+                plugin.components = []
+                return
+        plugin.components = records
+        plugin.status = "loaded"
+
+    # -- queries ---------------------------------------------------------------------------
+    def components(self, kind: str | None = None) -> list[ComponentRecord]:
+        found = [
+            c
+            for p in self.plugins
+            if p.status in ("lazy", "loaded")
+            for c in p.components
+            if kind is None or c.kind == kind
+        ]
+        return sorted(found, key=lambda c: (KINDS.index(c.kind), c.type, c.package))
+
+    def failures(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.status == "failed"]
+
+    def duplicates(self) -> dict[tuple[str, str], list[ComponentRecord]]:
+        """(kind, type) pairs that more than one package provides."""
+        by_key: dict[tuple[str, str], list[ComponentRecord]] = {}
+        for rec in self.components():
+            by_key.setdefault((rec.kind, rec.type), []).append(rec)
+        return {k: v for k, v in by_key.items() if len(v) > 1}
+
+    def resolve(self, kind: str, name: str) -> ComponentRecord:
+        """The component of ``kind`` that ``name`` (``type`` or ``package:type``) means."""
+        if ":" in name:
+            package, short = name.split(":", 1)
+            package = normalize_package(package)
+            matches = [
+                c for c in self.components(kind) if c.package == package and c.type == short
+            ]
+        else:
+            short = name
+            matches = [c for c in self.components(kind) if c.type == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            options = " or ".join(repr(c.canonical) for c in matches)
+            raise ComponentError(
+                f"{kind} type {name!r} is provided by more than one package"
+                f" ({', '.join(f'{c.package} {c.version}' for c in matches)}); write {options}"
+            )
+        raise ComponentError(self._unknown_message(kind, name, short))
+
+    def _unknown_message(self, kind: str, name: str, short: str) -> str:
+        installed = self.components(kind)
+        names = sorted({c.type for c in installed})
+        msg = f"unknown {kind} type {name!r}."
+        suggestions = close_matches(short, names)
+        if suggestions:
+            msg += " Did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
+        if ":" in name:
+            package = normalize_package(name.split(":", 1)[0])
+            known = {p.package for p in self.plugins}
+            if package not in known:
+                msg += f" Package {package!r} is not installed: pip install {package}."
+        for extra in self.catalog.extras:
+            if (kind, short) in extra.components:
+                msg += (
+                    f" It is provided by the plugin package {extra.package}:"
+                    f" pip install {extra.requirement!r}"
+                    f" (or: polymodal install {extra.package})."
+                )
+        for plugin in self.plugins:
+            if plugin.status in ("failed", "disabled"):
+                provides = self._manifest_types(plugin)
+                if (kind, short) in provides:
+                    msg += f" Plugin {plugin.label} would provide it but is {plugin.status}: {plugin.error}."
+                elif plugin.status == "failed" and not provides:
+                    msg += f" (Plugin {plugin.label} failed to load: {plugin.error})"
+        msg += f" Installed {kind} types: {', '.join(names) if names else 'none'}."
+        return msg
+
+    def _manifest_types(self, plugin: PluginInfo) -> set[tuple[str, str]]:
+        try:
+            entries = self._manifest_entries(plugin) or ()
+        except PolymodalError:
+            entries = ()
+        return {(e.kind, e.type) for e in entries}
+
+    def load(self, record: ComponentRecord) -> type[Component]:
+        """The component class, importing its plugin if it was listed from a manifest."""
+        if record.cls is not None:
+            return record.cls
+        plugin = next(p for p in self.plugins if p.name == record.plugin and p.package == record.package)
+        if plugin.status == "lazy":
+            self._activate(plugin)
+        if plugin.status == "failed":
+            raise ComponentError(
+                f"{record.kind} {record.canonical!r} cannot be used: plugin {plugin.label}"
+                f" failed to load: {plugin.error}"
+            )
+        for rec in plugin.components:
+            if (rec.kind, rec.type) == (record.kind, record.type) and rec.cls is not None:
+                record.cls = rec.cls
+                return rec.cls
+        raise ComponentError(  # pragma: no cover - _activate checks the manifest
+            f"plugin {plugin.label} does not provide {record.kind} {record.type!r}"
+        )
+
+    def record_for_config(self, config_cls: type) -> ComponentRecord:
+        """The record of the loaded component whose ``Config`` is ``config_cls`` (or a subclass)."""
+        for rec in self.components():
+            if rec.cls is not None and issubclass(config_cls, rec.cls.Config):
+                if config_cls is rec.cls.Config:
+                    return rec
+        for rec in self.components():
+            if rec.cls is not None and issubclass(config_cls, rec.cls.Config):
+                return rec
+        raise ComponentError(f"{config_cls.__qualname__} belongs to no installed component")
+
+    def load_all(self) -> list[ComponentRecord]:
+        """Import every usable plugin (for schema and docs); failures are recorded, not raised."""
+        for plugin in self.plugins:
+            if plugin.status == "lazy":
+                self._activate(plugin)
+        return self.components()
+
+
+def _origin(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (at {last.filename}:{last.lineno})"
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry; discovery runs once."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget discovery results (after installing a plugin or changing the environment)."""
+    global _REGISTRY
+    _REGISTRY = None
+
+
+def list_components(kind: str | None = None) -> list[ComponentRecord]:
+    """Every available component (of ``kind``), like timm's ``list_models``."""
+    return get_registry().components(kind)

@@ -1,0 +1,70 @@
+"""Reading local weight files for ``pretrained: path/to/file`` without executing anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import PolymodalError
+
+SAFE_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` (preferred) or ``.pth``/``.pt`` (weights-only load)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PolymodalError(f"pretrained weights file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in SAFE_SUFFIXES:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif suffix in TORCH_SUFFIXES:
+            # weights_only refuses arbitrary pickled objects: a checkpoint cannot run code.
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            raise PolymodalError(
+                f"pretrained weights file {path}: unknown type {suffix!r};"
+                " use .safetensors (or .pth/.pt holding a state dict)"
+            )
+    except PolymodalError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PolymodalError(f"cannot read pretrained weights {path}: {first}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PolymodalError(f"pretrained weights {path}: not a state dict of tensors")
+    return state
+
+
+def load_matching(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str,
+    ignore_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Load ``state`` into ``module``; every module weight must be present with the right shape.
+
+    Keys starting with ``ignore_prefixes`` (a classifier the backbone dropped) are skipped.
+    """
+    own = module.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or wrong or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} of the wrong shape (e.g. {', '.join(wrong[:3])})")
+        raise PolymodalError(f"pretrained weights {source} do not fit: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,101 @@
+"""The ``attention`` fusion: multi-head self-attention over the tokens of every input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt, model_validator
+from torch import nn
+
+import polymodal
+from polymodal.components import Fusion, FusionConfig
+from polymodal.signals import Signal, Vector
+
+
+class AttentionFusion(Fusion):
+    """Transformer layers over tokens from every input: vectors give one token, feature maps one
+    per position, tokens stay tokens.
+
+    Each input's tokens are projected to ``dim`` and tagged with a learned per-input embedding.
+    The result is a learned summary token (``pooling: cls``) or the mean of the tokens
+    (``pooling: mean``). Inputs marked absent in a per-sample ``present`` mask are masked out
+    of the attention.
+    """
+
+    class Config(FusionConfig):
+        type: Literal["attention"] = "attention"
+        dim: PositiveInt = Field(256, description="Attention width (tokens are projected to it).",
+                                 le=16384)
+        heads: PositiveInt = Field(8, description="Attention heads; must divide dim.")
+        layers: PositiveInt = Field(1, description="Transformer encoder layers.", le=64)
+        ffn_ratio: float = Field(2.0, description="Feed-forward width as a multiple of dim.", gt=0)
+        dropout: float = Field(0.0, description="Dropout in attention and feed-forward.",
+                               ge=0.0, lt=1.0)
+        pooling: Literal["cls", "mean"] = Field(
+            "cls", description="Summary: a learned [CLS] token, or the mean of all tokens.")
+
+        @model_validator(mode="after")
+        def _check_heads(self):
+            if self.dim % self.heads:
+                raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+            return self
+
+        def describe(self) -> str:
+            return f"attention dim {self.dim}, {self.heads} heads"
+
+        def gives(self, takes: Mapping[str, Signal]) -> Signal:
+            return Vector(self.dim)
+
+    def __init__(self, config: Config, takes: Mapping[str, Signal]):
+        super().__init__(config, takes)
+        self.names = list(takes)
+        self.projections = nn.ModuleDict({
+            name: nn.Linear(signal.width, config.dim) for name, signal in takes.items()
+        })
+        self.input_embeddings = nn.ParameterDict({
+            name: nn.Parameter(torch.randn(config.dim) * 0.02) for name in takes
+        })
+        layer = nn.TransformerEncoderLayer(
+            config.dim, config.heads, dim_feedforward=int(config.dim * config.ffn_ratio),
+            dropout=config.dropout, batch_first=True, norm_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.dim)
+        if config.pooling == "cls":
+            self.cls = nn.Parameter(torch.randn(1, 1, config.dim) * 0.02)
+
+    @staticmethod
+    def _tokens(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return x.unsqueeze(1)
+        if x.dim() == 4:
+            return x.flatten(2).transpose(1, 2)
+        return x
+
+    def forward(self, features: Mapping[str, torch.Tensor],
+                present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        tokens, masks = [], []
+        for name in self.names:
+            t = self.projections[name](self._tokens(features[name])) + self.input_embeddings[name]
+            tokens.append(t)
+            keep = torch.ones(t.shape[0], t.shape[1], dtype=torch.bool, device=t.device)
+            if present is not None and name in present:
+                keep = keep & present[name].to(torch.bool).view(-1, 1)
+            masks.append(keep)
+        x = torch.cat(tokens, dim=1)
+        keep = torch.cat(masks, dim=1)
+        if self.config.pooling == "cls":
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+            keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
+        padding = None if present is None else ~keep
+        x = self.norm(self.encoder(x, src_key_padding_mask=padding))
+        if self.config.pooling == "cls":
+            return x[:, 0]
+        weights = keep.to(x.dtype).unsqueeze(2)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+@polymodal.hookimpl
+def polymodal_components():
+    return [AttentionFusion]

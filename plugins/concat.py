@@ -1,0 +1,66 @@
+"""The ``concat`` fusion: late fusion by concatenation, optionally followed by an MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+
+import polymodal
+from polymodal.components import Fusion, FusionConfig
+from polymodal.layers import Activation, Norm, mlp, pool_to_vector
+from polymodal.signals import Signal, Vector
+
+
+class ConcatFusion(Fusion):
+    """Concatenates each input's features (late fusion), then an optional MLP.
+
+    Feature maps and tokens are mean-pooled to vectors first. Inputs marked absent in a
+    per-sample ``present`` mask are replaced by a learned placeholder vector, so every row
+    still gets a prediction.
+    """
+
+    class Config(FusionConfig):
+        type: Literal["concat"] = "concat"
+        hidden: list[PositiveInt] = Field(
+            default_factory=list, description="Widths of an MLP after the concatenation"
+            " (each Linear + activation); empty for none.")
+        activation: Activation = Field("relu", description="Activation of the MLP layers.")
+        norm: Norm = Field("none", description="Normalisation of the MLP layers.")
+        dropout: float = Field(0.0, description="Dropout after each MLP layer.", ge=0.0, lt=1.0)
+
+        def describe(self) -> str:
+            return "concat" + (f" + mlp {self.hidden}" if self.hidden else "")
+
+        def gives(self, takes: Mapping[str, Signal]) -> Signal:
+            width = sum(s.width for s in takes.values())
+            return Vector(self.hidden[-1] if self.hidden else width)
+
+    def __init__(self, config: Config, takes: Mapping[str, Signal]):
+        super().__init__(config, takes)
+        self.names = list(takes)
+        self.placeholders = nn.ParameterDict({
+            name: nn.Parameter(torch.zeros(signal.width)) for name, signal in takes.items()
+        })
+        width = sum(s.width for s in takes.values())
+        self.mlp = mlp(width, list(config.hidden), act=config.activation, norm=config.norm,
+                       dropout=config.dropout)
+
+    def forward(self, features: Mapping[str, torch.Tensor],
+                present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        parts = []
+        for name in self.names:
+            vector = pool_to_vector(features[name])
+            if present is not None and name in present:
+                mask = present[name].to(vector.dtype).view(-1, 1)
+                vector = vector * mask + self.placeholders[name].to(vector.dtype) * (1 - mask)
+            parts.append(vector)
+        return self.mlp(torch.cat(parts, dim=1))
+
+
+@polymodal.hookimpl
+def polymodal_components():
+    return [ConcatFusion]

@@ -1,0 +1,112 @@
+"""The ``image`` adapter: images of any channel count, normalised, optionally projected."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt, model_validator
+from torch import nn
+
+import polymodal
+from polymodal.components import AdapterConfig, ModalityAdapter
+from polymodal.errors import DataError
+from polymodal.signals import FeatureMap, Signal
+
+PRESETS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+class ImageAdapter(ModalityAdapter):
+    """Images of any channel count (RGB, 1-channel scans, multispectral), with optional 1x1 projection.
+
+    Takes a float tensor ``[B, channels, H, W]``. Per-channel normalisation (``mean``/``std``,
+    or the ``imagenet`` preset for RGB) is stored as buffers in the model file. ``project_to``
+    adds a learned 1x1 convolution to the backbone's channel count, so inputs with different
+    channel counts can share one backbone. The projection has no normalisation layer unless
+    ``projection_norm`` is set: a second normalisation in front of a backbone that normalises
+    its own stem can cancel what the projection learns.
+    """
+
+    class Config(AdapterConfig):
+        type: Literal["image"] = "image"
+        channels: PositiveInt = Field(3, description="Channels of the input images.", le=4096)
+        project_to: PositiveInt | None = Field(
+            None, description="Learned 1x1 projection to this many channels (for a backbone"
+            " built for another channel count). None: no projection.", le=4096)
+        projection_norm: bool = Field(
+            False, description="BatchNorm after the projection (off by default, see above).")
+        normalize: Literal["imagenet"] | None = Field(
+            None, description="A normalisation preset; `imagenet` needs 3 channels.")
+        mean: list[float] | None = Field(
+            None, description="Per-channel mean subtracted from the input (one per channel).")
+        std: list[float] | None = Field(
+            None, description="Per-channel standard deviation dividing the input (one per channel).")
+
+        @model_validator(mode="after")
+        def _check_stats(self):
+            if self.normalize is not None and (self.mean is not None or self.std is not None):
+                raise ValueError("give either normalize or mean/std, not both")
+            if self.normalize == "imagenet" and self.channels != 3:
+                raise ValueError(
+                    f"normalize: imagenet is for 3 channels, this input has {self.channels};"
+                    " give mean and std per channel instead")
+            for name in ("mean", "std"):
+                values = getattr(self, name)
+                if values is not None and len(values) != self.channels:
+                    raise ValueError(
+                        f"{name} has {len(values)} values but the input has {self.channels} channels")
+            if self.std is not None and any(s <= 0 for s in self.std):
+                raise ValueError("std values must be > 0")
+            return self
+
+        def describe(self) -> str:
+            return f"image, {self.channels} channels"
+
+        def gives(self) -> Signal:
+            return FeatureMap(self.project_to or self.channels)
+
+        def fix_for(self, wanted: Signal) -> str | None:
+            if isinstance(wanted, FeatureMap):
+                return f"set project_to: {wanted.channels}"
+            return None
+
+    def __init__(self, config: Config, takes: None = None):
+        super().__init__(config, takes)
+        stats = PRESETS.get(config.normalize) if config.normalize else None
+        mean = stats[0] if stats else config.mean
+        std = stats[1] if stats else config.std
+        self.normalizes = mean is not None or std is not None
+        if self.normalizes:
+            shape = (1, config.channels, 1, 1)
+            mean_t = torch.tensor(mean or [0.0] * config.channels, dtype=torch.float32)
+            std_t = torch.tensor(std or [1.0] * config.channels, dtype=torch.float32)
+            self.register_buffer("mean", mean_t.view(shape))
+            self.register_buffer("std", std_t.view(shape))
+        if config.project_to is not None:
+            layers: list[nn.Module] = [
+                nn.Conv2d(config.channels, config.project_to, kernel_size=1,
+                          bias=not config.projection_norm)
+            ]
+            if config.projection_norm:
+                layers.append(nn.BatchNorm2d(config.project_to))
+            self.projection: nn.Module = nn.Sequential(*layers)
+        else:
+            self.projection = nn.Identity()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != self.config.channels:
+            raise DataError(
+                f"image input: expected a [batch, {self.config.channels}, height, width] tensor,"
+                f" got shape {list(images.shape)}")
+        if not images.is_floating_point():
+            images = images.float()
+        if self.normalizes:
+            images = (images - self.mean) / self.std
+        return self.projection(images)
+
+
+@polymodal.hookimpl
+def polymodal_components():
+    return [ImageAdapter]

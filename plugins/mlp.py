@@ -1,0 +1,56 @@
+"""The ``mlp`` backbone: fully connected layers for vectors (tabular features, embeddings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+
+import polymodal
+from polymodal.components import Backbone, BackboneConfig
+from polymodal.errors import ConnectionMismatch
+from polymodal.layers import Activation, Norm, mlp
+from polymodal.signals import Signal, Vector
+
+
+class MLPBackbone(Backbone):
+    """Fully connected layers over a vector: hidden sizes, activation, norm, dropout, residual.
+
+    Each layer is Linear, then norm, activation and dropout; ``final_activation: false`` leaves
+    the last layer linear. ``residual`` adds a skip connection around layers whose input and
+    output widths match.
+    """
+
+    class Config(BackboneConfig):
+        type: Literal["mlp"] = "mlp"
+        hidden: list[PositiveInt] = Field(
+            description="Output width of each layer, e.g. [128, 64].", min_length=1)
+        activation: Activation = Field("relu", description="Activation after each layer.")
+        norm: Norm = Field("none", description="Normalisation after each linear layer.")
+        dropout: float = Field(0.0, description="Dropout after each layer.", ge=0.0, lt=1.0)
+        residual: bool = Field(False, description="Skip connections where widths match.")
+        final_activation: bool = Field(
+            True, description="Apply norm/activation/dropout after the last layer too.")
+
+        def describe(self) -> str:
+            return f"mlp {self.hidden}"
+
+        def gives(self, takes: Signal) -> Signal:
+            if not isinstance(takes, Vector):
+                raise ConnectionMismatch("takes a vector", wanted=Vector(takes.width))
+            return Vector(self.hidden[-1])
+
+    def __init__(self, config: Config, takes: Vector):
+        super().__init__(config, takes)
+        self.layers = mlp(takes.dim, list(config.hidden), act=config.activation, norm=config.norm,
+                          dropout=config.dropout, residual=config.residual,
+                          final_activation=config.final_activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+@polymodal.hookimpl
+def polymodal_components():
+    return [MLPBackbone]

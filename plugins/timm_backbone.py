@@ -1,0 +1,123 @@
+"""The ``timm`` backbone: any model of the timm library, as a feature extractor."""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+
+
+import polymodal
+from polymodal.components import Backbone, BackboneConfig
+from polymodal.errors import ConnectionMismatch, PolymodalError, did_you_mean
+from polymodal.signals import FeatureMap, Signal, Tokens, Vector
+from polymodal.weights import load_matching, read_weights
+
+
+@functools.lru_cache(maxsize=None)
+def _num_features(model: str, in_chans: int) -> int:
+    import timm
+
+    # The meta device allocates no weights: the width is read without building real tensors.
+    with torch.device("meta"):
+        net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_chans)
+    return int(net.num_features)
+
+
+def _check_model_name(model: str) -> None:
+    import timm
+
+    arch = model.split(".", 1)[0]
+    if not timm.is_model(arch):
+        raise PolymodalError(
+            f"unknown timm model {model!r}.{did_you_mean(arch, timm.list_models())}"
+            " (`python -c \"import timm; print(timm.list_models('resnet*'))\"` lists names)")
+
+
+class TimmBackbone(Backbone):
+    """Any timm image model (ResNets first) as a feature extractor, pooled or as a feature map.
+
+    ``output: vector`` gives the pooled features ``[B, D]``; ``feature_map`` the last stage's
+    map ``[B, C, H, W]``; ``tokens`` the same positions as a sequence ``[B, H*W, C]`` (or a
+    transformer's tokens). ``pretrained: true`` downloads the library's default weights;
+    ``pretrained: path/to/weights.safetensors`` loads a local file (``.pth`` is read
+    weights-only). With ``in_chans`` other than 3, the pretrained RGB stem is adapted to
+    ``in_chans`` channels the way timm does (repeated and rescaled).
+    """
+
+    class Config(BackboneConfig):
+        type: Literal["timm"] = "timm"
+        model: str = Field(description="A timm model name, e.g. resnet18, resnet50, efficientnet_b0.",
+                           min_length=1)
+        pretrained: bool | str = Field(
+            False, description="false; true (download the default weights); or the path of a"
+            " local .safetensors/.pth weights file.")
+        in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
+        output: Literal["vector", "feature_map", "tokens"] = Field(
+            "vector", description="Pooled vector, last feature map, or its positions as tokens.")
+
+        def describe(self) -> str:
+            return f"timm {self.model}"
+
+        def gives(self, takes: Signal) -> Signal:
+            wanted = FeatureMap(self.in_chans)
+            if takes != wanted:
+                raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
+            _check_model_name(self.model)
+            width = _num_features(self.model, self.in_chans)
+            return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
+
+    def __init__(self, config: Config, takes: Signal):
+        super().__init__(config, takes)
+        import timm
+
+        _check_model_name(config.model)
+        self.model = timm.create_model(
+            config.model, pretrained=False, num_classes=0, in_chans=config.in_chans)
+
+    def load_pretrained(self) -> None:
+        config = self.config
+        if config.pretrained is False:
+            return
+        if config.pretrained is True:
+            import timm
+
+            try:
+                source = timm.create_model(config.model, pretrained=True, num_classes=0,
+                                           in_chans=config.in_chans)
+            except Exception as exc:  # noqa: BLE001 - download errors take many forms
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise PolymodalError(
+                    f"pretrained: true could not fetch the weights of timm {config.model!r}"
+                    f" ({type(exc).__name__}: {first}). Offline? Download them where a network is"
+                    " available and set pretrained: path/to/weights.safetensors") from None
+            self.model.load_state_dict(source.state_dict())
+            return
+        state = read_weights(config.pretrained)
+        first_conv = self.model.pretrained_cfg.get("first_conv")
+        if config.in_chans != 3 and isinstance(first_conv, str) and f"{first_conv}.weight" in state:
+            from timm.models import adapt_input_conv
+
+            key = f"{first_conv}.weight"
+            state = dict(state)
+            state[key] = adapt_input_conv(config.in_chans, state[key])
+        classifier = self.model.pretrained_cfg.get("classifier")
+        ignore = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier or []))
+        load_matching(self.model, state, source=str(config.pretrained), ignore_prefixes=ignore)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.output == "vector":
+            return self.model(x)
+        features = self.model.forward_features(x)
+        if self.config.output == "tokens" and features.dim() == 4:
+            return features.flatten(2).transpose(1, 2)
+        return features
+
+
+@polymodal.hookimpl
+def polymodal_components():
+    return [TimmBackbone]
+
+

@@ -1,0 +1,156 @@
+"""The ``torchvision`` backbone: torchvision classification models as feature extractors."""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+
+import polymodal
+from polymodal.components import Backbone, BackboneConfig
+from polymodal.errors import ConnectionMismatch, PolymodalError, did_you_mean
+from polymodal.signals import FeatureMap, Signal, Tokens, Vector
+from polymodal.weights import load_matching, read_weights
+
+
+def _classification_models() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _check_model_name(model: str) -> None:
+    names = _classification_models()
+    if model not in names:
+        raise PolymodalError(
+            f"unknown torchvision classification model {model!r}.{did_you_mean(model, names)}"
+            f" Known: {', '.join(n for n in names if n.startswith('resnet'))}, ...")
+
+
+def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
+    found = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise PolymodalError("this torchvision model has no linear classifier to remove")
+    return found[-1]
+
+
+def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:
+    return next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def _set_submodule(net: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    setattr(parent, attr, module)
+
+
+def _create(model: str, in_chans: int) -> tuple[nn.Module, int, str, str]:
+    """The model with its classifier removed, its feature width, classifier and stem names."""
+    import torchvision
+
+    net = torchvision.models.get_model(model, weights=None)
+    classifier, linear = _last_linear(net)
+    width = linear.in_features
+    _set_submodule(net, classifier, nn.Identity())
+    stem_name, stem = _first_conv(net)
+    if in_chans != stem.in_channels:
+        _set_submodule(net, stem_name, nn.Conv2d(
+            in_chans, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+            stem.dilation, stem.groups, stem.bias is not None))
+    return net, width, classifier, stem_name
+
+
+@functools.lru_cache(maxsize=None)
+def _num_features(model: str) -> int:
+    with torch.device("meta"):
+        return _create(model, 3)[1]
+
+
+class TorchvisionBackbone(Backbone):
+    """A torchvision classification model (ResNets first) with its classifier removed.
+
+    ``output: vector`` gives the pooled features ``[B, D]``. ``feature_map``/``tokens`` are
+    available for models whose body ends in a pooling layer before the classifier (ResNet,
+    ResNeXt, Wide ResNet, RegNet): the map before that pooling. ``pretrained: true`` downloads
+    the model's default torchvision weights; a path loads a local weights file. With
+    ``in_chans`` other than 3 the stem convolution is rebuilt for ``in_chans`` channels and,
+    from pretrained weights, initialised by repeating and rescaling the RGB filters.
+    """
+
+    class Config(BackboneConfig):
+        type: Literal["torchvision"] = "torchvision"
+        model: str = Field(description="A torchvision classification model name, e.g. resnet50.",
+                           min_length=1)
+        pretrained: bool | str = Field(
+            False, description="false; true (download the default weights); or the path of a"
+            " local .safetensors/.pth weights file.")
+        in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
+        output: Literal["vector", "feature_map", "tokens"] = Field(
+            "vector", description="Pooled vector, last feature map, or its positions as tokens.")
+
+        def describe(self) -> str:
+            return f"torchvision {self.model}"
+
+        def gives(self, takes: Signal) -> Signal:
+            wanted = FeatureMap(self.in_chans)
+            if takes != wanted:
+                raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
+            _check_model_name(self.model)
+            width = _num_features(self.model)
+            if self.output != "vector" and not self.model.startswith(("resnet", "resnext", "wide_resnet", "regnet")):
+                raise PolymodalError(
+                    f"output: {self.output} is supported for ResNet-like torchvision models;"
+                    f" use the timm backbone for {self.model!r} feature maps")
+            return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
+
+    def __init__(self, config: Config, takes: Signal):
+        super().__init__(config, takes)
+        _check_model_name(config.model)
+        self.model, _, self._classifier, self._stem = _create(config.model, config.in_chans)
+
+    def load_pretrained(self) -> None:
+        config = self.config
+        if config.pretrained is False:
+            return
+        if config.pretrained is True:
+            import torchvision
+
+            try:
+                weights = torchvision.models.get_model_weights(config.model).DEFAULT
+                state = weights.get_state_dict(progress=False)
+            except Exception as exc:  # noqa: BLE001
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise PolymodalError(
+                    f"pretrained: true could not fetch the weights of torchvision"
+                    f" {config.model!r} ({type(exc).__name__}: {first}). Offline? Download them"
+                    " where a network is available and set pretrained: path/to/weights.safetensors"
+                ) from None
+            source = "torchvision default weights"
+        else:
+            state = read_weights(config.pretrained)
+            source = str(config.pretrained)
+        key = f"{self._stem}.weight"
+        if config.in_chans != 3 and key in state:
+            from timm.models import adapt_input_conv
+
+            state = dict(state)
+            state[key] = adapt_input_conv(config.in_chans, state[key])
+        load_matching(self.model, state, source=source, ignore_prefixes=(f"{self._classifier}.",))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.output == "vector":
+            return self.model(x)
+        # ResNet-like bodies: every child before the global pooling, in order.
+        for name, child in self.model.named_children():
+            if name == "avgpool":
+                break
+            x = child(x)
+        return x.flatten(2).transpose(1, 2) if self.config.output == "tokens" else x
+
+
+@polymodal.hookimpl
+def polymodal_components():
+    return [TorchvisionBackbone]
