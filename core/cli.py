@@ -1,0 +1,312 @@
+"""The ``polymodal`` command.
+
+Bad input ends in one message on stderr and a non-zero exit; ``--debug`` shows the traceback.
+Listing commands read static manifests and import neither torch nor any plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import PolymodalError
+from .manifest import KINDS
+
+EXIT_BAD_INPUT = 1
+EXIT_INTERNAL = 3
+
+
+class _Group(click.Group):
+    """Turns PolymodalError into a one-line message; keeps tracebacks for --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except PolymodalError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc}\n"
+                "This is a bug in polymodal or a plugin; rerun with --debug for the traceback.",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERNAL)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(version=_version(), prog_name="polymodal")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Multimodal PyTorch models from a spec file: images of any channel count and tables."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _registry():
+    from .registry import get_registry
+
+    return get_registry()
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+@cli.command("list")
+@click.option("--kind", type=click.Choice(KINDS), help="Only components of this kind.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(kind: str | None, as_json: bool) -> None:
+    """Every available component: kind, type, plugin package, summary."""
+    registry = _registry()
+    records = registry.components(kind)
+    if as_json:
+        click.echo(json.dumps([
+            {"kind": r.kind, "type": r.type, "id": r.canonical, "package": r.package,
+             "version": r.version, "summary": r.summary}
+            for r in records
+        ], indent=2))
+        return
+    duplicates = registry.duplicates()
+    rows = [[r.kind, r.canonical if (r.kind, r.type) in duplicates else r.type,
+             f"{r.package} {r.version}", r.summary] for r in records]
+    click.echo(_table(rows, ["KIND", "TYPE", "PACKAGE", "SUMMARY"]) if rows else "no components")
+    failures = registry.failures()
+    if failures:
+        click.echo(f"\n{len(failures)} plugin(s) failed to load; see `polymodal plugins`.", err=True)
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("type_name", metavar="TYPE")
+@click.option("--json", "as_json", is_flag=True, help="The config's JSON Schema.")
+def show(kind: str, type_name: str, as_json: bool) -> None:
+    """One component: its options with types, defaults and descriptions."""
+    from .docs import option_rows
+
+    registry = _registry()
+    record = registry.resolve(kind, type_name)
+    cls = registry.load(record)
+    if as_json:
+        click.echo(json.dumps(cls.Config.model_json_schema(), indent=2))
+        return
+    click.echo(f"{kind} {record.canonical}  ({record.package} {record.version})")
+    doc = (cls.__doc__ or "").strip()
+    if doc:
+        click.echo("")
+        click.echo(_dedent(doc))
+    rows = option_rows(cls.Config)
+    click.echo("\nOptions:")
+    if not rows:
+        click.echo("  (none)")
+    for row in rows:
+        click.echo(f"  {row.name}: {row.type} = {row.default}{'  (required)' if row.required else ''}")
+        if row.constraints:
+            click.echo(f"      constraints: {row.constraints}")
+        if row.description:
+            click.echo(f"      {row.description}")
+
+
+def _dedent(doc: str) -> str:
+    import inspect
+
+    return inspect.cleandoc(doc)
+
+
+@cli.command()
+@click.option("--available", is_flag=True, help="Also list known plugin packages to install.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(available: bool, as_json: bool) -> None:
+    """Installed plugins, their versions and components, and any that failed to load and why."""
+    registry = _registry()
+    data = [
+        {"entry_point": p.name, "package": p.package, "version": p.version, "module": p.value,
+         "status": p.status, "error": p.error,
+         "components": [f"{c.kind}:{c.type}" for c in p.components]}
+        for p in registry.plugins
+    ]
+    installed = {p.package for p in registry.plugins}
+    extras = [
+        {"package": e.package, "requirement": e.requirement, "summary": e.summary,
+         "components": [f"{k}:{t}" for k, t in e.components], "installed": e.package in installed}
+        for e in registry.catalog.extras
+    ]
+    if as_json:
+        click.echo(json.dumps({"plugins": data, **({"available": extras} if available else {})},
+                              indent=2))
+        return
+    for p in data:
+        state = "" if p["status"] in ("loaded", "lazy") else f"  [{p['status'].upper()}]"
+        click.echo(f"{p['package']} {p['version']}  entry point {p['entry_point']!r} -> {p['module']}{state}")
+        if p["components"]:
+            click.echo(f"    provides: {', '.join(p['components'])}")
+        if p["error"]:
+            click.echo(f"    reason: {p['error']}")
+    for (kind, type_name), recs in registry.duplicates().items():
+        click.echo(f"\nnote: {kind} {type_name!r} is provided by "
+                   + " and ".join(f"{r.package}" for r in recs)
+                   + "; specs must write " + " or ".join(repr(r.canonical) for r in recs))
+    if available:
+        click.echo("\nAvailable plugin packages:")
+        for e in extras:
+            mark = " (installed)" if e["installed"] else ""
+            click.echo(f"  {e['package']}{mark}: {e['summary']}")
+            click.echo(f"      provides {', '.join(e['components'])};"
+                       f" install: polymodal install {e['package']}")
+
+
+def _load_spec(path: str):
+    from .spec import load_spec
+
+    return load_spec(path)
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+def validate(spec_path: str) -> None:
+    """Check a spec, connections included; exit 0 or print what is wrong."""
+    from .assembly import plan
+    from .errors import SpecError
+
+    spec = _load_spec(spec_path)
+    try:
+        the_plan = plan(spec)
+    except SpecError as exc:
+        raise exc.with_source(spec_path) from None
+    click.echo(f"{spec_path}: ok ({len(spec.inputs)} input(s), {len(spec.heads)} head(s))")
+    for name, signal in the_plan.features.items():
+        click.echo(f"  input {name}: {signal.describe()}")
+    for inputs, heads in the_plan.groups.items():
+        click.echo(f"  heads {', '.join(heads)} <- {' + '.join(inputs)}: {the_plan.fused[inputs].describe()}")
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Model file to write (.safetensors).")
+@click.option("--no-pretrained", is_flag=True, help="Skip loading pretrained weights.")
+def build(spec_path: str, output: str, no_pretrained: bool) -> None:
+    """Assemble the model a spec describes and save it as one model file."""
+    from .assembly import build as build_model
+    from .errors import SpecError
+    from .modelfile import save
+
+    spec = _load_spec(spec_path)
+    try:
+        model = build_model(spec, pretrained=not no_pretrained)
+    except SpecError as exc:
+        raise exc.with_source(spec_path) from None
+    save(model, output)
+    total = sum(p.numel() for p in model.parameters())
+    click.echo(f"wrote {output} ({total:,} parameters)")
+
+
+def parameter_counts(model) -> list[tuple[str, int, int]]:
+    """(part, parameters, trainable) for each component of a model, shared ones once."""
+    rows = []
+    for group in ("adapters", "input_backbones", "backbones", "fusions", "heads"):
+        for name, module in getattr(model, group).items():
+            params = list(module.parameters())
+            rows.append((f"{group}.{name}", sum(p.numel() for p in params),
+                         sum(p.numel() for p in params if p.requires_grad)))
+    return rows
+
+
+@cli.command()
+@click.argument("model_path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(model_path: str, as_json: bool) -> None:
+    """A saved model: its spec, versions, and parameter counts per part."""
+    from .modelfile import KEY_VERSIONS, load, read_metadata
+
+    metadata = read_metadata(model_path)
+    model = load(model_path)
+    versions = json.loads(metadata.get(KEY_VERSIONS, "{}"))
+    counts = parameter_counts(model)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    spec = model.spec.to_dict()
+    if as_json:
+        click.echo(json.dumps({
+            "file": model_path, "format": metadata["polymodal.format"], "versions": versions,
+            "spec": spec, "parameters": {"total": total, "trainable": trainable,
+                                         "parts": {n: {"total": t, "trainable": tr} for n, t, tr in counts}},
+        }, indent=2))
+        return
+    import yaml
+
+    click.echo(f"{model_path}: polymodal model file, format {metadata['polymodal.format']}")
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    click.echo("\nspec:")
+    click.echo("  " + yaml.safe_dump(spec, sort_keys=False).rstrip().replace("\n", "\n  "))
+    click.echo("\nparameters:")
+    rows = [[n, f"{t:,}", f"{tr:,}" if tr == t else f"{tr:,} ({t - tr:,} frozen)"] for n, t, tr in counts]
+    rows.append(["total", f"{total:,}", f"{trainable:,}"])
+    click.echo(_table(rows, ["PART", "PARAMETERS", "TRAINABLE"]))
+
+
+@cli.command()
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Directory for the reference (index.md and one page a component).")
+def docs(output: str) -> None:
+    """Write the component reference (Markdown) of every installed component."""
+    from .docs import write_reference
+
+    written = write_reference(Path(output))
+    click.echo(f"wrote {len(written)} page(s) to {output}")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file.")
+def schema(output: str | None) -> None:
+    """JSON Schema of the spec, covering every installed component (for editors)."""
+    from .spec import spec_json_schema
+
+    text = json.dumps(spec_json_schema(), indent=2)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = cli.main(args=argv, prog_name="polymodal", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    # Without standalone mode click returns ctx.exit()'s code as the result.
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
