@@ -1,0 +1,266 @@
+"""Reading and validating specs: formats, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import polymodal
+from polymodal.errors import SpecError
+
+
+def error_of(spec) -> str:
+    with pytest.raises(SpecError) as info:
+        polymodal.build(spec)
+    return str(info.value)
+
+
+# -- the same model from YAML, TOML and JSON -------------------------------------------------
+
+
+def test_yaml_toml_json_give_the_same_model(multimodal_spec, spec_file, batch_for):
+    batch = batch_for(multimodal_spec)
+    results = {}
+    for fmt in ("yaml", "toml", "json"):
+        path = spec_file(multimodal_spec, fmt)
+        spec = polymodal.load_spec(path)
+        torch.manual_seed(7)
+        model = polymodal.build(spec).eval()
+        with torch.no_grad():
+            results[fmt] = (
+                {k: tuple(v.shape) for k, v in model.state_dict().items()},
+                model(batch),
+                spec.to_dict(),
+            )
+    shapes, outputs, data = results["yaml"]
+    for fmt in ("toml", "json"):
+        assert results[fmt][0] == shapes
+        assert results[fmt][2] == data
+        for head, value in outputs.items():
+            assert torch.equal(results[fmt][1][head], value), (fmt, head)
+
+
+def test_spec_from_dict_and_file_agree(image_spec, spec_file):
+    from_dict = polymodal.load_spec(image_spec)
+    from_file = polymodal.load_spec(spec_file(image_spec, "json"))
+    assert from_dict.to_dict() == from_file.to_dict()
+    assert from_dict.to_dict()["inputs"]["photo"]["adapter"]["type"] == "polymodal:image"
+
+
+def test_canonical_type_ids_are_accepted(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["type"] = "polymodal:image"
+    spec = polymodal.load_spec(image_spec)
+    assert spec.inputs["photo"].adapter.type == "image"
+
+
+def test_input_without_backbone_feeds_fusion_directly():
+    spec = {
+        "inputs": {
+            "row": {"adapter": {"type": "tabular", "numerical": ["a", "b", "c"],
+                                "missing_indicators": False}},
+        },
+        "heads": {"y": {"type": "regression"}},
+    }
+    model = polymodal.build(spec)
+    out = model({"row": {c: torch.randn(5) for c in "abc"}})
+    assert out["y"].shape == (5, 1)
+    assert sum(p.numel() for p in model.parameters()) == 3 + 1  # Linear(3, 1)
+
+
+# -- bad specs: the location, what is wrong, and the fix -------------------------------------
+
+
+def test_unknown_type_suggests_close_match(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["type"] = "imag"
+    message = error_of(image_spec)
+    assert "inputs.photo.adapter.type" in message
+    assert "unknown adapter type 'imag'" in message
+    assert "'image'" in message
+
+
+def test_unknown_type_known_to_the_catalog_names_the_package(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["type"] = "signal"
+    message = error_of(image_spec)
+    assert "pip install" in message and "polymodal-signal" in message
+
+
+def test_unknown_key_suggests_close_match(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["chanels"] = 3
+    message = error_of(image_spec)
+    assert "inputs.photo.adapter.chanels: unknown key" in message
+    assert "did you mean 'channels'" in message
+
+
+@pytest.mark.parametrize("where", ["top", "input"])
+def test_unknown_structural_key(image_spec, where):
+    if where == "top":
+        image_spec["head"] = {}
+        assert "head: unknown key" in error_of(image_spec)
+        assert "'heads'" in error_of(image_spec)
+    else:
+        image_spec["inputs"]["photo"]["backbon"] = "vision"
+        message = error_of(image_spec)
+        assert "inputs.photo.backbon: unknown key" in message and "'backbone'" in message
+
+
+def test_channel_mismatch_says_set_project_to(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["channels"] = 5
+    message = error_of(image_spec)
+    assert message.startswith("inputs.photo.adapter: gives a feature map of 5 channels")
+    assert "backbone 'vision' (timm resnet10t) takes a feature map of 3 channels" in message
+    assert message.endswith("set project_to: 3")
+    image_spec["inputs"]["photo"]["adapter"]["project_to"] = 3
+    polymodal.build(image_spec)  # the suggested fix works
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "location"),
+    [
+        (("inputs", "photo", "adapter", "channels"), 0, "inputs.photo.adapter.channels"),
+        (("inputs", "photo", "adapter", "project_to"), -3, "inputs.photo.adapter.project_to"),
+        (("heads", "label", "classes"), 1, "heads.label.classes"),
+        (("heads", "label", "classes"), -2, "heads.label.classes"),
+    ],
+)
+def test_non_positive_sizes(image_spec, path, value, location):
+    node = image_spec
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    message = error_of(image_spec)
+    assert message.startswith(f"{location}: ")
+    assert "greater than" in message and f"(got {value})" in message
+
+
+def test_non_positive_sizes_in_lists_and_mappings(multimodal_spec):
+    multimodal_spec["inputs"]["report"]["backbone"]["hidden"] = [16, 0]
+    multimodal_spec["inputs"]["report"]["adapter"]["categorical"]["make"] = 0
+    multimodal_spec["fusion"]["hidden"] = [-1]
+    message = error_of(multimodal_spec)
+    assert "3 problems" in message
+    assert "inputs.report.backbone.hidden[1]: Input should be greater than 0" in message
+    assert "inputs.report.adapter.categorical.make: Input should be greater than 0" in message
+    assert "fusion.hidden[0]: Input should be greater than 0" in message
+
+
+def test_head_naming_unknown_input(multimodal_spec):
+    multimodal_spec["heads"]["cost"]["inputs"] = ["reprot"]
+    message = error_of(multimodal_spec)
+    assert "heads.cost.inputs[0]: unknown input 'reprot'" in message
+    assert "'report'" in message
+
+
+def test_unknown_backbone_reference(image_spec):
+    image_spec["inputs"]["photo"]["backbone"] = "visoin"
+    message = error_of(image_spec)
+    assert "inputs.photo.backbone: unknown backbone 'visoin'" in message
+    assert "'vision'" in message and "Named backbones: vision" in message
+
+
+@pytest.mark.parametrize(
+    ("backbone", "wrong", "close"),
+    [("timm", "resnet181", "'resnet18'"), ("torchvision", "resnet19", "'resnet18'")],
+)
+def test_unknown_model_name_gives_close_matches(image_spec, backbone, wrong, close):
+    image_spec["backbones"]["vision"] = {"type": backbone, "model": wrong}
+    message = error_of(image_spec)
+    assert message.startswith("backbones.vision: unknown")
+    assert f"model {wrong!r}" in message and close in message
+
+
+def test_missing_fusion_for_a_head_over_two_inputs(multimodal_spec):
+    del multimodal_spec["fusion"]
+    message = error_of(multimodal_spec)
+    assert "fusion: missing: head 'fraud' uses 2 inputs" in message
+    assert "concat" in message
+
+
+def test_every_problem_is_reported_at_once(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["chanels"] = 3
+    image_spec["heads"]["label"]["classes"] = 0
+    image_spec["backbones"]["vision"]["pretrained"] = "yes please"
+    del image_spec["backbones"]["vision"]["model"]
+    message = error_of(image_spec)
+    assert "problems in the spec" in message
+    for location in ("inputs.photo.adapter.chanels", "heads.label.classes",
+                     "backbones.vision.model"):
+        assert location in message
+
+
+def test_invalid_names(image_spec):
+    image_spec["heads"]["2nd-label"] = image_spec["heads"].pop("label")
+    assert "heads.2nd-label: name '2nd-label' is not valid" in error_of(image_spec)
+
+
+# -- spec files that cannot be read ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text", "expected"),
+    [
+        (".yaml", "", "the spec is empty"),
+        (".yaml", "# only a comment\n", "the spec is empty"),
+        (".json", "", "JSON syntax error at line 1, column 1"),
+        (".toml", "", "the spec is empty"),
+        (".json", "{}", "inputs: missing: a spec needs at least one entry"),
+        (".yaml", "name: x\n", "inputs: missing: a spec needs at least one entry in `inputs`"),
+        (".yaml", "inputs: [unclosed\n", "YAML syntax error at line 2"),
+        (".yaml", "inputs: {}\ninputs: {}\n", "duplicate key 'inputs' (line 2)"),
+        (".toml", "inputs = [", "TOML syntax error"),
+        (".json", '{"inputs": {}', "JSON syntax error at line 1"),
+        (".yaml", "just some words", "a spec is a mapping (inputs, heads, ...), not str"),
+        (".json", "[1, 2]", "a spec is a mapping (inputs, heads, ...), not list"),
+        (".yaml", "!!python/object/apply:os.system ['echo hi']", "YAML syntax error"),
+        (".txt", "inputs: {}", "unknown spec file type '.txt'"),
+    ],
+)
+def test_unreadable_spec_files(tmp_path, suffix, text, expected):
+    path = tmp_path / f"spec{suffix}"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        polymodal.load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_binary_garbage_spec(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SpecError, match=r"spec\.yaml: cannot read"):
+        polymodal.load_spec(path)
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        polymodal.load_spec(tmp_path / "nowhere.yaml")
+
+
+def test_yaml_never_executes_tags(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"name: !!python/object/apply:pathlib.Path.touch ['{marker}']\n")
+    with pytest.raises(SpecError):
+        polymodal.load_spec(path)
+    assert not marker.exists()
+
+
+def test_json_schema_covers_installed_components():
+    import jsonschema
+
+    from polymodal.spec import spec_json_schema
+
+    schema = spec_json_schema()
+    text = json.dumps(schema)
+    for type_name in ("image", "tabular", "timm", "torchvision", "mlp", "concat", "attention",
+                      "classification", "regression"):
+        assert f'"{type_name}"' in text
+    good = {"inputs": {"photo": {"adapter": {"type": "image", "channels": 3}}},
+            "heads": {"y": {"type": "classification", "classes": 2}}}
+    jsonschema.validate(good, schema)
+    bad = {"inputs": {"photo": {"adapter": {"type": "image", "chanels": 3}}},
+           "heads": {"y": {"type": "classification", "classes": 2}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
