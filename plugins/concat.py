@@ -20,7 +20,7 @@ class ConcatFusion(Fusion):
 
     Feature maps and tokens are mean-pooled to vectors first. Inputs marked absent in a
     per-sample ``present`` mask are replaced by a learned placeholder vector, so every row
-    still gets a prediction.
+    still gets a prediction and an absent input's values have no influence.
     """
 
     class Config(FusionConfig):
@@ -55,8 +55,9 @@ class ConcatFusion(Fusion):
         for name in self.names:
             vector = pool_to_vector(features[name])
             if present is not None and name in present:
-                mask = present[name].to(vector.dtype).view(-1, 1)
-                vector = vector * mask + self.placeholders[name].to(vector.dtype) * (1 - mask)
+                mask = present[name].to(torch.bool).view(-1, 1)
+                # where, not a product: an absent input may hold NaN, and NaN * 0 is NaN.
+                vector = torch.where(mask, vector, self.placeholders[name].to(vector.dtype))
             parts.append(vector)
         return self.mlp(torch.cat(parts, dim=1))
 
