@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Literal
 
 import torch
@@ -235,9 +236,9 @@ class NumericalEmbedding(nn.Module):
         elif kind == "piecewise_linear":
             # Standard-normal quantiles: equal-mass bins for a standardised column. A data
             # binding may overwrite the buffer with the column's own quantiles.
-            probs = torch.linspace(0.0, 1.0, bins + 1).clamp(0.001, 0.999)
-            edges = torch.distributions.Normal(0.0, 1.0).icdf(probs)
-            self.register_buffer("bin_edges", edges.repeat(columns, 1))  # [n, bins + 1]
+            normal = statistics.NormalDist()
+            edges = [normal.inv_cdf(min(max(i / bins, 0.001), 0.999)) for i in range(bins + 1)]
+            self.register_buffer("bin_edges", torch.tensor([edges] * columns))  # [n, bins + 1]
             features = bins
         else:
             self.frequencies = nn.Parameter(torch.randn(columns, frequencies) * scale)
