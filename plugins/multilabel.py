@@ -48,10 +48,9 @@ class MultilabelHead(Head):
         super().__init__(config, takes)
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.linear = nn.Linear(takes.dim, config.labels)
-        self.pos_weight: torch.Tensor | None = None
-        if config.pos_weight is not None:
-            # Not persistent: it comes from the spec, which the model file holds.
-            self.register_buffer("pos_weight", torch.tensor(config.pos_weight), persistent=False)
+        # Not persistent: it comes from the spec, which the model file holds.
+        weight = None if config.pos_weight is None else torch.tensor(config.pos_weight)
+        self.register_buffer("pos_weight", weight, persistent=False)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(fused))
