@@ -93,6 +93,8 @@ class TabularAdapter(ModalityAdapter):
                 return FeatureMap(self.vector_width())
             return Vector(self.vector_width())
 
+    example_options = {"categorical": {"make": 40}, "numerical": ["age"]}
+
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
         tokens = config.output == "tokens"
@@ -127,6 +129,11 @@ class TabularAdapter(ModalityAdapter):
         if self.config.missing_indicators:
             return torch.stack([standard, missing.to(standard.dtype)], dim=2)  # [B, n, 2]
         return standard.unsqueeze(2)  # [B, n, 1]
+
+    def example_input(self, batch_size: int = 2) -> dict[str, torch.Tensor]:
+        columns = {c: torch.randint(0, card, (batch_size,)) for c, card in self.config.categorical.items()}
+        columns.update({c: torch.randn(batch_size) for c in self.config.numerical})
+        return columns
 
     def forward(self, columns: dict[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(columns, dict):

@@ -69,6 +69,8 @@ class TimmBackbone(Backbone):
             width = _num_features(self.model, self.in_chans)
             return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
 
+    example_options = {"model": "resnet18"}
+
     def __init__(self, config: Config, takes: Signal):
         super().__init__(config, takes)
         import timm

@@ -106,6 +106,8 @@ class TorchvisionBackbone(Backbone):
                     f" use the timm backbone for {self.model!r} feature maps")
             return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
 
+    example_options = {"model": "resnet18"}
+
     def __init__(self, config: Config, takes: Signal):
         super().__init__(config, takes)
         _check_model_name(config.model)
