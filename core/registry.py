@@ -410,6 +410,34 @@ def reset_registry() -> None:
     _REGISTRY = None
 
 
+def plugin_entries(distribution: str) -> dict[str, tuple[ComponentEntry, ...]]:
+    """What each entry point of an installed distribution provides, by importing it.
+
+    The source of a static manifest; a plugin that fails to load is an error here, since a
+    manifest must not list what does not load."""
+    package = normalize_package(distribution)
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise ComponentError(f"distribution {distribution!r} is not installed") from None
+    points = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+    if not points:
+        raise ComponentError(
+            f"{distribution} declares no entry point in group {ENTRY_POINT_GROUP!r}")
+    registry = Registry(entry_points=[])
+    entries: dict[str, tuple[ComponentEntry, ...]] = {}
+    for ep in sorted(points, key=lambda e: e.name):
+        plugin = PluginInfo(ep.name, package, dist.version, ep.value, entry_point=ep)
+        registry.plugins.append(plugin)
+        registry._activate(plugin)
+        if plugin.status != "loaded":
+            raise ComponentError(f"plugin {plugin.label} failed to load: {plugin.error}")
+        entries[ep.name] = tuple(
+            ComponentEntry(c.kind, c.type, c.target, c.summary) for c in plugin.components
+        )
+    return entries
+
+
 def list_components(kind: str | None = None) -> list[ComponentRecord]:
     """Every available component (of ``kind``), like timm's ``list_models``."""
     return get_registry().components(kind)
