@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 docs: $(STAMP)
-	$(VENV)/bin/polymodal docs -o docs/components
+	$(VENV)/bin/polymodal docs -o docs/components --package polymodal
 
 # The built-in entries of the catalog, from what the plugins register (comments and [[extra]] kept).
 registry: $(STAMP)

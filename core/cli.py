@@ -284,11 +284,13 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
 @cli.command()
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Directory for the reference (index.md and one page a component).")
-def docs(output: str) -> None:
+@click.option("--package", "packages", multiple=True,
+              help="Only components of this package (repeatable); default: every installed one.")
+def docs(output: str, packages: tuple[str, ...]) -> None:
     """Write the component reference (Markdown) of every installed component."""
     from .docs import write_reference
 
-    written = write_reference(Path(output))
+    written = write_reference(Path(output), packages=set(packages) if packages else None)
     click.echo(f"wrote {len(written)} page(s) to {output}")
 
 

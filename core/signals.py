@@ -137,3 +137,8 @@ class Sequence(Signal):
 
     def _fixed_dims(self) -> tuple[int, ...]:
         return (1,)
+
+
+def example_signals() -> tuple[Signal, ...]:
+    """One small signal of each kind, in the order conformance checks and docs try them."""
+    return (FeatureMap(3), Vector(16), Tokens(16), Sequence(4))

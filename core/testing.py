@@ -46,7 +46,7 @@ from .components import (
 from .errors import ConnectionMismatch, PolymodalError, SpecError
 from .hooks import hookimpl
 from .registry import ComponentRecord, Registry
-from .signals import FeatureMap, Sequence, Signal, Tokens, Vector
+from .signals import FeatureMap, Sequence, Signal, Tokens, Vector, example_signals
 
 PROBE_PACKAGE = "polymodal-testing"
 SUBJECT_PACKAGE = "polymodal-testing-subject"
@@ -54,7 +54,7 @@ _PROBE_SIGNALS: dict[str, type[Signal]] = {
     "vector": Vector, "feature_map": FeatureMap, "tokens": Tokens, "sequence": Sequence,
 }
 #: Signals tried, in order, when a backbone's or head's ``takes`` is not given.
-DEFAULT_TAKES: tuple[Signal, ...] = (FeatureMap(3), Vector(16), Tokens(16), Sequence(4))
+DEFAULT_TAKES: tuple[Signal, ...] = example_signals()
 #: Inputs tried, in order, when a fusion's ``takes`` is not given.
 DEFAULT_FUSION_TAKES: tuple[dict[str, Signal], ...] = (
     {"a": Vector(8), "b": FeatureMap(4), "c": Tokens(6)},
