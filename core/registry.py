@@ -334,8 +334,8 @@ class Registry:
                 provides = self._manifest_types(plugin)
                 if (kind, short) in provides:
                     msg += f" Plugin {plugin.label} would provide it but is {plugin.status}: {plugin.error}."
-                elif plugin.status == "failed" and not provides:
-                    msg += f" (Plugin {plugin.label} failed to load: {plugin.error})"
+                elif not provides:
+                    msg += f" (Plugin {plugin.label} is {plugin.status}: {plugin.error}.)"
         msg += f" Installed {kind} types: {', '.join(names) if names else 'none'}."
         return msg
 
