@@ -198,7 +198,8 @@ def check_registry(cls: type[Component], registry: Registry | None = None) -> tu
         registry.add_plugin(_probes_plugin(), PROBE_PACKAGE, name="probes")
     record = next((r for r in registry.components() if r.cls is cls), None)
     if record is None:
-        plugin = registry.add_plugin(_subject_plugin(cls), SUBJECT_PACKAGE, name="subject")
+        plugin = registry.add_plugin(_subject_plugin(cls), SUBJECT_PACKAGE,
+                                     name=f"{cls.__module__}.{cls.__qualname__}")
         if plugin.status != "loaded":
             raise ConformanceError(f"registering {cls.__qualname__} failed: {plugin.error}")
         record = next(r for r in plugin.components if r.cls is cls)
@@ -343,11 +344,13 @@ def check_component(
     if kind != "adapter":
         for tensor in float_inputs:
             tensor.requires_grad_(True)
-    if kind == "fusion":
-        present = {name: torch.ones(batch_size) for name in takes}
-        output = module(batch, present)
-    else:
-        output = module(batch)
+    try:
+        if kind == "fusion":
+            output = module(batch, {name: torch.ones(batch_size) for name in takes})
+        else:
+            output = module(batch)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+        raise _fail(cls, "forward", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(output, torch.Tensor):
         raise _fail(cls, "forward", f"returned {type(output).__name__}, not a tensor")
     shape = tuple(output.shape)
@@ -391,9 +394,13 @@ def check_component(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "conformance.safetensors"
         save(model, path, registry=registry)
-        loaded = load(path, registry=registry)
-    with torch.no_grad():
-        after = loaded(model_batch)
+        try:
+            loaded = load(path, registry=registry)
+            with torch.no_grad():
+                after = loaded(model_batch)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+            raise _fail(cls, "save/load", f"the loaded model fails: {type(exc).__name__}: {exc}"
+                        " (is every tensor a parameter or buffer?)") from None
     if set(before) != set(after):
         raise _fail(cls, "save/load", f"heads {sorted(before)} became {sorted(after)}")
     for head, value in before.items():
