@@ -101,10 +101,10 @@ def uninstall_plugin(name: str) -> list[str]:
     if package == CORE_PACKAGE:
         raise InstallError("refusing to uninstall polymodal itself; use pip for that")
     try:
-        dist = metadata.distribution(package)
+        version = metadata.distribution(package).version
     except metadata.PackageNotFoundError:
         raise InstallError(f"{name!r} is not installed") from None
     _pip(["uninstall", "--yes", package])
     reset_registry()
     importlib.invalidate_caches()
-    return [f"uninstalled {package} {dist.version}"]
+    return [f"uninstalled {package} {version}"]
