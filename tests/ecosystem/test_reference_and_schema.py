@@ -235,3 +235,16 @@ def test_mermaid_labels_cannot_break_out_of_their_quotes():
     from polymodal.diagram import _label
 
     assert _label('say "hi"') == '"say #quot;hi#quot;"'
+
+
+def test_editor_guide_examples_are_valid(schema):
+    import re
+
+    text = (REPO / "docs" / "editor.md").read_text()
+    blocks = dict((lang, body) for lang, body in re.findall(r"```(\w+)\n(.*?)```", text, re.S)
+                  if lang in ("json", "yaml"))
+    settings = json.loads(blocks["json"])
+    assert "./polymodal.schema.json" in settings["yaml.schemas"]
+    assert blocks["yaml"].startswith("# yaml-language-server: $schema=./polymodal.schema.json\n")
+    jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(blocks["yaml"]))
+    assert "polymodal schema -o polymodal.schema.json" in text
