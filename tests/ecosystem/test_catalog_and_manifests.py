@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import GOOD_HEAD, REPO, builtin_entry_points, entry_points_in, make_distribution, run_polymodal
+from ecosystem_helpers import GOOD_HEAD, REPO, builtin_entry_points, entry_points_in, make_distribution, run_polymodal
 
 from polymodal.manifest import CATALOG_PATH, merge_plugins, parse_manifest, render_plugins
 from polymodal.registry import Registry, plugin_entries

@@ -8,12 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
-import venv
 from pathlib import Path
 
 import pytest
-from conftest import GOOD_HEAD, REPO, make_distribution
+from ecosystem_helpers import GOOD_HEAD, REPO, make_distribution
 
 PLUGIN = REPO / "examples" / "plugins" / "polymodal-signal"
 SPEC = {
@@ -37,20 +35,6 @@ def wheel(tmp_path_factory) -> Path:
                     str(work / "dist"), str(source)], check=True, capture_output=True, timeout=300)
     (built,) = (work / "dist").glob("polymodal_signal-0.1.0-*.whl")
     return built
-
-
-@pytest.fixture
-def fresh_env(tmp_path) -> Path:
-    """A new virtual environment that sees this one's packages (polymodal, torch, pip) the way
-    a user's environment would have them installed, but has its own site-packages."""
-    root = tmp_path / "env"
-    venv.EnvBuilder(with_pip=False).create(root)
-    python = root / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    ours = sysconfig.get_paths()["purelib"]
-    Path(purelib, "base_environment.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
-    return root
 
 
 def _run(env_root: Path, *args: str, extra_path: Path | None = None, cwd: Path | None = None):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import GOOD_HEAD, builtin_entry_points, entry_points_in, make_distribution, run_polymodal
+from ecosystem_helpers import GOOD_HEAD, builtin_entry_points, entry_points_in, make_distribution, run_polymodal
 
 import polymodal
 from polymodal.errors import ComponentError, SpecError
@@ -49,6 +49,15 @@ FAULTS = {
             return [Untyped]
         """}, ["Untyped.Config needs `type: Literal"]),
     "no-hook": ("no_hook", {"no_hook.py": "COMPONENTS = []\n"}, ["implements no polymodal_components() hook"]),
+    "exits-on-import": ("exits_on_import", {"exits_on_import.py": "import sys\nsys.exit(3)\n"},
+                        ["import failed: SystemExit: 3"]),
+    "hook-raises": ("hook_raises", {"hook_raises.py": """
+        import polymodal
+
+        @polymodal.hookimpl
+        def polymodal_components():
+            raise KeyError("weights table")
+        """}, ["KeyError: 'weights table'", "hook_raises.py:5"]),
     "future-api": ("future_api", {"future_api.py": "POLYMODAL_PLUGIN_API = 99\n" + GOOD_HEAD.format(type="future")},
                    ["built for plugin API 99", f"provides API {polymodal.PLUGIN_API}"]),
 }

@@ -13,8 +13,7 @@ import shlex
 import subprocess
 
 import pytest
-from conftest import REPO
-from test_example_plugin_cycle import fresh_env  # noqa: F401 - a fixture
+from ecosystem_helpers import REPO
 
 from polymodal.manifest import parse_manifest
 
@@ -51,7 +50,7 @@ def test_every_block_has_a_marker_and_a_check():
     assert checks == {"layout", "extra"}
 
 
-def test_the_guide_works_from_an_empty_directory(fresh_env, tmp_path):  # noqa: F811
+def test_the_guide_works_from_an_empty_directory(fresh_env, tmp_path):
     project = tmp_path / "polymodal-multilabel"
     project.mkdir()
     files = {m.split(":", 1)[1].strip(): body for m, _, body in blocks() if m.startswith("file:")}

@@ -8,7 +8,7 @@ import json
 import jsonschema
 import pytest
 import yaml
-from conftest import REPO, run_polymodal
+from ecosystem_helpers import REPO, run_polymodal
 
 import polymodal
 from polymodal.docs import component_page, example_snippet, reference_pages
