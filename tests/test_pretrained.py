@@ -1,0 +1,187 @@
+"""``pretrained: path`` loads local weights through the real path; ``pretrained: true`` offline
+fails at once with a clear message."""
+
+from __future__ import annotations
+
+import pickle
+import urllib.error
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import polymodal
+from polymodal.errors import SpecError
+
+
+def spec_with(backbone: dict, channels: int = 3) -> dict:
+    adapter = {"type": "image", "channels": channels}
+    if channels != 3 and backbone.get("in_chans", 3) == 3:
+        adapter["project_to"] = 3
+    return {
+        "inputs": {"photo": {"adapter": adapter, "backbone": "vision"}},
+        "backbones": {"vision": backbone},
+        "heads": {"label": {"type": "classification", "classes": 2}},
+    }
+
+
+def known_weights(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """A state dict unlike any fresh initialisation: seeded values in every float tensor."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v.clone()
+        for k, v in net.state_dict().items()
+    }
+
+
+def write(state: dict[str, torch.Tensor], path) -> None:
+    if str(path).endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+
+
+def timm_source():
+    import timm
+
+    return timm.create_model("resnet10t", num_classes=5)  # with a classifier the backbone drops
+
+
+def torchvision_source():
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None, num_classes=5)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+@pytest.mark.parametrize(
+    ("library", "model", "source", "stem"),
+    [("timm", "resnet10t", timm_source, "conv1.0.weight"),
+     ("torchvision", "resnet18", torchvision_source, "conv1.weight")],
+)
+def test_local_weights_arrive(tmp_path, suffix, library, model, source, stem):
+    state = known_weights(source(), seed=3)
+    path = tmp_path / f"weights{suffix}"
+    write(state, path)
+    built = polymodal.build(spec_with({"type": library, "model": model, "pretrained": str(path)}))
+    loaded = built.backbones["vision"].model.state_dict()
+    assert "fc.weight" in state and "fc.weight" not in loaded  # classifier dropped
+    for key, value in loaded.items():
+        assert torch.equal(value, state[key]), key
+    # Without pretrained the same spec gets fresh weights.
+    fresh = polymodal.build(spec_with({"type": library, "model": model}))
+    assert not torch.equal(fresh.backbones["vision"].model.state_dict()[stem], state[stem])
+
+
+def test_checkpoint_wrapping_a_state_dict(tmp_path):
+    state = known_weights(torchvision_source(), seed=4)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    built = polymodal.build(spec_with({"type": "torchvision", "model": "resnet18",
+                                       "pretrained": str(path)}))
+    assert torch.equal(built.backbones["vision"].model.conv1.weight, state["conv1.weight"])
+
+
+def test_pretrained_stem_adapted_to_other_channel_counts(tmp_path):
+    state = known_weights(torchvision_source(), seed=5)
+    path = tmp_path / "weights.safetensors"
+    write(state, path)
+    built = polymodal.build(spec_with(
+        {"type": "torchvision", "model": "resnet18", "pretrained": str(path), "in_chans": 1},
+        channels=1))
+    stem = built.backbones["vision"].model.conv1.weight
+    assert stem.shape == (64, 1, 7, 7)
+    assert torch.allclose(stem, state["conv1.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(built.backbones["vision"].model.layer1[0].conv1.weight,
+                       state["layer1.0.conv1.weight"])
+
+
+def test_pretrained_weights_are_kept_through_save_and_load(tmp_path):
+    state = known_weights(timm_source(), seed=6)
+    weights = tmp_path / "weights.safetensors"
+    write(state, weights)
+    model = polymodal.build(spec_with({"type": "timm", "model": "resnet10t",
+                                       "pretrained": str(weights)}))
+    polymodal.save(model, tmp_path / "model.safetensors")
+    weights.unlink()  # loading a model file never reads the pretrained file again
+    loaded = polymodal.load(tmp_path / "model.safetensors")
+    assert torch.equal(loaded.backbones["vision"].model.conv1[0].weight, state["conv1.0.weight"])
+
+
+def test_missing_pretrained_file(tmp_path):
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(SpecError) as info:
+        polymodal.build(spec_with({"type": "timm", "model": "resnet10t",
+                                   "pretrained": str(missing)}))
+    assert str(info.value) == f"backbones.vision: pretrained weights file not found: {missing}"
+
+
+def test_weights_of_another_architecture(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    write(known_weights(timm_source(), seed=1), path)
+    with pytest.raises(SpecError) as info:
+        polymodal.build(spec_with({"type": "torchvision", "model": "resnet18",
+                                   "pretrained": str(path)}))
+    message = str(info.value)
+    assert message.startswith("backbones.vision: pretrained weights")
+    assert "do not fit" in message and "missing" in message
+
+
+class _Trap:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pth_with_code_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "executed"
+    path = tmp_path / "weights.pth"
+    with open(path, "wb") as handle:
+        torch.save({"conv1.weight": _Trap(str(marker))}, handle, pickle_module=pickle)
+    with pytest.raises(SpecError, match="cannot read pretrained weights"):
+        polymodal.build(spec_with({"type": "torchvision", "model": "resnet18",
+                                   "pretrained": str(path)}))
+    assert not marker.exists()
+
+
+def test_unknown_weights_suffix(tmp_path):
+    path = tmp_path / "weights.npz"
+    path.write_bytes(b"\0" * 16)
+    with pytest.raises(SpecError, match=r"unknown type '\.npz'; use \.safetensors"):
+        polymodal.build(spec_with({"type": "timm", "model": "resnet10t",
+                                   "pretrained": str(path)}))
+
+
+def test_pretrained_true_offline_timm_fails_clearly():
+    # conftest sets HF_HUB_OFFLINE=1 before the hub library is imported, so this cannot wait on
+    # network retries.
+    with pytest.raises(SpecError) as info:
+        polymodal.build(spec_with({"type": "timm", "model": "resnet10t", "pretrained": True}))
+    message = str(info.value)
+    assert message.startswith("backbones.vision: pretrained: true could not fetch the weights of"
+                              " timm 'resnet10t'")
+    assert "pretrained: path/to/weights.safetensors" in message
+
+
+def test_pretrained_true_offline_torchvision_fails_clearly(monkeypatch, tmp_path):
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached download can answer
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(SpecError) as info:
+        polymodal.build(spec_with({"type": "torchvision", "model": "resnet18", "pretrained": True}))
+    message = str(info.value)
+    assert "could not fetch the weights of torchvision 'resnet18'" in message
+    assert "URLError" in message and "pretrained: path/to/weights.safetensors" in message
+
+
+def test_build_without_pretrained_skips_the_file(tmp_path):
+    spec = spec_with({"type": "timm", "model": "resnet10t",
+                      "pretrained": str(tmp_path / "absent.safetensors")})
+    model = polymodal.build(spec, pretrained=False)
+    assert "vision" in model.backbones
