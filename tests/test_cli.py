@@ -1,0 +1,319 @@
+"""The ``polymodal`` command as a user runs it: every command of the design's CLI table, and
+one clear message (never a traceback) for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import polymodal
+from polymodal.cli import main
+
+SCRIPT = Path(sys.executable).with_name("polymodal")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script, in a subprocess."""
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+def call(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in-process: exit code, stdout, stderr."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_clear_error(code: int, err: str, *expected: str) -> None:
+    assert code == 1
+    assert "Traceback" not in err
+    assert err.startswith("error: ")
+    for text in expected:
+        assert text in err, err
+
+
+# -- through the installed script ------------------------------------------------------------
+
+
+def test_script_list_and_kind_filter():
+    done = run("list")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["KIND", "TYPE", "PACKAGE", "SUMMARY"]
+    types = {line.split()[1] for line in lines[1:]}
+    assert types >= {"image", "tabular", "timm", "torchvision", "mlp", "concat", "attention",
+                     "classification", "regression"}
+    heads = run("list", "--kind", "head")
+    assert heads.returncode == 0
+    assert {line.split()[0] for line in heads.stdout.splitlines()[1:]} == {"head"}
+
+
+TABLE_SPEC = {
+    "name": "prices",
+    "inputs": {
+        "row": {
+            "adapter": {"type": "tabular", "categorical": {"city": 7}, "embedding_dims": {"city": 4},
+                        "numerical": ["area"]},
+            "backbone": {"type": "mlp", "hidden": [8]},
+        },
+    },
+    "heads": {"price": {"type": "regression"}},
+}
+
+
+def test_script_validate_build_inspect(spec_file, tmp_path):
+    # A table-only model: the script's whole path without the time of importing timm.
+    spec = spec_file(TABLE_SPEC)
+    done = run("validate", str(spec))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"{spec}: ok (1 input(s), 1 head(s))",
+        "  input row: a vector of 8",
+        "  heads price <- row: a vector of 8",
+    ]
+
+    out = tmp_path / "built.safetensors"
+    done = run("build", str(spec), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    model = polymodal.load(out)
+    total = sum(p.numel() for p in model.parameters())
+    # city: 7 + 2 reserved rows, embedding width 4; area + its missing flag; 6 -> 8 -> 1
+    assert total == 9 * 4 + (6 * 8 + 8) + (8 + 1)
+    assert done.stdout.strip() == f"wrote {out} ({total:,} parameters)"
+
+    done = run("inspect", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "polymodal model file, format 1" in done.stdout
+    assert "type: polymodal:tabular" in done.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()
+            if line.startswith(("adapters.", "input_backbones.", "heads.", "total"))}
+    assert rows["adapters.row"][0] == "36"
+    assert rows["input_backbones.row"][0] == "56"
+    assert rows["heads.price"][0] == "9"
+    assert rows["total"][0] == f"{total:,}"
+
+
+def test_script_bad_spec_is_one_message_without_traceback(image_spec, spec_file):
+    image_spec["inputs"]["photo"]["adapter"]["channels"] = 5
+    done = run("validate", str(spec_file(image_spec)))
+    assert_one_clear_error(done.returncode, done.stderr, "inputs.photo.adapter", "set project_to: 3")
+    assert done.stderr.count("\n") == 1
+    assert done.stdout == ""
+
+
+def test_script_pickle_model_file_refused(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x80\x04\x95" + b"\0" * 64)
+    done = run("inspect", str(path))
+    assert_one_clear_error(done.returncode, done.stderr, "not a valid safetensors model file")
+
+
+# -- in-process ------------------------------------------------------------------------------
+
+
+def test_show_prints_options_with_types_defaults_and_descriptions(capsys):
+    code, out, _ = call(capsys, "show", "adapter", "image")
+    assert code == 0
+    assert out.startswith("adapter polymodal:image")
+    assert "channels: integer = 3" in out
+    assert "project_to:" in out and "Learned 1x1 projection" in out
+
+
+def test_show_json_is_the_config_schema(capsys):
+    code, out, _ = call(capsys, "show", "head", "classification", "--json")
+    assert code == 0
+    schema = json.loads(out)
+    assert schema["properties"]["classes"]["minimum"] == 2
+
+
+def test_show_unknown_type(capsys):
+    code, _, err = call(capsys, "show", "backbone", "timmm")
+    assert_one_clear_error(code, err, "unknown backbone type 'timmm'", "'timm'")
+
+
+def test_plugins_lists_every_builtin(capsys):
+    code, out, _ = call(capsys, "plugins", "--json")
+    assert code == 0
+    plugins = json.loads(out)["plugins"]
+    assert {p["entry_point"] for p in plugins} >= {
+        "image", "tabular", "timm", "torchvision", "mlp", "concat", "attention",
+        "classification", "regression"}
+    assert all(p["status"] in ("lazy", "loaded") for p in plugins if p["package"] == "polymodal")
+    code, out, _ = call(capsys, "plugins", "--available")
+    assert code == 0 and "polymodal-signal" in out
+
+
+def test_list_json(capsys):
+    code, out, _ = call(capsys, "list", "--kind", "fusion", "--json")
+    assert code == 0
+    assert {c["id"] for c in json.loads(out)} >= {"polymodal:concat", "polymodal:attention"}
+
+
+def test_validate_shared_backbone_example(capsys):
+    example = Path(__file__).parents[1] / "examples" / "shared_backbone.yaml"
+    code, out, _ = call(capsys, "validate", str(example))
+    assert code == 0
+    assert "heads mri_grade <- mri: a vector of 512" in out
+
+
+def test_inspect_json_counts_parts_and_shares_once(capsys, tmp_path):
+    spec = {
+        "inputs": {
+            "a": {"adapter": {"type": "image", "channels": 1, "project_to": 3}, "backbone": "net"},
+            "b": {"adapter": {"type": "image", "channels": 2, "project_to": 3}, "backbone": "net"},
+        },
+        "backbones": {"net": {"type": "timm", "model": "resnet10t"}},
+        "heads": {"ya": {"type": "classification", "classes": 2, "inputs": ["a"]},
+                  "yb": {"type": "classification", "classes": 3, "inputs": ["b"]}},
+    }
+    path = tmp_path / "m.safetensors"
+    model = polymodal.build(spec)
+    polymodal.save(model, path)
+    code, out, _ = call(capsys, "inspect", str(path), "--json")
+    assert code == 0
+    info = json.loads(out)
+    parts = info["parameters"]["parts"]
+    assert parts["adapters.a"]["total"] == 1 * 3 + 3
+    assert parts["adapters.b"]["total"] == 2 * 3 + 3
+    assert parts["heads.yb"]["total"] == 512 * 3 + 3
+    assert info["parameters"]["total"] == sum(p["total"] for p in parts.values())
+    assert info["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+    assert info["spec"]["backbones"]["net"]["type"] == "polymodal:timm"
+
+
+def test_docs_writes_a_page_per_component_and_an_index(capsys, tmp_path):
+    out_dir = tmp_path / "reference"
+    code, out, _ = call(capsys, "docs", "-o", str(out_dir))
+    assert code == 0
+    pages = sorted(p.name for p in out_dir.rglob("*.md"))
+    assert "index.md" in pages
+    assert len(pages) >= 10  # nine built-in components and the index
+    index = (out_dir / "index.md").read_text()
+    for type_name in ("image", "tabular", "timm", "concat", "classification"):
+        assert type_name in index
+
+
+def test_schema_is_valid_json_schema(capsys, tmp_path):
+    import jsonschema
+
+    code, out, _ = call(capsys, "schema")
+    assert code == 0
+    schema = json.loads(out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    target = tmp_path / "schema.json"
+    code, _, _ = call(capsys, "schema", "-o", str(target))
+    assert code == 0 and json.loads(target.read_text()) == schema
+
+
+# -- bad input through each command ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["validate", "build"])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda s: s["inputs"]["photo"]["adapter"].update(type="imag"),
+         ["inputs.photo.adapter.type", "'image'"]),
+        (lambda s: s["inputs"]["photo"]["adapter"].update(chanels=3),
+         ["inputs.photo.adapter.chanels: unknown key", "'channels'"]),
+        (lambda s: s["heads"]["label"].update(classes=0), ["heads.label.classes"]),
+        (lambda s: s["heads"]["label"].update(inputs=["foto"]), ["heads.label.inputs[0]", "'photo'"]),
+        (lambda s: s["inputs"]["photo"].update(backbone="visoin"), ["inputs.photo.backbone"]),
+        (lambda s: s["backbones"]["vision"].update(model="resnet181"), ["'resnet18'"]),
+    ],
+)
+def test_bad_specs_through_the_cli(capsys, tmp_path, image_spec, spec_file, command, change,
+                                   expected):
+    change(image_spec)
+    path = spec_file(image_spec)
+    args = [command, str(path)] + (["-o", str(tmp_path / "out.safetensors")]
+                                   if command == "build" else [])
+    code, out, err = call(capsys, *args)
+    assert_one_clear_error(code, err, str(path), *expected)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_missing_pretrained_file_through_build(capsys, tmp_path, image_spec, spec_file):
+    image_spec["backbones"]["vision"]["pretrained"] = "gone.safetensors"
+    out = tmp_path / "out.safetensors"
+    code, _, err = call(capsys, "build", str(spec_file(image_spec)), "-o", str(out))
+    assert_one_clear_error(code, err, "backbones.vision", "not found: gone.safetensors")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("empty.yaml", "", "the spec is empty"),
+        ("dup.yaml", "name: a\nname: b\n", "duplicate key 'name'"),
+        ("broken.toml", "name = ", "TOML syntax error"),
+        ("broken.json", "{", "JSON syntax error"),
+        ("spec.cfg", "x", "unknown spec file type"),
+    ],
+)
+def test_unreadable_specs_through_the_cli(capsys, tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    code, _, err = call(capsys, "validate", str(path))
+    assert_one_clear_error(code, err, str(path), expected)
+
+
+def test_missing_spec_file_through_the_cli(capsys, tmp_path):
+    code, _, err = call(capsys, "validate", str(tmp_path / "absent.yaml"))
+    assert_one_clear_error(code, err, "absent.yaml", "no such file")
+
+
+@pytest.mark.parametrize("content", ["truncated", "random", "pickle", "foreign", "newer"])
+def test_bad_model_files_through_inspect(capsys, tmp_path, image_spec, content):
+    path = tmp_path / "model.safetensors"
+    if content in ("truncated", "newer"):
+        polymodal.save(polymodal.build(image_spec), path)
+        if content == "truncated":
+            path.write_bytes(path.read_bytes()[:5000])
+        else:
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata())
+            metadata["polymodal.format"] = "99"
+            save_file(load_file(str(path)), str(path), metadata=metadata)
+    elif content == "random":
+        path.write_bytes(bytes(range(256)) * 16)
+    elif content == "pickle":
+        torch.save({"w": torch.zeros(2)}, path)
+    else:
+        save_file({"w": torch.zeros(2)}, str(path))
+    expected = {"truncated": "not a valid safetensors model file",
+                "random": "not a valid safetensors model file",
+                "pickle": "not a valid safetensors model file",
+                "foreign": "not a polymodal model",
+                "newer": "pip install -U polymodal"}[content]
+    code, _, err = call(capsys, "inspect", str(path))
+    assert_one_clear_error(code, err, str(path), expected)
+
+
+def test_missing_model_file_through_inspect(capsys, tmp_path):
+    code, _, err = call(capsys, "inspect", str(tmp_path / "absent.safetensors"))
+    assert_one_clear_error(code, err, "no such model file")
+
+
+def test_usage_errors_exit_non_zero(capsys):
+    code, _, err = call(capsys, "show", "widget", "image")
+    assert code == 2 and "Traceback" not in err
+    code, _, err = call(capsys, "build", "spec.yaml")  # no -o
+    assert code == 2 and "Missing option" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    done = run("--debug", "validate", str(path))
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "the spec is empty" in done.stderr
