@@ -1,0 +1,46 @@
+"""Shared helpers of the benchmark scripts: alternating timed runs and a side-by-side table."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def alternate(candidates: dict[str, Callable[[], object]], repeats: int,
+              warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each run of each candidate, run in turn (A, B, A, B, ...) so that drift of
+    the machine's load hits every candidate alike."""
+    for _ in range(warmup):
+        for run in candidates.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for i in range(repeats):
+        order = list(candidates.items())
+        if i % 2:
+            order.reverse()  # neither candidate always runs first
+        for name, run in order:
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], baseline: str, candidate: str,
+           target: float) -> float:
+    """Print medians side by side, each with the median of its per-round ratios against
+    ``baseline``, and whether ``candidate`` meets ``target``."""
+    base = times[baseline]
+    print(f"\n{title}")
+    print(f"{'':32} {'median':>10} {'min':>10} {'ratio':>8}")
+    ratios = {}
+    for name, values in times.items():
+        per_round = statistics.median(v / b for v, b in zip(values, base))
+        ratios[name] = per_round
+        print(f"{name:32} {statistics.median(values) * 1e3:9.1f}ms {min(values) * 1e3:9.1f}ms"
+              f" {per_round:7.3f}x")
+    ratio = ratios[candidate]
+    verdict = "meets" if ratio <= target else "MISSES"
+    print(f"{candidate} / {baseline}: median ratio {ratio:.3f}x {verdict} the target of"
+          f" {target:.2f}x ({len(base)} alternating rounds)")
+    return ratio
