@@ -1,0 +1,7 @@
+"""``python -m polymodal``: the CLI, also as ``torchrun --nproc-per-node N -m polymodal train ...``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
