@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, SpecError
-from .table import Table
+from .table import Table, is_missing
 
 if TYPE_CHECKING:
     import torch
@@ -94,6 +94,13 @@ class TargetCodec(Codec):
     def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         """``(targets, present)``: encoded targets, and a bool mask of rows that have one."""
         raise NotImplementedError
+
+    def has_target(self, table: Table) -> np.ndarray:
+        """Rows that hold a target (a bool array); by default: a value in every column read."""
+        present = np.ones(len(table), dtype=bool)
+        for column in self.columns():
+            present &= np.array([not is_missing(v) for v in table.columns[column]], dtype=bool)
+        return present
 
     def decode(self, output: torch.Tensor, state: State) -> dict[str, list[Any]]:
         """Output columns (``{"label": [...], "label_prob_cat": [...]}``) for raw head outputs."""
@@ -174,9 +181,19 @@ class Binding:
         for b in self.inputs:
             b.codec.check(table, issues, None if state is None else state["inputs"][b.name])
         if targets:
+            any_target = np.zeros(len(table), dtype=bool)
             for b in self.heads:
                 b.codec.check(table, issues, None if state is None else state["heads"][b.name])
+                any_target |= b.codec.has_target(table)  # type: ignore[attr-defined]
+            self._no_target(issues, any_target)
         return issues
+
+    def _no_target(self, issues: RowIssues, any_target: np.ndarray) -> None:
+        """A row without any target (with several heads: none of theirs) is bad; a row missing
+        only some heads' targets is masked for those heads."""
+        columns = "/".join(c for b in self.heads for c in b.codec.columns())
+        for position in np.flatnonzero(~any_target):
+            issues.bad_row(int(position), columns, "the target is missing (empty or NaN)")
 
     def fit(self, table: Table) -> State:
         return {"inputs": {b.name: b.codec.fit(table) for b in self.inputs},
@@ -217,11 +234,7 @@ class Binding:
             b.codec.prepare(model.heads[b.name], state["heads"][b.name])
 
     def encode(self, table: Table, state: State, targets: bool) -> Encoded:
-        """Encode every row of ``table``; rows with a problem are dropped and listed in ``bad``.
-
-        A row without any target (for a model with several heads: none of the heads' targets)
-        is bad; a row missing only some heads' targets is masked for those heads.
-        """
+        """Encode every row of ``table``; rows with a problem are dropped and listed in ``bad``."""
         issues = RowIssues(table)
         inputs = {b.name: b.codec.encode(table, state["inputs"][b.name], issues)
                   for b in self.inputs}
@@ -232,9 +245,7 @@ class Binding:
             any_target = np.zeros(len(table), dtype=bool)
             for _, present in encoded_targets.values():
                 any_target |= present.numpy()
-            columns = "/".join(c for b in self.heads for c in b.codec.columns())
-            for position in np.flatnonzero(~any_target):
-                issues.bad_row(int(position), columns, "the target is missing (empty or NaN)")
+            self._no_target(issues, any_target)
         keep = np.array([p for p in range(len(table)) if p not in issues.bad], dtype=np.int64)
         if len(keep) < len(table):
             inputs = select(inputs, keep)

@@ -50,12 +50,16 @@ class Table:
         return f"{self.source} row {int(self.rows[row])}"
 
 
+#: Texts that stand for a missing value (as in most CSV exports).
+MISSING_TEXTS = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None"})
+
+
 def is_missing(value: Any) -> bool:
-    """Empty text, None and NaN are missing values."""
+    """Empty text (or a text in MISSING_TEXTS), None and NaN are missing values."""
     if value is None:
         return True
     if isinstance(value, str):
-        return value.strip() == ""
+        return value.strip() in MISSING_TEXTS
     if isinstance(value, float):
         return math.isnan(value)
     if isinstance(value, np.floating):
