@@ -345,6 +345,8 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
             options=overrides, progress=log is not None, log=log)
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
+    if not result.is_main:
+        return  # one report per run: the other data-parallel processes stay silent
     if as_json:
         click.echo(json.dumps(json_safe(result.summary()), indent=2))
         return

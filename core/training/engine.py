@@ -62,6 +62,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     report: RowReport = field(default_factory=RowReport)
     stopped_early: bool = False
+    is_main: bool = True  # False in the other processes of a data-parallel run
 
     @property
     def best(self) -> dict[str, Any]:
@@ -440,7 +441,7 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
 
     best_model = load(output)
     return TrainResult(best_model, output, run_dir, best_epoch, best_value, metric, history,
-                       report, stopped_early)
+                       report, stopped_early, context.main)
 
 
 def _progress(enabled: bool, total: int, desc: str):
