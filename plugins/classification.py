@@ -7,7 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 import polymodal
@@ -30,17 +30,27 @@ class ClassificationHead(Head):
         type: Literal["classification"] = "classification"
         classes: int | Literal["auto"] = Field(
             "auto", description="Number of classes (at least 2), or `auto` to learn the classes"
-            " from the training table's target column.")
+            " from the training table's target column.",
+            # Bounds are checked by _check_classes (for a message at this option's place);
+            # the schema states them for editors.
+            json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2, "maximum": 1_000_000},
+                                         {"const": "auto", "type": "string"}]})
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
         class_weights: list[float] | None = Field(
             None, description="Loss weight of each class (one per class), for imbalanced data.")
         label_smoothing: float = Field(0.0, description="Label smoothing of the loss.",
                                        ge=0.0, lt=1.0)
 
+        @field_validator("classes")
+        @classmethod
+        def _check_classes(cls, classes: int | str) -> int | str:
+            if classes != "auto" and not 2 <= classes <= 1_000_000:
+                bound = "greater than or equal to 2" if classes < 2 else "at most 1000000"
+                raise ValueError(f"Input should be {bound} (or auto)")
+            return classes
+
         @model_validator(mode="after")
         def _check_weights(self):
-            if self.classes != "auto" and not 2 <= self.classes <= 1_000_000:
-                raise ValueError(f"classes must be between 2 and 1000000, not {self.classes}")
             if self.class_weights is not None and self.classes == "auto":
                 raise ValueError("class_weights needs a number of classes (not auto)")
             if self.class_weights is not None:
