@@ -55,6 +55,7 @@ _LAZY = {
     "Vector": "signals",
     "FeatureMap": "signals",
     "Tokens": "signals",
+    "Sequence": "signals",
     "Signal": "signals",
     "get_registry": "registry",
     "list_components": "registry",
@@ -108,7 +109,7 @@ if TYPE_CHECKING:
     from .modelfile import load, save
     from .registry import get_registry, list_components
     from .data.table import read_table
-    from .signals import FeatureMap, Signal, Tokens, Vector
+    from .signals import FeatureMap, Sequence, Signal, Tokens, Vector
     from .spec import ModelSpec, load_spec
     from .training.engine import train
     from .training.inference import evaluate, predict

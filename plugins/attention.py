@@ -11,17 +11,19 @@ from torch import nn
 
 import polymodal
 from polymodal.components import Fusion, FusionConfig
-from polymodal.signals import Signal, Vector
+from polymodal.signals import Sequence, Signal, Vector
 
 
 class AttentionFusion(Fusion):
     """Transformer layers over tokens from every input: vectors give one token, feature maps one
-    per position, tokens stay tokens.
+    per position, a sequence one per time step, tokens stay tokens.
 
     Each input's tokens are projected to ``dim`` and tagged with a learned per-input embedding.
     The result is a learned summary token (``pooling: cls``) or the mean of the tokens
     (``pooling: mean``). Inputs marked absent in a per-sample ``present`` mask are masked out
-    of the attention.
+    of the attention: no token attends to them and the mean leaves them out, so their values
+    have no influence. A sample with no input present gets zeros (``mean``) or the summary
+    token alone (``cls``).
     """
 
     class Config(FusionConfig):
@@ -48,9 +50,13 @@ class AttentionFusion(Fusion):
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             return Vector(self.dim)
 
+    example_options = {"dim": 64, "heads": 4}
+
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
         self.names = list(takes)
+        # A channels-first sequence gives one token per time step.
+        self.sequences = {name for name, signal in takes.items() if isinstance(signal, Sequence)}
         self.projections = nn.ModuleDict({
             name: nn.Linear(signal.width, config.dim) for name, signal in takes.items()
         })
@@ -77,18 +83,27 @@ class AttentionFusion(Fusion):
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         tokens, masks = [], []
         for name in self.names:
-            t = self.projections[name](self._tokens(features[name])) + self.input_embeddings[name]
-            tokens.append(t)
-            keep = torch.ones(t.shape[0], t.shape[1], dtype=torch.bool, device=t.device)
+            x = features[name]
+            raw = x.transpose(1, 2) if name in self.sequences else self._tokens(x)
+            keep = torch.ones(raw.shape[0], raw.shape[1], dtype=torch.bool, device=raw.device)
             if present is not None and name in present:
                 keep = keep & present[name].to(torch.bool).view(-1, 1)
+                # Zero absent tokens: masked attention weighs them 0, but NaN * 0 is NaN.
+                raw = torch.where(keep.unsqueeze(2), raw, torch.zeros((), dtype=raw.dtype,
+                                                                      device=raw.device))
+            tokens.append(self.projections[name](raw) + self.input_embeddings[name])
             masks.append(keep)
         x = torch.cat(tokens, dim=1)
         keep = torch.cat(masks, dim=1)
         if self.config.pooling == "cls":
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
             keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
-        padding = None if present is None else ~keep
+        padding = None
+        if present is not None:
+            # A sample with nothing present would attend to nothing (NaN): let it attend to its
+            # own tokens and zero its output below.
+            empty = ~keep.any(dim=1, keepdim=True)
+            padding = ~(keep | empty)
         x = self.norm(self.encoder(x, src_key_padding_mask=padding))
         if self.config.pooling == "cls":
             return x[:, 0]

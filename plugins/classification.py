@@ -57,6 +57,8 @@ class ClassificationHead(Head):
         def codec(self) -> ClassificationCodec:
             return ClassificationCodec(self)
 
+    example_options = {"classes": 2}
+
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
         if config.classes == "auto":
