@@ -5,6 +5,8 @@
     model = polymodal.build(spec)
     polymodal.save(model, "claims.safetensors")
     model = polymodal.load("claims.safetensors")
+    result = polymodal.train("claims.yaml", "claims.csv", "claims.safetensors")
+    polymodal.predict("claims.safetensors", "new_claims.csv", "predictions.csv")
 
 Importing polymodal is light: torch, timm and torchvision are imported only when something
 that needs them is used.
@@ -57,6 +59,10 @@ _LAZY = {
     "Signal": "signals",
     "get_registry": "registry",
     "list_components": "registry",
+    "train": "training.engine",
+    "evaluate": "training.inference",
+    "predict": "training.inference",
+    "read_table": "data.table",
 }
 
 __all__ = [
@@ -102,5 +108,8 @@ if TYPE_CHECKING:
     )
     from .modelfile import load, save
     from .registry import get_registry, list_components
+    from .data.table import read_table
     from .signals import FeatureMap, Sequence, Signal, Tokens, Vector
     from .spec import ModelSpec, load_spec
+    from .training.engine import train
+    from .training.inference import evaluate, predict

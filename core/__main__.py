@@ -1,4 +1,4 @@
-"""`python -m polymodal`: the polymodal command, for environments without its console script."""
+"""``python -m polymodal``: the CLI, also as ``torchrun --nproc-per-node N -m polymodal train ...``."""
 
 import sys
 

@@ -371,6 +371,125 @@ def uninstall(name: str) -> None:
         click.echo(line)
 
 
+_BAD_ROW = click.Choice(["fail", "skip"])
+
+
+def _human(as_json: bool, quiet: bool):
+    """Where progress lines go: stderr, or nowhere for --quiet and --json."""
+    if quiet or as_json:
+        return None
+    return lambda line: click.echo(line, err=True)
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Training table (.csv, .tsv, .parquet).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Model file to write: the best epoch, with its fitted preprocessing.")
+@click.option("--val", "val_data", help="Validation table (default: hold out --val-fraction).")
+@click.option("--val-fraction", type=float, help="Fraction of rows held out for validation"
+              " (overrides training.val_fraction).")
+@click.option("--group-by", help="Keep each group of this column on one side of the split.")
+@click.option("--epochs", type=int, help="Override training.epochs.")
+@click.option("--batch-size", type=int, help="Override training.batch_size.")
+@click.option("--lr", type=float, help="Override training.lr.")
+@click.option("--seed", type=int, help="Override training.seed.")
+@click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N).")
+@click.option("--workers", type=int, help="Override training.workers.")
+@click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True,
+              help="A row with a bad value stops the run, or is left out and reported.")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Logs, plot and checkpoint (default: <output stem>.run beside the output).")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar or epoch lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON only.")
+def train(spec_path: str, data: str, output: str, val_data: str | None, val_fraction: float | None,
+          group_by: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
+          seed: int | None, device: str | None, workers: int | None, on_bad_row: str,
+          run_dir: str | None, resume: bool, quiet: bool, as_json: bool) -> None:
+    """Train the model SPEC describes on a table; save the best epoch to -o."""
+    from .errors import SpecError
+    from .training.engine import final_table
+    from .training.engine import train as run_training
+    from .training.report import json_safe
+
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                 "device": device, "workers": workers}
+    log = _human(as_json, quiet)
+    try:
+        result = run_training(
+            _load_spec(spec_path), data, output, val=val_data, val_fraction=val_fraction,
+            group_by=group_by, on_bad_row=on_bad_row, resume=resume, run_dir=run_dir,
+            options=overrides, progress=log is not None, log=log)
+    except SpecError as exc:
+        raise exc.with_source(spec_path) from None
+    if not result.is_main:
+        return  # one report per run: the other data-parallel processes stay silent
+    if as_json:
+        click.echo(json.dumps(json_safe(result.summary()), indent=2))
+        return
+    for line in result.report.lines():
+        click.echo(line, err=True)
+    if not quiet:
+        click.echo(final_table(result))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Table with the target columns.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_row: str,
+             as_json: bool) -> None:
+    """Metrics of each head of a trained model on a table, and confusion matrices."""
+    from .modelfile import load
+    from .training.inference import evaluate as run_evaluation
+    from .training.inference import RowReport, render_evaluation
+    from .training.report import json_safe
+
+    model = load(model_path)
+    result = run_evaluation(model, data, batch_size=batch_size, on_bad_row=on_bad_row,
+                            device=device)
+    if as_json:
+        click.echo(json.dumps(json_safe(result), indent=2))
+        return
+    report = RowReport(result["skipped"])
+    report.notes.update(result["notes"])
+    for line in report.lines():
+        click.echo(line, err=True)
+    click.echo(render_evaluation(model, result))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Table of rows to predict (targets not needed).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="CSV file of predictions (written atomically).")
+@click.option("--keep", multiple=True, help="Copy this column into the output (repeatable).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batch_size: int,
+            device: str, on_bad_row: str, as_json: bool) -> None:
+    """Predict every row of a table: class names and probabilities, values; streamed."""
+    from .training.inference import RowReport
+    from .training.inference import predict as run_prediction
+
+    result = run_prediction(model_path, data, output, batch_size=batch_size,
+                            on_bad_row=on_bad_row, keep=keep, device=device)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    report = RowReport(result["skipped"])
+    report.notes.update(result["notes"])
+    for line in report.lines():
+        click.echo(line, err=True)
+    click.echo(f"wrote {result['rows']} prediction(s) to {output}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         result = cli.main(args=argv, prog_name="polymodal", standalone_mode=False)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +32,9 @@ from torch import nn
 from .errors import ConnectionMismatch, DataError, PolymodalError
 from .freezing import Freeze, apply_freeze, keep_eval
 from .signals import Signal, Vector
+
+if TYPE_CHECKING:
+    from .data.binding import Codec, TargetCodec
 
 #: ``modulate(stage, output) -> output``: changes a backbone stage's output (conditioning).
 Modulate = Callable[[int, torch.Tensor], torch.Tensor]
@@ -56,6 +59,11 @@ class AdapterConfig(ComponentConfig):
 
     def fix_for(self, wanted: Signal) -> str | None:
         """How to change this config so that it gives ``wanted`` (``set project_to: 3``)."""
+        return None
+
+    def codec(self) -> Codec | None:
+        """How this adapter reads table columns (for training and prediction on tables);
+        None: it cannot."""
         return None
 
 
@@ -110,10 +118,18 @@ class HeadConfig(ComponentConfig):
         min_length=1,
     )
 
+    target: str | None = Field(
+        None, description="Table column holding this head's target (default: the head's name).",
+        min_length=1)
+
     def check_takes(self, takes: Signal) -> None:
         """Raise :class:`ConnectionMismatch` if the head cannot take ``takes``."""
         if not isinstance(takes, Vector):
             raise ConnectionMismatch(f"takes a vector, not {takes.describe()}", wanted=None)
+
+    def codec(self) -> TargetCodec | None:
+        """How this head reads its target column and decodes its outputs; None: it cannot."""
+        return None
 
 
 class Component(nn.Module):

@@ -31,6 +31,7 @@ from pydantic import (
 from .components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
 from .errors import ComponentError, SpecError, did_you_mean
 from .registry import ComponentRecord, Registry, get_registry
+from .training.options import TrainingOptions
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SPEC_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
@@ -66,6 +67,8 @@ class ModelSpec(_StrictModel):
         " uses exactly one input.",
     )
     heads: dict[str, SerializeAsAny[HeadConfig]] = Field(description="Prediction heads by name.", min_length=1)
+    training: TrainingOptions = Field(default_factory=TrainingOptions,
+                                      description=TrainingOptions.__doc__)
 
     # -- derived views -------------------------------------------------------------------------
     def head_inputs(self, head: str) -> tuple[str, ...]:
@@ -374,6 +377,20 @@ def validate_spec_data(
                 )
                 break
 
+    training = TrainingOptions()
+    if data.get("training") is not None:
+        if not isinstance(data["training"], Mapping):
+            problems.append(("training", "training is a mapping of options (epochs, lr, ...)"))
+        else:
+            try:
+                training = TrainingOptions.model_validate(data["training"])
+            except ValidationError as exc:
+                problems.extend(_pydantic_problems(exc, "training", TrainingOptions))
+            for head in training.loss_weights:
+                if head not in heads and head not in _mapping(data.get("heads"), "", "", []):
+                    problems.append((f"training.loss_weights.{head}", f"unknown head {head!r}."
+                                     f"{did_you_mean(head, heads)} Heads: {', '.join(heads)}."))
+
     for key, value in (("name", data.get("name")), ("description", data.get("description"))):
         if value is not None and not isinstance(value, str):
             problems.append((key, f"must be text, not {type(value).__name__}"))
@@ -386,6 +403,7 @@ def validate_spec_data(
         backbones=backbones,
         fusion=fusion,
         heads=heads,
+        training=training,
     )
 
 
@@ -452,6 +470,7 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         backbones=(dict[str, backbone], fields["backbones"]),
         fusion=(Union[fusion, None], fields["fusion"]),
         heads=(dict[str, head], fields["heads"]),
+        training=(TrainingOptions, fields["training"]),
     )
     schema = spec_model.model_json_schema()
     for key in ("inputs", "backbones", "heads"):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 import polymodal
 from polymodal.components import Head, HeadConfig
+from polymodal.data.binding import RowIssues, TargetCodec
+from polymodal.data.encoding import category, fit_vocabulary, key, lookup
+from polymodal.data.table import Table
+from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
 
 
@@ -23,15 +28,31 @@ class ClassificationHead(Head):
 
     class Config(HeadConfig):
         type: Literal["classification"] = "classification"
-        classes: int = Field(description="Number of classes (at least 2).", ge=2, le=1_000_000)
+        classes: int | Literal["auto"] = Field(
+            "auto", description="Number of classes (at least 2), or `auto` to learn the classes"
+            " from the training table's target column.",
+            # Bounds are checked by _check_classes (for a message at this option's place);
+            # the schema states them for editors.
+            json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2, "maximum": 1_000_000},
+                                         {"const": "auto", "type": "string"}]})
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
         class_weights: list[float] | None = Field(
             None, description="Loss weight of each class (one per class), for imbalanced data.")
         label_smoothing: float = Field(0.0, description="Label smoothing of the loss.",
                                        ge=0.0, lt=1.0)
 
+        @field_validator("classes")
+        @classmethod
+        def _check_classes(cls, classes: int | str) -> int | str:
+            if classes != "auto" and not 2 <= classes <= 1_000_000:
+                bound = "greater than or equal to 2" if classes < 2 else "at most 1000000"
+                raise ValueError(f"Input should be {bound} (or auto)")
+            return classes
+
         @model_validator(mode="after")
         def _check_weights(self):
+            if self.class_weights is not None and self.classes == "auto":
+                raise ValueError("class_weights needs a number of classes (not auto)")
             if self.class_weights is not None:
                 if len(self.class_weights) != self.classes:
                     raise ValueError(f"class_weights has {len(self.class_weights)} values for"
@@ -43,10 +64,16 @@ class ClassificationHead(Head):
         def describe(self) -> str:
             return f"classification, {self.classes} classes"
 
+        def codec(self) -> ClassificationCodec:
+            return ClassificationCodec(self)
+
     example_options = {"classes": 2}
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
+        if config.classes == "auto":
+            raise PolymodalError("classes: auto is learned from data: train the model on a"
+                                 " table (polymodal train), or give the number of classes")
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.linear = nn.Linear(takes.dim, config.classes)
         if config.class_weights is not None:
@@ -66,6 +93,103 @@ class ClassificationHead(Head):
     def predict(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = output.float().softmax(dim=-1)
         return {"class": probabilities.argmax(dim=-1), "probabilities": probabilities}
+
+
+# -- reading tables ----------------------------------------------------------------------------
+
+
+class ClassificationCodec(TargetCodec):
+    """Reads the target column: class names as found (strings or integers), learned on the
+    training rows; predictions are written back as class names with each class's probability."""
+
+    config: ClassificationHead.Config
+
+    def column(self) -> str:
+        return self.config.target or self.name
+
+    def columns(self) -> list[str]:
+        return [self.column()]
+
+    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+        if state is None:
+            return
+        index = lookup(state["classes"])
+        for position, value in enumerate(table.columns[self.column()]):
+            found = category(value)
+            if found is not None and key(found) not in index:
+                issues.bad_row(position, self.column(), f"class {found!r} is not one the model"
+                               f" was trained on ({_listing(state['classes'])})")
+
+    def fit(self, table: Table) -> dict:
+        found = fit_vocabulary(table.columns[self.column()])
+        wanted = self.config.classes
+        if wanted == "auto":
+            if len(found) < 2:
+                raise DataError(f"{table.source}: target column {self.column()!r} of {self.where}"
+                                f" holds {len(found)} class(es) ({_listing(found)}); a"
+                                " classification needs at least 2")
+            return {"classes": found}
+        if all(isinstance(v, int) and 0 <= v < wanted for v in found):
+            return {"classes": list(range(wanted))}
+        if len(found) > wanted:
+            raise DataError(f"{table.source}: target column {self.column()!r} holds {len(found)}"
+                            f" classes ({_listing(found)}) but {self.where}.classes is {wanted};"
+                            " set classes: auto to learn them")
+        return {"classes": found + [f"class_{i}" for i in range(len(found), wanted)]}
+
+    def complete(self, state: dict) -> dict:
+        return {"classes": len(state["classes"])} if self.config.classes == "auto" else {}
+
+    def encode(self, table: Table, state: dict, issues: RowIssues):
+        index = lookup(state["classes"])
+        values = table.columns[self.column()]
+        target = np.zeros(len(values), dtype=np.int64)
+        present = np.zeros(len(values), dtype=bool)
+        for position, value in enumerate(values):
+            found = category(value)
+            if found is None:
+                continue
+            cls = index.get(key(found))
+            if cls is None:
+                issues.bad_row(position, self.column(), f"class {found!r} is not one the model"
+                               f" was trained on ({_listing(state['classes'])})")
+                continue
+            target[position], present[position] = cls, True
+        return torch.from_numpy(target), torch.from_numpy(present)
+
+    def decode(self, output: torch.Tensor, state: dict) -> dict[str, list[Any]]:
+        names = state["classes"]
+        probabilities = output.float().softmax(dim=-1)
+        columns: dict[str, list[Any]] = {
+            self.name: [names[i] for i in probabilities.argmax(dim=-1).tolist()]}
+        for i, name in enumerate(names):
+            columns[f"{self.name}_prob_{name}"] = [round(p, 6) for p in probabilities[:, i].tolist()]
+        return columns
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
+        from polymodal.training.metrics import classification_metrics
+
+        return classification_metrics(output.float().softmax(-1).numpy(), target.numpy())
+
+    def details(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, Any]:
+        from polymodal.training.metrics import confusion_matrix
+
+        matrix = confusion_matrix(target.numpy(), output.argmax(-1).numpy(), len(state["classes"]))
+        return {"classes": state["classes"], "confusion_matrix": matrix.tolist()}
+
+    def render_details(self, details: dict[str, Any]) -> str:
+        names = [str(c) for c in details["classes"]]
+        width = max(len(n) for n in names + ["true \\ predicted"])
+        cells = max([len(n) for n in names] + [len(str(v)) for r in details["confusion_matrix"] for v in r])
+        lines = ["true \\ predicted".ljust(width) + "  " + "  ".join(n.rjust(cells) for n in names)]
+        for name, row in zip(names, details["confusion_matrix"]):
+            lines.append(name.ljust(width) + "  " + "  ".join(str(v).rjust(cells) for v in row))
+        return "\n".join(lines)
+
+
+def _listing(values: list[Any], limit: int = 10) -> str:
+    shown = ", ".join(map(str, values[:limit]))
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
 @polymodal.hookimpl

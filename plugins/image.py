@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 import polymodal
 from polymodal.components import AdapterConfig, ModalityAdapter
+from polymodal.data.augment import augment_images
+from polymodal.data.binding import Codec, RowIssues
+from polymodal.data.images import ImageReadError, image_shape, read_image
+from polymodal.data.table import Table, is_missing
 from polymodal.errors import DataError
 from polymodal.signals import FeatureMap, Signal
 
@@ -52,6 +58,21 @@ class ImageAdapter(ModalityAdapter):
         bands: list[str] | None = Field(
             None, description="A name for each channel, e.g. [red, green, blue, nir, swir1]; a"
             " pretrained backbone stem keeps its filters for red, green and blue.")
+        column: str | None = Field(
+            None, description="Table column with image file paths (relative to the table's"
+            " folder; PNG/JPEG, .npy, TIFF); default: the input's name. Training fills in"
+            " mean/std from the training images unless normalize, mean or std is given.",
+            min_length=1)
+        size: PositiveInt | list[PositiveInt] | None = Field(
+            None, description="Resize images read from files to size (square) or [height,"
+            " width]; None: every image must have the same size.")
+
+        @field_validator("size")
+        @classmethod
+        def _check_size(cls, value):
+            if isinstance(value, list) and len(value) != 2:
+                raise ValueError("size is one number or [height, width]")
+            return value
 
         @model_validator(mode="after")
         def _check_stats(self):
@@ -88,6 +109,9 @@ class ImageAdapter(ModalityAdapter):
                 return FeatureMap(self.project_to)
             bands = tuple(b.strip().lower() for b in self.bands) if self.bands else None
             return FeatureMap(self.channels, bands)
+
+        def codec(self) -> ImageCodec:
+            return ImageCodec(self)
 
         def fix_for(self, wanted: Signal) -> str | None:
             if isinstance(wanted, FeatureMap):
@@ -136,6 +160,142 @@ class ImageAdapter(ModalityAdapter):
         if self.normalizes:
             images = (images - self.mean) / self.std
         return self.projection(images)
+
+
+# -- reading tables ----------------------------------------------------------------------------
+
+#: Images read to fit the per-channel statistics (evenly spaced over the training rows).
+STATISTICS_SAMPLE = 256
+
+
+class ImageCodec(Codec):
+    """Reads image files named in the adapter's column into ``[B, channels, H, W]`` batches,
+    learns per-channel mean and standard deviation on the training images, and augments
+    training batches with the spec's N-channel-safe operations."""
+
+    config: ImageAdapter.Config
+
+    def column(self) -> str:
+        return self.config.column or self.name
+
+    def columns(self) -> list[str]:
+        return [self.column()]
+
+    def _target_size(self) -> tuple[int, int] | None:
+        size = self.config.size
+        if size is None:
+            return None
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+    def _path(self, table: Table, position: int, issues: RowIssues) -> Path | None:
+        value = table.columns[self.column()][position]
+        if is_missing(value):
+            issues.bad_row(position, self.column(), "no image path (empty)")
+            return None
+        path = Path(str(value).strip())
+        return path if path.is_absolute() else table.base_dir / path
+
+    def _wrong_channels(self, channels: int) -> str:
+        return (f"has {channels} channel(s) but {self.where}.channels is"
+                f" {self.config.channels}")
+
+    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+        wanted = self._target_size() or (tuple(state["shape"]) if state else None)
+        for position in range(len(table)):
+            path = self._path(table, position, issues)
+            if path is None:
+                continue
+            raw = table.columns[self.column()][position]
+            try:
+                channels, height, width = image_shape(path, self.config.channels)
+            except ImageReadError as exc:
+                issues.bad_row(position, self.column(), f"image {raw!r} {exc}")
+                continue
+            if channels != self.config.channels:
+                issues.bad_row(position, self.column(), f"image {raw!r} {self._wrong_channels(channels)}")
+            elif self._target_size() is None:
+                if wanted is None:
+                    wanted = (height, width)
+                elif (height, width) != tuple(wanted):
+                    issues.bad_row(position, self.column(),
+                                   f"image {raw!r} is {height}x{width} but the others are"
+                                   f" {wanted[0]}x{wanted[1]}; set {self.where}.size to resize")
+
+    def _read(self, table: Table, position: int, issues: RowIssues) -> np.ndarray | None:
+        path = self._path(table, position, issues)
+        if path is None:
+            return None
+        raw = table.columns[self.column()][position]
+        try:
+            image = read_image(path, self.config.channels)
+        except ImageReadError as exc:
+            issues.bad_row(position, self.column(), f"image {raw!r} {exc}")
+            return None
+        if image.shape[0] != self.config.channels:
+            issues.bad_row(position, self.column(), f"image {raw!r} {self._wrong_channels(image.shape[0])}")
+            return None
+        return image
+
+    def _resize(self, image: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(image)
+        size = self._target_size()
+        if size is None or tuple(tensor.shape[1:]) == size:
+            return tensor
+        return torch.nn.functional.interpolate(
+            tensor[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+    def fit(self, table: Table) -> dict:
+        issues = RowIssues(table)
+        count = len(table)
+        positions = np.unique(np.linspace(0, count - 1, min(count, STATISTICS_SAMPLE)).astype(int))
+        total = np.zeros(self.config.channels)
+        total_sq = np.zeros(self.config.channels)
+        pixels = 0
+        shape = None
+        for position in positions:
+            image = self._read(table, int(position), issues)
+            if image is None:
+                continue
+            resized = self._resize(image).numpy().astype(np.float64)
+            shape = list(resized.shape[1:])
+            total += resized.sum(axis=(1, 2))
+            total_sq += (resized**2).sum(axis=(1, 2))
+            pixels += resized.shape[1] * resized.shape[2]
+        if issues.bad:
+            raise DataError(next(iter(issues.bad.values())))
+        mean = total / max(pixels, 1)
+        std = np.sqrt(np.maximum(total_sq / max(pixels, 1) - mean**2, 0.0))
+        std = np.where(std > 1e-6, std, 1.0)
+        return {"mean": mean.tolist(), "std": std.tolist(), "shape": shape}
+
+    def complete(self, state: dict) -> dict:
+        config = self.config
+        if config.normalize is None and config.mean is None and config.std is None:
+            return {"mean": state["mean"], "std": state["std"]}
+        return {}
+
+    def encode(self, table: Table, state: dict, issues: RowIssues) -> torch.Tensor:
+        shape = tuple(state["shape"]) if state.get("shape") else None
+        images = []
+        for position in range(len(table)):
+            image = self._read(table, position, issues)
+            tensor = None if image is None else self._resize(image)
+            if tensor is not None and shape is not None and tuple(tensor.shape[1:]) != shape:
+                raw = table.columns[self.column()][position]
+                issues.bad_row(position, self.column(),
+                               f"image {raw!r} is {tensor.shape[1]}x{tensor.shape[2]} but the model"
+                               f" was trained on {shape[0]}x{shape[1]}; set {self.where}.size")
+                tensor = None
+            images.append(tensor)
+        if shape is None:
+            shape = next((tuple(t.shape[1:]) for t in images if t is not None), (1, 1))
+        placeholder = torch.zeros(self.config.channels, *shape)
+        if not images:
+            return placeholder[None][:0]
+        return torch.stack([placeholder if t is None else t for t in images])
+
+    def augment(self, value: torch.Tensor, options, generator: torch.Generator) -> torch.Tensor:
+        return augment_images(value, options, generator)
 
 
 @polymodal.hookimpl

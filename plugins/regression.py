@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
@@ -11,6 +12,10 @@ from torch import nn
 
 import polymodal
 from polymodal.components import Head, HeadConfig
+from polymodal.data.binding import RowIssues, TargetCodec
+from polymodal.data.encoding import numeric_column
+from polymodal.data.table import Table
+from polymodal.errors import SpecError
 from polymodal.signals import Vector
 
 
@@ -23,9 +28,16 @@ class RegressionHead(Head):
         loss: Literal["mse", "huber", "l1"] = Field("mse", description="Training loss.")
         huber_delta: float = Field(1.0, description="Delta of the Huber loss.", gt=0)
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
+        standardize: bool = Field(
+            True, description="When trained on a table: learn the target in standard units"
+            " (mean and standard deviation of the training targets, kept in the model file);"
+            " predictions are turned back into the target's units.")
 
         def describe(self) -> str:
             return f"regression, {self.outputs} output(s)"
+
+        def codec(self) -> RegressionCodec:
+            return RegressionCodec(self)
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
@@ -45,6 +57,54 @@ class RegressionHead(Head):
 
     def predict(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"value": output.float()}
+
+
+# -- reading tables ----------------------------------------------------------------------------
+
+
+class RegressionCodec(TargetCodec):
+    """Reads a numeric target column; with ``standardize`` the head learns it in standard
+    units and predictions are scaled back."""
+
+    config: RegressionHead.Config
+
+    def column(self) -> str:
+        return self.config.target or self.name
+
+    def columns(self) -> list[str]:
+        if self.config.outputs != 1:
+            raise SpecError([(f"{self.where}.outputs", "training on a table reads one target"
+                              " column, so outputs must be 1")])
+        return [self.column()]
+
+    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+        numeric_column(table, self.column(), issues)
+
+    def fit(self, table: Table) -> dict:
+        values = numeric_column(table, self.column(), None)
+        finite = values[np.isfinite(values)]
+        if not self.config.standardize or finite.size < 2:
+            return {"mean": 0.0, "std": 1.0}
+        std = float(finite.std())
+        return {"mean": float(finite.mean()), "std": std if std > 1e-12 else 1.0}
+
+    def encode(self, table: Table, state: dict, issues: RowIssues):
+        values = numeric_column(table, self.column(), issues)
+        present = np.isfinite(values)
+        scaled = np.where(present, (values - state["mean"]) / state["std"], 0.0)
+        return torch.from_numpy(scaled.astype(np.float32)).view(-1, 1), torch.from_numpy(present)
+
+    def _values(self, output: torch.Tensor, state: dict) -> torch.Tensor:
+        return output.float() * state["std"] + state["mean"]
+
+    def decode(self, output: torch.Tensor, state: dict) -> dict[str, list[Any]]:
+        return {self.name: self._values(output, state).view(-1).tolist()}
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
+        from polymodal.training.metrics import regression_metrics
+
+        return regression_metrics(self._values(output, state).numpy(),
+                                  self._values(target, state).numpy())
 
 
 @polymodal.hookimpl

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from typing import Literal
 
+import numpy as np
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 import polymodal
 from polymodal.components import AdapterConfig, ModalityAdapter
-from polymodal.errors import DataError
+from polymodal.data.binding import Codec, RowIssues
+from polymodal.data.encoding import category, encode_categories, fit_vocabulary, lookup, numeric_column
+from polymodal.data.table import Table
+from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import FeatureMap, Signal, Tokens, Vector
 
 #: Extra embedding rows after a column's ``cardinality`` known categories.
 UNKNOWN_OFFSET = 0  # row ``cardinality``: ids outside 0..cardinality-1 (unseen categories)
 MISSING_OFFSET = 1  # row ``cardinality + 1``: id -1 (missing value)
+PROVISIONAL_CARDINALITY = 16
 
 
 def default_embedding_dim(cardinality: int) -> int:
@@ -56,9 +62,10 @@ class TabularAdapter(ModalityAdapter):
 
     class Config(AdapterConfig):
         type: Literal["tabular"] = "tabular"
-        categorical: dict[str, PositiveInt] = Field(
+        categorical: dict[str, PositiveInt | Literal["auto"]] = Field(
             default_factory=dict, description="Categorical columns: name -> cardinality"
-            " (number of known categories).")
+            " (number of known categories), or `auto` (or a plain list of names) to learn it"
+            " from the training table.")
         numerical: list[str] = Field(
             default_factory=list, description="Numerical columns, in order.")
         embedding_dims: dict[str, PositiveInt] = Field(
@@ -91,6 +98,13 @@ class TabularAdapter(ModalityAdapter):
         token_dim: PositiveInt = Field(
             32, description="Token width for `output: tokens`.", le=8192)
 
+        @field_validator("categorical", mode="before")
+        @classmethod
+        def _names_are_auto(cls, value):
+            if isinstance(value, (list, tuple)):
+                return {name: "auto" for name in value}
+            return value
+
         @model_validator(mode="after")
         def _check_columns(self):
             if not self.categorical and not self.numerical:
@@ -113,7 +127,11 @@ class TabularAdapter(ModalityAdapter):
             return f"tabular, {len(self.categorical)} categorical + {len(self.numerical)} numerical"
 
         def embedding_dim(self, column: str) -> int:
-            return self.embedding_dims.get(column) or default_embedding_dim(self.categorical[column])
+            card = self.categorical[column]
+            # A learned cardinality is unknown until training fills it in; connections are
+            # checked with a provisional width meanwhile.
+            return self.embedding_dims.get(column) or default_embedding_dim(
+                card if card != "auto" else PROVISIONAL_CARDINALITY)
 
         def flags(self) -> bool:
             """Whether imputed values are flagged."""
@@ -127,6 +145,9 @@ class TabularAdapter(ModalityAdapter):
             else:
                 numeric = len(self.numerical) * self.numerical_dim
             return sum(self.embedding_dim(c) for c in self.categorical) + numeric
+
+        def codec(self) -> TabularCodec:
+            return TabularCodec(self)
 
         def gives(self) -> Signal:
             if self.output == "tokens":
@@ -142,10 +163,16 @@ class TabularAdapter(ModalityAdapter):
             if isinstance(wanted, Vector) and self.output != "tokens":
                 return f"set project_to: {wanted.dim}"
             return None
+
     example_options = {"categorical": {"make": 40}, "numerical": ["age"]}
 
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
+        learned = [c for c, card in config.categorical.items() if card == "auto"]
+        if learned:
+            raise PolymodalError(
+                f"the cardinality of {', '.join(map(repr, learned))} is learned from data:"
+                " train the model on a table (polymodal train), or give a number")
         tokens = config.output == "tokens"
         self.embeddings = nn.ModuleDict({
             column: nn.Embedding(card + 2, config.token_dim if tokens else config.embedding_dim(column))
@@ -276,6 +303,73 @@ class NumericalEmbedding(nn.Module):
             out = torch.relu(out)
         if self.missing is not None:
             out = out + missing.unsqueeze(2).to(out.dtype) * self.missing
+        return out
+
+
+# -- reading tables ----------------------------------------------------------------------------
+
+
+class TabularCodec(Codec):
+    """Reads the adapter's columns: learns each categorical column's vocabulary (categories
+    as found, strings or integers) and each numerical column's mean and standard deviation
+    (ignoring missing values) on the training rows."""
+
+    config: TabularAdapter.Config
+
+    def columns(self) -> list[str]:
+        return [*self.config.categorical, *self.config.numerical]
+
+    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+        for column in self.config.numerical:
+            numeric_column(table, column, issues)
+
+    def fit(self, table: Table) -> dict:
+        vocabularies = {}
+        for column, card in self.config.categorical.items():
+            values = table.columns[column]
+            found = fit_vocabulary(values)
+            if card != "auto":
+                if all(isinstance(v, int) and 0 <= v < card for v in found):
+                    found = list(range(card))  # already ids: keep them as they are
+                elif len(found) > card:
+                    # The most frequent categories get the rows; the rest share `unknown`.
+                    counts = Counter(category(v) for v in values)
+                    counts.pop(None, None)
+                    kept = {v for v, _ in counts.most_common(card)}
+                    found = [v for v in found if v in kept]
+            vocabularies[column] = found
+        means, stds = [], []
+        for column in self.config.numerical:
+            values = numeric_column(table, column, None)
+            finite = values[np.isfinite(values)]
+            mean = float(finite.mean()) if finite.size else 0.0
+            std = float(finite.std()) if finite.size > 1 else 1.0
+            means.append(mean)
+            stds.append(std if std > 1e-12 else 1.0)
+        return {"vocabularies": vocabularies, "mean": means, "std": stds}
+
+    def complete(self, state: dict) -> dict:
+        learned = {c: max(1, len(state["vocabularies"][c]))
+                   for c, card in self.config.categorical.items() if card == "auto"}
+        return {"categorical": {**self.config.categorical, **learned}} if learned else {}
+
+    def prepare(self, module: TabularAdapter, state: dict) -> None:
+        with torch.no_grad():
+            module.num_mean.copy_(torch.tensor(state["mean"], dtype=torch.float32))
+            module.num_std.copy_(torch.tensor(state["std"], dtype=torch.float32))
+
+    def encode(self, table: Table, state: dict, issues: RowIssues) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for column in self.config.categorical:
+            vocabulary = state["vocabularies"][column]
+            # -2 is outside 0..cardinality-1, so the adapter gives it its *unknown* row even
+            # when the vocabulary is shorter than a cardinality the spec fixed.
+            ids, unseen = encode_categories(table.columns[column], lookup(vocabulary),
+                                            unknown=-2, missing=-1)
+            issues.note(f"unseen categories in column {column!r}", unseen)
+            out[column] = torch.from_numpy(ids)
+        for column in self.config.numerical:
+            out[column] = torch.from_numpy(numeric_column(table, column, issues).astype(np.float32))
         return out
 
 

@@ -1,0 +1,93 @@
+"""Turning table values into numbers: vocabularies of categories and numeric columns.
+
+Helpers for codecs (built-in and third-party alike). A category is kept as found: an integer
+(also when written as ``"3"`` or ``3.0``) or a text; lookups use a canonical key so that a
+model trained on a DataFrame of ints predicts on a CSV of the same ints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .binding import RowIssues
+from .table import Table, is_missing
+
+
+def category(value: Any) -> int | str | None:
+    """The category a raw value stands for (None when missing)."""
+    if is_missing(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() else repr(float(value))
+    text = str(value).strip()
+    if text.lstrip("+-").isdigit():
+        return int(text)
+    return text
+
+
+def key(value: int | str) -> str:
+    return str(value)
+
+
+def fit_vocabulary(values: Iterable[Any]) -> list[int | str]:
+    """The distinct categories in ``values``: integers in order, then texts in order."""
+    found = {category(v) for v in values}
+    found.discard(None)
+    ints = sorted(v for v in found if isinstance(v, int))
+    texts = sorted(v for v in found if isinstance(v, str))
+    return [*ints, *texts]
+
+
+def lookup(vocabulary: list[int | str]) -> dict[str, int]:
+    return {key(v): i for i, v in enumerate(vocabulary)}
+
+
+def encode_categories(values: np.ndarray, index: dict[str, int], unknown: int,
+                      missing: int) -> tuple[np.ndarray, int]:
+    """Ids of ``values`` (``unknown`` for categories not in ``index``, ``missing`` for missing
+    values) and how many were unknown."""
+    ids = np.empty(len(values), dtype=np.int64)
+    unseen = 0
+    for i, value in enumerate(values):
+        cat = category(value)
+        if cat is None:
+            ids[i] = missing
+            continue
+        found = index.get(key(cat))
+        if found is None:
+            unseen += 1
+            ids[i] = unknown
+        else:
+            ids[i] = found
+    return ids, unseen
+
+
+def numeric_column(table: Table, column: str, issues: RowIssues | None) -> np.ndarray:
+    """``column`` as float64, NaN for missing values; a value that is not a number is a bad
+    row in ``issues`` (and NaN)."""
+    values = table.columns[column]
+    if values.dtype.kind in "biuf":
+        return values.astype(np.float64)
+    out = np.empty(len(values), dtype=np.float64)
+    for i, value in enumerate(values):
+        if is_missing(value):
+            out[i] = math.nan
+            continue
+        try:
+            out[i] = float(value)
+        except (TypeError, ValueError):
+            out[i] = math.nan
+            if issues is not None:
+                issues.bad_row(i, column, f"{value!r} is not a number")
+            continue
+        if math.isinf(out[i]) and issues is not None:
+            issues.bad_row(i, column, f"{value!r} is infinite")
+    return out

@@ -1,0 +1,137 @@
+"""Image files of any channel count: PNG/JPEG (Pillow), ``.npy`` arrays and multi-band TIFF.
+
+Every reader gives a float32 array ``[channels, height, width]``. 8-bit images are scaled to
+0..1 and 16-bit ones by 65535; ``.npy`` and floating-point TIFF values are kept as they are.
+Arrays may be stored channels-first or channels-last: with ``channels`` given, a 3-D array
+whose last axis (and not its first) matches is read as channels-last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+NPY_SUFFIXES = {".npy"}
+SUFFIXES = PIL_SUFFIXES | TIFF_SUFFIXES | NPY_SUFFIXES
+
+
+class ImageReadError(Exception):
+    """A file is missing, unreadable or not an image; the message says which."""
+
+
+def _scale(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    return array.astype(np.float32, copy=False)
+
+
+def _channels_first(array: np.ndarray, channels: int | None) -> np.ndarray:
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim != 3:
+        raise ImageReadError(f"holds an array of shape {list(array.shape)}, not an image"
+                             " ([channels, height, width] or [height, width])")
+    if channels is not None and array.shape[-1] == channels and array.shape[0] != channels:
+        return np.moveaxis(array, -1, 0)
+    return array
+
+
+def _pil_mode_channels(mode: str) -> int:
+    return {"1": 1, "L": 1, "P": 3, "I": 1, "F": 1, "I;16": 1, "I;16B": 1, "I;16L": 1,
+            "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}.get(mode, 3)
+
+
+def _open_pil(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageReadError("is not an image Pillow can read") from None
+
+
+def _pil_array(path: Path) -> np.ndarray:
+    with _open_pil(path) as image:
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        elif image.mode in ("I", "I;16B", "I;16L"):
+            image = image.convert("I;16") if image.mode != "I" else image
+        array = np.asarray(image)
+    if array.dtype == np.int32:  # mode "I": 32-bit integers, kept as values
+        array = array.astype(np.float32)
+    return array
+
+
+def _tiff_array(path: Path) -> np.ndarray:
+    try:
+        import tifffile
+    except ImportError:
+        try:
+            return _pil_array(path)
+        except (ImageReadError, OSError):
+            raise ImageReadError("cannot be read without tifffile (multi-band TIFF):"
+                                 " pip install 'polymodal[tiff]'") from None
+    try:
+        return tifffile.imread(str(path))
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for bad files
+        raise ImageReadError(f"is not a readable TIFF file ({exc})") from None
+
+
+def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
+    """The image at ``path`` as float32 ``[channels, height, width]``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ImageReadError(f"has unknown image type {path.suffix!r}; use"
+                             f" {', '.join(sorted(SUFFIXES))}")
+    try:
+        if suffix in NPY_SUFFIXES:
+            try:
+                array = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise ImageReadError(f"is not a numeric .npy array ({exc})") from None
+        elif suffix in TIFF_SUFFIXES:
+            array = _tiff_array(path)
+        else:
+            array = _pil_array(path)
+    except FileNotFoundError:
+        raise ImageReadError("not found") from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot be read ({exc.strerror or exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise ImageReadError(f"holds {array.dtype} values, not numbers")
+    if suffix in PIL_SUFFIXES and array.ndim == 3:
+        array = np.moveaxis(array, -1, 0)  # Pillow gives channels last
+        return np.ascontiguousarray(_scale(array))
+    return np.ascontiguousarray(_scale(_channels_first(array, channels)))
+
+
+def image_shape(path: str | Path, channels: int | None = None) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of an image file, reading as little as its format allows."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ImageReadError("not found")
+    try:
+        if suffix in PIL_SUFFIXES:
+            with _open_pil(path) as image:
+                width, height = image.size
+                return _pil_mode_channels(image.mode), height, width
+        if suffix in NPY_SUFFIXES:
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as exc:
+                raise ImageReadError(f"is not a numeric .npy array ({exc})") from None
+            shape = _channels_first(array, channels).shape
+            return int(shape[0]), int(shape[1]), int(shape[2])
+    except OSError as exc:
+        raise ImageReadError(f"cannot be read ({exc.strerror or exc})") from None
+    shape = read_image(path, channels).shape
+    return int(shape[0]), int(shape[1]), int(shape[2])

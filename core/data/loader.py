@@ -1,0 +1,74 @@
+"""Batches from a table: each loader item is a whole batch, encoded by the codecs at once.
+
+The sampler yields ``(epoch, step, positions)``; the dataset encodes those rows (in worker
+processes when ``workers > 0``) and augments them with a generator seeded from
+``(seed, epoch, step)``, so a batch is the same whichever process makes it and whenever a
+resumed run makes it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .binding import Binding, Encoded, State
+from .table import Table
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and runs)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class BatchDataset(Dataset):
+    def __init__(self, table: Table, binding: Binding, state: State, *, targets: bool,
+                 augment: Any = None, seed: int = 0):
+        self.table = table
+        self.binding = binding
+        self.state = state
+        self.targets = targets
+        self.augment = augment if augment is not None and augment.any() else None
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, item: tuple[int, int, np.ndarray]) -> Encoded:
+        epoch, step, positions = item
+        encoded = self.binding.encode(self.table.take(positions), self.state, self.targets)
+        if self.augment is not None:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, step))
+            for bound in self.binding.inputs:
+                encoded.inputs[bound.name] = bound.codec.augment(
+                    encoded.inputs[bound.name], self.augment, generator)
+        return encoded
+
+
+class BatchPlan(Sampler):
+    """The batches of one epoch: given lists of row positions."""
+
+    def __init__(self, epoch: int, batches: Sequence[np.ndarray], first_step: int = 0):
+        self.epoch = epoch
+        self.batches = list(batches)
+        self.first_step = first_step
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        for step, positions in enumerate(self.batches[self.first_step:], self.first_step):
+            yield self.epoch, step, positions
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.first_step
+
+
+def _unwrap(item: Any) -> Any:
+    return item
+
+
+def loader(dataset: BatchDataset, plan: BatchPlan, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=None, sampler=plan, num_workers=workers,
+                      collate_fn=_unwrap, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers else None)

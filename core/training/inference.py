@@ -1,0 +1,312 @@
+"""Evaluating and predicting with a trained model on a table, streamed in batches.
+
+A model file carries its fitted preprocessing, so raw rows go in and class names come out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.binding import Binding, Encoded, State
+from ..data.table import Table, iter_table
+from ..errors import DataError, ModelFileError
+
+BAD_ROW_POLICIES = ("fail", "skip")
+
+
+@dataclass
+class RowReport:
+    """Rows left out (``skipped``: their messages) and tolerated oddities (``notes``: counts)."""
+
+    skipped: list[str] = field(default_factory=list)
+    notes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, encoded: Encoded | None = None, bad: dict[int, str] | None = None) -> None:
+        if bad:
+            self.skipped.extend(bad.values())
+        if encoded is not None:
+            self.skipped.extend(encoded.bad.values())
+            self.notes.update(encoded.notes)
+
+    def lines(self, limit: int = 10) -> list[str]:
+        out = []
+        if self.skipped:
+            out.append(f"skipped {len(self.skipped)} bad row(s):")
+            out += [f"  {m}" for m in self.skipped[:limit]]
+            if len(self.skipped) > limit:
+                out.append(f"  ... and {len(self.skipped) - limit} more")
+        out += [f"{count} value(s): {what} (used the reserved unknown category)"
+                for what, count in sorted(self.notes.items())]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"skipped_rows": len(self.skipped), "skipped": self.skipped,
+                "notes": dict(self.notes)}
+
+
+def check_policy(policy: str) -> None:
+    if policy not in BAD_ROW_POLICIES:
+        raise DataError(f"unknown bad-row policy {policy!r}; use {' or '.join(BAD_ROW_POLICIES)}")
+
+
+def fail_on(bad: dict[int, str], policy: str) -> None:
+    if bad and policy == "fail":
+        first = next(iter(bad.values()))
+        more = f" ({len(bad)} bad rows in this batch)" if len(bad) > 1 else ""
+        raise DataError(f"{first}{more}. Fix the row, or pass --on-bad-row skip to leave such"
+                        " rows out")
+
+
+def model_state(model: Any, source: str) -> State:
+    state = getattr(model, "fitted_state", None)
+    if not state or "inputs" not in state or "heads" not in state:
+        raise ModelFileError(f"{source}: this model was not trained on a table (it holds no fitted"
+                             " preprocessing), so it cannot read one; train it with polymodal train")
+    return state
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(value: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.to(device, non_blocking=True)
+        if channels_last and value.dim() == 4:
+            value = value.contiguous(memory_format=torch.channels_last)
+        return value
+    if isinstance(value, dict):
+        return {k: to_device(v, device, channels_last) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device, channels_last) for v in value)
+    return value
+
+
+def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool,
+                   batch_size: int, policy: str, report: RowReport) -> Iterator[tuple[Table, Encoded]]:
+    """Checked and encoded batches of ``source`` (a table or a file read chunk by chunk)."""
+    check_policy(policy)
+    first = True
+    chunks = iter_table(source, batch_size) if not isinstance(source, Table) else iter_table(source, batch_size)
+    for chunk in chunks:
+        if first:
+            binding.require_columns(chunk, targets)
+            first = False
+        if len(chunk) == 0:
+            continue
+        issues = binding.check(chunk, state, targets)
+        fail_on(issues.bad, policy)
+        report.add(bad=issues.bad)
+        keep = [p for p in range(len(chunk)) if p not in issues.bad]
+        chunk = chunk.take(keep) if len(keep) < len(chunk) else chunk
+        if len(chunk) == 0:
+            continue
+        encoded = binding.encode(chunk, state, targets)
+        fail_on(encoded.bad, policy)
+        report.add(encoded)
+        yield chunk, encoded
+
+
+@dataclass
+class Collected:
+    """Outputs and targets of every head over a table (rows with a target only), and losses."""
+
+    outputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    targets: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, head: str, output: torch.Tensor, target: torch.Tensor, loss: float) -> None:
+        self.outputs.setdefault(head, []).append(output.float().cpu())
+        self.targets.setdefault(head, []).append(target.cpu())
+        self.loss_sums[head] = self.loss_sums.get(head, 0.0) + loss * len(target)
+        self.counts[head] = self.counts.get(head, 0) + len(target)
+
+    def head_loss(self, head: str) -> float:
+        return self.loss_sums[head] / self.counts[head] if self.counts.get(head) else math.nan
+
+
+def head_losses(model: Any, outputs: dict[str, torch.Tensor], targets: dict[str, tuple]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each head's loss over the rows that have its target: ``head -> (loss, output, target)``."""
+    losses = {}
+    for head, (target, present) in targets.items():
+        if head not in outputs or not bool(present.any()):
+            continue
+        output, target = outputs[head][present], target[present]
+        losses[head] = (model.heads[head].loss(output, target), output, target)
+    return losses
+
+
+@torch.no_grad()
+def collect(model: Any, batches: Iterable[Encoded], device: torch.device, precision: str = "fp32",
+            channels_last: bool = False) -> Collected:
+    collected = Collected()
+    was_training = model.training
+    model.eval()
+    try:
+        for encoded in batches:
+            inputs = to_device(encoded.inputs, device, channels_last)
+            targets = to_device(encoded.targets, device)
+            with autocast(device, precision):
+                outputs = model(inputs)
+            for head, (loss, output, target) in head_losses(model, outputs, targets).items():
+                collected.add(head, output, target, float(loss))
+    finally:
+        model.train(was_training)
+    return collected
+
+
+def head_metrics(collected: Collected, binding: Binding, state: State) -> dict[str, dict[str, float]]:
+    metrics = {}
+    for bound in binding.heads:
+        if bound.name not in collected.outputs:
+            continue
+        output = torch.cat(collected.outputs[bound.name])
+        target = torch.cat(collected.targets[bound.name])
+        values = {"loss": collected.head_loss(bound.name)}
+        values.update(bound.codec.metrics(output, target, state["heads"][bound.name]))
+        metrics[bound.name] = values
+    return metrics
+
+
+def _load(model: Any) -> tuple[Any, str]:
+    if isinstance(model, (str, Path)):
+        from ..modelfile import load
+
+        return load(model), str(model)
+    return model, "<model>"
+
+
+def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = "fail",
+             device: str = "cpu") -> dict[str, Any]:
+    """Metrics of each head of a trained model (file or object) on a table with targets,
+    and each classification head's confusion matrix."""
+    model, source = _load(model)
+    state = model_state(model, source)
+    binding = Binding(model.spec)
+    target = torch.device(device)
+    model.to(target)
+    report = RowReport()
+    batches = (e for _, e in encoded_chunks(data, binding, state, targets=True,
+                                            batch_size=batch_size, policy=on_bad_row, report=report))
+    collected = collect(model, batches, target)
+    result: dict[str, Any] = {"rows": sum(collected.counts.values()) and max(collected.counts.values()),
+                              "heads": {}}
+    for name, values in head_metrics(collected, binding, state).items():
+        codec = binding.head_codec(name)
+        output = torch.cat(collected.outputs[name])
+        truth = torch.cat(collected.targets[name])
+        result["heads"][name] = {"rows": collected.counts[name], "metrics": values,
+                                 **codec.details(output, truth, state["heads"][name])}
+    result.update(report.to_json())
+    return result
+
+
+def render_evaluation(model: Any, result: dict[str, Any]) -> str:
+    binding = Binding(model.spec)
+    lines = [f"{result['rows']} row(s) evaluated"]
+    for name, values in result["heads"].items():
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in values["metrics"].items())
+        lines.append(f"\nhead {name} ({values['rows']} rows): {metrics}")
+        details = {k: v for k, v in values.items() if k not in ("rows", "metrics")}
+        if details:
+            text = binding.head_codec(name).render_details(details)
+            if text:
+                lines.append(text)
+    return "\n".join(lines)
+
+
+def _atomic_writer(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return os.fdopen(fd, "w", newline="", encoding="utf-8"), Path(tmp)
+
+
+def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_size: int = 256,
+            on_bad_row: str = "fail", keep: Iterable[str] = (), device: str = "cpu",
+            on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Predictions for every row of ``data``: each classification head's class name and
+    class probabilities, each regression head's value; with the source row number and the
+    ``keep`` columns. Streams batch by batch: with ``output`` (a CSV file, written atomically)
+    a table larger than memory works; without, the columns are returned (``result["columns"]``).
+    """
+    model, source = _load(model)
+    state = model_state(model, source)
+    binding = Binding(model.spec)
+    target = torch.device(device)
+    model.to(target).eval()
+    keep = list(keep)
+    report = RowReport()
+    handle, tmp = (None, None) if output is None else _atomic_writer(Path(output))
+    writer = csv.writer(handle) if handle is not None else None
+    gathered: dict[str, list[Any]] = {}
+    rows = 0
+    try:
+        for chunk, encoded in encoded_chunks(data, binding, state, targets=False,
+                                             batch_size=batch_size, policy=on_bad_row, report=report):
+            missing = [c for c in keep if c not in chunk.columns]
+            if missing:
+                raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to keep")
+            with torch.no_grad():
+                outputs = model(to_device(encoded.inputs, target))
+            columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
+            for c in keep:
+                columns[c] = [_plain(v) for v in chunk.columns[c][encoded.positions]]
+            for bound in binding.heads:
+                columns.update(bound.codec.decode(outputs[bound.name].cpu(), state["heads"][bound.name]))
+            if writer is not None:
+                if rows == 0:
+                    writer.writerow(list(columns))
+                writer.writerows(zip(*columns.values()))
+            else:
+                for k, v in columns.items():
+                    gathered.setdefault(k, []).extend(v)
+            rows += len(columns["row"])
+            if on_batch is not None:
+                on_batch(rows)
+        if handle is not None:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            os.replace(tmp, output)
+    except BaseException:
+        if handle is not None:
+            handle.close()
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    result = {"rows": rows, **report.to_json()}
+    if output is None:
+        result["columns"] = gathered
+    else:
+        result["output"] = str(output)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def to_csv_text(columns: dict[str, list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(list(columns))
+    writer.writerows(zip(*columns.values()))
+    return out.getvalue()

@@ -1,0 +1,94 @@
+"""Metrics of classification and regression, with numpy only (no scikit-learn).
+
+Heads pick theirs from here in their target codecs; every function takes plain arrays.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Metrics where lower is better; every other metric is better higher.
+LOWER_IS_BETTER = frozenset({"loss", "rmse", "mae", "mse"})
+
+
+def confusion_matrix(target: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """``[true class, predicted class]`` counts."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(target, np.int64), np.asarray(predicted, np.int64)), 1)
+    return matrix
+
+
+def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (the Mann-Whitney U statistic, ties counted half); NaN when
+    only one class is present."""
+    positive = np.asarray(positive, bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average ranks over runs of equal scores (1-based).
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def classification_metrics(probabilities: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """accuracy, balanced_accuracy (mean recall of the classes present), macro_f1 (over the
+    classes present in target or prediction), auroc (binary; one-vs-rest macro average for
+    more classes, over classes present)."""
+    probabilities = np.asarray(probabilities, np.float64)
+    target = np.asarray(target, np.int64)
+    if target.size == 0:
+        return {"accuracy": math.nan, "balanced_accuracy": math.nan, "macro_f1": math.nan,
+                "auroc": math.nan}
+    classes = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(target, predicted, classes)
+    true_counts = matrix.sum(axis=1)
+    predicted_counts = matrix.sum(axis=0)
+    hits = np.diag(matrix)
+    present = true_counts > 0
+    recall = hits[present] / true_counts[present]
+    seen = present | (predicted_counts > 0)
+    f1 = 2 * hits[seen] / (true_counts[seen] + predicted_counts[seen])
+    if classes == 2:
+        auroc = binary_auroc(target == 1, probabilities[:, 1])
+    else:
+        scores = [binary_auroc(target == c, probabilities[:, c]) for c in range(classes)]
+        valid = [s for s in scores if not math.isnan(s)]
+        auroc = float(np.mean(valid)) if valid else math.nan
+    return {
+        "accuracy": float(hits.sum() / target.size),
+        "balanced_accuracy": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "auroc": auroc,
+    }
+
+
+def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """rmse, mae and r2 (1 - residual / total sum of squares; over every output)."""
+    predicted = np.asarray(predicted, np.float64).reshape(len(predicted), -1)
+    target = np.asarray(target, np.float64).reshape(len(target), -1)
+    if target.size == 0:
+        return {"rmse": math.nan, "mae": math.nan, "r2": math.nan}
+    error = predicted - target
+    total = ((target - target.mean(axis=0)) ** 2).sum()
+    r2 = 1.0 - float((error**2).sum() / total) if total > 0 else math.nan
+    return {
+        "rmse": float(np.sqrt((error**2).mean())),
+        "mae": float(np.abs(error).mean()),
+        "r2": r2,
+    }
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether larger values of ``metric`` (``loss`` or ``head.name``) are better."""
+    return metric.rsplit(".", 1)[-1] not in LOWER_IS_BETTER

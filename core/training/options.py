@@ -1,0 +1,96 @@
+"""The ``training`` section of a spec: how a model is trained on a table.
+
+Only Pydantic here, so a spec validates without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Augment(_Options):
+    """Image augmentation applied to training batches. Every operation is correct for any
+    channel count (no colour operation that assumes RGB)."""
+
+    hflip: bool = Field(False, description="Random horizontal flips.")
+    vflip: bool = Field(False, description="Random vertical flips.")
+    rot90: bool = Field(False, description="Random rotations by multiples of 90 degrees"
+                        " (square images; others get 0 or 180 degrees).")
+    crop_padding: int = Field(0, description="Pad by this many pixels (reflecting the border),"
+                              " then crop back to the original size at a random place.",
+                              ge=0, le=4096)
+    noise_std: float = Field(0.0, description="Standard deviation of gaussian noise added to"
+                             " the pixel values (0..1 for 8-bit images).", ge=0.0)
+
+    def any(self) -> bool:
+        return self.hflip or self.vflip or self.rot90 or self.crop_padding > 0 or self.noise_std > 0
+
+
+class EarlyStopping(_Options):
+    """Which metric picks the best epoch (the one saved), and when training stops early."""
+
+    metric: str = Field("loss", description="`loss` (the validation loss over every head) or"
+                        " `HEAD.METRIC`, e.g. `fraud.balanced_accuracy`, `price.rmse`.",
+                        pattern=r"^(loss|[A-Za-z_][A-Za-z0-9_]*\.[a-z0-9_]+)$")
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="Whether lower or higher is better; auto knows each metric.")
+    patience: PositiveInt | None = Field(
+        None, description="Stop after this many epochs without improvement; null: never stop"
+        " early (the best epoch is still what is saved).")
+
+
+class TrainingOptions(_Options):
+    """How the model is trained: optimisation, schedule, augmentation, precision, data split."""
+
+    epochs: PositiveInt = Field(10, description="Passes over the training rows.", le=100_000)
+    batch_size: PositiveInt = Field(32, description="Rows per optimisation step (over all"
+                                    " processes when data-parallel).", le=1_000_000)
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimiser.")
+    lr: float = Field(1e-3, description="Learning rate.", gt=0, le=10)
+    momentum: float = Field(0.9, description="Momentum (sgd only).", ge=0, lt=1)
+    weight_decay: float = Field(1e-4, description="Weight decay (decoupled for adamw).", ge=0)
+    schedule: Literal["none", "cosine", "onecycle"] = Field(
+        "cosine", description="Learning-rate schedule over all steps.")
+    backbone_lr: float | None = Field(
+        None, description="Learning rate of the backbones, e.g. lower for pretrained ones;"
+        " default: lr.", gt=0, le=10)
+    freeze_backbones: bool = Field(False, description="Keep backbone weights fixed (until"
+                                   " unfreeze_at).")
+    unfreeze_at: PositiveInt | None = Field(
+        None, description="Epoch (1-based) from which frozen backbones train too.")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping,
+                                          description=EarlyStopping.__doc__)
+    loss_weights: dict[str, float] = Field(
+        default_factory=dict, description="Weight of each head's loss (head name -> weight;"
+        " default 1).")
+    augment: Augment = Field(default_factory=Augment, description=Augment.__doc__)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision: bf16 on CPU or GPU, fp16 on GPU only.")
+    channels_last: bool = Field(False, description="Channels-last memory format for images.")
+    compile: bool = Field(False, description="torch.compile the model (slow first steps).")
+    seed: int = Field(0, description="Seed of initialisation, shuffling, augmentation and"
+                      " dropout: the same seed gives the same model.", ge=0, lt=2**31)
+    workers: int = Field(0, description="Data-loading worker processes (0: load in the"
+                         " training process).", ge=0, le=256)
+    val_fraction: float = Field(0.2, description="Fraction of rows held out for validation"
+                                " when no validation table is given.", ge=0, lt=1)
+    group_by: str | None = Field(
+        None, description="Column whose groups (a patient, a site) stay on one side of the"
+        " validation split.")
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.",
+                        pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.unfreeze_at is not None and not self.freeze_backbones:
+            raise ValueError("unfreeze_at needs freeze_backbones: true")
+        bad = {k: v for k, v in self.loss_weights.items() if v < 0}
+        if bad:
+            raise ValueError(f"loss_weights must be >= 0: {bad}")
+        return self

@@ -1,0 +1,117 @@
+"""What a training run leaves for the user: metric logs (CSV, JSON), a plot, a summary table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def flat(row: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's record with nested metrics as ``val.head.metric`` columns."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            for sub, inner in flat(value).items():
+                out[f"{key}.{sub}"] = inner
+        else:
+            out[key] = value
+    return out
+
+
+def write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(run_dir / "metrics.json", json.dumps(json_safe(history), indent=2))
+    rows = [flat(r) for r in history]
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "metrics.csv", out.getvalue())
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> str:
+    """Write ``curves.png`` (losses, and each head's validation metrics); returns a note."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install 'polymodal[plot]')"
+    epochs = [r["epoch"] for r in history]
+    heads = sorted({h for r in history for h in r.get("val", {}) if isinstance(r["val"][h], dict)})
+    fig, axes = plt.subplots(1, 1 + len(heads), figsize=(4.5 * (1 + len(heads)), 3.5), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(epochs, [r["train_loss"] for r in history], label="train loss")
+    if any("loss" in r.get("val", {}) for r in history):
+        ax.plot(epochs, [r.get("val", {}).get("loss", math.nan) for r in history], label="val loss")
+    ax.set_xlabel("epoch")
+    ax.set_title("loss")
+    ax.legend()
+    for ax, head in zip(axes[0][1:], heads):
+        names = [k for k in history[-1]["val"][head] if k != "loss"]
+        for name in names:
+            ax.plot(epochs, [r["val"].get(head, {}).get(name, math.nan) for r in history], label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{head} (validation)")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = run_dir / "curves.png"
+    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=run_dir)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+    return f"plot: {path}"
+
+
+def summary_table(metrics: dict[str, dict[str, float]]) -> str:
+    """Heads as rows, metrics as columns."""
+    names: list[str] = []
+    for values in metrics.values():
+        names += [k for k in values if k not in names]
+    rows = [["head", *names]]
+    for head, values in metrics.items():
+        rows.append([head, *(_fmt(values.get(n)) for n in names)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}"

@@ -1,0 +1,151 @@
+"""Every bad value gets one message naming the row and column; --on-bad-row skip|fail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from training_data import read_csv, spec_data, write_csv
+
+import polymodal
+from polymodal.cli import main
+
+
+def _train(table, tmp_path, **kwargs):
+    return polymodal.train(spec_data(epochs=1), table, tmp_path / "m.safetensors",
+                           progress=False, **kwargs)
+
+
+def _edit(dataset, row: int, **values):
+    rows = read_csv(dataset)
+    rows[row - 1].update(values)
+    return write_csv(dataset, rows)
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("photo", "img/nowhere.png", "row 3, column 'photo': image 'img/nowhere.png' not found"),
+    ("photo", "", "row 3, column 'photo': no image path (empty)"),
+    ("age", "forty", "row 3, column 'age': 'forty' is not a number"),
+    ("label", "", "row 3, column 'label': the target is missing (empty or NaN)"),
+    ("label", "NaN", "row 3, column 'label': the target is missing (empty or NaN)"),
+])
+def test_bad_values_name_row_and_column(dataset, tmp_path, column, value, message):
+    _edit(dataset, 3, **{column: value})
+    with pytest.raises(polymodal.DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _train(dataset, tmp_path)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_unreadable_image_and_wrong_channel_count(dataset, tmp_path):
+    (tmp_path / "img" / "broken.png").write_bytes(b"not a png at all")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "img" / "gray.png")
+    _edit(dataset, 2, photo="img/broken.png")
+    _edit(dataset, 5, photo="img/gray.png")
+    with pytest.raises(polymodal.DataError, match="row 2, column 'photo': image 'img/broken.png'"
+                       " is not an image Pillow can read"):
+        _train(dataset, tmp_path)
+    result = _train(dataset, tmp_path, on_bad_row="skip")
+    assert result.report.skipped == [
+        f"{dataset} row 2, column 'photo': image 'img/broken.png' is not an image Pillow can read",
+        f"{dataset} row 5, column 'photo': image 'img/gray.png' has 1 channel(s) but"
+        " inputs.photo.adapter.channels is 3",
+    ]
+
+
+def test_images_of_another_size_need_resizing(dataset, tmp_path):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "img" / "big.png")
+    _edit(dataset, 4, photo="img/big.png")
+    with pytest.raises(polymodal.DataError, match="row 4, column 'photo': image 'img/big.png' is"
+                       " 20x20 but the others are 16x16; set inputs.photo.adapter.size"):
+        _train(dataset, tmp_path)
+    spec = spec_data(epochs=1)
+    spec["inputs"]["photo"]["adapter"]["size"] = 16
+    polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+
+
+def test_missing_column_names_the_spec_path(dataset, tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "age"} for r in read_csv(dataset)]
+    write_csv(dataset, rows)
+    with pytest.raises(polymodal.DataError, match=r"no column 'age' \(read by inputs.report.adapter\)"):
+        _train(dataset, tmp_path)
+
+
+def test_unseen_category_at_predict_uses_the_unknown_row_and_is_counted(trained, tmp_path):
+    model, table = trained
+    rows = read_csv(table)[:5]
+    rows[0]["color"] = "purple"
+    rows[1]["color"] = "teal"
+    rows[2]["color"] = ""
+    for row in rows:
+        row["photo"] = str(table.parent / row["photo"])
+    new = write_csv(tmp_path / "new.csv", rows)
+    result = polymodal.predict(model, new)
+    assert len(result["columns"]["label"]) == 5
+    assert result["notes"] == {"unseen categories in column 'color'": 2}
+
+
+def test_unknown_class_at_evaluate_is_a_bad_row(trained, tmp_path):
+    model, table = trained
+    rows = read_csv(table)[:6]
+    for row in rows:
+        row["photo"] = str(table.parent / row["photo"])
+    rows[4]["label"] = "maybe"
+    bad = write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(polymodal.DataError, match="row 5, column 'label': class 'maybe' is not one"
+                       " the model was trained on \\(no, yes\\)"):
+        polymodal.evaluate(model, bad)
+    result = polymodal.evaluate(model, bad, on_bad_row="skip")
+    assert result["skipped_rows"] == 1 and result["heads"]["label"]["rows"] == 5
+
+
+def test_predict_writes_nothing_when_a_later_batch_fails(trained, tmp_path, capsys):
+    model, table = trained
+    rows = read_csv(table)
+    for row in rows:
+        row["photo"] = str(table.parent / row["photo"])
+    rows[30]["age"] = "n/a?"
+    bad = write_csv(tmp_path / "bad.csv", rows)
+    out = tmp_path / "out" / "p.csv"
+    code = main(["predict", str(model), "--data", str(bad), "-o", str(out), "--batch-size", "8"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert err.startswith("error: ") and "row 31, column 'age': 'n/a?' is not a number" in err
+    assert "Traceback" not in err
+    assert not out.exists() and list(out.parent.iterdir()) == []
+    assert main(["predict", str(model), "--data", str(bad), "-o", str(out), "--batch-size", "8",
+                 "--on-bad-row", "skip"]) == 0
+    _, err = capsys.readouterr()
+    assert "skipped 1 bad row(s):" in err and "row 31, column 'age'" in err
+    assert len(read_csv(out)) == len(rows) - 1
+
+
+def test_cli_train_skip_reports_and_fail_exits_cleanly(dataset, tmp_path, capsys):
+    _edit(dataset, 7, age="??")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data(epochs=1)))
+    model = tmp_path / "m.safetensors"
+    assert main(["train", str(spec_path), "--data", str(dataset), "-o", str(model), "--quiet"]) == 1
+    _, err = capsys.readouterr()
+    assert "row 7, column 'age': '??' is not a number" in err and "--on-bad-row skip" in err
+    assert not model.exists()
+    assert main(["train", str(spec_path), "--data", str(dataset), "-o", str(model), "--quiet",
+                 "--on-bad-row", "skip"]) == 0
+    _, err = capsys.readouterr()
+    assert "skipped 1 bad row(s):" in err and model.exists()
+
+
+def test_model_not_trained_on_a_table_cannot_predict(tmp_path, dataset):
+    spec = spec_data()
+    spec["inputs"]["report"]["adapter"]["categorical"] = {"color": 3}
+    spec["heads"]["label"]["classes"] = 2
+    model = polymodal.build(spec)
+    polymodal.save(model, tmp_path / "raw.safetensors")
+    with pytest.raises(polymodal.ModelFileError, match="not trained on a table"):
+        polymodal.predict(tmp_path / "raw.safetensors", dataset)
+
+
+def test_learned_cardinality_cannot_be_built_without_data():
+    with pytest.raises(polymodal.SpecError, match="inputs.report.adapter: the cardinality of 'color'"
+                       " is learned from data"):
+        polymodal.build(spec_data())

@@ -1,0 +1,53 @@
+import math
+
+import numpy as np
+import pytest
+
+from polymodal.training.metrics import (
+    binary_auroc,
+    classification_metrics,
+    confusion_matrix,
+    higher_is_better,
+    regression_metrics,
+)
+
+
+def test_classification_metrics_match_hand_computed_values():
+    # targets 0,0,0,1,1,2 ; predictions 0,1,0,1,1,0
+    target = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 0, 1, 1, 0])
+    probabilities = np.eye(3)[predicted] * 0.7 + 0.1
+    m = classification_metrics(probabilities, target)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # recalls: class0 2/3, class1 2/2, class2 0/1
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # f1: class0 2*2/(3+3)=2/3, class1 2*2/(2+3)=0.8, class2 0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+    assert confusion_matrix(target, predicted, 3).tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_binary_auroc_counts_ties_as_half():
+    # positives score 0.8, 0.4; negatives 0.4, 0.1 -> pairs: (0.8>0.4) (0.8>0.1) (0.4=0.4) (0.4>0.1)
+    assert binary_auroc(np.array([1, 1, 0, 0]), np.array([0.8, 0.4, 0.4, 0.1])) == pytest.approx(3.5 / 4)
+    assert math.isnan(binary_auroc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+def test_binary_classification_auroc_uses_the_positive_class_probability():
+    probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    assert classification_metrics(probabilities, np.array([0, 1, 0, 1]))["auroc"] == pytest.approx(0.75)
+
+
+def test_regression_metrics_match_hand_computed_values():
+    target = np.array([1.0, 2.0, 3.0, 4.0])
+    predicted = np.array([1.5, 2.0, 2.0, 4.0])
+    m = regression_metrics(predicted, target)
+    # errors 0.5, 0, -1, 0: mse 1.25/4, mae 1.5/4; total sum of squares 5
+    assert m["rmse"] == pytest.approx(math.sqrt(1.25 / 4))
+    assert m["mae"] == pytest.approx(1.5 / 4)
+    assert m["r2"] == pytest.approx(1 - 1.25 / 5)
+
+
+def test_direction_of_metrics():
+    assert not higher_is_better("loss")
+    assert not higher_is_better("price.rmse")
+    assert higher_is_better("fraud.balanced_accuracy")

@@ -1,0 +1,60 @@
+"""Tables from CSV, Parquet and pandas, whole or in chunks, with their source row numbers."""
+
+from __future__ import annotations
+
+import pytest
+from training_data import read_csv
+
+import polymodal
+from polymodal.data.table import iter_table, read_table
+
+
+def test_csv_chunks_keep_row_numbers(dataset):
+    chunks = list(iter_table(dataset, chunk_rows=10))
+    assert [len(c) for c in chunks] == [10, 10, 10, 10, 8]
+    assert chunks[1].rows.tolist()[0] == 11
+    assert chunks[1].where(0) == f"{dataset} row 11"
+
+
+def test_dataframe_and_parquet_train_and_predict_like_csv(trained, tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    model, table = trained
+    frame = pd.read_csv(table)
+    frame["photo"] = [str(table.parent / p) for p in frame["photo"]]
+    from_frame = polymodal.predict(model, frame)
+    frame.to_parquet(tmp_path / "t.parquet")
+    from_parquet = polymodal.predict(model, tmp_path / "t.parquet", batch_size=7)
+    from_csv = polymodal.predict(model, table)
+    assert from_frame["columns"]["label_prob_yes"] == from_csv["columns"]["label_prob_yes"]
+    assert from_parquet["columns"]["label_prob_yes"] == from_csv["columns"]["label_prob_yes"]
+    assert from_parquet["columns"]["row"] == list(range(1, len(frame) + 1))
+
+
+def test_integer_categories_from_a_dataframe_match_text_from_csv(tmp_path):
+    pd = pytest.importorskip("pandas")
+    from polymodal.data.encoding import encode_categories, fit_vocabulary, lookup
+
+    vocabulary = fit_vocabulary(pd.Series([3, 1, 3, None]).to_numpy())
+    assert vocabulary == [1, 3]
+    ids, unseen = encode_categories(read_table({"c": ["3", "1", "7", ""]}).columns["c"],
+                                    lookup(vocabulary), unknown=2, missing=-1)
+    assert ids.tolist() == [1, 0, 2, -1] and unseen == 1
+
+
+def test_bad_tables_get_clear_messages(tmp_path):
+    with pytest.raises(polymodal.DataError, match="no such table file"):
+        read_table(tmp_path / "none.csv")
+    (tmp_path / "t.xlsx").write_text("x")
+    with pytest.raises(polymodal.DataError, match="unknown table type '.xlsx'"):
+        read_table(tmp_path / "t.xlsx")
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3\n")
+    with pytest.raises(polymodal.DataError, match=r"ragged.csv row 2 \(line 3\): has 1 fields, the header has 2"):
+        read_table(tmp_path / "ragged.csv")
+    (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
+    with pytest.raises(polymodal.DataError, match="column 'a' appears twice"):
+        read_table(tmp_path / "dup.csv")
+
+
+def test_read_csv_helper_roundtrip(dataset):
+    assert len(read_csv(dataset)) == len(read_table(dataset))

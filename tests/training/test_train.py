@@ -1,0 +1,202 @@
+"""Training on a table, from Python and from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import polymodal
+from polymodal.cli import main
+from polymodal.data.table import read_table
+from polymodal.modelfile import read_metadata
+from polymodal.training.engine import split_rows
+
+from training_data import spec_data, write_dataset
+
+
+def test_train_saves_model_with_fitted_state_and_completed_spec(dataset, tmp_path):
+    result = polymodal.train(spec_data(epochs=2), dataset, tmp_path / "m.safetensors", progress=False)
+    metadata = read_metadata(tmp_path / "m.safetensors")
+    state = json.loads(metadata["polymodal.state"])
+    assert state["heads"]["label"]["classes"] == ["no", "yes"]
+    assert state["inputs"]["report"]["vocabularies"]["color"] == ["blue", "green", "red"]
+    spec = json.loads(metadata["polymodal.spec"])
+    # learned from the data: cardinality, class count, image statistics
+    assert spec["inputs"]["report"]["adapter"]["categorical"] == {"color": 3}
+    assert spec["heads"]["label"]["classes"] == 2
+    assert len(spec["inputs"]["photo"]["adapter"]["mean"]) == 3
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    run = tmp_path / "m.run"
+    assert (run / "metrics.csv").read_text().startswith("epoch,train_loss")
+    logged = json.loads((run / "metrics.json").read_text())
+    assert set(logged[0]["val"]["label"]) == {"loss", "accuracy", "balanced_accuracy", "macro_f1", "auroc"}
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_saved_model_is_the_best_epoch(dataset, tmp_path):
+    spec = spec_data(epochs=4, early_stopping={"metric": "label.accuracy"}, lr=0.05)
+    result = polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    best = result.best["val"]["label"]
+    table = read_table(dataset)
+    _, val_positions = split_rows(table, 0.2, None, seed=0)
+    again = polymodal.evaluate(tmp_path / "m.safetensors", table.take(val_positions))
+    assert again["heads"]["label"]["metrics"]["accuracy"] == pytest.approx(best["accuracy"])
+    assert again["heads"]["label"]["metrics"]["loss"] == pytest.approx(best["loss"], rel=1e-5)
+    assert result.best_value == max(r["val"]["label"]["accuracy"] for r in result.history)
+
+
+def test_training_learns_and_predict_returns_class_names(tmp_path):
+    table = write_dataset(tmp_path, rows=64)
+    result = polymodal.train(spec_data(epochs=8, val_fraction=0.0, schedule="none"), table,
+                             tmp_path / "m.safetensors", progress=False)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    predicted = polymodal.predict(tmp_path / "m.safetensors", table)
+    truth = [r for r in read_table(table).columns["label"]]
+    assert set(predicted["columns"]["label"]) <= {"no", "yes"}
+    hits = sum(p == t for p, t in zip(predicted["columns"]["label"], truth))
+    assert hits / len(truth) > 0.9
+    probabilities = np.array([predicted["columns"]["label_prob_no"], predicted["columns"]["label_prob_yes"]])
+    assert np.allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
+
+
+def test_regression_head_predicts_in_the_targets_units(dataset, tmp_path):
+    spec = spec_data(epochs=1)
+    spec["heads"] = {"score": {"type": "regression"}}
+    polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    state = json.loads(read_metadata(tmp_path / "m.safetensors")["polymodal.state"])
+    assert state["heads"]["score"]["mean"] == pytest.approx(
+        np.mean([float(v) for v in read_table(dataset).take(
+            split_rows(read_table(dataset), 0.2, None, 0)[0]).columns["score"]]))
+    values = polymodal.predict(tmp_path / "m.safetensors", dataset)["columns"]["score"]
+    assert 2.0 < float(np.mean(values)) < 7.0  # targets are about age/10 + {0, 1}
+
+
+def test_group_by_keeps_groups_on_one_side(dataset):
+    table = read_table(dataset)
+    train, val = split_rows(table, 0.3, "color", seed=1)
+    colors = table.columns["color"]
+    assert not set(colors[train]) & set(colors[val])
+    assert len(train) + len(val) == len(table)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_crash_mid_epoch_gives_the_same_weights(dataset, tmp_path):
+    spec = spec_data(epochs=3, augment={"hflip": True, "noise_std": 0.05})
+    spec["fusion"]["dropout"] = 0.2
+    whole = polymodal.train(spec, dataset, tmp_path / "a.safetensors", progress=False)
+
+    def crash(epoch: int, step: int) -> None:
+        if epoch == 2 and step == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        polymodal.train(spec, dataset, tmp_path / "b.safetensors", progress=False, on_step=crash)
+    resumed = polymodal.train(spec, dataset, tmp_path / "b.safetensors", progress=False, resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    a, b = _weights(tmp_path / "a.safetensors"), _weights(tmp_path / "b.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last_a = torch.load(tmp_path / "a.run" / "checkpoint.pt", weights_only=True)["model"]
+    last_b = torch.load(tmp_path / "b.run" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+    assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_resume_after_sigkill_of_the_command(dataset, tmp_path):
+    import yaml
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data(epochs=4)))
+    command = [sys.executable, "-m", "polymodal", "train", str(spec_path), "--data", str(dataset),
+               "-o", str(tmp_path / "k.safetensors"), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = tmp_path / "k.run" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = subprocess.run(command + ["--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    polymodal.train(spec_data(epochs=4), dataset, tmp_path / "u.safetensors", progress=False)
+    a, b = _weights(tmp_path / "u.safetensors"), _weights(tmp_path / "k.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_checkpoint_of_another_spec(dataset, tmp_path):
+    polymodal.train(spec_data(epochs=1), dataset, tmp_path / "m.safetensors", progress=False)
+    with pytest.raises(polymodal.SpecError, match="belongs to a run of another spec"):
+        polymodal.train(spec_data(epochs=1, lr=0.5), dataset, tmp_path / "m.safetensors",
+                        progress=False, resume=True)
+
+
+def test_early_stopping_stops_after_patience(dataset, tmp_path):
+    spec = spec_data(epochs=30, lr=1e-9, schedule="none", early_stopping={"patience": 2})
+    result = polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    assert result.stopped_early and len(result.history) < 30
+
+
+def test_frozen_backbones_keep_their_weights_until_unfrozen(dataset, tmp_path):
+    def backbone_changed(spec) -> bool:
+        result = polymodal.train(spec, dataset, tmp_path / "f.safetensors", progress=False)
+        torch.manual_seed(0)  # the engine initialises with the seed before building
+        fresh = polymodal.build(result.model.spec, pretrained=False)
+        pairs = zip(fresh.input_backbones.parameters(), result.model.input_backbones.parameters())
+        return not all(torch.equal(a, b) for a, b in pairs)
+
+    assert not backbone_changed(spec_data(epochs=1, freeze_backbones=True))
+    assert backbone_changed(spec_data(epochs=2, freeze_backbones=True, unfreeze_at=2))
+
+
+def test_cli_train_json_evaluate_and_predict(dataset, tmp_path, capsys):
+    import yaml
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data(epochs=1)))
+    model = tmp_path / "m.safetensors"
+    assert main(["train", str(spec_path), "--data", str(dataset), "-o", str(model), "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["best_epoch"] == 1 and summary["output"] == str(model)
+    assert "epoch" not in err  # --json: no progress lines
+    assert main(["evaluate", str(model), "--data", str(dataset)]) == 0
+    out, _ = capsys.readouterr()
+    assert "head label (48 rows)" in out and "true \\ predicted" in out
+    predictions = tmp_path / "p.csv"
+    assert main(["predict", str(model), "--data", str(dataset), "-o", str(predictions),
+                 "--keep", "id"]) == 0
+    lines = predictions.read_text().splitlines()
+    assert lines[0] == "row,id,label,label_prob_no,label_prob_yes"
+    assert lines[1].startswith("1,r0,")
+    assert len(lines) == 49
+
+
+def test_training_options_are_validated_with_their_spec_path(dataset, tmp_path):
+    spec = spec_data(epochs=1, optimizer="adam")
+    with pytest.raises(polymodal.SpecError, match="training.optimizer"):
+        polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    spec = spec_data(epochs=1, early_stopping={"metric": "fraud.accuracy"})
+    with pytest.raises(polymodal.SpecError, match="training.early_stopping.metric: unknown head 'fraud'"):
+        polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    spec = spec_data(epochs=1, precision="fp16", device="cpu")
+    with pytest.raises(polymodal.SpecError, match="fp16 needs a CUDA GPU"):
+        polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    with pytest.raises(polymodal.SpecError, match="training.surprise: unknown key"):
+        polymodal.load_spec(spec_data(surprise=1))
