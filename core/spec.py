@@ -198,23 +198,49 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 
 
 def _pydantic_problems(
-    exc: ValidationError, prefix: str, model: type[BaseModel]
+    exc: ValidationError, prefix: str, model: type[BaseModel], data: Any = None
 ) -> list[tuple[str, str]]:
-    problems = []
+    """One ``(location, message)`` per wrong place. With the validated ``data``, the names
+    pydantic gives the members of a union (``constrained-int``, ``literal['auto']``) are left out
+    of locations and the members' complaints are joined into one message."""
+    problems: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
+        if data is not None:
+            loc = _data_location(loc, data, missing=err["type"] == "missing")
         where = ".".join(filter(None, [prefix, _format_loc(loc)]))
         if err["type"] == "extra_forbidden":
             fields = _fields_at(model, loc[:-1])
             hint = did_you_mean(str(loc[-1]), fields) if fields else ""
             known = f" Known keys: {', '.join(sorted(fields))}." if fields else ""
-            problems.append((where, _unknown_key(hint, known)))
+            problems.setdefault(where, []).append(_unknown_key(hint, known))
             continue
+        messages = problems.setdefault(where, [])
         msg = err["msg"]
-        if err["type"] not in ("missing",) and "input" in err:
-            msg += f" (got {err['input']!r})"
-        problems.append((where, msg))
-    return problems
+        if messages and msg.startswith("Input should "):
+            msg = msg[len("Input should "):]  # "... greater than 0 or be 'auto'"
+        if msg not in messages:
+            messages.append(msg)
+        if err["type"] != "missing" and "input" in err:
+            got[where] = f" (got {err['input']!r})"
+    return [(where, " or ".join(msgs) + got.get(where, "")) for where, msgs in problems.items()]
+
+
+def _data_location(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any, ...]:
+    """``loc`` without the parts that name no key or index of ``data`` (union member names);
+    the last part of a ``missing`` error names a key that is absent by definition."""
+    kept: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        elif not (missing and i == len(loc) - 1):
+            continue
+        kept.append(part)
+    return tuple(kept)
 
 
 def _unknown_key(hint: str, known: str) -> str:
@@ -261,7 +287,7 @@ def _component(
     try:
         return config_cls.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, loc, config_cls))
+        problems.extend(_pydantic_problems(exc, loc, config_cls, data))
         return None
 
 
@@ -385,7 +411,7 @@ def validate_spec_data(
             try:
                 training = TrainingOptions.model_validate(data["training"])
             except ValidationError as exc:
-                problems.extend(_pydantic_problems(exc, "training", TrainingOptions))
+                problems.extend(_pydantic_problems(exc, "training", TrainingOptions, data["training"]))
             for head in training.loss_weights:
                 if head not in heads and head not in _mapping(data.get("heads"), "", "", []):
                     problems.append((f"training.loss_weights.{head}", f"unknown head {head!r}."

@@ -126,10 +126,11 @@ def test_show_prints_options_with_types_defaults_and_descriptions(capsys):
 
 
 def test_show_json_is_the_config_schema(capsys):
-    code, out, _ = call(capsys, "show", "head", "classification", "--json")
+    code, out, _ = call(capsys, "show", "head", "regression", "--json")
     assert code == 0
     schema = json.loads(out)
-    assert schema["properties"]["classes"]["minimum"] == 2
+    assert schema["properties"]["outputs"]["exclusiveMinimum"] == 0
+    assert schema["properties"]["loss"]["enum"] == ["mse", "huber", "l1"]
 
 
 def test_show_unknown_type(capsys):

@@ -46,8 +46,12 @@ def test_wheel_holds_the_catalog_and_entry_points(wheel):
         entry_points = archive.read(dist_info).decode()
     assert catalog == (ROOT / "registry.toml").read_text()  # the file itself, not a link
     assert "polymodal/py.typed" in names
-    assert {f"polymodal_plugins/{m}.py" for m in ("image", "tabular", "timm_backbone",
-                                                  "torchvision_backbone", "concat")} <= names
+    # Every module of the source tree ships, sub-packages included.
+    sources = {f"polymodal/{p.relative_to(ROOT / 'core').as_posix()}"
+               for p in (ROOT / "core").rglob("*.py")}
+    sources |= {f"polymodal_plugins/{p.relative_to(ROOT / 'plugins').as_posix()}"
+                for p in (ROOT / "plugins").rglob("*.py")}
+    assert sources - names == set()
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
     assert "[polymodal]" in entry_points and "polymodal = polymodal.cli:main" in entry_points
 
