@@ -38,6 +38,15 @@ def test_imagenet_preset_uses_imagenet_statistics():
     assert torch.allclose(out, torch.zeros(1, 3, 4, 4), atol=1e-6)
 
 
+def test_imagenet_preset_follows_named_band_order():
+    model = polymodal.build(image_spec({"channels": 3, "normalize": "imagenet",
+                                        "bands": ["Blue", "green", "red"]}))
+    assert model.adapters["scan"].mean.flatten().tolist() == pytest.approx([0.406, 0.456, 0.485])
+    message = spec_error(image_spec({"channels": 3, "normalize": "imagenet",
+                                     "bands": ["red", "green", "nir"]}, {**TINY_TIMM}))
+    assert "inputs.scan.adapter: " in message and "(red, green, nir)" in message
+
+
 @pytest.mark.parametrize("adapter, where, words", [
     ({"channels": 4, "normalize": "imagenet"}, "inputs.scan.adapter", "3 channels"),
     ({"channels": 2, "mean": [0.0]}, "inputs.scan.adapter", "mean has 1 values"),
