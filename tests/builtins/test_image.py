@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import polymodal
-from conftest import TINY_TIMM, spec_error
+from builtin_helpers import TINY_TIMM, spec_error
 
 
 def image_spec(adapter: dict, backbone: dict | None = None) -> dict:
