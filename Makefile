@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.polymodal-installed
 
-.PHONY: demo test docs bench clean-venv
+.PHONY: demo test docs registry bench clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 docs: $(STAMP)
-	$(VENV)/bin/polymodal docs -o docs/components
+	$(VENV)/bin/polymodal docs -o docs/components --package polymodal
+
+# The built-in entries of the catalog, from what the plugins register (comments and [[extra]] kept).
+registry: $(STAMP)
+	$(VENV)/bin/polymodal manifest polymodal -o registry.toml
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -53,6 +53,7 @@ _LAZY = {
     "Vector": "signals",
     "FeatureMap": "signals",
     "Tokens": "signals",
+    "Sequence": "signals",
     "Signal": "signals",
     "get_registry": "registry",
     "list_components": "registry",
@@ -101,5 +102,5 @@ if TYPE_CHECKING:
     )
     from .modelfile import load, save
     from .registry import get_registry, list_components
-    from .signals import FeatureMap, Signal, Tokens, Vector
+    from .signals import FeatureMap, Sequence, Signal, Tokens, Vector
     from .spec import ModelSpec, load_spec

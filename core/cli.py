@@ -166,9 +166,10 @@ def plugins(available: bool, as_json: bool) -> None:
         if p["error"]:
             click.echo(f"    reason: {p['error']}")
     for (kind, type_name), recs in registry.duplicates().items():
-        click.echo(f"\nnote: {kind} {type_name!r} is provided by "
-                   + " and ".join(f"{r.package}" for r in recs)
-                   + "; specs must write " + " or ".join(repr(r.canonical) for r in recs))
+        click.echo(f"\nconflict: {kind} {type_name!r} is provided by "
+                   + " and ".join(f"{r.package} {r.version} (entry point {r.plugin!r})" for r in recs)
+                   + "; the short name is ambiguous, specs must write "
+                   + " or ".join(repr(r.canonical) for r in recs))
     if available:
         click.echo("\nAvailable plugin packages:")
         for e in extras:
@@ -186,7 +187,8 @@ def _load_spec(path: str):
 
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-def validate(spec_path: str) -> None:
+@click.option("--diagram", is_flag=True, help="Print the model as a Mermaid flowchart instead.")
+def validate(spec_path: str, diagram: bool) -> None:
     """Check a spec, connections included; exit 0 or print what is wrong."""
     from .assembly import plan
     from .errors import SpecError
@@ -196,6 +198,11 @@ def validate(spec_path: str) -> None:
         the_plan = plan(spec)
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
+    if diagram:
+        from .diagram import mermaid
+
+        click.echo(mermaid(spec), nl=False)
+        return
     click.echo(f"{spec_path}: ok ({len(spec.inputs)} input(s), {len(spec.heads)} head(s))")
     for name, signal in the_plan.features.items():
         click.echo(f"  input {name}: {signal.describe()}")
@@ -238,11 +245,17 @@ def parameter_counts(model) -> list[tuple[str, int, int]]:
 @cli.command()
 @click.argument("model_path", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(model_path: str, as_json: bool) -> None:
+@click.option("--diagram", is_flag=True, help="Print the model as a Mermaid flowchart instead.")
+def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
     """A saved model: its spec, versions, and parameter counts per part."""
-    from .modelfile import KEY_VERSIONS, load, read_metadata
+    from .modelfile import KEY_VERSIONS, load, read_metadata, spec_of
 
     metadata = read_metadata(model_path)
+    if diagram:
+        from .diagram import mermaid
+
+        click.echo(mermaid(spec_of(model_path)), nl=False)
+        return
     model = load(model_path)
     versions = json.loads(metadata.get(KEY_VERSIONS, "{}"))
     counts = parameter_counts(model)
@@ -271,11 +284,13 @@ def inspect(model_path: str, as_json: bool) -> None:
 @cli.command()
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Directory for the reference (index.md and one page a component).")
-def docs(output: str) -> None:
+@click.option("--package", "packages", multiple=True,
+              help="Only components of this package (repeatable); default: every installed one.")
+def docs(output: str, packages: tuple[str, ...]) -> None:
     """Write the component reference (Markdown) of every installed component."""
     from .docs import write_reference
 
-    written = write_reference(Path(output))
+    written = write_reference(Path(output), packages=set(packages) if packages else None)
     click.echo(f"wrote {len(written)} page(s) to {output}")
 
 
@@ -291,6 +306,69 @@ def schema(output: str | None) -> None:
         click.echo(f"wrote {output}")
     else:
         click.echo(text)
+
+
+@cli.command()
+@click.argument("distribution")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write to this file, keeping its leading comments and [[extra]] tables.")
+def manifest(distribution: str, output: str | None) -> None:
+    """The static manifest (polymodal.toml) of an installed plugin distribution.
+
+    It imports the distribution's plugins and lists what they provide, so that `polymodal list`
+    can read the file instead of importing them. `polymodal manifest polymodal -o registry.toml`
+    regenerates the built-in entries of polymodal's catalog."""
+    from .manifest import merge_plugins, render_plugins
+    from .registry import plugin_entries
+
+    text = render_plugins(plugin_entries(distribution))
+    if not output:
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    existing = path.read_text(encoding="utf-8") if path.is_file() else ""
+    _write_atomic(path, merge_plugins(existing, text))
+    click.echo(f"wrote {output}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("pip_args", nargs=-1, type=click.UNPROCESSED)
+def install(name: str, pip_args: tuple[str, ...]) -> None:
+    """Install a plugin package into polymodal's environment (runs pip).
+
+    NAME is a package from `polymodal plugins --available`, a requirement of one
+    (`polymodal-signal>=0.2`), or a local wheel, sdist or project directory. Further arguments go
+    to pip (e.g. `--no-index --find-links DIR`)."""
+    from .install import install_plugin
+
+    for line in install_plugin(name, list(pip_args)):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("name")
+def uninstall(name: str) -> None:
+    """Uninstall a plugin package from polymodal's environment (runs pip)."""
+    from .install import uninstall_plugin
+
+    for line in uninstall_plugin(name):
+        click.echo(line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,10 @@ class Component(nn.Module):
 
     kind: ClassVar[str]
     Config: ClassVar[type[ComponentConfig]]
+    #: Options (besides ``type``) of a small working config: the example of the generated
+    #: reference and the default of :func:`polymodal.testing.check_component`. Empty when the
+    #: defaults alone make a valid config.
+    example_options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, config: ComponentConfig, takes: Any = None):
         super().__init__()
@@ -136,6 +140,19 @@ class Component(nn.Module):
     @classmethod
     def type_name(cls) -> str:
         return component_identity(cls)[1]
+
+    def example_input(self, batch_size: int = 2) -> Any:
+        """A random batch this module takes (for tests): made from the signal(s) it takes.
+
+        Adapters take raw data whose form only they know, so each adapter overrides this."""
+        takes = self.takes
+        if isinstance(takes, Signal):
+            return torch.randn(takes.example_shape(batch_size))
+        if isinstance(takes, Mapping):
+            return {name: torch.randn(sig.example_shape(batch_size)) for name, sig in takes.items()}
+        raise NotImplementedError(
+            f"{type(self).__qualname__} takes raw input; override example_input(batch_size)"
+        )
 
 
 class ModalityAdapter(Component):

@@ -100,46 +100,119 @@ def option_rows(config: type[BaseModel]) -> list[OptionRow]:
     return rows
 
 
-def _example(record: ComponentRecord, cls: type) -> dict[str, Any]:
-    """A minimal config: the type and each required option with a value that validates."""
-    example: dict[str, Any] = {"type": record.type}
-    samples = getattr(cls, "spec_example", None)
-    if isinstance(samples, dict):
-        example.update(samples)
-    return example
+def _cell(text: str) -> str:
+    """Text made safe for a Markdown table cell (a ``|`` would end the cell)."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def example_config(record: ComponentRecord, cls: type) -> dict[str, Any]:
+    """A small working config: the type and the component's ``example_options``."""
+    return {"type": record.type, **dict(getattr(cls, "example_options", {}) or {})}
+
+
+SLOTS = {
+    "adapter": ("inputs", "NAME", "adapter"),
+    "backbone": ("backbones", "NAME"),
+    "fusion": ("fusion",),
+    "head": ("heads", "NAME"),
+}
+
+
+def example_snippet(record: ComponentRecord, cls: type) -> str:
+    """The example config at its place in a spec, as YAML (``NAME`` is the user's name)."""
+    path = SLOTS[record.kind]
+    lines = []
+    for depth, part in enumerate(path[:-1]):
+        lines.append("  " * depth + f"{part}:")
+    lines.append("  " * (len(path) - 1) + f"{path[-1]}: {_flow(example_config(record, cls))}")
+    return "\n".join(lines)
+
+
+def _flow(value: Any) -> str:
+    """A YAML flow-style rendering (JSON scalars are valid YAML)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def connections(record: ComponentRecord, cls: type) -> tuple[str, str]:
+    """What the example config takes and gives, worked out from its ``gives``."""
+    from .errors import PolymodalError
+    from .signals import Vector, example_signals
+
+    try:
+        config = cls.Config.model_validate(example_config(record, cls))
+    except Exception:  # noqa: BLE001 - a component without a valid example still gets a page
+        return KIND_FLOW[record.kind]
+    kind = record.kind
+    try:
+        if kind == "adapter":
+            return KIND_FLOW[kind][0], f"{config.gives().describe()} (with the example options)"
+        accepted: list[str] = []
+        given: list[str] = []
+        for signal in example_signals():
+            try:
+                if kind == "backbone":
+                    given.append(f"{signal.describe()} -> {config.gives(signal).describe()}")
+                elif kind == "fusion":
+                    config.gives({"a": signal})
+                else:
+                    config.check_takes(signal)
+                accepted.append(type(signal).__name__)
+            except PolymodalError:
+                continue
+        takes = ", ".join(_kind_words(a) for a in accepted) or "nothing the built-in signals describe"
+        if kind == "backbone":
+            return takes, "; ".join(given) + " (with the example options)"
+        if kind == "fusion":
+            out = config.gives({"a": Vector(16), "b": Vector(8)}).describe()
+            return ("the features of each input, by name: " + takes,
+                    f"{out} from vectors of 16 and 8 (with the example options)")
+        return takes, KIND_FLOW[kind][1]
+    except PolymodalError:
+        return KIND_FLOW[kind]
+
+
+def _kind_words(name: str) -> str:
+    return {"FeatureMap": "feature maps", "Vector": "vectors", "Tokens": "tokens",
+            "Sequence": "sequences"}.get(name, name)
 
 
 def component_page(record: ComponentRecord, cls: type) -> str:
-    takes, gives = KIND_FLOW[record.kind]
-    doc = inspect.cleandoc(cls.__doc__ or record.summary or "")
+    takes, gives = connections(record, cls)
+    # The first paragraph is the summary, shown above; the rest is the page's body.
+    doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n", 1)
+    body = doc[1] if len(doc) > 1 else ""
     lines = [
         f"# {record.kind} `{record.type}`",
         "",
-        f"- id: `{record.canonical}`",
+        record.summary,
+        "",
+        f"- kind: {record.kind}",
+        f"- type: `{record.type}` (canonical id `{record.canonical}`)",
         f"- package: `{record.package}` {record.version}",
         f"- class: `{record.target}`",
         f"- takes: {takes}",
         f"- gives: {gives}",
         "",
-        doc,
-        "",
+        *([body, ""] if body else []),
         "## Options",
         "",
-        "| option | type | default | constraints | description |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    for row in option_rows(cls.Config):
-        default = "required" if row.required else f"`{row.default}`"
-        desc = row.description.replace("|", "\\|")
-        lines.append(f"| `{row.name}` | `{row.type}` | {default} | {row.constraints} | {desc} |")
-    lines += ["", "## Example", "", "```yaml"]
-    lines.append(_yaml_line(_example(record, cls)))
-    lines += ["```", ""]
+    rows = option_rows(cls.Config)
+    if rows:
+        lines += ["| option | type | default | constraints | description |",
+                  "| --- | --- | --- | --- | --- |"]
+        for row in rows:
+            default = "required" if row.required else f"`{_cell(row.default)}`"
+            lines.append(f"| `{row.name}` | `{_cell(row.type)}` | {default} |"
+                         f" {_cell(row.constraints)} | {_cell(row.description)} |")
+    else:
+        lines.append("None besides `type`.")
+    lines += ["", "## Example", "", "```yaml", example_snippet(record, cls), "```", ""]
     return "\n".join(lines)
-
-
-def _yaml_line(data: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in data.items()) + "}"
 
 
 def page_name(record: ComponentRecord) -> str:
@@ -147,11 +220,15 @@ def page_name(record: ComponentRecord) -> str:
     return f"{record.kind}-{package}{record.type}.md"
 
 
-def write_reference(directory: Path, registry: Registry | None = None) -> list[Path]:
-    """Write ``index.md`` and one page per installed component; remove stale pages."""
+def reference_pages(registry: Registry | None = None, packages: set[str] | None = None) -> dict[str, str]:
+    """File name -> Markdown of ``index.md`` and one page per installed component."""
+    from .registry import normalize_package
+
     registry = registry or get_registry()
     records = registry.load_all()
-    directory.mkdir(parents=True, exist_ok=True)
+    if packages is not None:
+        wanted = {normalize_package(p) for p in packages}
+        records = [r for r in records if r.package in wanted]
     pages: dict[str, str] = {}
     index = [
         "# Component reference",
@@ -168,15 +245,36 @@ def write_reference(directory: Path, registry: Registry | None = None) -> list[P
             cls = registry.load(rec)
             name = page_name(rec)
             pages[name] = component_page(rec, cls)
-            index.append(f"| [`{rec.type}`]({name}) | {rec.package} | {rec.summary} |")
+            index.append(f"| [`{rec.type}`]({name}) | {rec.package} {rec.version} | {_cell(rec.summary)} |")
         index.append("")
     pages["index.md"] = "\n".join(index)
+    return pages
+
+
+def write_reference(
+    directory: Path, registry: Registry | None = None, packages: set[str] | None = None
+) -> list[Path]:
+    """Write ``index.md`` and one page per component; remove pages of components now gone.
+
+    Each page is written to a temporary file and renamed, so a page is never half-written."""
+    import os
+    import tempfile
+
+    pages = reference_pages(registry, packages)
+    directory.mkdir(parents=True, exist_ok=True)
     written = []
+    for name, text in pages.items():
+        path = directory / name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(path)
     for stale in directory.glob("*.md"):
         if stale.name not in pages:
             stale.unlink()
-    for name, text in pages.items():
-        path = directory / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
     return written

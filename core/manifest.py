@@ -121,3 +121,54 @@ def find_package_manifest(module: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _toml_string(text: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes.
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
+def render_plugins(plugins: dict[str, tuple[ComponentEntry, ...]]) -> str:
+    """The ``[[plugin]]`` tables of a manifest, for entry-point name -> components."""
+    blocks = []
+    for entry_point, components in plugins.items():
+        lines = ["[[plugin]]", f"entry_point = {_toml_string(entry_point)}"]
+        for comp in components:
+            lines += [
+                "",
+                "[[plugin.component]]",
+                f"kind = {_toml_string(comp.kind)}",
+                f"type = {_toml_string(comp.type)}",
+                f"target = {_toml_string(comp.target)}",
+                f"summary = {_toml_string(comp.summary)}",
+            ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def merge_plugins(existing: str, plugins_text: str) -> str:
+    """``existing`` manifest text with its ``[[plugin]]`` tables replaced by ``plugins_text``.
+
+    What precedes the first ``[[plugin]]`` (comments) and the ``[[extra]]`` tables after them are
+    kept, so the catalog's hand-written parts survive regeneration."""
+    lines = existing.splitlines()
+
+    def first(prefix: str, start: int = 0) -> int | None:
+        return next((i for i in range(start, len(lines)) if lines[i].startswith(prefix)), None)
+
+    start = first("[[plugin]]")
+    if start is None:
+        extra = first("[[extra]]")
+        head = lines if extra is None else lines[:extra]
+        tail = [] if extra is None else lines[extra:]
+    else:
+        head = lines[:start]
+        extra = first("[[extra]]", start)
+        tail = [] if extra is None else lines[extra:]
+    head_text = "\n".join(head).rstrip()
+    parts = [head_text + "\n\n" if head_text else "", plugins_text]
+    if tail:
+        parts.append("\n" + "\n".join(tail).rstrip() + "\n")
+    return "".join(parts)

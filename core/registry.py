@@ -83,9 +83,19 @@ def _env_names(var: str) -> set[str] | None:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
-def _summary(cls: type) -> str:
+def summary_of(cls: type) -> str:
+    """The first paragraph of a class's docstring, on one line."""
     doc = (cls.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else ""
+    first = doc.split("\n\n", 1)[0]
+    return " ".join(line.strip() for line in first.splitlines()).strip()
+
+
+def _selected(names: set[str], entry_point: str, package: str) -> bool:
+    """Whether a name list (from the environment) names this entry point or its package."""
+    wanted = {normalize_package(n) if ":" not in n else n for n in names}
+    return bool(
+        {entry_point, package, f"{package}:{entry_point}"} & (names | wanted)
+    )
 
 
 class Registry:
@@ -96,6 +106,7 @@ class Registry:
         self.manager = pluggy.PluginManager(hooks.PROJECT)
         self.manager.add_hookspecs(hooks)
         self._catalog: Manifest | None = None
+        self._manifests: dict[Any, Manifest] = {}
         if entry_points is None:
             entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
         disabled = _env_names(DISABLE_ENV) or set()
@@ -110,11 +121,10 @@ class Registry:
         version = dist.version if dist is not None else "unknown"
         plugin = PluginInfo(ep.name, package, version, ep.value, entry_point=ep)
         self.plugins.append(plugin)
-        names = {ep.name, package, f"{package}:{ep.name}"}
-        if names & disabled:
+        if _selected(disabled, ep.name, package):
             plugin.status, plugin.error = "disabled", f"disabled by {DISABLE_ENV}"
             return
-        if allowed is not None and not names & allowed:
+        if allowed is not None and not _selected(allowed, ep.name, package):
             plugin.status, plugin.error = "disabled", f"not in {ALLOW_ENV}"
             return
         try:
@@ -139,7 +149,9 @@ class Registry:
             path = find_package_manifest(module)
             if path is None:
                 return None
-            manifest = read_manifest(path)
+            if path not in self._manifests:
+                self._manifests[path] = read_manifest(path)
+            manifest = self._manifests[path]
         return manifest.plugins.get(plugin.name)
 
     @property
@@ -150,18 +162,35 @@ class Registry:
 
     def _activate(self, plugin: PluginInfo) -> None:
         """Import a plugin, register it with pluggy and collect its components."""
-        from .components import component_identity
 
         assert plugin.entry_point is not None
-        listed = {(c.kind, c.type): c for c in plugin.components}
         try:
             obj = plugin.entry_point.load()
-        except Exception as exc:  # noqa: BLE001 - any failure of third-party code is reported
+        except BaseException as exc:  # noqa: BLE001 - any failure of third-party code is reported
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             plugin.status = "failed"
             plugin.error = f"import failed: {type(exc).__name__}: {exc}"
             plugin.components = []
             plugin.error += _origin(exc)
             return
+        self._register(plugin, obj)
+
+    def add_plugin(self, obj: object, package: str, version: str = "0", name: str | None = None) -> PluginInfo:
+        """Register a plugin object (a module or any object with the hook) without an entry point.
+
+        For tests of components that are not installed; it is checked like any plugin, and a
+        failure is recorded in ``plugins`` like one from an entry point."""
+        plugin = PluginInfo(name or getattr(obj, "__name__", package), normalize_package(package),
+                            version, getattr(obj, "__name__", repr(obj)))
+        self.plugins.append(plugin)
+        self._register(plugin, obj)
+        return plugin
+
+    def _register(self, plugin: PluginInfo, obj: object) -> None:
+        from .components import component_identity
+
+        listed = {(c.kind, c.type): c for c in plugin.components}
         api = getattr(obj, "POLYMODAL_PLUGIN_API", hooks.PLUGIN_API)
         if api != hooks.PLUGIN_API:
             plugin.status = "failed"
@@ -196,10 +225,11 @@ class Registry:
                 records.append(
                     ComponentRecord(
                         kind, type_name, plugin.package, plugin.version, plugin.name,
-                        _summary(cls), f"{cls.__module__}:{cls.__qualname__}", cls,
+                        summary_of(cls), f"{cls.__module__}:{cls.__qualname__}", cls,
                     )
                 )
         except Exception as exc:  # noqa: BLE001
+            self._unregister(obj)
             plugin.status = "failed"
             plugin.error = str(exc) if isinstance(exc, PolymodalError) else (
                 f"{type(exc).__name__}: {exc}{_origin(exc)}"
@@ -210,6 +240,7 @@ class Registry:
         for rec in records:
             key = (rec.kind, rec.type)
             if key in seen:
+                self._unregister(obj)
                 plugin.status = "failed"
                 plugin.error = f"provides {rec.kind} {rec.type!r} twice"
                 plugin.components = []
@@ -218,6 +249,7 @@ class Registry:
         if listed:
             missing = sorted(set(listed) - seen)
             if missing:
+                self._unregister(obj)
                 plugin.status = "failed"
                 plugin.error = "its manifest lists " + ", ".join(
                     f"{k} {t!r}" for k, t in missing
@@ -226,6 +258,10 @@ class Registry:
                 return
         plugin.components = records
         plugin.status = "loaded"
+
+    def _unregister(self, obj: object) -> None:
+        if self.manager.is_registered(obj):
+            self.manager.unregister(obj)
 
     # -- queries ---------------------------------------------------------------------------
     def components(self, kind: str | None = None) -> list[ComponentRecord]:
@@ -261,6 +297,11 @@ class Registry:
             matches = [c for c in self.components(kind) if c.type == name]
         if len(matches) == 1:
             return matches[0]
+        if len(matches) > 1 and len({c.package for c in matches}) == 1:
+            raise ComponentError(
+                f"{kind} type {name!r} is provided twice by {matches[0].package} (entry points"
+                f" {', '.join(repr(c.plugin) for c in matches)}); disable one with {DISABLE_ENV}"
+            )
         if len(matches) > 1:
             options = " or ".join(repr(c.canonical) for c in matches)
             raise ComponentError(
@@ -293,8 +334,8 @@ class Registry:
                 provides = self._manifest_types(plugin)
                 if (kind, short) in provides:
                     msg += f" Plugin {plugin.label} would provide it but is {plugin.status}: {plugin.error}."
-                elif plugin.status == "failed" and not provides:
-                    msg += f" (Plugin {plugin.label} failed to load: {plugin.error})"
+                elif not provides:
+                    msg += f" (Plugin {plugin.label} is {plugin.status}: {plugin.error}.)"
         msg += f" Installed {kind} types: {', '.join(names) if names else 'none'}."
         return msg
 
@@ -367,6 +408,34 @@ def reset_registry() -> None:
     """Forget discovery results (after installing a plugin or changing the environment)."""
     global _REGISTRY
     _REGISTRY = None
+
+
+def plugin_entries(distribution: str) -> dict[str, tuple[ComponentEntry, ...]]:
+    """What each entry point of an installed distribution provides, by importing it.
+
+    The source of a static manifest; a plugin that fails to load is an error here, since a
+    manifest must not list what does not load."""
+    package = normalize_package(distribution)
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise ComponentError(f"distribution {distribution!r} is not installed") from None
+    points = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+    if not points:
+        raise ComponentError(
+            f"{distribution} declares no entry point in group {ENTRY_POINT_GROUP!r}")
+    registry = Registry(entry_points=[])
+    entries: dict[str, tuple[ComponentEntry, ...]] = {}
+    for ep in sorted(points, key=lambda e: e.name):
+        plugin = PluginInfo(ep.name, package, dist.version, ep.value, entry_point=ep)
+        registry.plugins.append(plugin)
+        registry._activate(plugin)
+        if plugin.status != "loaded":
+            raise ComponentError(f"plugin {plugin.label} failed to load: {plugin.error}")
+        entries[ep.name] = tuple(
+            ComponentEntry(c.kind, c.type, c.target, c.summary) for c in plugin.components
+        )
+    return entries
 
 
 def list_components(kind: str | None = None) -> list[ComponentRecord]:

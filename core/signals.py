@@ -18,7 +18,28 @@ class Signal:
 
     @property
     def width(self) -> int:
-        """Features per position: D of a vector or tokens, C of a feature map."""
+        """Features per position: D of a vector or tokens, C of a feature map or sequence."""
+        raise NotImplementedError
+
+    def example_shape(self, batch: int) -> tuple[int, ...]:
+        """A small tensor shape carrying this signal (for tests and conformance checks)."""
+        raise NotImplementedError
+
+    def shape_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why a tensor of ``shape`` does not carry this signal, or ``None`` when it does."""
+        wanted = self.example_shape(1)
+        fixed = self._fixed_dims()
+        if len(shape) != len(wanted) or any(shape[d] != wanted[d] for d in fixed):
+            layout = self.layout()
+            return f"expected {self.describe()} ({layout}), got a tensor of shape {list(shape)}"
+        return None
+
+    def layout(self) -> str:
+        """The tensor layout, e.g. ``[B, 64]``."""
+        raise NotImplementedError
+
+    def _fixed_dims(self) -> tuple[int, ...]:
+        """Dimensions (after the batch) whose size this signal fixes."""
         raise NotImplementedError
 
 
@@ -34,6 +55,15 @@ class Vector(Signal):
     @property
     def width(self) -> int:
         return self.dim
+
+    def example_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.dim)
+
+    def layout(self) -> str:
+        return f"[B, {self.dim}]"
+
+    def _fixed_dims(self) -> tuple[int, ...]:
+        return (1,)
 
 
 @dataclass(frozen=True)
@@ -64,6 +94,15 @@ class FeatureMap(Signal):
     def width(self) -> int:
         return self.channels
 
+    def example_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.channels, 32, 32)
+
+    def layout(self) -> str:
+        return f"[B, {self.channels}, H, W]"
+
+    def _fixed_dims(self) -> tuple[int, ...]:
+        return (1,)
+
 
 @dataclass(frozen=True)
 class Tokens(Signal):
@@ -77,3 +116,44 @@ class Tokens(Signal):
     @property
     def width(self) -> int:
         return self.dim
+
+    def example_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, 5, self.dim)
+
+    def layout(self) -> str:
+        return f"[B, N, {self.dim}]"
+
+    def _fixed_dims(self) -> tuple[int, ...]:
+        return (2,)
+
+
+@dataclass(frozen=True)
+class Sequence(Signal):
+    """``[B, channels, T]``: a 1-D signal over time (ECG leads, sensor channels), channels first.
+
+    Unlike :class:`Tokens` the feature axis comes before the time axis, as 1-D convolutions
+    take it; a consumer that pools must pool over the last axis.
+    """
+
+    channels: int
+
+    def describe(self) -> str:
+        return f"a sequence of {self.channels} channels"
+
+    @property
+    def width(self) -> int:
+        return self.channels
+
+    def example_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.channels, 64)
+
+    def layout(self) -> str:
+        return f"[B, {self.channels}, T]"
+
+    def _fixed_dims(self) -> tuple[int, ...]:
+        return (1,)
+
+
+def example_signals() -> tuple[Signal, ...]:
+    """One small signal of each kind, in the order conformance checks and docs try them."""
+    return (FeatureMap(3), Vector(16), Tokens(16), Sequence(4))

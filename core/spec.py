@@ -422,7 +422,11 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
                 f"{rec.package}_{rec.type}_{kind}".replace("-", "_"),
                 __base__=cls.Config,
                 __doc__=(cls.__doc__ or "").strip() or None,
-                type=(Union[tuple(_literal(n) for n in names)], names[-1]),  # type: ignore[arg-type]
+                type=(
+                    Union[tuple(_literal(n) for n in names)],  # type: ignore[arg-type]
+                    Field(description=f"The {kind} type: "
+                          + " or ".join(repr(n) for n in reversed(names)) + "."),
+                ),
             )
             variants.append(Annotated[variant, Tag(rec.canonical)])
         if len(variants) == 1:
@@ -450,6 +454,8 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         heads=(dict[str, head], fields["heads"]),
     )
     schema = spec_model.model_json_schema()
+    for key in ("inputs", "backbones", "heads"):
+        schema["properties"][key]["propertyNames"] = {"pattern": NAME_PATTERN}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "polymodal model spec"
     return schema

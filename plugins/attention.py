@@ -11,12 +11,12 @@ from torch import nn
 
 import polymodal
 from polymodal.components import Fusion, FusionConfig
-from polymodal.signals import Signal, Vector
+from polymodal.signals import Sequence, Signal, Vector
 
 
 class AttentionFusion(Fusion):
     """Transformer layers over tokens from every input: vectors give one token, feature maps one
-    per position, tokens stay tokens.
+    per position, a sequence one per time step, tokens stay tokens.
 
     Each input's tokens are projected to ``dim`` and tagged with a learned per-input embedding.
     The result is a learned summary token (``pooling: cls``) or the mean of the tokens
@@ -50,9 +50,13 @@ class AttentionFusion(Fusion):
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             return Vector(self.dim)
 
+    example_options = {"dim": 64, "heads": 4}
+
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
         self.names = list(takes)
+        # A channels-first sequence gives one token per time step.
+        self.sequences = {name for name, signal in takes.items() if isinstance(signal, Sequence)}
         self.projections = nn.ModuleDict({
             name: nn.Linear(signal.width, config.dim) for name, signal in takes.items()
         })
@@ -79,7 +83,8 @@ class AttentionFusion(Fusion):
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         tokens, masks = [], []
         for name in self.names:
-            raw = self._tokens(features[name])
+            x = features[name]
+            raw = x.transpose(1, 2) if name in self.sequences else self._tokens(x)
             keep = torch.ones(raw.shape[0], raw.shape[1], dtype=torch.bool, device=raw.device)
             if present is not None and name in present:
                 keep = keep & present[name].to(torch.bool).view(-1, 1)

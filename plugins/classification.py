@@ -43,6 +43,8 @@ class ClassificationHead(Head):
         def describe(self) -> str:
             return f"classification, {self.classes} classes"
 
+    example_options = {"classes": 2}
+
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()

@@ -12,13 +12,13 @@ from torch import nn
 import polymodal
 from polymodal.components import Fusion, FusionConfig
 from polymodal.layers import Activation, Norm, mlp, pool_to_vector
-from polymodal.signals import Signal, Vector
+from polymodal.signals import Sequence, Signal, Vector
 
 
 class ConcatFusion(Fusion):
     """Concatenates each input's features (late fusion), then an optional MLP.
 
-    Feature maps and tokens are mean-pooled to vectors first. Inputs marked absent in a
+    Feature maps, tokens and sequences are mean-pooled to vectors first. Inputs marked absent in a
     per-sample ``present`` mask are replaced by a learned placeholder vector, so every row
     still gets a prediction and an absent input's values have no influence.
     """
@@ -42,6 +42,8 @@ class ConcatFusion(Fusion):
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
         self.names = list(takes)
+        # Channels-first sequences become tokens so that pooling averages over time.
+        self.sequences = {name for name, signal in takes.items() if isinstance(signal, Sequence)}
         self.placeholders = nn.ParameterDict({
             name: nn.Parameter(torch.zeros(signal.width)) for name, signal in takes.items()
         })
@@ -53,7 +55,8 @@ class ConcatFusion(Fusion):
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         parts = []
         for name in self.names:
-            vector = pool_to_vector(features[name])
+            x = features[name]
+            vector = pool_to_vector(x.transpose(1, 2) if name in self.sequences else x)
             if present is not None and name in present:
                 mask = present[name].to(torch.bool).view(-1, 1)
                 # where, not a product: an absent input may hold NaN, and NaN * 0 is NaN.

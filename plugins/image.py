@@ -109,6 +109,8 @@ class ImageAdapter(ModalityAdapter):
                 return fix
             return None
 
+    example_options = {"channels": 3}
+
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
         mean, std = config.mean, config.std
@@ -134,6 +136,9 @@ class ImageAdapter(ModalityAdapter):
             self.projection: nn.Module = nn.Sequential(*layers)
         else:
             self.projection = nn.Identity()
+
+    def example_input(self, batch_size: int = 2) -> torch.Tensor:
+        return torch.rand(batch_size, self.config.channels, 32, 32)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != self.config.channels:

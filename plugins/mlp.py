@@ -41,6 +41,8 @@ class MLPBackbone(Backbone):
                 raise ConnectionMismatch("takes a vector", wanted=Vector(takes.width))
             return Vector(self.hidden[-1])
 
+    example_options = {"hidden": [64]}
+
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
         self.layers = mlp(takes.dim, list(config.hidden), act=config.activation, norm=config.norm,

@@ -142,6 +142,7 @@ class TabularAdapter(ModalityAdapter):
             if isinstance(wanted, Vector) and self.output != "tokens":
                 return f"set project_to: {wanted.dim}"
             return None
+    example_options = {"categorical": {"make": 40}, "numerical": ["age"]}
 
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
@@ -191,6 +192,11 @@ class TabularAdapter(ModalityAdapter):
         if self.config.flags():
             return torch.stack([standard, missing.to(standard.dtype)], dim=2)  # [B, n, 2]
         return standard.unsqueeze(2)  # [B, n, 1]
+
+    def example_input(self, batch_size: int = 2) -> dict[str, torch.Tensor]:
+        columns = {c: torch.randint(0, card, (batch_size,)) for c, card in self.config.categorical.items()}
+        columns.update({c: torch.randn(batch_size) for c in self.config.numerical})
+        return columns
 
     def forward(self, columns: dict[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(columns, dict):

@@ -1,0 +1,110 @@
+"""``polymodal install`` / ``uninstall``: pip, run in polymodal's own environment.
+
+Catalog names (``registry.toml``'s ``[[extra]]`` packages) resolve to their pip requirement; a
+local wheel, sdist or project directory is passed to pip as it is. Neither step imports any
+plugin, so a broken installed plugin cannot stop them; discovery is reset afterwards and the
+result is reported from a fresh discovery, where a broken plugin is only a reported failure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import PolymodalError
+from .manifest import catalog
+from .registry import CORE_PACKAGE, Registry, normalize_package, reset_registry
+
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+class InstallError(PolymodalError):
+    """pip could not install or uninstall a plugin package."""
+
+
+def _is_local(name: str) -> bool:
+    return name.endswith((".whl", ".tar.gz", ".zip")) or "/" in name or "\\" in name or Path(name).is_dir()
+
+
+def resolve_requirement(name: str) -> tuple[str, str | None]:
+    """``(what pip gets, the package name when known)`` for NAME."""
+    if _is_local(name):
+        path = Path(name)
+        if not path.exists():
+            raise InstallError(f"{name}: no such file or directory")
+        package = None
+        if path.suffix == ".whl":
+            package = normalize_package(path.name.split("-", 1)[0])
+        return str(path.resolve()), package
+    match = _NAME.match(name)
+    if match is None:
+        raise InstallError(f"{name!r} is neither a package name nor a local path")
+    package = normalize_package(match.group(1))
+    extras = {normalize_package(e.package): e for e in catalog().extras}
+    known = extras.get(package)
+    if known is None:
+        from .errors import did_you_mean
+
+        listed = ", ".join(sorted(extras)) or "none"
+        raise InstallError(
+            f"{name!r} is not a plugin package polymodal knows of.{did_you_mean(package, extras)}"
+            f" Known packages: {listed} (see `polymodal plugins --available`); for any other"
+            " package run pip yourself, or give a local wheel or project directory."
+        )
+    rest = name[match.end():].strip()
+    return (known.requirement + rest if rest else known.requirement), package
+
+
+def _pip(args: list[str]) -> None:
+    command = [sys.executable, "-m", "pip", *args]
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        raise InstallError(
+            f"pip failed (exit {result.returncode}): {' '.join(command[2:])}")
+
+
+def _report(package: str | None) -> list[str]:
+    reset_registry()
+    importlib.invalidate_caches()
+    registry = Registry()
+    lines = []
+    for plugin in registry.plugins:
+        if package is not None and plugin.package != package:
+            continue
+        provided = ", ".join(f"{c.kind} {c.type}" for c in plugin.components) or "nothing"
+        if plugin.status in ("lazy", "loaded"):
+            lines.append(f"{plugin.package} {plugin.version}: entry point {plugin.name!r} provides {provided}")
+        else:
+            lines.append(f"{plugin.package} {plugin.version}: entry point {plugin.name!r} is"
+                         f" {plugin.status}: {plugin.error}")
+    return lines
+
+
+def install_plugin(name: str, pip_args: list[str] | None = None) -> list[str]:
+    """Install NAME with pip; returns lines describing the plugins it brought."""
+    requirement, package = resolve_requirement(name)
+    _pip(["install", requirement, *(pip_args or [])])
+    lines = _report(package)
+    if package is not None and not lines:
+        lines.append(f"installed {requirement}, but it provides no polymodal plugin")
+    return lines or [f"installed {requirement}"]
+
+
+def uninstall_plugin(name: str) -> list[str]:
+    """Uninstall the plugin package NAME with pip."""
+    from importlib import metadata
+
+    package = normalize_package(name)
+    if package == CORE_PACKAGE:
+        raise InstallError("refusing to uninstall polymodal itself; use pip for that")
+    try:
+        version = metadata.distribution(package).version
+    except metadata.PackageNotFoundError:
+        raise InstallError(f"{name!r} is not installed") from None
+    _pip(["uninstall", "--yes", package])
+    reset_registry()
+    importlib.invalidate_caches()
+    return [f"uninstalled {package} {version}"]

@@ -1,0 +1,433 @@
+"""Conformance checks for component classes, for plugin authors and polymodal's own suite.
+
+:func:`check_component` takes a component class and checks what assembly and users rely on::
+
+    from polymodal.testing import check_component
+    from my_plugin import MyBackbone
+
+    def test_my_backbone_conforms():
+        check_component(MyBackbone, {"depth": 2}, bad_options=[{"depth": 0}])
+
+It builds the component from its config, runs a random batch through it and compares the
+output's shape with the signal the config says it gives, checks that gradients reach every
+trainable parameter (and the input), saves a minimal spec model holding the component to a
+model file and loads it back with identical outputs, and checks that an unknown option and
+each of ``bad_options`` are rejected by spec validation at the component's spec path. A
+failure raises :class:`ConformanceError` (an ``AssertionError``) naming the check.
+
+The component need not be installed: a class no entry point provides is registered for the
+check under the package ``polymodal-testing-subject``. The rest of the minimal spec is made of
+*probe* components defined here, so the check depends on no other plugin.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, PositiveInt, ValidationError
+from torch import nn
+
+from .components import (
+    AdapterConfig,
+    Component,
+    Fusion,
+    FusionConfig,
+    Head,
+    HeadConfig,
+    ModalityAdapter,
+    component_identity,
+)
+from .errors import ConnectionMismatch, PolymodalError, SpecError
+from .hooks import hookimpl
+from .registry import ComponentRecord, Registry
+from .signals import FeatureMap, Sequence, Signal, Tokens, Vector, example_signals
+
+PROBE_PACKAGE = "polymodal-testing"
+SUBJECT_PACKAGE = "polymodal-testing-subject"
+_PROBE_SIGNALS: dict[str, type[Signal]] = {
+    "vector": Vector, "feature_map": FeatureMap, "tokens": Tokens, "sequence": Sequence,
+}
+#: Signals tried, in order, when a backbone's or head's ``takes`` is not given.
+DEFAULT_TAKES: tuple[Signal, ...] = example_signals()
+#: Inputs tried, in order, when a fusion's ``takes`` is not given.
+DEFAULT_FUSION_TAKES: tuple[dict[str, Signal], ...] = (
+    {"a": Vector(8), "b": FeatureMap(4), "c": Tokens(6)},
+    {"a": Vector(8), "b": Vector(6)},
+)
+
+
+class ConformanceError(AssertionError):
+    """A component class does not behave as polymodal requires; the message names the check."""
+
+
+@dataclass(frozen=True)
+class ConformanceReport:
+    """What :func:`check_component` found, for further assertions in a test."""
+
+    kind: str
+    type: str
+    takes: Any
+    gives: Signal | None
+    output_shape: tuple[int, ...]
+    parameters: int
+    spec: dict[str, Any]
+
+
+# -- probe components: the rest of a minimal spec ------------------------------------------
+
+
+def _signal(name: str, width: int) -> Signal:
+    return _PROBE_SIGNALS[name](width)  # type: ignore[call-arg]
+
+
+def _probe_name(signal: Signal) -> str:
+    for name, cls in _PROBE_SIGNALS.items():
+        if type(signal) is cls:
+            return name
+    raise ConformanceError(
+        f"the conformance check's probes know the signals {', '.join(_PROBE_SIGNALS)};"
+        f" {signal.describe()} ({type(signal).__name__}) is not one of them"
+    )
+
+
+class ProbeAdapter(ModalityAdapter):
+    """Gives the signal its options name (a conformance-check helper)."""
+
+    class Config(AdapterConfig):
+        type: Literal["probe"] = "probe"
+        signal: Literal["vector", "feature_map", "tokens", "sequence"] = Field(
+            "vector", description="The kind of signal given.")
+        width: PositiveInt = Field(8, description="Its width (dim or channels).")
+
+        def gives(self) -> Signal:
+            return _signal(self.signal, self.width)
+
+    def __init__(self, config: Config, takes: None = None):
+        super().__init__(config, takes)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def example_input(self, batch_size: int = 2) -> torch.Tensor:
+        return torch.randn(self.config.gives().example_shape(batch_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def _pool(signal: Signal, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(signal, FeatureMap):
+        return x.mean(dim=(2, 3))
+    if isinstance(signal, Tokens):
+        return x.mean(dim=1)
+    if isinstance(signal, Sequence):
+        return x.mean(dim=2)
+    return x
+
+
+class ProbeFusion(Fusion):
+    """Mean-pools each input to a vector and concatenates them (a conformance-check helper)."""
+
+    class Config(FusionConfig):
+        type: Literal["probe"] = "probe"
+
+        def gives(self, takes: Mapping[str, Signal]) -> Signal:
+            for name, signal in takes.items():
+                _probe_name(signal)
+            return Vector(sum(s.width for s in takes.values()))
+
+    def __init__(self, config: Config, takes: Mapping[str, Signal]):
+        super().__init__(config, takes)
+        self.signals = dict(takes)
+
+    def forward(self, features, present=None):
+        return torch.cat([_pool(self.signals[n], features[n]) for n in self.signals], dim=1)
+
+
+class ProbeHead(Head):
+    """One linear output with an MSE loss (a conformance-check helper)."""
+
+    class Config(HeadConfig):
+        type: Literal["probe"] = "probe"
+
+    def __init__(self, config: Config, takes: Vector):
+        super().__init__(config, takes)
+        self.linear = nn.Linear(takes.dim, 1)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.linear(fused)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(output, target.view_as(output))
+
+    def predict(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"value": output}
+
+
+def _probes_plugin() -> types.ModuleType:
+    module = types.ModuleType("polymodal.testing.probes")
+
+    @hookimpl
+    def polymodal_components():
+        return [ProbeAdapter, ProbeFusion, ProbeHead]
+
+    module.polymodal_components = polymodal_components  # type: ignore[attr-defined]
+    return module
+
+
+def _subject_plugin(cls: type[Component]) -> types.ModuleType:
+    module = types.ModuleType(f"{cls.__module__}.subject")
+
+    @hookimpl
+    def polymodal_components():
+        return [cls]
+
+    module.polymodal_components = polymodal_components  # type: ignore[attr-defined]
+    return module
+
+
+def check_registry(cls: type[Component], registry: Registry | None = None) -> tuple[Registry, ComponentRecord]:
+    """A registry holding the installed plugins, the probes, and ``cls`` (registered if needed)."""
+    registry = registry or Registry()
+    registry.load_all()
+    if not any(p.package == PROBE_PACKAGE for p in registry.plugins):
+        registry.add_plugin(_probes_plugin(), PROBE_PACKAGE, name="probes")
+    record = next((r for r in registry.components() if r.cls is cls), None)
+    if record is None:
+        plugin = registry.add_plugin(_subject_plugin(cls), SUBJECT_PACKAGE,
+                                     name=f"{cls.__module__}.{cls.__qualname__}")
+        if plugin.status != "loaded":
+            raise ConformanceError(f"registering {cls.__qualname__} failed: {plugin.error}")
+        record = next(r for r in plugin.components if r.cls is cls)
+    return registry, record
+
+
+# -- the check -----------------------------------------------------------------------------
+
+
+def _fail(cls: type, check: str, detail: str) -> ConformanceError:
+    return ConformanceError(f"{cls.__qualname__}: {check}: {detail}")
+
+
+def _gives(kind: str, config: Any, takes: Any) -> Signal | None:
+    if kind == "adapter":
+        return config.gives()
+    if kind in ("backbone", "fusion"):
+        return config.gives(takes)
+    config.check_takes(takes)
+    return None
+
+
+def _choose_takes(cls: type, kind: str, config: Any) -> Any:
+    candidates: Iterable[Any] = (
+        DEFAULT_FUSION_TAKES if kind == "fusion" else DEFAULT_TAKES if kind != "adapter" else (None,)
+    )
+    reasons = []
+    for takes in candidates:
+        try:
+            _gives(kind, config, takes)
+            return takes
+        except ConnectionMismatch as exc:
+            reasons.append(str(exc))
+    raise _fail(cls, "takes", "none of the default inputs fit; pass takes=... ("
+                + "; ".join(reasons) + ")")
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _minimal_spec(record: ComponentRecord, config: Any, takes: Any, gives: Signal | None) -> dict[str, Any]:
+    subject = {**config.model_dump(mode="json", exclude_none=True), "type": record.canonical}
+    probe = f"{PROBE_PACKAGE}:probe"
+
+    def probe_adapter(signal: Signal) -> dict[str, Any]:
+        return {"type": probe, "signal": _probe_name(signal), "width": signal.width}
+
+    spec: dict[str, Any] = {"name": f"conformance-{record.type}"}
+    if record.kind == "adapter":
+        spec["inputs"] = {"x": {"adapter": subject}}
+        spec["fusion"] = {"type": probe}
+        spec["heads"] = {"y": {"type": probe}}
+    elif record.kind == "backbone":
+        spec["inputs"] = {"x": {"adapter": probe_adapter(takes), "backbone": "subject"}}
+        spec["backbones"] = {"subject": subject}
+        spec["fusion"] = {"type": probe}
+        spec["heads"] = {"y": {"type": probe}}
+    elif record.kind == "fusion":
+        spec["inputs"] = {name: {"adapter": probe_adapter(s)} for name, s in takes.items()}
+        spec["fusion"] = subject
+        spec["heads"] = {"y": {"type": probe}}
+    else:
+        spec["inputs"] = {"x": {"adapter": probe_adapter(takes)}}
+        if not isinstance(takes, Vector):
+            spec["fusion"] = {"type": probe}
+        spec["heads"] = {"y": subject}
+    return spec
+
+
+def _subject_location(kind: str) -> tuple[str, ...]:
+    return {
+        "adapter": ("inputs", "x", "adapter"),
+        "backbone": ("backbones", "subject"),
+        "fusion": ("fusion",),
+        "head": ("heads", "y"),
+    }[kind]
+
+
+def _with_options(spec: dict[str, Any], kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    import copy
+
+    bad = copy.deepcopy(spec)
+    node = bad
+    for part in _subject_location(kind):
+        node = node[part]
+    node.update(options)
+    return bad
+
+
+def check_component(
+    cls: type[Component],
+    options: Mapping[str, Any] | None = None,
+    *,
+    takes: Any = None,
+    bad_options: Iterable[Mapping[str, Any]] = (),
+    batch_size: int = 2,
+    registry: Registry | None = None,
+) -> ConformanceReport:
+    """Check that ``cls`` works as polymodal requires; raises :class:`ConformanceError`.
+
+    ``options``: the config's options besides ``type`` (default: ``cls.example_options``).
+    ``takes``: the signal a backbone or head takes, or a fusion's ``{input: signal}``
+    (default: the first of a few common ones the config accepts).
+    ``bad_options``: option sets that spec validation must reject (an unknown key always is).
+    """
+    from .assembly import build
+    from .modelfile import load, save
+    from .spec import validate_spec_data
+
+    try:
+        kind, type_name = component_identity(cls)
+    except PolymodalError as exc:
+        raise _fail(cls, "identity", str(exc)) from None
+    options = dict(cls.example_options if options is None else options)
+    try:
+        config = cls.Config.model_validate({**options, "type": type_name})
+    except ValidationError as exc:
+        raise _fail(cls, "config", f"options {options!r} do not validate: {exc}") from None
+    if takes is None and kind != "adapter":
+        takes = _choose_takes(cls, kind, config)
+    try:
+        gives = _gives(kind, config, takes)
+    except PolymodalError as exc:
+        raise _fail(cls, "gives", f"config rejects takes={takes!r}: {exc}") from None
+
+    # Shapes and gradients, on the module alone.
+    torch.manual_seed(0)
+    module = cls(config, takes)
+    if not isinstance(module, Component):
+        raise _fail(cls, "build", f"constructing it gave {type(module).__name__}")
+    module.train()
+    try:
+        batch = module.example_input(batch_size)
+    except NotImplementedError as exc:
+        raise _fail(cls, "example_input", str(exc)) from None
+    float_inputs = [t for t in _tensors(batch) if t.is_floating_point()]
+    if kind != "adapter":
+        for tensor in float_inputs:
+            tensor.requires_grad_(True)
+    try:
+        if kind == "fusion":
+            output = module(batch, {name: torch.ones(batch_size) for name in takes})
+        else:
+            output = module(batch)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+        raise _fail(cls, "forward", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(output, torch.Tensor):
+        raise _fail(cls, "forward", f"returned {type(output).__name__}, not a tensor")
+    shape = tuple(output.shape)
+    if not shape or shape[0] != batch_size:
+        raise _fail(cls, "shape", f"output {list(shape)} lost the batch dimension {batch_size}")
+    if gives is not None:
+        problem = gives.shape_problem(shape)
+        if problem:
+            raise _fail(cls, "shape", f"the config says it gives {gives.describe()}, but {problem}")
+    if kind == "head":
+        predictions = module.predict(output.detach())
+        if not isinstance(predictions, Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in predictions.values()
+        ):
+            raise _fail(cls, "predict", "must return a dict of name -> tensor")
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if output.requires_grad:
+        (output.float().pow(2).mean() + output.float().mean()).backward()
+    elif trainable or (kind != "adapter" and float_inputs):
+        raise _fail(cls, "gradients", "its output is detached from the autograd graph")
+    no_grad = [n for n, p in trainable if p.grad is None]
+    if no_grad:
+        raise _fail(cls, "gradients", "no gradient reaches parameter(s) " + ", ".join(no_grad[:8]))
+    bad = [n for n, p in trainable if not bool(torch.isfinite(p.grad).all())]
+    if bad:
+        raise _fail(cls, "gradients", "non-finite gradient in " + ", ".join(bad[:8]))
+    if kind != "adapter" and float_inputs and all(t.grad is None for t in float_inputs):
+        raise _fail(cls, "gradients", "no gradient flows back to its input")
+
+    # Save/load round trip through a minimal spec model.
+    registry, record = check_registry(cls, registry)
+    spec = _minimal_spec(record, config, takes, gives)
+    try:
+        model = build(spec, pretrained=False, registry=registry)
+    except PolymodalError as exc:
+        raise _fail(cls, "spec", f"a minimal spec holding it does not build: {exc}") from None
+    model.eval()
+    model_batch = {name: adapter.example_input(batch_size) for name, adapter in model.adapters.items()}
+    with torch.no_grad():
+        before = model(model_batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "conformance.safetensors"
+        save(model, path, registry=registry)
+        try:
+            loaded = load(path, registry=registry)
+            with torch.no_grad():
+                after = loaded(model_batch)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+            raise _fail(cls, "save/load", f"the loaded model fails: {type(exc).__name__}: {exc}"
+                        " (is every tensor a parameter or buffer?)") from None
+    if set(before) != set(after):
+        raise _fail(cls, "save/load", f"heads {sorted(before)} became {sorted(after)}")
+    for head, value in before.items():
+        if not torch.allclose(value, after[head], atol=1e-5, rtol=1e-4):
+            raise _fail(cls, "save/load", f"outputs of head {head!r} differ after loading the saved model")
+
+    # Bad options are rejected, at the component's own spec path.
+    where = ".".join(_subject_location(kind))
+    for bad_set in [{"no_such_option": 1}, *bad_options]:
+        try:
+            validate_spec_data(_with_options(spec, kind, bad_set), registry)
+        except SpecError as exc:
+            if not any(loc.startswith(where) for loc, _ in exc.problems):
+                raise _fail(cls, "bad options", f"{bad_set!r} was rejected, but not at {where}: {exc}") from None
+            continue
+        raise _fail(cls, "bad options", f"{bad_set!r} was accepted")
+
+    parameters = sum(p.numel() for p in module.parameters())
+    return ConformanceReport(kind, type_name, takes, gives, shape, parameters, spec)
+
+
+__all__ = [
+    "ConformanceError",
+    "ConformanceReport",
+    "ProbeAdapter",
+    "ProbeFusion",
+    "ProbeHead",
+    "check_component",
+    "check_registry",
+]

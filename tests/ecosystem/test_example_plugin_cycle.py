@@ -1,0 +1,141 @@
+"""The example third-party plugin, as a user meets it: built into a wheel, installed with
+`polymodal install` into a fresh virtual environment, used, and uninstalled again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ecosystem_helpers import GOOD_HEAD, REPO, make_distribution
+
+PLUGIN = REPO / "examples" / "plugins" / "polymodal-signal"
+SPEC = {
+    "name": "heart",
+    "inputs": {"ecg": {"adapter": {"type": "signal", "channels": 3}, "backbone": {"type": "tcn", "channels": 8, "levels": 2}},
+               "report": {"adapter": {"type": "tabular", "numerical": ["age"]}}},
+    "fusion": {"type": "concat"},
+    "heads": {"rhythm": {"type": "classification", "classes": 4}},
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The example plugin's wheel, built from a copy so the source tree stays clean."""
+    work = tmp_path_factory.mktemp("build")
+    source = work / "polymodal-signal"
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
+                    str(work / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    (built,) = (work / "dist").glob("polymodal_signal-0.1.0-*.whl")
+    return built
+
+
+def _run(env_root: Path, *args: str, extra_path: Path | None = None, cwd: Path | None = None):
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("PYTHONPATH", "POLYMODAL_PLUGINS", "POLYMODAL_DISABLE_PLUGINS")}
+    environment.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    if extra_path is not None:
+        environment["PYTHONPATH"] = str(extra_path)
+    return subprocess.run([str(env_root / "bin" / "python"), *args], capture_output=True, text=True,
+                          env=environment, cwd=cwd, timeout=300)
+
+
+def test_install_use_uninstall_cycle_from_the_wheel(wheel, fresh_env, tmp_path):
+    # A broken plugin is installed too: installing and using others must not mind it.
+    broken = tmp_path / "broken"
+    make_distribution(broken, "broken-plugin", "0.9", {"main": "broken_plugin"},
+                      {"broken_plugin.py": "raise ImportError('missing native library')\n"})
+    make_distribution(broken, "other-heads", "1.0", {"twice": "other_heads"},
+                      {"other_heads.py": GOOD_HEAD.format(type="twice")})
+
+    def polymodal(*args: str):
+        return _run(fresh_env, "-m", "polymodal", *args, extra_path=broken, cwd=tmp_path)
+
+    before = polymodal("list", "--json")
+    assert before.returncode == 0, before.stderr
+    assert "signal" not in {c["type"] for c in json.loads(before.stdout)}
+
+    installed = polymodal("install", str(wheel))
+    assert installed.returncode == 0, installed.stderr
+    assert "polymodal-signal 0.1.0: entry point 'signal' provides adapter signal, backbone tcn" in installed.stdout
+    site_packages = next((fresh_env / "lib").glob("python*/site-packages"))
+    assert list(site_packages.glob("polymodal_signal-0.1.0.dist-info"))
+
+    listing = polymodal("list", "--json")
+    found = {(c["kind"], c["type"]): c for c in json.loads(listing.stdout)}
+    assert found[("adapter", "signal")]["package"] == "polymodal-signal"
+    assert found[("backbone", "tcn")]["version"] == "0.1.0"
+    plugins = {p["package"]: p for p in json.loads(polymodal("plugins", "--json").stdout)["plugins"]}
+    assert plugins["polymodal-signal"]["status"] == "lazy"  # listed from its manifest
+    assert plugins["polymodal-signal"]["components"] == ["adapter:signal", "backbone:tcn"]
+    assert plugins["broken-plugin"]["status"] == "failed"
+
+    spec = tmp_path / "heart.json"
+    spec.write_text(json.dumps(SPEC))
+    assert polymodal("validate", str(spec)).returncode == 0
+    model = tmp_path / "heart.safetensors"
+    built = polymodal("build", str(spec), "-o", str(model))
+    assert built.returncode == 0, built.stderr
+    check = _run(fresh_env, "-c", (
+        "import json, torch, polymodal\n"
+        "from polymodal.modelfile import read_metadata\n"
+        f"m = polymodal.load({str(model)!r})\n"
+        "out = m({'ecg': torch.randn(2, 3, 50), 'report': {'age': torch.rand(2)}})\n"
+        "print(tuple(out['rhythm'].shape), json.loads(read_metadata("
+        f"{str(model)!r})['polymodal.versions'])['polymodal-signal'])\n"
+    ), extra_path=broken)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == "(2, 4) 0.1.0"
+
+    removed = polymodal("uninstall", "polymodal-signal")
+    assert removed.returncode == 0, removed.stderr
+    assert "uninstalled polymodal-signal 0.1.0" in removed.stdout
+    assert not list(site_packages.glob("polymodal_signal*"))
+
+    after = polymodal("inspect", str(model))
+    assert after.returncode == 1
+    assert "Traceback" not in after.stderr
+    assert "needs the plugin package(s) polymodal-signal 0.1.0: pip install polymodal-signal" in after.stderr
+    again = polymodal("uninstall", "polymodal-signal")
+    assert again.returncode == 1 and "'polymodal-signal' is not installed" in again.stderr
+
+
+def test_install_refuses_unknown_names_and_missing_paths(fresh_env, tmp_path):
+    unknown = _run(fresh_env, "-m", "polymodal", "install", "polymodal-signals", cwd=tmp_path)
+    assert unknown.returncode == 1
+    assert "did you mean 'polymodal-signal'?" in unknown.stderr
+    missing = _run(fresh_env, "-m", "polymodal", "install", "./nowhere.whl", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: ./nowhere.whl: no such file or directory"
+    core = _run(fresh_env, "-m", "polymodal", "uninstall", "polymodal", cwd=tmp_path)
+    assert "refusing to uninstall polymodal itself" in core.stderr
+
+
+def test_catalog_names_resolve_to_their_requirement():
+    from polymodal.install import resolve_requirement
+
+    assert resolve_requirement("polymodal-signal") == ("polymodal-signal", "polymodal-signal")
+    assert resolve_requirement("polymodal_signal>=0.1") == ("polymodal-signal>=0.1", "polymodal-signal")
+
+
+def test_a_failing_pip_is_one_clear_error(fresh_env, tmp_path):
+    # No index and no such file in the catalog requirement's place: pip itself fails.
+    result = _run(fresh_env, "-m", "polymodal", "install", "polymodal-signal", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error: pip failed (exit 1): pip install polymodal-signal" in result.stderr
+
+
+def test_the_example_plugins_own_tests_pass():
+    environment = {**os.environ, "PYTHONPATH": str(PLUGIN)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(PLUGIN / "tests")], capture_output=True, text=True,
+                            env=environment, cwd=PLUGIN, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout

@@ -1,0 +1,119 @@
+"""docs/plugins.md cannot rot: every code block in it is run or checked here.
+
+Each fenced block is preceded by a marker comment saying what it is: ``<!-- file: PATH -->``
+(written into a fresh project directory), ``<!-- run -->`` (shell commands, run in order in a
+fresh virtual environment), or ``<!-- check: NAME -->`` (verified by a named check below). A
+block without a marker fails the test, so the guide cannot grow an untested example."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+from ecosystem_helpers import REPO
+
+from polymodal.manifest import parse_manifest
+
+GUIDE = REPO / "docs" / "plugins.md"
+BLOCK = re.compile(r"(?:<!-- (?P<marker>[^>]*?) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
+
+pytestmark = pytest.mark.slow
+
+
+def blocks() -> list[tuple[str, str, str]]:
+    """(marker, language, body) of each fenced block, in order."""
+    found = [(m["marker"] or "", m["lang"], m["body"]) for m in BLOCK.finditer(GUIDE.read_text())]
+    unmarked = [body.splitlines()[0] for marker, _, body in found if not marker]
+    assert not unmarked, f"blocks without a marker in {GUIDE.name}: {unmarked}"
+    return found
+
+
+def layout_paths(tree: str) -> set[str]:
+    """File paths of a ``tree``-style listing."""
+    paths, stack = set(), []
+    for line in tree.splitlines()[1:]:
+        name = line.lstrip("│├└─ ")
+        depth = (len(line) - len(name)) // 4  # 1 for the project's own entries
+        stack = stack[:depth - 1] + [name.rstrip("/")]
+        if not name.endswith("/"):
+            paths.add("/".join(stack))
+    return paths
+
+
+def test_every_block_has_a_marker_and_a_check():
+    markers = {marker.split(":")[0] for marker, _, _ in blocks()}
+    assert markers <= {"file", "run", "check"}
+    checks = {marker.split(":", 1)[1].strip() for marker, _, _ in blocks() if marker.startswith("check:")}
+    assert checks == {"layout", "extra"}
+
+
+def test_the_guide_works_from_an_empty_directory(fresh_env, tmp_path):
+    project = tmp_path / "polymodal-multilabel"
+    project.mkdir()
+    files = {m.split(":", 1)[1].strip(): body for m, _, body in blocks() if m.startswith("file:")}
+    (layout,) = [body for m, _, body in blocks() if m == "check: layout"]
+    assert layout_paths(layout) == set(files)
+    manifest_path = "polymodal_multilabel/polymodal.toml"
+    for path, body in files.items():
+        if path != manifest_path:  # the guide has polymodal write this one
+            (project / path).parent.mkdir(parents=True, exist_ok=True)
+            (project / path).write_text(body)
+
+    python = str(fresh_env / "bin" / "python")
+    programs = {"pip": [python, "-m", "pip"], "polymodal": [python, "-m", "polymodal"],
+                "pytest": [python, "-m", "pytest", "-p", "no:cacheprovider"], "python": [python]}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("PYTHONPATH", "POLYMODAL_PLUGINS", "POLYMODAL_DISABLE_PLUGINS")}
+    base.update(PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    outputs: dict[str, str] = {}
+    for marker, _, body in blocks():
+        if marker != "run":
+            continue
+        for line in filter(None, (raw.strip() for raw in body.splitlines())):
+            words = shlex.split(line)
+            env = dict(base)
+            while "=" in words[0]:
+                key, value = words.pop(0).split("=", 1)
+                env[key] = value
+            command = programs[words[0]] + words[1:]
+            if words[:3] == ["python", "-m", "build"]:
+                command.append("--no-isolation")  # offline: use this environment's setuptools
+            result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
+                                    timeout=300)
+            assert result.returncode == 0, f"`{line}` failed:\n{result.stdout}\n{result.stderr}"
+            outputs[line] = result.stdout
+
+    assert (project / manifest_path).read_text() == files[manifest_path]
+    assert "multilabel      polymodal-multilabel 0.1.0  Multi-label classification" in \
+        outputs["polymodal list --kind head"]
+    assert "threshold: number = 0.5" in outputs["polymodal show head multilabel"]
+    assert "3 passed" in outputs["pytest -q tests"]
+    assert "heads tags <- photo + details: a vector of 64" in outputs["polymodal validate spec.yaml"]
+    assert 'head_tags(["head tags: multilabel, 5 labels"])' in outputs["polymodal validate spec.yaml --diagram"]
+    assert "polymodal-multilabel 0.1.0: entry point 'multilabel' provides head multilabel" in \
+        outputs["polymodal install dist/polymodal_multilabel-0.1.0-py3-none-any.whl"]
+    assert "polymodal-multilabel 0.1.0  entry point 'multilabel' -> polymodal_multilabel" in \
+        outputs["polymodal plugins"]
+    assert "multilabel" not in outputs["POLYMODAL_DISABLE_PLUGINS=polymodal-multilabel polymodal list --kind head"]
+    assert "ok" in outputs["POLYMODAL_PLUGINS=polymodal,multilabel polymodal validate spec.yaml"]
+    installed = next((fresh_env / "lib").glob("python*/site-packages"))
+    assert (installed / manifest_path).is_file(), "the wheel must ship the manifest"
+
+
+def test_the_proposed_catalog_entry_parses():
+    (extra,) = [body for m, _, body in blocks() if m == "check: extra"]
+    (entry,) = parse_manifest(extra, "guide").extras
+    assert (entry.package, entry.requirement, entry.components) == (
+        "polymodal-multilabel", "polymodal-multilabel", (("head", "multilabel"),))
+
+
+def test_environment_switches_are_documented():
+    text = GUIDE.read_text()
+    for needed in ("POLYMODAL_DISABLE_PLUGINS", "POLYMODAL_PLUGINS", "disabling wins",
+                   "before their module\n  is imported"):
+        assert needed in text
+
+
