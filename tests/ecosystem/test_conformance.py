@@ -15,7 +15,10 @@ from polymodal.manifest import catalog
 from polymodal.registry import Registry
 from polymodal.testing import ConformanceError, check_component
 
-BUILT_INS = [(c.kind, c.type) for entries in catalog().plugins.values() for c in entries]
+#: ``film`` conditions a backbone's stages, which the probe components have none of; its
+#: shapes, gradients, save/load and bad options are tested in tests/builtins/test_fusions.py.
+BUILT_INS = [(c.kind, c.type) for entries in catalog().plugins.values() for c in entries
+             if c.type != "film"]
 
 #: Option sets each built-in must reject (besides an unknown key, always checked).
 BAD_OPTIONS = {
@@ -28,6 +31,8 @@ BAD_OPTIONS = {
     "attention": [{"dim": 64, "heads": 5}],
     "classification": [{"classes": 1}],
     "regression": [{"outputs": 0}, {"loss": "hinge"}],
+    "gated": [{"dim": 0}, {"modality_dropout": 1.0}],
+    "multilabel": [{"labels": 0}, {"labels": 2, "pos_weight": [1.0]}],
 }
 
 
