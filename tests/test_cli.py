@@ -270,32 +270,46 @@ def test_missing_spec_file_through_the_cli(capsys, tmp_path):
     assert_one_clear_error(code, err, "absent.yaml", "no such file")
 
 
-@pytest.mark.parametrize("content", ["truncated", "random", "pickle", "foreign", "newer"])
-def test_bad_model_files_through_inspect(capsys, tmp_path, image_spec, content):
-    path = tmp_path / "model.safetensors"
-    if content in ("truncated", "newer"):
-        polymodal.save(polymodal.build(image_spec), path)
-        if content == "truncated":
-            path.write_bytes(path.read_bytes()[:5000])
-        else:
-            from safetensors import safe_open
-            from safetensors.torch import load_file
+def _rewrite_metadata(path: Path, change) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
 
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = dict(handle.metadata())
-            metadata["polymodal.format"] = "99"
-            save_file(load_file(str(path)), str(path), metadata=metadata)
-    elif content == "random":
-        path.write_bytes(bytes(range(256)) * 16)
-    elif content == "pickle":
-        torch.save({"w": torch.zeros(2)}, path)
-    else:
-        save_file({"w": torch.zeros(2)}, str(path))
-    expected = {"truncated": "not a valid safetensors model file",
-                "random": "not a valid safetensors model file",
-                "pickle": "not a valid safetensors model file",
-                "foreign": "not a polymodal model",
-                "newer": "pip install -U polymodal"}[content]
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    change(metadata)
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+
+
+def _other_spec(metadata: dict, change) -> None:
+    spec = json.loads(metadata["polymodal.spec"])
+    change(spec)
+    metadata["polymodal.spec"] = json.dumps(spec)
+
+
+BAD_MODEL_FILES = {
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-100]),
+                  "not a valid safetensors model file"),
+    "random": (lambda p: p.write_bytes(bytes(range(256)) * 16),
+               "not a valid safetensors model file"),
+    "pickle": (lambda p: torch.save({"w": torch.zeros(2)}, p), "not a valid safetensors model file"),
+    "foreign": (lambda p: save_file({"w": torch.zeros(2)}, str(p)), "not a polymodal model"),
+    "newer": (lambda p: _rewrite_metadata(p, lambda m: m.update({"polymodal.format": "99"})),
+              "pip install -U polymodal"),
+    "mismatch": (lambda p: _rewrite_metadata(p, lambda m: _other_spec(
+        m, lambda s: s["inputs"]["row"]["backbone"].update(hidden=[12]))),
+        "its tensors do not match its spec"),
+    "plugin": (lambda p: _rewrite_metadata(p, lambda m: _other_spec(
+        m, lambda s: s["heads"]["price"].update(type="polymodal-survival:survival"))),
+        "pip install polymodal-survival"),
+}
+
+
+@pytest.mark.parametrize("content", list(BAD_MODEL_FILES))
+def test_bad_model_files_through_inspect(capsys, tmp_path, content):
+    path = tmp_path / "model.safetensors"
+    polymodal.save(polymodal.build(TABLE_SPEC), path)
+    spoil, expected = BAD_MODEL_FILES[content]
+    spoil(path)
     code, _, err = call(capsys, "inspect", str(path))
     assert_one_clear_error(code, err, str(path), expected)
 
