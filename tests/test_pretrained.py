@@ -156,7 +156,10 @@ def test_unknown_weights_suffix(tmp_path):
 
 def test_pretrained_true_offline_timm_fails_clearly():
     # conftest sets HF_HUB_OFFLINE=1 before the hub library is imported, so this cannot wait on
-    # network retries.
+    # network retries (about 45 s without it, on a machine with no network).
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE, "the hub library was imported before conftest set offline"
     with pytest.raises(SpecError) as info:
         polymodal.build(spec_with({"type": "timm", "model": "resnet10t", "pretrained": True}))
     message = str(info.value)
