@@ -3,7 +3,8 @@
 Each entry point in group ``polymodal`` is one plugin, loaded on its own so a broken plugin is
 recorded with its reason and never stops the others (pluggy's bulk loader stops at the first
 failure and skips duplicate names silently). A plugin whose components are listed in a static
-manifest is not imported until a spec uses one of them, so listing imports no plugin code.
+manifest is not imported until a spec uses one of them, so listing imports no plugin code; a
+manifest that states another plugin API marks the plugin incompatible without importing it.
 
 Environment:
     ``POLYMODAL_DISABLE_PLUGINS=a,b``  plugins (entry-point or package names) never imported.
@@ -13,7 +14,6 @@ Environment:
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as metadata
 import os
 import re
