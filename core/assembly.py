@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .components import Component, ComponentConfig
+from .components import Component, ComponentConfig, FusionInputs
 from .errors import ConnectionMismatch, DataError, PolymodalError, SpecError
 from .registry import Registry, get_registry
 from .signals import Signal
@@ -31,6 +31,7 @@ class Plan:
     features: dict[str, Signal]  # input -> what goes into fusion
     groups: dict[tuple[str, ...], list[str]]  # input set -> heads
     fused: dict[tuple[str, ...], Signal]  # input set -> fusion output (or the lone feature)
+    fusion_takes: dict[tuple[str, ...], FusionInputs]  # input set -> what its fusion takes
 
 
 def group_key(inputs: tuple[str, ...]) -> str:
@@ -47,6 +48,7 @@ def plan(spec: ModelSpec) -> Plan:
     problems: list[tuple[str, str]] = []
     adapter_gives: dict[str, Signal] = {}
     features: dict[str, Signal] = {}
+    backbone_of: dict[str, tuple[ComponentConfig, str | None]] = {}
     for name, inp in spec.inputs.items():
         where = f"inputs.{name}.adapter"
         try:
@@ -62,6 +64,7 @@ def plan(spec: ModelSpec) -> Plan:
             backbone, consumer = spec.backbones[inp.backbone], inp.backbone
         else:
             backbone, consumer = inp.backbone, None
+        backbone_of[name] = (backbone, consumer)
         try:
             features[name] = backbone.gives(given)
         except ConnectionMismatch as exc:
@@ -79,6 +82,7 @@ def plan(spec: ModelSpec) -> Plan:
             problems.append((loc, str(exc)))
     groups = spec.fusion_groups()
     fused: dict[tuple[str, ...], Signal] = {}
+    fusion_takes: dict[tuple[str, ...], FusionInputs] = {}
     for inputs, heads in groups.items():
         if any(n not in features for n in inputs):
             continue
@@ -86,7 +90,10 @@ def plan(spec: ModelSpec) -> Plan:
             fused[inputs] = features[inputs[0]]
         else:
             try:
-                fused[inputs] = spec.fusion.gives({n: features[n] for n in inputs})
+                stages = _conditioned_stages(spec.fusion, inputs, adapter_gives, backbone_of)
+                takes = FusionInputs({n: features[n] for n in inputs}, stages)
+                fused[inputs] = spec.fusion.gives(takes)
+                fusion_takes[inputs] = takes
             except PolymodalError as exc:
                 problems.append(("fusion", f"for inputs {', '.join(inputs)}: {exc}"))
                 continue
@@ -100,7 +107,33 @@ def plan(spec: ModelSpec) -> Plan:
                 )
     if problems:
         raise SpecError(problems)
-    return Plan(adapter_gives, features, groups, fused)
+    return Plan(adapter_gives, features, groups, fused, fusion_takes)
+
+
+def _conditioned_stages(
+    fusion: ComponentConfig, inputs: tuple[str, ...], adapter_gives: Mapping[str, Signal],
+    backbone_of: Mapping[str, tuple[ComponentConfig, str | None]],
+) -> dict[str, tuple[Signal, ...]]:
+    """Stage signals of each input the fusion conditions, checked against what it asks for."""
+    found: dict[str, tuple[Signal, ...]] = {}
+    for target, wanted in fusion.conditions(inputs).items():
+        if target not in inputs:
+            raise PolymodalError(f"conditions input {target!r}, which is not among {', '.join(inputs)}")
+        if target not in backbone_of:
+            raise PolymodalError(f"conditions input {target!r}, which has no backbone")
+        backbone, consumer = backbone_of[target]
+        stages = backbone.stages(adapter_gives[target])
+        label = _describe("backbone", consumer, backbone)
+        if not stages:
+            raise PolymodalError(f"conditions input {target!r}, but its {label} exposes no stages")
+        bad = [s for s in wanted if not 0 <= s < len(stages)]
+        if bad:
+            listing = ", ".join(f"{i}: {s.describe()}" for i, s in enumerate(stages))
+            raise PolymodalError(
+                f"stage(s) {', '.join(map(str, bad))} of input {target!r} do not exist; its"
+                f" {label} has stages {listing}")
+        found[target] = stages
+    return found
 
 
 class PolymodalModel(nn.Module):
@@ -128,39 +161,67 @@ class PolymodalModel(nn.Module):
             else:
                 self._backbone_of[name] = None
         self._groups = [(inputs, group_key(inputs), heads) for inputs, heads in plan.groups.items()]
+        # Inputs whose backbone a group's fusion modulates (conditioning), with the stages.
+        self._conditions = {
+            group_key(inputs): dict(spec.fusion.conditions(inputs)) if spec.fusion else {}
+            for inputs in plan.groups
+        }
+
+    def _adapt(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return {name: adapter(batch[name]) for name, adapter in self.adapters.items()
+                if batch.get(name) is not None}
+
+    def _backbone(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        backbone = self._backbone_of[name]
+        return x if backbone is None else backbone(x)
 
     def encode(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Features of each input present in ``batch`` (adapter, then backbone)."""
-        features = {}
-        for name, adapter in self.adapters.items():
-            if name not in batch or batch[name] is None:
-                continue
-            x = adapter(batch[name])
-            backbone = self._backbone_of[name]
-            features[name] = x if backbone is None else backbone(x)
-        return features
+        """Features of each input present in ``batch`` (adapter, then backbone), unconditioned."""
+        return {name: self._backbone(name, x) for name, x in self._adapt(batch).items()}
 
     def forward(
         self, batch: Mapping[str, Any], present: Mapping[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
+        """Head outputs by name. ``present`` optionally maps inputs to a boolean ``[B]`` mask:
+        samples whose input is marked ``False`` are predicted as if it were missing."""
         unknown = [k for k in batch if k not in self.adapters]
         if unknown:
             raise DataError(
                 f"batch has unknown input(s) {', '.join(map(repr, unknown))};"
                 f" the model's inputs are {', '.join(self.adapters)}"
             )
-        features = self.encode(batch)
+        unknown = [k for k in present or {} if k not in self.adapters]
+        if unknown:
+            raise DataError(f"present names unknown input(s) {', '.join(map(repr, unknown))};"
+                            f" the model's inputs are {', '.join(self.adapters)}")
+        adapted = self._adapt(batch)
+        plain: dict[str, torch.Tensor] = {}  # backbone features, computed once for all groups
         outputs: dict[str, torch.Tensor] = {}
         for inputs, key, heads in self._groups:
-            if not all(n in features for n in inputs):
+            if not all(n in adapted for n in inputs):
                 continue
-            if key in self.fusions:
-                group_present = None
-                if present is not None:
-                    group_present = {n: present[n] for n in inputs if n in present}
-                fused = self.fusions[key]({n: features[n] for n in inputs}, group_present)
+            if key not in self.fusions:
+                if inputs[0] not in plain:
+                    plain[inputs[0]] = self._backbone(inputs[0], adapted[inputs[0]])
+                fused = plain[inputs[0]]
             else:
-                fused = features[inputs[0]]
+                fusion = self.fusions[key]
+                first = adapted[inputs[0]]
+                masks = fusion.presence(inputs, present, first.shape[0], first.device)
+                conditioned = self._conditions[key]
+                features = {}
+                for n in inputs:
+                    if n not in conditioned:
+                        if n not in plain:
+                            plain[n] = self._backbone(n, adapted[n])
+                        features[n] = plain[n]
+                for target, stages in conditioned.items():
+                    def modulate(stage, output, fusion=fusion, target=target, features=features):
+                        return fusion.modulate(target, stage, output, features, masks)
+
+                    features[target] = self._backbone_of[target].modulated(
+                        adapted[target], modulate, stages)
+                fused = fusion({n: features[n] for n in inputs}, masks)
             for head in heads:
                 outputs[head] = self.heads[head](fused)
         return outputs
@@ -217,7 +278,7 @@ def build(
             )
     for inputs, heads in the_plan.groups.items():
         if spec.fusion is not None:
-            takes = {n: the_plan.features[n] for n in inputs}
+            takes = the_plan.fusion_takes[inputs]
             modules["fusions"][group_key(inputs)] = _instantiate(
                 component_class(spec.fusion), spec.fusion, takes, "fusion", located
             )

@@ -22,15 +22,19 @@ the config and the signal it takes::
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import ConnectionMismatch, PolymodalError
+from .errors import ConnectionMismatch, DataError, PolymodalError
+from .freezing import Freeze, apply_freeze, keep_eval
 from .signals import Signal, Vector
+
+#: ``modulate(stage, output) -> output``: changes a backbone stage's output (conditioning).
+Modulate = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class ComponentConfig(BaseModel):
@@ -60,11 +64,42 @@ class BackboneConfig(ComponentConfig):
         """The features given for input ``takes``; raise :class:`ConnectionMismatch` if unfit."""
         raise NotImplementedError
 
+    def stages(self, takes: Signal) -> tuple[Signal, ...]:
+        """What each stage the backbone exposes gives, in forward order; ``()`` for none.
+
+        Stages are where a fusion may condition the backbone (FiLM) and what freezing by stage
+        counts; the module lists the same stages in :meth:`Backbone.stage_modules`."""
+        return ()
+
+
+class FusionInputs(dict):
+    """What a fusion takes: each input's features signal by input name (a plain mapping), and in
+    ``stages`` the stage signals of every input the fusion conditions (see
+    :meth:`FusionConfig.conditions`)."""
+
+    def __init__(self, features: Mapping[str, Signal],
+                 stages: Mapping[str, Sequence[Signal]] | None = None):
+        super().__init__(features)
+        self.stages: dict[str, tuple[Signal, ...]] = {
+            name: tuple(s) for name, s in (stages or {}).items()}
+
 
 class FusionConfig(ComponentConfig):
+    modality_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Training only: each input of a sample is treated as absent with this"
+        " probability (at least one present input is kept), so the model learns to predict"
+        " when inputs are missing.")
+
     def gives(self, takes: Mapping[str, Signal]) -> Signal:
         """The fused signal given for the features of each input, by input name."""
         raise NotImplementedError
+
+    def conditions(self, inputs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+        """Inputs (of ``inputs``, a head group's) whose backbone this fusion modulates while it
+        runs, each with the stage numbers: ``{"photo": (3, 4)}``. Assembly then encodes the
+        other inputs first and runs those backbones through :meth:`Fusion.modulate`."""
+        return {}
 
 
 class HeadConfig(ComponentConfig):
@@ -128,10 +163,50 @@ class ModalityAdapter(Component):
 
 
 class Backbone(Component):
-    """Turns an adapter's signal into features (a vector, a feature map or tokens)."""
+    """Turns an adapter's signal into features (a vector, a feature map or tokens).
+
+    A backbone with stages lists their modules in :meth:`stage_modules` (matching
+    ``Config.stages``); it then supports conditioning (:meth:`modulated`) and freezing by stage
+    (:meth:`freeze`) without further code.
+    """
 
     kind = "backbone"
     Config = BackboneConfig
+
+    def __init__(self, config: ComponentConfig, takes: Any = None):
+        super().__init__(config, takes)
+        self._eval_norms: list[nn.Module] = []
+
+    def stage_modules(self) -> list[nn.Module]:
+        """The submodules whose outputs are the stages of ``Config.stages``, in order."""
+        return []
+
+    def modulated(self, x: torch.Tensor, modulate: Modulate, stages: Collection[int]) -> torch.Tensor:
+        """``forward(x)`` with the output of each stage in ``stages`` passed through
+        ``modulate(stage, output)``."""
+        modules = self.stage_modules()
+        handles = []
+        try:
+            for stage in stages:
+                def hook(_module, _args, output, stage=stage):
+                    return modulate(stage, output)
+
+                handles.append(modules[stage].register_forward_hook(hook))
+            return self(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def freeze(self, option: Freeze) -> None:
+        """Apply a ``freeze`` option: parameters lose their gradient and BatchNorm layers keep
+        their statistics as :func:`polymodal.freezing.apply_freeze` describes."""
+        self._eval_norms = apply_freeze(self, self.stage_modules(), option)
+        keep_eval(self._eval_norms)
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        keep_eval(self._eval_norms)  # frozen statistics stay frozen in training mode
+        return self
 
 
 class Fusion(Component):
@@ -143,7 +218,48 @@ class Fusion(Component):
     def forward(
         self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
+        """Fuse ``features``. ``present`` maps some inputs to a boolean ``[B]`` mask; a sample's
+        input marked ``False`` must contribute nothing to that sample's output."""
         raise NotImplementedError
+
+    def modulate(
+        self, target: str, stage: int, output: torch.Tensor, features: Mapping[str, torch.Tensor],
+        present: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Change ``output`` of ``stage`` of ``target``'s backbone, given the features of the
+        other inputs; only called for what :meth:`FusionConfig.conditions` declares."""
+        raise NotImplementedError(f"{type(self).__name__} conditions no backbone")
+
+    def presence(
+        self, names: Sequence[str], present: Mapping[str, torch.Tensor] | None, batch_size: int,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, torch.Tensor] | None:
+        """Per-sample boolean masks of ``names`` from the caller's ``present`` masks, with this
+        fusion's ``modality_dropout`` applied in training. ``None`` when every input is present."""
+        masks: dict[str, torch.Tensor] | None = None
+        if present:
+            masks = {}
+            for name in names:
+                if name not in present:
+                    continue
+                mask = torch.as_tensor(present[name], device=device).reshape(-1).to(torch.bool)
+                if mask.shape[0] != batch_size:
+                    raise DataError(f"present[{name!r}] has {mask.shape[0]} values for a batch"
+                                    f" of {batch_size}")
+                masks[name] = mask
+        rate = getattr(self.config, "modality_dropout", 0.0)
+        if not (self.training and rate > 0 and len(names) > 1):
+            return masks
+        given = torch.stack([
+            (masks or {}).get(n, torch.ones(batch_size, dtype=torch.bool, device=device))
+            for n in names], dim=1)
+        kept = given & (torch.rand(given.shape, device=device) >= rate)
+        emptied = ~kept.any(dim=1) & given.any(dim=1)
+        if emptied.any():
+            # Keep one of the sample's present inputs, chosen at random.
+            choice = torch.multinomial(given[emptied].float(), 1).squeeze(1)
+            kept[emptied] = nn.functional.one_hot(choice, len(names)).to(torch.bool)
+        return {n: kept[:, i] for i, n in enumerate(names)}
 
 
 class Head(Component):

@@ -68,12 +68,27 @@ class Vector(Signal):
 
 @dataclass(frozen=True)
 class FeatureMap(Signal):
-    """``[B, channels, H, W]``: an image or a convolutional feature map."""
+    """``[B, channels, H, W]``: an image or a convolutional feature map.
+
+    ``bands`` optionally names each channel (``("red", "green", "blue", "nir")``): an adapter
+    states what its channels are, and a backbone loading pretrained weights can match them to
+    the bands its stem was trained on. Two maps with the same channel count connect whatever
+    their band names.
+    """
 
     channels: int
+    bands: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.bands is not None and len(self.bands) != self.channels:
+            raise ValueError(f"{len(self.bands)} band names for {self.channels} channels")
 
     def describe(self) -> str:
         return f"a feature map of {self.channels} channels"
+
+    def fits(self, other: Signal) -> bool:
+        """Whether ``other`` connects where this map is taken (same channel count)."""
+        return isinstance(other, FeatureMap) and other.channels == self.channels
 
     @property
     def width(self) -> int:

@@ -68,3 +68,41 @@ def load_matching(
             parts.append(f"{len(wrong)} of the wrong shape (e.g. {', '.join(wrong[:3])})")
         raise PolymodalError(f"pretrained weights {source} do not fit: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+#: The bands of an RGB-pretrained stem, in its input-channel order.
+RGB_BANDS = ("red", "green", "blue")
+
+
+def adapt_stem(
+    weight: torch.Tensor, in_chans: int, bands: tuple[str, ...] | list[str] | None = None,
+    pretrained_bands: tuple[str, ...] = RGB_BANDS,
+) -> torch.Tensor:
+    """A pretrained first-convolution weight ``[out, 3, kh, kw]`` adapted to ``in_chans`` inputs.
+
+    Without ``bands``, the RGB filters are summed (1 channel) or repeated in turn (other
+    counts), as timm's ``in_chans`` does. With ``bands`` (one name per input channel), a band
+    named like a pretrained one (``red``, ``green``, ``blue``, any case) takes that filter and
+    every other band the mean of the pretrained filters. Either way the result is scaled by
+    ``3 / in_chans``, so an input that is uniform across channels gives the same stem response
+    as it would in RGB (a stem followed by pretrained BatchNorm statistics stays calibrated).
+    """
+    if weight.dim() != 4 or weight.shape[1] != len(pretrained_bands):
+        raise PolymodalError(
+            f"cannot adapt a stem of weight shape {tuple(weight.shape)}: expected"
+            f" {len(pretrained_bands)} input channels ({', '.join(pretrained_bands)})")
+    source = weight.float()
+    if bands is None:
+        if in_chans == 1:
+            adapted = source.sum(dim=1, keepdim=True)
+            return adapted.to(weight.dtype)
+        repeats = -(-in_chans // source.shape[1])
+        adapted = source.repeat(1, repeats, 1, 1)[:, :in_chans]
+    else:
+        if len(bands) != in_chans:
+            raise PolymodalError(f"{len(bands)} band names for a stem of {in_chans} channels")
+        index = {b.lower(): i for i, b in enumerate(pretrained_bands)}
+        mean = source.mean(dim=1)
+        adapted = torch.stack(
+            [source[:, index[b.lower()]] if b.lower() in index else mean for b in bands], dim=1)
+    return (adapted * (len(pretrained_bands) / in_chans)).to(weight.dtype)

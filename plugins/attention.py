@@ -21,7 +21,9 @@ class AttentionFusion(Fusion):
     Each input's tokens are projected to ``dim`` and tagged with a learned per-input embedding.
     The result is a learned summary token (``pooling: cls``) or the mean of the tokens
     (``pooling: mean``). Inputs marked absent in a per-sample ``present`` mask are masked out
-    of the attention.
+    of the attention: no token attends to them and the mean leaves them out, so their values
+    have no influence. A sample with no input present gets zeros (``mean``) or the summary
+    token alone (``cls``).
     """
 
     class Config(FusionConfig):
@@ -81,20 +83,27 @@ class AttentionFusion(Fusion):
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         tokens, masks = [], []
         for name in self.names:
-            x = features[name]
-            x = x.transpose(1, 2) if name in self.sequences else self._tokens(x)
-            t = self.projections[name](x) + self.input_embeddings[name]
-            tokens.append(t)
-            keep = torch.ones(t.shape[0], t.shape[1], dtype=torch.bool, device=t.device)
+            raw = features[name]
+            raw = raw.transpose(1, 2) if name in self.sequences else self._tokens(raw)
+            keep = torch.ones(raw.shape[0], raw.shape[1], dtype=torch.bool, device=raw.device)
             if present is not None and name in present:
                 keep = keep & present[name].to(torch.bool).view(-1, 1)
+                # Zero absent tokens: masked attention weighs them 0, but NaN * 0 is NaN.
+                raw = torch.where(keep.unsqueeze(2), raw, torch.zeros((), dtype=raw.dtype,
+                                                                      device=raw.device))
+            tokens.append(self.projections[name](raw) + self.input_embeddings[name])
             masks.append(keep)
         x = torch.cat(tokens, dim=1)
         keep = torch.cat(masks, dim=1)
         if self.config.pooling == "cls":
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
             keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
-        padding = None if present is None else ~keep
+        padding = None
+        if present is not None:
+            # A sample with nothing present would attend to nothing (NaN): let it attend to its
+            # own tokens and zero its output below.
+            empty = ~keep.any(dim=1, keepdim=True)
+            padding = ~(keep | empty)
         x = self.norm(self.encoder(x, src_key_padding_mask=padding))
         if self.config.pooling == "cls":
             return x[:, 0]

@@ -20,7 +20,7 @@ class ConcatFusion(Fusion):
 
     Feature maps, tokens and sequences are mean-pooled to vectors first. Inputs marked absent in a
     per-sample ``present`` mask are replaced by a learned placeholder vector, so every row
-    still gets a prediction.
+    still gets a prediction and an absent input's values have no influence.
     """
 
     class Config(FusionConfig):
@@ -58,8 +58,9 @@ class ConcatFusion(Fusion):
             x = features[name]
             vector = pool_to_vector(x.transpose(1, 2) if name in self.sequences else x)
             if present is not None and name in present:
-                mask = present[name].to(vector.dtype).view(-1, 1)
-                vector = vector * mask + self.placeholders[name].to(vector.dtype) * (1 - mask)
+                mask = present[name].to(torch.bool).view(-1, 1)
+                # where, not a product: an absent input may hold NaN, and NaN * 0 is NaN.
+                vector = torch.where(mask, vector, self.placeholders[name].to(vector.dtype))
             parts.append(vector)
         return self.mlp(torch.cat(parts, dim=1))
 

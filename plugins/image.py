@@ -27,6 +27,12 @@ class ImageAdapter(ModalityAdapter):
     channel counts can share one backbone. The projection has no normalisation layer unless
     ``projection_norm`` is set: a second normalisation in front of a backbone that normalises
     its own stem can cancel what the projection learns.
+
+    Without a projection the images go to the backbone as they are: set the backbone's
+    ``in_chans`` to ``channels`` and its pretrained RGB stem is adapted to them. ``bands`` names
+    the channels (``[red, green, blue, nir, swir1]``): the backbone then gives bands named red,
+    green and blue their pretrained filters and the others the filters' mean. Band names are
+    part of the spec, so they travel in the model file.
     """
 
     class Config(AdapterConfig):
@@ -43,9 +49,22 @@ class ImageAdapter(ModalityAdapter):
             None, description="Per-channel mean subtracted from the input (one per channel).")
         std: list[float] | None = Field(
             None, description="Per-channel standard deviation dividing the input (one per channel).")
+        bands: list[str] | None = Field(
+            None, description="A name for each channel, e.g. [red, green, blue, nir, swir1]; a"
+            " pretrained backbone stem keeps its filters for red, green and blue.")
 
         @model_validator(mode="after")
         def _check_stats(self):
+            if self.bands is not None:
+                if len(self.bands) != self.channels:
+                    raise ValueError(f"bands has {len(self.bands)} names but the input has"
+                                     f" {self.channels} channels")
+                lowered = [b.strip().lower() for b in self.bands]
+                if any(not b for b in lowered):
+                    raise ValueError("band names must not be empty")
+                twice = sorted({b for b in lowered if lowered.count(b) > 1})
+                if twice:
+                    raise ValueError(f"bands names {', '.join(twice)} more than once")
             if self.normalize is not None and (self.mean is not None or self.std is not None):
                 raise ValueError("give either normalize or mean/std, not both")
             if self.normalize == "imagenet" and self.channels != 3:
@@ -65,11 +84,18 @@ class ImageAdapter(ModalityAdapter):
             return f"image, {self.channels} channels"
 
         def gives(self) -> Signal:
-            return FeatureMap(self.project_to or self.channels)
+            if self.project_to is not None:
+                return FeatureMap(self.project_to)
+            bands = tuple(b.strip().lower() for b in self.bands) if self.bands else None
+            return FeatureMap(self.channels, bands)
 
         def fix_for(self, wanted: Signal) -> str | None:
             if isinstance(wanted, FeatureMap):
-                return f"set project_to: {wanted.channels}"
+                fix = f"set project_to: {wanted.channels} (a learned 1x1 projection)"
+                if self.project_to is None:
+                    fix += (f", or the backbone's in_chans: {self.channels} (its stem adapted"
+                            " from the pretrained RGB filters)")
+                return fix
             return None
 
     example_options = {"channels": 3}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Literal
 
 import torch
@@ -35,11 +36,22 @@ class TabularAdapter(ModalityAdapter):
     ``0..cardinality-1``; any other id (an unseen category) uses a reserved *unknown* row and
     ``-1`` (missing) a reserved *missing* row, so an embedding table has ``cardinality + 2``
     rows and inference never fails on new values. Numerical columns are standardised with
-    stored mean/std buffers; NaN is imputed with the mean and, with ``missing_indicators``,
-    flagged by an extra 0/1 feature per column. ``output: vector`` concatenates everything into
-    one vector; ``output: tokens`` gives one token of ``token_dim`` per column (for attention
-    fusion); ``output: map`` gives the vector as a ``[B, D, 1, 1]`` feature map (to feed an image
-    backbone).
+    stored mean/std buffers. NaN follows ``nan``: ``impute`` (the default) replaces it with the
+    column mean and, with ``missing_indicators``, flags it (an extra 0/1 feature, or a learned
+    vector added to the column's embedding); ``error`` refuses it, naming column and row.
+
+    ``numerical_embedding`` turns each numerical value into a vector (Gorishniy et al., "On
+    Embeddings for Numerical Features in Tabular Deep Learning"): ``linear`` (value times a
+    learned vector), ``piecewise_linear`` (the value's position within ``bins`` bins whose
+    edges are the ``bin_edges`` buffer, by default standard-normal quantiles of the
+    standardised value, then a linear layer) or ``periodic`` (sines and cosines of learned
+    frequencies, then a linear layer and ReLU).
+
+    ``output: vector`` concatenates everything into one vector; ``output: tokens`` gives one
+    token of ``token_dim`` per column (for attention fusion; numerical columns use
+    ``linear`` unless an embedding is chosen); ``output: map`` gives the vector as a
+    ``[B, D, 1, 1]`` feature map, to feed an image backbone. ``project_to`` adds a learned linear
+    projection of the vector (or map) to that width, e.g. the 3 channels of an image backbone.
     """
 
     class Config(AdapterConfig):
@@ -52,9 +64,27 @@ class TabularAdapter(ModalityAdapter):
         embedding_dims: dict[str, PositiveInt] = Field(
             default_factory=dict, description="Per-column embedding width overriding the default"
             " rule min(50, round(1.6 * cardinality^0.56)).")
+        nan: Literal["impute", "error"] = Field(
+            "impute", description="NaN in a numerical column: `impute` with the column mean"
+            " (flagged by missing_indicators), or `error`.")
         missing_indicators: bool = Field(
-            True, description="Add a 0/1 missing flag per numerical column (NaN is imputed"
-            " with the column mean either way).")
+            True, description="With nan: impute, flag imputed values (a 0/1 feature per column,"
+            " or a learned vector added to the column's embedding).")
+        numerical_embedding: Literal["linear", "piecewise_linear", "periodic"] | None = Field(
+            None, description="Embed each numerical value as a vector (see above); none: the"
+            " standardised value itself (`linear` for tokens).")
+        numerical_dim: PositiveInt = Field(
+            16, description="Width of each numerical embedding in vector/map output (tokens use"
+            " token_dim).", le=4096)
+        bins: int = Field(8, description="Bins of the piecewise_linear embedding.", ge=2, le=1024)
+        frequencies: PositiveInt = Field(
+            16, description="Learned frequencies of the periodic embedding.", le=1024)
+        frequency_scale: float = Field(
+            0.1, description="Standard deviation of the periodic embedding's initial"
+            " frequencies.", gt=0)
+        project_to: PositiveInt | None = Field(
+            None, description="Learned linear projection of the vector (or map) to this width.",
+            le=65536)
         output: Literal["vector", "tokens", "map"] = Field(
             "vector", description="`vector`: one concatenated vector; `tokens`: one token per"
             " column; `map`: the vector as a 1x1 feature map.")
@@ -74,6 +104,9 @@ class TabularAdapter(ModalityAdapter):
             if unknown:
                 raise ValueError(
                     f"embedding_dims names columns that are not categorical: {sorted(unknown)}")
+            if self.output == "tokens" and self.project_to is not None:
+                raise ValueError("project_to applies to output vector or map; tokens have"
+                                 " token_dim")
             return self
 
         def describe(self) -> str:
@@ -82,8 +115,17 @@ class TabularAdapter(ModalityAdapter):
         def embedding_dim(self, column: str) -> int:
             return self.embedding_dims.get(column) or default_embedding_dim(self.categorical[column])
 
+        def flags(self) -> bool:
+            """Whether imputed values are flagged."""
+            return self.nan == "impute" and self.missing_indicators
+
         def vector_width(self) -> int:
-            numeric = len(self.numerical) * (2 if self.missing_indicators else 1)
+            if self.project_to is not None:
+                return self.project_to
+            if self.numerical_embedding is None:
+                numeric = len(self.numerical) * (2 if self.flags() else 1)
+            else:
+                numeric = len(self.numerical) * self.numerical_dim
             return sum(self.embedding_dim(c) for c in self.categorical) + numeric
 
         def gives(self) -> Signal:
@@ -92,6 +134,14 @@ class TabularAdapter(ModalityAdapter):
             if self.output == "map":
                 return FeatureMap(self.vector_width())
             return Vector(self.vector_width())
+
+        def fix_for(self, wanted: Signal) -> str | None:
+            if isinstance(wanted, FeatureMap):
+                return (f"set project_to: {wanted.channels}" if self.output == "map"
+                        else f"set output: map and project_to: {wanted.channels}")
+            if isinstance(wanted, Vector) and self.output != "tokens":
+                return f"set project_to: {wanted.dim}"
+            return None
 
     example_options = {"categorical": {"make": 40}, "numerical": ["age"]}
 
@@ -105,11 +155,17 @@ class TabularAdapter(ModalityAdapter):
         n_num = len(config.numerical)
         self.register_buffer("num_mean", torch.zeros(n_num))
         self.register_buffer("num_std", torch.ones(n_num))
-        if tokens and n_num:
-            # Each numerical feature becomes a token: value * weight + bias, per column.
-            features = 2 if config.missing_indicators else 1
-            self.num_weight = nn.Parameter(torch.randn(n_num, features, config.token_dim) / math.sqrt(features))
-            self.num_bias = nn.Parameter(torch.zeros(n_num, config.token_dim))
+        kind = config.numerical_embedding or ("linear" if tokens else None)
+        self.numerical_embedding: NumericalEmbedding | None = None
+        if kind is not None and n_num:
+            self.numerical_embedding = NumericalEmbedding(
+                kind, n_num, config.token_dim if tokens else config.numerical_dim,
+                bins=config.bins, frequencies=config.frequencies, scale=config.frequency_scale,
+                flags=config.flags())
+        self.projection: nn.Module = nn.Identity()
+        if config.project_to is not None:
+            unprojected = config.model_copy(update={"project_to": None}).vector_width()
+            self.projection = nn.Linear(unprojected, config.project_to)
 
     def _categorical(self, column: str, values: torch.Tensor) -> torch.Tensor:
         card = self.config.categorical[column]
@@ -122,11 +178,19 @@ class TabularAdapter(ModalityAdapter):
         return self.embeddings[column](ids)
 
     def _numerical(self, columns: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, n, width]``: each numerical column's features."""
         raw = torch.stack([columns[c].float() for c in self.config.numerical], dim=1)
         missing = torch.isnan(raw)
+        if self.config.nan == "error" and bool(missing.any()):
+            row, col = (int(i) for i in missing.nonzero()[0])
+            raise DataError(f"tabular input: NaN in numerical column {self.config.numerical[col]!r}"
+                            f" (row {row}); the adapter's nan policy is error")
         standard = (raw - self.num_mean) / self.num_std
+        # Imputing the mean is 0 once standardised.
         standard = torch.where(missing, torch.zeros_like(standard), standard)
-        if self.config.missing_indicators:
+        if self.numerical_embedding is not None:
+            return self.numerical_embedding(standard, missing)
+        if self.config.flags():
             return torch.stack([standard, missing.to(standard.dtype)], dim=2)  # [B, n, 2]
         return standard.unsqueeze(2)  # [B, n, 1]
 
@@ -152,15 +216,68 @@ class TabularAdapter(ModalityAdapter):
         if self.config.output == "tokens":
             parts = [e.unsqueeze(1) for e in cats]
             if nums is not None:
-                parts.append(torch.einsum("bnf,nfd->bnd", nums, self.num_weight) + self.num_bias)
+                parts.append(nums)
             return torch.cat(parts, dim=1)
         parts = list(cats)
         if nums is not None:
             parts.append(nums.flatten(1))
-        vector = torch.cat(parts, dim=1)
+        vector = self.projection(torch.cat(parts, dim=1))
         if self.config.output == "map":
             return vector[:, :, None, None]
         return vector
+
+
+class NumericalEmbedding(nn.Module):
+    """Per-column embeddings of standardised numerical values: ``[B, n]`` -> ``[B, n, dim]``.
+
+    Every column has its own weights (a batched linear map ``[n, in, dim]``). With ``flags``, a
+    learned per-column vector is added where a value was imputed.
+    """
+
+    def __init__(self, kind: str, columns: int, dim: int, *, bins: int, frequencies: int,
+                 scale: float, flags: bool):
+        super().__init__()
+        self.kind = kind
+        if kind == "linear":
+            features = 1
+        elif kind == "piecewise_linear":
+            # Standard-normal quantiles: equal-mass bins for a standardised column. A data
+            # binding may overwrite the buffer with the column's own quantiles.
+            normal = statistics.NormalDist()
+            edges = [normal.inv_cdf(min(max(i / bins, 0.001), 0.999)) for i in range(bins + 1)]
+            self.register_buffer("bin_edges", torch.tensor([edges] * columns))  # [n, bins + 1]
+            features = bins
+        else:
+            self.frequencies = nn.Parameter(torch.randn(columns, frequencies) * scale)
+            features = 2 * frequencies
+        self.weight = nn.Parameter(torch.randn(columns, features, dim) / math.sqrt(features))
+        self.bias = nn.Parameter(torch.zeros(columns, dim))
+        self.missing = nn.Parameter(torch.zeros(columns, dim)) if flags else None
+
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        """``[B, n]`` -> ``[B, n, features]`` before the per-column linear map."""
+        if self.kind == "linear":
+            return values.unsqueeze(2)
+        if self.kind == "piecewise_linear":
+            left, right = self.bin_edges[:, :-1], self.bin_edges[:, 1:]  # [n, bins]
+            position = (values.unsqueeze(2) - left) / (right - left)
+            # Inner bins saturate at 0 and 1; the first and last stay open so that values
+            # beyond the outer edges still differ.
+            low = torch.zeros_like(position)
+            low[..., 0] = -torch.inf
+            high = torch.ones_like(position)
+            high[..., -1] = torch.inf
+            return torch.minimum(torch.maximum(position, low), high)
+        angles = 2 * math.pi * values.unsqueeze(2) * self.frequencies
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=2)
+
+    def forward(self, values: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        out = torch.einsum("bnf,nfd->bnd", self.encode(values), self.weight) + self.bias
+        if self.kind == "periodic":
+            out = torch.relu(out)
+        if self.missing is not None:
+            out = out + missing.unsqueeze(2).to(out.dtype) * self.missing
+        return out
 
 
 @polymodal.hookimpl

@@ -12,18 +12,21 @@ from pydantic import Field, PositiveInt
 import polymodal
 from polymodal.components import Backbone, BackboneConfig
 from polymodal.errors import ConnectionMismatch, PolymodalError, did_you_mean
+from polymodal.freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
 from polymodal.signals import FeatureMap, Signal, Tokens, Vector
-from polymodal.weights import load_matching, read_weights
+from polymodal.weights import adapt_stem, load_matching, read_weights
 
 
 @functools.lru_cache(maxsize=None)
-def _num_features(model: str, in_chans: int) -> int:
+def _shape_of(model: str, in_chans: int) -> tuple[int, tuple[int, ...]]:
+    """The output width and the channels of each stage (timm's ``feature_info``)."""
     import timm
 
-    # The meta device allocates no weights: the width is read without building real tensors.
+    # The meta device allocates no weights: widths are read without building real tensors.
     with torch.device("meta"):
         net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_chans)
-    return int(net.num_features)
+    stages = tuple(int(info["num_chs"]) for info in getattr(net, "feature_info", None) or [])
+    return int(net.num_features), stages
 
 
 def _check_model_name(model: str) -> None:
@@ -43,8 +46,13 @@ class TimmBackbone(Backbone):
     map ``[B, C, H, W]``; ``tokens`` the same positions as a sequence ``[B, H*W, C]`` (or a
     transformer's tokens). ``pretrained: true`` downloads the library's default weights;
     ``pretrained: path/to/weights.safetensors`` loads a local file (``.pth`` is read
-    weights-only). With ``in_chans`` other than 3, the pretrained RGB stem is adapted to
-    ``in_chans`` channels the way timm does (repeated and rescaled).
+    weights-only). With ``in_chans`` other than 3 the pretrained RGB stem is adapted to
+    ``in_chans`` channels: by band name when the image adapter names its ``bands`` (red, green
+    and blue keep their filters, other bands take their mean), otherwise repeated as timm does;
+    either way rescaled by 3 / in_chans.
+
+    Stages are timm's ``feature_info`` (for ResNets: 0 the stem, 1-4 ``layer1``-``layer4``):
+    a fusion can condition them and ``freeze: {train_last: N}`` counts them.
     """
 
     class Config(BackboneConfig):
@@ -57,17 +65,23 @@ class TimmBackbone(Backbone):
         in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
         output: Literal["vector", "feature_map", "tokens"] = Field(
             "vector", description="Pooled vector, last feature map, or its positions as tokens.")
+        freeze: Freeze = Field("none", description=FREEZE_DESCRIPTION)
 
         def describe(self) -> str:
             return f"timm {self.model}"
 
         def gives(self, takes: Signal) -> Signal:
             wanted = FeatureMap(self.in_chans)
-            if takes != wanted:
+            if not wanted.fits(takes):
                 raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
             _check_model_name(self.model)
-            width = _num_features(self.model, self.in_chans)
+            width, stages = _shape_of(self.model, self.in_chans)
+            check_freeze(self.freeze, len(stages), self.describe())
             return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
+
+        def stages(self, takes: Signal) -> tuple[Signal, ...]:
+            _check_model_name(self.model)
+            return tuple(FeatureMap(c) for c in _shape_of(self.model, self.in_chans)[1])
 
     example_options = {"model": "resnet18"}
 
@@ -78,6 +92,11 @@ class TimmBackbone(Backbone):
         _check_model_name(config.model)
         self.model = timm.create_model(
             config.model, pretrained=False, num_classes=0, in_chans=config.in_chans)
+        self.freeze(config.freeze)
+
+    def stage_modules(self) -> list[torch.nn.Module]:
+        info = getattr(self.model, "feature_info", None) or []
+        return [self.model.get_submodule(entry["module"]) for entry in info]
 
     def load_pretrained(self) -> None:
         config = self.config
@@ -87,27 +106,27 @@ class TimmBackbone(Backbone):
             import timm
 
             try:
-                source = timm.create_model(config.model, pretrained=True, num_classes=0,
-                                           in_chans=config.in_chans)
+                # RGB weights as published; the stem is adapted below like a local file's.
+                source = timm.create_model(config.model, pretrained=True, num_classes=0)
             except Exception as exc:  # noqa: BLE001 - download errors take many forms
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise PolymodalError(
                     f"pretrained: true could not fetch the weights of timm {config.model!r}"
                     f" ({type(exc).__name__}: {first}). Offline? Download them where a network is"
                     " available and set pretrained: path/to/weights.safetensors") from None
-            self.model.load_state_dict(source.state_dict())
-            return
-        state = read_weights(config.pretrained)
+            state, where = source.state_dict(), f"timm {config.model} default weights"
+        else:
+            state, where = read_weights(config.pretrained), str(config.pretrained)
         first_conv = self.model.pretrained_cfg.get("first_conv")
-        if config.in_chans != 3 and isinstance(first_conv, str) and f"{first_conv}.weight" in state:
-            from timm.models import adapt_input_conv
-
-            key = f"{first_conv}.weight"
+        bands = getattr(self.takes, "bands", None)
+        key = f"{first_conv}.weight"
+        if isinstance(first_conv, str) and key in state and state[key].dim() == 4 \
+                and state[key].shape[1] == 3 and (config.in_chans != 3 or bands is not None):
             state = dict(state)
-            state[key] = adapt_input_conv(config.in_chans, state[key])
+            state[key] = adapt_stem(state[key], config.in_chans, bands)
         classifier = self.model.pretrained_cfg.get("classifier")
         ignore = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier or []))
-        load_matching(self.model, state, source=str(config.pretrained), ignore_prefixes=ignore)
+        load_matching(self.model, state, source=where, ignore_prefixes=ignore)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.output == "vector":

@@ -12,8 +12,14 @@ from torch import nn
 import polymodal
 from polymodal.components import Backbone, BackboneConfig
 from polymodal.errors import ConnectionMismatch, PolymodalError, did_you_mean
+from polymodal.freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
 from polymodal.signals import FeatureMap, Signal, Tokens, Vector
-from polymodal.weights import load_matching, read_weights
+from polymodal.weights import adapt_stem, load_matching, read_weights
+
+#: Families whose body is stem, layer1..layer4, then global pooling: they give feature maps and
+#: expose stages.
+RESNET_LIKE = ("resnet", "resnext", "wide_resnet")
+STAGE_MODULES = ("relu", "layer1", "layer2", "layer3", "layer4")
 
 
 def _classification_models() -> list[str]:
@@ -63,10 +69,22 @@ def _create(model: str, in_chans: int) -> tuple[nn.Module, int, str, str]:
     return net, width, classifier, stem_name
 
 
+def _stage_widths(net: nn.Module) -> tuple[int, ...]:
+    if not all(hasattr(net, name) for name in STAGE_MODULES):
+        return ()
+    widths = [net.conv1.out_channels]
+    for name in STAGE_MODULES[1:]:
+        norms = [m for m in net.get_submodule(name).modules() if isinstance(m, nn.BatchNorm2d)]
+        widths.append(norms[-1].num_features)
+    return tuple(widths)
+
+
 @functools.lru_cache(maxsize=None)
-def _num_features(model: str) -> int:
+def _shape_of(model: str) -> tuple[int, tuple[int, ...]]:
+    """The output width and each stage's channels, read from a weightless (meta) build."""
     with torch.device("meta"):
-        return _create(model, 3)[1]
+        net, width, _, _ = _create(model, 3)
+    return width, _stage_widths(net) if model.startswith(RESNET_LIKE) else ()
 
 
 class TorchvisionBackbone(Backbone):
@@ -77,7 +95,11 @@ class TorchvisionBackbone(Backbone):
     ResNeXt, Wide ResNet, RegNet): the map before that pooling. ``pretrained: true`` downloads
     the model's default torchvision weights; a path loads a local weights file. With
     ``in_chans`` other than 3 the stem convolution is rebuilt for ``in_chans`` channels and,
-    from pretrained weights, initialised by repeating and rescaling the RGB filters.
+    from pretrained weights, initialised from the RGB filters: by band name when the image
+    adapter names its ``bands``, otherwise repeated; rescaled by 3 / in_chans.
+
+    ResNet-like models expose stages 0 (the stem) and 1-4 (``layer1``-``layer4``) for
+    conditioning and ``freeze: {train_last: N}``.
     """
 
     class Config(BackboneConfig):
@@ -90,21 +112,27 @@ class TorchvisionBackbone(Backbone):
         in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
         output: Literal["vector", "feature_map", "tokens"] = Field(
             "vector", description="Pooled vector, last feature map, or its positions as tokens.")
+        freeze: Freeze = Field("none", description=FREEZE_DESCRIPTION)
 
         def describe(self) -> str:
             return f"torchvision {self.model}"
 
         def gives(self, takes: Signal) -> Signal:
             wanted = FeatureMap(self.in_chans)
-            if takes != wanted:
+            if not wanted.fits(takes):
                 raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
             _check_model_name(self.model)
-            width = _num_features(self.model)
-            if self.output != "vector" and not self.model.startswith(("resnet", "resnext", "wide_resnet", "regnet")):
+            width, stages = _shape_of(self.model)
+            if self.output != "vector" and not self.model.startswith(RESNET_LIKE + ("regnet",)):
                 raise PolymodalError(
                     f"output: {self.output} is supported for ResNet-like torchvision models;"
                     f" use the timm backbone for {self.model!r} feature maps")
+            check_freeze(self.freeze, len(stages), self.describe())
             return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
+
+        def stages(self, takes: Signal) -> tuple[Signal, ...]:
+            _check_model_name(self.model)
+            return tuple(FeatureMap(c) for c in _shape_of(self.model)[1])
 
     example_options = {"model": "resnet18"}
 
@@ -112,6 +140,12 @@ class TorchvisionBackbone(Backbone):
         super().__init__(config, takes)
         _check_model_name(config.model)
         self.model, _, self._classifier, self._stem = _create(config.model, config.in_chans)
+        self.freeze(config.freeze)
+
+    def stage_modules(self) -> list[nn.Module]:
+        if not self.config.model.startswith(RESNET_LIKE):
+            return []
+        return [self.model.get_submodule(name) for name in STAGE_MODULES]
 
     def load_pretrained(self) -> None:
         config = self.config
@@ -135,11 +169,11 @@ class TorchvisionBackbone(Backbone):
             state = read_weights(config.pretrained)
             source = str(config.pretrained)
         key = f"{self._stem}.weight"
-        if config.in_chans != 3 and key in state:
-            from timm.models import adapt_input_conv
-
+        bands = getattr(self.takes, "bands", None)
+        if key in state and state[key].dim() == 4 and state[key].shape[1] == 3 \
+                and (config.in_chans != 3 or bands is not None):
             state = dict(state)
-            state[key] = adapt_input_conv(config.in_chans, state[key])
+            state[key] = adapt_stem(state[key], config.in_chans, bands)
         load_matching(self.model, state, source=source, ignore_prefixes=(f"{self._classifier}.",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

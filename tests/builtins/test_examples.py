@@ -1,0 +1,18 @@
+"""The example specs that show the built-ins validate, connections included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import polymodal
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("name", ["satellite.yaml", "conditioning.yaml"])
+def test_example_spec_connects(name):
+    spec = polymodal.load_spec(EXAMPLES / name)
+    plan = polymodal.plan(spec)
+    assert all(signal.width > 0 for signal in plan.fused.values())

@@ -1,0 +1,117 @@
+"""The `image` adapter: channels, normalisation, projection, named bands."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import polymodal
+from conftest import TINY_TIMM, spec_error
+
+
+def image_spec(adapter: dict, backbone: dict | None = None) -> dict:
+    return {"inputs": {"scan": {"adapter": {"type": "image", **adapter},
+                                "backbone": backbone or dict(TINY_TIMM)}},
+            "heads": {"y": {"type": "regression"}}}
+
+
+def test_mean_std_normalise_each_channel_and_travel_in_the_model_file(roundtrip):
+    spec = image_spec({"channels": 2, "mean": [1.0, 2.0], "std": [2.0, 4.0], "project_to": 3})
+    model = polymodal.build(spec).eval()
+    adapter = model.adapters["scan"]
+    x = torch.full((1, 2, 8, 8), 5.0)
+    with torch.no_grad():
+        conv = adapter.projection[0]
+        expected = conv(torch.tensor([2.0, 0.75]).view(1, 2, 1, 1).expand(1, 2, 8, 8))
+        assert torch.allclose(adapter(x), expected)
+    loaded = roundtrip(model)
+    assert torch.equal(loaded.adapters["scan"].mean, adapter.mean)
+    assert torch.equal(loaded.adapters["scan"].std, adapter.std)
+
+
+def test_imagenet_preset_uses_imagenet_statistics():
+    model = polymodal.build(image_spec({"channels": 3, "normalize": "imagenet"}))
+    adapter = model.adapters["scan"]
+    assert adapter.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+    assert adapter.std.flatten().tolist() == pytest.approx([0.229, 0.224, 0.225])
+    out = adapter(torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1).expand(1, 3, 4, 4))
+    assert torch.allclose(out, torch.zeros(1, 3, 4, 4), atol=1e-6)
+
+
+@pytest.mark.parametrize("adapter, where, words", [
+    ({"channels": 4, "normalize": "imagenet"}, "inputs.scan.adapter", "3 channels"),
+    ({"channels": 2, "mean": [0.0]}, "inputs.scan.adapter", "mean has 1 values"),
+    ({"channels": 2, "std": [1.0, 0.0]}, "inputs.scan.adapter", "std values must be > 0"),
+    ({"channels": 2, "bands": ["red"]}, "inputs.scan.adapter", "bands has 1 names"),
+    ({"channels": 2, "bands": ["nir", "NIR"]}, "inputs.scan.adapter", "nir more than once"),
+    ({"channels": 0}, "inputs.scan.adapter.channels", "greater than 0"),
+    ({"channels": 3, "projection_nrom": True}, "inputs.scan.adapter.projection_nrom",
+     "projection_norm"),
+])
+def test_bad_options_name_their_place(adapter, where, words):
+    message = spec_error(image_spec(adapter))
+    assert message.startswith(where + ":") and words in message
+
+
+def test_channel_mismatch_offers_both_routes():
+    message = spec_error(image_spec({"channels": 5}))
+    assert "inputs.scan.adapter: gives a feature map of 5 channels" in message
+    assert "set project_to: 3" in message and "in_chans: 5" in message
+
+
+def test_projection_gives_backbone_channels_and_optional_norm():
+    spec = image_spec({"channels": 12, "project_to": 3, "projection_norm": True})
+    model = polymodal.build(spec)
+    projection = model.adapters["scan"].projection
+    assert isinstance(projection[1], torch.nn.BatchNorm2d)
+    assert model({"scan": torch.randn(2, 12, 32, 32)})["y"].shape == (2, 1)
+    plain = polymodal.build(image_spec({"channels": 12, "project_to": 3}))
+    assert len(plain.adapters["scan"].projection) == 1  # no norm unless asked
+
+
+def test_stem_route_takes_n_channels_without_projection():
+    spec = image_spec({"channels": 7}, {**TINY_TIMM, "in_chans": 7})
+    model = polymodal.build(spec)
+    assert isinstance(model.adapters["scan"].projection, torch.nn.Identity)
+    stem = model.input_backbones["scan"].model.conv1[0]
+    assert stem.in_channels == 7
+    assert model({"scan": torch.randn(2, 7, 32, 32)})["y"].shape == (2, 1)
+
+
+def test_band_names_travel_in_the_model_file(roundtrip):
+    bands = ["red", "green", "blue", "nir", "swir1"]
+    spec = image_spec({"channels": 5, "bands": bands}, {**TINY_TIMM, "in_chans": 5})
+    loaded = roundtrip(polymodal.build(spec))
+    assert loaded.spec.inputs["scan"].adapter.bands == bands
+    assert loaded.input_backbones["scan"].takes.bands == tuple(bands)
+
+
+def test_bad_image_tensor_is_a_data_error():
+    model = polymodal.build(image_spec({"channels": 3}))
+    with pytest.raises(polymodal.DataError, match=r"expected a \[batch, 3, height, width\]"):
+        model({"scan": torch.randn(2, 4, 32, 32)})
+
+
+def test_inputs_with_different_channel_counts_share_one_backbone():
+    spec = {
+        "inputs": {
+            "mri": {"adapter": {"type": "image", "channels": 1, "project_to": 3}, "backbone": "base"},
+            "ct": {"adapter": {"type": "image", "channels": 2, "project_to": 3}, "backbone": "base"},
+            "rgb": {"adapter": {"type": "image", "channels": 3}, "backbone": "base"},
+        },
+        "backbones": {"base": dict(TINY_TIMM)},
+        "heads": {"mri_y": {"type": "classification", "classes": 2, "inputs": ["mri"]},
+                  "ct_y": {"type": "classification", "classes": 4, "inputs": ["ct"]},
+                  "rgb_y": {"type": "classification", "classes": 3, "inputs": ["rgb"]}},
+    }
+    model = polymodal.build(spec)
+    assert len(model.backbones) == 1
+    out = model({"mri": torch.randn(2, 1, 32, 32), "ct": torch.randn(2, 2, 32, 32)})
+    assert set(out) == {"mri_y", "ct_y"}  # rgb absent: its head is skipped
+    assert out["ct_y"].shape == (2, 4)
+    loss = out["mri_y"].sum() + out["ct_y"].sum()
+    loss.backward()
+    shared = next(model.backbones["base"].parameters())
+    assert shared.grad is not None
+    assert model.adapters["mri"].projection[0].weight.grad is not None
+    assert model.backbones["base"].model.conv1[0].in_channels == 3
