@@ -75,6 +75,8 @@ class FiLMFusion(Fusion):
                 width += sum(takes[n].width for n in sources)
             return Vector(width)
 
+    example_options = {"target": "image", "stages": [3, 4]}
+
     def __init__(self, config: Config, takes: FusionInputs):
         super().__init__(config, takes)
         self.target = config.target

@@ -44,6 +44,8 @@ class MultilabelHead(Head):
         def describe(self) -> str:
             return f"multilabel, {self.labels} labels"
 
+    example_options = {"labels": 3}
+
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()

@@ -26,7 +26,10 @@ BAD_OPTIONS = {
     "torchvision": [{"in_chans": 0}],
     "concat": [{"hidden": [0]}],
     "attention": [{"dim": 64, "heads": 5}],
+    "gated": [{"dim": 0}],
+    "film": [{"stages": []}, {"stages": [3, 3]}, {"target": "nowhere"}],
     "classification": [{"classes": 1}],
+    "multilabel": [{"labels": 0}, {"labels": 2, "pos_weight": [1.0]}],
     "regression": [{"outputs": 0}, {"loss": "hinge"}],
 }
 
