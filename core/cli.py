@@ -321,7 +321,7 @@ def manifest(distribution: str, output: str | None) -> None:
     from .manifest import merge_plugins, render_plugins
     from .registry import plugin_entries
 
-    text = render_plugins(plugin_entries(distribution))
+    text = render_plugins(*plugin_entries(distribution))
     if not output:
         click.echo(text, nl=False)
         return

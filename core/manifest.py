@@ -4,6 +4,7 @@ The format is the one of the built-ins' entries in ``registry.toml``::
 
     [[plugin]]
     entry_point = "image"                     # the entry point's name in group "polymodal"
+    api = 1                                   # the plugin API it is built for (optional)
     [[plugin.component]]
     kind = "adapter"
     type = "image"
@@ -53,6 +54,9 @@ class ExtraPackage:
 class Manifest:
     plugins: dict[str, tuple[ComponentEntry, ...]]  # entry-point name -> components
     extras: tuple[ExtraPackage, ...] = ()
+    #: entry-point name -> the plugin API it is built for, where the manifest states it, so an
+    #: incompatible plugin is reported without importing it.
+    api: dict[str, int] = field(default_factory=dict)
 
 
 def parse_manifest(text: str, where: str) -> Manifest:
@@ -62,11 +66,16 @@ def parse_manifest(text: str, where: str) -> Manifest:
     except tomllib.TOMLDecodeError as exc:
         raise PolymodalError(f"{where}: not valid TOML: {exc}") from None
     plugins: dict[str, tuple[ComponentEntry, ...]] = {}
+    api: dict[str, int] = {}
     for i, table in enumerate(data.get("plugin", [])):
         loc = f"{where}: plugin[{i}]"
         name = table.get("entry_point")
         if not isinstance(name, str):
             raise PolymodalError(f"{loc}: needs entry_point = \"<entry point name>\"")
+        if "api" in table:
+            if not isinstance(table["api"], int) or isinstance(table["api"], bool):
+                raise PolymodalError(f"{loc}.api: must be an integer, not {table['api']!r}")
+            api[name] = table["api"]
         entries = []
         for j, comp in enumerate(table.get("component", [])):
             missing = [k for k in ("kind", "type", "target") if not isinstance(comp.get(k), str)]
@@ -89,7 +98,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
         )
         for e in data.get("extra", [])
     )
-    return Manifest(plugins=plugins, extras=extras)
+    return Manifest(plugins=plugins, extras=extras, api=api)
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -130,11 +139,13 @@ def _toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def render_plugins(plugins: dict[str, tuple[ComponentEntry, ...]]) -> str:
-    """The ``[[plugin]]`` tables of a manifest, for entry-point name -> components."""
+def render_plugins(plugins: dict[str, tuple[ComponentEntry, ...]], api: dict[str, int]) -> str:
+    """The ``[[plugin]]`` tables of a manifest, for entry-point name -> components and the
+    plugin API each entry point is built for."""
     blocks = []
     for entry_point, components in plugins.items():
-        lines = ["[[plugin]]", f"entry_point = {_toml_string(entry_point)}"]
+        lines = ["[[plugin]]", f"entry_point = {_toml_string(entry_point)}",
+                 f"api = {api[entry_point]}"]
         for comp in components:
             lines += [
                 "",

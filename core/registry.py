@@ -3,7 +3,8 @@
 Each entry point in group ``polymodal`` is one plugin, loaded on its own so a broken plugin is
 recorded with its reason and never stops the others (pluggy's bulk loader stops at the first
 failure and skips duplicate names silently). A plugin whose components are listed in a static
-manifest is not imported until a spec uses one of them, so listing imports no plugin code.
+manifest is not imported until a spec uses one of them, so listing imports no plugin code; a
+manifest that states another plugin API marks the plugin incompatible without importing it.
 
 Environment:
     ``POLYMODAL_DISABLE_PLUGINS=a,b``  plugins (entry-point or package names) never imported.
@@ -13,7 +14,6 @@ Environment:
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as metadata
 import os
 import re
@@ -68,6 +68,7 @@ class PluginInfo:
     value: str
     status: str = "pending"  # lazy (manifest, not imported) | loaded | failed | disabled
     error: str | None = None
+    api: int | None = None  # the plugin API it is built for, once known
     components: list[ComponentRecord] = field(default_factory=list)
     entry_point: metadata.EntryPoint | None = field(default=None, repr=False)
 
@@ -132,6 +133,9 @@ class Registry:
         except PolymodalError as exc:
             plugin.status, plugin.error = "failed", str(exc)
             return
+        if plugin.api is not None and plugin.api != hooks.PLUGIN_API:
+            plugin.status, plugin.error = "failed", _api_mismatch(plugin)
+            return
         if entries is None:
             self._activate(plugin)
             return
@@ -152,6 +156,8 @@ class Registry:
             if path not in self._manifests:
                 self._manifests[path] = read_manifest(path)
             manifest = self._manifests[path]
+        if plugin.name in manifest.api:
+            plugin.api = manifest.api[plugin.name]
         return manifest.plugins.get(plugin.name)
 
     @property
@@ -191,14 +197,9 @@ class Registry:
         from .components import component_identity
 
         listed = {(c.kind, c.type): c for c in plugin.components}
-        api = getattr(obj, "POLYMODAL_PLUGIN_API", hooks.PLUGIN_API)
-        if api != hooks.PLUGIN_API:
-            plugin.status = "failed"
-            plugin.error = (
-                f"built for plugin API {api}; this polymodal provides API {hooks.PLUGIN_API}"
-                f" (upgrade polymodal or install a {plugin.package} release made for API"
-                f" {hooks.PLUGIN_API})"
-            )
+        plugin.api = getattr(obj, "POLYMODAL_PLUGIN_API", hooks.PLUGIN_API)
+        if plugin.api != hooks.PLUGIN_API:
+            plugin.status, plugin.error = "failed", _api_mismatch(plugin)
             plugin.components = []
             return
         try:
@@ -385,6 +386,14 @@ class Registry:
         return self.components()
 
 
+def _api_mismatch(plugin: PluginInfo) -> str:
+    return (
+        f"built for plugin API {plugin.api}; this polymodal provides API {hooks.PLUGIN_API}"
+        f" (upgrade polymodal or install a {plugin.package} release made for API"
+        f" {hooks.PLUGIN_API})"
+    )
+
+
 def _origin(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
@@ -410,8 +419,9 @@ def reset_registry() -> None:
     _REGISTRY = None
 
 
-def plugin_entries(distribution: str) -> dict[str, tuple[ComponentEntry, ...]]:
-    """What each entry point of an installed distribution provides, by importing it.
+def plugin_entries(distribution: str) -> tuple[dict[str, tuple[ComponentEntry, ...]], dict[str, int]]:
+    """What each entry point of an installed distribution provides, and the plugin API it is
+    built for, by importing it.
 
     The source of a static manifest; a plugin that fails to load is an error here, since a
     manifest must not list what does not load."""
@@ -426,6 +436,7 @@ def plugin_entries(distribution: str) -> dict[str, tuple[ComponentEntry, ...]]:
             f"{distribution} declares no entry point in group {ENTRY_POINT_GROUP!r}")
     registry = Registry(entry_points=[])
     entries: dict[str, tuple[ComponentEntry, ...]] = {}
+    api: dict[str, int] = {}
     for ep in sorted(points, key=lambda e: e.name):
         plugin = PluginInfo(ep.name, package, dist.version, ep.value, entry_point=ep)
         registry.plugins.append(plugin)
@@ -435,7 +446,8 @@ def plugin_entries(distribution: str) -> dict[str, tuple[ComponentEntry, ...]]:
         entries[ep.name] = tuple(
             ComponentEntry(c.kind, c.type, c.target, c.summary) for c in plugin.components
         )
-    return entries
+        api[ep.name] = hooks.PLUGIN_API
+    return entries, api
 
 
 def list_components(kind: str | None = None) -> list[ComponentRecord]:

@@ -9,9 +9,9 @@
         check_component(MyBackbone, {"depth": 2}, bad_options=[{"depth": 0}])
 
 It builds the component from its config, runs a random batch through it and compares the
-output's shape with the signal the config says it gives, checks that gradients reach every
-trainable parameter (and the input), saves a minimal spec model holding the component to a
-model file and loads it back with identical outputs, and checks that an unknown option and
+output's shape with the signal the config says it gives; builds a minimal spec model holding
+it and checks that gradients reach every trainable parameter of the component (and flow on to
+its input); saves that model to a model file and loads it back with identical outputs; and checks that an unknown option and
 each of ``bad_options`` are rejected by spec validation at the component's spec path. A
 failure raises :class:`ConformanceError` (an ``AssertionError``) naming the check.
 
@@ -35,9 +35,12 @@ from torch import nn
 
 from .components import (
     AdapterConfig,
+    Backbone,
+    BackboneConfig,
     Component,
     Fusion,
     FusionConfig,
+    FusionInputs,
     Head,
     HeadConfig,
     ModalityAdapter,
@@ -57,9 +60,12 @@ _PROBE_SIGNALS: dict[str, type[Signal]] = {
 DEFAULT_TAKES: tuple[Signal, ...] = example_signals()
 #: Inputs tried, in order, when a fusion's ``takes`` is not given.
 DEFAULT_FUSION_TAKES: tuple[dict[str, Signal], ...] = (
-    {"a": Vector(8), "b": FeatureMap(4), "c": Tokens(6)},
-    {"a": Vector(8), "b": Vector(6)},
+    {"image": FeatureMap(4), "table": Vector(8), "text": Tokens(6)},
+    {"image": FeatureMap(4), "table": Vector(8)},
+    {"table": Vector(8), "other": Vector(6)},
 )
+#: Stages of the probe backbone, numbered like a ResNet's (0 the stem, 1-4 the stages).
+PROBE_STAGES = 5
 
 
 class ConformanceError(AssertionError):
@@ -119,6 +125,35 @@ class ProbeAdapter(ModalityAdapter):
         return x * self.scale
 
 
+class ProbeBackbone(Backbone):
+    """Keeps a feature map's channels through five 1x1 convolutions, its stages (a
+    conformance-check helper for fusions that condition a backbone)."""
+
+    class Config(BackboneConfig):
+        type: Literal["probe"] = "probe"
+
+        def gives(self, takes: Signal) -> Signal:
+            if not isinstance(takes, FeatureMap):
+                raise ConnectionMismatch("takes a feature map", wanted=FeatureMap(takes.width))
+            return FeatureMap(takes.channels)
+
+        def stages(self, takes: Signal) -> tuple[Signal, ...]:
+            return (self.gives(takes),) * PROBE_STAGES
+
+    def __init__(self, config: Config, takes: FeatureMap):
+        super().__init__(config, takes)
+        self.layers = nn.ModuleList(
+            nn.Conv2d(takes.channels, takes.channels, 1) for _ in range(PROBE_STAGES))
+
+    def stage_modules(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 def _pool(signal: Signal, x: torch.Tensor) -> torch.Tensor:
     if isinstance(signal, FeatureMap):
         return x.mean(dim=(2, 3))
@@ -173,7 +208,7 @@ def _probes_plugin() -> types.ModuleType:
 
     @hookimpl
     def polymodal_components():
-        return [ProbeAdapter, ProbeFusion, ProbeHead]
+        return [ProbeAdapter, ProbeBackbone, ProbeFusion, ProbeHead]
 
     module.polymodal_components = polymodal_components  # type: ignore[attr-defined]
     return module
@@ -213,11 +248,26 @@ def _fail(cls: type, check: str, detail: str) -> ConformanceError:
     return ConformanceError(f"{cls.__qualname__}: {check}: {detail}")
 
 
+def _fusion_inputs(config: Any, takes: Mapping[str, Signal]) -> FusionInputs:
+    """``takes`` with the stages of each input the fusion conditions (the probe backbone's)."""
+    stages = {}
+    for target in config.conditions(list(takes)):
+        signal = takes.get(target)
+        if not isinstance(signal, FeatureMap):
+            raise ConnectionMismatch(
+                f"conditions input {target!r}, which the check gives a probe backbone only if it"
+                " is a feature map; pass takes with a FeatureMap for it")
+        stages[target] = ProbeBackbone.Config().stages(signal)
+    return FusionInputs(takes, stages)
+
+
 def _gives(kind: str, config: Any, takes: Any) -> Signal | None:
     if kind == "adapter":
         return config.gives()
-    if kind in ("backbone", "fusion"):
+    if kind == "backbone":
         return config.gives(takes)
+    if kind == "fusion":
+        return config.gives(_fusion_inputs(config, takes))
     config.check_takes(takes)
     return None
 
@@ -231,18 +281,10 @@ def _choose_takes(cls: type, kind: str, config: Any) -> Any:
         try:
             _gives(kind, config, takes)
             return takes
-        except ConnectionMismatch as exc:
+        except PolymodalError as exc:
             reasons.append(str(exc))
     raise _fail(cls, "takes", "none of the default inputs fit; pass takes=... ("
                 + "; ".join(reasons) + ")")
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, Mapping):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 def _minimal_spec(record: ComponentRecord, config: Any, takes: Any, gives: Signal | None) -> dict[str, Any]:
@@ -263,7 +305,11 @@ def _minimal_spec(record: ComponentRecord, config: Any, takes: Any, gives: Signa
         spec["fusion"] = {"type": probe}
         spec["heads"] = {"y": {"type": probe}}
     elif record.kind == "fusion":
-        spec["inputs"] = {name: {"adapter": probe_adapter(s)} for name, s in takes.items()}
+        conditioned = config.conditions(list(takes))
+        spec["inputs"] = {
+            name: {"adapter": probe_adapter(s), **({"backbone": {"type": probe}} if name in conditioned else {})}
+            for name, s in takes.items()
+        }
         spec["fusion"] = subject
         spec["heads"] = {"y": {"type": probe}}
     else:
@@ -272,6 +318,22 @@ def _minimal_spec(record: ComponentRecord, config: Any, takes: Any, gives: Signa
             spec["fusion"] = {"type": probe}
         spec["heads"] = {"y": subject}
     return spec
+
+
+def _all_present(names: Iterable[str], batch_size: int) -> dict[str, torch.Tensor]:
+    # Explicit masks make fusions use their absent-input parameters (placeholders) too.
+    return {name: torch.ones(batch_size, dtype=torch.bool) for name in names}
+
+
+def _subject_module(model: nn.Module, kind: str) -> nn.Module:
+    if kind == "adapter":
+        return model.adapters["x"]
+    if kind == "backbone":
+        return model.backbones["subject"]
+    if kind == "fusion":
+        (fusion,) = model.fusions.values()
+        return fusion
+    return model.heads["y"]
 
 
 def _subject_location(kind: str) -> tuple[str, ...]:
@@ -294,26 +356,7 @@ def _with_options(spec: dict[str, Any], kind: str, options: Mapping[str, Any]) -
     return bad
 
 
-def check_component(
-    cls: type[Component],
-    options: Mapping[str, Any] | None = None,
-    *,
-    takes: Any = None,
-    bad_options: Iterable[Mapping[str, Any]] = (),
-    batch_size: int = 2,
-    registry: Registry | None = None,
-) -> ConformanceReport:
-    """Check that ``cls`` works as polymodal requires; raises :class:`ConformanceError`.
-
-    ``options``: the config's options besides ``type`` (default: ``cls.example_options``).
-    ``takes``: the signal a backbone or head takes, or a fusion's ``{input: signal}``
-    (default: the first of a few common ones the config accepts).
-    ``bad_options``: option sets that spec validation must reject (an unknown key always is).
-    """
-    from .assembly import build
-    from .modelfile import load, save
-    from .spec import validate_spec_data
-
+def _configured(cls: type[Component], options: Mapping[str, Any] | None, takes: Any):
     try:
         kind, type_name = component_identity(cls)
     except PolymodalError as exc:
@@ -329,10 +372,51 @@ def check_component(
         gives = _gives(kind, config, takes)
     except PolymodalError as exc:
         raise _fail(cls, "gives", f"config rejects takes={takes!r}: {exc}") from None
+    return kind, type_name, config, takes, gives
 
-    # Shapes and gradients, on the module alone.
+
+def minimal_spec(
+    cls: type[Component],
+    options: Mapping[str, Any] | None = None,
+    *,
+    takes: Any = None,
+    registry: Registry | None = None,
+) -> tuple[dict[str, Any], Registry]:
+    """The smallest spec holding ``cls`` configured with ``options`` (default: its
+    ``example_options``), the rest made of probe components, and the registry that knows them.
+
+    This is the model :func:`check_component` builds; a test can validate, build or train it."""
+    _, _, config, takes, gives = _configured(cls, options, takes)
+    registry, record = check_registry(cls, registry)
+    return _minimal_spec(record, config, takes, gives), registry
+
+
+def check_component(
+    cls: type[Component],
+    options: Mapping[str, Any] | None = None,
+    *,
+    takes: Any = None,
+    bad_options: Iterable[Mapping[str, Any]] = (),
+    batch_size: int = 2,
+    registry: Registry | None = None,
+) -> ConformanceReport:
+    """Check that ``cls`` works as polymodal requires; raises :class:`ConformanceError`.
+
+    ``options``: the config's options besides ``type`` (default: ``cls.example_options``).
+    ``takes``: the signal a backbone or head takes, or a fusion's ``{input: signal}``
+    (default: the first of a few common ones the config accepts).
+    ``bad_options``: option sets that spec validation (connections included) must reject at the
+    component's spec path; an unknown key always is checked.
+    """
+    from .assembly import build, plan
+    from .modelfile import load, save
+    from .spec import validate_spec_data
+
+    kind, type_name, config, takes, gives = _configured(cls, options, takes)
+
+    # Shapes, on the module alone.
     torch.manual_seed(0)
-    module = cls(config, takes)
+    module = cls(config, _fusion_inputs(config, takes) if kind == "fusion" else takes)
     if not isinstance(module, Component):
         raise _fail(cls, "build", f"constructing it gave {type(module).__name__}")
     module.train()
@@ -340,15 +424,8 @@ def check_component(
         batch = module.example_input(batch_size)
     except NotImplementedError as exc:
         raise _fail(cls, "example_input", str(exc)) from None
-    float_inputs = [t for t in _tensors(batch) if t.is_floating_point()]
-    if kind != "adapter":
-        for tensor in float_inputs:
-            tensor.requires_grad_(True)
     try:
-        if kind == "fusion":
-            output = module(batch, {name: torch.ones(batch_size) for name in takes})
-        else:
-            output = module(batch)
+        output = module(batch, _all_present(takes, batch_size)) if kind == "fusion" else module(batch)
     except Exception as exc:  # noqa: BLE001 - any failure here is the finding
         raise _fail(cls, "forward", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(output, torch.Tensor):
@@ -366,29 +443,37 @@ def check_component(
             isinstance(v, torch.Tensor) for v in predictions.values()
         ):
             raise _fail(cls, "predict", "must return a dict of name -> tensor")
-    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    if output.requires_grad:
-        (output.float().pow(2).mean() + output.float().mean()).backward()
-    elif trainable or (kind != "adapter" and float_inputs):
-        raise _fail(cls, "gradients", "its output is detached from the autograd graph")
-    no_grad = [n for n, p in trainable if p.grad is None]
-    if no_grad:
-        raise _fail(cls, "gradients", "no gradient reaches parameter(s) " + ", ".join(no_grad[:8]))
-    bad = [n for n, p in trainable if not bool(torch.isfinite(p.grad).all())]
-    if bad:
-        raise _fail(cls, "gradients", "non-finite gradient in " + ", ".join(bad[:8]))
-    if kind != "adapter" and float_inputs and all(t.grad is None for t in float_inputs):
-        raise _fail(cls, "gradients", "no gradient flows back to its input")
 
-    # Save/load round trip through a minimal spec model.
+    # Gradients, through a minimal spec model (so conditioning and presence masks take part).
     registry, record = check_registry(cls, registry)
     spec = _minimal_spec(record, config, takes, gives)
     try:
         model = build(spec, pretrained=False, registry=registry)
     except PolymodalError as exc:
         raise _fail(cls, "spec", f"a minimal spec holding it does not build: {exc}") from None
-    model.eval()
+    model.train()
     model_batch = {name: adapter.example_input(batch_size) for name, adapter in model.adapters.items()}
+    present = _all_present(model.adapters, batch_size)
+    try:
+        outputs = model(model_batch, present)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+        raise _fail(cls, "forward", f"in a minimal spec model: {type(exc).__name__}: {exc}") from None
+    subject = _subject_module(model, kind)
+    trainable = [(n, p) for n, p in subject.named_parameters() if p.requires_grad]
+    if not any(o.requires_grad for o in outputs.values()):
+        raise _fail(cls, "gradients", "the model's outputs are detached from the autograd graph")
+    sum(o.float().pow(2).mean() + o.float().mean() for o in outputs.values()).backward()
+    no_grad = [n for n, p in trainable if p.grad is None]
+    if no_grad:
+        raise _fail(cls, "gradients", "no gradient reaches parameter(s) " + ", ".join(no_grad[:8]))
+    bad = [n for n, p in trainable if not bool(torch.isfinite(p.grad).all())]
+    if bad:
+        raise _fail(cls, "gradients", "non-finite gradient in " + ", ".join(bad[:8]))
+    if kind != "adapter" and all(a.scale.grad is None for a in model.adapters.values()):
+        raise _fail(cls, "gradients", "no gradient flows back to its input")
+
+    # Save/load round trip of that model.
+    model.eval()
     with torch.no_grad():
         before = model(model_batch)
     with tempfile.TemporaryDirectory() as tmp:
@@ -411,7 +496,7 @@ def check_component(
     where = ".".join(_subject_location(kind))
     for bad_set in [{"no_such_option": 1}, *bad_options]:
         try:
-            validate_spec_data(_with_options(spec, kind, bad_set), registry)
+            plan(validate_spec_data(_with_options(spec, kind, bad_set), registry))
         except SpecError as exc:
             if not any(loc.startswith(where) for loc, _ in exc.problems):
                 raise _fail(cls, "bad options", f"{bad_set!r} was rejected, but not at {where}: {exc}") from None
@@ -426,8 +511,10 @@ __all__ = [
     "ConformanceError",
     "ConformanceReport",
     "ProbeAdapter",
+    "ProbeBackbone",
     "ProbeFusion",
     "ProbeHead",
     "check_component",
     "check_registry",
+    "minimal_spec",
 ]

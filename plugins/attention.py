@@ -83,8 +83,8 @@ class AttentionFusion(Fusion):
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         tokens, masks = [], []
         for name in self.names:
-            x = features[name]
-            raw = x.transpose(1, 2) if name in self.sequences else self._tokens(x)
+            raw = features[name]
+            raw = raw.transpose(1, 2) if name in self.sequences else self._tokens(raw)
             keep = torch.ones(raw.shape[0], raw.shape[1], dtype=torch.bool, device=raw.device)
             if present is not None and name in present:
                 keep = keep & present[name].to(torch.bool).view(-1, 1)

@@ -33,8 +33,6 @@ class FiLMFusion(Fusion):
     an absent target is replaced by a learned placeholder.
     """
 
-    example_options = {"target": "photo", "stages": [3, 4]}
-
     class Config(FusionConfig):
         type: Literal["film"] = "film"
         target: str = Field(description="The input whose backbone is conditioned.", min_length=1)
@@ -77,7 +75,7 @@ class FiLMFusion(Fusion):
                 width += sum(takes[n].width for n in sources)
             return Vector(width)
 
-    example_options = {"target": "scan", "stages": [4]}
+    example_options = {"target": "image", "stages": [3, 4]}
 
     def __init__(self, config: Config, takes: FusionInputs):
         super().__init__(config, takes)

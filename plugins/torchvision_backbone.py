@@ -133,6 +133,7 @@ class TorchvisionBackbone(Backbone):
         def stages(self, takes: Signal) -> tuple[Signal, ...]:
             _check_model_name(self.model)
             return tuple(FeatureMap(c) for c in _shape_of(self.model)[1])
+
     example_options = {"model": "resnet18"}
 
     def __init__(self, config: Config, takes: Signal):

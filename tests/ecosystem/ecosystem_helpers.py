@@ -97,10 +97,3 @@ def run_polymodal(*args: str, pythonpath: Path | None = None, env: dict[str, str
     environment.update(env or {})
     return subprocess.run([sys.executable, "-m", "polymodal", *args], capture_output=True,
                           text=True, env=environment, cwd=cwd or REPO, timeout=300)
-
-
-#: Built-ins the probe-based harnesses cannot host, each with where it is checked instead.
-NEEDS_OWN_HARNESS = {
-    "film": "conditions a backbone's stages, which probe inputs lack;"
-            " checked in tests/builtins/test_fusions.py and examples/conditioning.yaml",
-}

@@ -13,7 +13,7 @@ from polymodal.registry import Registry, plugin_entries
 
 def test_registry_toml_matches_what_the_built_in_plugins_register():
     current = CATALOG_PATH.read_text(encoding="utf-8")
-    regenerated = merge_plugins(current, render_plugins(plugin_entries("polymodal")))
+    regenerated = merge_plugins(current, render_plugins(*plugin_entries("polymodal")))
     assert regenerated == current, "registry.toml is stale: run `make registry`"
     listed = parse_manifest(current, "registry.toml").plugins
     assert set(listed) == {ep.name for ep in builtin_entry_points()}
@@ -30,6 +30,7 @@ MARKED = 'import os, pathlib\npathlib.Path(os.environ["MARKER"]).write_text("imp
 MANIFEST = """
 [[plugin]]
 entry_point = "twice"
+api = 1
 
 [[plugin.component]]
 kind = "head"
@@ -84,6 +85,19 @@ def test_a_manifest_that_promises_more_than_the_plugin_gives_fails_on_use(site, 
     (plugin,) = registry.plugins
     assert plugin.status == "failed"
     assert plugin.error == "its manifest lists head 'thrice' but the plugin does not provide it"
+
+
+def test_a_manifest_for_another_plugin_api_is_reported_without_importing(site, tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("MARKER", str(marker))
+    _lazy_distribution(site)
+    manifest = site / "lazy_heads" / "polymodal.toml"
+    manifest.write_text(MANIFEST.replace("api = 1", "api = 7"))
+    registry = Registry(entry_points=entry_points_in(site))
+    (plugin,) = registry.plugins
+    assert (plugin.status, plugin.api) == ("failed", 7)
+    assert plugin.error.startswith("built for plugin API 7; this polymodal provides API 1")
+    assert not marker.exists()
 
 
 def test_a_broken_manifest_is_reported_not_raised(site):

@@ -8,14 +8,13 @@ import json
 import jsonschema
 import pytest
 import yaml
-from ecosystem_helpers import NEEDS_OWN_HARNESS, REPO, run_polymodal
+from ecosystem_helpers import REPO, run_polymodal
 
 import polymodal
-from polymodal.components import FusionConfig
-from polymodal.docs import component_page, example_snippet, reference_pages
-from polymodal.registry import ComponentRecord, Registry
+from polymodal.docs import SLOTS, component_page, example_snippet, reference_pages
+from polymodal.registry import Registry
 from polymodal.spec import spec_json_schema, validate_spec_data
-from polymodal.testing import check_registry
+from polymodal.testing import minimal_spec
 
 DOCS = REPO / "docs" / "components"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -42,52 +41,13 @@ def test_committed_reference_is_up_to_date(registry):
 
 def test_every_example_snippet_validates_in_a_spec(registry):
     for record in registry.components():
-        if record.package == "polymodal" and record.type in NEEDS_OWN_HARNESS:
-            continue
         cls = registry.load(record)
-        snippet = yaml.safe_load(example_snippet(record, cls))
-        config = snippet
-        for part in {"adapter": ("inputs", "NAME", "adapter"), "backbone": ("backbones", "NAME"),
-                     "fusion": ("fusion",), "head": ("heads", "NAME")}[record.kind]:
+        config = yaml.safe_load(example_snippet(record, cls))
+        for part in SLOTS[record.kind]:
             config = config[part]
-        if record.kind == "fusion" and cls.Config.conditions is not FusionConfig.conditions:
-            # A conditioning fusion (film) needs a backbone with stages, which the probes lack;
-            # its example specs are checked in tests/builtins.
-            continue
-        probes, subject = check_registry(cls, registry)
-        spec = _around(record, {**config, "type": subject.canonical})
-        validated = validate_spec_data(spec, probes)
-        polymodal.plan(validated)
-
-
-def _around(record: ComponentRecord, config: dict) -> dict:
-    """A spec placing ``config`` in its slot, the rest made of the conformance probes."""
-    probe = {"type": "polymodal-testing:probe"}
-    if record.kind == "adapter":
-        return {"inputs": {"x": {"adapter": config}}, "fusion": probe, "heads": {"y": probe}}
-    if record.kind == "backbone":
-        first = next(s for s in (("feature_map", 3), ("vector", 16), ("tokens", 16), ("sequence", 4))
-                     if _accepts(record, config, *s))
-        adapter = {**probe, "signal": first[0], "width": first[1]}
-        return {"inputs": {"x": {"adapter": adapter, "backbone": "b"}}, "backbones": {"b": config},
-                "fusion": probe, "heads": {"y": probe}}
-    if record.kind == "fusion":
-        return {"inputs": {"x": {"adapter": probe}, "z": {"adapter": probe}}, "fusion": config,
-                "heads": {"y": probe}}
-    return {"inputs": {"x": {"adapter": probe}}, "heads": {"y": config}}
-
-
-def _accepts(record, config, signal, width):
-    from polymodal.errors import PolymodalError
-    from polymodal.signals import FeatureMap, Sequence, Tokens, Vector
-
-    made = {"feature_map": FeatureMap, "vector": Vector, "tokens": Tokens, "sequence": Sequence}[signal](width)
-    parsed = record.cls.Config.model_validate({**config, "type": record.type})
-    try:
-        parsed.gives(made)
-        return True
-    except PolymodalError:
-        return False
+        assert config.pop("type") == record.type
+        spec, probes = minimal_spec(cls, config, registry=registry)
+        polymodal.plan(validate_spec_data(spec, probes))
 
 
 def test_pipes_in_option_text_are_escaped_in_tables(registry):
