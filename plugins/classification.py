@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 from torch import nn
 
 import polymodal
@@ -28,7 +28,8 @@ class ClassificationHead(Head):
 
     class Config(HeadConfig):
         type: Literal["classification"] = "classification"
-        classes: int | Literal["auto"] = Field(
+        classes: Annotated[int | Literal["auto"], WithJsonSchema({"anyOf": [
+            {"type": "integer", "minimum": 2, "maximum": 1_000_000}, {"const": "auto"}]})] = Field(
             "auto", description="Number of classes (at least 2), or `auto` to learn the classes"
             " from the training table's target column.")
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
@@ -37,10 +38,15 @@ class ClassificationHead(Head):
         label_smoothing: float = Field(0.0, description="Label smoothing of the loss.",
                                        ge=0.0, lt=1.0)
 
+        @field_validator("classes")
+        @classmethod
+        def _check_classes(cls, value):
+            if value != "auto" and not 2 <= value <= 1_000_000:
+                raise ValueError("Input should be greater than or equal to 2 and at most 1000000")
+            return value
+
         @model_validator(mode="after")
         def _check_weights(self):
-            if self.classes != "auto" and not 2 <= self.classes <= 1_000_000:
-                raise ValueError(f"classes must be between 2 and 1000000, not {self.classes}")
             if self.class_weights is not None and self.classes == "auto":
                 raise ValueError("class_weights needs a number of classes (not auto)")
             if self.class_weights is not None:
