@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 import polymodal
@@ -28,10 +28,13 @@ class ClassificationHead(Head):
 
     class Config(HeadConfig):
         type: Literal["classification"] = "classification"
-        classes: Annotated[int | Literal["auto"], WithJsonSchema({"anyOf": [
-            {"type": "integer", "minimum": 2, "maximum": 1_000_000}, {"const": "auto"}]})] = Field(
+        classes: int | Literal["auto"] = Field(
             "auto", description="Number of classes (at least 2), or `auto` to learn the classes"
-            " from the training table's target column.")
+            " from the training table's target column.",
+            # Bounds are checked by _check_classes (for a message at this option's place);
+            # the schema states them for editors.
+            json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2, "maximum": 1_000_000},
+                                         {"const": "auto", "type": "string"}]})
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
         class_weights: list[float] | None = Field(
             None, description="Loss weight of each class (one per class), for imbalanced data.")
@@ -40,10 +43,11 @@ class ClassificationHead(Head):
 
         @field_validator("classes")
         @classmethod
-        def _check_classes(cls, value):
-            if value != "auto" and not 2 <= value <= 1_000_000:
-                raise ValueError("Input should be greater than or equal to 2 and at most 1000000")
-            return value
+        def _check_classes(cls, classes: int | str) -> int | str:
+            if classes != "auto" and not 2 <= classes <= 1_000_000:
+                bound = "greater than or equal to 2" if classes < 2 else "at most 1000000"
+                raise ValueError(f"Input should be {bound} (or auto)")
+            return classes
 
         @model_validator(mode="after")
         def _check_weights(self):

@@ -33,6 +33,8 @@ class FiLMFusion(Fusion):
     an absent target is replaced by a learned placeholder.
     """
 
+    example_options = {"target": "photo", "stages": [3, 4]}
+
     class Config(FusionConfig):
         type: Literal["film"] = "film"
         target: str = Field(description="The input whose backbone is conditioned.", min_length=1)

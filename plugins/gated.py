@@ -26,6 +26,8 @@ class GatedFusion(Fusion):
     input present gets zeros.
     """
 
+    example_options = {"dim": 64}
+
     class Config(FusionConfig):
         type: Literal["gated"] = "gated"
         dim: PositiveInt = Field(256, description="Width of the fused vector.", le=65536)

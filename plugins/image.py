@@ -19,9 +19,12 @@ from polymodal.data.table import Table, is_missing
 from polymodal.errors import DataError
 from polymodal.signals import FeatureMap, Signal
 
+#: Normalisation presets: band -> (mean, std). Channels follow the input's ``bands`` (RGB
+#: order when none are named).
 PRESETS = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet": {"red": (0.485, 0.229), "green": (0.456, 0.224), "blue": (0.406, 0.225)},
 }
+RGB = ("red", "green", "blue")
 
 
 class ImageAdapter(ModalityAdapter):
@@ -50,7 +53,8 @@ class ImageAdapter(ModalityAdapter):
         projection_norm: bool = Field(
             False, description="BatchNorm after the projection (off by default, see above).")
         normalize: Literal["imagenet"] | None = Field(
-            None, description="A normalisation preset; `imagenet` needs 3 channels.")
+            None, description="A normalisation preset; `imagenet` is for red, green and blue"
+            " (in `bands` order when bands are named, RGB otherwise).")
         mean: list[float] | None = Field(
             None, description="Per-channel mean subtracted from the input (one per channel).")
         std: list[float] | None = Field(
@@ -88,10 +92,14 @@ class ImageAdapter(ModalityAdapter):
                     raise ValueError(f"bands names {', '.join(twice)} more than once")
             if self.normalize is not None and (self.mean is not None or self.std is not None):
                 raise ValueError("give either normalize or mean/std, not both")
-            if self.normalize == "imagenet" and self.channels != 3:
-                raise ValueError(
-                    f"normalize: imagenet is for 3 channels, this input has {self.channels};"
-                    " give mean and std per channel instead")
+            if self.normalize is not None:
+                names = self.band_names() or RGB
+                if len(names) != self.channels or any(b not in PRESETS[self.normalize] for b in names):
+                    raise ValueError(
+                        f"normalize: {self.normalize} is for 3 channels red, green and blue; this"
+                        f" input has {self.channels}"
+                        + (f" ({', '.join(names)})" if self.bands else "")
+                        + "; give mean and std per channel instead")
             for name in ("mean", "std"):
                 values = getattr(self, name)
                 if values is not None and len(values) != self.channels:
@@ -104,11 +112,14 @@ class ImageAdapter(ModalityAdapter):
         def describe(self) -> str:
             return f"image, {self.channels} channels"
 
+        def band_names(self) -> tuple[str, ...] | None:
+            """The bands, normalised (lower case), or None when not named."""
+            return tuple(b.strip().lower() for b in self.bands) if self.bands else None
+
         def gives(self) -> Signal:
             if self.project_to is not None:
                 return FeatureMap(self.project_to)
-            bands = tuple(b.strip().lower() for b in self.bands) if self.bands else None
-            return FeatureMap(self.channels, bands)
+            return FeatureMap(self.channels, self.band_names())
 
         def codec(self) -> ImageCodec:
             return ImageCodec(self)
@@ -126,9 +137,12 @@ class ImageAdapter(ModalityAdapter):
 
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
-        stats = PRESETS.get(config.normalize) if config.normalize else None
-        mean = stats[0] if stats else config.mean
-        std = stats[1] if stats else config.std
+        mean, std = config.mean, config.std
+        if config.normalize is not None:
+            preset = PRESETS[config.normalize]
+            names = config.band_names() or RGB
+            mean = [preset[b][0] for b in names]
+            std = [preset[b][1] for b in names]
         self.normalizes = mean is not None or std is not None
         if self.normalizes:
             shape = (1, config.channels, 1, 1)

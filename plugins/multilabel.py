@@ -22,6 +22,8 @@ class MultilabelHead(Head):
     probability and the labels at or above ``threshold``.
     """
 
+    example_options = {"labels": 3}
+
     class Config(HeadConfig):
         type: Literal["multilabel"] = "multilabel"
         labels: int = Field(description="Number of labels.", ge=1, le=1_000_000)

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 import polymodal
 from polymodal.cli import cli
 from polymodal.weights import adapt_stem
-from conftest import spec_error
+from builtin_helpers import spec_error
 
 BACKBONES = {
     "timm": {"type": "timm", "model": "resnet10t"},

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import polymodal
-from conftest import TINY_TIMM, photo_and_table, photo_and_table_batch, randomize, spec_error
+from builtin_helpers import TINY_TIMM, photo_and_table, photo_and_table_batch, randomize, spec_error
 
 FUSIONS = {
     "concat": {"type": "concat", "hidden": [16]},

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import polymodal
-from conftest import spec_error
+from builtin_helpers import spec_error
 
 
 def head_spec(**heads) -> dict:

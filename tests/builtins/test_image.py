@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import polymodal
-from conftest import TINY_TIMM, spec_error
+from builtin_helpers import TINY_TIMM, spec_error
 
 
 def image_spec(adapter: dict, backbone: dict | None = None) -> dict:
@@ -36,6 +36,15 @@ def test_imagenet_preset_uses_imagenet_statistics():
     assert adapter.std.flatten().tolist() == pytest.approx([0.229, 0.224, 0.225])
     out = adapter(torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1).expand(1, 3, 4, 4))
     assert torch.allclose(out, torch.zeros(1, 3, 4, 4), atol=1e-6)
+
+
+def test_imagenet_preset_follows_named_band_order():
+    model = polymodal.build(image_spec({"channels": 3, "normalize": "imagenet",
+                                        "bands": ["Blue", "green", "red"]}))
+    assert model.adapters["scan"].mean.flatten().tolist() == pytest.approx([0.406, 0.456, 0.485])
+    message = spec_error(image_spec({"channels": 3, "normalize": "imagenet",
+                                     "bands": ["red", "green", "nir"]}, {**TINY_TIMM}))
+    assert "inputs.scan.adapter: " in message and "(red, green, nir)" in message
 
 
 @pytest.mark.parametrize("adapter, where, words", [

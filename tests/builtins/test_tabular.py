@@ -9,7 +9,7 @@ import torch
 
 import polymodal
 from polymodal_plugins.tabular import default_embedding_dim
-from conftest import TINY_TIMM, spec_error
+from builtin_helpers import TINY_TIMM, spec_error
 
 
 def table_spec(**adapter) -> dict:

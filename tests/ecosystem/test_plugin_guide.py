@@ -51,12 +51,12 @@ def test_every_block_has_a_marker_and_a_check():
 
 
 def test_the_guide_works_from_an_empty_directory(fresh_env, tmp_path):
-    project = tmp_path / "polymodal-multilabel"
+    project = tmp_path / "polymodal-tags"
     project.mkdir()
     files = {m.split(":", 1)[1].strip(): body for m, _, body in blocks() if m.startswith("file:")}
     (layout,) = [body for m, _, body in blocks() if m == "check: layout"]
     assert layout_paths(layout) == set(files)
-    manifest_path = "polymodal_multilabel/polymodal.toml"
+    manifest_path = "polymodal_tags/polymodal.toml"
     for path, body in files.items():
         if path != manifest_path:  # the guide has polymodal write this one
             (project / path).parent.mkdir(parents=True, exist_ok=True)
@@ -87,18 +87,18 @@ def test_the_guide_works_from_an_empty_directory(fresh_env, tmp_path):
             outputs[line] = result.stdout
 
     assert (project / manifest_path).read_text() == files[manifest_path]
-    assert "multilabel      polymodal-multilabel 0.1.0  Multi-label classification" in \
+    assert "tags            polymodal-tags 0.1.0  Multi-label classification" in \
         outputs["polymodal list --kind head"]
-    assert "threshold: number = 0.5" in outputs["polymodal show head multilabel"]
+    assert "threshold: number = 0.5" in outputs["polymodal show head tags"]
     assert "3 passed" in outputs["pytest -q tests"]
     assert "heads tags <- photo + details: a vector of 64" in outputs["polymodal validate spec.yaml"]
-    assert 'head_tags(["head tags: multilabel, 5 labels"])' in outputs["polymodal validate spec.yaml --diagram"]
-    assert "polymodal-multilabel 0.1.0: entry point 'multilabel' provides head multilabel" in \
-        outputs["polymodal install dist/polymodal_multilabel-0.1.0-py3-none-any.whl"]
-    assert "polymodal-multilabel 0.1.0  entry point 'multilabel' -> polymodal_multilabel" in \
+    assert 'head_tags(["head tags: tags, 5 labels"])' in outputs["polymodal validate spec.yaml --diagram"]
+    assert "polymodal-tags 0.1.0: entry point 'tags' provides head tags" in \
+        outputs["polymodal install dist/polymodal_tags-0.1.0-py3-none-any.whl"]
+    assert "polymodal-tags 0.1.0  entry point 'tags' -> polymodal_tags" in \
         outputs["polymodal plugins"]
-    assert "multilabel" not in outputs["POLYMODAL_DISABLE_PLUGINS=polymodal-multilabel polymodal list --kind head"]
-    assert "ok" in outputs["POLYMODAL_PLUGINS=polymodal,multilabel polymodal validate spec.yaml"]
+    assert "polymodal-tags" not in outputs["POLYMODAL_DISABLE_PLUGINS=polymodal-tags polymodal list --kind head"]
+    assert "ok" in outputs["POLYMODAL_PLUGINS=polymodal,tags polymodal validate spec.yaml"]
     installed = next((fresh_env / "lib").glob("python*/site-packages"))
     assert (installed / manifest_path).is_file(), "the wheel must ship the manifest"
 
@@ -107,7 +107,7 @@ def test_the_proposed_catalog_entry_parses():
     (extra,) = [body for m, _, body in blocks() if m == "check: extra"]
     (entry,) = parse_manifest(extra, "guide").extras
     assert (entry.package, entry.requirement, entry.components) == (
-        "polymodal-multilabel", "polymodal-multilabel", (("head", "multilabel"),))
+        "polymodal-tags", "polymodal-tags", (("head", "tags"),))
 
 
 def test_environment_switches_are_documented():
