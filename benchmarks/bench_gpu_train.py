@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--no-channels-last", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu_train: no CUDA GPU here; run it on a GPU machine (--device cuda)")
+        return
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
     channels_last = not args.no_channels_last
     torch.backends.cudnn.benchmark = True

@@ -103,8 +103,7 @@ def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool
     """Checked and encoded batches of ``source`` (a table or a file read chunk by chunk)."""
     check_policy(policy)
     first = True
-    chunks = iter_table(source, batch_size) if not isinstance(source, Table) else iter_table(source, batch_size)
-    for chunk in chunks:
+    for chunk in iter_table(source, batch_size):
         if first:
             binding.require_columns(chunk, targets)
             first = False
@@ -206,8 +205,7 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
     batches = (e for _, e in encoded_chunks(data, binding, state, targets=True,
                                             batch_size=batch_size, policy=on_bad_row, report=report))
     collected = collect(model, batches, target)
-    result: dict[str, Any] = {"rows": sum(collected.counts.values()) and max(collected.counts.values()),
-                              "heads": {}}
+    result: dict[str, Any] = {"rows": max(collected.counts.values(), default=0), "heads": {}}
     for name, values in head_metrics(collected, binding, state).items():
         codec = binding.head_codec(name)
         output = torch.cat(collected.outputs[name])

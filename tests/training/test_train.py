@@ -200,3 +200,25 @@ def test_training_options_are_validated_with_their_spec_path(dataset, tmp_path):
         polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
     with pytest.raises(polymodal.SpecError, match="training.surprise: unknown key"):
         polymodal.load_spec(spec_data(surprise=1))
+
+
+def test_backbones_get_their_own_learning_rate_and_sgd_its_momentum():
+    from polymodal.training.engine import _optimizer, _scheduler
+    from polymodal.training.options import TrainingOptions
+
+    spec = spec_data()
+    spec["inputs"]["report"]["adapter"]["categorical"] = {"color": 3}
+    spec["heads"]["label"]["classes"] = 2
+    model = polymodal.build(spec)
+    options = TrainingOptions(optimizer="sgd", lr=0.1, backbone_lr=0.01, schedule="onecycle")
+    optimizer = _optimizer(model, options)
+    rest, backbones = optimizer.param_groups
+    assert {id(p) for p in backbones["params"]} == {id(p) for p in model.input_backbones.parameters()}
+    assert (rest["lr"], backbones["lr"], rest["momentum"]) == (0.1, 0.01, 0.9)
+    scheduler = _scheduler(optimizer, options, total_steps=10)
+    peaks = []
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+        peaks.append(optimizer.param_groups[1]["lr"])
+    assert max(peaks) == pytest.approx(0.01, rel=0.05)  # one-cycle peaks at each group's own lr
