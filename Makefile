@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+	$(PY) examples/train_demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest

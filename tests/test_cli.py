@@ -54,6 +54,16 @@ def test_script_list_and_kind_filter():
     assert {line.split()[0] for line in heads.stdout.splitlines()[1:]} == {"head"}
 
 
+
+def test_script_stops_quietly_when_its_reader_goes_away():
+    # As in `polymodal list | head -1`, with the reader gone before the first line.
+    process = subprocess.Popen([str(SCRIPT), "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 141
+    assert err == ""
+
+
 TABLE_SPEC = {
     "name": "prices",
     "inputs": {
