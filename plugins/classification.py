@@ -13,7 +13,7 @@ from torch import nn
 import polymodal
 from polymodal.components import Head, HeadConfig
 from polymodal.data.binding import RowIssues, TargetCodec
-from polymodal.data.encoding import category, fit_vocabulary, key, lookup
+from polymodal.data.encoding import category, fit_vocabulary, key, listing, lookup
 from polymodal.data.table import Table
 from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
@@ -118,7 +118,7 @@ class ClassificationCodec(TargetCodec):
             found = category(value)
             if found is not None and key(found) not in index:
                 issues.bad_row(position, self.column(), f"class {found!r} is not one the model"
-                               f" was trained on ({_listing(state['classes'])})")
+                               f" was trained on ({listing(state['classes'])})")
 
     def fit(self, table: Table) -> dict:
         found = fit_vocabulary(table.columns[self.column()])
@@ -126,14 +126,14 @@ class ClassificationCodec(TargetCodec):
         if wanted == "auto":
             if len(found) < 2:
                 raise DataError(f"{table.source}: target column {self.column()!r} of {self.where}"
-                                f" holds {len(found)} class(es) ({_listing(found)}); a"
+                                f" holds {len(found)} class(es) ({listing(found)}); a"
                                 " classification needs at least 2")
             return {"classes": found}
         if all(isinstance(v, int) and 0 <= v < wanted for v in found):
             return {"classes": list(range(wanted))}
         if len(found) > wanted:
             raise DataError(f"{table.source}: target column {self.column()!r} holds {len(found)}"
-                            f" classes ({_listing(found)}) but {self.where}.classes is {wanted};"
+                            f" classes ({listing(found)}) but {self.where}.classes is {wanted};"
                             " set classes: auto to learn them")
         return {"classes": found + [f"class_{i}" for i in range(len(found), wanted)]}
 
@@ -152,7 +152,7 @@ class ClassificationCodec(TargetCodec):
             cls = index.get(key(found))
             if cls is None:
                 issues.bad_row(position, self.column(), f"class {found!r} is not one the model"
-                               f" was trained on ({_listing(state['classes'])})")
+                               f" was trained on ({listing(state['classes'])})")
                 continue
             target[position], present[position] = cls, True
         return torch.from_numpy(target), torch.from_numpy(present)
@@ -186,10 +186,6 @@ class ClassificationCodec(TargetCodec):
             lines.append(name.ljust(width) + "  " + "  ".join(str(v).rjust(cells) for v in row))
         return "\n".join(lines)
 
-
-def _listing(values: list[Any], limit: int = 10) -> str:
-    shown = ", ".join(map(str, values[:limit]))
-    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
 @polymodal.hookimpl

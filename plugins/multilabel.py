@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 import polymodal
 from polymodal.components import Head, HeadConfig
+from polymodal.data.binding import RowIssues, TargetCodec
+from polymodal.data.encoding import category, fit_vocabulary, key, listing, lookup
+from polymodal.data.table import Table, is_missing
+from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
 
 
@@ -19,22 +24,45 @@ class MultilabelHead(Head):
 
     Targets are 0/1 (or soft) values ``[B, labels]``. ``pos_weight`` weighs each label's
     positives in the loss (more than 1 for rare labels). Predictions are every label's
-    probability and the labels at or above ``threshold``.
+    probability and the labels at or above ``threshold``. On a table, the target column holds
+    a row's label names joined by ``separator`` (``scratch;dent``), or a list of names in a
+    DataFrame.
     """
-
-    example_options = {"labels": 3}
 
     class Config(HeadConfig):
         type: Literal["multilabel"] = "multilabel"
-        labels: int = Field(description="Number of labels.", ge=1, le=1_000_000)
+        labels: int | Literal["auto"] = Field(
+            "auto", description="Number of labels, or `auto` to learn the label names from the"
+            " training table's target column.",
+            # Bounds are checked by _check_labels (for a message at this option's place);
+            # the schema states them for editors.
+            json_schema_extra={"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                                         {"const": "auto", "type": "string"}]})
         pos_weight: list[float] | None = Field(
             None, description="Loss weight of each label's positive examples (one per label).")
         threshold: float = Field(0.5, description="Probability at which a label is predicted.",
                                  gt=0.0, lt=1.0)
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
+        separator: str = Field(
+            ";", min_length=1, description="When trained on a table: what separates the label"
+            " names in a target cell.")
+        empty: Literal["no_labels", "no_target"] = Field(
+            "no_labels", description="When trained on a table: what an empty target cell means:"
+            " the row has none of the labels, or the row has no target (left out of this"
+            " head's loss and metrics).")
+
+        @field_validator("labels")
+        @classmethod
+        def _check_labels(cls, labels: int | str) -> int | str:
+            if labels != "auto" and not 1 <= labels <= 1_000_000:
+                bound = "greater than or equal to 1" if labels < 1 else "at most 1000000"
+                raise ValueError(f"Input should be {bound} (or auto)")
+            return labels
 
         @model_validator(mode="after")
         def _check_weights(self):
+            if self.pos_weight is not None and self.labels == "auto":
+                raise ValueError("pos_weight needs a number of labels (not auto)")
             if self.pos_weight is not None:
                 if len(self.pos_weight) != self.labels:
                     raise ValueError(f"pos_weight has {len(self.pos_weight)} values for"
@@ -46,10 +74,16 @@ class MultilabelHead(Head):
         def describe(self) -> str:
             return f"multilabel, {self.labels} labels"
 
+        def codec(self) -> MultilabelCodec:
+            return MultilabelCodec(self)
+
     example_options = {"labels": 3}
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
+        if config.labels == "auto":
+            raise PolymodalError("labels: auto is learned from data: train the model on a"
+                                 " table (polymodal train), or give the number of labels")
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.linear = nn.Linear(takes.dim, config.labels)
         # Not persistent: it comes from the spec, which the model file holds.
@@ -67,6 +101,118 @@ class MultilabelHead(Head):
     def predict(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = output.float().sigmoid()
         return {"labels": probabilities >= self.config.threshold, "probabilities": probabilities}
+
+
+# -- reading tables ----------------------------------------------------------------------------
+
+
+class MultilabelCodec(TargetCodec):
+    """Reads the target column's label names, learned on the training rows; predictions are
+    written back as the names at or above the threshold, with each label's probability."""
+
+    config: MultilabelHead.Config
+
+    def column(self) -> str:
+        return self.config.target or self.name
+
+    def columns(self) -> list[str]:
+        return [self.column()]
+
+    def _cell(self, value: Any) -> list[int | str] | None:
+        """The labels of one cell; None when the row has no target."""
+        if isinstance(value, (list, tuple, set, np.ndarray)):
+            items = list(value)
+        elif is_missing(value):
+            return [] if self.config.empty == "no_labels" else None
+        else:
+            items = str(value).split(self.config.separator)
+        return [found for found in map(category, items) if found is not None]
+
+    def has_target(self, table: Table) -> np.ndarray:
+        return np.array([self._cell(v) is not None for v in table.columns[self.column()]], bool)
+
+    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+        if state is not None:
+            self.encode(table, state, issues)
+
+    def fit(self, table: Table) -> dict:
+        found = fit_vocabulary(label for value in table.columns[self.column()]
+                               for label in self._cell(value) or ())
+        wanted = self.config.labels
+        if wanted == "auto":
+            if not found:
+                raise DataError(f"{table.source}: target column {self.column()!r} of {self.where}"
+                                " holds no labels in the training rows")
+            return {"labels": found}
+        if all(isinstance(v, int) and 0 <= v < wanted for v in found):
+            return {"labels": list(range(wanted))}
+        if len(found) > wanted:
+            raise DataError(f"{table.source}: target column {self.column()!r} holds {len(found)}"
+                            f" labels ({listing(found)}) but {self.where}.labels is {wanted};"
+                            " set labels: auto to learn them")
+        return {"labels": found + [f"label_{i}" for i in range(len(found), wanted)]}
+
+    def complete(self, state: dict) -> dict:
+        return {"labels": len(state["labels"])} if self.config.labels == "auto" else {}
+
+    def encode(self, table: Table, state: dict, issues: RowIssues):
+        index = lookup(state["labels"])
+        values = table.columns[self.column()]
+        target = np.zeros((len(values), len(index)), dtype=np.float32)
+        present = np.zeros(len(values), dtype=bool)
+        for position, value in enumerate(values):
+            labels = self._cell(value)
+            if labels is None:
+                continue
+            unknown = [label for label in labels if key(label) not in index]
+            if unknown:
+                issues.bad_row(position, self.column(), f"label {unknown[0]!r} is not one the"
+                               f" model was trained on ({listing(state['labels'])})")
+                continue
+            target[position, [index[key(label)] for label in labels]] = 1.0
+            present[position] = True
+        return torch.from_numpy(target), torch.from_numpy(present)
+
+    def decode(self, output: torch.Tensor, state: dict) -> dict[str, list[Any]]:
+        names = state["labels"]
+        probabilities = output.float().sigmoid()
+        chosen = probabilities >= self.config.threshold
+        columns: dict[str, list[Any]] = {self.name: [
+            self.config.separator.join(str(n) for n, on in zip(names, row) if on)
+            for row in chosen.tolist()]}
+        for i, name in enumerate(names):
+            columns[f"{self.name}_prob_{name}"] = [round(p, 6) for p in probabilities[:, i].tolist()]
+        return columns
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
+        from polymodal.training.metrics import multilabel_metrics
+
+        return multilabel_metrics(output.float().sigmoid().numpy(), target.numpy(),
+                                  self.config.threshold)
+
+    def details(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, Any]:
+        predicted = (output.float().sigmoid() >= self.config.threshold).numpy()
+        truth = target.numpy() >= 0.5
+        per_label = {}
+        for i, name in enumerate(state["labels"]):
+            hits = int((predicted[:, i] & truth[:, i]).sum())
+            said, support = int(predicted[:, i].sum()), int(truth[:, i].sum())
+            per_label[str(name)] = {
+                "precision": hits / said if said else None,
+                "recall": hits / support if support else None,
+                "support": support, "predicted": said}
+        return {"labels": per_label}
+
+    def render_details(self, details: dict[str, Any]) -> str:
+        rows = details["labels"]
+        width = max(len(n) for n in [*rows, "label"])
+        lines = ["label".ljust(width) + "  precision  recall  support  predicted"]
+        for name, row in rows.items():
+            cells = ["—" if row[k] is None else f"{row[k]:.3f}" for k in ("precision", "recall")]
+            lines.append(f"{name.ljust(width)}  {cells[0]:>9}  {cells[1]:>6}  {row['support']:>7}"
+                         f"  {row['predicted']:>9}")
+        return "\n".join(lines)
+
 
 
 @polymodal.hookimpl

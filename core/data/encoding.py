@@ -91,3 +91,9 @@ def numeric_column(table: Table, column: str, issues: RowIssues | None) -> np.nd
         if math.isinf(out[i]) and issues is not None:
             issues.bad_row(i, column, f"{value!r} is infinite")
     return out
+
+
+def listing(values: list[Any], limit: int = 10) -> str:
+    """The first ``limit`` of ``values`` for a message, with the count when there are more."""
+    shown = ", ".join(map(str, values[:limit]))
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")

@@ -1,4 +1,5 @@
-"""Metrics of classification and regression, with numpy only (no scikit-learn).
+"""Metrics of classification, multi-label classification and regression, with numpy only
+(no scikit-learn).
 
 Heads pick theirs from here in their target codecs; every function takes plain arrays.
 """
@@ -72,6 +73,34 @@ def classification_metrics(probabilities: np.ndarray, target: np.ndarray) -> dic
         "auroc": auroc,
     }
 
+
+
+def multilabel_metrics(probabilities: np.ndarray, target: np.ndarray,
+                       threshold: float = 0.5) -> dict[str, float]:
+    """For ``[N, labels]`` probabilities and 0/1 targets: subset_accuracy (every label of a row
+    right), hamming_accuracy (share of right label decisions), micro_f1, macro_f1 (over the
+    labels present in target or prediction), auroc (macro average over the labels with both
+    positive and negative rows)."""
+    probabilities = np.asarray(probabilities, np.float64)
+    target = np.asarray(target) >= 0.5
+    if target.shape[0] == 0:
+        return {name: math.nan for name in
+                ("subset_accuracy", "hamming_accuracy", "micro_f1", "macro_f1", "auroc")}
+    predicted = probabilities >= threshold
+    hits = (predicted & target).sum(axis=0)
+    true_counts, predicted_counts = target.sum(axis=0), predicted.sum(axis=0)
+    seen = (true_counts + predicted_counts) > 0
+    per_label_f1 = 2 * hits[seen] / (true_counts[seen] + predicted_counts[seen])
+    total = true_counts.sum() + predicted_counts.sum()
+    scores = [binary_auroc(target[:, i], probabilities[:, i]) for i in range(target.shape[1])]
+    valid = [s for s in scores if not math.isnan(s)]
+    return {
+        "subset_accuracy": float((predicted == target).all(axis=1).mean()),
+        "hamming_accuracy": float((predicted == target).mean()),
+        "micro_f1": float(2 * hits.sum() / total) if total else 1.0,
+        "macro_f1": float(per_label_f1.mean()) if seen.any() else 1.0,
+        "auroc": float(np.mean(valid)) if valid else math.nan,
+    }
 
 def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """rmse, mae and r2 (1 - residual / total sum of squares; over every output)."""

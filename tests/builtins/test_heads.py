@@ -73,6 +73,9 @@ def test_multilabel_loss_with_pos_weight_and_threshold_predictions():
     ({"type": "multilabel", "labels": 2, "pos_weight": [1.0]}, "heads.y",
      "pos_weight has 1 values for 2 labels"),
     ({"type": "multilabel", "labels": 2, "threshold": 1.5}, "heads.y.threshold", "less than 1"),
+    ({"type": "multilabel", "labels": 0}, "heads.y.labels", "greater than or equal to 1"),
+    ({"type": "multilabel", "pos_weight": [1.0]}, "heads.y", "pos_weight needs a number of labels"),
+    ({"type": "multilabel", "labels": 2, "separator": ""}, "heads.y.separator", "at least 1 character"),
     ({"type": "multilabel", "labels": 2, "inputs": ["x"]}, "heads.y.inputs[0]", "unknown input"),
 ])
 def test_bad_options_name_their_place(config, where, words):
@@ -108,3 +111,12 @@ def test_a_training_loop_needs_no_per_head_code(roundtrip):
         assert expected.keys() == got.keys()
         for key in expected:
             assert torch.allclose(expected[key].float(), got[key].float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"type": "classification"}, "heads.y: classes: auto is learned from data"),
+    ({"type": "multilabel"}, "heads.y: labels: auto is learned from data"),
+])
+def test_counts_learned_from_data_need_a_table_to_build(config, words):
+    with pytest.raises(polymodal.SpecError, match=words):
+        polymodal.build(head_spec(y=config))

@@ -8,6 +8,7 @@ from polymodal.training.metrics import (
     classification_metrics,
     confusion_matrix,
     higher_is_better,
+    multilabel_metrics,
     regression_metrics,
 )
 
@@ -36,6 +37,22 @@ def test_binary_classification_auroc_uses_the_positive_class_probability():
     probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
     assert classification_metrics(probabilities, np.array([0, 1, 0, 1]))["auroc"] == pytest.approx(0.75)
 
+
+
+def test_multilabel_metrics_match_hand_computed_values():
+    target = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    probabilities = np.array([[0.9, 0.2, 0.6], [0.1, 0.8, 0.7], [0.7, 0.3, 0.1], [0.2, 0.1, 0.4]])
+    # predicted at 0.5: [1,0,1] [0,1,1] [1,0,0] [0,0,0] -> rows 1 and 4 all right
+    m = multilabel_metrics(probabilities, target, threshold=0.5)
+    assert m["subset_accuracy"] == pytest.approx(2 / 4)
+    assert m["hamming_accuracy"] == pytest.approx(10 / 12)
+    # per label hits/true/predicted: (2,2,2) (1,2,1) (1,1,2); micro: 2*4/(5+5)
+    assert m["micro_f1"] == pytest.approx(0.8)
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    # aurocs: label 0: 1.0; label 1: pos .8,.3 vs neg .2,.1 -> 1.0; label 2: pos .6 vs .7,.1,.4 -> 2/3
+    assert m["auroc"] == pytest.approx((1 + 1 + 2 / 3) / 3)
+    # at 0.65 label 2 flips on row 1 (a miss) and row 2 (a false alarm): 9 of 12 right
+    assert multilabel_metrics(probabilities, target, threshold=0.65)["hamming_accuracy"] == pytest.approx(9 / 12)
 
 def test_regression_metrics_match_hand_computed_values():
     target = np.array([1.0, 2.0, 3.0, 4.0])

@@ -21,7 +21,7 @@ from polymodal.data.table import read_table
 from polymodal.modelfile import read_metadata
 from polymodal.training.engine import split_rows
 
-from training_data import spec_data, write_dataset
+from training_data import read_csv, spec_data, write_csv, write_dataset
 
 
 def test_train_saves_model_with_fitted_state_and_completed_spec(dataset, tmp_path):
@@ -81,6 +81,44 @@ def test_regression_head_predicts_in_the_targets_units(dataset, tmp_path):
     values = polymodal.predict(tmp_path / "m.safetensors", dataset)["columns"]["score"]
     assert 2.0 < float(np.mean(values)) < 7.0  # targets are about age/10 + {0, 1}
 
+
+
+def test_multilabel_head_learns_label_names_from_a_separated_column(tmp_path):
+    rows = read_csv(write_dataset(tmp_path, rows=64))
+    for row in rows:  # "flag" needs both inputs, "warm" the record only; empty: no labels
+        row["tags"] = ";".join(t for t, on in (("flag", row["label"] == "yes"),
+                                                ("warm", row["color"] == "red")) if on)
+    table = write_csv(tmp_path / "tags.csv", rows)
+    spec = spec_data(epochs=8, val_fraction=0.0, schedule="none")
+    spec["heads"] = {"tags": {"type": "multilabel"}}
+    polymodal.train(spec, table, tmp_path / "m.safetensors", progress=False)
+    assert json.loads(read_metadata(tmp_path / "m.safetensors")["polymodal.spec"])[
+        "heads"]["tags"]["labels"] == 2
+
+    columns = polymodal.predict(tmp_path / "m.safetensors", table)["columns"]
+    assert set(columns) >= {"tags", "tags_prob_flag", "tags_prob_warm"}
+    hits = sum(p == r["tags"] for p, r in zip(columns["tags"], rows))
+    assert hits / len(rows) > 0.9
+    evaluation = polymodal.evaluate(tmp_path / "m.safetensors", table)["heads"]["tags"]
+    assert evaluation["metrics"]["subset_accuracy"] > 0.9
+    assert evaluation["labels"]["warm"]["support"] == sum(r["color"] == "red" for r in rows)
+
+    rows[3]["tags"] = "warm;dented"
+    with pytest.raises(polymodal.DataError, match="row 4, column 'tags': label 'dented' is not one"
+                       " the model was trained on \\(flag, warm\\)"):
+        polymodal.evaluate(tmp_path / "m.safetensors", write_csv(tmp_path / "bad.csv", rows))
+
+
+def test_multilabel_empty_cells_can_mean_no_target_for_that_head(dataset, tmp_path):
+    rows = read_csv(dataset)
+    for i, row in enumerate(rows):
+        row["tags"] = "" if i % 2 else "a|b"
+    table = write_csv(tmp_path / "tags.csv", rows)
+    spec = spec_data(epochs=1)
+    spec["heads"]["tags"] = {"type": "multilabel", "separator": "|", "empty": "no_target"}
+    polymodal.train(spec, table, tmp_path / "m.safetensors", progress=False)
+    heads = polymodal.evaluate(tmp_path / "m.safetensors", table)["heads"]
+    assert (heads["label"]["rows"], heads["tags"]["rows"]) == (len(rows), len(rows) // 2)
 
 def test_group_by_keeps_groups_on_one_side(dataset):
     table = read_table(dataset)
