@@ -72,8 +72,8 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """`` did you mean 'x'?`` or an empty string."""
+    """`` Did you mean 'x'?`` (a sentence, to follow one) or an empty string."""
     matches = close_matches(word, candidates)
     if not matches:
         return ""
-    return " did you mean " + " or ".join(repr(m) for m in matches) + "?"
+    return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"

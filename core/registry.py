@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import hooks
-from .errors import ComponentError, PolymodalError, close_matches
+from .errors import ComponentError, PolymodalError, did_you_mean
 from .manifest import KINDS, ComponentEntry, Manifest, catalog, find_package_manifest, read_manifest
 
 if TYPE_CHECKING:
@@ -315,9 +315,7 @@ class Registry:
         installed = self.components(kind)
         names = sorted({c.type for c in installed})
         msg = f"unknown {kind} type {name!r}."
-        suggestions = close_matches(short, names)
-        if suggestions:
-            msg += " Did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
+        msg += did_you_mean(short, names)
         if ":" in name:
             package = normalize_package(name.split(":", 1)[0])
             known = {p.package for p in self.plugins}

@@ -244,7 +244,7 @@ def _data_location(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any,
 
 
 def _unknown_key(hint: str, known: str) -> str:
-    return f"unknown key;{hint}{known}" if hint else f"unknown key.{known}"
+    return f"unknown key.{hint}{known}"
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -90,7 +90,7 @@ def test_unknown_key_suggests_close_match(image_spec):
     image_spec["inputs"]["photo"]["adapter"]["chanels"] = 3
     message = error_of(image_spec)
     assert "inputs.photo.adapter.chanels: unknown key" in message
-    assert "did you mean 'channels'" in message
+    assert "Did you mean 'channels'" in message
 
 
 def test_unknown_top_level_key(image_spec):

@@ -50,7 +50,7 @@ def test_outputs_have_the_width_the_config_states(library, output):
     ("timm", "resnet181", "resnet18"), ("torchvision", "resnet5", "resnet50")])
 def test_unknown_model_names_get_close_matches(library, typo, match):
     message = spec_error(image_spec({"type": library, "model": typo}))
-    assert message.startswith("backbones.vision:") and f"did you mean '{match}'" in message
+    assert message.startswith("backbones.vision:") and f"Did you mean '{match}'" in message
 
 
 def reference_net(library: str, seed: int = 1) -> torch.nn.Module:

@@ -110,7 +110,7 @@ def test_install_use_uninstall_cycle_from_the_wheel(wheel, fresh_env, tmp_path):
 def test_install_refuses_unknown_names_and_missing_paths(fresh_env, tmp_path):
     unknown = _run(fresh_env, "-m", "polymodal", "install", "polymodal-signals", cwd=tmp_path)
     assert unknown.returncode == 1
-    assert "did you mean 'polymodal-signal'?" in unknown.stderr
+    assert "Did you mean 'polymodal-signal'?" in unknown.stderr
     missing = _run(fresh_env, "-m", "polymodal", "install", "./nowhere.whl", cwd=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "error: ./nowhere.whl: no such file or directory"
