@@ -44,7 +44,9 @@ class TimmBackbone(Backbone):
 
     ``output: vector`` gives the pooled features ``[B, D]``; ``feature_map`` the last stage's
     map ``[B, C, H, W]``; ``tokens`` the same positions as a sequence ``[B, H*W, C]`` (or a
-    transformer's tokens). ``pretrained: true`` downloads the library's default weights;
+    transformer's tokens). ``pretrained: true`` downloads the library's default weights
+    (from the Hugging Face hub; with no network, set ``HF_HUB_OFFLINE=1`` to fail at once rather
+    than after the download's retries);
     ``pretrained: path/to/weights.safetensors`` loads a local file (``.pth`` is read
     weights-only). With ``in_chans`` other than 3 the pretrained RGB stem is adapted to
     ``in_chans`` channels: by band name when the image adapter names its ``bands`` (red, green
