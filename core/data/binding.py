@@ -136,6 +136,22 @@ class Encoded:
     bad: dict[int, str] = field(default_factory=dict)
     notes: Counter[str] = field(default_factory=Counter)
 
+    def pin_memory(self) -> Encoded:
+        """A copy in page-locked memory (DataLoader's ``pin_memory`` calls this), so the copy
+        to a GPU runs asynchronously."""
+        return Encoded(_pinned(self.inputs), _pinned(self.targets), self.positions, self.bad,
+                       self.notes)
+
+
+def _pinned(value: Any) -> Any:
+    if hasattr(value, "pin_memory"):
+        return value.pin_memory()
+    if isinstance(value, dict):
+        return {k: _pinned(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_pinned(v) for v in value)
+    return value
+
 
 def _codec_of(config: ComponentConfig, name: str, where: str, kind: str) -> Codec:
     make = getattr(config, "codec", None)

@@ -361,8 +361,9 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         torch.manual_seed(derive_seed(opts.seed, epoch, 2))
         batches = _epoch_batches(len(train_table), opts.batch_size, context.world, context.rank,
                                  opts.seed, epoch)
-        started = time.perf_counter()
-        loss_sum, seen = 0.0, 0
+        started = shown = time.perf_counter()
+        # Summed on the device: reading a loss every step would make the host wait for the GPU.
+        loss_sum, seen = torch.zeros((), device=context.device), 0
         bar = _progress(progress and context.main, len(batches), f"epoch {epoch}/{opts.epochs}")
         for step, encoded in enumerate(loader(dataset, BatchPlan(epoch, batches), opts.workers,
                                               pin_memory=context.device.type == "cuda")):
@@ -386,19 +387,21 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
                 optimizer.step()
             scheduler.step()
             rows = len(encoded.positions)
-            loss_sum += loss.item() * rows
+            loss_sum += loss.detach() * rows
             seen += rows
             if bar is not None:
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                                rows_s=f"{seen * context.world / max(elapsed, 1e-9):.0f}")
+                now = time.perf_counter()
+                if now - shown >= 0.5 or step + 1 == len(batches):
+                    shown = now
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                                    rows_s=f"{seen * context.world / max(now - started, 1e-9):.0f}")
                 bar.update(1)
             if on_step is not None:
                 on_step(epoch, step)
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - started
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1),
                                "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
                                "rows_per_s": round(seen * context.world / max(seconds, 1e-9), 1)}
         if len(val_table):
