@@ -1,12 +1,19 @@
-"""Reading local weight files for ``pretrained: path/to/file`` without executing anything."""
+"""Pretrained weights: local weight files read without executing anything, RGB stems adapted
+to other channel counts, and the options every backbone wrapping a library of pretrained image
+models shares (:class:`PretrainedImageConfig`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, PositiveInt
 
-from .errors import PolymodalError
+from .components import BackboneConfig
+from .errors import ConnectionMismatch, PolymodalError
+from .freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
+from .signals import FeatureMap, Signal, Tokens, Vector
 
 SAFE_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -106,3 +113,56 @@ def adapt_stem(
         adapted = torch.stack(
             [source[:, index[b.lower()]] if b.lower() in index else mean for b in bands], dim=1)
     return (adapted * (len(pretrained_bands) / in_chans)).to(weight.dtype)
+
+
+def adapt_and_load(module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str,
+                   stem: str | None, in_chans: int, bands: tuple[str, ...] | None = None,
+                   ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load RGB-pretrained ``state`` into ``module``, whose first convolution ``stem`` (a module
+    path) takes ``in_chans`` channels named ``bands``: the stem's weight is adapted first."""
+    key = f"{stem}.weight"
+    if stem and key in state and state[key].dim() == 4 and state[key].shape[1] == 3 \
+            and (in_chans != 3 or bands is not None):
+        state = {**state, key: adapt_stem(state[key], in_chans, bands)}
+    load_matching(module, state, source=source, ignore_prefixes=ignore_prefixes)
+
+
+def download_failed(what: str, exc: Exception) -> PolymodalError:
+    """The error for ``pretrained: true`` when the library could not fetch ``what``'s weights."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return PolymodalError(
+        f"pretrained: true could not fetch the weights of {what} ({type(exc).__name__}: {first})."
+        " Offline? Download them where a network is available and set"
+        " pretrained: path/to/weights.safetensors")
+
+
+class PretrainedImageConfig(BackboneConfig):
+    """Options of a backbone that wraps a library's image models: which model, its pretrained
+    weights, its input channels, what it gives, and what of it trains. A subclass declares its
+    ``type`` (and may redeclare ``model`` with its library's examples), and implements
+    :meth:`shape` and :meth:`describe`."""
+
+    model: str = Field(description="The library's model name.", min_length=1)
+    pretrained: bool | str = Field(
+        False, description="false; true (download the default weights); or the path of a"
+        " local .safetensors/.pth weights file.")
+    in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
+    output: Literal["vector", "feature_map", "tokens"] = Field(
+        "vector", description="Pooled vector, last feature map, or its positions as tokens.")
+    freeze: Freeze = Field("none", description=FREEZE_DESCRIPTION)
+
+    def shape(self) -> tuple[int, tuple[int, ...]]:
+        """The pooled output width and the channels of each exposed stage (checking the model
+        name first)."""
+        raise NotImplementedError
+
+    def gives(self, takes: Signal) -> Signal:
+        wanted = FeatureMap(self.in_chans)
+        if not wanted.fits(takes):
+            raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
+        width, stages = self.shape()
+        check_freeze(self.freeze, len(stages), self.describe())
+        return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
+
+    def stages(self, takes: Signal) -> tuple[Signal, ...]:
+        return tuple(FeatureMap(c) for c in self.shape()[1])

@@ -6,15 +6,13 @@ import functools
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
-
+from pydantic import Field
 
 import polymodal
-from polymodal.components import Backbone, BackboneConfig
-from polymodal.errors import ConnectionMismatch, PolymodalError, did_you_mean
-from polymodal.freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
-from polymodal.signals import FeatureMap, Signal, Tokens, Vector
-from polymodal.weights import adapt_stem, load_matching, read_weights
+from polymodal.components import Backbone
+from polymodal.errors import PolymodalError, did_you_mean
+from polymodal.signals import Signal
+from polymodal.weights import PretrainedImageConfig, adapt_and_load, download_failed, read_weights
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,33 +55,17 @@ class TimmBackbone(Backbone):
     a fusion can condition them and ``freeze: {train_last: N}`` counts them.
     """
 
-    class Config(BackboneConfig):
+    class Config(PretrainedImageConfig):
         type: Literal["timm"] = "timm"
         model: str = Field(description="A timm model name, e.g. resnet18, resnet50, efficientnet_b0.",
                            min_length=1)
-        pretrained: bool | str = Field(
-            False, description="false; true (download the default weights); or the path of a"
-            " local .safetensors/.pth weights file.")
-        in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
-        output: Literal["vector", "feature_map", "tokens"] = Field(
-            "vector", description="Pooled vector, last feature map, or its positions as tokens.")
-        freeze: Freeze = Field("none", description=FREEZE_DESCRIPTION)
 
         def describe(self) -> str:
             return f"timm {self.model}"
 
-        def gives(self, takes: Signal) -> Signal:
-            wanted = FeatureMap(self.in_chans)
-            if not wanted.fits(takes):
-                raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
+        def shape(self) -> tuple[int, tuple[int, ...]]:
             _check_model_name(self.model)
-            width, stages = _shape_of(self.model, self.in_chans)
-            check_freeze(self.freeze, len(stages), self.describe())
-            return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
-
-        def stages(self, takes: Signal) -> tuple[Signal, ...]:
-            _check_model_name(self.model)
-            return tuple(FeatureMap(c) for c in _shape_of(self.model, self.in_chans)[1])
+            return _shape_of(self.model, self.in_chans)
 
     example_options = {"model": "resnet18"}
 
@@ -111,24 +93,16 @@ class TimmBackbone(Backbone):
                 # RGB weights as published; the stem is adapted below like a local file's.
                 source = timm.create_model(config.model, pretrained=True, num_classes=0)
             except Exception as exc:  # noqa: BLE001 - download errors take many forms
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise PolymodalError(
-                    f"pretrained: true could not fetch the weights of timm {config.model!r}"
-                    f" ({type(exc).__name__}: {first}). Offline? Download them where a network is"
-                    " available and set pretrained: path/to/weights.safetensors") from None
+                raise download_failed(f"timm {config.model!r}", exc) from None
             state, where = source.state_dict(), f"timm {config.model} default weights"
         else:
             state, where = read_weights(config.pretrained), str(config.pretrained)
         first_conv = self.model.pretrained_cfg.get("first_conv")
-        bands = getattr(self.takes, "bands", None)
-        key = f"{first_conv}.weight"
-        if isinstance(first_conv, str) and key in state and state[key].dim() == 4 \
-                and state[key].shape[1] == 3 and (config.in_chans != 3 or bands is not None):
-            state = dict(state)
-            state[key] = adapt_stem(state[key], config.in_chans, bands)
         classifier = self.model.pretrained_cfg.get("classifier")
         ignore = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier or []))
-        load_matching(self.model, state, source=where, ignore_prefixes=ignore)
+        adapt_and_load(self.model, state, source=where, in_chans=config.in_chans,
+                       stem=first_conv if isinstance(first_conv, str) else None,
+                       bands=getattr(self.takes, "bands", None), ignore_prefixes=ignore)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.output == "vector":

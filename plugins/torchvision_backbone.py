@@ -6,15 +6,14 @@ import functools
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import nn
 
 import polymodal
-from polymodal.components import Backbone, BackboneConfig
-from polymodal.errors import ConnectionMismatch, PolymodalError, did_you_mean
-from polymodal.freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
-from polymodal.signals import FeatureMap, Signal, Tokens, Vector
-from polymodal.weights import adapt_stem, load_matching, read_weights
+from polymodal.components import Backbone
+from polymodal.errors import PolymodalError, did_you_mean
+from polymodal.signals import Signal
+from polymodal.weights import PretrainedImageConfig, adapt_and_load, download_failed, read_weights
 
 #: Families whose body is stem, layer1..layer4, then global pooling: they give feature maps and
 #: expose stages.
@@ -102,37 +101,24 @@ class TorchvisionBackbone(Backbone):
     conditioning and ``freeze: {train_last: N}``.
     """
 
-    class Config(BackboneConfig):
+    class Config(PretrainedImageConfig):
         type: Literal["torchvision"] = "torchvision"
         model: str = Field(description="A torchvision classification model name, e.g. resnet50.",
                            min_length=1)
-        pretrained: bool | str = Field(
-            False, description="false; true (download the default weights); or the path of a"
-            " local .safetensors/.pth weights file.")
-        in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
-        output: Literal["vector", "feature_map", "tokens"] = Field(
-            "vector", description="Pooled vector, last feature map, or its positions as tokens.")
-        freeze: Freeze = Field("none", description=FREEZE_DESCRIPTION)
 
         def describe(self) -> str:
             return f"torchvision {self.model}"
 
-        def gives(self, takes: Signal) -> Signal:
-            wanted = FeatureMap(self.in_chans)
-            if not wanted.fits(takes):
-                raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
+        def shape(self) -> tuple[int, tuple[int, ...]]:
             _check_model_name(self.model)
-            width, stages = _shape_of(self.model)
+            return _shape_of(self.model)
+
+        def gives(self, takes: Signal) -> Signal:
             if self.output != "vector" and not self.model.startswith(RESNET_LIKE + ("regnet",)):
                 raise PolymodalError(
                     f"output: {self.output} is supported for ResNet-like torchvision models;"
                     f" use the timm backbone for {self.model!r} feature maps")
-            check_freeze(self.freeze, len(stages), self.describe())
-            return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
-
-        def stages(self, takes: Signal) -> tuple[Signal, ...]:
-            _check_model_name(self.model)
-            return tuple(FeatureMap(c) for c in _shape_of(self.model)[1])
+            return super().gives(takes)
 
     example_options = {"model": "resnet18"}
 
@@ -157,24 +143,15 @@ class TorchvisionBackbone(Backbone):
             try:
                 weights = torchvision.models.get_model_weights(config.model).DEFAULT
                 state = weights.get_state_dict(progress=False)
-            except Exception as exc:  # noqa: BLE001
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise PolymodalError(
-                    f"pretrained: true could not fetch the weights of torchvision"
-                    f" {config.model!r} ({type(exc).__name__}: {first}). Offline? Download them"
-                    " where a network is available and set pretrained: path/to/weights.safetensors"
-                ) from None
+            except Exception as exc:  # noqa: BLE001 - download errors take many forms
+                raise download_failed(f"torchvision {config.model!r}", exc) from None
             source = "torchvision default weights"
         else:
             state = read_weights(config.pretrained)
             source = str(config.pretrained)
-        key = f"{self._stem}.weight"
-        bands = getattr(self.takes, "bands", None)
-        if key in state and state[key].dim() == 4 and state[key].shape[1] == 3 \
-                and (config.in_chans != 3 or bands is not None):
-            state = dict(state)
-            state[key] = adapt_stem(state[key], config.in_chans, bands)
-        load_matching(self.model, state, source=source, ignore_prefixes=(f"{self._classifier}.",))
+        adapt_and_load(self.model, state, source=source, stem=self._stem, in_chans=config.in_chans,
+                       bands=getattr(self.takes, "bands", None),
+                       ignore_prefixes=(f"{self._classifier}.",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.output == "vector":
