@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ import polymodal
 from polymodal.components import AdapterConfig, ModalityAdapter
 from polymodal.data.augment import augment_images
 from polymodal.data.binding import Codec, RowIssues
-from polymodal.data.images import ImageReadError, image_shape, read_image
+from polymodal.data.images import ImageReadError, image_array, image_shape, is_image_array, read_image
 from polymodal.data.table import Table, is_missing
 from polymodal.errors import DataError
 from polymodal.signals import FeatureMap, Signal
@@ -64,7 +64,8 @@ class ImageAdapter(ModalityAdapter):
             " pretrained backbone stem keeps its filters for red, green and blue.")
         column: str | None = Field(
             None, description="Table column with image file paths (relative to the table's"
-            " folder; PNG/JPEG, .npy, TIFF); default: the input's name. Training fills in"
+            " folder; PNG/JPEG, .npy, TIFF) or, in a DataFrame or dict of columns, the images"
+            " themselves (arrays or tensors); default: the input's name. Training fills in"
             " mean/std from the training images unless normalize, mean or std is given.",
             min_length=1)
         size: PositiveInt | list[PositiveInt] | None = Field(
@@ -183,7 +184,8 @@ STATISTICS_SAMPLE = 256
 
 
 class ImageCodec(Codec):
-    """Reads image files named in the adapter's column into ``[B, channels, H, W]`` batches,
+    """Reads the images of the adapter's column (files, or arrays held in the cells) into
+    ``[B, channels, H, W]`` batches,
     learns per-channel mean and standard deviation on the training images, and augments
     training batches with the spec's N-channel-safe operations."""
 
@@ -201,8 +203,11 @@ class ImageCodec(Codec):
             return None
         return (size, size) if isinstance(size, int) else (size[0], size[1])
 
-    def _path(self, table: Table, position: int, issues: RowIssues) -> Path | None:
+    def _source(self, table: Table, position: int, issues: RowIssues) -> Path | Any | None:
+        """The cell's image file path, or the image array the cell holds; None when empty."""
         value = table.columns[self.column()][position]
+        if is_image_array(value):
+            return value
         if is_missing(value):
             issues.bad_row(position, self.column(), "no image path (empty)")
             return None
@@ -216,37 +221,51 @@ class ImageCodec(Codec):
     def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
         wanted = self._target_size() or (tuple(state["shape"]) if state else None)
         for position in range(len(table)):
-            path = self._path(table, position, issues)
-            if path is None:
+            source = self._source(table, position, issues)
+            if source is None:
                 continue
-            raw = table.columns[self.column()][position]
+            named = self._name(table, position)
             try:
-                channels, height, width = image_shape(path, self.config.channels)
+                if isinstance(source, Path):
+                    channels, height, width = image_shape(source, self.config.channels)
+                else:
+                    channels, height, width = image_array(source, self.config.channels).shape
             except ImageReadError as exc:
-                issues.bad_row(position, self.column(), f"image {raw!r} {exc}")
+                issues.bad_row(position, self.column(), f"{named} {exc}")
                 continue
             if channels != self.config.channels:
-                issues.bad_row(position, self.column(), f"image {raw!r} {self._wrong_channels(channels)}")
+                issues.bad_row(position, self.column(), f"{named} {self._wrong_channels(channels)}")
             elif self._target_size() is None:
                 if wanted is None:
                     wanted = (height, width)
                 elif (height, width) != tuple(wanted):
+                    others = "the model was trained on" if state else "the others are"
                     issues.bad_row(position, self.column(),
-                                   f"image {raw!r} is {height}x{width} but the others are"
+                                   f"{named} is {height}x{width} but {others}"
                                    f" {wanted[0]}x{wanted[1]}; set {self.where}.size to resize")
 
+    def _name(self, table: Table, position: int) -> str:
+        """How messages name the image of a row: its path as written, or the array's shape."""
+        value = table.columns[self.column()][position]
+        if is_image_array(value):
+            return f"image array of shape {list(value.shape)}"
+        return f"image {value!r}"
+
     def _read(self, table: Table, position: int, issues: RowIssues) -> np.ndarray | None:
-        path = self._path(table, position, issues)
-        if path is None:
+        source = self._source(table, position, issues)
+        if source is None:
             return None
-        raw = table.columns[self.column()][position]
         try:
-            image = read_image(path, self.config.channels)
+            if isinstance(source, Path):
+                image = read_image(source, self.config.channels)
+            else:
+                image = image_array(source, self.config.channels)
         except ImageReadError as exc:
-            issues.bad_row(position, self.column(), f"image {raw!r} {exc}")
+            issues.bad_row(position, self.column(), f"{self._name(table, position)} {exc}")
             return None
         if image.shape[0] != self.config.channels:
-            issues.bad_row(position, self.column(), f"image {raw!r} {self._wrong_channels(image.shape[0])}")
+            issues.bad_row(position, self.column(),
+                           f"{self._name(table, position)} {self._wrong_channels(image.shape[0])}")
             return None
         return image
 
@@ -295,9 +314,8 @@ class ImageCodec(Codec):
             image = self._read(table, position, issues)
             tensor = None if image is None else self._resize(image)
             if tensor is not None and shape is not None and tuple(tensor.shape[1:]) != shape:
-                raw = table.columns[self.column()][position]
                 issues.bad_row(position, self.column(),
-                               f"image {raw!r} is {tensor.shape[1]}x{tensor.shape[2]} but the model"
+                               f"{self._name(table, position)} is {tensor.shape[1]}x{tensor.shape[2]} but the model"
                                f" was trained on {shape[0]}x{shape[1]}; set {self.where}.size")
                 tensor = None
             images.append(tensor)

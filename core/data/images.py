@@ -1,4 +1,5 @@
-"""Image files of any channel count: PNG/JPEG (Pillow), ``.npy`` arrays and multi-band TIFF.
+"""Image files of any channel count: PNG/JPEG (Pillow), ``.npy`` arrays and multi-band TIFF;
+and images held in memory (numpy arrays or tensors in a table's cells).
 
 Every reader gives a float32 array ``[channels, height, width]``. 8-bit images are scaled to
 0..1 and 16-bit ones by 65535; ``.npy`` and floating-point TIFF values are kept as they are.
@@ -9,6 +10,7 @@ whose last axis (and not its first) matches is read as channels-last.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,11 +107,24 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
         raise ImageReadError("not found") from None
     except OSError as exc:
         raise ImageReadError(f"cannot be read ({exc.strerror or exc})") from None
+    if suffix in PIL_SUFFIXES and array.ndim == 3:
+        return image_array(np.moveaxis(array, -1, 0))  # Pillow gives channels last
+    return image_array(array, channels)
+
+
+def is_image_array(value: Any) -> bool:
+    """Whether a table cell holds an image itself (a numpy array or tensor) rather than a path."""
+    return isinstance(value, np.ndarray) or hasattr(value, "detach")
+
+
+def image_array(array: Any, channels: int | None = None) -> np.ndarray:
+    """An image array (numpy or tensor; ``[C, H, W]``, ``[H, W, C]`` or ``[H, W]``) as float32
+    ``[channels, height, width]``, scaled by its integer type like a file's."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         raise ImageReadError(f"holds {array.dtype} values, not numbers")
-    if suffix in PIL_SUFFIXES and array.ndim == 3:
-        array = np.moveaxis(array, -1, 0)  # Pillow gives channels last
-        return np.ascontiguousarray(_scale(array))
     return np.ascontiguousarray(_scale(_channels_first(array, channels)))
 
 

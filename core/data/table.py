@@ -69,7 +69,8 @@ def is_missing(value: Any) -> bool:
 
 def _object_array(values: list[Any]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
-    out[:] = values
+    for i, value in enumerate(values):  # one by one: arrays in cells stay whole
+        out[i] = value
     return out
 
 
@@ -78,7 +79,10 @@ def _from_mapping(data: Mapping[str, Sequence[Any]], source: str, base_dir: Path
     columns: dict[str, np.ndarray] = {}
     length: int | None = None
     for name, values in data.items():
-        array = np.asarray(values)
+        try:
+            array = np.asarray(values)
+        except (ValueError, TypeError, RuntimeError):  # cells numpy cannot stack (tensors)
+            array = _object_array(list(values))
         if array.ndim != 1:
             array = _object_array(list(values))
         if length is not None and array.shape[0] != length:

@@ -31,6 +31,32 @@ def test_dataframe_and_parquet_train_and_predict_like_csv(trained, tmp_path):
     assert from_parquet["columns"]["row"] == list(range(1, len(frame) + 1))
 
 
+
+def test_images_held_in_memory_train_like_image_files(dataset, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from training_data import spec_data
+
+    rows = read_csv(dataset)
+    columns = {name: [r[name] for r in rows] for name in rows[0]}
+    # uint8 channels-last arrays, as Pillow gives them: scaled and transposed like the files
+    columns["photo"] = [np.array(Image.open(dataset.parent / r["photo"])) for r in rows]
+    polymodal.train(spec_data(epochs=1), columns, tmp_path / "memory.safetensors", progress=False)
+    polymodal.train(spec_data(epochs=1), dataset, tmp_path / "files.safetensors", progress=False)
+    from_memory, from_files = (load_file(tmp_path / f"{n}.safetensors") for n in ("memory", "files"))
+    assert all(torch.equal(from_memory[k], from_files[k]) for k in from_files)
+
+    columns["photo"] = [torch.from_numpy(a).permute(2, 0, 1) for a in columns["photo"]]  # tensors
+    assert polymodal.predict(tmp_path / "files.safetensors", columns)["columns"]["label_prob_yes"] == \
+        polymodal.predict(tmp_path / "files.safetensors", dataset)["columns"]["label_prob_yes"]
+    columns["photo"][2] = torch.zeros(3, 8, 8)
+    with pytest.raises(polymodal.DataError, match="<table> row 3, column 'photo': image array of"
+                       " shape \\[3, 8, 8\\] is 8x8 but the model was trained on 16x16"):
+        polymodal.predict(tmp_path / "files.safetensors", columns)
+
 def test_integer_categories_from_a_dataframe_match_text_from_csv(tmp_path):
     pd = pytest.importorskip("pandas")
     from polymodal.data.encoding import encode_categories, fit_vocabulary, lookup
