@@ -13,7 +13,7 @@ from torch import nn
 import polymodal
 from polymodal.components import Head, HeadConfig
 from polymodal.data.binding import RowIssues, TargetCodec
-from polymodal.data.encoding import category, fit_vocabulary, key, listing, lookup
+from polymodal.data.encoding import category, fit_vocabulary, key, listing, lookup, names_for_count
 from polymodal.data.table import Table
 from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
@@ -129,13 +129,9 @@ class ClassificationCodec(TargetCodec):
                                 f" holds {len(found)} class(es) ({listing(found)}); a"
                                 " classification needs at least 2")
             return {"classes": found}
-        if all(isinstance(v, int) and 0 <= v < wanted for v in found):
-            return {"classes": list(range(wanted))}
-        if len(found) > wanted:
-            raise DataError(f"{table.source}: target column {self.column()!r} holds {len(found)}"
-                            f" classes ({listing(found)}) but {self.where}.classes is {wanted};"
-                            " set classes: auto to learn them")
-        return {"classes": found + [f"class_{i}" for i in range(len(found), wanted)]}
+        names = names_for_count(found, wanted, option="classes", singular="class", table=table,
+                                column=self.column(), where=self.where)
+        return {"classes": names}
 
     def complete(self, state: dict) -> dict:
         return {"classes": len(state["classes"])} if self.config.classes == "auto" else {}

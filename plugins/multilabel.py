@@ -13,7 +13,7 @@ from torch import nn
 import polymodal
 from polymodal.components import Head, HeadConfig
 from polymodal.data.binding import RowIssues, TargetCodec
-from polymodal.data.encoding import category, fit_vocabulary, key, listing, lookup
+from polymodal.data.encoding import category, fit_vocabulary, key, listing, lookup, names_for_count
 from polymodal.data.table import Table, is_missing
 from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
@@ -144,13 +144,9 @@ class MultilabelCodec(TargetCodec):
                 raise DataError(f"{table.source}: target column {self.column()!r} of {self.where}"
                                 " holds no labels in the training rows")
             return {"labels": found}
-        if all(isinstance(v, int) and 0 <= v < wanted for v in found):
-            return {"labels": list(range(wanted))}
-        if len(found) > wanted:
-            raise DataError(f"{table.source}: target column {self.column()!r} holds {len(found)}"
-                            f" labels ({listing(found)}) but {self.where}.labels is {wanted};"
-                            " set labels: auto to learn them")
-        return {"labels": found + [f"label_{i}" for i in range(len(found), wanted)]}
+        names = names_for_count(found, wanted, option="labels", singular="label", table=table,
+                                column=self.column(), where=self.where)
+        return {"labels": names}
 
     def complete(self, state: dict) -> dict:
         return {"labels": len(state["labels"])} if self.config.labels == "auto" else {}

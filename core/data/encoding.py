@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError
 from .binding import RowIssues
 from .table import Table, is_missing
 
@@ -97,3 +98,18 @@ def listing(values: list[Any], limit: int = 10) -> str:
     """The first ``limit`` of ``values`` for a message, with the count when there are more."""
     shown = ", ".join(map(str, values[:limit]))
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def names_for_count(found: list[int | str], count: int, *, option: str, singular: str,
+                    table: Table, column: str, where: str) -> list[int | str]:
+    """The names of a head's ``count`` outputs (its ``option``: classes, labels) from the names
+    ``found`` in a target ``column``: integers 0..count-1 name themselves; other names are kept
+    in order and padded with ``{singular}_{i}`` placeholders; more names than outputs is an
+    error."""
+    if all(isinstance(v, int) and 0 <= v < count for v in found):
+        return list(range(count))
+    if len(found) > count:
+        raise DataError(f"{table.source}: target column {column!r} holds {len(found)} {option}"
+                        f" ({listing(found)}) but {where}.{option} is {count}; set {option}: auto"
+                        " to learn them")
+    return found + [f"{singular}_{i}" for i in range(len(found), count)]

@@ -84,3 +84,36 @@ def test_bad_tables_get_clear_messages(tmp_path):
 
 def test_read_csv_helper_roundtrip(dataset):
     assert len(read_csv(dataset)) == len(read_table(dataset))
+
+
+@pytest.mark.parametrize("head, values, state", [
+    ({"type": "classification", "classes": 3}, ["0", "2", "2"], {"classes": [0, 1, 2]}),
+    ({"type": "classification", "classes": 3}, ["ok", "bad"], {"classes": ["bad", "ok", "class_2"]}),
+    ({"type": "multilabel", "labels": 3}, ["a;b", ""], {"labels": ["a", "b", "label_2"]}),
+])
+def test_a_given_count_names_its_outputs_from_the_targets(head, values, state):
+    assert _target_codec(head).fit(read_table({"y": values})) == state
+
+
+@pytest.mark.parametrize("head, values, words", [
+    ({"type": "classification", "classes": 2}, ["a", "b", "c"],
+     "<table>: target column 'y' holds 3 classes (a, b, c) but heads.y.classes is 2;"
+     " set classes: auto to learn them"),
+    ({"type": "multilabel", "labels": 1}, ["a;b"],
+     "<table>: target column 'y' holds 2 labels (a, b) but heads.y.labels is 1;"
+     " set labels: auto to learn them"),
+    ({"type": "classification"}, ["a", "a"], "holds 1 class(es) (a); a classification needs at least 2"),
+    ({"type": "multilabel"}, ["", ""], "target column 'y' of heads.y holds no labels"),
+])
+def test_targets_that_do_not_fit_the_head_are_refused(head, values, words):
+    with pytest.raises(polymodal.DataError) as info:
+        _target_codec(head).fit(read_table({"y": values}))
+    assert words in str(info.value)
+
+
+def _target_codec(head: dict):
+    from polymodal.data.binding import Binding
+
+    spec = polymodal.load_spec({"name": "t", "inputs": {"x": {"adapter": {
+        "type": "tabular", "numerical": ["x"]}}}, "heads": {"y": head}})
+    return Binding(spec).head_codec("y")
