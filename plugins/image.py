@@ -30,7 +30,9 @@ RGB = ("red", "green", "blue")
 class ImageAdapter(ModalityAdapter):
     """Images of any channel count (RGB, 1-channel scans, multispectral), with optional 1x1 projection.
 
-    Takes a float tensor ``[B, channels, H, W]``. Per-channel normalisation (``mean``/``std``,
+    Takes a float tensor ``[B, channels, H, W]``, or a uint8 one that it scales to 0..1 (as
+    8-bit image files are read; batches read from a table travel as uint8 where they can, a
+    quarter of the bytes to copy to a GPU). Per-channel normalisation (``mean``/``std``,
     or the ``imagenet`` preset for RGB) is stored as buffers in the model file. ``project_to``
     adds a learned 1x1 convolution to the backbone's channel count, so inputs with different
     channel counts can share one backbone. The projection has no normalisation layer unless
@@ -170,8 +172,7 @@ class ImageAdapter(ModalityAdapter):
             raise DataError(
                 f"image input: expected a [batch, {self.config.channels}, height, width] tensor,"
                 f" got shape {list(images.shape)}")
-        if not images.is_floating_point():
-            images = images.float()
+        images = _scaled(images)
         if self.normalizes:
             images = (images - self.mean) / self.std
         return self.projection(images)
@@ -251,15 +252,16 @@ class ImageCodec(Codec):
             return f"image array of shape {list(value.shape)}"
         return f"image {value!r}"
 
-    def _read(self, table: Table, position: int, issues: RowIssues) -> np.ndarray | None:
+    def _read(self, table: Table, position: int, issues: RowIssues,
+              keep_uint8: bool = False) -> np.ndarray | None:
         source = self._source(table, position, issues)
         if source is None:
             return None
         try:
             if isinstance(source, Path):
-                image = read_image(source, self.config.channels)
+                image = read_image(source, self.config.channels, keep_uint8=keep_uint8)
             else:
-                image = image_array(source, self.config.channels)
+                image = image_array(source, self.config.channels, keep_uint8=keep_uint8)
         except ImageReadError as exc:
             issues.bad_row(position, self.column(), f"{self._name(table, position)} {exc}")
             return None
@@ -275,7 +277,7 @@ class ImageCodec(Codec):
         if size is None or tuple(tensor.shape[1:]) == size:
             return tensor
         return torch.nn.functional.interpolate(
-            tensor[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+            _scaled(tensor)[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
     def fit(self, table: Table) -> dict:
         issues = RowIssues(table)
@@ -308,10 +310,12 @@ class ImageCodec(Codec):
         return {}
 
     def encode(self, table: Table, state: dict, issues: RowIssues) -> torch.Tensor:
+        """A batch of the rows' images: uint8 when every one is 8-bit and unresized (the
+        adapter scales it to 0..1 where it runs), float32 otherwise."""
         shape = tuple(state["shape"]) if state.get("shape") else None
         images = []
         for position in range(len(table)):
-            image = self._read(table, position, issues)
+            image = self._read(table, position, issues, keep_uint8=True)
             tensor = None if image is None else self._resize(image)
             if tensor is not None and shape is not None and tuple(tensor.shape[1:]) != shape:
                 issues.bad_row(position, self.column(),
@@ -321,13 +325,23 @@ class ImageCodec(Codec):
             images.append(tensor)
         if shape is None:
             shape = next((tuple(t.shape[1:]) for t in images if t is not None), (1, 1))
-        placeholder = torch.zeros(self.config.channels, *shape)
+        found = [t for t in images if t is not None]
+        dtype = torch.uint8 if found and all(t.dtype == torch.uint8 for t in found) else torch.float32
+        placeholder = torch.zeros(self.config.channels, *shape, dtype=dtype)
         if not images:
             return placeholder[None][:0]
-        return torch.stack([placeholder if t is None else t for t in images])
+        return torch.stack([placeholder if t is None else t if t.dtype == dtype else _scaled(t)
+                            for t in images])
 
     def augment(self, value: torch.Tensor, options, generator: torch.Generator) -> torch.Tensor:
         return augment_images(value, options, generator)
+
+
+def _scaled(images: torch.Tensor) -> torch.Tensor:
+    """Floating-point images; uint8 ones scaled to 0..1 as 8-bit image files are."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    return images if images.is_floating_point() else images.float()
 
 
 @polymodal.hookimpl

@@ -17,6 +17,9 @@ def augment_images(images: torch.Tensor, options: Augment, generator: torch.Gene
     if not options.any():
         return images
     batch, _, height, width = images.shape
+    if images.dtype == torch.uint8 and (options.crop_padding or options.noise_std):
+        # Reflection padding and noise need floating point: scale as the image adapter would.
+        images = images.float() / 255.0
 
     def coin() -> torch.Tensor:
         return torch.rand(batch, generator=generator) < 0.5

@@ -3,6 +3,8 @@ and images held in memory (numpy arrays or tensors in a table's cells).
 
 Every reader gives a float32 array ``[channels, height, width]``. 8-bit images are scaled to
 0..1 and 16-bit ones by 65535; ``.npy`` and floating-point TIFF values are kept as they are.
+With ``keep_uint8`` an 8-bit image stays uint8 (0..255), a quarter of the bytes to move between
+processes and to a GPU; the image adapter scales uint8 batches the same way.
 Arrays may be stored channels-first or channels-last: with ``channels`` given, a 3-D array
 whose last axis (and not its first) matches is read as channels-last.
 """
@@ -24,8 +26,10 @@ class ImageReadError(Exception):
     """A file is missing, unreadable or not an image; the message says which."""
 
 
-def _scale(array: np.ndarray) -> np.ndarray:
+def _scale(array: np.ndarray, keep_uint8: bool = False) -> np.ndarray:
     if array.dtype == np.uint8:
+        if keep_uint8:
+            return array
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
         return array.astype(np.float32) / 65535.0
@@ -65,7 +69,7 @@ def _pil_array(path: Path) -> np.ndarray:
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         elif image.mode in ("I", "I;16B", "I;16L"):
             image = image.convert("I;16") if image.mode != "I" else image
-        array = np.asarray(image)
+        array = np.array(image)  # a writable copy: batches are built from it
     if array.dtype == np.int32:  # mode "I": 32-bit integers, kept as values
         array = array.astype(np.float32)
     return array
@@ -86,8 +90,9 @@ def _tiff_array(path: Path) -> np.ndarray:
         raise ImageReadError(f"is not a readable TIFF file ({exc})") from None
 
 
-def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
-    """The image at ``path`` as float32 ``[channels, height, width]``."""
+def read_image(path: str | Path, channels: int | None = None, *,
+               keep_uint8: bool = False) -> np.ndarray:
+    """The image at ``path`` as float32 ``[channels, height, width]`` (or uint8, see above)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -108,8 +113,9 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     except OSError as exc:
         raise ImageReadError(f"cannot be read ({exc.strerror or exc})") from None
     if suffix in PIL_SUFFIXES and array.ndim == 3:
-        return image_array(np.moveaxis(array, -1, 0))  # Pillow gives channels last
-    return image_array(array, channels)
+        # Pillow gives channels last
+        return image_array(np.moveaxis(array, -1, 0), keep_uint8=keep_uint8)
+    return image_array(array, channels, keep_uint8=keep_uint8)
 
 
 def is_image_array(value: Any) -> bool:
@@ -117,15 +123,15 @@ def is_image_array(value: Any) -> bool:
     return isinstance(value, np.ndarray) or hasattr(value, "detach")
 
 
-def image_array(array: Any, channels: int | None = None) -> np.ndarray:
+def image_array(array: Any, channels: int | None = None, *, keep_uint8: bool = False) -> np.ndarray:
     """An image array (numpy or tensor; ``[C, H, W]``, ``[H, W, C]`` or ``[H, W]``) as float32
-    ``[channels, height, width]``, scaled by its integer type like a file's."""
+    ``[channels, height, width]``, scaled by its integer type like a file's (or kept uint8)."""
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         raise ImageReadError(f"holds {array.dtype} values, not numbers")
-    return np.ascontiguousarray(_scale(_channels_first(array, channels)))
+    return np.ascontiguousarray(_scale(_channels_first(array, channels), keep_uint8))
 
 
 def image_shape(path: str | Path, channels: int | None = None) -> tuple[int, int, int]:

@@ -64,3 +64,48 @@ def test_augmentation_keeps_every_band_and_is_reproducible():
             assert set(first[b, c].flatten().tolist()) <= set(images[b, c].flatten().tolist())
     noisy = augment_images(images, Augment(noise_std=0.5), torch.Generator().manual_seed(0))
     assert 0.3 < float((noisy - images).std()) < 0.7
+
+
+def test_8_bit_batches_travel_as_uint8_and_the_adapter_scales_them(dataset, tmp_path):
+    from polymodal.data.binding import Binding
+    from polymodal.data.table import read_table
+
+    spec = polymodal.load_spec({"inputs": {"photo": {"adapter": {"type": "image", "channels": 3},
+                                                     "backbone": {"type": "timm", "model": "resnet10t"}}},
+                                "heads": {"label": {"type": "classification", "classes": 2}}})
+    binding, table = Binding(spec), read_table(dataset)
+    state = binding.fit(table)
+    batch = binding.encode(table.take(range(8)), state, targets=False).inputs["photo"]
+    assert batch.dtype == torch.uint8  # a quarter of the bytes of float32
+    files = [read_image(dataset.parent / p) for p in table.columns["photo"][:8]]
+    assert torch.equal(batch.float() / 255, torch.from_numpy(np.stack(files)))
+
+    model = polymodal.build(binding.complete(state)).eval()
+    with torch.no_grad():
+        assert torch.equal(model({"photo": batch})["label"], model({"photo": batch.float() / 255})["label"])
+
+    # reflection padding and noise need floats: augmentation scales first, the same way
+    options = Augment(hflip=True, crop_padding=2)
+    assert torch.equal(augment_images(batch, options, torch.Generator().manual_seed(1)),
+                       augment_images(batch.float() / 255, options, torch.Generator().manual_seed(1)))
+    flipped = augment_images(batch, Augment(hflip=True, rot90=True), torch.Generator().manual_seed(1))
+    assert flipped.dtype == torch.uint8
+
+
+def test_16_bit_images_make_a_float_batch(tmp_path):
+    from PIL import Image
+
+    from polymodal.data.binding import Binding
+    from polymodal.data.table import read_table
+
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "flat.png")
+    spec = polymodal.load_spec({"inputs": {"scan": {"adapter": {"type": "image", "channels": 1},
+                                                    "backbone": {"type": "timm", "model": "resnet10t",
+                                                                 "in_chans": 1}}},
+                                "heads": {"y": {"type": "regression"}}})
+    binding = Binding(spec)
+    table = read_table({"scan": [str(tmp_path / "deep.png"), str(tmp_path / "flat.png")], "y": [1, 2]})
+    batch = binding.encode(table, binding.fit(table), targets=False).inputs["scan"]
+    assert batch.dtype == torch.float32
+    assert torch.allclose(batch[:, 0, 0, 0], torch.tensor([40000 / 65535, 200 / 255]))
