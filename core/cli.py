@@ -408,7 +408,8 @@ def _human(as_json: bool, quiet: bool):
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Logs, plot and checkpoint (default: <output stem>.run beside the output).")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its checkpoint.")
-@click.option("--quiet", is_flag=True, help="No progress bar or epoch lines.")
+@click.option("--quiet", is_flag=True, help="No progress bar or epoch lines: the final summary"
+              " only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON only.")
 def train(spec_path: str, data: str, output: str, val_data: str | None, val_fraction: float | None,
           group_by: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
@@ -437,8 +438,7 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
         return
     for line in result.report.lines():
         click.echo(line, err=True)
-    if not quiet:
-        click.echo(final_table(result))
+    click.echo(final_table(result))
 
 
 @cli.command()

@@ -366,7 +366,8 @@ class TabularCodec(Codec):
             # when the vocabulary is shorter than a cardinality the spec fixed.
             ids, unseen = encode_categories(table.columns[column], lookup(vocabulary),
                                             unknown=-2, missing=-1)
-            issues.note(f"unseen categories in column {column!r}", unseen)
+            issues.note(f"value(s) in column {column!r} not seen in training: used the reserved"
+                        " unknown category", unseen)
             out[column] = torch.from_numpy(ids)
         for column in self.config.numerical:
             out[column] = torch.from_numpy(numeric_column(table, column, issues).astype(np.float32))

@@ -33,7 +33,8 @@ class RowIssues:
     """What encoding found in the rows of one table chunk.
 
     ``bad`` holds rows that cannot be used (position -> message naming the row and column);
-    ``notes`` counts tolerated oddities (unseen categories) to report once.
+    ``notes`` counts tolerated oddities (unseen categories, targets missing for some heads) to
+    report once: each is a phrase that follows its count.
     """
 
     def __init__(self, table: Table):
@@ -198,10 +199,19 @@ class Binding:
             b.codec.check(table, issues, None if state is None else state["inputs"][b.name])
         if targets:
             any_target = np.zeros(len(table), dtype=bool)
+            has: dict[str, np.ndarray] = {}
             for b in self.heads:
                 b.codec.check(table, issues, None if state is None else state["heads"][b.name])
-                any_target |= b.codec.has_target(table)  # type: ignore[attr-defined]
+                has[b.name] = b.codec.has_target(table)  # type: ignore[attr-defined]
+                any_target |= has[b.name]
             self._no_target(issues, any_target)
+            if len(self.heads) > 1:
+                usable = any_target.copy()
+                usable[list(issues.bad)] = False
+                for b in self.heads:
+                    issues.note(f"row(s) without a target in column"
+                                f" {'/'.join(b.codec.columns())!r}: left out of head {b.name!r}"
+                                " only", int((usable & ~has[b.name]).sum()))
         return issues
 
     def _no_target(self, issues: RowIssues, any_target: np.ndarray) -> None:

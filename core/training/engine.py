@@ -125,7 +125,7 @@ def _checked(table: Table, binding: Binding, policy: str, report: RowReport) -> 
     binding.require_columns(table, targets=True)
     issues = binding.check(table, None, targets=True)
     fail_on(issues.bad, policy)
-    report.add(bad=issues.bad)
+    report.add(bad=issues.bad, notes=issues.notes)
     if not issues.bad:
         return table
     return table.take([p for p in range(len(table)) if p not in issues.bad])
@@ -361,6 +361,7 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         torch.manual_seed(derive_seed(opts.seed, epoch, 2))
         batches = _epoch_batches(len(train_table), opts.batch_size, context.world, context.rank,
                                  opts.seed, epoch)
+        lr_at_start = optimizer.param_groups[0]["lr"]  # the epoch's (first) learning rate
         started = shown = time.perf_counter()
         # Summed on the device: reading a loss every step would make the host wait for the GPU.
         loss_sum, seen = torch.zeros((), device=context.device), 0
@@ -402,7 +403,7 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
             bar.close()
         seconds = time.perf_counter() - started
         row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1),
-                               "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                               "lr": lr_at_start, "seconds": round(seconds, 3),
                                "rows_per_s": round(seen * context.world / max(seconds, 1e-9), 1)}
         if len(val_table):
             val_batches = [np.arange(i, min(i + 256, len(val_table)))
@@ -463,7 +464,7 @@ def _epoch_line(row: dict[str, Any], metric: str, value: float, improved: bool) 
             parts.append(f"val loss {values:.4f}")
             continue
         shown = [f"{k} {v:.4f}" for k, v in values.items() if k != "loss" and not math.isnan(v)]
-        parts.append(f"{head}: {', '.join(shown[:4])}")
+        parts.append(f"{head}: {', '.join(shown)}")
     parts.append(f"{row['rows_per_s']:.0f} rows/s")
     line = "; ".join(parts)
     return line + ("  *best*" if improved else "")

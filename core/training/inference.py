@@ -34,9 +34,12 @@ class RowReport:
     skipped: list[str] = field(default_factory=list)
     notes: Counter[str] = field(default_factory=Counter)
 
-    def add(self, encoded: Encoded | None = None, bad: dict[int, str] | None = None) -> None:
+    def add(self, encoded: Encoded | None = None, bad: dict[int, str] | None = None,
+            notes: Counter[str] | None = None) -> None:
         if bad:
             self.skipped.extend(bad.values())
+        if notes:
+            self.notes.update(notes)
         if encoded is not None:
             self.skipped.extend(encoded.bad.values())
             self.notes.update(encoded.notes)
@@ -48,8 +51,7 @@ class RowReport:
             out += [f"  {m}" for m in self.skipped[:limit]]
             if len(self.skipped) > limit:
                 out.append(f"  ... and {len(self.skipped) - limit} more")
-        out += [f"{count} value(s): {what} (used the reserved unknown category)"
-                for what, count in sorted(self.notes.items())]
+        out += [f"{count} {what}" for what, count in sorted(self.notes.items())]
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -111,7 +113,7 @@ def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool
             continue
         issues = binding.check(chunk, state, targets)
         fail_on(issues.bad, policy)
-        report.add(bad=issues.bad)
+        report.add(bad=issues.bad, notes=issues.notes)
         keep = [p for p in range(len(chunk)) if p not in issues.bad]
         chunk = chunk.take(keep) if len(keep) < len(chunk) else chunk
         if len(chunk) == 0:

@@ -82,7 +82,8 @@ def test_unseen_category_at_predict_uses_the_unknown_row_and_is_counted(trained,
     new = write_csv(tmp_path / "new.csv", rows)
     result = polymodal.predict(model, new)
     assert len(result["columns"]["label"]) == 5
-    assert result["notes"] == {"unseen categories in column 'color'": 2}
+    assert result["notes"] == {"value(s) in column 'color' not seen in training: used the"
+                               " reserved unknown category": 2}
 
 
 def test_unknown_class_at_evaluate_is_a_bad_row(trained, tmp_path):
@@ -131,8 +132,10 @@ def test_cli_train_skip_reports_and_fail_exits_cleanly(dataset, tmp_path, capsys
     assert not model.exists()
     assert main(["train", str(spec_path), "--data", str(dataset), "-o", str(model), "--quiet",
                  "--on-bad-row", "skip"]) == 0
-    _, err = capsys.readouterr()
+    out, err = capsys.readouterr()
     assert "skipped 1 bad row(s):" in err and model.exists()
+    assert "epoch 1: train loss" not in err  # quiet: no epoch lines, but the summary
+    assert "best epoch 1 of 1" in out
 
 
 def test_model_not_trained_on_a_table_cannot_predict(tmp_path, dataset):

@@ -36,6 +36,8 @@ def test_train_saves_model_with_fitted_state_and_completed_spec(dataset, tmp_pat
     assert spec["heads"]["label"]["classes"] == 2
     assert len(spec["inputs"]["photo"]["adapter"]["mean"]) == 3
     assert [r["epoch"] for r in result.history] == [1, 2]
+    # the learning rate each epoch starts with: the configured one, then down the cosine
+    assert result.history[0]["lr"] == pytest.approx(0.01) and 0 < result.history[1]["lr"] < 0.01
     run = tmp_path / "m.run"
     assert (run / "metrics.csv").read_text().startswith("epoch,train_loss")
     logged = json.loads((run / "metrics.json").read_text())
@@ -116,9 +118,13 @@ def test_multilabel_empty_cells_can_mean_no_target_for_that_head(dataset, tmp_pa
     table = write_csv(tmp_path / "tags.csv", rows)
     spec = spec_data(epochs=1)
     spec["heads"]["tags"] = {"type": "multilabel", "separator": "|", "empty": "no_target"}
-    polymodal.train(spec, table, tmp_path / "m.safetensors", progress=False)
-    heads = polymodal.evaluate(tmp_path / "m.safetensors", table)["heads"]
-    assert (heads["label"]["rows"], heads["tags"]["rows"]) == (len(rows), len(rows) // 2)
+    result = polymodal.train(spec, table, tmp_path / "m.safetensors", progress=False)
+    masked = "row(s) without a target in column 'tags': left out of head 'tags' only"
+    assert f"{len(rows) // 2} {masked}" in result.report.lines()
+    evaluation = polymodal.evaluate(tmp_path / "m.safetensors", table)
+    assert (evaluation["heads"]["label"]["rows"], evaluation["heads"]["tags"]["rows"]) == \
+        (len(rows), len(rows) // 2)
+    assert evaluation["notes"] == {masked: len(rows) // 2}
 
 def test_group_by_keeps_groups_on_one_side(dataset):
     table = read_table(dataset)
