@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from .components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
-from .errors import ComponentError, SpecError, did_you_mean
+from .errors import ComponentError, SpecError, close_matches, did_you_mean
 from .registry import ComponentRecord, Registry, get_registry
 from .training.options import TrainingOptions
 
@@ -205,6 +205,7 @@ def _pydantic_problems(
     of locations and the members' complaints are joined into one message."""
     problems: dict[str, list[str]] = {}
     got: dict[str, str] = {}
+    suggested: set[str] = set()  # keys a misspelt key points to: their "missing" goes unsaid
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         if data is not None:
@@ -213,6 +214,8 @@ def _pydantic_problems(
         if err["type"] == "extra_forbidden":
             fields = _fields_at(model, loc[:-1])
             hint = did_you_mean(str(loc[-1]), fields) if fields else ""
+            suggested.update(".".join(filter(None, [prefix, _format_loc((*loc[:-1], f))]))
+                             for f in close_matches(str(loc[-1]), fields or ()))
             known = f" Known keys: {', '.join(sorted(fields))}." if fields else ""
             problems.setdefault(where, []).append(_unknown_key(hint, known))
             continue
@@ -224,7 +227,8 @@ def _pydantic_problems(
             messages.append(msg)
         if err["type"] != "missing" and "input" in err:
             got[where] = f" (got {err['input']!r})"
-    return [(where, " or ".join(msgs) + got.get(where, "")) for where, msgs in problems.items()]
+    return [(where, " or ".join(msgs) + got.get(where, "")) for where, msgs in problems.items()
+            if not (where in suggested and msgs == ["Field required"])]
 
 
 def _data_location(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any, ...]:

@@ -93,6 +93,16 @@ def test_unknown_key_suggests_close_match(image_spec):
     assert "Did you mean 'channels'" in message
 
 
+
+def test_a_misspelt_required_key_is_one_problem_not_two(image_spec):
+    image_spec["inputs"]["photo"]["backbone"] = {"type": "mlp", "hiden": [16]}
+    message = error_of(image_spec)
+    assert "inputs.photo.backbone.hiden: unknown key. Did you mean 'hidden'?" in message
+    assert "Field required" not in message
+    image_spec["inputs"]["photo"]["backbone"] = {"type": "mlp", "layers": [16]}
+    message = error_of(image_spec)  # nothing like it: the missing key is said too
+    assert "inputs.photo.backbone.hidden: Field required" in message
+
 def test_unknown_top_level_key(image_spec):
     image_spec["head"] = {}
     message = error_of(image_spec)
