@@ -269,11 +269,13 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     spec = model.spec.to_dict()
+    fitted = getattr(model, "fitted_state", None)
     if as_json:
         click.echo(json.dumps({
             "file": model_path, "format": metadata["polymodal.format"], "versions": versions,
             "spec": spec, "parameters": {"total": total, "trainable": trainable,
                                          "parts": {n: {"total": t, "trainable": tr} for n, t, tr in counts}},
+            "fitted": fitted,
         }, indent=2))
         return
     import yaml
@@ -286,6 +288,24 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
     rows = [[n, f"{t:,}", f"{tr:,}" if tr == t else f"{tr:,} ({t - tr:,} frozen)"] for n, t, tr in counts]
     rows.append(["total", f"{total:,}", f"{trainable:,}"])
     click.echo(_table(rows, ["PART", "PARAMETERS", "TRAINABLE"]))
+    if fitted:
+        click.echo("\nfitted on the training table (what predict applies to raw rows):")
+        for section, parts in fitted.items():
+            for name, state in parts.items():
+                for key, value in state.items():
+                    click.echo(f"  {section}.{name}.{key}: {_brief(value)}")
+
+
+def _brief(value: Any, items: int = 8) -> str:
+    """A fitted value on one line: lists by their length and first items, numbers rounded."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {_brief(v, items)}" for k, v in value.items())
+    if isinstance(value, list):
+        shown = ", ".join(_brief(v, items) for v in value[:items])
+        return f"({len(value)}) {shown}" + (", ..." if len(value) > items else "")
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 @cli.command()

@@ -266,3 +266,14 @@ def test_backbones_get_their_own_learning_rate_and_sgd_its_momentum():
         scheduler.step()
         peaks.append(optimizer.param_groups[1]["lr"])
     assert max(peaks) == pytest.approx(0.01, rel=0.05)  # one-cycle peaks at each group's own lr
+
+
+def test_inspect_shows_what_was_fitted_on_the_training_table(trained, capsys):
+    model, _ = trained
+    assert main(["inspect", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "heads.label.classes: (2) no, yes" in out
+    assert "inputs.report.vocabularies: color (3) blue, green, red" in out
+    assert main(["inspect", str(model), "--json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)["fitted"]
+    assert fitted["heads"]["label"]["classes"] == ["no", "yes"]
