@@ -49,8 +49,9 @@ class TabularAdapter(ModalityAdapter):
     ``numerical_embedding`` turns each numerical value into a vector (Gorishniy et al., "On
     Embeddings for Numerical Features in Tabular Deep Learning"): ``linear`` (value times a
     learned vector), ``piecewise_linear`` (the value's position within ``bins`` bins whose
-    edges are the ``bin_edges`` buffer, by default standard-normal quantiles of the
-    standardised value, then a linear layer) or ``periodic`` (sines and cosines of learned
+    edges are the ``bin_edges`` buffer: trained on a table, the quantiles of each standardised
+    column's training values, so every bin holds as many rows; otherwise standard-normal
+    quantiles; then a linear layer) or ``periodic`` (sines and cosines of learned
     frequencies, then a linear layer and ReLU).
 
     ``output: vector`` concatenates everything into one vector; ``output: tokens`` gives one
@@ -267,10 +268,9 @@ class NumericalEmbedding(nn.Module):
         if kind == "linear":
             features = 1
         elif kind == "piecewise_linear":
-            # Standard-normal quantiles: equal-mass bins for a standardised column. A data
-            # binding may overwrite the buffer with the column's own quantiles.
-            normal = statistics.NormalDist()
-            edges = [normal.inv_cdf(min(max(i / bins, 0.001), 0.999)) for i in range(bins + 1)]
+            # Equal-mass bins for a normally distributed standardised column, until training
+            # on a table puts in the column's own quantiles.
+            edges = _normal_edges(bins)
             self.register_buffer("bin_edges", torch.tensor([edges] * columns))  # [n, bins + 1]
             features = bins
         else:
@@ -338,15 +338,20 @@ class TabularCodec(Codec):
                     kept = {v for v, _ in counts.most_common(card)}
                     found = [v for v in found if v in kept]
             vocabularies[column] = found
-        means, stds = [], []
+        means, stds, edges = [], [], []
         for column in self.config.numerical:
             values = numeric_column(table, column, None)
             finite = values[np.isfinite(values)]
             mean = float(finite.mean()) if finite.size else 0.0
             std = float(finite.std()) if finite.size > 1 else 1.0
+            std = std if std > 1e-12 else 1.0
             means.append(mean)
-            stds.append(std if std > 1e-12 else 1.0)
-        return {"vocabularies": vocabularies, "mean": means, "std": stds}
+            stds.append(std)
+            edges.append(_quantile_edges((finite - mean) / std, self.config.bins))
+        state = {"vocabularies": vocabularies, "mean": means, "std": stds}
+        if self.config.numerical_embedding == "piecewise_linear":
+            state["bin_edges"] = edges
+        return state
 
     def complete(self, state: dict) -> dict:
         learned = {c: max(1, len(state["vocabularies"][c]))
@@ -357,6 +362,9 @@ class TabularCodec(Codec):
         with torch.no_grad():
             module.num_mean.copy_(torch.tensor(state["mean"], dtype=torch.float32))
             module.num_std.copy_(torch.tensor(state["std"], dtype=torch.float32))
+            if "bin_edges" in state and module.numerical_embedding is not None:
+                module.numerical_embedding.bin_edges.copy_(
+                    torch.tensor(state["bin_edges"], dtype=torch.float32))
 
     def encode(self, table: Table, state: dict, issues: RowIssues) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -372,6 +380,23 @@ class TabularCodec(Codec):
         for column in self.config.numerical:
             out[column] = torch.from_numpy(numeric_column(table, column, issues).astype(np.float32))
         return out
+
+
+def _normal_edges(bins: int) -> list[float]:
+    """``bins + 1`` standard-normal quantiles (the outer ones at 0.1% and 99.9%)."""
+    normal = statistics.NormalDist()
+    return [normal.inv_cdf(min(max(i / bins, 0.001), 0.999)) for i in range(bins + 1)]
+
+
+def _quantile_edges(values: np.ndarray, bins: int) -> list[float]:
+    """``bins + 1`` edges at the quantiles of ``values``, spread apart where values repeat (a
+    bin needs a width); standard-normal quantiles when there are no values."""
+    if values.size == 0:
+        return _normal_edges(bins)
+    edges = np.quantile(values, np.linspace(0.0, 1.0, bins + 1))
+    for i in range(1, len(edges)):
+        edges[i] = max(edges[i], edges[i - 1] + 1e-3)
+    return [float(e) for e in edges]
 
 
 @polymodal.hookimpl

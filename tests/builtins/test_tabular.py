@@ -99,6 +99,26 @@ def test_default_bins_are_normal_quantiles():
     assert torch.allclose(inner, torch.tensor([-0.6745, 0.0, 0.6745]), atol=1e-4)
 
 
+
+def test_training_on_a_table_puts_each_columns_quantiles_into_the_bins(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    skewed = rng.exponential(size=200)  # far from normal: the default edges would waste bins
+    table = {"x": skewed.tolist(), "z": [1.0, 2.0] * 100, "y": rng.normal(size=200).tolist()}
+    spec = {"inputs": {"t": {"adapter": {"type": "tabular", "numerical": ["x", "z"],
+                                         "numerical_embedding": "piecewise_linear", "bins": 4}}},
+            "heads": {"y": {"type": "regression"}},
+            "training": {"epochs": 1, "val_fraction": 0.0, "lr": 1e-9}}
+    result = polymodal.train(spec, table, tmp_path / "m.safetensors", progress=False)
+    edges = polymodal.load(tmp_path / "m.safetensors").adapters["t"].numerical_embedding.bin_edges
+    standard = (skewed - skewed.mean()) / skewed.std()
+    expected = np.quantile(standard, [0, 0.25, 0.5, 0.75, 1.0])
+    assert torch.allclose(edges[0], torch.tensor(expected, dtype=torch.float32), atol=1e-5)
+    # a column of two values still gets bins of some width, in order
+    assert bool((edges[1][1:] > edges[1][:-1]).all())
+    assert result.model.fitted_state["inputs"]["t"]["bin_edges"][0] == pytest.approx(expected)
+
 def test_periodic_embedding_matches_the_definition():
     adapter = adapter_of(categorical={}, numerical=["x"], numerical_embedding="periodic",
                          frequencies=3, numerical_dim=5, missing_indicators=False)
