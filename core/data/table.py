@@ -79,10 +79,11 @@ def _from_mapping(data: Mapping[str, Sequence[Any]], source: str, base_dir: Path
     columns: dict[str, np.ndarray] = {}
     length: int | None = None
     for name, values in data.items():
-        try:
+        if isinstance(values, (list, tuple)) and values and (
+                isinstance(values[0], np.ndarray) or hasattr(values[0], "detach")):
+            array = _object_array(list(values))  # arrays (images) in cells: no stacked copy
+        else:
             array = np.asarray(values)
-        except (ValueError, TypeError, RuntimeError):  # cells numpy cannot stack (tensors)
-            array = _object_array(list(values))
         if array.ndim != 1:
             array = _object_array(list(values))
         if length is not None and array.shape[0] != length:
