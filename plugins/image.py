@@ -230,7 +230,8 @@ class ImageCodec(Codec):
                 if isinstance(source, Path):
                     channels, height, width = image_shape(source, self.config.channels)
                 else:
-                    channels, height, width = image_array(source, self.config.channels).shape
+                    channels, height, width = image_array(
+                        source, self.config.channels, keep_uint8=True).shape
             except ImageReadError as exc:
                 issues.bad_row(position, self.column(), f"{named} {exc}")
                 continue

@@ -74,7 +74,6 @@ def classification_metrics(probabilities: np.ndarray, target: np.ndarray) -> dic
     }
 
 
-
 def multilabel_metrics(probabilities: np.ndarray, target: np.ndarray,
                        threshold: float = 0.5) -> dict[str, float]:
     """For ``[N, labels]`` probabilities and 0/1 targets: subset_accuracy (every label of a row
@@ -101,6 +100,7 @@ def multilabel_metrics(probabilities: np.ndarray, target: np.ndarray,
         "macro_f1": float(per_label_f1.mean()) if seen.any() else 1.0,
         "auroc": float(np.mean(valid)) if valid else math.nan,
     }
+
 
 def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """rmse, mae and r2 (1 - residual / total sum of squares; over every output)."""
