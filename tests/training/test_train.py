@@ -259,6 +259,7 @@ def test_backbones_get_their_own_learning_rate_and_sgd_its_momentum():
     rest, backbones = optimizer.param_groups
     assert {id(p) for p in backbones["params"]} == {id(p) for p in model.input_backbones.parameters()}
     assert (rest["lr"], backbones["lr"], rest["momentum"]) == (0.1, 0.01, 0.9)
+    assert optimizer.defaults["fused"]  # one kernel for all parameters where torch has one
     scheduler = _scheduler(optimizer, options, total_steps=10)
     peaks = []
     for _ in range(10):
@@ -277,3 +278,26 @@ def test_inspect_shows_what_was_fitted_on_the_training_table(trained, capsys):
     assert main(["inspect", str(model), "--json"]) == 0
     fitted = json.loads(capsys.readouterr().out)["fitted"]
     assert fitted["heads"]["label"]["classes"] == ["no", "yes"]
+
+
+def test_the_fused_adamw_step_is_the_plain_one():
+    from polymodal.training.engine import _optimizer
+    from polymodal.training.options import TrainingOptions
+
+    torch.manual_seed(0)
+    spec = spec_data()
+    spec["inputs"]["report"]["adapter"]["categorical"] = {"color": 3}
+    spec["heads"]["label"]["classes"] = 2
+    model = polymodal.build(spec)
+    twin = polymodal.build(spec)
+    twin.load_state_dict(model.state_dict())
+    fused = _optimizer(model, TrainingOptions(lr=0.01, weight_decay=0.1))
+    plain = torch.optim.AdamW(twin.parameters(), lr=0.01, weight_decay=0.1)
+    for _ in range(3):
+        for net in (model, twin):
+            for i, p in enumerate(net.parameters()):
+                p.grad = torch.full_like(p, 0.01 * (i % 5 - 2))
+        fused.step()
+        plain.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
