@@ -10,7 +10,7 @@ training wall time and rows/s, and accuracy, balanced accuracy and AUROC on the 
 Runs only where pytorch-widedeep is installed beside polymodal (`pip install pytorch-widedeep`
 into a separate environment; it brings scikit-learn, pandas, opencv and more):
 
-    python benchmarks/bench_widedeep.py [--epochs 6] [--threads 2]
+    python benchmarks/bench_widedeep.py [--epochs 6] [--seeds 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def make_data(folder: Path) -> tuple[Path, Path]:
     return module.generate(folder)
 
 
-def run_polymodal(train: Path, test: Path, out: Path, epochs: int) -> tuple[float, dict]:
+def run_polymodal(train: Path, test: Path, out: Path, epochs: int, seed: int) -> tuple[float, dict]:
     spec = {
         "name": "parts_bench",
         "inputs": {
@@ -53,7 +53,7 @@ def run_polymodal(train: Path, test: Path, out: Path, epochs: int) -> tuple[floa
         "fusion": {"type": "concat", "hidden": [64]},
         "heads": {TARGET: {"type": "classification"}},
         "training": {"epochs": epochs, "batch_size": 32, "lr": 3e-3, "schedule": "none",
-                     "val_fraction": 0.0, "seed": 0},
+                     "val_fraction": 0.0, "seed": seed},
     }
     started = time.perf_counter()
     polymodal.train(spec, train, out / "polymodal.safetensors", progress=False)
@@ -62,7 +62,7 @@ def run_polymodal(train: Path, test: Path, out: Path, epochs: int) -> tuple[floa
     return seconds, {"reject": np.array(columns[f"{TARGET}_prob_reject"])}
 
 
-def run_widedeep(train: Path, test: Path, epochs: int) -> tuple[float, dict]:
+def run_widedeep(train: Path, test: Path, epochs: int, seed: int) -> tuple[float, dict]:
     import pandas as pd
     from pytorch_widedeep import Trainer
     from pytorch_widedeep.models import TabMlp, Vision, WideDeep
@@ -75,6 +75,7 @@ def run_widedeep(train: Path, test: Path, epochs: int) -> tuple[float, dict]:
     started = time.perf_counter()
     x_tab, x_img = tab.fit_transform(frames["train"]), images.fit_transform(frames["train"])
     target = (frames["train"][TARGET] == "reject").to_numpy().astype(np.float32)
+    torch.manual_seed(seed)
     deeptabular = TabMlp(column_idx=tab.column_idx, cat_embed_input=tab.cat_embed_input,
                          continuous_cols=NUMERICAL, mlp_hidden_dims=[32], mlp_dropout=0.0)
     # {"resnet18": None}: torchvision's ResNet-18 without downloaded weights, like polymodal's.
@@ -82,7 +83,7 @@ def run_widedeep(train: Path, test: Path, epochs: int) -> tuple[float, dict]:
     model = WideDeep(deeptabular=deeptabular, deepimage=deepimage, head_hidden_dims=[64],
                      pred_dim=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    trainer = Trainer(model, objective="binary", optimizers=optimizer, seed=0, verbose=0)
+    trainer = Trainer(model, objective="binary", optimizers=optimizer, seed=seed, verbose=0)
     trainer.fit(X_tab=x_tab, X_img=x_img, target=target, n_epochs=epochs, batch_size=32)
     seconds = time.perf_counter() - started
     probabilities = trainer.predict_proba(X_tab=tab.transform(frames["test"]),
@@ -94,30 +95,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     if importlib.util.find_spec("pytorch_widedeep") is None:
         print("bench_widedeep: pytorch-widedeep is not installed here; install it beside"
               " polymodal in a separate environment to compare")
         return
     torch.set_num_threads(args.threads)
+    import pytorch_widedeep  # noqa: F401 - both tools' imports happen before any timing
+    import torchvision  # noqa: F401
     with tempfile.TemporaryDirectory() as tmp:
         train, test = make_data(Path(tmp) / "data")
         import pandas as pd
 
         truth = (pd.read_csv(test)[TARGET] == "reject").to_numpy().astype(np.int64)
         rows = len(pd.read_csv(train))
-        results = {"polymodal": run_polymodal(train, test, Path(tmp), args.epochs),
-                   "pytorch-widedeep": run_widedeep(train, test, args.epochs)}
+        results: dict[str, list[tuple[float, dict]]] = {"polymodal": [], "pytorch-widedeep": []}
+        for seed in range(args.seeds):  # alternating, so that machine noise hits both alike
+            results["polymodal"].append(run_polymodal(train, test, Path(tmp), args.epochs, seed))
+            results["pytorch-widedeep"].append(run_widedeep(train, test, args.epochs, seed))
     print(f"\nparts data: {rows} training rows, {len(truth)} held out; ResNet-18 (random init)"
-          f" + MLP, concat, {args.epochs} epochs, batch 32, CPU ({args.threads} threads)")
-    print(f"{'tool':18s} {'train s':>8s} {'rows/s':>7s} {'accuracy':>9s} {'bal. acc.':>10s}"
-          f" {'AUROC':>6s}")
-    for tool, (seconds, scores) in results.items():
-        p = scores["reject"]
-        metrics = classification_metrics(np.stack([1 - p, p], axis=1), truth)
-        print(f"{tool:18s} {seconds:8.1f} {rows * args.epochs / seconds:7.0f}"
-              f" {metrics['accuracy']:9.3f} {metrics['balanced_accuracy']:10.3f}"
-              f" {metrics['auroc']:6.3f}")
+          f" + MLP, concat, {args.epochs} epochs, batch 32, CPU ({args.threads} threads);"
+          f" mean ± sd over {args.seeds} seeds")
+    print(f"{'tool':18s} {'train s':>11s} {'rows/s':>10s} {'accuracy':>13s} {'bal. acc.':>13s}"
+          f" {'AUROC':>13s}")
+    for tool, runs in results.items():
+        seconds = np.array([s for s, _ in runs])
+        metrics = [classification_metrics(np.stack([1 - p["reject"], p["reject"]], axis=1), truth)
+                   for _, p in runs]
+
+        def spread(values) -> str:
+            values = np.asarray(values, np.float64)
+            return f"{values.mean():.3f} ± {values.std():.3f}"
+
+        print(f"{tool:18s} {seconds.mean():6.1f} ± {seconds.std():2.0f}"
+              f" {np.mean(rows * args.epochs / seconds):5.0f} ± {np.std(rows * args.epochs / seconds):2.0f}"
+              f" {spread([m['accuracy'] for m in metrics]):>13s}"
+              f" {spread([m['balanced_accuracy'] for m in metrics]):>13s}"
+              f" {spread([m['auroc'] for m in metrics]):>13s}")
     sys.stdout.flush()
 
 
