@@ -280,10 +280,14 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(output)
     say = log or (lambda _: None)
     context = distributed.start(opts.device)
+    autotune = torch.backends.cudnn.benchmark
+    # Batches keep one shape, so cuDNN's per-shape search for the fastest convolution pays off.
+    torch.backends.cudnn.benchmark = autotune or context.device.type == "cuda"
     try:
         return _run(spec, opts, data, val, output, run_dir, on_bad_row, resume, progress,
                     say if context.main else (lambda _: None), on_step, context)
     finally:
+        torch.backends.cudnn.benchmark = autotune
         distributed.stop(context)
 
 

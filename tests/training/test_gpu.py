@@ -15,7 +15,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_training_on_the_gpu_with_workers_and_pinned_batches(dataset, tmp_path, precision):
     spec = spec_data(epochs=2, device="cuda", workers=2, precision=precision, channels_last=True)
+    torch.backends.cudnn.benchmark = False
     result = polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    assert torch.backends.cudnn.benchmark is False  # tuned during training only
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
     on_cpu = polymodal.predict(tmp_path / "m.safetensors", dataset, device="cpu")
     on_gpu = polymodal.predict(tmp_path / "m.safetensors", dataset, device="cuda")
