@@ -179,9 +179,11 @@ def _scheduler(optimizer: torch.optim.Optimizer, options: TrainingOptions, total
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def _set_frozen(model: PolymodalModel, frozen: bool) -> None:
+def _set_frozen(model: PolymodalModel, frozen: bool, trainable: set[int]) -> None:
+    """``training.freeze_backbones`` on or off; parameters a component froze itself (a
+    backbone's ``freeze`` option), not in ``trainable``, stay frozen either way."""
     for p in _backbone_parameters(model):
-        p.requires_grad_(not frozen)
+        p.requires_grad_(not frozen and id(p) in trainable)
 
 
 def _train_mode(model: PolymodalModel, frozen: bool) -> None:
@@ -367,9 +369,10 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
     if start_epoch > 1 and opts.early_stopping.patience and stale >= opts.early_stopping.patience:
         start_epoch = opts.epochs + 1
         stopped_early = True
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
     for epoch in range(start_epoch, opts.epochs + 1):
         frozen = opts.freeze_backbones and (opts.unfreeze_at is None or epoch < opts.unfreeze_at)
-        _set_frozen(model, frozen)
+        _set_frozen(model, frozen, trainable)
         _train_mode(model, frozen)
         torch.manual_seed(derive_seed(opts.seed, epoch, 2))
         batches = _epoch_batches(len(train_table), opts.batch_size, context.world, context.rank,

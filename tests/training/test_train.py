@@ -209,6 +209,21 @@ def test_frozen_backbones_keep_their_weights_until_unfrozen(dataset, tmp_path):
     assert backbone_changed(spec_data(epochs=2, freeze_backbones=True, unfreeze_at=2))
 
 
+
+def test_a_backbones_own_freeze_option_holds_through_training(dataset, tmp_path):
+    spec = spec_data(epochs=2, lr=0.05)
+    spec["inputs"]["photo"]["backbone"] = {"type": "timm", "model": "resnet10t",
+                                           "freeze": {"train_last": 1}}
+    result = polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    torch.manual_seed(0)  # the engine initialises with the seed before building
+    fresh = polymodal.build(result.model.spec, pretrained=False).input_backbones["photo"].model
+    trained = polymodal.load(tmp_path / "m.safetensors").input_backbones["photo"].model
+    for stage in ("conv1", "layer1", "layer2", "layer3"):  # frozen: weights and statistics
+        before, after = fresh.get_submodule(stage).state_dict(), trained.get_submodule(stage).state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), stage
+    before, after = fresh.layer4.state_dict(), trained.layer4.state_dict()
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+
 def test_cli_train_json_evaluate_and_predict(dataset, tmp_path, capsys):
     import yaml
 
