@@ -289,9 +289,15 @@ def build(
             )
     model = PolymodalModel(spec, modules, the_plan)
     if pretrained:
-        for where, module in located:
-            try:
-                module.load_pretrained()
-            except PolymodalError as exc:
-                raise SpecError([(where, str(exc))]) from None
+        from .weights import SPEC_FOLDER
+
+        folder = SPEC_FOLDER.set(spec._folder)
+        try:
+            for where, module in located:
+                try:
+                    module.load_pretrained()
+                except PolymodalError as exc:
+                    raise SpecError([(where, str(exc))]) from None
+        finally:
+            SPEC_FOLDER.reset(folder)
     return model

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     SerializeAsAny,
     Tag,
     ValidationError,
@@ -69,6 +70,9 @@ class ModelSpec(_StrictModel):
     heads: dict[str, SerializeAsAny[HeadConfig]] = Field(description="Prediction heads by name.", min_length=1)
     training: TrainingOptions = Field(default_factory=TrainingOptions,
                                       description=TrainingOptions.__doc__)
+    #: The folder of the file the spec was read from: relative paths in it (a ``pretrained``
+    #: weights file) are read from there. None for specs made from data.
+    _folder: Path | None = PrivateAttr(None)
 
     # -- derived views -------------------------------------------------------------------------
     def head_inputs(self, head: str) -> tuple[str, ...]:
@@ -444,7 +448,9 @@ def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None 
     if isinstance(source, Mapping):
         return validate_spec_data(source, registry)
     data = read_spec_file(source)
-    return validate_spec_data(data, registry, source=str(source))
+    spec = validate_spec_data(data, registry, source=str(source))
+    spec._folder = Path(source).resolve().parent
+    return spec
 
 
 # -- JSON Schema -----------------------------------------------------------------------------

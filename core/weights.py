@@ -4,6 +4,7 @@ models shares (:class:`PretrainedImageConfig`)."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -15,15 +16,24 @@ from .errors import ConnectionMismatch, PolymodalError
 from .freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
 from .signals import FeatureMap, Signal, Tokens, Vector
 
+#: The folder of the spec file being built, if it came from a file: ``pretrained:
+#: weights.safetensors`` then means the file beside the spec, wherever the command runs.
+SPEC_FOLDER: ContextVar[Path | None] = ContextVar("polymodal_spec_folder", default=None)
+
 SAFE_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` (preferred) or ``.pth``/``.pt`` (weights-only load)."""
+    """A state dict from ``.safetensors`` (preferred) or ``.pth``/``.pt`` (weights-only load).
+    A relative ``path`` is read from the folder of the spec file being built, if any."""
     path = Path(path).expanduser()
+    folder = SPEC_FOLDER.get()
+    if not path.is_absolute() and folder is not None:
+        path = folder / path
     if not path.is_file():
-        raise PolymodalError(f"pretrained weights file not found: {path}")
+        where = " (a relative path is read from the spec file's folder)" if folder else ""
+        raise PolymodalError(f"pretrained weights file not found: {path}{where}")
     suffix = path.suffix.lower()
     try:
         if suffix in SAFE_SUFFIXES:
@@ -145,7 +155,8 @@ class PretrainedImageConfig(BackboneConfig):
     model: str = Field(description="The library's model name.", min_length=1)
     pretrained: bool | str = Field(
         False, description="false; true (download the default weights); or the path of a"
-        " local .safetensors/.pth weights file.")
+        " local .safetensors/.pth weights file (a relative path is read from the spec file's"
+        " folder).")
     in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
     output: Literal["vector", "feature_map", "tokens"] = Field(
         "vector", description="Pooled vector, last feature map, or its positions as tokens.")

@@ -254,7 +254,8 @@ def test_missing_pretrained_file_through_build(capsys, tmp_path, image_spec, spe
     image_spec["backbones"]["vision"]["pretrained"] = "gone.safetensors"
     out = tmp_path / "out.safetensors"
     code, _, err = call(capsys, "build", str(spec_file(image_spec)), "-o", str(out))
-    assert_one_clear_error(code, err, "backbones.vision", "not found: gone.safetensors")
+    assert_one_clear_error(code, err, "backbones.vision", "not found:",
+                           "gone.safetensors (a relative path is read from the spec file's folder)")
     assert not out.exists()
 
 

@@ -116,6 +116,28 @@ def test_missing_pretrained_file(tmp_path):
     assert str(info.value) == f"backbones.vision: pretrained weights file not found: {missing}"
 
 
+
+def test_a_relative_weights_path_is_read_beside_the_spec_file(tmp_path, monkeypatch):
+    import yaml
+
+    project = tmp_path / "project"
+    project.mkdir()
+    state = known_weights(timm_source(), seed=3)
+    write(state, project / "rgb.safetensors")
+    spec = spec_with({"type": "timm", "model": "resnet10t", "pretrained": "rgb.safetensors"})
+    (project / "spec.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the path still means the file beside the spec
+    model = polymodal.build("project/spec.yaml")
+    loaded = model.backbones["vision"].model.state_dict()
+    assert torch.equal(loaded["conv1.0.weight"], state["conv1.0.weight"])
+
+    (project / "spec.yaml").write_text(yaml.safe_dump(spec).replace("rgb.", "gone."))
+    with pytest.raises(SpecError) as info:
+        polymodal.build("project/spec.yaml")
+    assert str(info.value) == (
+        "backbones.vision: pretrained weights file not found:"
+        f" {project / 'gone.safetensors'} (a relative path is read from the spec file's folder)")
+
 def test_weights_of_another_architecture(tmp_path):
     path = tmp_path / "weights.safetensors"
     write(known_weights(timm_source(), seed=1), path)
