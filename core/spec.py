@@ -225,11 +225,14 @@ def _pydantic_problems(
             continue
         messages = problems.setdefault(where, [])
         msg = err["msg"]
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")  # a validator's own sentence
         if messages and msg.startswith("Input should "):
             msg = msg[len("Input should "):]  # "... greater than 0 or be 'auto'"
         if msg not in messages:
             messages.append(msg)
-        if err["type"] != "missing" and "input" in err:
+        # A whole component's options (a validator across fields) would only repeat the spec.
+        if err["type"] != "missing" and "input" in err and not isinstance(err["input"], Mapping):
             got[where] = f" (got {err['input']!r})"
     return [(where, " or ".join(msgs) + got.get(where, "")) for where, msgs in problems.items()
             if not (where in suggested and msgs == ["Field required"])]

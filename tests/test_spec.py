@@ -276,3 +276,10 @@ def test_json_schema_covers_installed_components():
            "heads": {"y": {"type": "classification", "classes": 2}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_a_rule_across_options_reads_as_its_own_sentence(image_spec):
+    image_spec["inputs"]["photo"]["adapter"].update(channels=5, bands=["red", "green", "blue", "nir"])
+    message = error_of(image_spec)
+    assert "inputs.photo.adapter: bands has 4 names but the input has 5 channels" in message
+    assert "Value error" not in message and "(got {" not in message
