@@ -229,12 +229,14 @@ class PolymodalModel(nn.Module):
 
 def _instantiate(
     cls: type[Component], config: ComponentConfig, takes: Any, where: str,
-    located: list[tuple[str, Component]],
-) -> Component:
+    located: list[tuple[str, Component]], problems: list[tuple[str, str]],
+) -> Component | None:
+    """The component's module; a refusal goes to ``problems`` (all are reported at once)."""
     try:
         module = cls(config, takes)
     except PolymodalError as exc:
-        raise SpecError([(where, str(exc))]) from None
+        problems.append((where, str(exc)))
+        return None
     located.append((where, module))
     return module
 
@@ -258,35 +260,39 @@ def build(
         return registry.load(registry.record_for_config(type(config)))
 
     located: list[tuple[str, Component]] = []
+    problems: list[tuple[str, str]] = []
     modules: dict[str, dict[str, Component]] = {
         "adapters": {}, "backbones": {}, "input_backbones": {}, "fusions": {}, "heads": {}
     }
     for name, inp in spec.inputs.items():
         modules["adapters"][name] = _instantiate(
-            component_class(inp.adapter), inp.adapter, None, f"inputs.{name}.adapter", located
+            component_class(inp.adapter), inp.adapter, None, f"inputs.{name}.adapter", located, problems
         )
         if isinstance(inp.backbone, str) and inp.backbone not in modules["backbones"]:
             config = spec.backbones[inp.backbone]
             modules["backbones"][inp.backbone] = _instantiate(
                 component_class(config), config, the_plan.adapter_gives[name],
-                f"backbones.{inp.backbone}", located,
+                f"backbones.{inp.backbone}", located, problems,
             )
         elif isinstance(inp.backbone, ComponentConfig):
             modules["input_backbones"][name] = _instantiate(
                 component_class(inp.backbone), inp.backbone, the_plan.adapter_gives[name],
-                f"inputs.{name}.backbone", located,
+                f"inputs.{name}.backbone", located, problems,
             )
     for inputs, heads in the_plan.groups.items():
         if spec.fusion is not None:
             takes = the_plan.fusion_takes[inputs]
             modules["fusions"][group_key(inputs)] = _instantiate(
-                component_class(spec.fusion), spec.fusion, takes, "fusion", located
+                component_class(spec.fusion), spec.fusion, takes, "fusion", located, problems
             )
         for head in heads:
             config = spec.heads[head]
             modules["heads"][head] = _instantiate(
-                component_class(config), config, the_plan.fused[inputs], f"heads.{head}", located
+                component_class(config), config, the_plan.fused[inputs], f"heads.{head}", located,
+                problems,
             )
+    if problems:
+        raise SpecError(problems)
     model = PolymodalModel(spec, modules, the_plan)
     if pretrained:
         from .weights import SPEC_FOLDER
