@@ -224,6 +224,13 @@ class PolymodalModel(nn.Module):
                 fused = fusion({n: features[n] for n in inputs}, masks)
             for head in heads:
                 outputs[head] = self.heads[head](fused)
+        if not outputs:
+            needs = "; ".join(f"{h} needs {', '.join(i)}" for i, _, hs in self._groups for h in hs)
+            raise DataError(
+                f"no head can be computed from the batch's input(s)"
+                f" {', '.join(map(repr, batch)) or '(none)'}: {needs}. To predict for samples"
+                " that lack an input, pass it anyway and mark them absent with"
+                " present={input: mask}")
         return outputs
 
 

@@ -41,6 +41,15 @@ def test_shapes_and_gradient_flow_into_every_input(name):
                if "placeholder" not in n)
 
 
+
+def test_a_batch_without_any_heads_inputs_says_how_to_mark_them_absent():
+    model = build(FUSIONS["concat"])
+    batch = photo_and_table_batch(2)
+    del batch["photo"]
+    with pytest.raises(polymodal.DataError, match="no head can be computed from the batch's"
+                       " input\\(s\\) 'table': label needs photo, table. .* present="):
+        model(batch)
+
 @pytest.mark.parametrize("name", list(FUSIONS))
 @pytest.mark.parametrize("absent", ["photo", "table"])
 def test_an_absent_input_has_no_influence(name, absent):
