@@ -4,6 +4,7 @@ models shares (:class:`PretrainedImageConfig`)."""
 
 from __future__ import annotations
 
+import warnings
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
@@ -119,6 +120,11 @@ def adapt_stem(
         if len(bands) != in_chans:
             raise PolymodalError(f"{len(bands)} band names for a stem of {in_chans} channels")
         index = {b.lower(): i for i, b in enumerate(pretrained_bands)}
+        if not any(b.lower() in index for b in bands):
+            warnings.warn(
+                f"no band of {list(bands)} is named {', '.join(pretrained_bands)}: every band"
+                " starts from the mean of the pretrained filters. Name the bands that are"
+                f" {', '.join(pretrained_bands)} to keep their filters.", stacklevel=2)
         mean = source.mean(dim=1)
         adapted = torch.stack(
             [source[:, index[b.lower()]] if b.lower() in index else mean for b in bands], dim=1)

@@ -42,7 +42,8 @@ class ImageAdapter(ModalityAdapter):
     Without a projection the images go to the backbone as they are: set the backbone's
     ``in_chans`` to ``channels`` and its pretrained RGB stem is adapted to them. ``bands`` names
     the channels (``[red, green, blue, nir, swir1]``): the backbone then gives bands named red,
-    green and blue their pretrained filters and the others the filters' mean. Band names are
+    green and blue their pretrained filters and the others the filters' mean (a warning says
+    when no band has one of these names, e.g. a sensor's own names B04, B03, B02). Band names are
     part of the spec, so they travel in the model file.
     """
 

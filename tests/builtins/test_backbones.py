@@ -130,6 +130,14 @@ def test_rgb_bands_in_another_order_are_reordered():
     assert torch.equal(adapted, weight.flip(1))
 
 
+
+def test_bands_named_without_red_green_or_blue_are_flagged():
+    weight = torch.randn(4, 3, 3, 3)
+    with pytest.warns(UserWarning, match=r"no band of \['B04', 'B03', 'B02', 'B08'\] is named"
+                      " red, green, blue"):
+        adapted = adapt_stem(weight, 4, ["B04", "B03", "B02", "B08"])
+    assert torch.allclose(adapted, weight.mean(dim=1, keepdim=True).expand(4, 4, 3, 3) * 0.75)
+
 def test_weights_that_do_not_fit_name_the_backbone(tmp_path):
     import timm
 
