@@ -168,3 +168,19 @@ def spec_file(tmp_path: Path) -> Callable[..., Path]:
         return write_spec(tmp_path, spec, fmt, name)
 
     return write
+
+
+class CodeTrap:
+    """Unpickling it creates the file ``marker``: proof that loading a file ran its code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def code_trap() -> type[CodeTrap]:
+    """Make ``code_trap(marker)`` objects to hide in files that must never be unpickled."""
+    return CodeTrap

@@ -127,22 +127,12 @@ def test_empty_file(tmp_path):
     assert "not a valid safetensors model file" in load_error(path)
 
 
-class _Trap:
-    """Unpickling this would create the marker file: proof that a file was executed."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_pickle_renamed_safetensors_is_refused_not_executed(tmp_path):
+def test_pickle_renamed_safetensors_is_refused_not_executed(tmp_path, code_trap):
     marker = tmp_path / "executed"
     path = tmp_path / "model.safetensors"
-    path.write_bytes(pickle.dumps({"weights": _Trap(str(marker))}))
+    path.write_bytes(pickle.dumps({"weights": code_trap(marker)}))
     # Sanity check that the trap works when unpickled, elsewhere.
-    pickle.loads(pickle.dumps(_Trap(str(tmp_path / "armed"))))
+    pickle.loads(pickle.dumps(code_trap(tmp_path / "armed")))
     assert (tmp_path / "armed").exists()
 
     message = load_error(path)
@@ -150,10 +140,10 @@ def test_pickle_renamed_safetensors_is_refused_not_executed(tmp_path):
     assert not marker.exists()
 
 
-def test_torch_save_renamed_safetensors_is_refused_not_executed(tmp_path):
+def test_torch_save_renamed_safetensors_is_refused_not_executed(tmp_path, code_trap):
     marker = tmp_path / "executed"
     path = tmp_path / "model.safetensors"
-    torch.save({"trap": _Trap(str(marker))}, path)
+    torch.save({"trap": code_trap(marker)}, path)
     assert "not a valid safetensors model file" in load_error(path)
     assert not marker.exists()
 

@@ -149,19 +149,11 @@ def test_weights_of_another_architecture(tmp_path):
     assert "do not fit" in message and "missing" in message
 
 
-class _Trap:
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_pth_with_code_is_refused_not_executed(tmp_path):
+def test_pth_with_code_is_refused_not_executed(tmp_path, code_trap):
     marker = tmp_path / "executed"
     path = tmp_path / "weights.pth"
     with open(path, "wb") as handle:
-        torch.save({"conv1.weight": _Trap(str(marker))}, handle, pickle_module=pickle)
+        torch.save({"conv1.weight": code_trap(marker)}, handle, pickle_module=pickle)
     with pytest.raises(SpecError, match="cannot read pretrained weights"):
         polymodal.build(spec_with({"type": "torchvision", "model": "resnet18",
                                    "pretrained": str(path)}))
