@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .images import is_image_array
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -79,8 +80,7 @@ def _from_mapping(data: Mapping[str, Sequence[Any]], source: str, base_dir: Path
     columns: dict[str, np.ndarray] = {}
     length: int | None = None
     for name, values in data.items():
-        if isinstance(values, (list, tuple)) and values and (
-                isinstance(values[0], np.ndarray) or hasattr(values[0], "detach")):
+        if isinstance(values, (list, tuple)) and values and is_image_array(values[0]):
             array = _object_array(list(values))  # arrays (images) in cells: no stacked copy
         else:
             array = np.asarray(values)
