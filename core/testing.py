@@ -11,9 +11,10 @@
 It builds the component from its config, runs a random batch through it and compares the
 output's shape with the signal the config says it gives; builds a minimal spec model holding
 it and checks that gradients reach every trainable parameter of the component (and flow on to
-its input); saves that model to a model file and loads it back with identical outputs; and checks that an unknown option and
-each of ``bad_options`` are rejected by spec validation at the component's spec path. A
-failure raises :class:`ConformanceError` (an ``AssertionError``) naming the check.
+its input); saves that model to a model file and loads it back with identical outputs; and
+checks that an unknown option and each of ``bad_options`` are rejected by spec validation at
+the component's spec path. A failure raises :class:`ConformanceError` (an ``AssertionError``)
+naming the check.
 
 The component need not be installed: a class no entry point provides is registered for the
 check under the package ``polymodal-testing-subject``. The rest of the minimal spec is made of
