@@ -49,26 +49,33 @@ class BatchDataset(Dataset):
 
 
 class BatchPlan(Sampler):
-    """The batches of one epoch: given lists of row positions."""
+    """The batches of one epoch: given lists of row positions. A loader that keeps its workers
+    between epochs keeps its plan too, so :meth:`start` replaces the batches in place."""
 
-    def __init__(self, epoch: int, batches: Sequence[np.ndarray], first_step: int = 0):
+    def __init__(self, epoch: int = 0, batches: Sequence[np.ndarray] = ()):
+        self.start(epoch, batches)
+
+    def start(self, epoch: int, batches: Sequence[np.ndarray]) -> None:
         self.epoch = epoch
         self.batches = list(batches)
-        self.first_step = first_step
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        for step, positions in enumerate(self.batches[self.first_step:], self.first_step):
+        for step, positions in enumerate(self.batches):
             yield self.epoch, step, positions
 
     def __len__(self) -> int:
-        return len(self.batches) - self.first_step
+        return len(self.batches)
 
 
 def _unwrap(item: Any) -> Any:
     return item
 
 
-def loader(dataset: BatchDataset, plan: BatchPlan, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def loader(dataset: BatchDataset, plan: BatchPlan, workers: int = 0, pin_memory: bool = False,
+           keep_workers: bool = False) -> DataLoader:
+    """Batches of ``dataset`` in the order of ``plan``. With ``keep_workers``, the worker
+    processes outlive an epoch, so later epochs do not wait for new ones to start."""
     return DataLoader(dataset, batch_size=None, sampler=plan, num_workers=workers,
                       collate_fn=_unwrap, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers else None)
+                      prefetch_factor=4 if workers else None,
+                      persistent_workers=keep_workers and workers > 0)

@@ -38,6 +38,7 @@ from .inference import (
     autocast,
     check_policy,
     collect,
+    device_targets,
     fail_on,
     head_losses,
     head_metrics,
@@ -370,6 +371,12 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         start_epoch = opts.epochs + 1
         stopped_early = True
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    pinned = context.device.type == "cuda"
+    plan = BatchPlan()
+    batches_of = loader(dataset, plan, opts.workers, pin_memory=pinned, keep_workers=True)
+    val_batches = [np.arange(i, min(i + 256, len(val_table))) for i in range(0, len(val_table), 256)]
+    val_batches_of = loader(val_dataset, BatchPlan(0, val_batches), opts.workers,
+                            pin_memory=pinned, keep_workers=True)
     for epoch in range(start_epoch, opts.epochs + 1):
         frozen = opts.freeze_backbones and (opts.unfreeze_at is None or epoch < opts.unfreeze_at)
         _set_frozen(model, frozen, trainable)
@@ -377,17 +384,17 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         torch.manual_seed(derive_seed(opts.seed, epoch, 2))
         batches = _epoch_batches(len(train_table), opts.batch_size, context.world, context.rank,
                                  opts.seed, epoch)
+        plan.start(epoch, batches)
         lr_at_start = optimizer.param_groups[0]["lr"]  # the epoch's (first) learning rate
         started = shown = time.perf_counter()
         # Summed on the device: reading a loss every step would make the host wait for the GPU.
         loss_sum, seen = torch.zeros((), device=context.device), 0
         bar = _progress(progress and context.main, len(batches), f"epoch {epoch}/{opts.epochs}")
-        for step, encoded in enumerate(loader(dataset, BatchPlan(epoch, batches), opts.workers,
-                                              pin_memory=context.device.type == "cuda")):
+        for step, encoded in enumerate(batches_of):
             fail_on(encoded.bad, policy)
             report.add(encoded)
             inputs = to_device(encoded.inputs, context.device, opts.channels_last)
-            targets = to_device(encoded.targets, context.device)
+            targets = device_targets(encoded.targets, context.device)
             with autocast(context.device, opts.precision):
                 outputs = runner(inputs)
             losses = head_losses(model, outputs, targets)
@@ -422,10 +429,8 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
                                "lr": lr_at_start, "seconds": round(seconds, 3),
                                "rows_per_s": round(seen * context.world / max(seconds, 1e-9), 1)}
         if len(val_table):
-            val_batches = [np.arange(i, min(i + 256, len(val_table)))
-                           for i in range(0, len(val_table), 256)]
-            collected = collect(model, loader(val_dataset, BatchPlan(epoch, val_batches), opts.workers),
-                                context.device, opts.precision, opts.channels_last)
+            collected = collect(model, val_batches_of, context.device, opts.precision,
+                                opts.channels_last)
             per_head = head_metrics(collected, binding, state)
             row["val"] = {"loss": sum(weights[h] * m["loss"] for h, m in per_head.items()), **per_head}
         history.append(row)

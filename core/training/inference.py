@@ -143,13 +143,41 @@ class Collected:
         return self.loss_sums[head] / self.counts[head] if self.counts.get(head) else math.nan
 
 
-def head_losses(model: Any, outputs: dict[str, torch.Tensor], targets: dict[str, tuple]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Each head's loss over the rows that have its target: ``head -> (loss, output, target)``."""
-    losses = {}
+def device_targets(targets: dict[str, tuple[Any, Any]], device: torch.device) -> dict[str, tuple[Any, torch.Tensor | None]]:
+    """Each head's target moved to ``device``, with the rows that have it: ``None`` when every row
+    does, else their positions (on ``device``); a head no row has a target for is left out.
+
+    Which rows have a target is read from the batch's mask while it is still on the host, so a
+    training step never waits for the GPU to find out.
+    """
+    moved = {}
     for head, (target, present) in targets.items():
-        if head not in outputs or not bool(present.any()):
+        present = torch.as_tensor(present, dtype=torch.bool)
+        if bool(present.all()):
+            rows = None
+        elif not bool(present.any()):
             continue
-        output, target = outputs[head][present], target[present]
+        else:
+            rows = present.nonzero().squeeze(1)
+            if device.type == "cuda":
+                rows = rows.pin_memory()
+            rows = rows.to(device, non_blocking=True)
+        moved[head] = (to_device(target, device), rows)
+    return moved
+
+
+def head_losses(model: Any, outputs: dict[str, torch.Tensor], targets: dict[str, tuple[Any, torch.Tensor | None]]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each head's loss over the rows that have its target: ``head -> (loss, output, target)``.
+
+    ``targets`` comes from :func:`device_targets`; nothing here reads a value back from the device.
+    """
+    losses = {}
+    for head, (target, rows) in targets.items():
+        if head not in outputs:
+            continue
+        output = outputs[head]
+        if rows is not None:
+            output, target = output.index_select(0, rows), target.index_select(0, rows)
         losses[head] = (model.heads[head].loss(output, target), output, target)
     return losses
 
@@ -163,7 +191,7 @@ def collect(model: Any, batches: Iterable[Encoded], device: torch.device, precis
     try:
         for encoded in batches:
             inputs = to_device(encoded.inputs, device, channels_last)
-            targets = to_device(encoded.targets, device)
+            targets = device_targets(encoded.targets, device)
             with autocast(device, precision):
                 outputs = model(inputs)
             for head, (loss, output, target) in head_losses(model, outputs, targets).items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -163,6 +164,27 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_weights(dataset, tmp_path
     assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
 
 
+def test_worker_processes_train_exactly_like_the_main_process(dataset, tmp_path):
+    """Each batch is encoded and augmented from its own seed, whichever process makes it; the
+    workers are started once and kept for every epoch."""
+    spec = spec_data(epochs=3, augment={"hflip": True, "noise_std": 0.05})
+    alone = polymodal.train(spec, dataset, tmp_path / "alone.safetensors", progress=False)
+    spec["training"]["workers"] = 2
+    workers_by_epoch: dict[int, set[int]] = {}
+
+    def look(epoch: int, step: int) -> None:
+        workers_by_epoch.setdefault(epoch, set()).update(p.pid for p in multiprocessing.active_children())
+
+    helped = polymodal.train(spec, dataset, tmp_path / "helped.safetensors", progress=False,
+                             on_step=look)
+    # two for training from the first epoch on, two more for validation from its end on
+    assert len(workers_by_epoch[1]) == 2 and len(workers_by_epoch[2]) == 4
+    assert workers_by_epoch[1] < workers_by_epoch[2] == workers_by_epoch[3]
+    a, b = _weights(tmp_path / "alone.safetensors"), _weights(tmp_path / "helped.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["train_loss"] for r in alone.history] == [r["train_loss"] for r in helped.history]
+
+
 def test_resume_after_sigkill_of_the_command(dataset, tmp_path):
     import yaml
 
@@ -316,3 +338,49 @@ def test_the_fused_adamw_step_is_the_plain_one():
         plain.step()
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_training_step_never_reads_a_value_back_from_the_device():
+    """The step runs on the meta device, where tensors have shapes but no values: anything that
+    reads one back (``.item()``, ``bool(mask.any())``, boolean indexing) fails there. On a GPU
+    such a read makes the host wait for the device every step."""
+    from polymodal.training.inference import device_targets, head_losses
+
+    spec = spec_data()
+    spec["inputs"]["photo"]["backbone"] = {"type": "timm", "model": "resnet10t"}
+    spec["inputs"]["report"]["adapter"]["categorical"] = {"color": 3}
+    spec["heads"] = {"label": {"type": "classification", "classes": 2, "target": "label"},
+                     "score": {"type": "regression", "target": "score"}}
+    model = polymodal.build(spec).to("meta").train()
+    meta = torch.device("meta")
+    inputs = {name: adapter.example_input(4) for name, adapter in model.adapters.items()}
+    inputs = {"photo": inputs["photo"].to(meta),
+              "report": {c: v.to(meta) for c, v in inputs["report"].items()}}
+    targets = {"label": (torch.tensor([0, 1, 1, 0]), torch.tensor([True, True, True, True])),
+               "score": (torch.tensor([0.5, 1.5, 2.5, 3.5]), torch.tensor([True, False, True, False]))}
+    on_device = device_targets(targets, meta)
+    assert on_device["label"][1] is None and on_device["score"][1].shape == (2,)
+
+    losses = head_losses(model, model(inputs), on_device)
+    sum(loss for loss, _, _ in losses.values()).backward()
+
+    assert losses["score"][1].shape == (2, 1) and losses["label"][1].shape == (4, 2)
+    assert all(p.grad is not None for p in model.heads.parameters())
+
+
+def test_rows_without_a_target_are_left_out_of_that_heads_loss():
+    from polymodal.training.inference import device_targets, head_losses
+
+    class Head(torch.nn.Module):
+        def loss(self, output, target):
+            return (output - target).abs().mean()
+
+    model = torch.nn.Module()
+    model.heads = torch.nn.ModuleDict({"a": Head(), "b": Head(), "c": Head()})
+    outputs = {h: torch.tensor([1.0, 2.0, 3.0]) for h in "abc"}
+    targets = {"a": (torch.zeros(3), torch.tensor([True, False, True])),
+               "b": (torch.zeros(3), torch.tensor([True, True, True])),
+               "c": (torch.zeros(3), torch.tensor([False, False, False]))}
+    losses = head_losses(model, outputs, device_targets(targets, torch.device("cpu")))
+    assert set(losses) == {"a", "b"}
+    assert losses["a"][0].item() == 2.0 and losses["b"][0].item() == 2.0
