@@ -3,7 +3,10 @@ disk, in the engine's own loader, compared with the training throughput of the m
 size (ResNet-18 + MLP, 64 px, batch 64, CPU). Loading should be several times faster, so that
 it never is the bottleneck.
 
-    python benchmarks/bench_dataloading.py [--rows 512] [--workers 0 2]
+    python benchmarks/bench_dataloading.py [--rows 512] [--workers 0 2] [--format npy --size 224]
+
+With ``--no-training`` it prints loading alone: the rate one worker sustains at a size whose
+training runs on a GPU (224 px uint8 ``.npy``, batch 128) tells how many workers that GPU needs.
 """
 
 from __future__ import annotations
@@ -49,17 +52,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--format", choices=["png", "npy"], default="png")
+    parser.add_argument("--no-training", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        table = write_table(Path(tmp), args.rows, args.size, "png")
+        table = write_table(Path(tmp), args.rows, args.size, args.format)
         loading = {w: loading_rows_per_s(table, w, args.size, args.batch) for w in args.workers}
+        if args.no_training:
+            print(f"{args.size} px {args.format} files, batch {args.batch}, CPU")
+            for workers, value in loading.items():
+                print(f"{f'load+augment+encode, {workers} worker(s)':40s} {value:9.1f} rows/s")
+            return
         built = polymodal.build(spec("resnet18", args.size, args.batch, 1))
         binding = Binding(built.spec)
         state = binding.fit(read_table(table))
         encoded = binding.encode(read_table(table).take(range(args.batch)), state, True)
         training = hand_written_steps(built, encoded.inputs, encoded.targets["label"][0],
                                       args.steps, torch.device("cpu"))
-    print(f"{args.size} px PNG files, batch {args.batch}, CPU ({torch.get_num_threads()} threads)")
+    print(f"{args.size} px {args.format} files, batch {args.batch}, CPU ({torch.get_num_threads()} threads)")
     print(f"{'':40s} {'rows/s':>9s} {'vs training':>12s}")
     print(f"{'training step (ResNet-18 + MLP, fp32)':40s} {training:9.1f} {1.0:11.2f}x")
     for workers, value in loading.items():

@@ -66,6 +66,46 @@ def test_augmentation_keeps_every_band_and_is_reproducible():
     assert 0.3 < float((noisy - images).std()) < 0.7
 
 
+def _augmented_plainly(images: torch.Tensor, options: Augment, generator: torch.Generator) -> torch.Tensor:
+    """What augmentation means, written the plain way: flips, quarter turns, reflection padding
+    and a random crop, noise; the same draws in the same order."""
+    batch, _, height, width = images.shape
+    images = images.float() / 255 if images.dtype == torch.uint8 else images
+    hflip = torch.rand(batch, generator=generator) < 0.5 if options.hflip else torch.zeros(batch, dtype=torch.bool)
+    vflip = torch.rand(batch, generator=generator) < 0.5 if options.vflip else torch.zeros(batch, dtype=torch.bool)
+    turns = torch.randint(0, 4, (batch,), generator=generator) if options.rot90 else torch.zeros(batch, dtype=torch.long)
+    turns = turns if height == width else (turns % 2) * 2
+    pad = options.crop_padding
+    tops = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad else [0] * batch
+    lefts = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad else [0] * batch
+    samples = []
+    for i, image in enumerate(images):
+        image = image.flip(-1) if hflip[i] else image
+        image = image.flip(-2) if vflip[i] else image
+        image = torch.rot90(image, int(turns[i]), dims=(-2, -1))
+        mode = "reflect" if pad < min(height, width) else "replicate"
+        image = torch.nn.functional.pad(image[None], (pad,) * 4, mode=mode)[0] if pad else image
+        samples.append(image[:, int(tops[i]):int(tops[i]) + height, int(lefts[i]):int(lefts[i]) + width])
+    out = torch.stack(samples)
+    if options.noise_std:
+        out = out + torch.randn(out.shape, generator=generator) * options.noise_std
+    return out
+
+
+@pytest.mark.parametrize("shape", [(6, 2, 7, 7), (6, 12, 5, 8), (6, 1, 3, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_augmentation_is_exactly_flips_turns_reflection_crops_and_noise(shape, dtype):
+    images = torch.randint(0, 256, shape).to(dtype)
+    for options in (Augment(hflip=True, vflip=True, rot90=True, crop_padding=2),
+                    Augment(hflip=True, crop_padding=4, noise_std=0.1),
+                    Augment(vflip=True, rot90=True, crop_padding=1, noise_std=0.0)):
+        for seed in range(3):
+            fast = augment_images(images, options, torch.Generator().manual_seed(seed))
+            fast = fast.float() / 255 if fast.dtype == torch.uint8 else fast
+            plain = _augmented_plainly(images, options, torch.Generator().manual_seed(seed))
+            assert torch.equal(fast, plain), (options, seed)
+
+
 def test_8_bit_batches_travel_as_uint8_and_the_adapter_scales_them(dataset, tmp_path):
     from polymodal.data.binding import Binding
     from polymodal.data.table import read_table
@@ -84,12 +124,15 @@ def test_8_bit_batches_travel_as_uint8_and_the_adapter_scales_them(dataset, tmp_
     with torch.no_grad():
         assert torch.equal(model({"photo": batch})["label"], model({"photo": batch.float() / 255})["label"])
 
-    # reflection padding and noise need floats: augmentation scales first, the same way
-    options = Augment(hflip=True, crop_padding=2)
-    assert torch.equal(augment_images(batch, options, torch.Generator().manual_seed(1)),
-                       augment_images(batch.float() / 255, options, torch.Generator().manual_seed(1)))
-    flipped = augment_images(batch, Augment(hflip=True, rot90=True), torch.Generator().manual_seed(1))
-    assert flipped.dtype == torch.uint8
+    # geometric augmentation keeps 8 bits; noise needs floats, so it scales first, the same way
+    moved = augment_images(batch, Augment(hflip=True, rot90=True, crop_padding=2), torch.Generator().manual_seed(1))
+    assert moved.dtype == torch.uint8
+    for options in (Augment(hflip=True, crop_padding=2), Augment(vflip=True, noise_std=0.1)):
+        from_8_bits = augment_images(batch, options, torch.Generator().manual_seed(1))
+        if from_8_bits.dtype == torch.uint8:
+            from_8_bits = from_8_bits.float() / 255
+        assert torch.equal(from_8_bits, augment_images(batch.float() / 255, options,
+                                                       torch.Generator().manual_seed(1)))
 
 
 def test_16_bit_images_make_a_float_batch(tmp_path):
