@@ -427,6 +427,7 @@ def validate_spec_data(
                 if head not in heads and head not in _mapping(data.get("heads"), "", "", []):
                     problems.append((f"training.loss_weights.{head}", f"unknown head {head!r}."
                                      f"{did_you_mean(head, heads)} Heads: {', '.join(heads)}."))
+            problems.extend(_monitored_metric_problems(training, heads, data.get("heads")))
 
     for key, value in (("name", data.get("name")), ("description", data.get("description"))):
         if value is not None and not isinstance(value, str):
@@ -442,6 +443,27 @@ def validate_spec_data(
         heads=heads,
         training=training,
     )
+
+
+def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, ComponentConfig],
+                               raw_heads: Any) -> list[tuple[str, str]]:
+    """``early_stopping.metric`` names a head and, where its target codec says which metrics it
+    computes, one of them."""
+    metric = training.early_stopping.metric
+    where = "training.early_stopping.metric"
+    if metric == "loss":
+        return []
+    head, name = metric.split(".", 1)
+    if head not in heads:
+        if isinstance(raw_heads, Mapping) and head in raw_heads:
+            return []  # the head itself is wrong, and reported as such
+        return [(where, f"unknown head {head!r}.{did_you_mean(head, heads)} Heads: {', '.join(heads)}.")]
+    make = getattr(heads[head], "codec", None)
+    known = getattr(make(), "metric_names", ()) if callable(make) else ()
+    if known and name not in known:
+        return [(where, f"head {head!r} has no metric {name!r}.{did_you_mean(name, known)}"
+                        f" Its metrics: {', '.join(known)}.")]
+    return []
 
 
 def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> ModelSpec:

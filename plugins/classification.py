@@ -17,6 +17,7 @@ from polymodal.data.encoding import category, fit_vocabulary, key, listing, look
 from polymodal.data.table import Table
 from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
+from polymodal.training.metrics import CLASSIFICATION_METRICS
 
 
 class ClassificationHead(Head):
@@ -103,6 +104,7 @@ class ClassificationCodec(TargetCodec):
     training rows; predictions are written back as class names with each class's probability."""
 
     config: ClassificationHead.Config
+    metric_names = CLASSIFICATION_METRICS
 
     def column(self) -> str:
         return self.config.target or self.name

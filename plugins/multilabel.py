@@ -17,6 +17,7 @@ from polymodal.data.encoding import category, fit_vocabulary, key, listing, look
 from polymodal.data.table import Table, is_missing
 from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
+from polymodal.training.metrics import MULTILABEL_METRICS
 
 
 class MultilabelHead(Head):
@@ -111,6 +112,7 @@ class MultilabelCodec(TargetCodec):
     written back as the names at or above the threshold, with each label's probability."""
 
     config: MultilabelHead.Config
+    metric_names = MULTILABEL_METRICS
 
     def column(self) -> str:
         return self.config.target or self.name

@@ -17,6 +17,7 @@ from polymodal.data.encoding import numeric_column
 from polymodal.data.table import Table
 from polymodal.errors import SpecError
 from polymodal.signals import Vector
+from polymodal.training.metrics import REGRESSION_METRICS
 
 
 class RegressionHead(Head):
@@ -67,6 +68,7 @@ class RegressionCodec(TargetCodec):
     units and predictions are scaled back."""
 
     config: RegressionHead.Config
+    metric_names = REGRESSION_METRICS
 
     def column(self) -> str:
         return self.config.target or self.name

@@ -92,6 +92,11 @@ class Codec:
 class TargetCodec(Codec):
     """How one head reads its target column, and turns outputs back into the table's values."""
 
+    #: The names :meth:`metrics` returns, known before any data, so that a spec's
+    #: ``training.early_stopping.metric`` is checked when the spec is read. Left empty, it is
+    #: checked after the first epoch.
+    metric_names: tuple[str, ...] = ()
+
     def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         """``(targets, present)``: encoded targets, and a bool mask of rows that have one."""
         raise NotImplementedError

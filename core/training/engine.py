@@ -83,13 +83,16 @@ def _options(spec: ModelSpec, overrides: Mapping[str, Any] | None) -> ModelSpec:
         return spec
     from pydantic import ValidationError
 
-    from ..spec import _pydantic_problems
+    from ..spec import _monitored_metric_problems, _pydantic_problems
 
     data = {**spec.training.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         options = TrainingOptions.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_pydantic_problems(exc, "training", TrainingOptions)) from None
+    problems = _monitored_metric_problems(options, spec.heads, None)
+    if problems:
+        raise SpecError(problems)
     return spec.model_copy(update={"training": options})
 
 
@@ -197,10 +200,6 @@ def _train_mode(model: PolymodalModel, frozen: bool) -> None:
 def _monitor(options: TrainingOptions, spec: ModelSpec, has_val: bool) -> tuple[str, bool]:
     metric = options.early_stopping.metric
     if metric != "loss":
-        head = metric.split(".", 1)[0]
-        if head not in spec.heads:
-            raise SpecError([("training.early_stopping.metric", f"unknown head {head!r}."
-                              f"{did_you_mean(head, spec.heads)} Heads: {', '.join(spec.heads)}.")])
         if not has_val:
             raise SpecError([("training.early_stopping.metric", f"{metric} needs validation rows"
                               " (a --val table or val_fraction > 0)")])

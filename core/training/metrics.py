@@ -41,6 +41,11 @@ def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+MULTILABEL_METRICS = ("subset_accuracy", "hamming_accuracy", "micro_f1", "macro_f1", "auroc")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+
+
 def classification_metrics(probabilities: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """accuracy, balanced_accuracy (mean recall of the classes present), macro_f1 (over the
     classes present in target or prediction), auroc (binary; one-vs-rest macro average for
@@ -48,8 +53,7 @@ def classification_metrics(probabilities: np.ndarray, target: np.ndarray) -> dic
     probabilities = np.asarray(probabilities, np.float64)
     target = np.asarray(target, np.int64)
     if target.size == 0:
-        return {"accuracy": math.nan, "balanced_accuracy": math.nan, "macro_f1": math.nan,
-                "auroc": math.nan}
+        return dict.fromkeys(CLASSIFICATION_METRICS, math.nan)
     classes = probabilities.shape[1]
     predicted = probabilities.argmax(axis=1)
     matrix = confusion_matrix(target, predicted, classes)
@@ -83,8 +87,7 @@ def multilabel_metrics(probabilities: np.ndarray, target: np.ndarray,
     probabilities = np.asarray(probabilities, np.float64)
     target = np.asarray(target) >= 0.5
     if target.shape[0] == 0:
-        return {name: math.nan for name in
-                ("subset_accuracy", "hamming_accuracy", "micro_f1", "macro_f1", "auroc")}
+        return dict.fromkeys(MULTILABEL_METRICS, math.nan)
     predicted = probabilities >= threshold
     hits = (predicted & target).sum(axis=0)
     true_counts, predicted_counts = target.sum(axis=0), predicted.sum(axis=0)
@@ -107,7 +110,7 @@ def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, f
     predicted = np.asarray(predicted, np.float64).reshape(len(predicted), -1)
     target = np.asarray(target, np.float64).reshape(len(target), -1)
     if target.size == 0:
-        return {"rmse": math.nan, "mae": math.nan, "r2": math.nan}
+        return dict.fromkeys(REGRESSION_METRICS, math.nan)
     error = predicted - target
     total = ((target - target.mean(axis=0)) ** 2).sum()
     r2 = 1.0 - float((error**2).sum() / total) if total > 0 else math.nan

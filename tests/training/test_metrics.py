@@ -68,3 +68,22 @@ def test_direction_of_metrics():
     assert not higher_is_better("loss")
     assert not higher_is_better("price.rmse")
     assert higher_is_better("fraud.balanced_accuracy")
+
+
+def test_each_heads_codec_names_the_metrics_it_computes():
+    import torch
+
+    import polymodal
+
+    spec = polymodal.load_spec({
+        "inputs": {"record": {"adapter": {"type": "tabular", "numerical": ["x"]}}},
+        "heads": {"kind": {"type": "classification", "classes": 3},
+                  "tags": {"type": "multilabel", "labels": 2},
+                  "price": {"type": "regression"}}})
+    outputs = {"kind": (torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2]), {}),
+               "tags": (torch.randn(6, 2), torch.tensor([[0, 1], [1, 0]] * 3).float(), {}),
+               "price": (torch.randn(6, 1), torch.randn(6, 1), {"mean": 1.0, "std": 2.0})}
+    for head, (output, target, state) in outputs.items():
+        codec = spec.heads[head].codec()
+        assert codec.metric_names
+        assert tuple(codec.metrics(output, target, state)) == codec.metric_names

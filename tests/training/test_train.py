@@ -276,6 +276,14 @@ def test_training_options_are_validated_with_their_spec_path(dataset, tmp_path):
     spec = spec_data(epochs=1, early_stopping={"metric": "fraud.accuracy"})
     with pytest.raises(polymodal.SpecError, match="training.early_stopping.metric: unknown head 'fraud'"):
         polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    # a misspelt metric is known before any data, so reading the spec finds it
+    misspelt = spec_data(epochs=1, early_stopping={"metric": "label.balanced_acc"})
+    with pytest.raises(polymodal.SpecError, match="head 'label' has no metric 'balanced_acc'."
+                       " Did you mean 'balanced_accuracy'?"):
+        polymodal.load_spec(misspelt)
+    with pytest.raises(polymodal.SpecError, match="has no metric 'r2'"):
+        polymodal.train(spec_data(epochs=1), dataset, tmp_path / "m.safetensors", progress=False,
+                        options={"early_stopping": {"metric": "label.r2"}})
     spec = spec_data(epochs=1, precision="fp16", device="cpu")
     with pytest.raises(polymodal.SpecError, match="fp16 needs a CUDA GPU"):
         polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
