@@ -494,7 +494,8 @@ def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_ro
 @click.option("--data", required=True, help="Table of rows to predict (targets not needed).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="CSV file of predictions (written atomically).")
-@click.option("--keep", multiple=True, help="Copy this column into the output (repeatable).")
+@click.option("--keep", multiple=True, help="Copy this column into the output (repeatable); one named like a"
+              " prediction is written as NAME_kept.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True)

@@ -424,9 +424,10 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - started
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1),
+        loss_total, rows_total = distributed.summed(context, loss_sum, seen)  # every process's rows
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_total / max(rows_total, 1),
                                "lr": lr_at_start, "seconds": round(seconds, 3),
-                               "rows_per_s": round(seen * context.world / max(seconds, 1e-9), 1)}
+                               "rows_per_s": round(rows_total / max(seconds, 1e-9), 1)}
         if len(val_table):
             collected = collect(model, val_batches_of, context.device, opts.precision,
                                 opts.channels_last)

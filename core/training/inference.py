@@ -22,7 +22,7 @@ import torch
 
 from ..data.binding import Binding, Encoded, State
 from ..data.table import Table, iter_table
-from ..errors import DataError, ModelFileError
+from ..errors import DataError, ModelFileError, did_you_mean
 
 BAD_ROW_POLICIES = ("fail", "skip")
 
@@ -290,14 +290,17 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
                                              batch_size=batch_size, policy=on_bad_row, report=report):
             missing = [c for c in keep if c not in chunk.columns]
             if missing:
-                raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to keep")
+                raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to keep."
+                                f"{did_you_mean(missing[0], chunk.columns)}")
             with torch.no_grad():
                 outputs = model(to_device(encoded.inputs, target))
+            predicted: dict[str, list[Any]] = {}
+            for bound in binding.heads:
+                predicted.update(bound.codec.decode(outputs[bound.name].cpu(), state["heads"][bound.name]))
             columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
             for c in keep:
-                columns[c] = [_plain(v) for v in chunk.columns[c][encoded.positions]]
-            for bound in binding.heads:
-                columns.update(bound.codec.decode(outputs[bound.name].cpu(), state["heads"][bound.name]))
+                columns[kept_name(c, predicted)] = [_plain(v) for v in chunk.columns[c][encoded.positions]]
+            columns.update(predicted)
             if writer is not None:
                 if rows == 0:
                     writer.writerow(list(columns))
@@ -324,6 +327,15 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     else:
         result["output"] = str(output)
     return result
+
+
+def kept_name(column: str, predicted: Iterable[str]) -> str:
+    """The output name of a kept column: its own, or ``NAME_kept`` where a prediction (often the
+    head named after its target column) or the row number already has that name."""
+    taken = {"row", *predicted}
+    while column in taken:
+        column += "_kept"
+    return column
 
 
 def _plain(value: Any) -> Any:

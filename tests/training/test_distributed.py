@@ -31,4 +31,6 @@ def test_two_processes_give_the_metrics_of_one(dataset, tmp_path):
     two = summary["best"]["val"]["label"]
     assert summary["epochs_run"] == 2
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-3)
+    # the training loss is every process's rows, not the first process's share
+    assert summary["best"]["train_loss"] == pytest.approx(single.best["train_loss"], abs=1e-4)
     assert two["accuracy"] == pytest.approx(one["accuracy"], abs=1e-6)

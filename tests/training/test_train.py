@@ -262,11 +262,16 @@ def test_cli_train_json_evaluate_and_predict(dataset, tmp_path, capsys):
     assert "head label (48 rows)" in out and "true \\ predicted" in out
     predictions = tmp_path / "p.csv"
     assert main(["predict", str(model), "--data", str(dataset), "-o", str(predictions),
-                 "--keep", "id"]) == 0
-    lines = predictions.read_text().splitlines()
-    assert lines[0] == "row,id,label,label_prob_no,label_prob_yes"
-    assert lines[1].startswith("1,r0,")
-    assert len(lines) == 49
+                 "--keep", "id", "--keep", "label"]) == 0
+    rows = read_csv(predictions)
+    # the true label, kept beside the prediction of the head named after it
+    assert list(rows[0]) == ["row", "id", "label_kept", "label", "label_prob_no", "label_prob_yes"]
+    assert rows[0]["row"] == "1" and rows[0]["id"] == "r0"
+    assert [r["label_kept"] for r in rows] == [r["label"] for r in read_csv(dataset)]
+    assert len(rows) == 48
+    assert main(["predict", str(model), "--data", str(dataset), "-o", str(predictions),
+                 "--keep", "ID"]) == 1
+    assert "no column 'ID' to keep. Did you mean 'id'?" in capsys.readouterr().err
 
 
 def test_training_options_are_validated_with_their_spec_path(dataset, tmp_path):
