@@ -90,20 +90,37 @@ def _tiff_array(path: Path) -> np.ndarray:
         raise ImageReadError(f"is not a readable TIFF file ({exc})") from None
 
 
+def _npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    from numpy.lib import format as npy
+
+    with path.open("rb") as handle:
+        try:
+            version = npy.read_magic(handle)
+            header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            dtype = header(handle)[2]
+        except ValueError:
+            raise ImageReadError("is not a .npy file (it lacks the .npy header)") from None
+    if dtype.hasobject:
+        raise ImageReadError("holds Python objects, not numbers")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except ValueError as exc:
+        raise ImageReadError(f"is not a readable .npy array ({exc})") from None
+
+
 def read_image(path: str | Path, channels: int | None = None, *,
                keep_uint8: bool = False) -> np.ndarray:
     """The image at ``path`` as float32 ``[channels, height, width]`` (or uint8, see above)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise ImageReadError("is a folder, not an image file")
     if suffix not in SUFFIXES:
         raise ImageReadError(f"has unknown image type {path.suffix!r}; use"
                              f" {', '.join(sorted(SUFFIXES))}")
     try:
         if suffix in NPY_SUFFIXES:
-            try:
-                array = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise ImageReadError(f"is not a numeric .npy array ({exc})") from None
+            array = _npy(path)
         elif suffix in TIFF_SUFFIXES:
             array = _tiff_array(path)
         else:
@@ -138,6 +155,8 @@ def image_shape(path: str | Path, channels: int | None = None) -> tuple[int, int
     """``(channels, height, width)`` of an image file, reading as little as its format allows."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise ImageReadError("is a folder, not an image file")
     if not path.is_file():
         raise ImageReadError("not found")
     try:
@@ -146,10 +165,7 @@ def image_shape(path: str | Path, channels: int | None = None) -> tuple[int, int
                 width, height = image.size
                 return _pil_mode_channels(image.mode), height, width
         if suffix in NPY_SUFFIXES:
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except ValueError as exc:
-                raise ImageReadError(f"is not a numeric .npy array ({exc})") from None
+            array = _npy(path, mmap_mode="r")
             shape = _channels_first(array, channels).shape
             return int(shape[0]), int(shape[1]), int(shape[2])
     except OSError as exc:

@@ -28,6 +28,19 @@ def test_npy_channels_first_or_last_and_tiff_bands(tmp_path):
         read_image(tmp_path / "gone.npy")
 
 
+def test_files_that_are_no_image_say_what_they_are(tmp_path):
+    (tmp_path / "notes.npy").write_text("1, 2, 3")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "scans.npy").mkdir()
+    for read in (read_image, image_shape):
+        with pytest.raises(ImageReadError, match=r"^is not a .npy file \(it lacks the .npy header\)$"):
+            read(tmp_path / "notes.npy")
+        with pytest.raises(ImageReadError, match="^holds Python objects, not numbers$"):
+            read(tmp_path / "objects.npy")
+        with pytest.raises(ImageReadError, match="^is a folder, not an image file$"):
+            read(tmp_path / "scans.npy")
+
+
 def test_twelve_band_scans_train_from_npy_files(tmp_path):
     rng = np.random.default_rng(1)
     rows = []
