@@ -100,7 +100,9 @@ class RegressionCodec(TargetCodec):
         return output.float() * state["std"] + state["mean"]
 
     def decode(self, output: torch.Tensor, state: dict) -> dict[str, list[Any]]:
-        return {self.name: self._values(output, state).view(-1).tolist()}
+        # Each value with the digits float32 holds (14.150549, not 14.150548934936523).
+        values = self._values(output, state).view(-1).numpy().astype(np.float32)
+        return {self.name: [float(str(v)) for v in values]}
 
     def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
         from polymodal.training.metrics import regression_metrics

@@ -229,13 +229,15 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
     model, source = _load(model)
     state = model_state(model, source)
     binding = Binding(model.spec)
+    unscored = _heads_without_targets(binding, data)
     target = torch.device(device)
     model.to(target)
     report = RowReport()
     batches = (e for _, e in encoded_chunks(data, binding, state, targets=True,
                                             batch_size=batch_size, policy=on_bad_row, report=report))
     collected = collect(model, batches, target)
-    result: dict[str, Any] = {"rows": max(collected.counts.values(), default=0), "heads": {}}
+    result: dict[str, Any] = {"rows": max(collected.counts.values(), default=0), "heads": {},
+                              "not_evaluated": unscored}
     for name, values in head_metrics(collected, binding, state).items():
         codec = binding.head_codec(name)
         output = torch.cat(collected.outputs[name])
@@ -246,9 +248,23 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
     return result
 
 
+def _heads_without_targets(binding: Binding, data: Any) -> dict[str, str]:
+    """Heads whose target column the table lacks, taken out of ``binding``: the others are
+    evaluated. When no head has its column, the binding is left whole, to report them all."""
+    names = next(iter_table(data, 1)).columns
+    absent = {b.name: [c for c in b.codec.columns() if c not in names] for b in binding.heads}
+    absent = {head: columns for head, columns in absent.items() if columns}
+    if len(absent) == len(binding.heads):
+        return {}
+    binding.heads = [b for b in binding.heads if b.name not in absent]
+    return {head: f"no column {', '.join(map(repr, columns))}" for head, columns in absent.items()}
+
+
 def render_evaluation(model: Any, result: dict[str, Any]) -> str:
     binding = Binding(model.spec)
     lines = [f"{result['rows']} row(s) evaluated"]
+    for name, why in result.get("not_evaluated", {}).items():
+        lines.append(f"head {name} not evaluated: the table has {why}")
     for name, values in result["heads"].items():
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in values["metrics"].items())
         lines.append(f"\nhead {name} ({values['rows']} rows): {metrics}")

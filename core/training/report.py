@@ -67,6 +67,7 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> str:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return "no plot: matplotlib is not installed (pip install 'polymodal[plot]')"
     epochs = [r["epoch"] for r in history]
@@ -86,6 +87,8 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> str:
         ax.set_xlabel("epoch")
         ax.set_title(f"{head} (validation)")
         ax.legend(fontsize="small")
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     fig.tight_layout()
     path = run_dir / "curves.png"
     fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=run_dir)

@@ -83,7 +83,26 @@ def test_regression_head_predicts_in_the_targets_units(dataset, tmp_path):
             split_rows(read_table(dataset), 0.2, None, 0)[0]).columns["score"]]))
     values = polymodal.predict(tmp_path / "m.safetensors", dataset)["columns"]["score"]
     assert 2.0 < float(np.mean(values)) < 7.0  # targets are about age/10 + {0, 1}
+    # the digits float32 holds (14.150549, not 14.150548934936523)
+    assert all(v == float(str(np.float32(v))) for v in values)
 
+
+
+def test_evaluate_scores_the_heads_whose_target_column_the_table_has(dataset, tmp_path):
+    spec = spec_data(epochs=1)
+    spec["heads"]["score"] = {"type": "regression"}
+    polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    rows = read_csv(dataset)
+    without_score = write_csv(tmp_path / "no_score.csv",
+                              [{k: v for k, v in r.items() if k != "score"} for r in rows])
+    result = polymodal.evaluate(tmp_path / "m.safetensors", without_score)
+    assert list(result["heads"]) == ["label"] and result["heads"]["label"]["rows"] == 48
+    assert result["not_evaluated"] == {"score": "no column 'score'"}
+    neither = write_csv(tmp_path / "neither.csv",
+                        [{k: v for k, v in r.items() if k not in ("score", "label")} for r in rows])
+    with pytest.raises(polymodal.DataError, match="no column 'label' \\(read by heads.label\\),"
+                       " 'score' \\(read by heads.score\\)"):
+        polymodal.evaluate(tmp_path / "m.safetensors", neither)
 
 
 def test_multilabel_head_learns_label_names_from_a_separated_column(tmp_path):
