@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -114,6 +115,7 @@ class ClassificationCodec(TargetCodec):
 
     def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
         if state is None:
+            self._note_lookalike_classes(table, issues)
             return
         index = lookup(state["classes"])
         for position, value in enumerate(table.columns[self.column()]):
@@ -121,6 +123,18 @@ class ClassificationCodec(TargetCodec):
             if found is not None and key(found) not in index:
                 issues.bad_row(position, self.column(), f"class {found!r} is not one the model"
                                f" was trained on ({listing(state['classes'])})")
+
+    def _note_lookalike_classes(self, table: Table, issues: RowIssues) -> None:
+        """Classes that differ only in case (``Malignant`` beside ``malignant``) are kept apart,
+        as the table says, but are most often a typo: the rarer spelling's rows are noted."""
+        counts = Counter(c for c in map(category, table.columns[self.column()]) if isinstance(c, str))
+        spellings: dict[str, list[str]] = {}
+        for name in sorted(counts, key=lambda n: -counts[n]):
+            spellings.setdefault(name.casefold(), []).append(name)
+        for common, *rare in spellings.values():
+            for name in rare:
+                issues.note(f"row(s) of column {self.column()!r} hold class {name!r}, kept apart from"
+                            f" {common!r}, which differs only in case", counts[name])
 
     def fit(self, table: Table) -> dict:
         found = fit_vocabulary(table.columns[self.column()])

@@ -309,6 +309,8 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         train_table, val_table = table.take(train_pos), table.take(val_pos)
     if len(train_table) == 0:
         raise DataError(f"{table.source}: no training rows left")
+    for what, count in sorted(report.notes.items()):  # before training, while it can be fixed
+        say(f"note: {count} {what}")
     fingerprint = _fingerprint(train_table, np.arange(len(train_table)))
     checkpoint_path = run_dir / CHECKPOINT
     checkpoint = None

@@ -154,3 +154,15 @@ def test_what_is_learned_from_data_cannot_be_built_without_data():
     message = str(info.value)  # every such option at once, not one fix at a time
     assert "inputs.report.adapter: the cardinality of 'color' is learned from data" in message
     assert "heads.label: classes: auto is learned from data" in message
+
+
+def test_a_class_that_differs_only_in_case_is_noted_before_training(dataset, tmp_path, capsys):
+    _edit(dataset, 3, label="Yes")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data(epochs=1)))
+    assert main(["train", str(spec_path), "--data", str(dataset), "-o",
+                 str(tmp_path / "m.safetensors")]) == 0
+    err = capsys.readouterr().err
+    note = ("note: 1 row(s) of column 'label' hold class 'Yes', kept apart from 'yes', which"
+            " differs only in case")
+    assert note in err and err.index(note) < err.index("epoch 1")
