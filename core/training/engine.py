@@ -46,7 +46,7 @@ from .inference import (
 )
 from .metrics import higher_is_better
 from .options import TrainingOptions
-from .report import plot_curves, summary_table, write_logs
+from .report import plot_curves, summary_table, write_logs, write_validation_rows
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -222,6 +222,14 @@ def _value(row: dict[str, Any], metric: str) -> float:
     return float(value)
 
 
+def _differences(was: Any, now: Any, path: str = "") -> list[str]:
+    """Where two specs (as plain data) differ: ``training.epochs 12 -> 14``."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        return [d for k in dict.fromkeys([*was, *now])
+                for d in _differences(was.get(k), now.get(k), f"{path}.{k}" if path else k)]
+    return [] if was == now else [f"{path} {json.dumps(was)} -> {json.dumps(now)}"]
+
+
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -309,6 +317,9 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         train_table, val_table = table.take(train_pos), table.take(val_pos)
     if len(train_table) == 0:
         raise DataError(f"{table.source}: no training rows left")
+    if val is None and len(val_table) and context.main:
+        write_validation_rows(run_dir, val_table.rows, opts.group_by and val_table.columns[opts.group_by],
+                              opts.group_by)
     for what, count in sorted(report.notes.items()):  # before training, while it can be fixed
         say(f"note: {count} {what}")
     fingerprint = _fingerprint(train_table, np.arange(len(train_table)))
@@ -318,9 +329,10 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         if checkpoint_path.is_file():
             checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
             if checkpoint["spec"] != json.dumps(spec.to_dict()):
+                changed = "; ".join(_differences(json.loads(checkpoint["spec"]), spec.to_dict()))
                 raise SpecError([("", f"--resume: {checkpoint_path} belongs to a run of another"
-                                  " spec (or other training options); start a new run without"
-                                  " --resume or give another -o/--run-dir")])
+                                  f" spec ({changed}); a resumed run must be the same run. Start"
+                                  " a new run without --resume or give another -o/--run-dir")])
             if checkpoint["fingerprint"] != fingerprint:
                 raise DataError(f"--resume: the training rows differ from those of the run in"
                                 f" {checkpoint_path}; resume with the same table")

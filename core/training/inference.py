@@ -37,11 +37,11 @@ class RowReport:
     def add(self, encoded: Encoded | None = None, bad: dict[int, str] | None = None,
             notes: Counter[str] | None = None) -> None:
         if bad:
-            self.skipped.extend(bad.values())
+            self.skipped.extend(bad[position] for position in sorted(bad))  # in row order
         if notes:
             self.notes.update(notes)
         if encoded is not None:
-            self.skipped.extend(encoded.bad.values())
+            self.skipped.extend(encoded.bad[position] for position in sorted(encoded.bad))
             self.notes.update(encoded.notes)
 
     def lines(self, limit: int = 10) -> list[str]:

@@ -36,6 +36,16 @@ def flat(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_validation_rows(run_dir: Path, rows: Any, groups: Any = None, group_by: str | None = None) -> None:
+    """``validation_rows.csv``: the table's row numbers (and groups) held out for validation."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["row", group_by] if group_by else ["row"])
+    for i, row in enumerate(rows):
+        writer.writerow([int(row), groups[i]] if group_by else [int(row)])
+    atomic_write_text(run_dir / "validation_rows.csv", out.getvalue())
+
+
 def write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / "metrics.json", json.dumps(json_safe(history), indent=2))
     rows = [flat(r) for r in history]

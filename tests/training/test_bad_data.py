@@ -166,3 +166,10 @@ def test_a_class_that_differs_only_in_case_is_noted_before_training(dataset, tmp
     note = ("note: 1 row(s) of column 'label' hold class 'Yes', kept apart from 'yes', which"
             " differs only in case")
     assert note in err and err.index(note) < err.index("epoch 1")
+
+
+def test_skipped_rows_are_listed_in_row_order(dataset, tmp_path):
+    _edit(dataset, 5, photo="img/nowhere.png")
+    _edit(dataset, 2, age="forty")
+    result = _train(dataset, tmp_path, on_bad_row="skip")
+    assert [m.split(",")[0] for m in result.report.skipped] == [f"{dataset} row 2", f"{dataset} row 5"]

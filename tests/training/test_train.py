@@ -154,6 +154,16 @@ def test_group_by_keeps_groups_on_one_side(dataset):
     assert len(train) + len(val) == len(table)
 
 
+def test_the_run_folder_says_which_rows_validated(dataset, tmp_path):
+    spec = spec_data(epochs=1, group_by="color", val_fraction=0.3)
+    polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    held_out = read_csv(tmp_path / "m.run" / "validation_rows.csv")
+    _, val = split_rows(read_table(dataset), 0.3, "color", seed=0)
+    assert [int(r["row"]) for r in held_out] == [int(p) + 1 for p in val]  # 1-based, as in messages
+    table = read_csv(dataset)
+    assert all(table[int(r["row"]) - 1]["color"] == r["color"] for r in held_out)
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
@@ -227,7 +237,8 @@ def test_resume_after_sigkill_of_the_command(dataset, tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_spec(dataset, tmp_path):
     polymodal.train(spec_data(epochs=1), dataset, tmp_path / "m.safetensors", progress=False)
-    with pytest.raises(polymodal.SpecError, match="belongs to a run of another spec"):
+    with pytest.raises(polymodal.SpecError, match=r"belongs to a run of another spec"
+                       r" \(training.lr 0.01 -> 0.5\)"):
         polymodal.train(spec_data(epochs=1, lr=0.5), dataset, tmp_path / "m.safetensors",
                         progress=False, resume=True)
 
