@@ -72,10 +72,11 @@ def barrier(context: Context) -> None:
 
 def summed(context: Context, *values: torch.Tensor | float) -> list[float]:
     """Each value summed over the processes, in one collective (one process: the values)."""
+    if not context.distributed:
+        return [float(v) for v in values]
     together = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=context.device)
                             for v in values])
-    if context.distributed:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        dist.all_reduce(together)
+    dist.all_reduce(together)
     return together.tolist()
