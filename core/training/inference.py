@@ -251,7 +251,10 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
 def _heads_without_targets(binding: Binding, data: Any) -> dict[str, str]:
     """Heads whose target column the table lacks, taken out of ``binding``: the others are
     evaluated. When no head has its column, the binding is left whole, to report them all."""
-    names = next(iter_table(data, 1)).columns
+    first = next(iter_table(data, 1), None)
+    if first is None:
+        return {}
+    names = first.columns
     absent = {b.name: [c for c in b.codec.columns() if c not in names] for b in binding.heads}
     absent = {head: columns for head, columns in absent.items() if columns}
     if len(absent) == len(binding.heads):
