@@ -482,8 +482,7 @@ def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_ro
     if as_json:
         click.echo(json.dumps(json_safe(result), indent=2))
         return
-    report = RowReport(result["skipped"])
-    report.notes.update(result["notes"])
+    report = RowReport.from_json(result)
     for line in report.lines():
         click.echo(line, err=True)
     click.echo(render_evaluation(model, result))
@@ -511,8 +510,7 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batc
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    report = RowReport(result["skipped"])
-    report.notes.update(result["notes"])
+    report = RowReport.from_json(result)
     for line in report.lines():
         click.echo(line, err=True)
     click.echo(f"wrote {result['rows']} prediction(s) to {output}")

@@ -375,7 +375,7 @@ class TabularCodec(Codec):
             ids, unseen = encode_categories(table.columns[column], lookup(vocabulary),
                                             unknown=-2, missing=-1)
             issues.note(f"value(s) in column {column!r} not seen in training: used the reserved"
-                        " unknown category", unseen)
+                        " unknown category", len(unseen), examples=unseen)
             out[column] = torch.from_numpy(ids)
         for column in self.config.numerical:
             out[column] = torch.from_numpy(numeric_column(table, column, issues).astype(np.float32))

@@ -11,7 +11,7 @@ into the tensors the component's module takes.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,21 +34,39 @@ class RowIssues:
 
     ``bad`` holds rows that cannot be used (position -> message naming the row and column);
     ``notes`` counts tolerated oddities (unseen categories, targets missing for some heads) to
-    report once: each is a phrase that follows its count.
+    report once: each is a phrase that follows its count; ``examples`` holds a few of the values
+    behind a note.
     """
 
     def __init__(self, table: Table):
         self.table = table
         self.bad: dict[int, str] = {}
         self.notes: Counter[str] = Counter()
+        self.examples: dict[str, list[Any]] = {}
 
     def bad_row(self, position: int, column: str, message: str) -> None:
         if position not in self.bad:  # the first problem of a row is the one reported
             self.bad[position] = f"{self.table.where(position)}, column {column!r}: {message}"
 
-    def note(self, what: str, count: int = 1) -> None:
+    def note(self, what: str, count: int = 1, examples: Iterable[Any] = ()) -> None:
         if count:
             self.notes[what] += count
+            add_examples(self.examples, what, examples)
+
+
+EXAMPLES_PER_NOTE = 3
+
+
+def add_examples(into: dict[str, list[Any]], what: str, values: Iterable[Any]) -> None:
+    """Keep up to EXAMPLES_PER_NOTE distinct ``values`` for the note ``what``."""
+    kept = into.get(what, [])
+    for value in values:
+        if len(kept) == EXAMPLES_PER_NOTE:
+            break
+        if value not in kept:
+            kept.append(value)
+    if kept:
+        into[what] = kept
 
 
 class Codec:
@@ -141,12 +159,13 @@ class Encoded:
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bad: dict[int, str] = field(default_factory=dict)
     notes: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[Any]] = field(default_factory=dict)
 
     def pin_memory(self) -> Encoded:
         """A copy in page-locked memory (DataLoader's ``pin_memory`` calls this), so the copy
         to a GPU runs asynchronously."""
         return Encoded(_pinned(self.inputs), _pinned(self.targets), self.positions, self.bad,
-                       self.notes)
+                       self.notes, self.examples)
 
 
 def _pinned(value: Any) -> Any:
@@ -281,7 +300,7 @@ class Binding:
         if len(keep) < len(table):
             inputs = select(inputs, keep)
             encoded_targets = select(encoded_targets, keep)
-        return Encoded(inputs, encoded_targets, keep, issues.bad, issues.notes)
+        return Encoded(inputs, encoded_targets, keep, issues.bad, issues.notes, issues.examples)
 
 
 def select(value: Any, keep: np.ndarray) -> Any:

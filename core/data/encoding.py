@@ -52,11 +52,11 @@ def lookup(vocabulary: list[int | str]) -> dict[str, int]:
 
 
 def encode_categories(values: np.ndarray, index: dict[str, int], unknown: int,
-                      missing: int) -> tuple[np.ndarray, int]:
+                      missing: int) -> tuple[np.ndarray, list[int | str]]:
     """Ids of ``values`` (``unknown`` for categories not in ``index``, ``missing`` for missing
-    values) and how many were unknown."""
+    values) and the unknown categories, one per value."""
     ids = np.empty(len(values), dtype=np.int64)
-    unseen = 0
+    unseen: list[int | str] = []
     for i, value in enumerate(values):
         cat = category(value)
         if cat is None:
@@ -64,7 +64,7 @@ def encode_categories(values: np.ndarray, index: dict[str, int], unknown: int,
             continue
         found = index.get(key(cat))
         if found is None:
-            unseen += 1
+            unseen.append(cat)
             ids[i] = unknown
         else:
             ids[i] = found

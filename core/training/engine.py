@@ -130,7 +130,7 @@ def _checked(table: Table, binding: Binding, policy: str, report: RowReport) -> 
     binding.require_columns(table, targets=True)
     issues = binding.check(table, None, targets=True)
     fail_on(issues.bad, policy)
-    report.add(bad=issues.bad, notes=issues.notes)
+    report.add(bad=issues.bad, notes=issues.notes, examples=issues.examples)
     if not issues.bad:
         return table
     return table.take([p for p in range(len(table)) if p not in issues.bad])
@@ -320,8 +320,8 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
     if val is None and len(val_table) and context.main:
         write_validation_rows(run_dir, val_table.rows, opts.group_by and val_table.columns[opts.group_by],
                               opts.group_by)
-    for what, count in sorted(report.notes.items()):  # before training, while it can be fixed
-        say(f"note: {count} {what}")
+    for line in report.note_lines():  # before training, while it can still be fixed
+        say(f"note: {line}")
     fingerprint = _fingerprint(train_table, np.arange(len(train_table)))
     checkpoint_path = run_dir / CHECKPOINT
     checkpoint = None
@@ -484,7 +484,8 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
 
 
 def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
+    # Only on a terminal: redirected to a file, a bar's redraws would bury the epoch lines.
+    if not enabled or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 

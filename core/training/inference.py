@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.binding import Binding, Encoded, State
+from ..data.binding import Binding, Encoded, State, add_examples
 from ..data.table import Table, iter_table
 from ..errors import DataError, ModelFileError, did_you_mean
 
@@ -29,20 +29,35 @@ BAD_ROW_POLICIES = ("fail", "skip")
 
 @dataclass
 class RowReport:
-    """Rows left out (``skipped``: their messages) and tolerated oddities (``notes``: counts)."""
+    """Rows left out (``skipped``: their messages) and tolerated oddities (``notes``: counts,
+    with a few ``examples`` of the values behind them)."""
 
     skipped: list[str] = field(default_factory=list)
     notes: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, summary: dict[str, Any]) -> RowReport:
+        return cls(list(summary["skipped"]), Counter(summary["notes"]),
+                   dict(summary.get("note_examples", {})))
 
     def add(self, encoded: Encoded | None = None, bad: dict[int, str] | None = None,
-            notes: Counter[str] | None = None) -> None:
+            notes: Counter[str] | None = None, examples: dict[str, list[Any]] | None = None) -> None:
+        if encoded is not None:
+            bad, notes, examples = encoded.bad, encoded.notes, encoded.examples
         if bad:
             self.skipped.extend(bad[position] for position in sorted(bad))  # in row order
         if notes:
             self.notes.update(notes)
-        if encoded is not None:
-            self.skipped.extend(encoded.bad[position] for position in sorted(encoded.bad))
-            self.notes.update(encoded.notes)
+        for what, values in (examples or {}).items():
+            add_examples(self.examples, what, values)
+
+    def note_lines(self) -> list[str]:
+        out = []
+        for what, count in sorted(self.notes.items()):
+            examples = self.examples.get(what)
+            out.append(f"{count} {what}" + (f" (e.g. {', '.join(map(repr, examples))})" if examples else ""))
+        return out
 
     def lines(self, limit: int = 10) -> list[str]:
         out = []
@@ -51,12 +66,11 @@ class RowReport:
             out += [f"  {m}" for m in self.skipped[:limit]]
             if len(self.skipped) > limit:
                 out.append(f"  ... and {len(self.skipped) - limit} more")
-        out += [f"{count} {what}" for what, count in sorted(self.notes.items())]
-        return out
+        return out + self.note_lines()
 
     def to_json(self) -> dict[str, Any]:
         return {"skipped_rows": len(self.skipped), "skipped": self.skipped,
-                "notes": dict(self.notes)}
+                "notes": dict(self.notes), "note_examples": self.examples}
 
 
 def check_policy(policy: str) -> None:
@@ -113,7 +127,7 @@ def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool
             continue
         issues = binding.check(chunk, state, targets)
         fail_on(issues.bad, policy)
-        report.add(bad=issues.bad, notes=issues.notes)
+        report.add(bad=issues.bad, notes=issues.notes, examples=issues.examples)
         keep = [p for p in range(len(chunk)) if p not in issues.bad]
         chunk = chunk.take(keep) if len(keep) < len(chunk) else chunk
         if len(chunk) == 0:

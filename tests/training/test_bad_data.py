@@ -71,7 +71,7 @@ def test_missing_column_names_the_spec_path(dataset, tmp_path):
         _train(dataset, tmp_path)
 
 
-def test_unseen_category_at_predict_uses_the_unknown_row_and_is_counted(trained, tmp_path):
+def test_unseen_category_at_predict_uses_the_unknown_row_and_is_counted(trained, tmp_path, capsys):
     model, table = trained
     rows = read_csv(table)[:5]
     rows[0]["color"] = "purple"
@@ -82,8 +82,11 @@ def test_unseen_category_at_predict_uses_the_unknown_row_and_is_counted(trained,
     new = write_csv(tmp_path / "new.csv", rows)
     result = polymodal.predict(model, new)
     assert len(result["columns"]["label"]) == 5
-    assert result["notes"] == {"value(s) in column 'color' not seen in training: used the"
-                               " reserved unknown category": 2}
+    note = "value(s) in column 'color' not seen in training: used the reserved unknown category"
+    assert result["notes"] == {note: 2}
+    assert result["note_examples"] == {note: ["purple", "teal"]}
+    assert main(["predict", str(model), "--data", str(new), "-o", str(tmp_path / "p.csv")]) == 0
+    assert f"2 {note} (e.g. 'purple', 'teal')" in capsys.readouterr().err
 
 
 def test_unknown_class_at_evaluate_is_a_bad_row(trained, tmp_path):

@@ -65,7 +65,7 @@ def test_integer_categories_from_a_dataframe_match_text_from_csv(tmp_path):
     assert vocabulary == [1, 3]
     ids, unseen = encode_categories(read_table({"c": ["3", "1", "7", ""]}).columns["c"],
                                     lookup(vocabulary), unknown=2, missing=-1)
-    assert ids.tolist() == [1, 0, 2, -1] and unseen == 1
+    assert ids.tolist() == [1, 0, 2, -1] and unseen == [7]
 
 
 def test_bad_tables_get_clear_messages(tmp_path):

@@ -427,3 +427,22 @@ def test_rows_without_a_target_are_left_out_of_that_heads_loss():
     losses = head_losses(model, outputs, device_targets(targets, torch.device("cpu")))
     assert set(losses) == {"a", "b"}
     assert losses["a"][0].item() == 2.0 and losses["b"][0].item() == 2.0
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
+    import io
+
+    from polymodal.training.engine import _progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert _progress(True, 3, "epoch 1/1") is None
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = _progress(True, 3, "epoch 1/1")
+    bar.update(1)
+    bar.close()
+    assert "epoch 1/1" in sys.stderr.getvalue()
+    assert _progress(False, 3, "epoch 1/1") is None
