@@ -131,7 +131,7 @@ def spec_of(path: str | Path, registry: Registry | None = None):
     except (KeyError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: its embedded spec is missing or not JSON ({exc})") from None
     try:
-        return validate_spec_data(data, registry, source=f"{path} (embedded spec)")
+        return validate_spec_data(data, registry, source=f"{path} (embedded spec)", for_training=False)
     except SpecError as exc:
         raise ModelFileError(_missing_plugin_hint(str(exc), data, metadata)) from None
 

@@ -321,9 +321,12 @@ def _mapping(raw: Any, loc: str, what: str, problems: list[tuple[str, str]]) -> 
 
 
 def validate_spec_data(
-    data: Mapping[str, Any], registry: Registry | None = None, source: str | None = None
+    data: Mapping[str, Any], registry: Registry | None = None, source: str | None = None,
+    for_training: bool = True,
 ) -> ModelSpec:
-    """Validate plain spec data into a :class:`ModelSpec`; raises :class:`SpecError`."""
+    """Validate plain spec data into a :class:`ModelSpec`; raises :class:`SpecError`.
+    ``for_training=False`` (a model file's spec) skips what only training reads: a trained model
+    loads whatever its early-stopping metric was called."""
     registry = registry or get_registry()
     problems: list[tuple[str, str]] = []
     if not isinstance(data, Mapping):
@@ -427,7 +430,8 @@ def validate_spec_data(
                 if head not in heads and head not in _mapping(data.get("heads"), "", "", []):
                     problems.append((f"training.loss_weights.{head}", f"unknown head {head!r}."
                                      f"{did_you_mean(head, heads)} Heads: {', '.join(heads)}."))
-            problems.extend(_monitored_metric_problems(training, heads, data.get("heads")))
+            if for_training:
+                problems.extend(_monitored_metric_problems(training, heads, data.get("heads")))
 
     for key, value in (("name", data.get("name")), ("description", data.get("description"))):
         if value is not None and not isinstance(value, str):
@@ -460,7 +464,7 @@ def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, Co
         return [(where, f"unknown head {head!r}.{did_you_mean(head, heads)} Heads: {', '.join(heads)}.")]
     make = getattr(heads[head], "codec", None)
     known = getattr(make(), "metric_names", ()) if callable(make) else ()
-    if known and name not in known:
+    if known and name not in (*known, "loss"):  # every head also reports its own loss
         return [(where, f"head {head!r} has no metric {name!r}.{did_you_mean(name, known)}"
                         f" Its metrics: {', '.join(known)}.")]
     return []

@@ -180,6 +180,20 @@ def test_embedded_spec_that_is_invalid(saved):
     assert "embedded spec is missing or not JSON" in load_error(path)
 
 
+def test_a_model_loads_whatever_its_early_stopping_metric_was_called(saved):
+    """Training options do not matter to a trained model: a head's metrics may since have been
+    renamed, and the file must still load."""
+    _, path = saved
+    with safe_open(str(path), framework="pt") as handle:
+        spec = json.loads(handle.metadata()[KEY_SPEC])
+    head = next(iter(spec["heads"]))
+    spec["training"] = {"early_stopping": {"metric": f"{head}.retired_metric"}}
+    rewrite(path, metadata_update={KEY_SPEC: json.dumps(spec)})
+    assert polymodal.load(path).spec.training.early_stopping.metric == f"{head}.retired_metric"
+    with pytest.raises(polymodal.SpecError, match="has no metric 'retired_metric'"):
+        polymodal.load_spec(spec)
+
+
 def test_file_from_a_newer_format(saved):
     _, path = saved
     rewrite(path, metadata_update={KEY_FORMAT: str(FORMAT_VERSION + 1),

@@ -102,6 +102,8 @@ def _npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
             raise ImageReadError("is not a .npy file (it lacks the .npy header)") from None
     if dtype.hasobject:
         raise ImageReadError("holds Python objects, not numbers")
+    if dtype.kind not in "biuf":
+        raise ImageReadError(f"holds {dtype} values, not numbers")
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as exc:

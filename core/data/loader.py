@@ -75,7 +75,10 @@ def loader(dataset: BatchDataset, plan: BatchPlan, workers: int = 0, pin_memory:
            keep_workers: bool = False) -> DataLoader:
     """Batches of ``dataset`` in the order of ``plan``. With ``keep_workers``, the worker
     processes outlive an epoch, so later epochs do not wait for new ones to start."""
+    # A loader's own generator: starting an epoch draws from it, and a draw from the global one
+    # would change dropout depending on whether workers are kept (and on where a run resumed).
     return DataLoader(dataset, batch_size=None, sampler=plan, num_workers=workers,
                       collate_fn=_unwrap, pin_memory=pin_memory,
                       prefetch_factor=4 if workers else None,
-                      persistent_workers=keep_workers and workers > 0)
+                      persistent_workers=keep_workers and workers > 0,
+                      generator=torch.Generator().manual_seed(dataset.seed))

@@ -317,9 +317,6 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         train_table, val_table = table.take(train_pos), table.take(val_pos)
     if len(train_table) == 0:
         raise DataError(f"{table.source}: no training rows left")
-    if val is None and len(val_table) and context.main:
-        write_validation_rows(run_dir, val_table.rows, opts.group_by and val_table.columns[opts.group_by],
-                              opts.group_by)
     for line in report.note_lines():  # before training, while it can still be fixed
         say(f"note: {line}")
     fingerprint = _fingerprint(train_table, np.arange(len(train_table)))
@@ -338,6 +335,9 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
                                 f" {checkpoint_path}; resume with the same table")
         else:
             say(f"no checkpoint in {run_dir}: starting from the beginning")
+    if val is None and len(val_table) and context.main:
+        write_validation_rows(run_dir, val_table.rows, opts.group_by and val_table.columns[opts.group_by],
+                              opts.group_by)
     state: State = json.loads(checkpoint["state"]) if checkpoint else binding.fit(train_table)
     completed = binding.complete(state)
     binding = Binding(completed)

@@ -332,7 +332,8 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
                 predicted.update(bound.codec.decode(outputs[bound.name].cpu(), state["heads"][bound.name]))
             columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
             for c in keep:
-                columns[kept_name(c, predicted)] = [_plain(v) for v in chunk.columns[c][encoded.positions]]
+                columns[kept_name(c, [*predicted, *columns])] = [
+                    _plain(v) for v in chunk.columns[c][encoded.positions]]
             columns.update(predicted)
             if writer is not None:
                 if rows == 0:
@@ -362,10 +363,10 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     return result
 
 
-def kept_name(column: str, predicted: Iterable[str]) -> str:
+def kept_name(column: str, taken: Iterable[str]) -> str:
     """The output name of a kept column: its own, or ``NAME_kept`` where a prediction (often the
-    head named after its target column) or the row number already has that name."""
-    taken = {"row", *predicted}
+    head named after its target column), the row number or another kept column has that name."""
+    taken = set(taken)
     while column in taken:
         column += "_kept"
     return column

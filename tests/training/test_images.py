@@ -32,6 +32,7 @@ def test_files_that_are_no_image_say_what_they_are(tmp_path):
     (tmp_path / "notes.npy").write_text("1, 2, 3")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (tmp_path / "scans.npy").mkdir()
+    np.save(tmp_path / "words.npy", np.array([["a", "b"], ["c", "d"]]))
     for read in (read_image, image_shape):
         with pytest.raises(ImageReadError, match=r"^is not a .npy file \(it lacks the .npy header\)$"):
             read(tmp_path / "notes.npy")
@@ -39,6 +40,8 @@ def test_files_that_are_no_image_say_what_they_are(tmp_path):
             read(tmp_path / "objects.npy")
         with pytest.raises(ImageReadError, match="^is a folder, not an image file$"):
             read(tmp_path / "scans.npy")
+        with pytest.raises(ImageReadError, match="^holds <U1 values, not numbers$"):
+            read(tmp_path / "words.npy")
 
 
 def test_twelve_band_scans_train_from_npy_files(tmp_path):

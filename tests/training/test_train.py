@@ -197,6 +197,7 @@ def test_worker_processes_train_exactly_like_the_main_process(dataset, tmp_path)
     """Each batch is encoded and augmented from its own seed, whichever process makes it; the
     workers are started once and kept for every epoch."""
     spec = spec_data(epochs=3, augment={"hflip": True, "noise_std": 0.05})
+    spec["fusion"]["dropout"] = 0.3  # randomness in the main process too
     alone = polymodal.train(spec, dataset, tmp_path / "alone.safetensors", progress=False)
     spec["training"]["workers"] = 2
     workers_by_epoch: dict[int, set[int]] = {}
@@ -299,6 +300,12 @@ def test_cli_train_json_evaluate_and_predict(dataset, tmp_path, capsys):
     assert rows[0]["row"] == "1" and rows[0]["id"] == "r0"
     assert [r["label_kept"] for r in rows] == [r["label"] for r in read_csv(dataset)]
     assert len(rows) == 48
+    clashing = write_csv(tmp_path / "clash.csv", [{**r, "label_kept": "x"} for r in read_csv(dataset)])
+    assert main(["predict", str(model), "--data", str(clashing), "-o", str(predictions),
+                 "--keep", "label", "--keep", "label_kept"]) == 0
+    first = read_csv(predictions)[0]
+    assert list(first)[:4] == ["row", "label_kept", "label_kept_kept", "label"]
+    assert first["label_kept_kept"] == "x" and first["label_kept"] == read_csv(dataset)[0]["label"]
     assert main(["predict", str(model), "--data", str(dataset), "-o", str(predictions),
                  "--keep", "ID"]) == 1
     assert "no column 'ID' to keep. Did you mean 'id'?" in capsys.readouterr().err
@@ -319,6 +326,7 @@ def test_training_options_are_validated_with_their_spec_path(dataset, tmp_path):
     with pytest.raises(polymodal.SpecError, match="has no metric 'r2'"):
         polymodal.train(spec_data(epochs=1), dataset, tmp_path / "m.safetensors", progress=False,
                         options={"early_stopping": {"metric": "label.r2"}})
+    polymodal.load_spec(spec_data(early_stopping={"metric": "label.loss"}))  # each head's own loss
     spec = spec_data(epochs=1, precision="fp16", device="cpu")
     with pytest.raises(polymodal.SpecError, match="fp16 needs a CUDA GPU"):
         polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
