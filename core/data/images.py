@@ -100,14 +100,17 @@ def _npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
             dtype = header(handle)[2]
         except ValueError:
             raise ImageReadError("is not a .npy file (it lacks the .npy header)") from None
-    if dtype.hasobject:
-        raise ImageReadError("holds Python objects, not numbers")
-    if dtype.kind not in "biuf":
-        raise ImageReadError(f"holds {dtype} values, not numbers")
-    try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except ValueError as exc:
-        raise ImageReadError(f"is not a readable .npy array ({exc})") from None
+        if dtype.hasobject:
+            raise ImageReadError("holds Python objects, not numbers")
+        if dtype.kind not in "biuf":
+            raise ImageReadError(f"holds {dtype} values, not numbers")
+        try:
+            if mmap_mode is None:
+                handle.seek(0)  # one open per image: these are read for every batch
+                return np.load(handle, allow_pickle=False)
+            return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        except ValueError as exc:
+            raise ImageReadError(f"is not a readable .npy array ({exc})") from None
 
 
 def read_image(path: str | Path, channels: int | None = None, *,
