@@ -62,6 +62,7 @@ _LAZY = {
     "train": "training.engine",
     "evaluate": "training.inference",
     "predict": "training.inference",
+    "decode": "training.inference",
     "read_table": "data.table",
 }
 

@@ -106,7 +106,7 @@ def plan(spec: ModelSpec) -> Plan:
                     (f"heads.{head}", f"{source} gives {fused[inputs].describe()}: {exc}")
                 )
     if problems:
-        raise SpecError(problems)
+        raise SpecError(list(dict.fromkeys(problems)))  # a shared backbone fails once per input
     return Plan(adapter_gives, features, groups, fused, fusion_takes)
 
 

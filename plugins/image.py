@@ -132,8 +132,9 @@ class ImageAdapter(ModalityAdapter):
             if isinstance(wanted, FeatureMap):
                 fix = f"set project_to: {wanted.channels} (a learned 1x1 projection)"
                 if self.project_to is None:
-                    fix += (f", or the backbone's in_chans: {self.channels} (its stem adapted"
-                            " from the pretrained RGB filters)")
+                    fix += (f", or, where no input of another channel count shares the"
+                            f" backbone, its in_chans: {self.channels} (its stem adapted from"
+                            " the pretrained RGB filters)")
                 return fix
             return None
 

@@ -234,14 +234,14 @@ class Binding:
                 usable[list(issues.bad)] = False
                 for b in self.heads:
                     issues.note(f"row(s) without a target in column"
-                                f" {'/'.join(b.codec.columns())!r}: left out of head {b.name!r}"
+                                f" {'/'.join(dict.fromkeys(b.codec.columns()))!r}: left out of head {b.name!r}"
                                 " only", int((usable & ~has[b.name]).sum()))
         return issues
 
     def _no_target(self, issues: RowIssues, any_target: np.ndarray) -> None:
         """A row without any target (with several heads: none of theirs) is bad; a row missing
         only some heads' targets is masked for those heads."""
-        columns = "/".join(c for b in self.heads for c in b.codec.columns())
+        columns = "/".join(dict.fromkeys(c for b in self.heads for c in b.codec.columns()))
         for position in np.flatnonzero(~any_target):
             issues.bad_row(int(position), columns, "the target is missing (empty or NaN)")
 

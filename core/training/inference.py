@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,9 +327,7 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
                                 f"{did_you_mean(missing[0], chunk.columns)}")
             with torch.no_grad():
                 outputs = model(to_device(encoded.inputs, target))
-            predicted: dict[str, list[Any]] = {}
-            for bound in binding.heads:
-                predicted.update(bound.codec.decode(outputs[bound.name].cpu(), state["heads"][bound.name]))
+            predicted = _decoded(binding, state, outputs)
             columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
             for c in keep:
                 columns[kept_name(c, [*predicted, *columns])] = [
@@ -361,6 +359,22 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     else:
         result["output"] = str(output)
     return result
+
+
+def decode(model: Any, outputs: Mapping[str, torch.Tensor]) -> dict[str, list[Any]]:
+    """Raw head outputs of a model trained on a table (what ``model(batch)`` returns: logits,
+    standardised regression values) as the columns ``predict`` writes: class names and
+    probabilities, values in the target's units."""
+    return _decoded(Binding(model.spec), model_state(model, "the model"), outputs)
+
+
+def _decoded(binding: Binding, state: State, outputs: Mapping[str, torch.Tensor]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {}
+    for bound in binding.heads:
+        if bound.name in outputs:
+            output = outputs[bound.name].detach().float().cpu()
+            columns.update(bound.codec.decode(output, state["heads"][bound.name]))
+    return columns
 
 
 def kept_name(column: str, taken: Iterable[str]) -> str:

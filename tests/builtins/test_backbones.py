@@ -53,6 +53,18 @@ def test_unknown_model_names_get_close_matches(library, typo, match):
     assert message.startswith("backbones.vision:") and f"Did you mean '{match}'" in message
 
 
+def test_a_shared_backbone_that_cannot_be_made_is_one_problem():
+    spec = {"inputs": {"rgb": {"adapter": {"type": "image", "channels": 3}, "backbone": "shared"},
+                       "ms": {"adapter": {"type": "image", "channels": 10, "project_to": 3},
+                              "backbone": "shared"}},
+            "backbones": {"shared": {"type": "timm", "model": "resnet10x"}},
+            "fusion": {"type": "concat"},
+            "heads": {"crop": {"type": "classification", "classes": 3}}}
+    with pytest.raises(polymodal.SpecError) as raised:
+        polymodal.plan(polymodal.load_spec(spec))
+    assert [where for where, _ in raised.value.problems] == ["backbones.shared"]
+
+
 def reference_net(library: str, seed: int = 1) -> torch.nn.Module:
     """The network a local weights file is made from (with its classifier, as published)."""
     torch.manual_seed(seed)

@@ -454,3 +454,21 @@ def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
     bar.close()
     assert "epoch 1/1" in sys.stderr.getvalue()
     assert _progress(False, 3, "epoch 1/1") is None
+
+
+def test_decode_turns_raw_outputs_into_what_predict_writes(dataset, tmp_path):
+    from polymodal.data.binding import Binding
+
+    spec = spec_data(epochs=1)
+    spec["heads"]["score"] = {"type": "regression"}
+    polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
+    model = polymodal.load(tmp_path / "m.safetensors").eval()
+    table = read_table(dataset)
+    encoded = Binding(model.spec).encode(table, model.fitted_state, targets=False)
+    with torch.no_grad():
+        outputs = model(encoded.inputs)
+    decoded = polymodal.decode(model, outputs)
+    predicted = polymodal.predict(tmp_path / "m.safetensors", dataset)["columns"]
+    assert decoded["label"] == predicted["label"] and decoded["score"] == predicted["score"]
+    assert 2.0 < float(np.mean(decoded["score"])) < 7.0  # the target's units, not standardised
+    assert abs(float(outputs["score"].mean())) < 2.0
