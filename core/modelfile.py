@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_model
 from .assembly import PolymodalModel, build
 from .errors import ModelFileError, SpecError
 from .registry import Registry, get_registry
-from .spec import validate_spec_data
+from .spec import SPEC_SUFFIXES, validate_spec_data
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"
@@ -88,6 +88,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
+        if path.suffix.lower() in SPEC_SUFFIXES:
+            raise ModelFileError(
+                f"{path}: this is a spec, not a model file: `polymodal validate` checks a spec,"
+                " and `polymodal build` or `polymodal train` makes a model file from it") from None
         raise ModelFileError(
             f"{path}: not a valid safetensors model file ({_reason(exc)});"
             " it may be truncated, corrupt, or another format such as a pickle"

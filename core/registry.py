@@ -316,18 +316,18 @@ class Registry:
         names = sorted({c.type for c in installed})
         msg = f"unknown {kind} type {name!r}."
         msg += did_you_mean(short, names)
+        providers = [extra for extra in self.catalog.extras if (kind, short) in extra.components]
         if ":" in name:
             package = normalize_package(name.split(":", 1)[0])
             known = {p.package for p in self.plugins}
-            if package not in known:
+            if package not in known and package not in {extra.package for extra in providers}:
                 msg += f" Package {package!r} is not installed: pip install {package}."
-        for extra in self.catalog.extras:
-            if (kind, short) in extra.components:
-                msg += (
-                    f" It is provided by the plugin package {extra.package}:"
-                    f" pip install {extra.requirement!r}"
-                    f" (or: polymodal install {extra.package})."
-                )
+        for extra in providers:
+            msg += (
+                f" It is provided by the plugin package {extra.package}:"
+                f" pip install {extra.requirement!r}"
+                f" (or: polymodal install {extra.package})."
+            )
         for plugin in self.plugins:
             if plugin.status in ("failed", "disabled"):
                 provides = self._manifest_types(plugin)

@@ -127,6 +127,12 @@ def test_empty_file(tmp_path):
     assert "not a valid safetensors model file" in load_error(path)
 
 
+def test_a_spec_given_for_a_model_file_says_what_reads_it(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text("inputs: {}\n")
+    assert "this is a spec, not a model file: `polymodal validate` checks a spec" in load_error(path)
+
+
 def test_pickle_renamed_safetensors_is_refused_not_executed(tmp_path, code_trap):
     marker = tmp_path / "executed"
     path = tmp_path / "model.safetensors"

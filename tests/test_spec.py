@@ -84,6 +84,11 @@ def test_unknown_type_known_to_the_catalog_names_the_package(image_spec):
     image_spec["inputs"]["photo"]["adapter"]["type"] = "signal"
     message = error_of(image_spec)
     assert "pip install" in message and "polymodal-signal" in message
+    # the package named in the type and known to the catalog: one install line, not two
+    image_spec["inputs"]["photo"]["adapter"]["type"] = "polymodal-signal:signal"
+    message = error_of(image_spec)
+    assert "It is provided by the plugin package polymodal-signal" in message
+    assert "is not installed" not in message
 
 
 def test_unknown_key_suggests_close_match(image_spec):

@@ -84,10 +84,17 @@ def _tiff_array(path: Path) -> np.ndarray:
         except (ImageReadError, OSError):
             raise ImageReadError("cannot be read without tifffile (multi-band TIFF):"
                                  " pip install 'polymodal[tiff]'") from None
+    import logging
+
+    # tifffile logs what it finds wrong in a file; the error below says it once, with the row.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
-        return tifffile.imread(str(path))
+        array = tifffile.imread(str(path))
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for bad files
         raise ImageReadError(f"is not a readable TIFF file ({exc})") from None
+    if array.size == 0:
+        raise ImageReadError("is not a readable TIFF file (it holds no image data)")
+    return array
 
 
 def _npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:

@@ -383,6 +383,7 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
     if start_epoch > 1 and opts.early_stopping.patience and stale >= opts.early_stopping.patience:
         start_epoch = opts.epochs + 1
         stopped_early = True
+        say(f"the run had stopped early after epoch {len(history)}: nothing left to train")
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     pinned = context.device.type == "cuda"
     plan = BatchPlan()
@@ -392,6 +393,8 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
                             pin_memory=pinned, keep_workers=True)
     for epoch in range(start_epoch, opts.epochs + 1):
         frozen = opts.freeze_backbones and (opts.unfreeze_at is None or epoch < opts.unfreeze_at)
+        if opts.freeze_backbones and (epoch == start_epoch or epoch == opts.unfreeze_at):
+            say(f"epoch {epoch}: backbones {'frozen' if frozen else 'train from now on'}")
         _set_frozen(model, frozen, trainable)
         _train_mode(model, frozen)
         torch.manual_seed(derive_seed(opts.seed, epoch, 2))

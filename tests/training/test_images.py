@@ -28,6 +28,13 @@ def test_npy_channels_first_or_last_and_tiff_bands(tmp_path):
         read_image(tmp_path / "gone.npy")
 
 
+def test_a_tiff_without_image_data_is_not_readable(tmp_path):
+    pytest.importorskip("tifffile")
+    (tmp_path / "garbage.tif").write_bytes(b"II*\x00" + b"\xff" * 1024)  # a header, then nothing
+    with pytest.raises(ImageReadError, match="^is not a readable TIFF file"):
+        read_image(tmp_path / "garbage.tif", 10)
+
+
 def test_files_that_are_no_image_say_what_they_are(tmp_path):
     (tmp_path / "notes.npy").write_text("1, 2, 3")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)

@@ -248,11 +248,19 @@ def test_early_stopping_stops_after_patience(dataset, tmp_path):
     spec = spec_data(epochs=30, lr=1e-9, schedule="none", early_stopping={"patience": 2})
     result = polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
     assert result.stopped_early and len(result.history) < 30
+    said: list[str] = []
+    again = polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False, resume=True,
+                            log=said.append)
+    assert again.stopped_early and again.history == result.history
+    assert f"the run had stopped early after epoch {len(result.history)}: nothing left to train" in said
 
 
 def test_frozen_backbones_keep_their_weights_until_unfrozen(dataset, tmp_path):
+    said: list[str] = []
+
     def backbone_changed(spec) -> bool:
-        result = polymodal.train(spec, dataset, tmp_path / "f.safetensors", progress=False)
+        result = polymodal.train(spec, dataset, tmp_path / "f.safetensors", progress=False,
+                                 log=said.append)
         torch.manual_seed(0)  # the engine initialises with the seed before building
         fresh = polymodal.build(result.model.spec, pretrained=False)
         pairs = zip(fresh.input_backbones.parameters(), result.model.input_backbones.parameters())
@@ -260,6 +268,8 @@ def test_frozen_backbones_keep_their_weights_until_unfrozen(dataset, tmp_path):
 
     assert not backbone_changed(spec_data(epochs=1, freeze_backbones=True))
     assert backbone_changed(spec_data(epochs=2, freeze_backbones=True, unfreeze_at=2))
+    assert [line for line in said if ": backbones" in line] == [
+        "epoch 1: backbones frozen", "epoch 1: backbones frozen", "epoch 2: backbones train from now on"]
 
 
 
