@@ -7,6 +7,7 @@ Listing commands read static manifests and import neither torch nor any plugin.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 
-from .errors import PolymodalError
+from .errors import ModelFileError, PolymodalError
 from .manifest import KINDS
 
 EXIT_BAD_INPUT = 1
@@ -263,8 +264,13 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
 
         click.echo(mermaid(spec_of(model_path)), nl=False)
         return
-    model = load(model_path)
     versions = json.loads(metadata.get(KEY_VERSIONS, "{}"))
+    try:
+        model = load(model_path)
+    except ModelFileError as exc:
+        # What the file says of itself needs no plugin: show it, then why it cannot be loaded.
+        _inspect_unloadable(model_path, metadata, versions, as_json)
+        raise exc from None
     counts = parameter_counts(model)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -294,6 +300,40 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
             for name, state in parts.items():
                 for key, value in state.items():
                     click.echo(f"  {section}.{name}.{key}: {_brief(value)}")
+
+
+def _inspect_unloadable(model_path: str, metadata: dict[str, str], versions: dict[str, str],
+                        as_json: bool) -> None:
+    from safetensors import safe_open
+
+    from .modelfile import KEY_SPEC
+
+    with safe_open(model_path, framework="pt") as handle:
+        sizes: dict[str, int] = {}
+        for key in handle.keys():
+            part = ".".join(key.split(".")[:2])
+            sizes[part] = sizes.get(part, 0) + math.prod(handle.get_slice(key).get_shape())
+    try:
+        spec: Any = json.loads(metadata[KEY_SPEC])
+    except (KeyError, json.JSONDecodeError):
+        spec = None
+    if as_json:
+        click.echo(json.dumps({"file": model_path, "format": metadata.get("polymodal.format"),
+                               "versions": versions, "spec": spec, "stored_values": sizes,
+                               "loadable": False}, indent=2))
+        return
+    import yaml
+
+    click.echo(f"{model_path}: polymodal model file, format {metadata.get('polymodal.format')}"
+               " (it cannot be loaded here; see below)")
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if spec is not None:
+        click.echo("\nspec (as stored):")
+        click.echo("  " + yaml.safe_dump(spec, sort_keys=False).rstrip().replace("\n", "\n  "))
+    click.echo("\nstored values (parameters and buffers):")
+    rows = [[part, f"{count:,}"] for part, count in sizes.items()]
+    rows.append(["total", f"{sum(sizes.values()):,}"])
+    click.echo(_table(rows, ["PART", "VALUES"]))
 
 
 def _brief(value: Any, items: int = 8) -> str:

@@ -325,6 +325,20 @@ def test_bad_model_files_through_inspect(capsys, tmp_path, content):
     assert_one_clear_error(code, err, str(path), expected)
 
 
+def test_inspect_shows_what_a_file_says_of_itself_without_its_plugin(capsys, tmp_path):
+    path = tmp_path / "model.safetensors"
+    polymodal.save(polymodal.build(TABLE_SPEC), path)
+    BAD_MODEL_FILES["plugin"][0](path)
+    code, out, err = call(capsys, "inspect", str(path))
+    assert_one_clear_error(code, err, "pip install polymodal-survival")
+    assert "spec (as stored):" in out and "type: polymodal-survival:survival" in out
+    assert "stored values (parameters and buffers):" in out and "heads.price" in out
+    code, out, _ = call(capsys, "inspect", str(path), "--json")
+    shown = json.loads(out)
+    assert code == 1 and shown["loadable"] is False
+    assert shown["spec"]["heads"]["price"]["type"] == "polymodal-survival:survival"
+
+
 def test_missing_model_file_through_inspect(capsys, tmp_path):
     code, _, err = call(capsys, "inspect", str(tmp_path / "absent.safetensors"))
     assert_one_clear_error(code, err, "no such model file")
