@@ -235,7 +235,7 @@ class ImageCodec(Codec):
                     channels, height, width = image_array(
                         source, self.config.channels, keep_uint8=True).shape
             except ImageReadError as exc:
-                issues.bad_row(position, self.column(), f"{named} {exc}")
+                issues.bad_row(position, self.column(), self._unreadable(table, position, exc))
                 continue
             if channels != self.config.channels:
                 issues.bad_row(position, self.column(), f"{named} {self._wrong_channels(channels)}")
@@ -255,6 +255,13 @@ class ImageCodec(Codec):
             return f"image array of shape {list(value.shape)}"
         return f"image {value!r}"
 
+    def _unreadable(self, table: Table, position: int, problem: ImageReadError) -> str:
+        message = f"{self._name(table, position)} {problem}"
+        value = table.columns[self.column()][position]
+        if str(problem) == "not found" and not is_image_array(value) and not Path(str(value).strip()).is_absolute():
+            message += f" in {table.base_dir}"  # where a relative path was looked up
+        return message
+
     def _read(self, table: Table, position: int, issues: RowIssues,
               keep_uint8: bool = False) -> np.ndarray | None:
         source = self._source(table, position, issues)
@@ -266,7 +273,7 @@ class ImageCodec(Codec):
             else:
                 image = image_array(source, self.config.channels, keep_uint8=keep_uint8)
         except ImageReadError as exc:
-            issues.bad_row(position, self.column(), f"{self._name(table, position)} {exc}")
+            issues.bad_row(position, self.column(), self._unreadable(table, position, exc))
             return None
         if image.shape[0] != self.config.channels:
             issues.bad_row(position, self.column(),

@@ -24,7 +24,7 @@ def _edit(dataset, row: int, **values):
 
 
 @pytest.mark.parametrize("column, value, message", [
-    ("photo", "img/nowhere.png", "row 3, column 'photo': image 'img/nowhere.png' not found"),
+    ("photo", "img/nowhere.png", "row 3, column 'photo': image 'img/nowhere.png' not found in {folder}"),
     ("photo", "", "row 3, column 'photo': no image path (empty)"),
     ("age", "forty", "row 3, column 'age': 'forty' is not a number"),
     ("label", "", "row 3, column 'label': the target is missing (empty or NaN)"),
@@ -32,6 +32,7 @@ def _edit(dataset, row: int, **values):
 ])
 def test_bad_values_name_row_and_column(dataset, tmp_path, column, value, message):
     _edit(dataset, 3, **{column: value})
+    message = message.format(folder=dataset.parent)  # where a relative path is looked up
     with pytest.raises(polymodal.DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _train(dataset, tmp_path)
     assert not (tmp_path / "m.safetensors").exists()
