@@ -48,14 +48,16 @@ def mermaid(spec: ModelSpec) -> str:
             fusion = f"fusion_{group_key(inputs).replace('+', '_')}"
             nodes.append(f"    {fusion}{{{_label(f'fusion: {spec.fusion.describe()}')}}}")
             for name in inputs:
-                feature = _label(the_plan.features[name].describe())
+                shared = feature_node[name] == f"backbone_{spec.inputs[name].backbone}"
+                feature = _label((f"{name}: " if shared else "") + the_plan.features[name].describe())
                 edges.append(f"    {feature_node[name]} -- {feature} --> {fusion}")
             source = fusion
             fused = _label(the_plan.fused[inputs].describe())
         else:
             source = feature_node[inputs[0]]
-            # A shared backbone's edges to heads must say which input's features they carry.
-            prefix = f"{inputs[0]}: " if source.startswith("backbone_") and source != f"backbone_of_{inputs[0]}" else ""
+            # A shared backbone's edges must say which input's features they carry.
+            shared = source == f"backbone_{spec.inputs[inputs[0]].backbone}"
+            prefix = f"{inputs[0]}: " if shared else ""
             fused = _label(prefix + the_plan.fused[inputs].describe())
         for head in heads:
             nodes.append(f"    head_{head}([{_label(f'head {head}: {spec.heads[head].describe()}')}])")

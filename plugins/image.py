@@ -114,7 +114,8 @@ class ImageAdapter(ModalityAdapter):
             return self
 
         def describe(self) -> str:
-            return f"image, {self.channels} channels"
+            projected = f", 1x1 projection to {self.project_to}" if self.project_to is not None else ""
+            return f"image, {self.channels} channels{projected}"
 
         def band_names(self) -> tuple[str, ...] | None:
             """The bands, normalised (lower case), or None when not named."""

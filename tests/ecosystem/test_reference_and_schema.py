@@ -158,6 +158,22 @@ def test_validate_diagram_draws_a_shared_backbone_once():
     assert '    backbone_shared -- "mri: a vector of 512" --> head_mri_grade' in lines
 
 
+def test_a_shared_backbones_edges_into_a_fusion_name_their_input():
+    from polymodal.diagram import mermaid
+
+    spec = polymodal.load_spec({
+        "inputs": {"rgb": {"adapter": {"type": "image", "channels": 3}, "backbone": "shared"},
+                   "ms": {"adapter": {"type": "image", "channels": 10, "project_to": 3},
+                          "backbone": "shared"}},
+        "backbones": {"shared": {"type": "timm", "model": "resnet10t"}},
+        "fusion": {"type": "concat"},
+        "heads": {"crop": {"type": "classification", "classes": 3}}})
+    lines = mermaid(spec).splitlines()
+    assert '    adapter_ms["adapter: image, 10 channels, 1x1 projection to 3"]' in lines
+    assert '    backbone_shared -- "rgb: a vector of 512" --> fusion_rgb_ms' in lines
+    assert '    backbone_shared -- "ms: a vector of 512" --> fusion_rgb_ms' in lines
+
+
 def test_inspect_diagram_of_a_saved_model_matches_its_spec(tmp_path):
     from polymodal.diagram import mermaid
 
@@ -174,7 +190,7 @@ def test_inspect_diagram_of_a_saved_model_matches_its_spec(tmp_path):
     assert result.stdout == mermaid(polymodal.load_spec(spec))
     assert result.stdout.splitlines()[1:] == [
         '    in_photo[/"photo"/]',
-        '    adapter_photo["adapter: image, 1 channels"]',
+        '    adapter_photo["adapter: image, 1 channels, 1x1 projection to 4"]',
         '    in_report[/"report"/]',
         '    adapter_report["adapter: tabular, 0 categorical + 1 numerical"]',
         '    backbone_of_report["backbone: mlp [8]"]',
