@@ -244,10 +244,15 @@ class ImageCodec(Codec):
                 if wanted is None:
                     wanted = (height, width)
                 elif (height, width) != tuple(wanted):
-                    others = "the model was trained on" if state else "the others are"
                     issues.bad_row(position, self.column(),
-                                   f"{named} is {height}x{width} but {others}"
-                                   f" {wanted[0]}x{wanted[1]}; set {self.where}.size to resize")
+                                   f"{named} is {height}x{width} but {self._size_fix(wanted, state)}")
+
+    def _size_fix(self, wanted: tuple[int, ...], state: dict | None) -> str:
+        size = f"{wanted[0]}x{wanted[1]}"
+        if state:  # a trained model: its spec is fixed, the images are what can change
+            return (f"the model was trained on {size}; resize the images to {size} (a model"
+                    f" trained with {self.where}.size resizes them itself)")
+        return f"the others are {size}; set {self.where}.size to resize"
 
     def _name(self, table: Table, position: int) -> str:
         """How messages name the image of a row: its path as written, or the array's shape."""
@@ -330,8 +335,8 @@ class ImageCodec(Codec):
             tensor = None if image is None else self._resize(image)
             if tensor is not None and shape is not None and tuple(tensor.shape[1:]) != shape:
                 issues.bad_row(position, self.column(),
-                               f"{self._name(table, position)} is {tensor.shape[1]}x{tensor.shape[2]} but the model"
-                               f" was trained on {shape[0]}x{shape[1]}; set {self.where}.size")
+                               f"{self._name(table, position)} is {tensor.shape[1]}x{tensor.shape[2]}"
+                               f" but {self._size_fix(shape, state)}")
                 tensor = None
             images.append(tensor)
         if shape is None:
