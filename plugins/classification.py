@@ -18,7 +18,7 @@ from polymodal.data.encoding import category, fit_vocabulary, key, listing, look
 from polymodal.data.table import Table
 from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
-from polymodal.training.metrics import CLASSIFICATION_METRICS
+from polymodal.training.metrics import CLASSIFICATION_METRICS, classification_metrics, confusion_matrix
 
 
 class ClassificationHead(Head):
@@ -179,13 +179,9 @@ class ClassificationCodec(TargetCodec):
         return columns
 
     def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
-        from polymodal.training.metrics import classification_metrics
-
         return classification_metrics(output.float().softmax(-1).numpy(), target.numpy())
 
     def details(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, Any]:
-        from polymodal.training.metrics import confusion_matrix
-
         matrix = confusion_matrix(target.numpy(), output.argmax(-1).numpy(), len(state["classes"]))
         return {"classes": state["classes"], "confusion_matrix": matrix.tolist()}
 

@@ -17,7 +17,7 @@ from polymodal.data.encoding import category, fit_vocabulary, key, listing, look
 from polymodal.data.table import Table, is_missing
 from polymodal.errors import DataError, PolymodalError
 from polymodal.signals import Vector
-from polymodal.training.metrics import MULTILABEL_METRICS
+from polymodal.training.metrics import MULTILABEL_METRICS, multilabel_metrics
 
 
 class MultilabelHead(Head):
@@ -183,8 +183,6 @@ class MultilabelCodec(TargetCodec):
         return columns
 
     def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
-        from polymodal.training.metrics import multilabel_metrics
-
         return multilabel_metrics(output.float().sigmoid().numpy(), target.numpy(),
                                   self.config.threshold)
 

@@ -17,7 +17,7 @@ from polymodal.data.encoding import numeric_column
 from polymodal.data.table import Table
 from polymodal.errors import SpecError
 from polymodal.signals import Vector
-from polymodal.training.metrics import REGRESSION_METRICS
+from polymodal.training.metrics import REGRESSION_METRICS, regression_metrics
 
 
 class RegressionHead(Head):
@@ -105,8 +105,6 @@ class RegressionCodec(TargetCodec):
         return {self.name: [float(str(v)) for v in values]}
 
     def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
-        from polymodal.training.metrics import regression_metrics
-
         return regression_metrics(self._values(output, state).numpy(),
                                   self._values(target, state).numpy())
 
