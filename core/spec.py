@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
 
@@ -465,9 +465,14 @@ def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, Co
     make = getattr(heads[head], "codec", None)
     known = getattr(make(), "metric_names", ()) if callable(make) else ()
     if known and name not in (*known, "loss"):  # every head also reports its own loss
-        return [(where, f"head {head!r} has no metric {name!r}.{did_you_mean(name, known)}"
-                        f" Its metrics: {', '.join(known)}.")]
+        return [unknown_metric(head, name, known)]
     return []
+
+
+def unknown_metric(head: str, name: str, known: Sequence[str]) -> tuple[str, str]:
+    """The problem of an ``early_stopping.metric`` that names no metric of its head."""
+    return ("training.early_stopping.metric", f"head {head!r} has no metric {name!r}."
+            f"{did_you_mean(name, known)} Its metrics: {', '.join(known)}.")
 
 
 def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> ModelSpec:

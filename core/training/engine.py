@@ -31,7 +31,7 @@ from ..data.binding import Binding, State
 from ..data.loader import BatchDataset, BatchPlan, derive_seed, loader
 from ..data.table import Table, read_table
 from ..errors import DataError, SpecError, did_you_mean
-from ..spec import ModelSpec, load_spec
+from ..spec import ModelSpec, load_spec, unknown_metric
 from . import distributed
 from .inference import (
     RowReport,
@@ -130,7 +130,7 @@ def _checked(table: Table, binding: Binding, policy: str, report: RowReport) -> 
     binding.require_columns(table, targets=True)
     issues = binding.check(table, None, targets=True)
     fail_on(issues.bad, policy)
-    report.add(bad=issues.bad, notes=issues.notes, examples=issues.examples)
+    report.add(issues)
     if not issues.bad:
         return table
     return table.take([p for p in range(len(table)) if p not in issues.bad])
@@ -216,9 +216,7 @@ def _value(row: dict[str, Any], metric: str) -> float:
     head, name = metric.split(".", 1)
     value = row["val"].get(head, {}).get(name)
     if value is None:
-        known = sorted(row["val"].get(head, {}))
-        raise SpecError([("training.early_stopping.metric", f"head {head!r} has no metric"
-                          f" {name!r}.{did_you_mean(name, known)} Its metrics: {', '.join(known)}.")])
+        raise SpecError([unknown_metric(head, name, sorted(row["val"].get(head, {})))])
     return float(value)
 
 

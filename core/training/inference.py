@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.binding import Binding, Encoded, State, add_examples
+from ..data.binding import Binding, Encoded, RowIssues, State, add_examples
 from ..data.table import Table, iter_table
 from ..errors import DataError, ModelFileError, did_you_mean
 
@@ -41,15 +41,11 @@ class RowReport:
         return cls(list(summary["skipped"]), Counter(summary["notes"]),
                    dict(summary.get("note_examples", {})))
 
-    def add(self, encoded: Encoded | None = None, bad: dict[int, str] | None = None,
-            notes: Counter[str] | None = None, examples: dict[str, list[Any]] | None = None) -> None:
-        if encoded is not None:
-            bad, notes, examples = encoded.bad, encoded.notes, encoded.examples
-        if bad:
-            self.skipped.extend(bad[position] for position in sorted(bad))  # in row order
-        if notes:
-            self.notes.update(notes)
-        for what, values in (examples or {}).items():
+    def add(self, found: Encoded | RowIssues) -> None:
+        """What checking or encoding a chunk found: its bad rows, notes and their examples."""
+        self.skipped.extend(found.bad[position] for position in sorted(found.bad))  # in row order
+        self.notes.update(found.notes)
+        for what, values in found.examples.items():
             add_examples(self.examples, what, values)
 
     def note_lines(self) -> list[str]:
@@ -127,7 +123,7 @@ def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool
             continue
         issues = binding.check(chunk, state, targets)
         fail_on(issues.bad, policy)
-        report.add(bad=issues.bad, notes=issues.notes, examples=issues.examples)
+        report.add(issues)
         keep = [p for p in range(len(chunk)) if p not in issues.bad]
         chunk = chunk.take(keep) if len(keep) < len(chunk) else chunk
         if len(chunk) == 0:
