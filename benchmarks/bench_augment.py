@@ -16,8 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from polymodal.data.augment import augment_images
-from polymodal.training.options import Augment
+from polymodal_plugins._augment import augment_images
+from polymodal._training.options import Augment
 
 OPERATIONS = {
     "hflip": Augment(hflip=True),

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 import polymodal
-from polymodal.data.binding import Binding
-from polymodal.data.loader import BatchDataset, BatchPlan, loader
-from polymodal.data.table import read_table
-from polymodal.training.options import Augment
+from polymodal._data.binding import Binding
+from polymodal._data.loader import BatchDataset, BatchPlan, loader
+from polymodal._data.table import read_table
+from polymodal._training.options import Augment
 
 from common import hand_written_steps, spec, write_table
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import polymodal
-from polymodal.data.binding import Binding
-from polymodal.data.table import read_table
+from polymodal._data.binding import Binding
+from polymodal._data.table import read_table
 
 from common import spec
 

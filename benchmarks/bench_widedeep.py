@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import polymodal
-from polymodal.training.metrics import classification_metrics
+from polymodal_plugins._metrics import classification_metrics
 
 HERE = Path(__file__).resolve().parent
 PARTS = HERE.parent / "examples" / "parts"

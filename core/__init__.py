@@ -18,7 +18,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from ._errors import (
     ComponentError,
     ConnectionMismatch,
     DataError,
@@ -26,7 +26,6 @@ from .errors import (
     PolymodalError,
     SpecError,
 )
-from .hooks import PLUGIN_API, hookimpl
 
 try:
     __version__ = version("polymodal")
@@ -34,37 +33,29 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 _LAZY = {
-    # name: module that defines it
-    "load_spec": "spec",
-    "ModelSpec": "spec",
-    "build": "assembly",
-    "plan": "assembly",
-    "PolymodalModel": "assembly",
-    "save": "modelfile",
-    "load": "modelfile",
-    "ModalityAdapter": "components",
-    "Backbone": "components",
-    "Fusion": "components",
-    "Head": "components",
-    "Component": "components",
-    "ComponentConfig": "components",
-    "AdapterConfig": "components",
-    "BackboneConfig": "components",
-    "FusionConfig": "components",
-    "HeadConfig": "components",
-    "Vector": "signals",
-    "FeatureMap": "signals",
-    "Tokens": "signals",
-    "Sequence": "signals",
-    "Signal": "signals",
-    "get_registry": "registry",
-    "list_components": "registry",
-    "train": "training.engine",
-    "evaluate": "training.inference",
-    "predict": "training.inference",
-    "decode": "training.inference",
-    "read_table": "data.table",
+    # name: private module that defines it
+    "load_spec": "_spec",
+    "ModelSpec": "_spec",
+    "build": "_assembly",
+    "plan": "_assembly",
+    "PolymodalModel": "_assembly",
+    "save": "_modelfile",
+    "load": "_modelfile",
+    "get_registry": "_registry",
+    "list_components": "_registry",
+    "train": "_training.engine",
+    "evaluate": "_training.inference",
+    "predict": "_training.inference",
+    "decode": "_training.inference",
+    "read_table": "_data.table",
 }
+
+#: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.
+_MOVED_TO_PLUGIN_API = frozenset({
+    "ModalityAdapter", "Backbone", "Fusion", "Head", "Component", "ComponentConfig",
+    "AdapterConfig", "BackboneConfig", "FusionConfig", "HeadConfig", "Vector", "FeatureMap",
+    "Tokens", "Sequence", "Signal", "hookimpl", "PLUGIN_API",
+})
 
 __all__ = [
     "ComponentError",
@@ -73,16 +64,22 @@ __all__ = [
     "ModelFileError",
     "PolymodalError",
     "SpecError",
-    "PLUGIN_API",
-    "hookimpl",
     "__version__",
     *_LAZY,
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "plugin":  # `import polymodal` then `polymodal.plugin.hookimpl`
+        return importlib.import_module(".plugin", __name__)
     module = _LAZY.get(name)
     if module is None:
+        if name in _MOVED_TO_PLUGIN_API:
+            # A plugin written for plugin API 1 imports these from here: say what changed.
+            raise AttributeError(
+                f"polymodal.{name} is part of the plugin API, which moved to polymodal.plugin"
+                f" in plugin API 2 (`from polymodal.plugin import {name}`); a plugin importing"
+                " it from `polymodal` was written for plugin API 1")
         raise AttributeError(f"module 'polymodal' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
@@ -94,23 +91,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .assembly import PolymodalModel, build, plan
-    from .components import (
-        AdapterConfig,
-        Backbone,
-        BackboneConfig,
-        Component,
-        ComponentConfig,
-        Fusion,
-        FusionConfig,
-        Head,
-        HeadConfig,
-        ModalityAdapter,
-    )
-    from .modelfile import load, save
-    from .registry import get_registry, list_components
-    from .data.table import read_table
-    from .signals import FeatureMap, Sequence, Signal, Tokens, Vector
-    from .spec import ModelSpec, load_spec
-    from .training.engine import train
-    from .training.inference import evaluate, predict
+    from ._assembly import PolymodalModel, build, plan
+    from ._data.table import read_table
+    from ._modelfile import load, save
+    from ._registry import get_registry, list_components
+    from ._spec import ModelSpec, load_spec
+    from ._training.engine import train
+    from ._training.inference import decode, evaluate, predict

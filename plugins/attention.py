@@ -9,9 +9,10 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-import polymodal
-from polymodal.components import Fusion, FusionConfig
-from polymodal.signals import Sequence, Signal, Vector
+from polymodal.plugin import Fusion, FusionConfig, hookimpl, Sequence, Signal, Vector
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 class AttentionFusion(Fusion):
@@ -111,6 +112,6 @@ class AttentionFusion(Fusion):
         return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [AttentionFusion]

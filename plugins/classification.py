@@ -12,13 +12,11 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 import polymodal
-from polymodal.components import Head, HeadConfig
-from polymodal.data.binding import RowIssues, TargetCodec
-from polymodal.data.encoding import category, fit_vocabulary, key, listing, lookup, names_for_count
-from polymodal.data.table import Table
-from polymodal.errors import DataError, PolymodalError
-from polymodal.signals import Vector
-from polymodal.training.metrics import CLASSIFICATION_METRICS, classification_metrics, confusion_matrix
+from polymodal.plugin import category, DataError, fit_vocabulary, Head, HeadConfig, hookimpl, key, listing, lookup, names_for_count, PolymodalError, RowIssues, Table, TargetCodec, Vector
+from ._metrics import CLASSIFICATION_METRICS, classification_metrics, confusion_matrix
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 class ClassificationHead(Head):
@@ -196,6 +194,6 @@ class ClassificationCodec(TargetCodec):
 
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [ClassificationHead]

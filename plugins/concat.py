@@ -10,9 +10,11 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 import polymodal
-from polymodal.components import Fusion, FusionConfig
-from polymodal.layers import Activation, Norm, mlp, pool_to_vector
-from polymodal.signals import Sequence, Signal, Vector
+from polymodal.plugin import Activation, Fusion, FusionConfig, hookimpl, mlp, Norm, Sequence, Signal, Vector
+from polymodal._layers import Activation, Norm, mlp, pool_to_vector
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 class ConcatFusion(Fusion):
@@ -65,6 +67,6 @@ class ConcatFusion(Fusion):
         return self.mlp(torch.cat(parts, dim=1))
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [ConcatFusion]

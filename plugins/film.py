@@ -10,10 +10,11 @@ from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 from torch import nn
 
 import polymodal
-from polymodal.components import Fusion, FusionConfig, FusionInputs
-from polymodal.errors import PolymodalError
-from polymodal.layers import Activation, mlp, pool_to_vector
-from polymodal.signals import Signal, Vector
+from polymodal.plugin import Activation, Fusion, FusionConfig, FusionInputs, hookimpl, mlp, PolymodalError, Signal, Vector
+from polymodal._layers import Activation, mlp, pool_to_vector
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 class FiLMFusion(Fusion):
@@ -133,6 +134,6 @@ class FiLMFusion(Fusion):
         return torch.cat([vector, self._condition(features, present)[0]], dim=1)
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [FiLMFusion]

@@ -10,9 +10,11 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 import polymodal
-from polymodal.components import Fusion, FusionConfig
-from polymodal.layers import pool_to_vector
-from polymodal.signals import Signal, Vector
+from polymodal.plugin import Fusion, FusionConfig, hookimpl, Signal, Vector
+from polymodal._layers import pool_to_vector
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 class GatedFusion(Fusion):
@@ -72,6 +74,6 @@ class GatedFusion(Fusion):
         return torch.where(any_present.squeeze(2), fused, torch.zeros_like(fused))
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [GatedFusion]

@@ -11,13 +11,12 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 import polymodal
-from polymodal.components import AdapterConfig, ModalityAdapter
-from polymodal.data.augment import augment_images
-from polymodal.data.binding import Codec, RowIssues
-from polymodal.data.images import ImageReadError, image_array, image_shape, is_image_array, read_image
-from polymodal.data.table import Table, is_missing
-from polymodal.errors import DataError
-from polymodal.signals import FeatureMap, Signal
+from polymodal.plugin import AdapterConfig, Codec, DataError, FeatureMap, hookimpl, is_missing, ModalityAdapter, RowIssues, Signal, Table
+from ._augment import augment_images
+from ._images import ImageReadError, image_array, image_shape, is_image_array, read_image
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 #: Normalisation presets: band -> (mean, std). Channels follow the input's ``bands`` (RGB
 #: order when none are named).
@@ -360,6 +359,6 @@ def _scaled(images: torch.Tensor) -> torch.Tensor:
     return images if images.is_floating_point() else images.float()
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [ImageAdapter]

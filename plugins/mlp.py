@@ -7,11 +7,10 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt
 
-import polymodal
-from polymodal.components import Backbone, BackboneConfig
-from polymodal.errors import ConnectionMismatch
-from polymodal.layers import Activation, Norm, mlp
-from polymodal.signals import Signal, Vector
+from polymodal.plugin import Activation, Backbone, BackboneConfig, ConnectionMismatch, hookimpl, mlp, Norm, Signal, Vector
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 class MLPBackbone(Backbone):
@@ -53,6 +52,6 @@ class MLPBackbone(Backbone):
         return self.layers(x)
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [MLPBackbone]

@@ -11,13 +11,11 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 import polymodal
-from polymodal.components import Head, HeadConfig
-from polymodal.data.binding import RowIssues, TargetCodec
-from polymodal.data.encoding import category, fit_vocabulary, key, listing, lookup, names_for_count
-from polymodal.data.table import Table, is_missing
-from polymodal.errors import DataError, PolymodalError
-from polymodal.signals import Vector
-from polymodal.training.metrics import MULTILABEL_METRICS, multilabel_metrics
+from polymodal.plugin import category, DataError, fit_vocabulary, Head, HeadConfig, hookimpl, is_missing, key, listing, lookup, names_for_count, PolymodalError, RowIssues, Table, TargetCodec, Vector
+from ._metrics import MULTILABEL_METRICS, multilabel_metrics
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 class MultilabelHead(Head):
@@ -211,6 +209,6 @@ class MultilabelCodec(TargetCodec):
 
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [MultilabelHead]

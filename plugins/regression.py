@@ -11,13 +11,11 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 import polymodal
-from polymodal.components import Head, HeadConfig
-from polymodal.data.binding import RowIssues, TargetCodec
-from polymodal.data.encoding import numeric_column
-from polymodal.data.table import Table
-from polymodal.errors import SpecError
-from polymodal.signals import Vector
-from polymodal.training.metrics import REGRESSION_METRICS, regression_metrics
+from polymodal.plugin import Head, HeadConfig, hookimpl, numeric_column, RowIssues, SpecError, Table, TargetCodec, Vector
+from ._metrics import REGRESSION_METRICS, regression_metrics
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 class RegressionHead(Head):
@@ -109,6 +107,6 @@ class RegressionCodec(TargetCodec):
                                   self._values(target, state).numpy())
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [RegressionHead]

@@ -12,13 +12,10 @@ import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
-import polymodal
-from polymodal.components import AdapterConfig, ModalityAdapter
-from polymodal.data.binding import Codec, RowIssues
-from polymodal.data.encoding import category, encode_categories, fit_vocabulary, lookup, numeric_column
-from polymodal.data.table import Table
-from polymodal.errors import DataError, PolymodalError
-from polymodal.signals import FeatureMap, Signal, Tokens, Vector
+from polymodal.plugin import AdapterConfig, category, Codec, DataError, encode_categories, FeatureMap, fit_vocabulary, hookimpl, lookup, ModalityAdapter, numeric_column, PolymodalError, RowIssues, Signal, Table, Tokens, Vector
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 #: Extra embedding rows after a column's ``cardinality`` known categories.
 UNKNOWN_OFFSET = 0  # row ``cardinality``: ids outside 0..cardinality-1 (unseen categories)
@@ -399,6 +396,6 @@ def _quantile_edges(values: np.ndarray, bins: int) -> list[float]:
     return [float(e) for e in edges]
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [TabularAdapter]

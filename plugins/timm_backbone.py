@@ -8,11 +8,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-import polymodal
-from polymodal.components import Backbone
-from polymodal.errors import PolymodalError, did_you_mean
-from polymodal.signals import Signal
-from polymodal.weights import PretrainedImageConfig, adapt_and_load, download_failed, read_weights
+from polymodal.plugin import adapt_and_load, Backbone, did_you_mean, download_failed, hookimpl, PolymodalError, PretrainedImageConfig, read_weights, Signal
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,7 +112,7 @@ class TimmBackbone(Backbone):
         return features
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [TimmBackbone]
 

@@ -9,11 +9,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-import polymodal
-from polymodal.components import Backbone
-from polymodal.errors import PolymodalError, did_you_mean
-from polymodal.signals import Signal
-from polymodal.weights import PretrainedImageConfig, adapt_and_load, download_failed, read_weights
+from polymodal.plugin import adapt_and_load, Backbone, did_you_mean, download_failed, hookimpl, PolymodalError, PretrainedImageConfig, read_weights, Signal
+
+#: The plugin interface this module is written for.
+POLYMODAL_PLUGIN_API = 2
 
 #: Families whose body is stem, layer1..layer4, then global pooling: they give feature maps and
 #: expose stages.
@@ -164,6 +163,6 @@ class TorchvisionBackbone(Backbone):
         return x.flatten(2).transpose(1, 2) if self.config.output == "tokens" else x
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [TorchvisionBackbone]

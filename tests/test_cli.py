@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import polymodal
-from polymodal.cli import main
+from polymodal._cli import main
 
 SCRIPT = Path(sys.executable).with_name("polymodal")
 

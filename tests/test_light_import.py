@@ -34,7 +34,7 @@ def test_listing_components_imports_no_plugin_code():
 
 def test_cli_list_imports_no_torch():
     modules = imported_after(
-        "import contextlib, io\nfrom polymodal.cli import main\n"
+        "import contextlib, io\nfrom polymodal._cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['list']) == 0\n    assert main(['plugins']) == 0")
     assert heavy(modules) == []

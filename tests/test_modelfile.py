@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import polymodal
-from polymodal.errors import ModelFileError
-from polymodal.modelfile import FORMAT_VERSION, KEY_FORMAT, KEY_SPEC, KEY_VERSIONS
+from polymodal._errors import ModelFileError
+from polymodal._modelfile import FORMAT_VERSION, KEY_FORMAT, KEY_SPEC, KEY_VERSIONS
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_save_is_atomic_and_leaves_no_temporary_file(saved, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("polymodal.modelfile.save_model", explode)
+    monkeypatch.setattr("polymodal._modelfile.save_model", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         polymodal.save(model, path)
     assert path.read_bytes() == before  # the old file is untouched

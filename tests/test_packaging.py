@@ -53,7 +53,7 @@ def test_wheel_holds_the_catalog_and_entry_points(wheel):
                 for p in (ROOT / "plugins").rglob("*.py")}
     assert sources - names == set()
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
-    assert "[polymodal]" in entry_points and "polymodal = polymodal.cli:main" in entry_points
+    assert "[polymodal]" in entry_points and "polymodal = polymodal._cli:main" in entry_points
 
 
 @pytest.mark.slow

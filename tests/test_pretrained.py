@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import polymodal
-from polymodal.errors import SpecError
+from polymodal._errors import SpecError
 
 
 def spec_with(backbone: dict, channels: int = 3) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import polymodal
-from polymodal.errors import SpecError
+from polymodal._errors import SpecError
 
 
 def error_of(spec) -> str:
@@ -267,7 +267,7 @@ def test_yaml_never_executes_tags(tmp_path):
 def test_json_schema_covers_installed_components():
     import jsonschema
 
-    from polymodal.spec import spec_json_schema
+    from polymodal._spec import spec_json_schema
 
     schema = spec_json_schema()
     text = json.dumps(schema)

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import polymodal
-from polymodal.cli import cli
-from polymodal.weights import adapt_stem
+from polymodal._cli import cli
+from polymodal._weights import adapt_stem
 from builtin_helpers import spec_error
 
 BACKBONES = {

@@ -94,9 +94,9 @@ def test_concat_puts_the_learned_placeholder_in_place_of_an_absent_input():
 
 def test_concat_gives_the_sum_of_widths_or_its_mlp_width():
     plan = polymodal.plan(polymodal.load_spec(photo_and_table({"type": "concat"})))
-    assert plan.fused[("photo", "table")] == polymodal.Vector(512 + 16)
+    assert plan.fused[("photo", "table")] == polymodal.plugin.Vector(512 + 16)
     plan = polymodal.plan(polymodal.load_spec(photo_and_table(FUSIONS["concat"])))
-    assert plan.fused[("photo", "table")] == polymodal.Vector(16)
+    assert plan.fused[("photo", "table")] == polymodal.plugin.Vector(16)
 
 
 def test_attention_takes_spatial_and_per_column_tokens():

@@ -128,7 +128,7 @@ def test_periodic_embedding_matches_the_definition():
     features = torch.cat([angles.sin(), angles.cos()], dim=1)
     expected = torch.relu(features @ emb.weight[0] + emb.bias[0])
     assert torch.allclose(adapter({"x": x}), expected, atol=1e-6)
-    assert adapter.config.gives() == polymodal.Vector(5)
+    assert adapter.config.gives() == polymodal.plugin.Vector(5)
 
 
 def test_missing_flag_adds_a_learned_vector_to_embeddings():

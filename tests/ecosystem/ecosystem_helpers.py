@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import polymodal
-from polymodal import Head, HeadConfig
+from polymodal.plugin import Head, HeadConfig
 
 
 class Twice(Head):
@@ -47,7 +47,7 @@ class Twice(Head):
         return {{"value": output}}
 
 
-@polymodal.hookimpl
+@polymodal.plugin.hookimpl
 def polymodal_components():
     return [Twice]
 '''

@@ -7,8 +7,8 @@ import json
 
 from ecosystem_helpers import GOOD_HEAD, REPO, builtin_entry_points, entry_points_in, make_distribution, run_polymodal
 
-from polymodal.manifest import CATALOG_PATH, merge_plugins, parse_manifest, render_plugins
-from polymodal.registry import Registry, plugin_entries
+from polymodal._manifest import CATALOG_PATH, merge_plugins, parse_manifest, render_plugins
+from polymodal._registry import Registry, plugin_entries
 
 
 def test_registry_toml_matches_what_the_built_in_plugins_register():
@@ -30,7 +30,7 @@ MARKED = 'import os, pathlib\npathlib.Path(os.environ["MARKER"]).write_text("imp
 MANIFEST = """
 [[plugin]]
 entry_point = "twice"
-api = 1
+api = 2
 
 [[plugin.component]]
 kind = "head"
@@ -92,11 +92,11 @@ def test_a_manifest_for_another_plugin_api_is_reported_without_importing(site, t
     monkeypatch.setenv("MARKER", str(marker))
     _lazy_distribution(site)
     manifest = site / "lazy_heads" / "polymodal.toml"
-    manifest.write_text(MANIFEST.replace("api = 1", "api = 7"))
+    manifest.write_text(MANIFEST.replace("api = 2", "api = 7"))
     registry = Registry(entry_points=entry_points_in(site))
     (plugin,) = registry.plugins
     assert (plugin.status, plugin.api) == ("failed", 7)
-    assert plugin.error.startswith("built for plugin API 7; this polymodal provides API 1")
+    assert plugin.error.startswith("built for plugin API 7; this polymodal provides API 2")
     assert not marker.exists()
 
 

@@ -10,10 +10,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from polymodal import Backbone, BackboneConfig, Head, HeadConfig, Vector
-from polymodal.manifest import catalog
-from polymodal.registry import Registry
-from polymodal.testing import ConformanceError, check_component
+from polymodal.plugin import Backbone, BackboneConfig, Head, HeadConfig, Vector
+from polymodal._manifest import catalog
+from polymodal._registry import Registry
+from polymodal._testing import ConformanceError, check_component
 
 #: ``film`` conditions a backbone's stages, which the probe components have none of; its
 #: shapes, gradients, save/load and bad options are tested in tests/builtins/test_fusions.py.

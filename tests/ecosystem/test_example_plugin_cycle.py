@@ -85,7 +85,7 @@ def test_install_use_uninstall_cycle_from_the_wheel(wheel, fresh_env, tmp_path):
     assert built.returncode == 0, built.stderr
     check = _run(fresh_env, "-c", (
         "import json, torch, polymodal\n"
-        "from polymodal.modelfile import read_metadata\n"
+        "from polymodal._modelfile import read_metadata\n"
         f"m = polymodal.load({str(model)!r})\n"
         "out = m({'ecg': torch.randn(2, 3, 50), 'report': {'age': torch.rand(2)}})\n"
         "print(tuple(out['rhythm'].shape), json.loads(read_metadata("
@@ -119,7 +119,7 @@ def test_install_refuses_unknown_names_and_missing_paths(fresh_env, tmp_path):
 
 
 def test_catalog_names_resolve_to_their_requirement():
-    from polymodal.install import resolve_requirement
+    from polymodal._install import resolve_requirement
 
     assert resolve_requirement("polymodal-signal") == ("polymodal-signal", "polymodal-signal")
     assert resolve_requirement("polymodal_signal>=0.1") == ("polymodal-signal>=0.1", "polymodal-signal")

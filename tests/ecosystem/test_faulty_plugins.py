@@ -9,9 +9,9 @@ import pytest
 from ecosystem_helpers import GOOD_HEAD, builtin_entry_points, entry_points_in, make_distribution, run_polymodal
 
 import polymodal
-from polymodal.errors import ComponentError, SpecError
-from polymodal.registry import Registry
-from polymodal.spec import load_spec, validate_spec_data
+from polymodal._errors import ComponentError, SpecError
+from polymodal._registry import Registry
+from polymodal._spec import load_spec, validate_spec_data
 
 SPEC = {  # uses built-ins only
     "inputs": {"x": {"adapter": {"type": "tabular", "numerical": ["a", "b"]}}},
@@ -25,26 +25,26 @@ FAULTS = {
     "returns-non-component": ("returns_non_component", {"returns_non_component.py": """
         import polymodal
 
-        @polymodal.hookimpl
+        @polymodal.plugin.hookimpl
         def polymodal_components():
             return [dict]
         """}, ["not a component class", "dict"]),
     "returns-not-a-list": ("returns_not_a_list", {"returns_not_a_list.py": """
         import polymodal
 
-        @polymodal.hookimpl
+        @polymodal.plugin.hookimpl
         def polymodal_components():
             return "head"
         """}, ["returned str, not a list of component classes"]),
     "invalid-config": ("invalid_config", {"invalid_config.py": """
         import polymodal
-        from polymodal import Head, HeadConfig
+        from polymodal.plugin import Head, HeadConfig
 
         class Untyped(Head):
             class Config(HeadConfig):
                 type: str = "untyped"
 
-        @polymodal.hookimpl
+        @polymodal.plugin.hookimpl
         def polymodal_components():
             return [Untyped]
         """}, ["Untyped.Config needs `type: Literal"]),
@@ -54,12 +54,12 @@ FAULTS = {
     "hook-raises": ("hook_raises", {"hook_raises.py": """
         import polymodal
 
-        @polymodal.hookimpl
+        @polymodal.plugin.hookimpl
         def polymodal_components():
             raise KeyError("weights table")
         """}, ["KeyError: 'weights table'", "hook_raises.py:5"]),
     "future-api": ("future_api", {"future_api.py": "POLYMODAL_PLUGIN_API = 99\n" + GOOD_HEAD.format(type="future")},
-                   ["built for plugin API 99", f"provides API {polymodal.PLUGIN_API}"]),
+                   ["built for plugin API 99", f"provides API {polymodal.plugin.PLUGIN_API}"]),
 }
 
 
@@ -170,7 +170,7 @@ def test_polymodal_plugins_and_list_show_the_conflict(site):
 def test_one_package_providing_a_type_twice_is_refused(site):
     make_distribution(site, "twice-twice", "1.0", {"main": "twice_twice"}, {
         "twice_twice.py": GOOD_HEAD.format(type="twice") + "\n"
-        "@polymodal.hookimpl(specname='polymodal_components')\n"
+        "@polymodal.plugin.hookimpl(specname='polymodal_components')\n"
         "def again():\n    return [Twice]\n"})
     registry = Registry(entry_points=entry_points_in(site))
     (plugin,) = registry.plugins

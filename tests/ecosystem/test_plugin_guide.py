@@ -15,7 +15,7 @@ import subprocess
 import pytest
 from ecosystem_helpers import REPO
 
-from polymodal.manifest import parse_manifest
+from polymodal._manifest import parse_manifest
 
 GUIDE = REPO / "docs" / "plugins.md"
 BLOCK = re.compile(r"(?:<!-- (?P<marker>[^>]*?) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)

@@ -11,10 +11,10 @@ import yaml
 from ecosystem_helpers import REPO, run_polymodal
 
 import polymodal
-from polymodal.docs import SLOTS, component_page, example_snippet, reference_pages
-from polymodal.registry import Registry
-from polymodal.spec import spec_json_schema, validate_spec_data
-from polymodal.testing import minimal_spec
+from polymodal._docs import SLOTS, component_page, example_snippet, reference_pages
+from polymodal._registry import Registry
+from polymodal._spec import spec_json_schema, validate_spec_data
+from polymodal._testing import minimal_spec
 
 DOCS = REPO / "docs" / "components"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -159,7 +159,7 @@ def test_validate_diagram_draws_a_shared_backbone_once():
 
 
 def test_a_shared_backbones_edges_into_a_fusion_name_their_input():
-    from polymodal.diagram import mermaid
+    from polymodal._diagram import mermaid
 
     spec = polymodal.load_spec({
         "inputs": {"rgb": {"adapter": {"type": "image", "channels": 3}, "backbone": "shared"},
@@ -175,7 +175,7 @@ def test_a_shared_backbones_edges_into_a_fusion_name_their_input():
 
 
 def test_inspect_diagram_of_a_saved_model_matches_its_spec(tmp_path):
-    from polymodal.diagram import mermaid
+    from polymodal._diagram import mermaid
 
     spec = {"inputs": {"photo": {"adapter": {"type": "image", "channels": 1, "project_to": 4}},
                        "report": {"adapter": {"type": "tabular", "numerical": ["age"]},
@@ -215,7 +215,7 @@ def test_diagram_of_a_bad_spec_is_the_validation_error(tmp_path):
 
 
 def test_mermaid_labels_cannot_break_out_of_their_quotes():
-    from polymodal.diagram import _label
+    from polymodal._diagram import _label
 
     assert _label('say "hi"') == '"say #quot;hi#quot;"'
 

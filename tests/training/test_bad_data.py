@@ -9,7 +9,7 @@ from PIL import Image
 from training_data import read_csv, spec_data, write_csv
 
 import polymodal
-from polymodal.cli import main
+from polymodal._cli import main
 
 
 def _train(table, tmp_path, **kwargs):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import polymodal
-from polymodal.data.augment import augment_images
-from polymodal.data.images import ImageReadError, image_shape, read_image
-from polymodal.training.options import Augment
+from polymodal_plugins._augment import augment_images
+from polymodal_plugins._images import ImageReadError, image_shape, read_image
+from polymodal._training.options import Augment
 
 
 def test_npy_channels_first_or_last_and_tiff_bands(tmp_path):
@@ -130,8 +130,8 @@ def test_augmentation_is_exactly_flips_turns_reflection_crops_and_noise(shape, d
 
 
 def test_8_bit_batches_travel_as_uint8_and_the_adapter_scales_them(dataset, tmp_path):
-    from polymodal.data.binding import Binding
-    from polymodal.data.table import read_table
+    from polymodal._data.binding import Binding
+    from polymodal._data.table import read_table
 
     spec = polymodal.load_spec({"inputs": {"photo": {"adapter": {"type": "image", "channels": 3},
                                                      "backbone": {"type": "timm", "model": "resnet10t"}}},
@@ -161,8 +161,8 @@ def test_8_bit_batches_travel_as_uint8_and_the_adapter_scales_them(dataset, tmp_
 def test_16_bit_images_make_a_float_batch(tmp_path):
     from PIL import Image
 
-    from polymodal.data.binding import Binding
-    from polymodal.data.table import read_table
+    from polymodal._data.binding import Binding
+    from polymodal._data.table import read_table
 
     Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "deep.png")
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "flat.png")

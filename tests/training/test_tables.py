@@ -6,7 +6,7 @@ import pytest
 from training_data import read_csv
 
 import polymodal
-from polymodal.data.table import iter_table, read_table
+from polymodal._data.table import iter_table, read_table
 
 
 def test_csv_chunks_keep_row_numbers(dataset):
@@ -27,7 +27,10 @@ def test_dataframe_and_parquet_train_and_predict_like_csv(trained, tmp_path):
     from_parquet = polymodal.predict(model, tmp_path / "t.parquet", batch_size=7)
     from_csv = polymodal.predict(model, table)
     assert from_frame["columns"]["label_prob_yes"] == from_csv["columns"]["label_prob_yes"]
-    assert from_parquet["columns"]["label_prob_yes"] == from_csv["columns"]["label_prob_yes"]
+    # Batches of 7 rows run other kernels than one batch of all rows: the last printed digit
+    # may differ.
+    assert from_parquet["columns"]["label_prob_yes"] == pytest.approx(
+        from_csv["columns"]["label_prob_yes"], abs=2e-6)
     assert from_parquet["columns"]["row"] == list(range(1, len(frame) + 1))
 
 
@@ -61,7 +64,7 @@ def test_images_held_in_memory_train_like_image_files(dataset, tmp_path):
 
 def test_integer_categories_from_a_dataframe_match_text_from_csv(tmp_path):
     pd = pytest.importorskip("pandas")
-    from polymodal.data.encoding import encode_categories, fit_vocabulary, lookup
+    from polymodal._data.encoding import encode_categories, fit_vocabulary, lookup
 
     vocabulary = fit_vocabulary(pd.Series([3, 1, 3, None]).to_numpy())
     assert vocabulary == [1, 3]
@@ -114,7 +117,7 @@ def test_targets_that_do_not_fit_the_head_are_refused(head, values, words):
 
 
 def _target_codec(head: dict):
-    from polymodal.data.binding import Binding
+    from polymodal._data.binding import Binding
 
     spec = polymodal.load_spec({"name": "t", "inputs": {"x": {"adapter": {
         "type": "tabular", "numerical": ["x"]}}}, "heads": {"y": head}})

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 import polymodal
-from polymodal.cli import main
-from polymodal.data.table import read_table
-from polymodal.modelfile import read_metadata
-from polymodal.training.engine import split_rows
+from polymodal._cli import main
+from polymodal._data.table import read_table
+from polymodal._modelfile import read_metadata
+from polymodal._training.engine import split_rows
 
 from training_data import read_csv, spec_data, write_csv, write_dataset
 
@@ -345,8 +345,8 @@ def test_training_options_are_validated_with_their_spec_path(dataset, tmp_path):
 
 
 def test_backbones_get_their_own_learning_rate_and_sgd_its_momentum():
-    from polymodal.training.engine import _optimizer, _scheduler
-    from polymodal.training.options import TrainingOptions
+    from polymodal._training.engine import _optimizer, _scheduler
+    from polymodal._training.options import TrainingOptions
 
     spec = spec_data()
     spec["inputs"]["report"]["adapter"]["categorical"] = {"color": 3}
@@ -379,8 +379,8 @@ def test_inspect_shows_what_was_fitted_on_the_training_table(trained, capsys):
 
 
 def test_the_fused_adamw_step_is_the_plain_one():
-    from polymodal.training.engine import _optimizer
-    from polymodal.training.options import TrainingOptions
+    from polymodal._training.engine import _optimizer
+    from polymodal._training.options import TrainingOptions
 
     torch.manual_seed(0)
     spec = spec_data()
@@ -405,7 +405,7 @@ def test_a_training_step_never_reads_a_value_back_from_the_device():
     """The step runs on the meta device, where tensors have shapes but no values: anything that
     reads one back (``.item()``, ``bool(mask.any())``, boolean indexing) fails there. On a GPU
     such a read makes the host wait for the device every step."""
-    from polymodal.training.inference import device_targets, head_losses
+    from polymodal._training.inference import device_targets, head_losses
 
     spec = spec_data()
     spec["inputs"]["photo"]["backbone"] = {"type": "timm", "model": "resnet10t"}
@@ -430,7 +430,7 @@ def test_a_training_step_never_reads_a_value_back_from_the_device():
 
 
 def test_rows_without_a_target_are_left_out_of_that_heads_loss():
-    from polymodal.training.inference import device_targets, head_losses
+    from polymodal._training.inference import device_targets, head_losses
 
     class Head(torch.nn.Module):
         def loss(self, output, target):
@@ -450,7 +450,7 @@ def test_rows_without_a_target_are_left_out_of_that_heads_loss():
 def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
     import io
 
-    from polymodal.training.engine import _progress
+    from polymodal._training.engine import _progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -467,7 +467,7 @@ def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
 
 
 def test_decode_turns_raw_outputs_into_what_predict_writes(dataset, tmp_path):
-    from polymodal.data.binding import Binding
+    from polymodal._data.binding import Binding
 
     spec = spec_data(epochs=1)
     spec["heads"]["score"] = {"type": "regression"}

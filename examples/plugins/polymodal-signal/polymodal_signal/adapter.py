@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
-from polymodal import AdapterConfig, DataError, ModalityAdapter, Sequence, Signal
+from polymodal.plugin import AdapterConfig, DataError, ModalityAdapter, Sequence, Signal
 
 
 class SignalAdapter(ModalityAdapter):

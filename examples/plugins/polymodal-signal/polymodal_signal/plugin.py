@@ -1,13 +1,13 @@
 """The entry point of polymodal-signal: the hook that hands polymodal its components."""
 
-import polymodal
+from polymodal.plugin import hookimpl
 
 from .adapter import SignalAdapter
 from .tcn import TCNBackbone
 
-POLYMODAL_PLUGIN_API = 1
+POLYMODAL_PLUGIN_API = 2
 
 
-@polymodal.hookimpl
+@hookimpl
 def polymodal_components():
     return [SignalAdapter, TCNBackbone]

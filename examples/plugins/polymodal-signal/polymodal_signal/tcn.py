@@ -8,7 +8,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from polymodal import Backbone, BackboneConfig, ConnectionMismatch, Sequence, Signal, Vector
+from polymodal.plugin import Backbone, BackboneConfig, ConnectionMismatch, Sequence, Signal, Vector
 
 
 class _ResidualBlock(nn.Module):

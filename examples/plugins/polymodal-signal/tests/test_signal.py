@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import polymodal
-from polymodal.testing import check_component
+from polymodal.plugin import check_component
 from polymodal_signal.adapter import SignalAdapter
 from polymodal_signal.tcn import TCNBackbone
 
@@ -15,12 +15,12 @@ def test_signal_adapter_conforms():
         bad_options=[{"channels": 0}, {"std": [1, 0, 1]}, {"mean": [0.0]},
                      {"instance_norm": True}],
     )
-    assert report.gives == polymodal.Sequence(3)
+    assert report.gives == polymodal.plugin.Sequence(3)
 
 
 def test_tcn_conforms(polymodal_check):
     report = polymodal_check(
-        TCNBackbone, {"channels": 16, "levels": 2}, takes=polymodal.Sequence(3),
+        TCNBackbone, {"channels": 16, "levels": 2}, takes=polymodal.plugin.Sequence(3),
         bad_options=[{"levels": 0}, {"pooling": "last"}, {"kernel_size": 1}],
     )
     assert report.output_shape == (2, 16)
@@ -49,7 +49,7 @@ def test_wrong_shape_is_a_data_error():
 
 def test_causal_tcn_does_not_see_the_future():
     tcn = TCNBackbone(TCNBackbone.Config(channels=8, levels=2, causal=True, pooling="last"),
-                      polymodal.Sequence(1)).eval()
+                      polymodal.plugin.Sequence(1)).eval()
     x = torch.randn(1, 1, 40)
     changed = x.clone()
     changed[:, :, 30:] += 1.0
@@ -59,4 +59,4 @@ def test_causal_tcn_does_not_see_the_future():
 
 def test_tcn_takes_only_sequences():
     with pytest.raises(polymodal.ConnectionMismatch, match="takes a sequence"):
-        TCNBackbone.Config().gives(polymodal.Vector(12))
+        TCNBackbone.Config().gives(polymodal.plugin.Vector(12))

@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import PolymodalError
-from .manifest import catalog
-from .registry import CORE_PACKAGE, Registry, normalize_package, reset_registry
+from ._errors import PolymodalError
+from ._manifest import catalog
+from ._registry import CORE_PACKAGE, Registry, normalize_package, reset_registry
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -46,7 +46,7 @@ def resolve_requirement(name: str) -> tuple[str, str | None]:
     extras = {normalize_package(e.package): e for e in catalog().extras}
     known = extras.get(package)
     if known is None:
-        from .errors import did_you_mean
+        from ._errors import did_you_mean
 
         listed = ", ".join(sorted(extras)) or "none"
         raise InstallError(

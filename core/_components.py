@@ -29,12 +29,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import ConnectionMismatch, DataError, PolymodalError
-from .freezing import Freeze, apply_freeze, keep_eval
-from .signals import Signal, Vector
+from ._errors import ConnectionMismatch, DataError, PolymodalError
+from ._freezing import Freeze, apply_freeze, keep_eval
+from ._signals import Signal, Vector
 
 if TYPE_CHECKING:
-    from .data.binding import Codec, TargetCodec
+    from ._data.binding import Codec, TargetCodec
 
 #: ``modulate(stage, output) -> output``: changes a backbone stage's output (conditioning).
 Modulate = Callable[[int, torch.Tensor], torch.Tensor]

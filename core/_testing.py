@@ -2,7 +2,7 @@
 
 :func:`check_component` takes a component class and checks what assembly and users rely on::
 
-    from polymodal.testing import check_component
+    from polymodal._testing import check_component
     from my_plugin import MyBackbone
 
     def test_my_backbone_conforms():
@@ -34,7 +34,7 @@ import torch
 from pydantic import Field, PositiveInt, ValidationError
 from torch import nn
 
-from .components import (
+from ._components import (
     AdapterConfig,
     Backbone,
     BackboneConfig,
@@ -47,10 +47,10 @@ from .components import (
     ModalityAdapter,
     component_identity,
 )
-from .errors import ConnectionMismatch, PolymodalError, SpecError
-from .hooks import hookimpl
-from .registry import ComponentRecord, Registry
-from .signals import FeatureMap, Sequence, Signal, Tokens, Vector, example_signals
+from ._errors import ConnectionMismatch, PolymodalError, SpecError
+from ._hooks import hookimpl
+from ._registry import ComponentRecord, Registry
+from ._signals import FeatureMap, Sequence, Signal, Tokens, Vector, example_signals
 
 PROBE_PACKAGE = "polymodal-testing"
 SUBJECT_PACKAGE = "polymodal-testing-subject"
@@ -205,7 +205,7 @@ class ProbeHead(Head):
 
 
 def _probes_plugin() -> types.ModuleType:
-    module = types.ModuleType("polymodal.testing.probes")
+    module = types.ModuleType("polymodal._testing.probes")
 
     @hookimpl
     def polymodal_components():
@@ -409,9 +409,9 @@ def check_component(
     ``bad_options``: option sets that spec validation (connections included) must reject at the
     component's spec path; an unknown key always is checked.
     """
-    from .assembly import build, plan
-    from .modelfile import load, save
-    from .spec import validate_spec_data
+    from ._assembly import build, plan
+    from ._modelfile import load, save
+    from ._spec import validate_spec_data
 
     kind, type_name, config, takes, gives = _configured(cls, options, takes)
 

@@ -12,10 +12,10 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt
 
-from .components import BackboneConfig
-from .errors import ConnectionMismatch, PolymodalError
-from .freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
-from .signals import FeatureMap, Signal, Tokens, Vector
+from ._components import BackboneConfig
+from ._errors import ConnectionMismatch, PolymodalError
+from ._freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
+from ._signals import FeatureMap, Signal, Tokens, Vector
 
 #: The folder of the spec file being built, if it came from a file: ``pretrained:
 #: weights.safetensors`` then means the file beside the spec, wherever the command runs.

@@ -29,10 +29,10 @@ from pydantic import (
     create_model,
 )
 
-from .components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
-from .errors import ComponentError, SpecError, close_matches, did_you_mean
-from .registry import ComponentRecord, Registry, get_registry
-from .training.options import TrainingOptions
+from ._components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
+from ._errors import ComponentError, SpecError, close_matches, did_you_mean
+from ._registry import ComponentRecord, Registry, get_registry
+from ._training.options import TrainingOptions
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SPEC_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}

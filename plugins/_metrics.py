@@ -10,10 +10,6 @@ import math
 
 import numpy as np
 
-#: Metrics where lower is better; every other metric is better higher.
-LOWER_IS_BETTER = frozenset({"loss", "rmse", "mae", "mse"})
-
-
 def confusion_matrix(target: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     """``[true class, predicted class]`` counts."""
     matrix = np.zeros((classes, classes), dtype=np.int64)
@@ -119,8 +115,3 @@ def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, f
         "mae": float(np.abs(error).mean()),
         "r2": r2,
     }
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether larger values of ``metric`` (``loss`` or ``head.name``) are better."""
-    return metric.rsplit(".", 1)[-1] not in LOWER_IS_BETTER

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..training.options import Augment
+from polymodal._training.options import Augment
 
 ROWS, COLUMNS = -2, -1
 

@@ -16,7 +16,7 @@ import pluggy
 PROJECT = "polymodal"
 #: The plugin interface version. A plugin module may declare ``POLYMODAL_PLUGIN_API = N``; one
 #: whose N differs from this is reported as incompatible instead of being loaded.
-PLUGIN_API = 1
+PLUGIN_API = 2
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -22,10 +22,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 
-from .assembly import PolymodalModel, build
-from .errors import ModelFileError, SpecError
-from .registry import Registry, get_registry
-from .spec import SPEC_SUFFIXES, validate_spec_data
+from ._assembly import PolymodalModel, build
+from ._errors import ModelFileError, SpecError
+from ._registry import Registry, get_registry
+from ._spec import SPEC_SUFFIXES, validate_spec_data
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from . import hooks
-from .errors import ComponentError, PolymodalError, did_you_mean
-from .manifest import KINDS, ComponentEntry, Manifest, catalog, find_package_manifest, read_manifest
+from . import _hooks as hooks
+from ._errors import ComponentError, PolymodalError, did_you_mean
+from ._manifest import KINDS, ComponentEntry, Manifest, catalog, find_package_manifest, read_manifest
 
 if TYPE_CHECKING:
-    from .components import Component
+    from ._components import Component
 
 ENTRY_POINT_GROUP = "polymodal"
 DISABLE_ENV = "POLYMODAL_DISABLE_PLUGINS"
@@ -194,7 +194,7 @@ class Registry:
         return plugin
 
     def _register(self, plugin: PluginInfo, obj: object) -> None:
-        from .components import component_identity
+        from ._components import component_identity
 
         listed = {(c.kind, c.type): c for c in plugin.components}
         plugin.api = getattr(obj, "POLYMODAL_PLUGIN_API", hooks.PLUGIN_API)

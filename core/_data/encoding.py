@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from .._errors import DataError
 from .binding import RowIssues
 from .table import Table, is_missing
 

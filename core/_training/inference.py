@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.binding import Binding, Encoded, RowIssues, State, add_examples
-from ..data.table import Table, iter_table
-from ..errors import DataError, ModelFileError, did_you_mean
+from .._data.binding import Binding, Encoded, RowIssues, State, add_examples
+from .._data.table import Table, iter_table
+from .._errors import DataError, ModelFileError, did_you_mean
 
 BAD_ROW_POLICIES = ("fail", "skip")
 
@@ -226,7 +226,7 @@ def head_metrics(collected: Collected, binding: Binding, state: State) -> dict[s
 
 def _load(model: Any) -> tuple[Any, str]:
     if isinstance(model, (str, Path)):
-        from ..modelfile import load
+        from .._modelfile import load
 
         return load(model), str(model)
     return model, "<model>"

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .components import Component, ComponentConfig, FusionInputs
-from .errors import ConnectionMismatch, DataError, PolymodalError, SpecError
-from .registry import Registry, get_registry
-from .signals import Signal
-from .spec import ModelSpec, load_spec
+from ._components import Component, ComponentConfig, FusionInputs
+from ._errors import ConnectionMismatch, DataError, PolymodalError, SpecError
+from ._registry import Registry, get_registry
+from ._signals import Signal
+from ._spec import ModelSpec, load_spec
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ def build(
         raise SpecError(problems)
     model = PolymodalModel(spec, modules, the_plan)
     if pretrained:
-        from .weights import SPEC_FOLDER
+        from ._weights import SPEC_FOLDER
 
         folder = SPEC_FOLDER.set(spec._folder)
         try:

@@ -7,7 +7,7 @@ many docs tools) draw it from a fenced ``mermaid`` block.
 
 from __future__ import annotations
 
-from .spec import ModelSpec
+from ._spec import ModelSpec
 
 
 def _label(text: str) -> str:
@@ -17,7 +17,7 @@ def _label(text: str) -> str:
 
 def mermaid(spec: ModelSpec) -> str:
     """The flowchart of ``spec`` (Mermaid ``flowchart LR`` syntax), connections checked first."""
-    from .assembly import group_key, plan
+    from ._assembly import group_key, plan
 
     the_plan = plan(spec)
     nodes = ["flowchart LR"]

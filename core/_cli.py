@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from .errors import ModelFileError, PolymodalError
-from .manifest import KINDS
+from ._errors import ModelFileError, PolymodalError
+from ._manifest import KINDS
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -72,7 +72,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _registry():
-    from .registry import get_registry
+    from ._registry import get_registry
 
     return get_registry()
 
@@ -113,7 +113,7 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The config's JSON Schema.")
 def show(kind: str, type_name: str, as_json: bool) -> None:
     """One component: its options with types, defaults and descriptions."""
-    from .docs import option_rows
+    from ._docs import option_rows
 
     registry = _registry()
     record = registry.resolve(kind, type_name)
@@ -188,7 +188,7 @@ def plugins(available: bool, as_json: bool) -> None:
 
 
 def _load_spec(path: str):
-    from .spec import load_spec
+    from ._spec import load_spec
 
     return load_spec(path)
 
@@ -198,8 +198,8 @@ def _load_spec(path: str):
 @click.option("--diagram", is_flag=True, help="Print the model as a Mermaid flowchart instead.")
 def validate(spec_path: str, diagram: bool) -> None:
     """Check a spec, connections included; exit 0 or print what is wrong."""
-    from .assembly import plan
-    from .errors import SpecError
+    from ._assembly import plan
+    from ._errors import SpecError
 
     spec = _load_spec(spec_path)
     try:
@@ -207,7 +207,7 @@ def validate(spec_path: str, diagram: bool) -> None:
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
     if diagram:
-        from .diagram import mermaid
+        from ._diagram import mermaid
 
         click.echo(mermaid(spec), nl=False)
         return
@@ -225,9 +225,9 @@ def validate(spec_path: str, diagram: bool) -> None:
 @click.option("--no-pretrained", is_flag=True, help="Skip loading pretrained weights.")
 def build(spec_path: str, output: str, no_pretrained: bool) -> None:
     """Assemble the model a spec describes and save it as one model file."""
-    from .assembly import build as build_model
-    from .errors import SpecError
-    from .modelfile import save
+    from ._assembly import build as build_model
+    from ._errors import SpecError
+    from ._modelfile import save
 
     spec = _load_spec(spec_path)
     try:
@@ -256,11 +256,11 @@ def parameter_counts(model) -> list[tuple[str, int, int]]:
 @click.option("--diagram", is_flag=True, help="Print the model as a Mermaid flowchart instead.")
 def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
     """A saved model: its spec, versions, and parameter counts per part."""
-    from .modelfile import KEY_VERSIONS, load, read_metadata, spec_of
+    from ._modelfile import KEY_VERSIONS, load, read_metadata, spec_of
 
     metadata = read_metadata(model_path)
     if diagram:
-        from .diagram import mermaid
+        from ._diagram import mermaid
 
         click.echo(mermaid(spec_of(model_path)), nl=False)
         return
@@ -306,7 +306,7 @@ def _inspect_unloadable(model_path: str, metadata: dict[str, str], versions: dic
                         as_json: bool) -> None:
     from safetensors import safe_open
 
-    from .modelfile import KEY_SPEC
+    from ._modelfile import KEY_SPEC
 
     with safe_open(model_path, framework="pt") as handle:
         sizes: dict[str, int] = {}
@@ -355,7 +355,7 @@ def _brief(value: Any, items: int = 8) -> str:
               help="Only components of this package (repeatable); default: every installed one.")
 def docs(output: str, packages: tuple[str, ...]) -> None:
     """Write the component reference (Markdown) of every installed component."""
-    from .docs import write_reference
+    from ._docs import write_reference
 
     written = write_reference(Path(output), packages=set(packages) if packages else None)
     click.echo(f"wrote {len(written)} page(s) to {output}")
@@ -365,7 +365,7 @@ def docs(output: str, packages: tuple[str, ...]) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file.")
 def schema(output: str | None) -> None:
     """JSON Schema of the spec, covering every installed component (for editors)."""
-    from .spec import spec_json_schema
+    from ._spec import spec_json_schema
 
     text = json.dumps(spec_json_schema(), indent=2)
     if output:
@@ -385,8 +385,8 @@ def manifest(distribution: str, output: str | None) -> None:
     It imports the distribution's plugins and lists what they provide, so that `polymodal list`
     can read the file instead of importing them. `polymodal manifest polymodal -o registry.toml`
     regenerates the built-in entries of polymodal's catalog."""
-    from .manifest import merge_plugins, render_plugins
-    from .registry import plugin_entries
+    from ._manifest import merge_plugins, render_plugins
+    from ._registry import plugin_entries
 
     text = render_plugins(*plugin_entries(distribution))
     if not output:
@@ -422,7 +422,7 @@ def install(name: str, pip_args: tuple[str, ...]) -> None:
     NAME is a package from `polymodal plugins --available`, a requirement of one
     (`polymodal-signal>=0.2`), or a local wheel, sdist or project directory. Further arguments go
     to pip (e.g. `--no-index --find-links DIR`)."""
-    from .install import install_plugin
+    from ._install import install_plugin
 
     for line in install_plugin(name, list(pip_args)):
         click.echo(line)
@@ -432,7 +432,7 @@ def install(name: str, pip_args: tuple[str, ...]) -> None:
 @click.argument("name")
 def uninstall(name: str) -> None:
     """Uninstall a plugin package from polymodal's environment (runs pip)."""
-    from .install import uninstall_plugin
+    from ._install import uninstall_plugin
 
     for line in uninstall_plugin(name):
         click.echo(line)
@@ -476,10 +476,10 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
           seed: int | None, device: str | None, workers: int | None, on_bad_row: str,
           run_dir: str | None, resume: bool, quiet: bool, as_json: bool) -> None:
     """Train the model SPEC describes on a table; save the best epoch to -o."""
-    from .errors import SpecError
-    from .training.engine import final_table
-    from .training.engine import train as run_training
-    from .training.report import json_safe
+    from ._errors import SpecError
+    from ._training.engine import final_table
+    from ._training.engine import train as run_training
+    from ._training.report import json_safe
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                  "device": device, "workers": workers}
@@ -511,10 +511,10 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
 def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_row: str,
              as_json: bool) -> None:
     """Metrics of each head of a trained model on a table, and confusion matrices."""
-    from .modelfile import load
-    from .training.inference import evaluate as run_evaluation
-    from .training.inference import RowReport, render_evaluation
-    from .training.report import json_safe
+    from ._modelfile import load
+    from ._training.inference import evaluate as run_evaluation
+    from ._training.inference import RowReport, render_evaluation
+    from ._training.report import json_safe
 
     model = load(model_path)
     result = run_evaluation(model, data, batch_size=batch_size, on_bad_row=on_bad_row,
@@ -542,8 +542,8 @@ def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_ro
 def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batch_size: int,
             device: str, on_bad_row: str, as_json: bool) -> None:
     """Predict every row of a table: class names and probabilities, values; streamed."""
-    from .training.inference import RowReport
-    from .training.inference import predict as run_prediction
+    from ._training.inference import RowReport
+    from ._training.inference import predict as run_prediction
 
     result = run_prediction(model_path, data, output, batch_size=batch_size,
                             on_bad_row=on_bad_row, keep=keep, device=device)

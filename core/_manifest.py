@@ -23,7 +23,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PolymodalError
+from ._errors import PolymodalError
 
 KINDS = ("adapter", "backbone", "fusion", "head")
 MANIFEST_NAME = "polymodal.toml"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import SpecError
+from .._errors import SpecError
 
 
 @dataclass

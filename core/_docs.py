@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .registry import ComponentRecord, Registry, get_registry
+from ._registry import ComponentRecord, Registry, get_registry
 
 KIND_TITLES = {
     "adapter": "Adapters (ModalityAdapter)",
@@ -139,8 +139,8 @@ def _flow(value: Any) -> str:
 
 def connections(record: ComponentRecord, cls: type) -> tuple[str, str]:
     """What the example config takes and gives, worked out from its ``gives``."""
-    from .errors import PolymodalError
-    from .signals import Vector, example_signals
+    from ._errors import PolymodalError
+    from ._signals import Vector, example_signals
 
     try:
         config = cls.Config.model_validate(example_config(record, cls))
@@ -222,7 +222,7 @@ def page_name(record: ComponentRecord) -> str:
 
 def reference_pages(registry: Registry | None = None, packages: set[str] | None = None) -> dict[str, str]:
     """File name -> Markdown of ``index.md`` and one page per installed component."""
-    from .registry import normalize_package
+    from ._registry import normalize_package
 
     registry = registry or get_registry()
     records = registry.load_all()

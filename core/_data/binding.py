@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError, SpecError
+from .._errors import DataError, SpecError
 from .table import Table, is_missing
 
 if TYPE_CHECKING:
     import torch
 
-    from ..components import ComponentConfig
-    from ..spec import ModelSpec
+    from .._components import ComponentConfig
+    from .._spec import ModelSpec
 
 State = dict[str, Any]
 
@@ -211,7 +211,7 @@ class Binding:
                 if column not in table.columns:
                     missing.append(f"{column!r} (read by {b.where})")
         if missing:
-            from ..errors import did_you_mean
+            from .._errors import did_you_mean
 
             hint = did_you_mean(missing[0].split("'")[1], table.names) if len(missing) == 1 else ""
             raise DataError(f"{table.source}: no column {', '.join(missing)}.{hint}"
@@ -253,7 +253,7 @@ class Binding:
         """The spec with what the data decides filled in (cardinalities, class counts)."""
         from pydantic import ValidationError
 
-        from ..spec import _pydantic_problems
+        from .._spec import _pydantic_problems
 
         problems: list[tuple[str, str]] = []
 

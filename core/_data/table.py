@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from .images import is_image_array
+from .._errors import DataError
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -75,12 +74,17 @@ def _object_array(values: list[Any]) -> np.ndarray:
     return out
 
 
+def _is_array(value: Any) -> bool:
+    """Whether a cell holds an array itself (a numpy array or tensor), kept whole in its cell."""
+    return isinstance(value, np.ndarray) or hasattr(value, "detach")
+
+
 def _from_mapping(data: Mapping[str, Sequence[Any]], source: str, base_dir: Path,
                   first_row: int = 1) -> Table:
     columns: dict[str, np.ndarray] = {}
     length: int | None = None
     for name, values in data.items():
-        if isinstance(values, (list, tuple)) and values and is_image_array(values[0]):
+        if isinstance(values, (list, tuple)) and values and _is_array(values[0]):
             array = _object_array(list(values))  # arrays (images) in cells: no stacked copy
         else:
             array = np.asarray(values)

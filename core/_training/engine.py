@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..assembly import PolymodalModel, build
-from ..data.binding import Binding, State
-from ..data.loader import BatchDataset, BatchPlan, derive_seed, loader
-from ..data.table import Table, read_table
-from ..errors import DataError, SpecError, did_you_mean
-from ..spec import ModelSpec, load_spec, unknown_metric
+from .._assembly import PolymodalModel, build
+from .._data.binding import Binding, State
+from .._data.loader import BatchDataset, BatchPlan, derive_seed, loader
+from .._data.table import Table, read_table
+from .._errors import DataError, SpecError, did_you_mean
+from .._spec import ModelSpec, load_spec, unknown_metric
 from . import distributed
 from .inference import (
     RowReport,
@@ -44,7 +44,6 @@ from .inference import (
     head_metrics,
     to_device,
 )
-from .metrics import higher_is_better
 from .options import TrainingOptions
 from .report import plot_curves, summary_table, write_logs, write_validation_rows
 
@@ -83,7 +82,7 @@ def _options(spec: ModelSpec, overrides: Mapping[str, Any] | None) -> ModelSpec:
         return spec
     from pydantic import ValidationError
 
-    from ..spec import _monitored_metric_problems, _pydantic_problems
+    from .._spec import _monitored_metric_problems, _pydantic_problems
 
     data = {**spec.training.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
@@ -195,6 +194,15 @@ def _train_mode(model: PolymodalModel, frozen: bool) -> None:
     if frozen:  # frozen backbones keep their batch-norm statistics too
         model.backbones.eval()
         model.input_backbones.eval()
+
+
+#: Metrics where lower is better; every other metric is better higher.
+LOWER_IS_BETTER = frozenset({"loss", "rmse", "mae", "mse"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether larger values of ``metric`` (``loss`` or ``head.name``) are better."""
+    return metric.rsplit(".", 1)[-1] not in LOWER_IS_BETTER
 
 
 def _monitor(options: TrainingOptions, spec: ModelSpec, has_val: bool) -> tuple[str, bool]:
@@ -457,7 +465,7 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
             stale += 1
         if context.main:
             if improved:
-                from ..modelfile import save
+                from .._modelfile import save
 
                 save(model, output)
             write_logs(run_dir, history)
@@ -477,7 +485,7 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
     if context.main and history:
         say(plot_curves(run_dir, history))
     distributed.barrier(context)
-    from ..modelfile import load
+    from .._modelfile import load
 
     best_model = load(output)
     return TrainResult(best_model, output, run_dir, best_epoch, best_value, metric, history,

@@ -17,6 +17,6 @@ import pytest
 @pytest.fixture
 def polymodal_check() -> Any:
     """:func:`polymodal.testing.check_component`, for component conformance tests."""
-    from .testing import check_component
+    from ._testing import check_component
 
     return check_component

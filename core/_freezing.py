@@ -23,7 +23,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
-from .errors import PolymodalError
+from ._errors import PolymodalError
 
 
 class TrainLast(BaseModel):
