@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_model
 from ._assembly import PolymodalModel, build
 from ._errors import ModelFileError, SpecError
 from ._registry import Registry, get_registry
-from ._spec import SPEC_SUFFIXES, validate_spec_data
+from ._spec import validate_spec_data
+from ._spec_files import SPEC_SUFFIXES
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"

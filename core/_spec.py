@@ -9,14 +9,11 @@ cross-references (named backbones, head inputs) are checked.
 
 from __future__ import annotations
 
-import json
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,10 +29,10 @@ from pydantic import (
 from ._components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
 from ._errors import ComponentError, SpecError, close_matches, did_you_mean
 from ._registry import ComponentRecord, Registry, get_registry
+from ._spec_files import check_spec_size, read_spec_file
 from ._training.options import TrainingOptions
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-SPEC_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
 
 class _StrictModel(BaseModel):
@@ -110,80 +107,6 @@ class ModelSpec(_StrictModel):
                 node = node[part]
             node["type"] = registry.record_for_config(type(config)).canonical
         return data
-
-
-# -- reading files ---------------------------------------------------------------------------
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses duplicate keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
-        seen[key] = True
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
-
-
-def parse_spec_text(text: str, fmt: str, source: str = "<spec>") -> dict[str, Any]:
-    """Parse spec text of format ``yaml``, ``toml`` or ``json`` into plain data."""
-    try:
-        if fmt == "yaml":
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-        elif fmt == "toml":
-            data = tomllib.loads(text)
-        elif fmt == "json":
-            data = json.loads(text)
-        else:
-            raise SpecError([("", f"unknown spec format {fmt!r}; use yaml, toml or json")], source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([("", f"YAML syntax error at {where}{problem}")], source) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError([("", f"TOML syntax error: {exc}")], source) from None
-    except json.JSONDecodeError as exc:
-        raise SpecError(
-            [("", f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}")],
-            source,
-        ) from None
-    if data is None or data == {} and not text.strip():
-        raise SpecError([("", "the spec is empty")], source)
-    if not isinstance(data, dict):
-        raise SpecError(
-            [("", f"a spec is a mapping (inputs, heads, ...), not {type(data).__name__}")], source
-        )
-    return data
-
-
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    fmt = SPEC_SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise SpecError(
-            [("", f"unknown spec file type {path.suffix!r}; use .yaml, .yml, .toml or .json")],
-            str(path),
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([("", "no such file")], str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([("", f"cannot read: {exc}")], str(path)) from None
-    return parse_spec_text(text, fmt, str(path))
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -480,6 +403,7 @@ def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None 
     if isinstance(source, ModelSpec):
         return source
     if isinstance(source, Mapping):
+        check_spec_size(dict(source))
         return validate_spec_data(source, registry)
     data = read_spec_file(source)
     spec = validate_spec_data(data, registry, source=str(source))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import polymodal
-from polymodal._spec import read_spec_file
+from polymodal._spec_files import read_spec_file
 
 HERE = Path(__file__).parent
 SPEC = HERE / "parts" / "fused.yaml"
