@@ -256,7 +256,7 @@ def parameter_counts(model) -> list[tuple[str, int, int]]:
 @click.option("--diagram", is_flag=True, help="Print the model as a Mermaid flowchart instead.")
 def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
     """A saved model: its spec, versions, and parameter counts per part."""
-    from ._modelfile import KEY_VERSIONS, load, read_metadata, spec_of
+    from ._modelfile import _versions_of, load, read_metadata, spec_of
 
     metadata = read_metadata(model_path)
     if diagram:
@@ -264,7 +264,7 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
 
         click.echo(mermaid(spec_of(model_path)), nl=False)
         return
-    versions = json.loads(metadata.get(KEY_VERSIONS, "{}"))
+    versions = _versions_of(metadata)
     try:
         model = load(model_path)
     except ModelFileError as exc:
@@ -306,7 +306,7 @@ def _inspect_unloadable(model_path: str, metadata: dict[str, str], versions: dic
                         as_json: bool) -> None:
     from safetensors import safe_open
 
-    from ._modelfile import KEY_SPEC
+    from ._modelfile import embedded_spec_data
 
     with safe_open(model_path, framework="pt") as handle:
         sizes: dict[str, int] = {}
@@ -314,8 +314,8 @@ def _inspect_unloadable(model_path: str, metadata: dict[str, str], versions: dic
             part = ".".join(key.split(".")[:2])
             sizes[part] = sizes.get(part, 0) + math.prod(handle.get_slice(key).get_shape())
     try:
-        spec: Any = json.loads(metadata[KEY_SPEC])
-    except (KeyError, json.JSONDecodeError):
+        spec: Any = embedded_spec_data(Path(model_path), metadata)
+    except ModelFileError:
         spec = None
     if as_json:
         click.echo(json.dumps({"file": model_path, "format": metadata.get("polymodal.format"),

@@ -26,7 +26,7 @@ from ._assembly import PolymodalModel, build
 from ._errors import ModelFileError, SpecError
 from ._registry import Registry, get_registry
 from ._spec import validate_spec_data
-from ._spec_files import SPEC_SUFFIXES
+from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"
@@ -80,12 +80,36 @@ def save(
     return path
 
 
+#: The largest safetensors header (tensor index and metadata) read from a model file. A
+#: model's index takes about 100 bytes a tensor; fitted vocabularies can take megabytes.
+MAX_HEADER_BYTES = 256 * 1024 * 1024
+
+
+def _header_problem(path: Path) -> str | None:
+    """Why the file's header cannot be read (it claims more than the file holds, or more than
+    polymodal reads), found before safetensors allocates it; None when it looks sound."""
+    with path.open("rb") as file:
+        prefix = file.read(8)
+    if len(prefix) < 8:
+        return None  # safetensors reports a file too short to be one
+    header = int.from_bytes(prefix, "little")
+    if header > MAX_HEADER_BYTES:
+        return (f"its header claims {header:,} bytes; polymodal reads headers of up to"
+                f" {MAX_HEADER_BYTES // 2**20} MiB")
+    if header + 8 > path.stat().st_size:
+        return f"its header claims {header:,} bytes but the file holds {path.stat().st_size:,}"
+    return None
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a polymodal model file, checked; no tensor is read."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
+        problem = _header_problem(path)
+        if problem is not None:
+            raise ValueError(problem)
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
@@ -131,14 +155,33 @@ def spec_of(path: str | Path, registry: Registry | None = None):
     """The validated spec embedded in a model file."""
     path = Path(path)
     metadata = read_metadata(path)
-    try:
-        data = json.loads(metadata[KEY_SPEC])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path}: its embedded spec is missing or not JSON ({exc})") from None
+    data = embedded_spec_data(path, metadata)
     try:
         return validate_spec_data(data, registry, source=f"{path} (embedded spec)", for_training=False)
     except SpecError as exc:
         raise ModelFileError(_missing_plugin_hint(str(exc), data, metadata)) from None
+
+
+def embedded_spec_data(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
+    """The plain data of a model file's embedded spec, within the limits of a spec file."""
+    text = metadata.get(KEY_SPEC)
+    if text is None:
+        raise ModelFileError(f"{path}: it has no embedded spec ({KEY_SPEC})")
+    if len(text) > MAX_SPEC_BYTES:
+        raise ModelFileError(f"{path}: its embedded spec is {len(text) / 2**20:.1f} MiB; a spec"
+                             f" may be {MAX_SPEC_BYTES // 2**20} MiB at most")
+    try:
+        data = json.loads(text)
+        check_spec_size(data)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: its embedded spec is not JSON ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: its embedded spec nests too deeply") from None
+    except SpecError as exc:
+        raise ModelFileError(f"{path}: its embedded spec: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: its embedded spec is not a mapping")
+    return data
 
 
 def _missing_plugin_hint(message: str, data: Any, metadata: Mapping[str, str]) -> str:
@@ -153,13 +196,24 @@ def _missing_plugin_hint(message: str, data: Any, metadata: Mapping[str, str]) -
     missing = sorted(needed - installed)
     if not missing:
         return message
-    lines = [
-        f"{p} {versions[p]}" if p in versions else p for p in missing
-    ]
-    return (
-        f"{message}\nThis model needs the plugin package(s) {', '.join(lines)}:"
-        f" pip install {' '.join(missing)}"
-    )
+    # The names come from the file, which may come from anyone: only a package polymodal's
+    # catalog knows is offered as an install line; others are shown as what the file says.
+    known = {extra.package: extra.requirement for extra in registry.catalog.extras}
+    lines = [f"{p} {versions[p]}" if p in versions else p for p in missing]
+    hint = f"{message}\nThis model needs the plugin package(s) {', '.join(_excerpt(x) for x in lines)}"
+    installable = [known[p] for p in missing if p in known]
+    unverified = [p for p in missing if p not in known]
+    if installable:
+        hint += f": pip install {' '.join(installable)}"
+    if unverified:
+        hint += (f". {', '.join(repr(_excerpt(p)) for p in unverified)}: named by the model file"
+                 " only, not a package polymodal's catalog knows; make sure it is the package"
+                 " you mean before installing it")
+    return hint
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load(

@@ -321,7 +321,7 @@ class Registry:
             package = normalize_package(name.split(":", 1)[0])
             known = {p.package for p in self.plugins}
             if package not in known and package not in {extra.package for extra in providers}:
-                msg += f" Package {package!r} is not installed: pip install {package}."
+                msg += f" Package {package!r} is not installed{self._install_line(package)}."
         for extra in providers:
             msg += (
                 f" It is provided by the plugin package {extra.package}:"
@@ -337,6 +337,15 @@ class Registry:
                     msg += f" (Plugin {plugin.label} is {plugin.status}: {plugin.error}.)"
         msg += f" Installed {kind} types: {', '.join(names) if names else 'none'}."
         return msg
+
+    def _install_line(self, package: str) -> str:
+        """How to install ``package``: offered only where the catalog knows it, since a spec or
+        model file naming it may come from anyone."""
+        for extra in self.catalog.extras:
+            if extra.package == package:
+                return f": pip install {extra.requirement!r}"
+        return (" (and polymodal's catalog does not know it: install it only if it is the"
+                " plugin package you mean)")
 
     def _manifest_types(self, plugin: PluginInfo) -> set[tuple[str, str]]:
         try:

@@ -311,7 +311,7 @@ BAD_MODEL_FILES = {
         "its tensors do not match its spec"),
     "plugin": (lambda p: _rewrite_metadata(p, lambda m: _other_spec(
         m, lambda s: s["heads"]["price"].update(type="polymodal-survival:survival"))),
-        "pip install polymodal-survival"),
+        "not a package polymodal's catalog knows"),
 }
 
 
@@ -330,7 +330,7 @@ def test_inspect_shows_what_a_file_says_of_itself_without_its_plugin(capsys, tmp
     polymodal.save(polymodal.build(TABLE_SPEC), path)
     BAD_MODEL_FILES["plugin"][0](path)
     code, out, err = call(capsys, "inspect", str(path))
-    assert_one_clear_error(code, err, "pip install polymodal-survival")
+    assert_one_clear_error(code, err, "polymodal-survival", "not a package polymodal's catalog knows")
     assert "spec (as stored):" in out and "type: polymodal-survival:survival" in out
     assert "stored values (parameters and buffers):" in out and "heads.price" in out
     code, out, _ = call(capsys, "inspect", str(path), "--json")
