@@ -34,6 +34,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         path = folder / path
     if not path.is_file():
         where = " (a relative path is read from the spec file's folder)" if folder else ""
+        if path.exists():
+            raise PolymodalError(f"pretrained weights {path} is not a regular file{where}")
         raise PolymodalError(f"pretrained weights file not found: {path}{where}")
     suffix = path.suffix.lower()
     try:

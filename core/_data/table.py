@@ -127,14 +127,34 @@ def _csv_header(reader: Any, path: Path) -> list[str]:
     return header
 
 
+class _Utf8Lines:
+    """The lines of a binary file decoded one at a time, so that a byte that is not UTF-8 is
+    reported on its own line (a text file decodes ahead, in blocks, and loses the place)."""
+
+    def __init__(self, handle: Any, path: Path):
+        self.handle, self.path, self.line = handle, path, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self.handle:
+            self.line += 1
+            try:
+                text = raw.decode("utf-8-sig" if self.line == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{self.path} line {self.line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}"
+                    f" at position {exc.start + 1}); save the table as UTF-8") from None
+            yield text
+
+
 def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[Table]:
     delimiter = CSV_SUFFIXES.get(path.suffix.lower(), ",")
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        handle = path.open("rb")
     except OSError as exc:
         raise DataError(f"{path}: cannot open the table ({exc.strerror or exc})") from None
     with handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+        lines = _Utf8Lines(handle, path)
+        reader = csv.reader(lines, delimiter=delimiter)
         try:
             header = _csv_header(reader, path)
             buffer: list[list[str]] = []
@@ -153,7 +173,7 @@ def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[Table]:
                     buffer = []
             if buffer or first == 1:
                 yield _csv_table(header, buffer, path, first)
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             raise DataError(f"{path} line {reader.line_num}: not a readable CSV file ({exc})") from None
 
 
