@@ -244,6 +244,17 @@ def _instantiate(
     except PolymodalError as exc:
         problems.append((where, str(exc)))
         return None
+    except MemoryError:
+        problems.append((where, f"{config.describe()} needs more memory than this machine has;"
+                         " `polymodal validate` reports the model's size"))
+        return None
+    except RuntimeError as exc:
+        if "allocate" not in str(exc):
+            raise
+        problems.append((where, f"{config.describe()} needs more memory than this machine has"
+                         f" ({str(exc).splitlines()[0][:200]}); `polymodal validate` reports"
+                         " the model's size"))
+        return None
     located.append((where, module))
     return module
 

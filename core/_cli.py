@@ -211,7 +211,14 @@ def validate(spec_path: str, diagram: bool) -> None:
 
         click.echo(mermaid(spec), nl=False)
         return
+    from ._footprint import measured
+
+    try:
+        footprint = measured(spec)
+    except SpecError as exc:
+        raise exc.with_source(spec_path) from None
     click.echo(f"{spec_path}: ok ({len(spec.inputs)} input(s), {len(spec.heads)} head(s))")
+    click.echo(f"  model: {footprint if isinstance(footprint, str) else footprint.describe()}")
     for name, signal in the_plan.features.items():
         click.echo(f"  input {name}: {signal.describe()}")
     for inputs, heads in the_plan.groups.items():

@@ -84,6 +84,8 @@ def test_script_validate_build_inspect(spec_file, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         f"{spec}: ok (1 input(s), 1 head(s))",
+        "  model: 101 parameters (412 bytes of weights and buffers; training with AdamW holds"
+        " about 4 times that)",
         "  input row: a vector of 8",
         "  heads price <- row: a vector of 8",
     ]

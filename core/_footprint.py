@@ -1,0 +1,83 @@
+"""How large a spec's model is, found without allocating it, and whether it can be built here.
+
+The model is built on torch's meta device, which records shapes and allocates nothing, so a
+spec whose parameters would not fit in memory (a categorical column of a trillion categories)
+is measured, and refused, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._errors import PolymodalError, SpecError
+
+if TYPE_CHECKING:
+    from ._spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Parameters and the bytes of every parameter and buffer of a model."""
+
+    parameters: int
+    trainable: int
+    bytes: int
+
+    def describe(self) -> str:
+        return (f"{self.parameters:,} parameters ({_size(self.bytes)} of weights and buffers;"
+                " training with AdamW holds about 4 times that)")
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the system says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def measure(spec: ModelSpec) -> Footprint:
+    """The footprint of ``spec``'s model, built on the meta device (nothing allocated)."""
+    import torch
+
+    from ._assembly import build
+
+    with torch.device("meta"):
+        model = build(spec, pretrained=False)
+    tensors = [*model.parameters(), *model.buffers()]
+    return Footprint(
+        parameters=sum(p.numel() for p in model.parameters()),
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        bytes=sum(t.numel() * t.element_size() for t in tensors),
+    )
+
+
+def check_fits(footprint: Footprint, memory: int | None = None) -> None:
+    """Refuse a model whose weights alone exceed this machine's memory."""
+    memory = physical_memory() if memory is None else memory
+    if memory is not None and footprint.bytes > memory:
+        raise SpecError([("", f"the model would hold {footprint.describe()}, more than this"
+                          f" machine's {_size(memory)} of memory; make the largest parts"
+                          " smaller (categorical cardinalities, hidden sizes, the backbone)")])
+
+
+def measured(spec: ModelSpec) -> Footprint | str:
+    """The footprint, or why it could not be measured (a component that cannot be made on the
+    meta device); refuses a model that cannot fit."""
+    try:
+        footprint = measure(spec)
+    except PolymodalError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - measuring is advice; the build reports its own errors
+        return f"not measured ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+    check_fits(footprint)
+    return footprint

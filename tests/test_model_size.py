@@ -1,0 +1,56 @@
+"""`validate` reports the model's size, measured without allocating it, and refuses a model
+that cannot fit in memory; `build` refuses it with the same place named."""
+
+from __future__ import annotations
+
+import pytest
+
+import polymodal
+from polymodal._cli import main
+from polymodal._footprint import Footprint, check_fits, measure
+
+HUGE = {"name": "huge", "inputs": {"t": {"adapter": {
+    "type": "tabular", "categorical": {"site": 10**12}, "numerical": ["a"]}}},
+    "heads": {"y": {"type": "regression"}}}
+
+
+def _call(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_measured_size_is_the_built_models(tmp_path):
+    spec = polymodal.load_spec("examples/claims.yaml")
+    footprint = measure(spec)
+    model = polymodal.build(spec, pretrained=False)
+    assert footprint.parameters == sum(p.numel() for p in model.parameters())
+    stored = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    assert footprint.bytes == stored
+
+
+def test_validate_prints_the_size(capsys):
+    code, out, _ = _call(capsys, "validate", "examples/claims.yaml")
+    assert code in (0, None)
+    assert "model: 11,337,272 parameters (43.3 MiB" in out
+
+
+def test_validate_and_build_refuse_what_cannot_fit(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(HUGE))
+    code, _, err = _call(capsys, "validate", str(path))
+    assert code == 1
+    assert err.startswith(f"error: {path}: the model would hold 50,000,000,000,")
+    assert "more than this machine's" in err and "categorical cardinalities" in err
+    code, _, err = _call(capsys, "build", str(path), "-o", str(tmp_path / "m.safetensors"))
+    assert code == 1
+    assert "inputs.t.adapter: tabular" in err and "needs more memory than this machine has" in err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_memory_check_counts_bytes_not_parameters():
+    check_fits(Footprint(parameters=10, trainable=10, bytes=1000), memory=1000)
+    with pytest.raises(polymodal.SpecError, match="more than this machine's 999 bytes"):
+        check_fits(Footprint(parameters=10, trainable=10, bytes=1000), memory=999)
