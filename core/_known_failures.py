@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 FILE_NAME = "known-plugin-failures.json"
@@ -79,11 +78,16 @@ class KnownFailures:
             if entries.get(key) == {"fingerprint": print_, "reason": reason}:
                 return
             entries[key] = {"fingerprint": print_, "reason": reason}
+        import tempfile  # only when something is recorded: listing stays light
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        except OSError:
+            return
+        try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(entries, handle, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.path)  # atomic: a reader sees the old file or the new one
         except OSError:
-            pass
+            Path(tmp).unlink(missing_ok=True)

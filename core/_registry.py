@@ -316,6 +316,8 @@ class Registry:
     def _remember(self, plugin: PluginInfo, reason: str | None) -> None:
         if self._known is None or plugin.manifest is None or plugin.listed is None:
             return
+        if reason is None and not self._known.has(plugin.key):
+            return  # nothing to forget
         try:
             self._known.record(plugin.key, self._fingerprint(plugin), reason)
         except OSError:
