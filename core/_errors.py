@@ -27,6 +27,9 @@ class SpecError(PolymodalError):
     def __init__(self, problems: str | Iterable[tuple[str, str]], source: str | None = None):
         if isinstance(problems, str):
             problems = [("", problems)]
+        elif isinstance(problems, tuple) and len(problems) == 2 and all(
+                isinstance(part, str) for part in problems):
+            problems = [problems]  # one (location, message) pair
         self.problems = list(problems)
         self.source = source
         #: The exceptions the problems came from (a component's own errors), for ``--debug``.
@@ -50,9 +53,8 @@ class ConfigError(PolymodalError, ValueError):
 
     The one way a component says that the spec asks for something it cannot do, wherever
     polymodal calls it: its config's validators, ``gives``, ``fix_for``, ``stages``,
-    ``conditions`` and ``codec``, its codec's methods, its module's constructor and
-    ``load_pretrained``. polymodal reports it at the component's spec path, extended by
-    ``option`` when given::
+    ``conditions`` and ``codec``, its module's constructor and ``load_pretrained``. polymodal
+    reports it at the component's spec path, extended by ``option`` when given::
 
         raise ConfigError("must be even", option="size")
         # inputs.photo.adapter.size: must be even

@@ -303,3 +303,16 @@ def test_unknown_type_known_to_the_catalog_answers_with_the_install_line():
     assert message.startswith("inputs.ecg.adapter.type: unknown adapter type 'signal'.")
     assert "pip install 'polymodal-signal'" in message
     assert "polymodal install polymodal-signal" in message
+
+
+def test_spec_error_takes_a_message_a_pair_or_problems():
+    from polymodal.plugin import ConfigError, SpecError
+
+    assert (str(SpecError("plain")), SpecError("plain").problems) == ("plain", [("", "plain")])
+    assert SpecError(("heads.y.size", "must be odd")).problems == [("heads.y.size", "must be odd")]
+    assert str(SpecError([("a", "x"), ("", "y")], source="s.yaml")) == (
+        "s.yaml: 2 problems in the spec:\n  - a: x\n  - y")
+    error = ConfigError("must be even", option="size")
+    assert (str(error), error.message, error.option) == ("size: must be even", "must be even", "size")
+    assert isinstance(error, ValueError)  # pydantic validators may raise it
+    assert polymodal.plugin.ConfigError is ConfigError and "ConfigError" in polymodal.plugin.__all__
