@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ._components import Component, ComponentConfig, FusionInputs
-from ._errors import ConnectionMismatch, DataError, PolymodalError, SpecError
-from ._registry import Registry, get_registry
+from ._errors import ConnectionMismatch, DataError, PolymodalError, Problem, SpecError
+from ._registry import Registry, component_problems, get_registry
 from ._signals import Signal
 from ._spec import ModelSpec, load_spec
 
@@ -53,8 +53,8 @@ def plan(spec: ModelSpec) -> Plan:
         where = f"inputs.{name}.adapter"
         try:
             given = inp.adapter.gives()
-        except PolymodalError as exc:
-            problems.append((where, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
+            problems.extend(component_problems(exc, where, inp.adapter))
             continue
         adapter_gives[name] = given
         if inp.backbone is None:
@@ -68,7 +68,11 @@ def plan(spec: ModelSpec) -> Plan:
         try:
             features[name] = backbone.gives(given)
         except ConnectionMismatch as exc:
-            fix = inp.adapter.fix_for(exc.wanted) if exc.wanted is not None else None
+            try:
+                fix = inp.adapter.fix_for(exc.wanted) if exc.wanted is not None else None
+            except Exception as fix_exc:  # noqa: BLE001
+                problems.extend(component_problems(fix_exc, where, inp.adapter))
+                continue
             wanted = exc.wanted.describe() if exc.wanted is not None else str(exc)
             message = (
                 f"gives {given.describe()} but {_describe('backbone', consumer, backbone)}"
@@ -77,9 +81,9 @@ def plan(spec: ModelSpec) -> Plan:
             if fix:
                 message += f"; {fix}"
             problems.append((where, message))
-        except PolymodalError as exc:
+        except Exception as exc:  # noqa: BLE001
             loc = f"backbones.{consumer}" if consumer else f"inputs.{name}.backbone"
-            problems.append((loc, str(exc)))
+            problems.extend(component_problems(exc, loc, backbone))
     groups = spec.fusion_groups()
     fused: dict[tuple[str, ...], Signal] = {}
     fusion_takes: dict[tuple[str, ...], FusionInputs] = {}
@@ -94,20 +98,26 @@ def plan(spec: ModelSpec) -> Plan:
                 takes = FusionInputs({n: features[n] for n in inputs}, stages)
                 fused[inputs] = spec.fusion.gives(takes)
                 fusion_takes[inputs] = takes
-            except PolymodalError as exc:
-                problems.append(("fusion", f"for inputs {', '.join(inputs)}: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
+                problems.extend(_prefixed(component_problems(exc, "fusion", spec.fusion),
+                                          f"for inputs {', '.join(inputs)}: "))
                 continue
         for head in heads:
             try:
                 spec.heads[head].check_takes(fused[inputs])
-            except PolymodalError as exc:
-                source = "fusion" if spec.fusion is not None else f"input {inputs[0]!r}"
-                problems.append(
-                    (f"heads.{head}", f"{source} gives {fused[inputs].describe()}: {exc}")
-                )
+            except Exception as exc:  # noqa: BLE001
+                found = component_problems(exc, f"heads.{head}", spec.heads[head])
+                if isinstance(exc, PolymodalError):  # the head refuses what it is given
+                    source = "fusion" if spec.fusion is not None else f"input {inputs[0]!r}"
+                    found = _prefixed(found, f"{source} gives {fused[inputs].describe()}: ")
+                problems.extend(found)
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))  # a shared backbone fails once per input
     return Plan(adapter_gives, features, groups, fused, fusion_takes)
+
+
+def _prefixed(problems: list[Problem], prefix: str) -> list[Problem]:
+    return [Problem(p[0], prefix + p[1], p.cause) for p in problems]
 
 
 def _conditioned_stages(
@@ -236,13 +246,13 @@ class PolymodalModel(nn.Module):
 
 def _instantiate(
     cls: type[Component], config: ComponentConfig, takes: Any, where: str,
-    located: list[tuple[str, Component]], problems: list[tuple[str, str]],
+    located: list[tuple[str, Component]], problems: list[tuple[str, str]], registry: Registry,
 ) -> Component | None:
     """The component's module; a refusal goes to ``problems`` (all are reported at once)."""
     try:
         module = cls(config, takes)
-    except PolymodalError as exc:
-        problems.append((where, str(exc)))
+    except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
+        problems.extend(component_problems(exc, where, config, registry))
         return None
     except MemoryError:
         problems.append((where, f"{config.describe()} needs more memory than this machine has;"
@@ -284,30 +294,32 @@ def build(
     }
     for name, inp in spec.inputs.items():
         modules["adapters"][name] = _instantiate(
-            component_class(inp.adapter), inp.adapter, None, f"inputs.{name}.adapter", located, problems
+            component_class(inp.adapter), inp.adapter, None, f"inputs.{name}.adapter", located,
+            problems, registry,
         )
         if isinstance(inp.backbone, str) and inp.backbone not in modules["backbones"]:
             config = spec.backbones[inp.backbone]
             modules["backbones"][inp.backbone] = _instantiate(
                 component_class(config), config, the_plan.adapter_gives[name],
-                f"backbones.{inp.backbone}", located, problems,
+                f"backbones.{inp.backbone}", located, problems, registry,
             )
         elif isinstance(inp.backbone, ComponentConfig):
             modules["input_backbones"][name] = _instantiate(
                 component_class(inp.backbone), inp.backbone, the_plan.adapter_gives[name],
-                f"inputs.{name}.backbone", located, problems,
+                f"inputs.{name}.backbone", located, problems, registry,
             )
     for inputs, heads in the_plan.groups.items():
         if spec.fusion is not None:
             takes = the_plan.fusion_takes[inputs]
             modules["fusions"][group_key(inputs)] = _instantiate(
-                component_class(spec.fusion), spec.fusion, takes, "fusion", located, problems
+                component_class(spec.fusion), spec.fusion, takes, "fusion", located, problems,
+                registry,
             )
         for head in heads:
             config = spec.heads[head]
             modules["heads"][head] = _instantiate(
                 component_class(config), config, the_plan.fused[inputs], f"heads.{head}", located,
-                problems,
+                problems, registry,
             )
     if problems:
         raise SpecError(problems)
@@ -320,8 +332,8 @@ def build(
             for where, module in located:
                 try:
                     module.load_pretrained()
-                except PolymodalError as exc:
-                    raise SpecError([(where, str(exc))]) from None
+                except Exception as exc:  # noqa: BLE001 - the component's error, at its path
+                    raise SpecError(component_problems(exc, where, module.config, registry)) from None
         finally:
             SPEC_FOLDER.reset(folder)
     return model

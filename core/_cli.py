@@ -2,6 +2,9 @@
 
 Bad input ends in one message on stderr and a non-zero exit; ``--debug`` shows the traceback.
 Listing commands read static manifests and import neither torch nor any plugin.
+
+Exit codes: 1 for every error of the input, a plugin included (a spec, a file, a table, a plugin
+that refuses or fails); 2 for a wrong command line; 3 for a bug in polymodal itself.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class _Group(click.Group):
             raise
         except PolymodalError as exc:
             if ctx.obj and ctx.obj.get("debug"):
+                _print_causes(exc)
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
@@ -47,12 +51,34 @@ class _Group(click.Group):
         except Exception as exc:  # noqa: BLE001
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            blamed = _plugin_blamed(exc)
+            if blamed is not None:
+                click.echo(f"error: {blamed}", err=True)
+                ctx.exit(EXIT_BAD_INPUT)
             click.echo(
                 f"internal error: {type(exc).__name__}: {exc}\n"
-                "This is a bug in polymodal or a plugin; rerun with --debug for the traceback.",
+                "This is a bug in polymodal; rerun with --debug for the traceback.",
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)
+
+
+def _plugin_blamed(exc: Exception) -> str | None:
+    """The message naming the third-party plugin whose code raised ``exc``, if one did."""
+    from . import _registry
+
+    registry = _registry._REGISTRY  # only plugins already imported can have raised it
+    return registry.blame(exc) if registry is not None else None
+
+
+def _print_causes(exc: PolymodalError) -> None:
+    """With --debug: the tracebacks of the component errors a spec error reports."""
+    import traceback
+
+    for cause in getattr(exc, "causes", []):
+        if cause is not exc:
+            traceback.print_exception(cause)
+            click.echo("", err=True)
 
 
 def _version() -> str:
@@ -104,7 +130,9 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
     click.echo(_table(rows, ["KIND", "TYPE", "PACKAGE", "SUMMARY"]) if rows else "no components")
     failures = registry.failures()
     if failures:
-        click.echo(f"\n{len(failures)} plugin(s) failed to load; see `polymodal plugins`.", err=True)
+        names = ", ".join(dict.fromkeys(f"{p.package} {p.version}" for p in failures))
+        click.echo(f"\n{len(failures)} plugin(s) failed to load; see `polymodal plugins`"
+                   f" ({names}).", err=True)
 
 
 @cli.command()
@@ -148,8 +176,12 @@ def _dedent(doc: str) -> str:
 @click.option("--available", is_flag=True, help="Also list known plugin packages to install.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(available: bool, as_json: bool) -> None:
-    """Installed plugins, their versions and components, and any that failed to load and why."""
+    """Installed plugins, their versions and components, and any that failed to load and why.
+
+    Third-party plugins listed by a static manifest are imported here, so that one that fails
+    to import or disagrees with its manifest shows as failed."""
     registry = _registry()
+    registry.verify()
     data = [
         {"entry_point": p.name, "package": p.package, "version": p.version, "module": p.value,
          "status": p.status, "error": p.error,

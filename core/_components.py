@@ -312,7 +312,7 @@ def component_identity(cls: object) -> tuple[str, str]:
     if not isinstance(cls, type) or not issubclass(cls, Component):
         raise PolymodalError(
             f"returned {cls!r}, which is not a component class (a subclass of"
-            " polymodal.ModalityAdapter, Backbone, Fusion or Head)"
+            " polymodal.plugin.ModalityAdapter, Backbone, Fusion or Head)"
         )
     kind = next((k for k, base in KIND_BASES.items() if issubclass(cls, base)), None)
     if kind is None or cls in KIND_BASES.values():
@@ -337,3 +337,33 @@ def component_identity(cls: object) -> tuple[str, str]:
     except Exception as exc:  # noqa: BLE001 - a broken config must not break the registry
         raise PolymodalError(f"{cls.__qualname__}.Config is invalid: {exc}") from None
     return kind, type_name
+
+
+def check_defaults(cls: type[Component]) -> None:
+    """Refuse a component whose config has a default that breaks its own option's type or
+    constraints (``Field(-3, gt=0)``): every spec that leaves the option out would be invalid,
+    and it would only show when a model is built. Raises a PolymodalError naming the component,
+    the option and the problem."""
+    from pydantic import ValidationError, create_model
+
+    config = cls.Config
+    defaulted = {name: (field.annotation, field) for name, field in config.model_fields.items()
+                 if name != "type" and not field.is_required()}
+    if not defaulted:
+        return
+    settings = ConfigDict(**{**config.model_config, "validate_default": True})
+    try:
+        probe = create_model(f"{config.__name__}Defaults", __config__=settings, **defaulted)  # type: ignore[call-overload]
+        probe.model_validate({})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            option = ".".join(str(part) for part in error["loc"])
+            problems.append(f"the default of option {option!r} ({error['input']!r}) is invalid:"
+                            f" {error['msg']}")
+        raise PolymodalError(
+            f"{cls.__qualname__}.Config ({cls.kind} {component_identity(cls)[1]!r}): "
+            + "; ".join(problems) + "; change the default or the option's constraints") from None
+    except Exception as exc:  # noqa: BLE001 - a default that cannot even be checked
+        raise PolymodalError(f"{cls.__qualname__}.Config: its defaults cannot be checked:"
+                             f" {type(exc).__name__}: {exc}") from None

@@ -19,12 +19,21 @@ class SpecError(PolymodalError):
     """A spec is malformed, names something unknown, or its parts do not connect.
 
     ``problems`` holds one ``(location, message)`` pair per problem; ``location`` is the dotted
-    path inside the spec (``inputs.photo.adapter.channels``) or ``""`` for the whole spec.
+    path inside the spec (``inputs.photo.adapter.channels``) or ``""`` for the whole spec. A plain
+    message (``SpecError("...")``) is one problem without a location; raised by a component, it
+    is reported at the component's spec path.
     """
 
-    def __init__(self, problems: Iterable[tuple[str, str]], source: str | None = None):
+    def __init__(self, problems: str | Iterable[tuple[str, str]], source: str | None = None):
+        if isinstance(problems, str):
+            problems = [("", problems)]
+        elif isinstance(problems, tuple) and len(problems) == 2 and all(
+                isinstance(part, str) for part in problems):
+            problems = [problems]  # one (location, message) pair
         self.problems = list(problems)
         self.source = source
+        #: The exceptions the problems came from (a component's own errors), for ``--debug``.
+        self.causes = [p.cause for p in self.problems if getattr(p, "cause", None) is not None]
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -37,6 +46,67 @@ class SpecError(PolymodalError):
 
     def with_source(self, source: str) -> SpecError:
         return SpecError(self.problems, source=source)
+
+
+class ConfigError(PolymodalError, ValueError):
+    """A user mistake in a component's options, reported by the component itself.
+
+    The one way a component says that the spec asks for something it cannot do, wherever
+    polymodal calls it: its config's validators, ``gives``, ``fix_for``, ``stages``,
+    ``conditions`` and ``codec``, its module's constructor and ``load_pretrained``. polymodal
+    reports it at the component's spec path, extended by ``option`` when given::
+
+        raise ConfigError("must be even", option="size")
+        # inputs.photo.adapter.size: must be even
+
+    It is a ``ValueError`` too, so pydantic validators may raise it like any ``ValueError``.
+    """
+
+    def __init__(self, message: str, option: str | None = None):
+        self.message = message
+        self.option = option
+        super().__init__(f"{option}: {message}" if option else message)
+
+
+class Problem(tuple):
+    """A ``(location, message)`` pair of a :class:`SpecError` that keeps the exception it came
+    from, so ``--debug`` can show where a component raised it."""
+
+    cause: BaseException | None
+
+    def __new__(cls, location: str, message: str, cause: BaseException | None = None) -> Problem:
+        problem = super().__new__(cls, (location, message))
+        problem.cause = cause
+        return problem
+
+
+def spec_path(where: str, option: str | None) -> str:
+    """``where`` extended by a relative ``option`` path (``size``, ``mean[1]``, ``a.b``)."""
+    if not option:
+        return where
+    if not where:
+        return option
+    return where + option if option.startswith("[") else f"{where}.{option}"
+
+
+def located(exc: PolymodalError, where: str) -> list[Problem]:
+    """The spec problems a component's own error stands for, at the component's path ``where``:
+    a :class:`ConfigError` at its option, a :class:`SpecError`'s problems where they say (those
+    without a location at ``where``), any other error at ``where``."""
+    if isinstance(exc, ConfigError):
+        return [Problem(spec_path(where, exc.option), exc.message, exc)]
+    if isinstance(exc, SpecError):
+        return [Problem(loc or where, msg, exc) for loc, msg in exc.problems]
+    return [Problem(where, str(exc), exc)]
+
+
+def validator_problem(where: str, error: dict) -> tuple[str, str] | None:
+    """A pydantic error (one of ``ValidationError.errors()``) that a :class:`ConfigError`
+    raised in a validator caused, placed at ``where`` extended by its option; None for others."""
+    cause = (error.get("ctx") or {}).get("error")
+    if not isinstance(cause, ConfigError):
+        return None
+    return spec_path(where, cause.option), cause.message
 
 
 class ConnectionMismatch(PolymodalError):

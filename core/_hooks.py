@@ -2,9 +2,11 @@
 
 A plugin is a module named by an entry point in group ``polymodal``::
 
-    import polymodal
+    from polymodal.plugin import hookimpl
 
-    @polymodal.hookimpl
+    POLYMODAL_PLUGIN_API = 2
+
+    @hookimpl
     def polymodal_components():
         return [MyAdapter, MyHead]
 """
@@ -14,9 +16,17 @@ from __future__ import annotations
 import pluggy
 
 PROJECT = "polymodal"
-#: The plugin interface version. A plugin module may declare ``POLYMODAL_PLUGIN_API = N``; one
-#: whose N differs from this is reported as incompatible instead of being loaded.
+#: The plugin interface version. A plugin module declares ``POLYMODAL_PLUGIN_API = N`` (or its
+#: static manifest states ``api = N``); a plugin written for another version, or declaring none,
+#: is refused with a message naming both versions instead of being loaded.
 PLUGIN_API = 2
+
+#: What changed since each earlier plugin API version, for the message refusing such a plugin.
+API_CHANGES: dict[int, str] = {
+    1: "everything a plugin may use moved to the one module `polymodal.plugin` (`from"
+       " polymodal.plugin import Head, hookimpl, ...`), the other modules of polymodal became"
+       " private, and a plugin module declares `POLYMODAL_PLUGIN_API = 2`",
+}
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -70,6 +70,7 @@ def _report(package: str | None) -> list[str]:
     reset_registry()
     importlib.invalidate_caches()
     registry = Registry()
+    registry.verify()  # import what was installed: a plugin that fails shows it now
     lines = []
     for plugin in registry.plugins:
         if package is not None and plugin.package != package:

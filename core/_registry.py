@@ -6,6 +6,15 @@ failure and skips duplicate names silently). A plugin whose components are liste
 manifest is not imported until a spec uses one of them, so listing imports no plugin code; a
 manifest that states another plugin API marks the plugin incompatible without importing it.
 
+When such a plugin is imported (by a spec that uses it, or by ``polymodal plugins``), its code is
+checked against its manifest: a component listed but not provided, or provided but not listed,
+marks the whole plugin failed, and the reason is remembered (see ``_known_failures``) so that a
+later listing shows the plugin as failed too.
+
+A plugin declares the plugin API it is written for (``POLYMODAL_PLUGIN_API`` in its module, or
+``api`` in its manifest); one written for another version, or declaring none, is refused with a
+message naming both versions and what changed.
+
 Environment:
     ``POLYMODAL_DISABLE_PLUGINS=a,b``  plugins (entry-point or package names) never imported.
     ``POLYMODAL_PLUGINS=a,b``          allow-list: only these plugins are used (reproducible runs).
@@ -15,17 +24,29 @@ Environment:
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import importlib.util
 import os
 import re
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import _hooks as hooks
-from ._errors import ComponentError, PolymodalError, did_you_mean
-from ._manifest import KINDS, ComponentEntry, Manifest, catalog, find_package_manifest, read_manifest
+from ._errors import ComponentError, PolymodalError, Problem, did_you_mean, located
+from ._known_failures import KnownFailures, fingerprint
+from ._manifest import (
+    CATALOG_PATH,
+    KINDS,
+    ComponentEntry,
+    Manifest,
+    catalog,
+    find_package_manifest,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     from ._components import Component
@@ -68,13 +89,29 @@ class PluginInfo:
     value: str
     status: str = "pending"  # lazy (manifest, not imported) | loaded | failed | disabled
     error: str | None = None
-    api: int | None = None  # the plugin API it is built for, once known
+    api: int | None = None  # the plugin API it is written for, once known
     components: list[ComponentRecord] = field(default_factory=list)
     entry_point: metadata.EntryPoint | None = field(default=None, repr=False)
+    #: (kind, type) of each component its manifest lists; None: listed by no manifest.
+    listed: frozenset[tuple[str, str]] | None = None
+    manifest: Path | None = None  # a third-party plugin's manifest file
 
     @property
     def label(self) -> str:
         return f"{self.package} {self.version}, entry point {self.name!r} ({self.value})"
+
+    @property
+    def key(self) -> str:
+        return f"{self.package}:{self.name}"
+
+    @property
+    def top_module(self) -> str:
+        return self.value.split(":", 1)[0].split(".", 1)[0]
+
+
+class _Refused(PolymodalError):
+    """A plugin's code fails a check of the registry (its API version, its component classes,
+    its manifest); unlike a failing import or hook, the same files always fail it again."""
 
 
 def _env_names(var: str) -> set[str] | None:
@@ -102,7 +139,12 @@ def _selected(names: set[str], entry_point: str, package: str) -> bool:
 class Registry:
     """Every plugin found through entry points, and the components they provide."""
 
-    def __init__(self, entry_points: list[metadata.EntryPoint] | None = None):
+    def __init__(self, entry_points: list[metadata.EntryPoint] | None = None,
+                 known_failures: KnownFailures | None = None):
+        """Discover the plugins of ``entry_points`` (default: the environment's).
+
+        ``known_failures`` remembers what importing a plugin listed by its manifest showed;
+        discovering the environment uses polymodal's cache of them by default."""
         self.plugins: list[PluginInfo] = []
         self.manager = pluggy.PluginManager(hooks.PROJECT)
         self.manager.add_hookspecs(hooks)
@@ -110,6 +152,8 @@ class Registry:
         self._manifests: dict[Any, Manifest] = {}
         if entry_points is None:
             entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+            known_failures = known_failures or KnownFailures()
+        self._known = known_failures
         disabled = _env_names(DISABLE_ENV) or set()
         allowed = _env_names(ALLOW_ENV)
         for ep in entry_points:
@@ -140,10 +184,15 @@ class Registry:
             self._activate(plugin)
             return
         plugin.status = "lazy"
+        plugin.listed = frozenset((e.kind, e.type) for e in entries)
         plugin.components = [
             ComponentRecord(e.kind, e.type, package, version, ep.name, e.summary, e.target)
             for e in entries
         ]
+        remembered = self._remembered(plugin)
+        if remembered is not None:
+            plugin.status, plugin.components = "failed", []
+            plugin.error = f"{remembered} (found when polymodal last imported it)"
 
     def _manifest_entries(self, plugin: PluginInfo) -> tuple[ComponentEntry, ...] | None:
         if plugin.package == CORE_PACKAGE:
@@ -153,6 +202,7 @@ class Registry:
             path = find_package_manifest(module)
             if path is None:
                 return None
+            plugin.manifest = path
             if path not in self._manifests:
                 self._manifests[path] = read_manifest(path)
             manifest = self._manifests[path]
@@ -175,90 +225,103 @@ class Registry:
         except BaseException as exc:  # noqa: BLE001 - any failure of third-party code is reported
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            plugin.status = "failed"
-            plugin.error = f"import failed: {type(exc).__name__}: {exc}"
-            plugin.components = []
-            plugin.error += _origin(exc)
+            self._import_failed(plugin, exc)
             return
         self._register(plugin, obj)
+
+    def _import_failed(self, plugin: PluginInfo, exc: BaseException) -> None:
+        plugin.status, plugin.components = "failed", []
+        plugin.error = (f"import failed: {type(exc).__name__}:"
+                        f" {exc}{_origin(exc, prefer=plugin.top_module)}")
+        older = _older_api_use(exc)
+        if older is not None:
+            plugin.api = 1
+            plugin.error = f"{_api_mismatch(plugin)} It {older} ({plugin.error})."
 
     def add_plugin(self, obj: object, package: str, version: str = "0", name: str | None = None) -> PluginInfo:
         """Register a plugin object (a module or any object with the hook) without an entry point.
 
         For tests of components that are not installed; it is checked like any plugin, and a
-        failure is recorded in ``plugins`` like one from an entry point."""
+        failure is recorded in ``plugins`` like one from an entry point. Made in this process,
+        an object that declares no ``POLYMODAL_PLUGIN_API`` is taken to be written for this
+        polymodal's plugin API."""
         plugin = PluginInfo(name or getattr(obj, "__name__", package), normalize_package(package),
                             version, getattr(obj, "__name__", repr(obj)))
         self.plugins.append(plugin)
-        self._register(plugin, obj)
+        self._register(plugin, obj, assumed_api=hooks.PLUGIN_API)
         return plugin
 
-    def _register(self, plugin: PluginInfo, obj: object) -> None:
-        from ._components import component_identity
-
-        listed = {(c.kind, c.type): c for c in plugin.components}
-        plugin.api = getattr(obj, "POLYMODAL_PLUGIN_API", hooks.PLUGIN_API)
-        if plugin.api != hooks.PLUGIN_API:
-            plugin.status, plugin.error = "failed", _api_mismatch(plugin)
-            plugin.components = []
-            return
+    def _register(self, plugin: PluginInfo, obj: object, assumed_api: int | None = None) -> None:
         try:
+            _check_api(plugin, obj, assumed_api)
             self.manager.register(obj, name=f"{plugin.package}:{plugin.name}")
-            impls = [
-                impl
-                for impl in self.manager.hook.polymodal_components.get_hookimpls()
-                if impl.plugin is obj
-            ]
-            if not impls:
-                raise PolymodalError("implements no polymodal_components() hook")
-            classes: list[Any] = []
-            for impl in impls:
-                returned = impl.function()
-                if not isinstance(returned, (list, tuple)):
-                    raise PolymodalError(
-                        f"polymodal_components() returned {type(returned).__name__},"
-                        " not a list of component classes"
-                    )
-                classes.extend(returned)
-            records = []
-            for cls in classes:
-                kind, type_name = component_identity(cls)
-                records.append(
-                    ComponentRecord(
-                        kind, type_name, plugin.package, plugin.version, plugin.name,
-                        summary_of(cls), f"{cls.__module__}:{cls.__qualname__}", cls,
-                    )
-                )
-        except Exception as exc:  # noqa: BLE001
-            self._unregister(obj)
-            plugin.status = "failed"
-            plugin.error = str(exc) if isinstance(exc, PolymodalError) else (
-                f"{type(exc).__name__}: {exc}{_origin(exc)}"
-            )
-            plugin.components = []
+            records = self._records(plugin, obj)
+            _check_records(plugin, records)
+        except _Refused as exc:
+            self._fail(plugin, obj, str(exc))
+            self._remember(plugin, str(exc))
             return
-        seen: set[tuple[str, str]] = set()
-        for rec in records:
-            key = (rec.kind, rec.type)
-            if key in seen:
-                self._unregister(obj)
-                plugin.status = "failed"
-                plugin.error = f"provides {rec.kind} {rec.type!r} twice"
-                plugin.components = []
-                return
-            seen.add(key)
-        if listed:
-            missing = sorted(set(listed) - seen)
-            if missing:
-                self._unregister(obj)
-                plugin.status = "failed"
-                plugin.error = "its manifest lists " + ", ".join(
-                    f"{k} {t!r}" for k, t in missing
-                ) + " but the plugin does not provide " + ("it" if len(missing) == 1 else "them")
-                plugin.components = []
-                return
-        plugin.components = records
-        plugin.status = "loaded"
+        except Exception as exc:  # noqa: BLE001 - the plugin's hook raised
+            self._fail(plugin, obj, str(exc) if isinstance(exc, PolymodalError) else (
+                f"{type(exc).__name__}: {exc}{_origin(exc)}"))
+            return
+        plugin.components, plugin.status, plugin.error = records, "loaded", None
+        self._remember(plugin, None)
+
+    def _records(self, plugin: PluginInfo, obj: object) -> list[ComponentRecord]:
+        """The components the plugin's hooks return, each class checked."""
+        from ._components import check_defaults, component_identity
+
+        impls = [impl for impl in self.manager.hook.polymodal_components.get_hookimpls()
+                 if impl.plugin is obj]
+        if not impls:
+            raise _Refused("implements no polymodal_components() hook")
+        records = []
+        for impl in impls:
+            returned = impl.function()
+            if not isinstance(returned, (list, tuple)):
+                raise _Refused(f"polymodal_components() returned {type(returned).__name__},"
+                               " not a list of component classes")
+            for cls in returned:
+                try:
+                    kind, type_name = component_identity(cls)
+                    check_defaults(cls)
+                except PolymodalError as exc:
+                    raise _Refused(str(exc)) from None
+                records.append(ComponentRecord(
+                    kind, type_name, plugin.package, plugin.version, plugin.name,
+                    summary_of(cls), f"{cls.__module__}:{cls.__qualname__}", cls))
+        return records
+
+    def _fail(self, plugin: PluginInfo, obj: object, reason: str) -> None:
+        self._unregister(obj)
+        plugin.status, plugin.error, plugin.components = "failed", reason, []
+
+    # -- what importing a manifest's plugin showed, remembered for listing ------------------
+    def _fingerprint(self, plugin: PluginInfo) -> str:
+        from . import __version__
+
+        assert plugin.manifest is not None
+        return fingerprint(plugin.manifest, __version__, str(hooks.PLUGIN_API), plugin.version,
+                           plugin.name, plugin.value)
+
+    def _remembered(self, plugin: PluginInfo) -> str | None:
+        if self._known is None or plugin.manifest is None or not self._known.has(plugin.key):
+            return None
+        try:
+            return self._known.reason(plugin.key, self._fingerprint(plugin))
+        except OSError:
+            return None
+
+    def _remember(self, plugin: PluginInfo, reason: str | None) -> None:
+        if self._known is None or plugin.manifest is None or plugin.listed is None:
+            return
+        if reason is None and not self._known.has(plugin.key):
+            return  # nothing to forget
+        try:
+            self._known.record(plugin.key, self._fingerprint(plugin), reason)
+        except OSError:
+            pass
 
     def _unregister(self, obj: object) -> None:
         if self.manager.is_registered(obj):
@@ -392,21 +455,196 @@ class Registry:
                 self._activate(plugin)
         return self.components()
 
+    def verify(self) -> list[PluginInfo]:
+        """Import every third-party plugin listed by its manifest, and check it against the
+        manifest again where a remembered failure marked it; return the failed plugins.
+
+        ``polymodal plugins`` runs this so that it shows each plugin as it is. polymodal's own
+        plugins are left unimported: its catalog is generated from them and checked by its
+        tests."""
+        for plugin in self.plugins:
+            if plugin.package == CORE_PACKAGE or plugin.manifest is None:
+                continue
+            if plugin.status == "lazy" or plugin.status == "failed" and plugin.listed is not None:
+                self._activate(plugin)
+        return self.failures()
+
+    def raised(self, exc: BaseException, component: object) -> str:
+        """The message for an exception that is no :class:`PolymodalError`, raised by the code
+        of ``component`` (a config, a config class, or a record): it names the component, its
+        package and where it raised, and whose bug it is if the spec is right."""
+        record = component if isinstance(component, ComponentRecord) else self._record_of(component)
+        if record is None:
+            cls = component if isinstance(component, type) else type(component)
+            what, package, module = cls.__qualname__, None, cls.__module__
+        else:
+            what = f"{record.kind} {record.canonical!r} ({record.package} {record.version})"
+            package, module = record.package, record.target.split(":", 1)[0]
+        origin = _origin(exc, prefer=module.split(".", 1)[0])
+        if package == CORE_PACKAGE:
+            whose = "a bug in polymodal: please report it"
+        elif package is not None:
+            whose = f"a bug in {package}: please report it to its authors"
+        else:
+            whose = "a bug in the plugin that provides it"
+        return (f"{what} raised {type(exc).__name__}: {exc}{origin}; if the spec is right, this"
+                f" is {whose} (--debug shows the traceback)")
+
+    def _record_of(self, component: object) -> ComponentRecord | None:
+        config = component if isinstance(component, type) else type(component)
+        try:
+            return self.record_for_config(config)
+        except (ComponentError, TypeError):
+            return None
+
+    def blame(self, exc: BaseException) -> str | None:
+        """For an unexpected exception, the message naming the third-party plugin whose code
+        raised it (the innermost of its frames), or None when no plugin's code is involved."""
+        owners = {p.top_module: p for p in self.plugins
+                  if p.status == "loaded" and p.package != CORE_PACKAGE}
+        for link in _chain(exc):
+            for frame, lineno in reversed(list(traceback.walk_tb(link.__traceback__))):
+                plugin = owners.get(_top_module(frame))
+                if plugin is not None:
+                    return (f"plugin {plugin.label} raised {type(exc).__name__}: {exc} (at"
+                            f" {frame.f_code.co_filename}:{lineno}); this is a bug in"
+                            f" {plugin.package} or a mistake it does not explain (--debug shows"
+                            " the traceback)")
+        return None
+
+
+def _check_api(plugin: PluginInfo, obj: object, assumed: int | None) -> None:
+    """Settle the plugin API the plugin is written for: its module's ``POLYMODAL_PLUGIN_API``,
+    else its manifest's ``api``, else ``assumed``; refuse it unless that is this polymodal's."""
+    declared = getattr(obj, "POLYMODAL_PLUGIN_API", None)
+    if declared is not None and (not isinstance(declared, int) or isinstance(declared, bool)):
+        raise _Refused(f"POLYMODAL_PLUGIN_API must be the plugin API version as an integer"
+                       f" (POLYMODAL_PLUGIN_API = {hooks.PLUGIN_API}), not {declared!r}")
+    if declared is not None and plugin.api is not None and declared != plugin.api:
+        raise _Refused(f"its module declares POLYMODAL_PLUGIN_API = {declared} but its manifest"
+                       f" states api = {plugin.api}; {_regenerate(plugin)}")
+    api = declared if declared is not None else plugin.api if plugin.api is not None else assumed
+    if api is None:
+        older = _since(1)
+        raise _Refused(
+            f"declares no plugin API version: a plugin for this polymodal (plugin API"
+            f" {hooks.PLUGIN_API}) declares `POLYMODAL_PLUGIN_API = {hooks.PLUGIN_API}` in its"
+            f" module {plugin.value.split(':', 1)[0]} (or `api = {hooks.PLUGIN_API}` in its"
+            f" manifest)" + (f". If it was written for plugin API 1, which did not ask for this:"
+                             f" {older}." if older else "."))
+    plugin.api = api
+    if api != hooks.PLUGIN_API:
+        raise _Refused(_api_mismatch(plugin))
+
+
+def _check_records(plugin: PluginInfo, records: list[ComponentRecord]) -> None:
+    """Each (kind, type) once, and exactly those its manifest lists."""
+    provided: set[tuple[str, str]] = set()
+    for rec in records:
+        if (rec.kind, rec.type) in provided:
+            raise _Refused(f"provides {rec.kind} {rec.type!r} twice")
+        provided.add((rec.kind, rec.type))
+    if plugin.listed is None:
+        return
+    missing, extra = sorted(plugin.listed - provided), sorted(provided - plugin.listed)
+    reasons = []
+    if missing:
+        reasons.append(f"its manifest lists {_components(missing)} but the plugin does not"
+                       f" provide {'it' if len(missing) == 1 else 'them'}")
+    if extra:
+        reasons.append(f"the plugin provides {_components(extra)} but its manifest does not"
+                       f" list {'it' if len(extra) == 1 else 'them'}")
+    if reasons:
+        raise _Refused("; ".join(reasons) + f"; {_regenerate(plugin)}")
+
+
+def _components(keys: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{kind} {type_name!r}" for kind, type_name in keys)
+
+
+def _regenerate(plugin: PluginInfo) -> str:
+    path = plugin.manifest or CATALOG_PATH
+    return f"regenerate the manifest: polymodal manifest {plugin.package} -o {path}"
+
+
+def _since(api: int) -> str:
+    """What changed in the plugin API since version ``api`` (a sentence), or ``""``."""
+    changes = [hooks.API_CHANGES[v] for v in range(api, hooks.PLUGIN_API) if v in hooks.API_CHANGES]
+    return f"since plugin API {api}, {'; '.join(changes)}" if changes else ""
+
 
 def _api_mismatch(plugin: PluginInfo) -> str:
-    return (
-        f"built for plugin API {plugin.api}; this polymodal provides API {hooks.PLUGIN_API}"
-        f" (upgrade polymodal or install a {plugin.package} release made for API"
-        f" {hooks.PLUGIN_API})"
-    )
+    assert plugin.api is not None
+    both = (f"written for plugin API {plugin.api}, but this polymodal provides plugin API"
+            f" {hooks.PLUGIN_API}")
+    if plugin.api < hooks.PLUGIN_API:
+        changed = _since(plugin.api)
+        return (f"{both}{'; ' + changed if changed else ''}. Install a release of"
+                f" {plugin.package} made for plugin API {hooks.PLUGIN_API}.")
+    return (f"{both}. Upgrade polymodal (pip install -U polymodal), or install a release of"
+            f" {plugin.package} made for plugin API {hooks.PLUGIN_API}.")
 
 
-def _origin(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
+def _older_api_use(exc: BaseException) -> str | None:
+    """How a failed import shows a plugin written for plugin API 1 (a phrase), or None.
+
+    Such a plugin imports the plugin API from ``polymodal`` itself (``from polymodal import
+    Head``), uses an attribute that moved (``polymodal.hookimpl``), or imports a module that
+    became private (``polymodal.signals``)."""
+    from . import _MOVED_TO_PLUGIN_API
+
+    for link in _chain(exc):
+        if isinstance(link, ModuleNotFoundError) and (link.name or "").startswith("polymodal."):
+            public = link.name.split(".")[1]
+            if not public.startswith("_") and importlib.util.find_spec(f"polymodal._{public}"):
+                return f"imports the module {link.name}, which plugin API 2 made private"
+        elif isinstance(link, ImportError) and link.name == "polymodal":
+            found = re.match(r"cannot import name '(\w+)' from 'polymodal'", str(link))
+            if found and found.group(1) in _MOVED_TO_PLUGIN_API:
+                return f"imports {found.group(1)} from `polymodal` instead of `polymodal.plugin`"
+        elif isinstance(link, AttributeError) and "written for plugin API 1" in str(link):
+            return "uses " + str(link).split(" is part of", 1)[0]
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, innermost last."""
+    found: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in found and len(found) < 8:
+        found.append(link)
+        link = link.__cause__ or link.__context__
+    return found
+
+
+def _top_module(frame: FrameType) -> str:
+    return str(frame.f_globals.get("__name__", "")).split(".", 1)[0]
+
+
+def _origin(exc: BaseException, prefer: str | None = None) -> str:
+    """`` (at FILE:LINE)``: where ``exc`` was raised, or its innermost frame in the top-level
+    module ``prefer`` (the plugin's own code rather than the library it called)."""
+    frames = list(traceback.walk_tb(exc.__traceback__))
     if not frames:
         return ""
-    last = frames[-1]
-    return f" (at {last.filename}:{last.lineno})"
+    chosen = frames[-1]
+    if prefer:
+        chosen = next((f for f in reversed(frames) if _top_module(f[0]) == prefer), chosen)
+    frame, lineno = chosen
+    return f" (at {frame.f_code.co_filename}:{lineno})"
+
+
+def component_problems(exc: Exception, where: str, component: object,
+                       registry: Registry | None = None) -> list[Problem]:
+    """The spec problems of an exception raised by a component's code (its config's methods,
+    its codec, its module) that polymodal called for the spec path ``where``.
+
+    A :class:`PolymodalError` is the component's report of a user mistake and is placed as
+    :func:`polymodal._errors.located` says; any other exception is reported at ``where`` as
+    raised by the component, naming its plugin package (:meth:`Registry.raised`)."""
+    if isinstance(exc, PolymodalError):
+        return located(exc, where)
+    return [Problem(where, (registry or get_registry()).raised(exc, component), exc)]
 
 
 _REGISTRY: Registry | None = None
@@ -453,7 +691,7 @@ def plugin_entries(distribution: str) -> tuple[dict[str, tuple[ComponentEntry, .
         entries[ep.name] = tuple(
             ComponentEntry(c.kind, c.type, c.target, c.summary) for c in plugin.components
         )
-        api[ep.name] = hooks.PLUGIN_API
+        api[ep.name] = plugin.api if plugin.api is not None else hooks.PLUGIN_API
     return entries, api
 
 

@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from ._components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
-from ._errors import ComponentError, SpecError, close_matches, did_you_mean
-from ._registry import ComponentRecord, Registry, get_registry
+from ._errors import ComponentError, SpecError, close_matches, did_you_mean, validator_problem
+from ._registry import ComponentRecord, Registry, component_problems, get_registry
 from ._spec_files import check_spec_size, read_spec_file
 from ._training.options import TrainingOptions
 
@@ -138,6 +138,10 @@ def _pydantic_problems(
         if data is not None:
             loc = _data_location(loc, data, missing=err["type"] == "missing")
         where = ".".join(filter(None, [prefix, _format_loc(loc)]))
+        reported = validator_problem(where, err)  # a component's ConfigError, at its option
+        if reported is not None:
+            problems.setdefault(reported[0], []).append(reported[1])
+            continue
         if err["type"] == "extra_forbidden":
             fields = _fields_at(model, loc[:-1])
             hint = did_you_mean(str(loc[-1]), fields) if fields else ""
@@ -222,6 +226,9 @@ def _component(
         return config_cls.model_validate(data)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, loc, config_cls, data))
+        return None
+    except Exception as exc:  # noqa: BLE001 - a validator's own error (SpecError, TypeError, ...)
+        problems.extend(component_problems(exc, loc, record, registry))
         return None
 
 
@@ -386,7 +393,10 @@ def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, Co
             return []  # the head itself is wrong, and reported as such
         return [(where, f"unknown head {head!r}.{did_you_mean(head, heads)} Heads: {', '.join(heads)}.")]
     make = getattr(heads[head], "codec", None)
-    known = getattr(make(), "metric_names", ()) if callable(make) else ()
+    try:
+        known = getattr(make(), "metric_names", ()) if callable(make) else ()
+    except Exception as exc:  # noqa: BLE001 - the head's error, reported at its path
+        return component_problems(exc, f"heads.{head}", heads[head])
     if known and name not in (*known, "loss"):  # every head also reports its own loss
         return [unknown_metric(head, name, known)]
     return []

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     ComponentError,
+    ConfigError,
     ConnectionMismatch,
     DataError,
     ModelFileError,
@@ -81,6 +82,7 @@ __all__ = [
     "PLUGIN_API",
     "hookimpl",
     "ComponentError",
+    "ConfigError",
     "ConnectionMismatch",
     "DataError",
     "ModelFileError",

@@ -3,10 +3,12 @@ one clear message (never a traceback) for bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -359,3 +361,211 @@ def test_debug_shows_the_traceback(tmp_path):
     done = run("--debug", "validate", str(path))
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "the spec is empty" in done.stderr
+
+
+# -- errors from a plugin's components -------------------------------------------------------
+
+#: A third-party plugin whose head fails as its ``mode`` option says: each way a component can
+#: report a user mistake, and plain exceptions from its code.
+PICKY_PLUGIN = '''
+from typing import Literal
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from polymodal.plugin import ConfigError, Head, HeadConfig, SpecError, hookimpl
+
+POLYMODAL_PLUGIN_API = 2
+
+
+class Picky(Head):
+    """A head that refuses what its mode says (a test plugin)."""
+
+    class Config(HeadConfig):
+        type: Literal["picky"] = "picky"
+        mode: str = "ok"
+        size: int = Field(4, gt=0)
+
+        @model_validator(mode="after")
+        def _check(self):
+            if self.mode == "validator-config":
+                raise ConfigError("must not be validator-config", option="mode")
+            if self.mode == "validator-spec":
+                raise SpecError("the validator says no")
+            if self.mode == "validator-type":
+                raise TypeError("the validator crashed")
+            return self
+
+        def check_takes(self, takes):
+            if self.mode == "takes-value":
+                raise ValueError("cannot take it")
+            if self.mode == "takes-config":
+                raise ConfigError("is too small for this input", option="size")
+            super().check_takes(takes)
+
+        def describe(self):
+            if self.mode == "describe-bug":
+                raise KeyError("no description")
+            return "picky"
+
+    def __init__(self, config, takes):
+        super().__init__(config, takes)
+        if config.mode == "init-value":
+            raise ValueError(f"size {config.size} is not odd")
+        if config.mode == "init-spec":
+            raise SpecError("a plain message from the constructor")
+        if config.mode == "init-config":
+            raise ConfigError("must be odd here", option="size")
+        self.linear = nn.Linear(takes.dim, config.size)
+
+    def load_pretrained(self):
+        if self.config.mode == "pretrained-value":
+            raise ValueError("the weights file has no head")
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+@hookimpl
+def polymodal_components():
+    return [Picky]
+'''
+
+
+def _plugin_module(folder: Path, name: str, text: str) -> ModuleType:
+    """``text`` written to ``folder/name.py`` and run as module ``name``, left out of sys.modules
+    so that no other test sees it."""
+    path = folder / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def picky(tmp_path, monkeypatch):
+    """``picky(mode)``: a spec file using the head of plugin acme-picky 1.2 (installed in the
+    registry the CLI uses) with that mode."""
+    from polymodal import _registry
+
+    registry = _registry.Registry()
+    registry.add_plugin(_plugin_module(tmp_path, "acme_picky", PICKY_PLUGIN), "acme-picky", "1.2")
+    monkeypatch.setattr(_registry, "_REGISTRY", registry)
+
+    def spec(mode: str) -> Path:
+        path = tmp_path / f"{mode}.json"
+        path.write_text(json.dumps({
+            "inputs": {"x": {"adapter": {"type": "tabular", "numerical": ["a"]}}},
+            "heads": {"y": {"type": "picky", "mode": mode}}}))
+        return path
+
+    return spec
+
+
+def _raised(kind: str, message: str) -> list[str]:
+    """What the error of a plain exception from the picky head says."""
+    return [f"heads.y: head 'acme-picky:picky' (acme-picky 1.2) raised {kind}: {message} (at ",
+            "acme_picky.py:", "; if the spec is right, this is a bug in acme-picky: please report it"
+            " to its authors (--debug shows the traceback)"]
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("validator-config", ["heads.y.mode: must not be validator-config"]),
+    ("validator-spec", ["heads.y: the validator says no"]),
+    ("validator-type", _raised("TypeError", "the validator crashed")),
+    ("takes-value", _raised("ValueError", "cannot take it")),
+    ("takes-config", ["heads.y.size: input 'x' gives a vector of 2: is too small for this input"]),
+])
+@pytest.mark.parametrize("command", ["validate", "build"])
+def test_a_components_error_in_validation_is_reported_at_its_spec_path(
+        capsys, tmp_path, picky, command, mode, expected):
+    path = picky(mode)
+    args = [command, str(path)] + (["-o", str(tmp_path / "out.safetensors")]
+                                   if command == "build" else [])
+    code, _, err = call(capsys, *args)
+    assert_one_clear_error(code, err, f"error: {path}: ", *expected)
+    assert "internal error" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("init-value", _raised("ValueError", "size 4 is not odd")),
+    ("init-spec", ["heads.y: a plain message from the constructor"]),
+    ("init-config", ["heads.y.size: must be odd here"]),
+    ("pretrained-value", _raised("ValueError", "the weights file has no head")),
+])
+def test_a_components_error_in_build_is_reported_at_its_spec_path(capsys, tmp_path, picky, mode,
+                                                                  expected):
+    path = picky(mode)
+    code, out, _ = call(capsys, "validate", str(path))
+    assert code == 0 and "ok" in out  # what only the module checks shows when it is built
+    output = tmp_path / "out.safetensors"
+    code, _, err = call(capsys, "build", str(path), "-o", str(output))
+    assert_one_clear_error(code, err, f"error: {path}: ", *expected)
+    assert not output.exists()
+
+
+def test_without_pretrained_weights_load_pretrained_is_not_called(capsys, tmp_path, picky):
+    code, _, err = call(capsys, "build", str(picky("pretrained-value")), "-o",
+                        str(tmp_path / "out.safetensors"), "--no-pretrained")
+    assert code == 0, err
+
+
+def test_debug_shows_the_traceback_of_a_components_error(capsys, picky):
+    with pytest.raises(polymodal.SpecError):
+        main(["--debug", "validate", str(picky("takes-value"))])
+    err = capsys.readouterr().err
+    assert "Traceback" in err and 'raise ValueError("cannot take it")' in err
+
+
+def test_a_plugins_exception_outside_a_component_call_names_the_plugin(capsys, picky):
+    # The diagram describes each component: the picky head's describe() has a bug.
+    code, _, err = call(capsys, "validate", "--diagram", str(picky("describe-bug")))
+    assert_one_clear_error(code, err, "error: plugin acme-picky 1.2, entry point 'acme_picky'"
+                           " (acme_picky) raised KeyError: 'no description' (at ",
+                           "acme_picky.py:", "this is a bug in acme-picky or a mistake it does not"
+                           " explain (--debug shows the traceback)")
+    assert "internal error" not in err
+
+
+def test_an_exception_of_polymodal_itself_is_an_internal_error(capsys, monkeypatch, picky):
+    from polymodal import _diagram
+
+    def broken(spec):
+        raise RuntimeError("a bug in the diagram")
+
+    monkeypatch.setattr(_diagram, "mermaid", broken)
+    code, _, err = call(capsys, "validate", "--diagram", str(picky("ok")))
+    assert code == 3
+    assert err == ("internal error: RuntimeError: a bug in the diagram\n"
+                   "This is a bug in polymodal; rerun with --debug for the traceback.\n")
+
+
+BAD_DEFAULT_PLUGIN = PICKY_PLUGIN.replace("size: int = Field(4, gt=0)", "size: int = Field(-3, gt=0)")
+
+
+def test_a_config_default_that_breaks_its_constraint_fails_the_plugin(capsys, tmp_path, monkeypatch):
+    from polymodal import _registry
+
+    registry = _registry.Registry()
+    module = _plugin_module(tmp_path, "acme_sloppy", BAD_DEFAULT_PLUGIN)
+    plugin = registry.add_plugin(module, "acme-sloppy", "0.1")
+    monkeypatch.setattr(_registry, "_REGISTRY", registry)
+    reason = ("Picky.Config (head 'picky'): the default of option 'size' (-3) is invalid: Input"
+              " should be greater than 0; change the default or the option's constraints")
+    assert (plugin.status, plugin.error) == ("failed", reason)
+
+    code, out, _ = call(capsys, "plugins")
+    assert code == 0
+    assert "acme-sloppy 0.1  entry point 'acme_sloppy' -> acme_sloppy  [FAILED]" in out
+    assert f"    reason: {reason}" in out
+    code, out, err = call(capsys, "list", "--kind", "head")
+    assert code == 0 and "picky" not in out
+    assert "1 plugin(s) failed to load; see `polymodal plugins` (acme-sloppy 0.1)." in err
+
+    spec = tmp_path / "uses.json"
+    spec.write_text(json.dumps({"inputs": {"x": {"adapter": {"type": "tabular", "numerical": ["a"]}}},
+                                "heads": {"y": {"type": "acme-sloppy:picky"}}}))
+    code, _, err = call(capsys, "validate", str(spec))
+    assert_one_clear_error(code, err, "heads.y.type: unknown head type 'acme-sloppy:picky'",
+                           f"acme-sloppy 0.1, entry point 'acme_sloppy' (acme_sloppy) is failed: {reason}")

@@ -180,7 +180,12 @@ def _pinned(value: Any) -> Any:
 
 def _codec_of(config: ComponentConfig, name: str, where: str, kind: str) -> Codec:
     make = getattr(config, "codec", None)
-    codec = make() if callable(make) else None
+    try:
+        codec = make() if callable(make) else None
+    except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
+        from .._registry import component_problems
+
+        raise SpecError(component_problems(exc, where, config)) from None
     if codec is None:
         raise SpecError([(where, f"{kind} {config.describe()!r} cannot read table columns"
                           " (its component provides no data codec)")])

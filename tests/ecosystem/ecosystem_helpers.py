@@ -26,6 +26,8 @@ from torch import nn
 import polymodal
 from polymodal.plugin import Head, HeadConfig
 
+POLYMODAL_PLUGIN_API = 2
+
 
 class Twice(Head):
     """Predicts one value from twice its input (a test plugin)."""

@@ -73,7 +73,8 @@ def test_install_use_uninstall_cycle_from_the_wheel(wheel, fresh_env, tmp_path):
     assert found[("adapter", "signal")]["package"] == "polymodal-signal"
     assert found[("backbone", "tcn")]["version"] == "0.1.0"
     plugins = {p["package"]: p for p in json.loads(polymodal("plugins", "--json").stdout)["plugins"]}
-    assert plugins["polymodal-signal"]["status"] == "lazy"  # listed from its manifest
+    # Listed from its manifest, imported by `plugins` to check it against the manifest.
+    assert plugins["polymodal-signal"]["status"] == "loaded"
     assert plugins["polymodal-signal"]["components"] == ["adapter:signal", "backbone:tcn"]
     assert plugins["broken-plugin"]["status"] == "failed"
 

@@ -18,25 +18,27 @@ SPEC = {  # uses built-ins only
     "heads": {"y": {"type": "regression"}},
 }
 
+API = "        POLYMODAL_PLUGIN_API = 2\n"  # indented like the modules below
+
 FAULTS = {
     # package: (entry point value, files, words the reason must contain)
     "raises-on-import": ("raises_on_import", {"raises_on_import.py": "raise RuntimeError('no GPU driver found')\n"},
                          ["import failed", "RuntimeError", "no GPU driver found", "raises_on_import.py"]),
-    "returns-non-component": ("returns_non_component", {"returns_non_component.py": """
+    "returns-non-component": ("returns_non_component", {"returns_non_component.py": API + """
         import polymodal
 
         @polymodal.plugin.hookimpl
         def polymodal_components():
             return [dict]
         """}, ["not a component class", "dict"]),
-    "returns-not-a-list": ("returns_not_a_list", {"returns_not_a_list.py": """
+    "returns-not-a-list": ("returns_not_a_list", {"returns_not_a_list.py": API + """
         import polymodal
 
         @polymodal.plugin.hookimpl
         def polymodal_components():
             return "head"
         """}, ["returned str, not a list of component classes"]),
-    "invalid-config": ("invalid_config", {"invalid_config.py": """
+    "invalid-config": ("invalid_config", {"invalid_config.py": API + """
         import polymodal
         from polymodal.plugin import Head, HeadConfig
 
@@ -48,7 +50,26 @@ FAULTS = {
         def polymodal_components():
             return [Untyped]
         """}, ["Untyped.Config needs `type: Literal"]),
-    "no-hook": ("no_hook", {"no_hook.py": "COMPONENTS = []\n"}, ["implements no polymodal_components() hook"]),
+    "invalid-default": ("invalid_default", {"invalid_default.py": API + """
+        from typing import Literal
+
+        from pydantic import Field
+
+        from polymodal.plugin import Head, HeadConfig, hookimpl
+
+        class Sized(Head):
+            class Config(HeadConfig):
+                type: Literal["sized"] = "sized"
+                size: int = Field(-3, gt=0, description="Outputs.")
+                widths: list[int] = Field(default_factory=lambda: [8, 0])
+
+        @hookimpl
+        def polymodal_components():
+            return [Sized]
+        """}, ["Sized.Config (head 'sized')", "the default of option 'size' (-3) is invalid: Input"
+               " should be greater than 0", "change the default or the option's constraints"]),
+    "no-hook": ("no_hook", {"no_hook.py": "POLYMODAL_PLUGIN_API = 2\nCOMPONENTS = []\n"},
+                ["implements no polymodal_components() hook"]),
     "exits-on-import": ("exits_on_import", {"exits_on_import.py": "import sys\nsys.exit(3)\n"},
                         ["import failed: SystemExit: 3"]),
     "hook-raises": ("hook_raises", {"hook_raises.py": """
@@ -57,9 +78,44 @@ FAULTS = {
         @polymodal.plugin.hookimpl
         def polymodal_components():
             raise KeyError("weights table")
-        """}, ["KeyError: 'weights table'", "hook_raises.py:5"]),
-    "future-api": ("future_api", {"future_api.py": "POLYMODAL_PLUGIN_API = 99\n" + GOOD_HEAD.format(type="future")},
-                   ["built for plugin API 99", f"provides API {polymodal.plugin.PLUGIN_API}"]),
+""" + API}, ["KeyError: 'weights table'", "hook_raises.py:5"]),
+    "future-api": ("future_api", {"future_api.py": GOOD_HEAD.format(type="future").replace(
+        "POLYMODAL_PLUGIN_API = 2", "POLYMODAL_PLUGIN_API = 99")},
+        ["written for plugin API 99, but this polymodal provides plugin API 2.",
+         "Upgrade polymodal (pip install -U polymodal), or install a release of future-api made"
+         " for plugin API 2."]),
+    # Plugins written for plugin API 1, however they show it.
+    "declares-api-one": ("declares_api_one", {"declares_api_one.py": GOOD_HEAD.format(type="one").replace(
+        "POLYMODAL_PLUGIN_API = 2", "POLYMODAL_PLUGIN_API = 1")},
+        ["written for plugin API 1, but this polymodal provides plugin API 2; since plugin API 1,",
+         "moved to the one module `polymodal.plugin`",
+         "Install a release of declares-api-one made for plugin API 2."]),
+    "imports-head-from-polymodal": ("old_imports", {"old_imports.py": """
+        from polymodal import Head, HeadConfig
+        """}, ["written for plugin API 1, but this polymodal provides plugin API 2; since plugin"
+               " API 1,", "It imports Head from `polymodal` instead of `polymodal.plugin`",
+               "ImportError: cannot import name 'Head' from 'polymodal'", "old_imports.py:1"]),
+    "uses-polymodal-hookimpl": ("old_hookimpl", {"old_hookimpl.py": """
+        import polymodal
+
+        @polymodal.hookimpl
+        def polymodal_components():
+            return []
+        """}, ["written for plugin API 1", "It uses polymodal.hookimpl (import failed:"
+               " AttributeError", "old_hookimpl.py:3"]),
+    "imports-old-module": ("old_module", {"old_module.py": """
+        from polymodal.signals import Vector
+        """}, ["written for plugin API 1", "It imports the module polymodal.signals, which plugin"
+               " API 2 made private", "ModuleNotFoundError"]),
+    "declares-no-api": ("declares_no_api", {"declares_no_api.py": GOOD_HEAD.format(type="undeclared").replace(
+        "POLYMODAL_PLUGIN_API = 2", "")},
+        ["declares no plugin API version: a plugin for this polymodal (plugin API 2) declares"
+         " `POLYMODAL_PLUGIN_API = 2` in its module declares_no_api", "If it was written for"
+         " plugin API 1"]),
+    "api-not-a-number": ("api_text", {"api_text.py": GOOD_HEAD.format(type="text").replace(
+        "POLYMODAL_PLUGIN_API = 2", "POLYMODAL_PLUGIN_API = '2'")},
+        ["POLYMODAL_PLUGIN_API must be the plugin API version as an integer"
+         " (POLYMODAL_PLUGIN_API = 2), not '2'"]),
 }
 
 
@@ -102,7 +158,7 @@ def test_a_spec_needing_a_failed_plugin_says_why(site):
         validate_spec_data(spec, registry)
     message = str(caught.value)
     assert "heads.y.type" in message
-    assert "future-api 2.3" in message and "built for plugin API 99" in message
+    assert "future-api 2.3" in message and "written for plugin API 99" in message
 
 
 def test_polymodal_plugins_reports_every_fault_and_validate_still_works(site, tmp_path):
@@ -247,3 +303,16 @@ def test_unknown_type_known_to_the_catalog_answers_with_the_install_line():
     assert message.startswith("inputs.ecg.adapter.type: unknown adapter type 'signal'.")
     assert "pip install 'polymodal-signal'" in message
     assert "polymodal install polymodal-signal" in message
+
+
+def test_spec_error_takes_a_message_a_pair_or_problems():
+    from polymodal.plugin import ConfigError, SpecError
+
+    assert (str(SpecError("plain")), SpecError("plain").problems) == ("plain", [("", "plain")])
+    assert SpecError(("heads.y.size", "must be odd")).problems == [("heads.y.size", "must be odd")]
+    assert str(SpecError([("a", "x"), ("", "y")], source="s.yaml")) == (
+        "s.yaml: 2 problems in the spec:\n  - a: x\n  - y")
+    error = ConfigError("must be even", option="size")
+    assert (str(error), error.message, error.option) == ("size: must be even", "must be even", "size")
+    assert isinstance(error, ValueError)  # pydantic validators may raise it
+    assert polymodal.plugin.ConfigError is ConfigError and "ConfigError" in polymodal.plugin.__all__
