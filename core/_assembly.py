@@ -244,6 +244,15 @@ class PolymodalModel(nn.Module):
         return outputs
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
 def _instantiate(
     cls: type[Component], config: ComponentConfig, takes: Any, where: str,
     located: list[tuple[str, Component]], problems: list[tuple[str, str]], registry: Registry,
@@ -252,18 +261,12 @@ def _instantiate(
     try:
         module = cls(config, takes)
     except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
-        problems.extend(component_problems(exc, where, config, registry))
-        return None
-    except MemoryError:
-        problems.append((where, f"{config.describe()} needs more memory than this machine has;"
-                         " `polymodal validate` reports the model's size"))
-        return None
-    except RuntimeError as exc:
-        if "allocate" not in str(exc):
-            raise
-        problems.append((where, f"{config.describe()} needs more memory than this machine has"
-                         f" ({str(exc).splitlines()[0][:200]}); `polymodal validate` reports"
-                         " the model's size"))
+        if _out_of_memory(exc):
+            problems.append((where, f"{config.describe()} needs more memory than this machine"
+                             f" has ({_first_line(exc)}); `polymodal validate` reports the"
+                             " model's size"))
+        else:
+            problems.extend(component_problems(exc, where, config, registry))
         return None
     located.append((where, module))
     return module

@@ -25,10 +25,10 @@ def _write(path, spec_text: str, **extra: str) -> None:
 
 
 def _quickly_refused(path, match: str) -> str:
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other work on the machine does not count
     with pytest.raises(ModelFileError, match=match) as info:
         polymodal.load(path)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     return str(info.value)
 
 

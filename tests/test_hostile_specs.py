@@ -32,10 +32,10 @@ training: {lr: *i}
 
 def _refused_quickly(path, match: str) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other work on the machine does not count
     with pytest.raises(SpecError, match=match) as info:
         polymodal.load_spec(path)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 100 * 1024, f"memory grew by {grown_kib} KiB"
     assert str(info.value).startswith(f"{path}: ")
