@@ -131,7 +131,8 @@ def _probe_name(signal: Signal) -> str:
             return name
     raise ConformanceError(
         f"the conformance check's probes know the signals {', '.join(_PROBE_SIGNALS)};"
-        f" {signal.describe()} ({type(signal).__name__}) is not one of them"
+        f" {signal.describe()} ({type(signal).__name__}) is not one of them, so no minimal"
+        " spec can give or take it"
     )
 
 
@@ -211,12 +212,8 @@ class ProbeFusion(Fusion):
                 _probe_name(signal)
             return Vector(sum(s.width for s in takes.values()))
 
-    def __init__(self, config: Config, takes: Mapping[str, Signal]):
-        super().__init__(config, takes)
-        self.signals = dict(takes)
-
     def forward(self, features, present=None):
-        return torch.cat([s.pool(features[n]) for n, s in self.signals.items()], dim=1)
+        return torch.cat([s.pool(features[n]) for n, s in self.takes.items()], dim=1)
 
 
 class ProbeHead(Head):
@@ -614,7 +611,10 @@ def _check_taking(cls: type[Component], record: ComponentRecord, kind: str, type
     with _check(cls, "gives", takes, "raised "):
         gives = _gives(kind, config, takes)
     module, shape = _check_module(cls, kind, config, takes, gives, batch_size)
-    spec = _minimal_spec(record, config, takes)
+    try:
+        spec = _minimal_spec(record, config, takes)
+    except ConformanceError as exc:  # a signal the probes cannot give
+        raise _fail(cls, "spec", str(exc), takes) from None
     with _check(cls, "spec", takes, "a minimal spec holding it does not build: "):
         try:
             model = build(spec, pretrained=False, registry=registry)

@@ -16,9 +16,8 @@ POLYMODAL_PLUGIN_API = 2
 
 
 class AttentionFusion(Fusion):
-    """Transformer layers over tokens from every input: each input becomes tokens as its signal
-    does (a vector one token, a feature map one per position, a sequence one per time step,
-    tokens stay tokens).
+    """Transformer layers over tokens from every input: vectors give one token, feature maps one
+    per position, a sequence one per time step, tokens stay tokens.
 
     Each input's tokens are projected to ``dim`` and tagged with a learned per-input embedding.
     The result is a learned summary token (``pooling: cls``) or the mean of the tokens
@@ -56,7 +55,6 @@ class AttentionFusion(Fusion):
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
-        self.signals = dict(takes)
         self.projections = nn.ModuleDict({
             name: nn.Linear(signal.width, config.dim) for name, signal in takes.items()
         })
@@ -74,7 +72,7 @@ class AttentionFusion(Fusion):
     def forward(self, features: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         tokens, masks = [], []
-        for name, signal in self.signals.items():
+        for name, signal in self.takes.items():
             raw = signal.to_tokens(features[name])
             keep = torch.ones(raw.shape[0], raw.shape[1], dtype=torch.bool, device=raw.device)
             if present is not None and name in present:

@@ -42,7 +42,6 @@ class ConcatFusion(Fusion):
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
-        self.signals = dict(takes)
         self.placeholders = nn.ParameterDict({
             name: nn.Parameter(torch.zeros(signal.width)) for name, signal in takes.items()
         })
@@ -53,7 +52,7 @@ class ConcatFusion(Fusion):
     def forward(self, features: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         parts = []
-        for name, signal in self.signals.items():
+        for name, signal in self.takes.items():
             vector = signal.pool(features[name])
             if present is not None and name in present:
                 mask = present[name].to(torch.bool).view(-1, 1)

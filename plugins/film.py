@@ -22,10 +22,11 @@ class FiLMFusion(Fusion):
     DAFT-style conditioning of image networks on tabular data).
 
     The features of every other input of the head (each mean-pooled to a vector as its signal
-    pools) are concatenated into a condition; for each stage a small network turns it into a per-channel scale and shift,
-    applied as ``map * (1 + scale) + shift``. Its last layer starts at zero, so a pretrained
-    backbone starts unchanged and training learns how much to condition it. The fused output is
-    the target's pooled features, followed (``combine: concat``) by the condition itself.
+    pools) are concatenated into a condition; for each stage a small network turns it into a
+    per-channel scale and shift, applied as ``map * (1 + scale) + shift`` at every position of
+    the stage's output. Its last layer starts at zero, so a pretrained backbone starts unchanged
+    and training learns how much to condition it. The fused output is the target's pooled
+    features, followed (``combine: concat``) by the condition itself.
 
     Stage numbers are the backbone's (timm/torchvision ResNets: 0 the stem, 1-4 the residual
     stages). A sample whose conditioning inputs are all absent keeps its feature maps unchanged;
@@ -78,7 +79,6 @@ class FiLMFusion(Fusion):
 
     def __init__(self, config: Config, takes: FusionInputs):
         super().__init__(config, takes)
-        self.signals = dict(takes)
         self.target = config.target
         self.sources = [n for n in takes if n != config.target]
         condition = sum(takes[n].width for n in self.sources)
@@ -101,7 +101,7 @@ class FiLMFusion(Fusion):
         """The condition ``[B, width]`` (absent inputs zeroed) and which samples have one."""
         parts, any_present = [], None
         for name in self.sources:
-            vector = self.signals[name].pool(features[name])
+            vector = self.takes[name].pool(features[name])
             mask = torch.ones(vector.shape[0], dtype=torch.bool, device=vector.device)
             if present is not None and name in present:
                 mask = present[name].to(torch.bool).view(-1)
@@ -128,7 +128,7 @@ class FiLMFusion(Fusion):
 
     def forward(self, features: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        vector = self.signals[self.target].pool(features[self.target])
+        vector = self.takes[self.target].pool(features[self.target])
         if present is not None and self.target in present:
             mask = present[self.target].to(torch.bool).view(-1, 1)
             vector = torch.where(mask, vector, self.placeholder.to(vector.dtype))

@@ -42,7 +42,6 @@ class GatedFusion(Fusion):
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
-        self.signals = dict(takes)
         self.transforms = nn.ModuleDict({
             name: nn.Linear(signal.width, config.dim) for name, signal in takes.items()})
         self.gate = nn.Linear(sum(s.width for s in takes.values()), config.dim * len(takes))
@@ -51,7 +50,7 @@ class GatedFusion(Fusion):
     def forward(self, features: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         vectors, masks = [], []
-        for name, signal in self.signals.items():
+        for name, signal in self.takes.items():
             vector = signal.pool(features[name])
             mask = torch.ones(vector.shape[0], dtype=torch.bool, device=vector.device)
             if present is not None and name in present:
@@ -61,7 +60,7 @@ class GatedFusion(Fusion):
             masks.append(mask)
         keep = torch.stack(masks, dim=1)  # [B, inputs]
         hidden = torch.stack([self.dropout(torch.tanh(self.transforms[n](v)))
-                              for n, v in zip(self.signals, vectors)], dim=1)  # [B, inputs, dim]
+                              for n, v in zip(self.takes, vectors)], dim=1)  # [B, inputs, dim]
         logits = self.gate(torch.cat(vectors, dim=1)).view(hidden.shape)
         logits = logits.masked_fill(~keep.unsqueeze(2), -torch.inf)
         any_present = keep.any(dim=1, keepdim=True).unsqueeze(2)
