@@ -136,7 +136,7 @@ def _probe_name(signal: Signal) -> str:
     )
 
 
-def example_shape(signal: Signal, batch: int, positions: int | None = None) -> tuple[int, ...]:
+def _probe_shape(signal: Signal, batch: int, positions: int | None = None) -> tuple[int, ...]:
     """``signal.example_shape(batch)`` with each axis the signal leaves free (H and W of a
     feature map, N of tokens, T of a sequence) set to ``positions`` when given."""
     shape = signal.example_shape(batch)
@@ -166,7 +166,7 @@ class ProbeAdapter(ModalityAdapter):
         self.scale = nn.Parameter(torch.ones(()))
 
     def example_input(self, batch_size: int = 2) -> torch.Tensor:
-        return torch.randn(example_shape(self.config.gives(), batch_size, self.config.positions))
+        return torch.randn(_probe_shape(self.config.gives(), batch_size, self.config.positions))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
@@ -501,11 +501,12 @@ def _check_module(cls: type[Component], kind: str, config: Any, takes: Any, give
 
 
 def _fusion_features(takes: Mapping[str, Signal], batch_size: int) -> dict[str, torch.Tensor]:
-    return {name: torch.randn(example_shape(signal, batch_size, FUSION_POSITIONS))
+    return {name: torch.randn(_probe_shape(signal, batch_size, FUSION_POSITIONS))
             for name, signal in takes.items()}
 
 
-def _check_presence(cls: type, fusion: nn.Module, batch: Mapping[str, torch.Tensor], takes: Any) -> None:
+def _check_presence(cls: type, fusion: nn.Module, batch: Mapping[str, torch.Tensor],
+                    takes: Any) -> None:
     """An input marked absent for a sample has no influence on that sample's output, and a sample
     with every input absent still gets a finite output (in eval mode: dropout aside).
 
@@ -570,16 +571,17 @@ def _check_save_load(cls: type, model: nn.Module, batch: Mapping[str, Any], take
         path = Path(tmp) / "conformance.safetensors"
         with _check(cls, "save/load", takes, "saving the model fails: "):
             save(model, path, registry=registry)
-        with _check(cls, "save/load", takes, "the loaded model fails: "), torch.no_grad():
-            try:
+        try:
+            with torch.no_grad():
                 after = load(path, registry=registry)(batch)
-            except Exception as exc:  # noqa: BLE001 - any failure here is the finding
-                raise _fail(cls, "save/load", f"the loaded model fails: {type(exc).__name__}: {exc}"
-                            " (is every tensor a parameter or buffer?)", takes) from exc
+        except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+            raise _fail(cls, "save/load", f"the loaded model fails: {type(exc).__name__}: {exc}"
+                        " (is every tensor a parameter or buffer?)", takes) from exc
     if set(before) != set(after):
         raise _fail(cls, "save/load", f"heads {sorted(before)} became {sorted(after)}", takes)
     for head, value in before.items():
-        if not torch.allclose(value, after[head], atol=1e-5, rtol=1e-4):
+        if value.shape != after[head].shape or not torch.allclose(value, after[head], atol=1e-5,
+                                                                  rtol=1e-4):
             raise _fail(cls, "save/load", f"outputs of head {head!r} differ after loading the"
                         " saved model", takes)
 
