@@ -68,11 +68,3 @@ def mlp(
         return nn.Identity()
     return nn.Sequential(*layers)
 
-
-def pool_to_vector(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` -> ``[B, C]`` by mean; ``[B, N, D]`` -> ``[B, D]`` by mean; vectors pass."""
-    if x.dim() == 4:
-        return x.mean(dim=(2, 3))
-    if x.dim() == 3:
-        return x.mean(dim=1)
-    return x

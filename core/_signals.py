@@ -2,28 +2,54 @@
 
 A component's config states the signal it gives from the signal it takes, so assembly can check
 every connection of a spec statically and say how to fix a mismatch.
+
+Each signal kind also knows its tensor's layout, so a consumer needs no case per kind:
+:meth:`Signal.pool` reduces it to one vector a sample, :meth:`Signal.to_tokens` lays it out as
+tokens, and :meth:`Signal.broadcast` spreads a per-feature vector over its positions (to scale or
+shift it). All three keep :attr:`Signal.width` features. Presence masks are per sample and stay
+the fusion's business: these methods see whole batches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the module stays importable without torch (listing, docs, the CLI)
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
 class Signal:
     """Base of the shapes a component can give (batch dimension first, always)."""
 
-    def describe(self) -> str:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
+    def describe(self) -> str:
+        """A short phrase for messages: ``a vector of 64``."""
+        raise self._missing("describe()")
 
     @property
     def width(self) -> int:
-        """Features per position: D of a vector or tokens, C of a feature map or sequence."""
-        raise NotImplementedError
+        """Features per position: D of a vector or tokens, C of a feature map or sequence.
+
+        The vector :meth:`pool` gives and each token :meth:`to_tokens` gives have this width."""
+        raise self._missing("width")
 
     def example_shape(self, batch: int) -> tuple[int, ...]:
         """A small tensor shape carrying this signal (for tests and conformance checks)."""
-        raise NotImplementedError
+        raise self._missing("example_shape(batch)")
+
+    def pool(self, x: Tensor) -> Tensor:
+        """``x`` (a tensor carrying this signal) averaged over its positions: ``[B, width]``."""
+        raise self._missing("pool(x)")
+
+    def to_tokens(self, x: Tensor) -> Tensor:
+        """``x`` as a sequence of tokens ``[B, N, width]``, one token a position."""
+        raise self._missing("to_tokens(x)")
+
+    def broadcast(self, v: Tensor) -> Tensor:
+        """A per-feature vector ``v`` ``[B, width]`` viewed so that it broadcasts against a
+        tensor carrying this signal: the same value at every position of a feature."""
+        raise self._missing("broadcast(v)")
 
     def shape_problem(self, shape: tuple[int, ...]) -> str | None:
         """Why a tensor of ``shape`` does not carry this signal, or ``None`` when it does."""
@@ -36,11 +62,17 @@ class Signal:
 
     def layout(self) -> str:
         """The tensor layout, e.g. ``[B, 64]``."""
-        raise NotImplementedError
+        raise self._missing("layout()")
 
     def _fixed_dims(self) -> tuple[int, ...]:
         """Dimensions (after the batch) whose size this signal fixes."""
-        raise NotImplementedError
+        raise self._missing("_fixed_dims()")
+
+    def _missing(self, member: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"signal {type(self).__name__} does not implement {member}; a Signal subclass"
+            " implements describe, width, example_shape, layout, _fixed_dims, pool, to_tokens"
+            " and broadcast")
 
 
 @dataclass(frozen=True)
@@ -58,6 +90,15 @@ class Vector(Signal):
 
     def example_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.dim)
+
+    def pool(self, x: Tensor) -> Tensor:
+        return x
+
+    def to_tokens(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(1)  # one token
+
+    def broadcast(self, v: Tensor) -> Tensor:
+        return v
 
     def layout(self) -> str:
         return f"[B, {self.dim}]"
@@ -97,6 +138,15 @@ class FeatureMap(Signal):
     def example_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.channels, 32, 32)
 
+    def pool(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
+
+    def to_tokens(self, x: Tensor) -> Tensor:
+        return x.flatten(2).transpose(1, 2)  # H*W tokens of C, row by row
+
+    def broadcast(self, v: Tensor) -> Tensor:
+        return v[:, :, None, None]
+
     def layout(self) -> str:
         return f"[B, {self.channels}, H, W]"
 
@@ -120,6 +170,15 @@ class Tokens(Signal):
     def example_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, 5, self.dim)
 
+    def pool(self, x: Tensor) -> Tensor:
+        return x.mean(dim=1)
+
+    def to_tokens(self, x: Tensor) -> Tensor:
+        return x
+
+    def broadcast(self, v: Tensor) -> Tensor:
+        return v[:, None, :]
+
     def layout(self) -> str:
         return f"[B, N, {self.dim}]"
 
@@ -132,7 +191,7 @@ class Sequence(Signal):
     """``[B, channels, T]``: a 1-D signal over time (ECG leads, sensor channels), channels first.
 
     Unlike :class:`Tokens` the feature axis comes before the time axis, as 1-D convolutions
-    take it; a consumer that pools must pool over the last axis.
+    take it; :meth:`pool` and :meth:`to_tokens` know that.
     """
 
     channels: int
@@ -146,6 +205,15 @@ class Sequence(Signal):
 
     def example_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.channels, 64)
+
+    def pool(self, x: Tensor) -> Tensor:
+        return x.mean(dim=2)
+
+    def to_tokens(self, x: Tensor) -> Tensor:
+        return x.transpose(1, 2)  # T tokens of C
+
+    def broadcast(self, v: Tensor) -> Tensor:
+        return v[:, :, None]
 
     def layout(self) -> str:
         return f"[B, {self.channels}, T]"

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from polymodal.plugin import Fusion, FusionConfig, hookimpl, Sequence, Signal, Vector
+from polymodal.plugin import Fusion, FusionConfig, hookimpl, Signal, Vector
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -55,9 +55,6 @@ class AttentionFusion(Fusion):
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
-        self.names = list(takes)
-        # A channels-first sequence gives one token per time step.
-        self.sequences = {name for name, signal in takes.items() if isinstance(signal, Sequence)}
         self.projections = nn.ModuleDict({
             name: nn.Linear(signal.width, config.dim) for name, signal in takes.items()
         })
@@ -72,20 +69,11 @@ class AttentionFusion(Fusion):
         if config.pooling == "cls":
             self.cls = nn.Parameter(torch.randn(1, 1, config.dim) * 0.02)
 
-    @staticmethod
-    def _tokens(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            return x.unsqueeze(1)
-        if x.dim() == 4:
-            return x.flatten(2).transpose(1, 2)
-        return x
-
     def forward(self, features: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         tokens, masks = [], []
-        for name in self.names:
-            raw = features[name]
-            raw = raw.transpose(1, 2) if name in self.sequences else self._tokens(raw)
+        for name, signal in self.takes.items():
+            raw = signal.to_tokens(features[name])
             keep = torch.ones(raw.shape[0], raw.shape[1], dtype=torch.bool, device=raw.device)
             if present is not None and name in present:
                 keep = keep & present[name].to(torch.bool).view(-1, 1)

@@ -9,9 +9,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-import polymodal
-from polymodal.plugin import Activation, Fusion, FusionConfig, hookimpl, mlp, Norm, Sequence, Signal, Vector
-from polymodal._layers import Activation, Norm, mlp, pool_to_vector
+from polymodal.plugin import Activation, Fusion, FusionConfig, hookimpl, mlp, Norm, Signal, Vector
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -20,7 +18,8 @@ POLYMODAL_PLUGIN_API = 2
 class ConcatFusion(Fusion):
     """Concatenates each input's features (late fusion), then an optional MLP.
 
-    Feature maps, tokens and sequences are mean-pooled to vectors first. Inputs marked absent in a
+    Each input is first mean-pooled to a vector as its signal pools (a feature map over its
+    positions, tokens over the tokens, a sequence over time). Inputs marked absent in a
     per-sample ``present`` mask are replaced by a learned placeholder vector, so every row
     still gets a prediction and an absent input's values have no influence.
     """
@@ -43,9 +42,6 @@ class ConcatFusion(Fusion):
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
-        self.names = list(takes)
-        # Channels-first sequences become tokens so that pooling averages over time.
-        self.sequences = {name for name, signal in takes.items() if isinstance(signal, Sequence)}
         self.placeholders = nn.ParameterDict({
             name: nn.Parameter(torch.zeros(signal.width)) for name, signal in takes.items()
         })
@@ -56,9 +52,8 @@ class ConcatFusion(Fusion):
     def forward(self, features: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         parts = []
-        for name in self.names:
-            x = features[name]
-            vector = pool_to_vector(x.transpose(1, 2) if name in self.sequences else x)
+        for name, signal in self.takes.items():
+            vector = signal.pool(features[name])
             if present is not None and name in present:
                 mask = present[name].to(torch.bool).view(-1, 1)
                 # where, not a product: an absent input may hold NaN, and NaN * 0 is NaN.

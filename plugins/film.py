@@ -9,9 +9,7 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 from torch import nn
 
-import polymodal
-from polymodal.plugin import Activation, Fusion, FusionConfig, FusionInputs, hookimpl, mlp, PolymodalError, Signal, Vector
-from polymodal._layers import Activation, mlp, pool_to_vector
+from polymodal.plugin import Activation, ComponentError, Fusion, FusionConfig, FusionInputs, hookimpl, mlp, PolymodalError, Signal, Vector
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -23,11 +21,12 @@ class FiLMFusion(Fusion):
     The feature maps of ``target``'s backbone are modulated at ``stages`` (FiLM, Perez et al.;
     DAFT-style conditioning of image networks on tabular data).
 
-    The features of every other input of the head (pooled to vectors) are concatenated into a
-    condition; for each stage a small network turns it into a per-channel scale and shift,
-    applied as ``map * (1 + scale) + shift``. Its last layer starts at zero, so a pretrained
-    backbone starts unchanged and training learns how much to condition it. The fused output is
-    the target's pooled features, followed (``combine: concat``) by the condition itself.
+    The features of every other input of the head (each mean-pooled to a vector as its signal
+    pools) are concatenated into a condition; for each stage a small network turns it into a
+    per-channel scale and shift, applied as ``map * (1 + scale) + shift`` at every position of
+    the stage's output. Its last layer starts at zero, so a pretrained backbone starts unchanged
+    and training learns how much to condition it. The fused output is the target's pooled
+    features, followed (``combine: concat``) by the condition itself.
 
     Stage numbers are the backbone's (timm/torchvision ResNets: 0 the stem, 1-4 the residual
     stages). A sample whose conditioning inputs are all absent keeps its feature maps unchanged;
@@ -84,6 +83,8 @@ class FiLMFusion(Fusion):
         self.sources = [n for n in takes if n != config.target]
         condition = sum(takes[n].width for n in self.sources)
         stages = takes.stages[config.target]
+        # What each modulated stage gives, which says how a per-channel scale spreads over it.
+        self.stage_signals = {stage: stages[stage] for stage in config.stages}
         self.generators = nn.ModuleDict()
         for stage in config.stages:
             channels = stages[stage].width
@@ -100,7 +101,7 @@ class FiLMFusion(Fusion):
         """The condition ``[B, width]`` (absent inputs zeroed) and which samples have one."""
         parts, any_present = [], None
         for name in self.sources:
-            vector = pool_to_vector(features[name])
+            vector = self.takes[name].pool(features[name])
             mask = torch.ones(vector.shape[0], dtype=torch.bool, device=vector.device)
             if present is not None and name in present:
                 mask = present[name].to(torch.bool).view(-1)
@@ -112,20 +113,22 @@ class FiLMFusion(Fusion):
     def modulate(self, target: str, stage: int, output: torch.Tensor,
                  features: Mapping[str, torch.Tensor],
                  present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        signal = self.stage_signals[stage]
+        problem = signal.shape_problem(tuple(output.shape))
+        if problem:
+            raise ComponentError(
+                f"film: stage {stage} of input {target!r} does not give what its backbone"
+                f" declares for it: {problem}")
         condition, has_condition = self._condition(features, present)
         scale, shift = self.generators[str(stage)](condition).to(output.dtype).chunk(2, dim=1)
         keep = has_condition.unsqueeze(1)
         scale = torch.where(keep, scale, torch.zeros_like(scale))
         shift = torch.where(keep, shift, torch.zeros_like(shift))
-        if output.dim() == 4:  # [B, C, H, W]
-            scale, shift = scale[:, :, None, None], shift[:, :, None, None]
-        elif output.dim() == 3:  # tokens [B, N, C]
-            scale, shift = scale[:, None, :], shift[:, None, :]
-        return output * (1 + scale) + shift
+        return output * (1 + signal.broadcast(scale)) + signal.broadcast(shift)
 
     def forward(self, features: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        vector = pool_to_vector(features[self.target])
+        vector = self.takes[self.target].pool(features[self.target])
         if present is not None and self.target in present:
             mask = present[self.target].to(torch.bool).view(-1, 1)
             vector = torch.where(mask, vector, self.placeholder.to(vector.dtype))

@@ -9,9 +9,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-import polymodal
 from polymodal.plugin import Fusion, FusionConfig, hookimpl, Signal, Vector
-from polymodal._layers import pool_to_vector
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -20,15 +18,13 @@ POLYMODAL_PLUGIN_API = 2
 class GatedFusion(Fusion):
     """A learned gate weighting each input's features, gated multimodal unit style.
 
-    Each input's features (feature maps and tokens mean-pooled) are mapped to ``dim`` and
+    Each input's features (mean-pooled to a vector as its signal pools) are mapped to ``dim`` and
     squashed by tanh; a gate computed from all inputs together gives, for every output feature,
     a softmax weight over the inputs; the output is the weighted sum (Arevalo et al., "Gated
     Multimodal Units for Information Fusion"). An input marked absent in ``present`` gets weight
     0 and is left out of the gate's own input, so its values have no influence; a sample with no
     input present gets zeros.
     """
-
-    example_options = {"dim": 64}
 
     class Config(FusionConfig):
         type: Literal["gated"] = "gated"
@@ -46,7 +42,6 @@ class GatedFusion(Fusion):
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
-        self.names = list(takes)
         self.transforms = nn.ModuleDict({
             name: nn.Linear(signal.width, config.dim) for name, signal in takes.items()})
         self.gate = nn.Linear(sum(s.width for s in takes.values()), config.dim * len(takes))
@@ -55,8 +50,8 @@ class GatedFusion(Fusion):
     def forward(self, features: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         vectors, masks = [], []
-        for name in self.names:
-            vector = pool_to_vector(features[name])
+        for name, signal in self.takes.items():
+            vector = signal.pool(features[name])
             mask = torch.ones(vector.shape[0], dtype=torch.bool, device=vector.device)
             if present is not None and name in present:
                 mask = present[name].to(torch.bool).view(-1)
@@ -65,7 +60,7 @@ class GatedFusion(Fusion):
             masks.append(mask)
         keep = torch.stack(masks, dim=1)  # [B, inputs]
         hidden = torch.stack([self.dropout(torch.tanh(self.transforms[n](v)))
-                              for n, v in zip(self.names, vectors)], dim=1)  # [B, inputs, dim]
+                              for n, v in zip(self.takes, vectors)], dim=1)  # [B, inputs, dim]
         logits = self.gate(torch.cat(vectors, dim=1)).view(hidden.shape)
         logits = logits.masked_fill(~keep.unsqueeze(2), -torch.inf)
         any_present = keep.any(dim=1, keepdim=True).unsqueeze(2)
