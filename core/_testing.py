@@ -586,6 +586,16 @@ def _check_save_load(cls: type, model: nn.Module, batch: Mapping[str, Any], take
                         " saved model", takes)
 
 
+def _raised_by_component(error: SpecError) -> BaseException | None:
+    """The exception behind a problem that the component raised instead of reporting a user
+    mistake (anything but a polymodal error or a validation error), if any."""
+    for problem in error.problems:
+        cause = getattr(problem, "cause", None)
+        if cause is not None and not isinstance(cause, (PolymodalError, ValueError)):
+            return cause
+    return None
+
+
 def _check_bad_options(cls: type, kind: str, spec: dict[str, Any],
                        bad_options: Iterable[Mapping[str, Any]], registry: Registry) -> None:
     """An unknown option and each of ``bad_options`` are rejected at the component's spec path."""
@@ -598,6 +608,9 @@ def _check_bad_options(cls: type, kind: str, spec: dict[str, Any],
             try:
                 plan(validate_spec_data(_with_options(spec, kind, bad_set), registry))
             except SpecError as exc:
+                raised = _raised_by_component(exc)
+                if raised is not None:  # reported for the user, but as the plugin's bug
+                    raise raised
                 if not any(loc.startswith(where) for loc, _ in exc.problems):
                     raise _fail(cls, "bad options", f"{bad_set!r} was rejected, but not at"
                                 f" {where}: {exc}") from None
