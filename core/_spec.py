@@ -449,10 +449,10 @@ def validate_spec_data(
     )
 
 
-def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, ComponentConfig],
+def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, HeadConfig],
                                raw_heads: Any) -> list[tuple[str, str]]:
-    """``early_stopping.metric`` names a head and, where its target codec says which metrics it
-    computes, one of them."""
+    """``early_stopping.metric`` names a head and one of the metrics its target codec declares
+    (or the head's ``loss``)."""
     metric = training.early_stopping.metric
     where = "training.early_stopping.metric"
     if metric == "loss":
@@ -462,15 +462,18 @@ def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, Co
         if isinstance(raw_heads, Mapping) and head in raw_heads:
             return []  # the head itself is wrong, and reported as such
         return [(where, f"unknown head {head!r}.{did_you_mean(head, heads)} Heads: {', '.join(heads)}.")]
-    make = getattr(heads[head], "codec", None)
-    known = getattr(make(), "metric_names", ()) if callable(make) else ()
-    if known and name not in (*known, "loss"):  # every head also reports its own loss
+    codec = heads[head].codec(head, f"heads.{head}")
+    if codec is None:
+        return []  # it cannot be trained on a table, which training reports
+    known = [m.name for m in codec.declared_metrics]
+    if name not in (*known, "loss"):  # every head also reports its own loss
         return [unknown_metric(head, name, known)]
     return []
 
 
 def unknown_metric(head: str, name: str, known: Sequence[str]) -> tuple[str, str]:
     """The problem of an ``early_stopping.metric`` that names no metric of its head."""
+    known = [*known, "loss"]
     return ("training.early_stopping.metric", f"head {head!r} has no metric {name!r}."
             f"{did_you_mean(name, known)} Its metrics: {', '.join(known)}.")
 

@@ -64,7 +64,7 @@ def test_images_held_in_memory_train_like_image_files(dataset, tmp_path):
 
 def test_integer_categories_from_a_dataframe_match_text_from_csv(tmp_path):
     pd = pytest.importorskip("pandas")
-    from polymodal._data.encoding import encode_categories, fit_vocabulary, lookup
+    from polymodal_plugins._columns import encode_categories, fit_vocabulary, lookup
 
     vocabulary = fit_vocabulary(pd.Series([3, 1, 3, None]).to_numpy())
     assert vocabulary == [1, 3]
