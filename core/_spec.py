@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
@@ -259,7 +260,8 @@ def _unknown_key(hint: str, known: str) -> str:
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model at ``loc`` inside ``model``, when it is a plain model."""
+    """Field names of the (nested, possibly optional) model at ``loc`` inside ``model``, when it
+    is a plain model."""
     current: Any = model
     for part in loc:
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
@@ -268,6 +270,9 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             return []
         current = field.annotation
+        members = [a for a in typing.get_args(current) if a is not type(None)]
+        if len(members) == 1 and len(typing.get_args(current)) == 2:  # ``Model | None``
+            current = members[0]
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
     return []
