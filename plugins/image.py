@@ -122,8 +122,7 @@ class ImageAdapter(ModalityAdapter):
                         f" input has {self.channels}"
                         + (f" ({', '.join(names)})" if self.bands else "")
                         + "; give mean and std per channel instead")
-            for name in ("mean", "std"):
-                values = getattr(self, name)
+            for name, values in (("mean", self.mean), ("std", self.std)):
                 if values is not None and len(values) != self.channels:
                     raise ValueError(
                         f"{name} has {len(values)} values but the input has {self.channels} channels")
