@@ -103,6 +103,8 @@ def _from_mapping(data: Mapping[str, Sequence[Any]], source: str, base_dir: Path
             array = np.asarray(values)
         if array.ndim != 1:
             array = _object_array(list(values))
+        elif array.dtype.kind in "US":
+            array = array.astype(object)  # Python strings, as a CSV file gives: messages show '7'
         if length is not None and array.shape[0] != length:
             raise DataError(f"{source}: column {name!r} has {array.shape[0]} values,"
                             f" the others {length}")

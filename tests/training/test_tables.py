@@ -122,3 +122,16 @@ def _target_codec(head: dict):
     spec = polymodal.load_spec({"name": "t", "inputs": {"x": {"adapter": {
         "type": "tabular", "numerical": ["x"]}}}, "heads": {"y": head}})
     return Binding(spec).head_codec("y")
+
+
+def test_text_in_a_dict_of_columns_is_kept_as_python_text_like_csv(trained):
+    from polymodal.plugin import Table
+
+    table = Table.from_columns({"age": ["41", "??"], "n": [1, 2]}, source="rows")
+    assert type(table.columns["age"][1]) is str and table.columns["n"].dtype.kind == "i"
+    model, csv_table = trained
+    image = str(csv_table.parent / read_csv(csv_table)[0]["photo"])
+    with pytest.raises(polymodal.DataError) as info:
+        polymodal.predict(model, {"photo": [image] * 2, "color": ["red", "blue"],
+                                  "age": ["41", "??"]})
+    assert "<table> row 2, column 'age': '??' is not a number" in str(info.value)
