@@ -478,7 +478,7 @@ def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, He
 
 def unknown_metric(head: str, name: str, known: Sequence[str]) -> tuple[str, str]:
     """The problem of an ``early_stopping.metric`` that names no metric of its head."""
-    known = [*known, "loss"]
+    known = list(dict.fromkeys([*known, "loss"]))  # every head also reports its own loss
     return ("training.early_stopping.metric", f"head {head!r} has no metric {name!r}."
             f"{did_you_mean(name, known)} Its metrics: {', '.join(known)}.")
 
