@@ -16,8 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from polymodal_plugins._augment import augment_images
-from polymodal._training.options import Augment
+from polymodal_plugins._augment import Augment, augment_images
 
 OPERATIONS = {
     "hflip": Augment(hflip=True),

@@ -23,19 +23,18 @@ import polymodal
 from polymodal._data.binding import Binding
 from polymodal._data.loader import BatchDataset, BatchPlan, loader
 from polymodal._data.table import read_table
-from polymodal._training.options import Augment
 
 from common import hand_written_steps, spec, write_table
 
 
 def loading_rows_per_s(table_path: Path, workers: int, size: int, batch: int) -> float:
-    model_spec = polymodal.load_spec(spec("resnet18", size, batch, 1))
+    every_augmentation = {"hflip": True, "vflip": True, "rot90": True, "crop_padding": 4,
+                          "noise_std": 0.01}
+    model_spec = polymodal.load_spec(spec("resnet18", size, batch, 1, augment=every_augmentation))
     table = read_table(table_path)
     binding = Binding(model_spec)
     state = binding.fit(table)
-    dataset = BatchDataset(table, binding, state, targets=True, seed=0,
-                           augment=Augment(hflip=True, vflip=True, rot90=True, crop_padding=4,
-                                           noise_std=0.01))
+    dataset = BatchDataset(table, binding, state, targets=True, seed=0, augment=True)
     order = np.random.default_rng(0).permutation(len(table))
     batches = [order[i:i + batch] for i in range(0, len(order), batch)]
     for _ in loader(dataset, BatchPlan(0, batches[:2]), workers):  # warm-up (and worker start)

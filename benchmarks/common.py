@@ -33,12 +33,15 @@ def write_table(folder: Path, rows: int, size: int, image_format: str = "png", s
     return table
 
 
-def spec(backbone: str, size: int, batch_size: int, epochs: int, **training) -> dict:
+def spec(backbone: str, size: int, batch_size: int, epochs: int, augment: dict | None = None,
+         **training) -> dict:
+    """The benchmarks' model; ``augment`` is the image adapter's augmentation."""
     return {
         "name": "bench",
         "inputs": {
             "photo": {"adapter": {"type": "image", "channels": 3, "column": "photo",
-                                  "mean": [0.5] * 3, "std": [0.25] * 3},
+                                  "mean": [0.5] * 3, "std": [0.25] * 3,
+                                  **({"augment": augment} if augment else {})},
                       "backbone": {"type": "timm", "model": backbone}},
             "report": {"adapter": {"type": "tabular", "categorical": {"make": 20, "color": 8},
                                    "numerical": ["age", "mileage"]},

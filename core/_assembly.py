@@ -157,6 +157,9 @@ class PolymodalModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.plan = plan
+        #: The preprocessing fitted on the training table (``{"inputs": {...}, "heads": {...}}``,
+        #: each codec's state), kept in the model file; None for a model not trained on a table.
+        self.fitted_state: dict[str, Any] | None = None
         self.adapters = nn.ModuleDict(modules["adapters"])
         self.backbones = nn.ModuleDict(modules["backbones"])
         self.input_backbones = nn.ModuleDict(modules["input_backbones"])

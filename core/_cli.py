@@ -314,7 +314,7 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     spec = model.spec.to_dict()
-    fitted = getattr(model, "fitted_state", None)
+    fitted = model.fitted_state
     if as_json:
         click.echo(json.dumps({
             "file": model_path, "format": metadata["polymodal.format"], "versions": versions,

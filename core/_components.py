@@ -34,7 +34,7 @@ from ._freezing import Freeze, apply_freeze, keep_eval
 from ._signals import Signal, Vector
 
 if TYPE_CHECKING:
-    from ._data.binding import Codec, TargetCodec
+    from ._data.codec import Codec, TargetCodec
 
 #: ``modulate(stage, output) -> output``: changes a backbone stage's output (conditioning).
 Modulate = Callable[[int, torch.Tensor], torch.Tensor]
@@ -61,9 +61,10 @@ class AdapterConfig(ComponentConfig):
         """How to change this config so that it gives ``wanted`` (``set project_to: 3``)."""
         return None
 
-    def codec(self) -> Codec | None:
-        """How this adapter reads table columns (for training and prediction on tables);
-        None: it cannot."""
+    def codec(self, name: str, where: str) -> Codec | None:
+        """How this adapter reads table columns (for training and prediction on tables): a
+        :class:`~polymodal.plugin.Codec` made with this config, the input's ``name`` and the
+        adapter's spec path ``where``. None (the default): it cannot."""
         return None
 
 
@@ -127,8 +128,10 @@ class HeadConfig(ComponentConfig):
         if not isinstance(takes, Vector):
             raise ConnectionMismatch(f"takes a vector, not {takes.describe()}", wanted=None)
 
-    def codec(self) -> TargetCodec | None:
-        """How this head reads its target column and decodes its outputs; None: it cannot."""
+    def codec(self, name: str, where: str) -> TargetCodec | None:
+        """How this head reads its target column and decodes its outputs: a
+        :class:`~polymodal.plugin.TargetCodec` made with this config, the head's ``name`` and
+        its spec path ``where``. None (the default): it cannot."""
         return None
 
 
@@ -230,6 +233,7 @@ class Fusion(Component):
 
     kind = "fusion"
     Config = FusionConfig
+    config: FusionConfig
 
     def forward(
         self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
@@ -263,7 +267,7 @@ class Fusion(Component):
                     raise DataError(f"present[{name!r}] has {mask.shape[0]} values for a batch"
                                     f" of {batch_size}")
                 masks[name] = mask
-        rate = getattr(self.config, "modality_dropout", 0.0)
+        rate = self.config.modality_dropout
         if not (self.training and rate > 0 and len(names) > 1):
             return masks
         given = torch.stack([

@@ -62,7 +62,7 @@ def save(
         KEY_SPEC: json.dumps(model.spec.to_dict(registry), sort_keys=False),
         KEY_VERSIONS: json.dumps(_versions(model, registry)),
     }
-    fitted = dict(getattr(model, "fitted_state", None) or {})
+    fitted = dict(model.fitted_state or {})
     fitted.update(state or {})
     if fitted:
         metadata[KEY_STATE] = json.dumps(fitted)
@@ -156,6 +156,7 @@ def spec_of(path: str | Path, registry: Registry | None = None):
     path = Path(path)
     metadata = read_metadata(path)
     data = embedded_spec_data(path, metadata)
+    _drop_retired_training_options(data)
     try:
         return validate_spec_data(data, registry, source=f"{path} (embedded spec)", for_training=False)
     except SpecError as exc:
@@ -182,6 +183,15 @@ def embedded_spec_data(path: Path, metadata: Mapping[str, str]) -> dict[str, Any
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: its embedded spec is not a mapping")
     return data
+
+
+def _drop_retired_training_options(data: Any) -> None:
+    """Files written before ``training.augment`` became an option of the image adapter hold it
+    in their spec; augmentation only matters while training, so the trained model loads
+    without it."""
+    training = data.get("training") if isinstance(data, dict) else None
+    if isinstance(training, dict):
+        training.pop("augment", None)
 
 
 def _missing_plugin_hint(message: str, data: Any, metadata: Mapping[str, str]) -> str:

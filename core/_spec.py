@@ -10,6 +10,7 @@ cross-references (named backbones, head inputs) are checked.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
@@ -186,7 +187,8 @@ def _unknown_key(hint: str, known: str) -> str:
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model at ``loc`` inside ``model``, when it is a plain model."""
+    """Field names of the (nested, possibly optional) model at ``loc`` inside ``model``, when it
+    is a plain model."""
     current: Any = model
     for part in loc:
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
@@ -195,6 +197,9 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             return []
         current = field.annotation
+        members = [a for a in typing.get_args(current) if a is not type(None)]
+        if len(members) == 1 and len(typing.get_args(current)) == 2:  # ``Model | None``
+            current = members[0]
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
     return []
@@ -379,10 +384,10 @@ def validate_spec_data(
     )
 
 
-def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, ComponentConfig],
+def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, HeadConfig],
                                raw_heads: Any) -> list[tuple[str, str]]:
-    """``early_stopping.metric`` names a head and, where its target codec says which metrics it
-    computes, one of them."""
+    """``early_stopping.metric`` names a head and one of the metrics its target codec declares
+    (or the head's ``loss``)."""
     metric = training.early_stopping.metric
     where = "training.early_stopping.metric"
     if metric == "loss":
@@ -392,18 +397,21 @@ def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, Co
         if isinstance(raw_heads, Mapping) and head in raw_heads:
             return []  # the head itself is wrong, and reported as such
         return [(where, f"unknown head {head!r}.{did_you_mean(head, heads)} Heads: {', '.join(heads)}.")]
-    make = getattr(heads[head], "codec", None)
     try:
-        known = getattr(make(), "metric_names", ()) if callable(make) else ()
+        codec = heads[head].codec(head, f"heads.{head}")
     except Exception as exc:  # noqa: BLE001 - the head's error, reported at its path
         return component_problems(exc, f"heads.{head}", heads[head])
-    if known and name not in (*known, "loss"):  # every head also reports its own loss
+    if codec is None:
+        return []  # it cannot be trained on a table, which training reports
+    known = [m.name for m in codec.declared_metrics]
+    if name not in (*known, "loss"):  # every head also reports its own loss
         return [unknown_metric(head, name, known)]
     return []
 
 
 def unknown_metric(head: str, name: str, known: Sequence[str]) -> tuple[str, str]:
     """The problem of an ``early_stopping.metric`` that names no metric of its head."""
+    known = list(dict.fromkeys([*known, "loss"]))  # every head also reports its own loss
     return ("training.early_stopping.metric", f"head {head!r} has no metric {name!r}."
             f"{did_you_mean(name, known)} Its metrics: {', '.join(known)}.")
 

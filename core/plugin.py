@@ -57,21 +57,16 @@ _LAZY = {
     "adapt_and_load": "_weights",
     "read_weights": "_weights",
     "download_failed": "_weights",
-    # Reading table columns: codecs and what they report.
-    "Codec": "_data.binding",
-    "TargetCodec": "_data.binding",
-    "RowIssues": "_data.binding",
-    "State": "_data.binding",
+    # Reading table columns (docs/plugins.md, "Reading table columns: codecs"): an adapter's
+    # codec, a head's target codec with the metrics it declares, the table they read, and where
+    # they report bad rows.
+    "Codec": "_data.codec",
+    "TargetCodec": "_data.codec",
+    "Metric": "_data.codec",
+    "RowIssues": "_data.codec",
+    "State": "_data.codec",
     "Table": "_data.table",
     "is_missing": "_data.table",
-    "category": "_data.encoding",
-    "key": "_data.encoding",
-    "fit_vocabulary": "_data.encoding",
-    "lookup": "_data.encoding",
-    "encode_categories": "_data.encoding",
-    "numeric_column": "_data.encoding",
-    "listing": "_data.encoding",
-    "names_for_count": "_data.encoding",
     # The conformance kit.
     "check_component": "_testing",
     "ConformanceError": "_testing",
@@ -121,17 +116,7 @@ if TYPE_CHECKING:
         ModalityAdapter,
         Modulate,
     )
-    from ._data.binding import Codec, RowIssues, State, TargetCodec
-    from ._data.encoding import (
-        category,
-        encode_categories,
-        fit_vocabulary,
-        key,
-        listing,
-        lookup,
-        names_for_count,
-        numeric_column,
-    )
+    from ._data.codec import Codec, Metric, RowIssues, State, TargetCodec
     from ._data.table import Table, is_missing
     from ._freezing import Freeze
     from ._layers import Activation, Norm, mlp

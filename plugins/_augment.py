@@ -1,4 +1,5 @@
-"""Augmentation of image batches ``[B, C, H, W]`` that is correct for any channel count.
+"""Augmentation of image batches ``[B, C, H, W]`` that is correct for any channel count: the
+image adapter's ``augment`` options and what they do.
 
 Only geometric operations and additive noise: colour jitter assumes RGB and would mix the bands
 of a 12-band multispectral image. Each sample draws its own operations from ``generator``, so
@@ -14,13 +15,33 @@ of it, flipped and turned in one copy (any flips and turns are one flip and a tr
 from __future__ import annotations
 
 import torch
-
-from polymodal._training.options import Augment
+from pydantic import BaseModel, ConfigDict, Field
 
 ROWS, COLUMNS = -2, -1
 
 
+class Augment(BaseModel):
+    """Augmentation of the training batches (never of validation or prediction batches). Every
+    operation is correct for any channel count (no colour operation that assumes RGB)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hflip: bool = Field(False, description="Random horizontal flips.")
+    vflip: bool = Field(False, description="Random vertical flips.")
+    rot90: bool = Field(False, description="Random rotations by multiples of 90 degrees"
+                        " (square images; others get 0 or 180 degrees).")
+    crop_padding: int = Field(0, description="Pad by this many pixels (reflecting the border),"
+                              " then crop back to the original size at a random place.",
+                              ge=0, le=4096)
+    noise_std: float = Field(0.0, description="Standard deviation of gaussian noise added to"
+                             " the pixel values (0..1 for 8-bit images).", ge=0.0)
+
+    def any(self) -> bool:
+        return self.hflip or self.vflip or self.rot90 or self.crop_padding > 0 or self.noise_std > 0
+
+
 def augment_images(images: torch.Tensor, options: Augment, generator: torch.Generator) -> torch.Tensor:
+    """``images`` with each sample's operations drawn from ``generator``."""
     if not options.any():
         return images
     batch, _, height, width = images.shape

@@ -1,7 +1,8 @@
 """Metrics of classification, multi-label classification and regression, with numpy only
-(no scikit-learn).
+(no scikit-learn), each declared with its direction.
 
-Heads pick theirs from here in their target codecs; every function takes plain arrays.
+Heads pick theirs from here in their target codecs (``declared_metrics``, and the function
+that computes them); every function takes plain arrays.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from polymodal.plugin import Metric
+
 
 def confusion_matrix(target: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     """``[true class, predicted class]`` counts."""
@@ -37,9 +41,39 @@ def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
-MULTILABEL_METRICS = ("subset_accuracy", "hamming_accuracy", "micro_f1", "macro_f1", "auroc")
-REGRESSION_METRICS = ("rmse", "mae", "r2")
+CLASSIFICATION_METRICS = (
+    Metric("accuracy", higher_is_better=True,
+           description="Share of rows whose most probable class is right."),
+    Metric("balanced_accuracy", higher_is_better=True,
+           description="Mean recall of the classes present."),
+    Metric("macro_f1", higher_is_better=True,
+           description="Mean F1 of the classes present in target or prediction."),
+    Metric("auroc", higher_is_better=True,
+           description="Area under the ROC curve (one-vs-rest macro average for more classes)."),
+)
+MULTILABEL_METRICS = (
+    Metric("subset_accuracy", higher_is_better=True,
+           description="Share of rows with every label right."),
+    Metric("hamming_accuracy", higher_is_better=True,
+           description="Share of right label decisions."),
+    Metric("micro_f1", higher_is_better=True, description="F1 over every label decision."),
+    Metric("macro_f1", higher_is_better=True,
+           description="Mean F1 of the labels present in target or prediction."),
+    Metric("auroc", higher_is_better=True,
+           description="Mean area under the ROC curve of the labels with both outcomes."),
+)
+REGRESSION_METRICS = (
+    Metric("rmse", higher_is_better=False,
+           description="Root mean squared error, in the target's units."),
+    Metric("mae", higher_is_better=False,
+           description="Mean absolute error, in the target's units."),
+    Metric("r2", higher_is_better=True, description="Coefficient of determination."),
+)
+
+
+def _undefined(metrics: tuple[Metric, ...]) -> dict[str, float]:
+    """Every metric NaN (no rows to compute them on)."""
+    return {m.name: math.nan for m in metrics}
 
 
 def classification_metrics(probabilities: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -49,7 +83,7 @@ def classification_metrics(probabilities: np.ndarray, target: np.ndarray) -> dic
     probabilities = np.asarray(probabilities, np.float64)
     target = np.asarray(target, np.int64)
     if target.size == 0:
-        return dict.fromkeys(CLASSIFICATION_METRICS, math.nan)
+        return _undefined(CLASSIFICATION_METRICS)
     classes = probabilities.shape[1]
     predicted = probabilities.argmax(axis=1)
     matrix = confusion_matrix(target, predicted, classes)
@@ -83,7 +117,7 @@ def multilabel_metrics(probabilities: np.ndarray, target: np.ndarray,
     probabilities = np.asarray(probabilities, np.float64)
     target = np.asarray(target) >= 0.5
     if target.shape[0] == 0:
-        return dict.fromkeys(MULTILABEL_METRICS, math.nan)
+        return _undefined(MULTILABEL_METRICS)
     predicted = probabilities >= threshold
     hits = (predicted & target).sum(axis=0)
     true_counts, predicted_counts = target.sum(axis=0), predicted.sum(axis=0)
@@ -103,10 +137,10 @@ def multilabel_metrics(probabilities: np.ndarray, target: np.ndarray,
 
 def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """rmse, mae and r2 (1 - residual / total sum of squares; over every output)."""
+    if len(target) == 0:
+        return _undefined(REGRESSION_METRICS)
     predicted = np.asarray(predicted, np.float64).reshape(len(predicted), -1)
     target = np.asarray(target, np.float64).reshape(len(target), -1)
-    if target.size == 0:
-        return dict.fromkeys(REGRESSION_METRICS, math.nan)
     error = predicted - target
     total = ((target - target.mean(axis=0)) ** 2).sum()
     r2 = 1.0 - float((error**2).sum() / total) if total > 0 else math.nan

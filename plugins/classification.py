@@ -11,8 +11,20 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-import polymodal
-from polymodal.plugin import category, DataError, fit_vocabulary, Head, HeadConfig, hookimpl, key, listing, lookup, names_for_count, PolymodalError, RowIssues, Table, TargetCodec, Vector
+from polymodal.plugin import (
+    DataError,
+    Head,
+    HeadConfig,
+    PolymodalError,
+    RowIssues,
+    State,
+    Table,
+    TargetCodec,
+    Vector,
+    hookimpl,
+)
+
+from ._columns import category, fit_vocabulary, key, listing, lookup, names_for_count
 from ._metrics import CLASSIFICATION_METRICS, classification_metrics, confusion_matrix
 
 #: The plugin interface this module is written for.
@@ -64,8 +76,8 @@ class ClassificationHead(Head):
         def describe(self) -> str:
             return f"classification, {self.classes} classes"
 
-        def codec(self) -> ClassificationCodec:
-            return ClassificationCodec(self)
+        def codec(self, name: str, where: str) -> ClassificationCodec:
+            return ClassificationCodec(self, name, where)
 
     example_options = {"classes": 2}
 
@@ -98,12 +110,11 @@ class ClassificationHead(Head):
 # -- reading tables ----------------------------------------------------------------------------
 
 
-class ClassificationCodec(TargetCodec):
+class ClassificationCodec(TargetCodec[ClassificationHead.Config]):
     """Reads the target column: class names as found (strings or integers), learned on the
     training rows; predictions are written back as class names with each class's probability."""
 
-    config: ClassificationHead.Config
-    metric_names = CLASSIFICATION_METRICS
+    declared_metrics = CLASSIFICATION_METRICS
 
     def column(self) -> str:
         return self.config.target or self.name
@@ -111,7 +122,7 @@ class ClassificationCodec(TargetCodec):
     def columns(self) -> list[str]:
         return [self.column()]
 
-    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+    def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         if state is None:
             self._note_lookalike_classes(table, issues)
             return
@@ -134,7 +145,7 @@ class ClassificationCodec(TargetCodec):
                 issues.note(f"row(s) of column {self.column()!r} hold class {name!r}, kept apart from"
                             f" {common!r}, which differs only in case", counts[name])
 
-    def fit(self, table: Table) -> dict:
+    def fit(self, table: Table) -> State:
         found = fit_vocabulary(table.columns[self.column()])
         wanted = self.config.classes
         if wanted == "auto":
@@ -147,10 +158,10 @@ class ClassificationCodec(TargetCodec):
                                 column=self.column(), where=self.where)
         return {"classes": names}
 
-    def complete(self, state: dict) -> dict:
+    def complete(self, state: State) -> dict[str, Any]:
         return {"classes": len(state["classes"])} if self.config.classes == "auto" else {}
 
-    def encode(self, table: Table, state: dict, issues: RowIssues):
+    def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         index = lookup(state["classes"])
         values = table.columns[self.column()]
         target = np.zeros(len(values), dtype=np.int64)
@@ -167,7 +178,7 @@ class ClassificationCodec(TargetCodec):
             target[position], present[position] = cls, True
         return torch.from_numpy(target), torch.from_numpy(present)
 
-    def decode(self, output: torch.Tensor, state: dict) -> dict[str, list[Any]]:
+    def decode(self, output: torch.Tensor, state: State) -> dict[str, list[Any]]:
         names = state["classes"]
         probabilities = output.float().softmax(dim=-1)
         columns: dict[str, list[Any]] = {
@@ -176,10 +187,10 @@ class ClassificationCodec(TargetCodec):
             columns[f"{self.name}_prob_{name}"] = [round(p, 6) for p in probabilities[:, i].tolist()]
         return columns
 
-    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
+    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, float]:
         return classification_metrics(output.float().softmax(-1).numpy(), target.numpy())
 
-    def details(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, Any]:
+    def details(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, Any]:
         matrix = confusion_matrix(target.numpy(), output.argmax(-1).numpy(), len(state["classes"]))
         return {"classes": state["classes"], "confusion_matrix": matrix.tolist()}
 

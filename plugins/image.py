@@ -10,9 +10,21 @@ import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
-import polymodal
-from polymodal.plugin import AdapterConfig, Codec, DataError, FeatureMap, hookimpl, is_missing, ModalityAdapter, RowIssues, Signal, Table
-from ._augment import augment_images
+from polymodal.plugin import (
+    AdapterConfig,
+    Codec,
+    DataError,
+    FeatureMap,
+    ModalityAdapter,
+    RowIssues,
+    Signal,
+    State,
+    Table,
+    hookimpl,
+    is_missing,
+)
+
+from ._augment import Augment, augment_images
 from ._images import ImageReadError, image_array, image_shape, is_image_array, read_image
 
 #: The plugin interface this module is written for.
@@ -73,6 +85,13 @@ class ImageAdapter(ModalityAdapter):
         size: PositiveInt | list[PositiveInt] | None = Field(
             None, description="Resize images read from files to size (square) or [height,"
             " width]; None: every image must have the same size.")
+        augment: Augment | None = Field(
+            None, description="Training on a table: augmentation of each training batch,"
+            " correct for any channel count: `hflip`, `vflip` (random flips), `rot90` (random"
+            " quarter turns; half turns for images that are not square), `crop_padding` (pad"
+            " by that many pixels reflecting the border, crop back at a random place),"
+            " `noise_std` (gaussian noise on the 0..1 pixel values); e.g. {hflip: true,"
+            " crop_padding: 4}. None: no augmentation.")
 
         @field_validator("size")
         @classmethod
@@ -103,8 +122,7 @@ class ImageAdapter(ModalityAdapter):
                         f" input has {self.channels}"
                         + (f" ({', '.join(names)})" if self.bands else "")
                         + "; give mean and std per channel instead")
-            for name in ("mean", "std"):
-                values = getattr(self, name)
+            for name, values in (("mean", self.mean), ("std", self.std)):
                 if values is not None and len(values) != self.channels:
                     raise ValueError(
                         f"{name} has {len(values)} values but the input has {self.channels} channels")
@@ -125,8 +143,8 @@ class ImageAdapter(ModalityAdapter):
                 return FeatureMap(self.project_to)
             return FeatureMap(self.channels, self.band_names())
 
-        def codec(self) -> ImageCodec:
-            return ImageCodec(self)
+        def codec(self, name: str, where: str) -> ImageCodec:
+            return ImageCodec(self, name, where)
 
         def fix_for(self, wanted: Signal) -> str | None:
             if isinstance(wanted, FeatureMap):
@@ -186,13 +204,11 @@ class ImageAdapter(ModalityAdapter):
 STATISTICS_SAMPLE = 256
 
 
-class ImageCodec(Codec):
+class ImageCodec(Codec[ImageAdapter.Config]):
     """Reads the images of the adapter's column (files, or arrays held in the cells) into
-    ``[B, channels, H, W]`` batches,
-    learns per-channel mean and standard deviation on the training images, and augments
-    training batches with the spec's N-channel-safe operations."""
-
-    config: ImageAdapter.Config
+    ``[B, channels, H, W]`` batches, learns per-channel mean and standard deviation on the
+    training images, and augments training batches with the config's N-channel-safe
+    operations."""
 
     def column(self) -> str:
         return self.config.column or self.name
@@ -221,7 +237,7 @@ class ImageCodec(Codec):
         return (f"has {channels} channel(s) but {self.where}.channels is"
                 f" {self.config.channels}")
 
-    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+    def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         wanted = self._target_size() or (tuple(state["shape"]) if state else None)
         for position in range(len(table)):
             source = self._source(table, position, issues)
@@ -246,7 +262,7 @@ class ImageCodec(Codec):
                     issues.bad_row(position, self.column(),
                                    f"{named} is {height}x{width} but {self._size_fix(wanted, state)}")
 
-    def _size_fix(self, wanted: tuple[int, ...], state: dict | None) -> str:
+    def _size_fix(self, wanted: tuple[int, ...], state: State | None) -> str:
         size = f"{wanted[0]}x{wanted[1]}"
         if state:  # a trained model: its spec is fixed, the images are what can change
             return (f"the model was trained on {size}; resize the images to {size} (a model"
@@ -294,7 +310,7 @@ class ImageCodec(Codec):
         return torch.nn.functional.interpolate(
             _scaled(tensor)[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
-    def fit(self, table: Table) -> dict:
+    def fit(self, table: Table) -> State:
         issues = RowIssues(table)
         count = len(table)
         positions = np.unique(np.linspace(0, count - 1, min(count, STATISTICS_SAMPLE)).astype(int))
@@ -318,13 +334,13 @@ class ImageCodec(Codec):
         std = np.where(std > 1e-6, std, 1.0)
         return {"mean": mean.tolist(), "std": std.tolist(), "shape": shape}
 
-    def complete(self, state: dict) -> dict:
+    def complete(self, state: State) -> dict[str, Any]:
         config = self.config
         if config.normalize is None and config.mean is None and config.std is None:
             return {"mean": state["mean"], "std": state["std"]}
         return {}
 
-    def encode(self, table: Table, state: dict, issues: RowIssues) -> torch.Tensor:
+    def encode(self, table: Table, state: State, issues: RowIssues) -> torch.Tensor:
         """A batch of the rows' images: uint8 when every one is 8-bit and unresized (the
         adapter scales it to 0..1 where it runs), float32 otherwise."""
         shape = tuple(state["shape"]) if state.get("shape") else None
@@ -348,8 +364,10 @@ class ImageCodec(Codec):
         return torch.stack([placeholder if t is None else t if t.dtype == dtype else _scaled(t)
                             for t in images])
 
-    def augment(self, value: torch.Tensor, options, generator: torch.Generator) -> torch.Tensor:
-        return augment_images(value, options, generator)
+    def augment(self, value: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.config.augment is None:
+            return value
+        return augment_images(value, self.config.augment, generator)
 
 
 def _scaled(images: torch.Tensor) -> torch.Tensor:

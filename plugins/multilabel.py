@@ -10,8 +10,21 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-import polymodal
-from polymodal.plugin import category, DataError, fit_vocabulary, Head, HeadConfig, hookimpl, is_missing, key, listing, lookup, names_for_count, PolymodalError, RowIssues, Table, TargetCodec, Vector
+from polymodal.plugin import (
+    DataError,
+    Head,
+    HeadConfig,
+    PolymodalError,
+    RowIssues,
+    State,
+    Table,
+    TargetCodec,
+    Vector,
+    hookimpl,
+    is_missing,
+)
+
+from ._columns import category, fit_vocabulary, key, listing, lookup, names_for_count
 from ._metrics import MULTILABEL_METRICS, multilabel_metrics
 
 #: The plugin interface this module is written for.
@@ -73,8 +86,8 @@ class MultilabelHead(Head):
         def describe(self) -> str:
             return f"multilabel, {self.labels} labels"
 
-        def codec(self) -> MultilabelCodec:
-            return MultilabelCodec(self)
+        def codec(self, name: str, where: str) -> MultilabelCodec:
+            return MultilabelCodec(self, name, where)
 
     example_options = {"labels": 3}
 
@@ -105,12 +118,11 @@ class MultilabelHead(Head):
 # -- reading tables ----------------------------------------------------------------------------
 
 
-class MultilabelCodec(TargetCodec):
+class MultilabelCodec(TargetCodec[MultilabelHead.Config]):
     """Reads the target column's label names, learned on the training rows; predictions are
     written back as the names at or above the threshold, with each label's probability."""
 
-    config: MultilabelHead.Config
-    metric_names = MULTILABEL_METRICS
+    declared_metrics = MULTILABEL_METRICS
 
     def column(self) -> str:
         return self.config.target or self.name
@@ -131,11 +143,11 @@ class MultilabelCodec(TargetCodec):
     def has_target(self, table: Table) -> np.ndarray:
         return np.array([self._cell(v) is not None for v in table.columns[self.column()]], bool)
 
-    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+    def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         if state is not None:
             self.encode(table, state, issues)
 
-    def fit(self, table: Table) -> dict:
+    def fit(self, table: Table) -> State:
         found = fit_vocabulary(label for value in table.columns[self.column()]
                                for label in self._cell(value) or ())
         wanted = self.config.labels
@@ -148,10 +160,10 @@ class MultilabelCodec(TargetCodec):
                                 column=self.column(), where=self.where)
         return {"labels": names}
 
-    def complete(self, state: dict) -> dict:
+    def complete(self, state: State) -> dict[str, Any]:
         return {"labels": len(state["labels"])} if self.config.labels == "auto" else {}
 
-    def encode(self, table: Table, state: dict, issues: RowIssues):
+    def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         index = lookup(state["labels"])
         values = table.columns[self.column()]
         target = np.zeros((len(values), len(index)), dtype=np.float32)
@@ -169,7 +181,7 @@ class MultilabelCodec(TargetCodec):
             present[position] = True
         return torch.from_numpy(target), torch.from_numpy(present)
 
-    def decode(self, output: torch.Tensor, state: dict) -> dict[str, list[Any]]:
+    def decode(self, output: torch.Tensor, state: State) -> dict[str, list[Any]]:
         names = state["labels"]
         probabilities = output.float().sigmoid()
         chosen = probabilities >= self.config.threshold
@@ -180,11 +192,11 @@ class MultilabelCodec(TargetCodec):
             columns[f"{self.name}_prob_{name}"] = [round(p, 6) for p in probabilities[:, i].tolist()]
         return columns
 
-    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
+    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, float]:
         return multilabel_metrics(output.float().sigmoid().numpy(), target.numpy(),
                                   self.config.threshold)
 
-    def details(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, Any]:
+    def details(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, Any]:
         predicted = (output.float().sigmoid() >= self.config.threshold).numpy()
         truth = target.numpy() >= 0.5
         per_label = {}

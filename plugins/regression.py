@@ -10,8 +10,19 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import nn
 
-import polymodal
-from polymodal.plugin import Head, HeadConfig, hookimpl, numeric_column, RowIssues, SpecError, Table, TargetCodec, Vector
+from polymodal.plugin import (
+    Head,
+    HeadConfig,
+    RowIssues,
+    SpecError,
+    State,
+    Table,
+    TargetCodec,
+    Vector,
+    hookimpl,
+)
+
+from ._columns import numeric_column
 from ._metrics import REGRESSION_METRICS, regression_metrics
 
 #: The plugin interface this module is written for.
@@ -35,8 +46,8 @@ class RegressionHead(Head):
         def describe(self) -> str:
             return f"regression, {self.outputs} output(s)"
 
-        def codec(self) -> RegressionCodec:
-            return RegressionCodec(self)
+        def codec(self, name: str, where: str) -> RegressionCodec:
+            return RegressionCodec(self, name, where)
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
@@ -61,12 +72,11 @@ class RegressionHead(Head):
 # -- reading tables ----------------------------------------------------------------------------
 
 
-class RegressionCodec(TargetCodec):
+class RegressionCodec(TargetCodec[RegressionHead.Config]):
     """Reads a numeric target column; with ``standardize`` the head learns it in standard
     units and predictions are scaled back."""
 
-    config: RegressionHead.Config
-    metric_names = REGRESSION_METRICS
+    declared_metrics = REGRESSION_METRICS
 
     def column(self) -> str:
         return self.config.target or self.name
@@ -77,10 +87,10 @@ class RegressionCodec(TargetCodec):
                               " column, so outputs must be 1")])
         return [self.column()]
 
-    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+    def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         numeric_column(table, self.column(), issues)
 
-    def fit(self, table: Table) -> dict:
+    def fit(self, table: Table) -> State:
         values = numeric_column(table, self.column(), None)
         finite = values[np.isfinite(values)]
         if not self.config.standardize or finite.size < 2:
@@ -88,21 +98,21 @@ class RegressionCodec(TargetCodec):
         std = float(finite.std())
         return {"mean": float(finite.mean()), "std": std if std > 1e-12 else 1.0}
 
-    def encode(self, table: Table, state: dict, issues: RowIssues):
+    def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         values = numeric_column(table, self.column(), issues)
         present = np.isfinite(values)
         scaled = np.where(present, (values - state["mean"]) / state["std"], 0.0)
         return torch.from_numpy(scaled.astype(np.float32)).view(-1, 1), torch.from_numpy(present)
 
-    def _values(self, output: torch.Tensor, state: dict) -> torch.Tensor:
+    def _values(self, output: torch.Tensor, state: State) -> torch.Tensor:
         return output.float() * state["std"] + state["mean"]
 
-    def decode(self, output: torch.Tensor, state: dict) -> dict[str, list[Any]]:
+    def decode(self, output: torch.Tensor, state: State) -> dict[str, list[Any]]:
         # Each value with the digits float32 holds (14.150549, not 14.150548934936523).
         values = self._values(output, state).view(-1).numpy().astype(np.float32)
         return {self.name: [float(str(v)) for v in values]}
 
-    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, float]:
+    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, float]:
         return regression_metrics(self._values(output, state).numpy(),
                                   self._values(target, state).numpy())
 

@@ -5,14 +5,30 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from polymodal.plugin import AdapterConfig, category, Codec, DataError, encode_categories, FeatureMap, fit_vocabulary, hookimpl, lookup, ModalityAdapter, numeric_column, PolymodalError, RowIssues, Signal, Table, Tokens, Vector
+from polymodal.plugin import (
+    AdapterConfig,
+    Codec,
+    DataError,
+    FeatureMap,
+    ModalityAdapter,
+    PolymodalError,
+    RowIssues,
+    Signal,
+    State,
+    Table,
+    Tokens,
+    Vector,
+    hookimpl,
+)
+
+from ._columns import category, encode_categories, fit_vocabulary, lookup, numeric_column
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -144,8 +160,8 @@ class TabularAdapter(ModalityAdapter):
                 numeric = len(self.numerical) * self.numerical_dim
             return sum(self.embedding_dim(c) for c in self.categorical) + numeric
 
-        def codec(self) -> TabularCodec:
-            return TabularCodec(self)
+        def codec(self, name: str, where: str) -> TabularCodec:
+            return TabularCodec(self, name, where)
 
         def gives(self) -> Signal:
             if self.output == "tokens":
@@ -306,21 +322,19 @@ class NumericalEmbedding(nn.Module):
 # -- reading tables ----------------------------------------------------------------------------
 
 
-class TabularCodec(Codec):
+class TabularCodec(Codec[TabularAdapter.Config]):
     """Reads the adapter's columns: learns each categorical column's vocabulary (categories
     as found, strings or integers) and each numerical column's mean and standard deviation
     (ignoring missing values) on the training rows."""
 
-    config: TabularAdapter.Config
-
     def columns(self) -> list[str]:
         return [*self.config.categorical, *self.config.numerical]
 
-    def check(self, table: Table, issues: RowIssues, state: dict | None) -> None:
+    def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         for column in self.config.numerical:
             numeric_column(table, column, issues)
 
-    def fit(self, table: Table) -> dict:
+    def fit(self, table: Table) -> State:
         vocabularies = {}
         for column, card in self.config.categorical.items():
             values = table.columns[column]
@@ -350,12 +364,12 @@ class TabularCodec(Codec):
             state["bin_edges"] = edges
         return state
 
-    def complete(self, state: dict) -> dict:
+    def complete(self, state: State) -> dict[str, Any]:
         learned = {c: max(1, len(state["vocabularies"][c]))
                    for c, card in self.config.categorical.items() if card == "auto"}
         return {"categorical": {**self.config.categorical, **learned}} if learned else {}
 
-    def prepare(self, module: TabularAdapter, state: dict) -> None:
+    def prepare(self, module: TabularAdapter, state: State) -> None:
         with torch.no_grad():
             module.num_mean.copy_(torch.tensor(state["mean"], dtype=torch.float32))
             module.num_std.copy_(torch.tensor(state["std"], dtype=torch.float32))
@@ -363,7 +377,7 @@ class TabularCodec(Codec):
                 module.numerical_embedding.bin_edges.copy_(
                     torch.tensor(state["bin_edges"], dtype=torch.float32))
 
-    def encode(self, table: Table, state: dict, issues: RowIssues) -> dict[str, torch.Tensor]:
+    def encode(self, table: Table, state: State, issues: RowIssues) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for column in self.config.categorical:
             vocabulary = state["vocabularies"][column]

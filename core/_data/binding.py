@@ -1,153 +1,39 @@
-"""Binding a spec to table columns: the codecs components provide, and what runs them.
+"""Binding a spec to table columns: each component's codec, and what runs them together.
 
 A component that can read a table opts in from its own config: ``AdapterConfig.codec()`` or
-``HeadConfig.codec()`` returns a :class:`Codec` (an adapter's) or :class:`TargetCodec` (a
-head's). Core knows no component: it asks each codec which columns it reads, lets it check
-rows cheaply, fit its preprocessing on the training rows (JSON-able state, saved in the model
-file), complete its config from the data (learned cardinalities, class counts), and encode rows
-into the tensors the component's module takes.
+``HeadConfig.codec()`` returns a :class:`~.codec.Codec` (an adapter's) or
+:class:`~.codec.TargetCodec` (a head's). Core knows no component: it asks each codec which
+columns it reads, lets it check rows cheaply, fit its preprocessing on the training rows
+(JSON-able state, saved in the model file), complete its config from the data (learned
+cardinalities, class counts), and encode rows into the tensors the component's module takes.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
-from .._errors import DataError, SpecError
-from .table import Table, is_missing
+from .._errors import ComponentError, DataError, SpecError
+from .codec import Codec, RowIssues, State, TargetCodec
+from .table import Table
 
 if TYPE_CHECKING:
-    import torch
-
-    from .._components import ComponentConfig
+    from .._components import AdapterConfig, ComponentConfig, HeadConfig
     from .._spec import ModelSpec
 
-State = dict[str, Any]
-
-
-class RowIssues:
-    """What encoding found in the rows of one table chunk.
-
-    ``bad`` holds rows that cannot be used (position -> message naming the row and column);
-    ``notes`` counts tolerated oddities (unseen categories, targets missing for some heads) to
-    report once: each is a phrase that follows its count; ``examples`` holds a few of the values
-    behind a note.
-    """
-
-    def __init__(self, table: Table):
-        self.table = table
-        self.bad: dict[int, str] = {}
-        self.notes: Counter[str] = Counter()
-        self.examples: dict[str, list[Any]] = {}
-
-    def bad_row(self, position: int, column: str, message: str) -> None:
-        if position not in self.bad:  # the first problem of a row is the one reported
-            self.bad[position] = f"{self.table.where(position)}, column {column!r}: {message}"
-
-    def note(self, what: str, count: int = 1, examples: Iterable[Any] = ()) -> None:
-        if count:
-            self.notes[what] += count
-            add_examples(self.examples, what, examples)
-
-
-EXAMPLES_PER_NOTE = 3
-
-
-def add_examples(into: dict[str, list[Any]], what: str, values: Iterable[Any]) -> None:
-    """Keep up to EXAMPLES_PER_NOTE distinct ``values`` for the note ``what``."""
-    kept = into.get(what, [])
-    for value in values:
-        if len(kept) == EXAMPLES_PER_NOTE:
-            break
-        if value not in kept:
-            kept.append(value)
-    if kept:
-        into[what] = kept
-
-
-class Codec:
-    """How one adapter reads its columns of a table. Subclass and return it from the config's
-    ``codec()``; every method has a default that does nothing."""
-
-    def __init__(self, config: ComponentConfig):
-        self.config = config
-        self.name = ""  # the input's or head's name, set by the binding
-        self.where = ""  # the component's spec path, set by the binding
-
-    def columns(self) -> list[str]:
-        """The table columns this component reads."""
-        raise NotImplementedError
-
-    def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
-        """Report rows that cannot be encoded (cheaply: headers, not whole images).
-        ``state`` is None before fitting."""
-
-    def fit(self, table: Table) -> State:
-        """Preprocessing state learned from the training rows (JSON-able)."""
-        return {}
-
-    def complete(self, state: State) -> dict[str, Any]:
-        """Config fields to fill in from the fitted state (``{"categorical": {...}}``)."""
-        return {}
-
-    def prepare(self, module: Any, state: State) -> None:
-        """Put fitted values into the freshly built module (normalisation buffers)."""
-
-    def encode(self, table: Table, state: State, issues: RowIssues) -> Any:
-        """The module's input for the rows of ``table``; bad rows go to ``issues``."""
-        raise NotImplementedError
-
-    def augment(self, value: Any, options: Any, generator: torch.Generator) -> Any:
-        """Training-time augmentation of an encoded batch (``options``: the spec's
-        ``training.augment``)."""
-        return value
-
-
-class TargetCodec(Codec):
-    """How one head reads its target column, and turns outputs back into the table's values."""
-
-    #: The names :meth:`metrics` returns, known before any data, so that a spec's
-    #: ``training.early_stopping.metric`` is checked when the spec is read. Left empty, it is
-    #: checked after the first epoch.
-    metric_names: tuple[str, ...] = ()
-
-    def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(targets, present)``: encoded targets, and a bool mask of rows that have one."""
-        raise NotImplementedError
-
-    def has_target(self, table: Table) -> np.ndarray:
-        """Rows that hold a target (a bool array); by default: a value in every column read."""
-        present = np.ones(len(table), dtype=bool)
-        for column in self.columns():
-            present &= np.array([not is_missing(v) for v in table.columns[column]], dtype=bool)
-        return present
-
-    def decode(self, output: torch.Tensor, state: State) -> dict[str, list[Any]]:
-        """Output columns (``{"label": [...], "label_prob_cat": [...]}``) for raw head outputs."""
-        raise NotImplementedError
-
-    def metrics(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, float]:
-        """Metrics of raw outputs against encoded targets (rows with a target only)."""
-        raise NotImplementedError
-
-    def details(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, Any]:
-        """Extra evaluation results (a confusion matrix), JSON-able."""
-        return {}
-
-    def render_details(self, details: Mapping[str, Any]) -> str:
-        """``details`` as text for a terminal."""
-        return ""
+C = TypeVar("C", bound=Codec)
 
 
 @dataclass
-class Bound:
+class Bound(Generic[C]):
+    """A component's codec, with the input's or head's name and the component's spec path."""
+
     name: str
     where: str
-    codec: Codec
+    codec: C
 
 
 @dataclass
@@ -169,7 +55,9 @@ class Encoded:
 
 
 def _pinned(value: Any) -> Any:
-    if hasattr(value, "pin_memory"):
+    import torch
+
+    if isinstance(value, torch.Tensor):
         return value.pin_memory()
     if isinstance(value, dict):
         return {k: _pinned(v) for k, v in value.items()}
@@ -178,10 +66,10 @@ def _pinned(value: Any) -> Any:
     return value
 
 
-def _codec_of(config: ComponentConfig, name: str, where: str, kind: str) -> Codec:
-    make = getattr(config, "codec", None)
+def _bound(config: AdapterConfig | HeadConfig, name: str, where: str, kind: str,
+           base: type[C]) -> Bound[C]:
     try:
-        codec = make() if callable(make) else None
+        codec = config.codec(name, where)
     except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
         from .._registry import component_problems
 
@@ -189,8 +77,14 @@ def _codec_of(config: ComponentConfig, name: str, where: str, kind: str) -> Code
     if codec is None:
         raise SpecError([(where, f"{kind} {config.describe()!r} cannot read table columns"
                           " (its component provides no data codec)")])
-    codec.name, codec.where = name, where
-    return codec
+    if not isinstance(codec, base):
+        raise ComponentError(f"{where}: {kind} {config.describe()!r}: its config's codec()"
+                             f" returned {type(codec).__name__}, not a {base.__name__}")
+    return Bound(name, where, codec)
+
+
+#: The loss: of every head together (``loss``), or of one (``HEAD.loss``); lower is better.
+LOSS = "loss"
 
 
 class Binding:
@@ -198,14 +92,40 @@ class Binding:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        self.inputs = [Bound(n, f"inputs.{n}.adapter",
-                             _codec_of(i.adapter, n, f"inputs.{n}.adapter", "adapter"))
-                       for n, i in spec.inputs.items()]
-        self.heads = [Bound(n, f"heads.{n}", _codec_of(h, n, f"heads.{n}", "head"))
-                      for n, h in spec.heads.items()]
+        self.inputs: list[Bound[Codec]] = [
+            _bound(i.adapter, n, f"inputs.{n}.adapter", "adapter", Codec)
+            for n, i in spec.inputs.items()]
+        self.heads: list[Bound[TargetCodec]] = [
+            _bound(h, n, f"heads.{n}", "head", TargetCodec) for n, h in spec.heads.items()]
 
     def head_codec(self, name: str) -> TargetCodec:
-        return next(b.codec for b in self.heads if b.name == name)  # type: ignore[return-value]
+        return next(b.codec for b in self.heads if b.name == name)
+
+    def higher_is_better(self, metric: str) -> bool:
+        """Whether larger values of ``metric`` (``loss``, or ``HEAD.NAME``) are better, as its
+        head declares; a metric its head does not declare is a spec error."""
+        if metric == LOSS:
+            return False
+        head, name = metric.split(".", 1)
+        if name == LOSS:
+            return False
+        declared = {m.name: m for m in self.head_codec(head).declared_metrics}
+        if name not in declared:
+            from .._spec import unknown_metric
+
+            raise SpecError([unknown_metric(head, name, list(declared))])
+        return declared[name].higher_is_better
+
+    def check_metrics(self, head: str, values: dict[str, float]) -> dict[str, float]:
+        """``values`` (what a head's codec computed), refused when it holds a metric the codec
+        does not declare: its direction would be unknown."""
+        codec = self.head_codec(head)
+        undeclared = sorted(set(values) - {m.name for m in codec.declared_metrics})
+        if undeclared:
+            raise ComponentError(
+                f"heads.{head}: {type(codec).__name__}.metrics() computed {', '.join(undeclared)},"
+                " which its declared_metrics do not list (each needs a Metric with its direction)")
+        return values
 
     def require_columns(self, table: Table, targets: bool) -> None:
         """One error naming every column the spec reads that the table lacks."""
@@ -231,7 +151,7 @@ class Binding:
             has: dict[str, np.ndarray] = {}
             for b in self.heads:
                 b.codec.check(table, issues, None if state is None else state["heads"][b.name])
-                has[b.name] = b.codec.has_target(table)  # type: ignore[attr-defined]
+                has[b.name] = b.codec.has_target(table)
                 any_target |= has[b.name]
             self._no_target(issues, any_target)
             if len(self.heads) > 1:

@@ -1,9 +1,9 @@
 """Batches from a table: each loader item is a whole batch, encoded by the codecs at once.
 
 The sampler yields ``(epoch, step, positions)``; the dataset encodes those rows (in worker
-processes when ``workers > 0``) and augments them with a generator seeded from
-``(seed, epoch, step)``, so a batch is the same whichever process makes it and whenever a
-resumed run makes it again.
+processes when ``workers > 0``) and, for training, lets each input's codec augment them with a
+generator seeded from ``(seed, epoch, step)``, so a batch is the same whichever process makes
+it and whenever a resumed run makes it again.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .binding import Binding, Encoded, State
+from .binding import Binding, Encoded
+from .codec import State
 from .table import Table
 
 
@@ -25,13 +26,16 @@ def derive_seed(*parts: int) -> int:
 
 
 class BatchDataset(Dataset):
+    """Encoded batches of ``table``; with ``augment`` (training), each input's codec augments
+    them as its adapter's config says."""
+
     def __init__(self, table: Table, binding: Binding, state: State, *, targets: bool,
-                 augment: Any = None, seed: int = 0):
+                 augment: bool = False, seed: int = 0):
         self.table = table
         self.binding = binding
         self.state = state
         self.targets = targets
-        self.augment = augment if augment is not None and augment.any() else None
+        self.augment = augment
         self.seed = seed
 
     def __len__(self) -> int:
@@ -40,11 +44,11 @@ class BatchDataset(Dataset):
     def __getitem__(self, item: tuple[int, int, np.ndarray]) -> Encoded:
         epoch, step, positions = item
         encoded = self.binding.encode(self.table.take(positions), self.state, self.targets)
-        if self.augment is not None:
+        if self.augment:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, step))
             for bound in self.binding.inputs:
-                encoded.inputs[bound.name] = bound.codec.augment(
-                    encoded.inputs[bound.name], self.augment, generator)
+                encoded.inputs[bound.name] = bound.codec.augment(encoded.inputs[bound.name],
+                                                                 generator)
         return encoded
 
 

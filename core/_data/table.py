@@ -25,18 +25,31 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 @dataclass
 class Table:
-    """Columns of equal length, with each row's number in the source (1-based, header excluded)."""
+    """Columns of equal length, with each row's number in the source (1-based, header excluded).
+
+    ``columns[name]`` is a numpy array of the column's values as the source holds them: text
+    (an object array) from a CSV file, typed values from Parquet or a DataFrame, whole arrays
+    in the cells of a DataFrame or dict column. Relative file paths in a table are relative to
+    ``base_dir`` (the table file's folder). :meth:`where` names a row for a message.
+    """
 
     columns: dict[str, np.ndarray]
     rows: np.ndarray  # int64 row numbers
     source: str = "<table>"
     base_dir: Path = field(default_factory=Path.cwd)
 
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Sequence[Any]], *, source: str = "<table>",
+                     base_dir: str | Path | None = None) -> Table:
+        """A table of ``columns`` (name -> values), rows numbered from 1, e.g. to test a codec."""
+        return _from_mapping(columns, source, Path(base_dir) if base_dir is not None else Path.cwd())
+
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
     @property
     def names(self) -> list[str]:
+        """The column names, in the source's order."""
         return list(self.columns)
 
     def take(self, positions: Sequence[int] | np.ndarray) -> Table:
@@ -45,9 +58,9 @@ class Table:
         return Table({k: v[index] for k, v in self.columns.items()}, self.rows[index],
                      self.source, self.base_dir)
 
-    def where(self, row: int) -> str:
+    def where(self, position: int) -> str:
         """``data.csv row 7``: where the user finds the row at 0-based ``position``."""
-        return f"{self.source} row {int(self.rows[row])}"
+        return f"{self.source} row {int(self.rows[position])}"
 
 
 #: Texts that stand for a missing value (as in most CSV exports).
@@ -90,6 +103,8 @@ def _from_mapping(data: Mapping[str, Sequence[Any]], source: str, base_dir: Path
             array = np.asarray(values)
         if array.ndim != 1:
             array = _object_array(list(values))
+        elif array.dtype.kind in "US":
+            array = array.astype(object)  # Python strings, as a CSV file gives: messages show '7'
         if length is not None and array.shape[0] != length:
             raise DataError(f"{source}: column {name!r} has {array.shape[0]} values,"
                             f" the others {length}")

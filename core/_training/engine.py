@@ -196,23 +196,14 @@ def _train_mode(model: PolymodalModel, frozen: bool) -> None:
         model.input_backbones.eval()
 
 
-#: Metrics where lower is better; every other metric is better higher.
-LOWER_IS_BETTER = frozenset({"loss", "rmse", "mae", "mse"})
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether larger values of ``metric`` (``loss`` or ``head.name``) are better."""
-    return metric.rsplit(".", 1)[-1] not in LOWER_IS_BETTER
-
-
-def _monitor(options: TrainingOptions, spec: ModelSpec, has_val: bool) -> tuple[str, bool]:
+def _monitor(options: TrainingOptions, binding: Binding, has_val: bool) -> tuple[str, bool]:
     metric = options.early_stopping.metric
     if metric != "loss":
         if not has_val:
             raise SpecError([("training.early_stopping.metric", f"{metric} needs validation rows"
                               " (a --val table or val_fraction > 0)")])
     mode = options.early_stopping.mode
-    higher = higher_is_better(metric) if mode == "auto" else mode == "max"
+    higher = binding.higher_is_better(metric) if mode == "auto" else mode == "max"
     return metric, higher
 
 
@@ -358,7 +349,7 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
     batches_per_epoch = len(_epoch_batches(len(train_table), opts.batch_size, context.world, 0,
                                            opts.seed, 1))
     scheduler = _scheduler(optimizer, opts, batches_per_epoch * opts.epochs)
-    metric, higher = _monitor(opts, completed, len(val_table) > 0)
+    metric, higher = _monitor(opts, binding, len(val_table) > 0)
     history: list[dict[str, Any]] = []
     best_epoch, best_value, stale, start_epoch = 0, math.nan, 0, 1
     if checkpoint is not None:
@@ -379,7 +370,7 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         runner = DistributedDataParallel(
             runner, device_ids=[context.device.index] if context.device.type == "cuda" else None,
             find_unused_parameters=True)
-    dataset = BatchDataset(train_table, binding, state, targets=True, augment=opts.augment,
+    dataset = BatchDataset(train_table, binding, state, targets=True, augment=True,
                            seed=opts.seed)
     val_dataset = BatchDataset(val_table, binding, state, targets=True)
     weights = {h: opts.loss_weights.get(h, 1.0) for h in completed.heads}

@@ -15,14 +15,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .._data.binding import Binding, Encoded, RowIssues, State, add_examples
+from .._data.binding import Binding, Encoded
+from .._data.codec import RowIssues, State, add_examples
 from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, did_you_mean
+
+if TYPE_CHECKING:
+    from .._assembly import PolymodalModel
 
 BAD_ROW_POLICIES = ("fail", "skip")
 
@@ -82,8 +86,8 @@ def fail_on(bad: dict[int, str], policy: str) -> None:
                         " rows out")
 
 
-def model_state(model: Any, source: str) -> State:
-    state = getattr(model, "fitted_state", None)
+def model_state(model: PolymodalModel, source: str) -> State:
+    state = model.fitted_state
     if not state or "inputs" not in state or "heads" not in state:
         raise ModelFileError(f"{source}: this model was not trained on a table (it holds no fitted"
                              " preprocessing), so it cannot read one; train it with polymodal train")
@@ -219,7 +223,8 @@ def head_metrics(collected: Collected, binding: Binding, state: State) -> dict[s
         output = torch.cat(collected.outputs[bound.name])
         target = torch.cat(collected.targets[bound.name])
         values = {"loss": collected.head_loss(bound.name)}
-        values.update(bound.codec.metrics(output, target, state["heads"][bound.name]))
+        values.update(binding.check_metrics(
+            bound.name, bound.codec.metrics(output, target, state["heads"][bound.name])))
         metrics[bound.name] = values
     return metrics
 

@@ -5,31 +5,14 @@ Only Pydantic here, so a spec validates without importing torch.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Augment(_Options):
-    """Image augmentation applied to training batches. Every operation is correct for any
-    channel count (no colour operation that assumes RGB)."""
-
-    hflip: bool = Field(False, description="Random horizontal flips.")
-    vflip: bool = Field(False, description="Random vertical flips.")
-    rot90: bool = Field(False, description="Random rotations by multiples of 90 degrees"
-                        " (square images; others get 0 or 180 degrees).")
-    crop_padding: int = Field(0, description="Pad by this many pixels (reflecting the border),"
-                              " then crop back to the original size at a random place.",
-                              ge=0, le=4096)
-    noise_std: float = Field(0.0, description="Standard deviation of gaussian noise added to"
-                             " the pixel values (0..1 for 8-bit images).", ge=0.0)
-
-    def any(self) -> bool:
-        return self.hflip or self.vflip or self.rot90 or self.crop_padding > 0 or self.noise_std > 0
 
 
 class EarlyStopping(_Options):
@@ -39,14 +22,16 @@ class EarlyStopping(_Options):
                         " `HEAD.METRIC`, e.g. `fraud.balanced_accuracy`, `price.rmse`.",
                         pattern=r"^(loss|[A-Za-z_][A-Za-z0-9_]*\.[a-z0-9_]+)$")
     mode: Literal["auto", "min", "max"] = Field(
-        "auto", description="Whether lower or higher is better; auto knows each metric.")
+        "auto", description="Whether lower or higher is better; auto: as the metric's head"
+        " declares it (the loss: lower).")
     patience: PositiveInt | None = Field(
         None, description="Stop after this many epochs without improvement; null: never stop"
         " early (the best epoch is still what is saved).")
 
 
 class TrainingOptions(_Options):
-    """How the model is trained: optimisation, schedule, augmentation, precision, data split."""
+    """How the model is trained: optimisation, schedule, precision, data split. Options that
+    belong to one kind of input (augmentation) are options of that input's adapter."""
 
     epochs: PositiveInt = Field(10, description="Passes over the training rows.", le=100_000)
     batch_size: PositiveInt = Field(32, description="Rows per optimisation step (over all"
@@ -69,7 +54,6 @@ class TrainingOptions(_Options):
     loss_weights: dict[str, float] = Field(
         default_factory=dict, description="Weight of each head's loss (head name -> weight;"
         " default 1).")
-    augment: Augment = Field(default_factory=Augment, description=Augment.__doc__)
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision: bf16 on CPU or GPU, fp16 on GPU only.")
     channels_last: bool = Field(False, description="Channels-last memory format for images.")
@@ -85,6 +69,16 @@ class TrainingOptions(_Options):
         " validation split.")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.",
                         pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_options(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "augment" in data:
+            raise ValueError(
+                "`augment` is no longer a training option: augmentation belongs to the adapter"
+                " that understands it. Move it into each image input's adapter, e.g."
+                " inputs.photo.adapter: {type: image, augment: {hflip: true}}")
+        return data
 
     @model_validator(mode="after")
     def _check(self):

@@ -56,6 +56,11 @@ def test_imagenet_preset_follows_named_band_order():
     ({"channels": 0}, "inputs.scan.adapter.channels", "greater than 0"),
     ({"channels": 3, "projection_nrom": True}, "inputs.scan.adapter.projection_nrom",
      "projection_norm"),
+    ({"augment": {"crop_padding": -1}}, "inputs.scan.adapter.augment.crop_padding",
+     "greater than or equal to 0"),
+    ({"augment": {"hflp": True}}, "inputs.scan.adapter.augment.hflp", "Did you mean 'hflip'"),
+    ({"augment": {"noise_std": -0.1}}, "inputs.scan.adapter.augment.noise_std",
+     "greater than or equal to 0"),
 ])
 def test_bad_options_name_their_place(adapter, where, words):
     message = spec_error(image_spec(adapter))

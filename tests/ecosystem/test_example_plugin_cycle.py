@@ -1,8 +1,10 @@
 """The example third-party plugin, as a user meets it: built into a wheel, installed with
-`polymodal install` into a fresh virtual environment, used, and uninstalled again."""
+`polymodal install` into a fresh virtual environment, used (trained, evaluated and used to
+predict from a table of signal files), and uninstalled again."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ecosystem_helpers import GOOD_HEAD, REPO, make_distribution
 
@@ -106,6 +109,102 @@ def test_install_use_uninstall_cycle_from_the_wheel(wheel, fresh_env, tmp_path):
     assert "needs the plugin package(s) polymodal-signal 0.1.0: pip install polymodal-signal" in after.stderr
     again = polymodal("uninstall", "polymodal-signal")
     assert again.returncode == 1 and "'polymodal-signal' is not installed" in again.stderr
+
+
+def _signal_tables(folder: Path) -> tuple[Path, Path, np.ndarray]:
+    """train.csv and test.csv: a 3-lead signal file, age and sex a row, and the rhythm (regular
+    or irregular, from the beat's spacing); with the training signals stacked ``[rows, 3, T]``."""
+    rng = np.random.default_rng(0)
+    (folder / "signals").mkdir(parents=True)
+    steps = np.arange(96)
+    tables, training = {}, []
+    for split, rows in (("train", 40), ("test", 12)):
+        records = []
+        for i in range(rows):
+            irregular = i % 2 == 1
+            beats = np.cumsum(rng.integers(6, 20, 16) if irregular else np.full(16, 12))
+            lead = np.isin(steps, beats).astype(np.float64) * 3 + rng.normal(0, 0.2, 96)
+            signal = np.stack([lead, 0.5 * lead + 1.0, rng.normal(-2, 1, 96)]).astype(np.float32)
+            path = f"signals/{split}_{i}.npy"
+            np.save(folder / path, signal)
+            if split == "train":
+                training.append(signal)
+            records.append([path, int(rng.integers(30, 80)), "fm"[i % 2 == 0],
+                            "irregular" if irregular else "regular"])
+        tables[split] = folder / f"{split}.csv"
+        with tables[split].open("w", newline="") as handle:
+            csv.writer(handle).writerows([["ecg_file", "age", "sex", "rhythm"], *records])
+    return tables["train"], tables["test"], np.stack(training)
+
+
+TABLE_SPEC = {
+    "name": "heart",
+    "inputs": {
+        "ecg": {"adapter": {"type": "signal", "channels": 3, "column": "ecg_file", "noise_std": 0.05},
+                "backbone": {"type": "tcn", "channels": 8, "levels": 2}},
+        "record": {"adapter": {"type": "tabular", "categorical": ["sex"], "numerical": ["age"]}},
+    },
+    "fusion": {"type": "concat", "hidden": [16]},
+    "heads": {"rhythm": {"type": "classification"}},
+    "training": {"epochs": 3, "batch_size": 8, "lr": 0.01,
+                 "early_stopping": {"metric": "rhythm.balanced_accuracy"}},
+}
+
+
+def test_the_plugin_trains_evaluates_and_predicts_from_a_table_of_signal_files(wheel, fresh_env,
+                                                                                 tmp_path):
+    def polymodal(*args: str):
+        return _run(fresh_env, "-m", "polymodal", *args, cwd=tmp_path)
+
+    installed = polymodal("install", str(wheel))
+    assert installed.returncode == 0, installed.stderr
+    train_table, test_table, training = _signal_tables(tmp_path / "data")
+    spec = tmp_path / "heart.json"
+    spec.write_text(json.dumps(TABLE_SPEC))
+    model = tmp_path / "heart.safetensors"
+
+    trained = polymodal("train", str(spec), "--data", str(train_table), "--val", str(test_table),
+                        "-o", str(model), "--json")
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads(trained.stdout)
+    assert summary["epochs_run"] == 3 and summary["metric"] == "rhythm.balanced_accuracy"
+    assert set(summary["best"]["val"]["rhythm"]) == {"loss", "accuracy", "balanced_accuracy",
+                                                     "macro_f1", "auroc"}
+
+    # What the codec learned on the training signals travels in the model file.
+    inspected = polymodal("inspect", str(model), "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    fitted = json.loads(inspected.stdout)["fitted"]["inputs"]["ecg"]
+    assert fitted["length"] == 96
+    assert fitted["mean"] == pytest.approx(training.mean(axis=(0, 2)).tolist(), abs=1e-5)
+    assert fitted["std"] == pytest.approx(training.std(axis=(0, 2)).tolist(), abs=1e-5)
+
+    evaluated = polymodal("evaluate", str(model), "--data", str(test_table), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["rows"] == 12 and result["heads"]["rhythm"]["confusion_matrix"]
+    assert result["heads"]["rhythm"]["metrics"]["balanced_accuracy"] == pytest.approx(
+        summary["best_value"])
+
+    predictions = tmp_path / "predictions.csv"
+    predicted = polymodal("predict", str(model), "--data", str(test_table), "-o", str(predictions))
+    assert predicted.returncode == 0, predicted.stderr
+    with predictions.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12
+    assert {r["rhythm"] for r in rows} <= {"regular", "irregular"}
+    assert list(rows[0]) == ["row", "rhythm", "rhythm_prob_irregular", "rhythm_prob_regular"]
+
+    # A row whose signal file is gone: one message naming the table, row, column and file.
+    lines = test_table.read_text().splitlines()
+    lines[3] = lines[3].replace("signals/test_2.npy", "signals/lost.npy")
+    broken = tmp_path / "data" / "broken.csv"
+    broken.write_text("\n".join(lines) + "\n")
+    failed = polymodal("predict", str(model), "--data", str(broken), "-o", str(tmp_path / "no.csv"))
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert (f"{broken} row 3, column 'ecg_file': signal file 'signals/lost.npy' not found in"
+            f" {broken.parent}") in failed.stderr
+    assert not (tmp_path / "no.csv").exists()
 
 
 def test_install_refuses_unknown_names_and_missing_paths(fresh_env, tmp_path):

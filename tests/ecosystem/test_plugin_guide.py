@@ -87,10 +87,11 @@ def test_the_guide_works_from_an_empty_directory(fresh_env, tmp_path):
             outputs[line] = result.stdout
 
     assert (project / manifest_path).read_text() == files[manifest_path]
+    _check_training_from_a_table(project, outputs)
     assert "ordinal         polymodal-ordinal 0.1.0  Ordinal regression" in \
         outputs["polymodal list --kind head"]
     assert "levels: integer = —  (required)" in outputs["polymodal show head ordinal"]
-    assert "3 passed" in outputs["pytest -q tests"]
+    assert "4 passed" in outputs["pytest -q tests"]
     assert "heads condition <- photo + details: a vector of 64" in outputs["polymodal validate spec.yaml"]
     assert 'head_condition(["head condition: ordinal, 5 levels"])' in outputs["polymodal validate spec.yaml --diagram"]
     assert "polymodal-ordinal 0.1.0: entry point 'ordinal' provides head ordinal" in \
@@ -103,11 +104,45 @@ def test_the_guide_works_from_an_empty_directory(fresh_env, tmp_path):
     assert (installed / manifest_path).is_file(), "the wheel must ship the manifest"
 
 
+def _check_training_from_a_table(project, outputs: dict[str, str]) -> None:
+    """The codec section's run: trained by the lowest mae (the direction the codec declares),
+    evaluated with the declared metrics, predictions written as grades."""
+    import csv
+    import json
+
+    trained = outputs["polymodal train table.yaml --data grades.csv -o wear.safetensors"]
+    history = json.loads((project / "wear.run" / "metrics.json").read_text())
+    maes = [row["val"]["condition"]["mae"] for row in history]
+    best = maes.index(min(maes)) + 1
+    assert f"best epoch {best} of {len(history)} by condition.mae" in trained
+    assert len(set(maes)) > 1, "every epoch alike: the direction was not tested"
+    evaluated = outputs["polymodal evaluate wear.safetensors --data grades.csv"]
+    assert "head condition (200 rows): loss" in evaluated and " accuracy " in evaluated \
+        and " mae " in evaluated
+    with (project / "predicted.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 200 and {r["condition"] for r in rows} <= set("01234")
+
+
 def test_the_proposed_catalog_entry_parses():
     (extra,) = [body for m, _, body in blocks() if m == "check: extra"]
     (entry,) = parse_manifest(extra, "guide").extras
     assert (entry.package, entry.requirement, entry.components) == (
         "polymodal-ordinal", "polymodal-ordinal", (("head", "ordinal"),))
+
+
+def test_the_codec_interface_is_documented():
+    text = GUIDE.read_text()
+    section = text[text.index("## 7. Reading table columns: codecs"):text.index("## 8.")]
+    from polymodal.plugin import Codec, TargetCodec
+
+    methods = {name for cls in (Codec, TargetCodec) for name in vars(cls)
+               if not name.startswith("_") and callable(getattr(cls, name))}
+    assert methods == {"columns", "check", "fit", "complete", "prepare", "encode", "augment",
+                       "has_target", "decode", "metrics", "details", "render_details"}
+    for name in [*methods, "declared_metrics", "Metric", "RowIssues", "Table", "is_missing",
+                 "bad_row", "base_dir", "(config, name, where)"]:
+        assert name in section, f"{name} is not described in the codec section"
 
 
 def test_environment_switches_are_documented():

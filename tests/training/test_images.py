@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import polymodal
-from polymodal_plugins._augment import augment_images
+from polymodal_plugins._augment import Augment, augment_images
 from polymodal_plugins._images import ImageReadError, image_shape, read_image
-from polymodal._training.options import Augment
 
 
 def test_npy_channels_first_or_last_and_tiff_bands(tmp_path):
@@ -63,12 +62,12 @@ def test_twelve_band_scans_train_from_npy_files(tmp_path):
     with (tmp_path / "scans.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([["scan", "level"], *rows])
     spec = {
-        "inputs": {"scan": {"adapter": {"type": "image", "channels": 12},
+        "inputs": {"scan": {"adapter": {"type": "image", "channels": 12,
+                                        "augment": {"hflip": True, "vflip": True, "rot90": True,
+                                                    "crop_padding": 2, "noise_std": 0.01}},
                             "backbone": {"type": "timm", "model": "resnet10t", "in_chans": 12}}},
         "heads": {"level": {"type": "classification"}},
-        "training": {"epochs": 1, "batch_size": 8,
-                     "augment": {"hflip": True, "vflip": True, "rot90": True, "crop_padding": 2,
-                                 "noise_std": 0.01}},
+        "training": {"epochs": 1, "batch_size": 8},
     }
     result = polymodal.train(spec, tmp_path / "scans.csv", tmp_path / "m.safetensors", progress=False)
     assert result.model.spec.inputs["scan"].adapter.mean is not None

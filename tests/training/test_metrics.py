@@ -63,29 +63,43 @@ def test_regression_metrics_match_hand_computed_values():
     assert m["r2"] == pytest.approx(1 - 1.25 / 5)
 
 
-from polymodal._training.engine import higher_is_better  # noqa: E402  (moves to heads' declarations)
+from polymodal._data.binding import Binding  # noqa: E402
+
+HEADS_SPEC = {
+    "inputs": {"record": {"adapter": {"type": "tabular", "numerical": ["x"]}}},
+    "heads": {"kind": {"type": "classification", "classes": 3},
+              "tags": {"type": "multilabel", "labels": 2},
+              "price": {"type": "regression"}}}
 
 
-def test_direction_of_metrics():
-    assert not higher_is_better("loss")
-    assert not higher_is_better("price.rmse")
-    assert higher_is_better("fraud.balanced_accuracy")
+def test_direction_of_metrics_is_what_each_head_declares():
+    import polymodal
+
+    binding = Binding(polymodal.load_spec(HEADS_SPEC))
+    assert not binding.higher_is_better("loss")
+    assert not binding.higher_is_better("kind.loss")
+    assert not binding.higher_is_better("price.rmse")
+    assert not binding.higher_is_better("price.mae")
+    assert binding.higher_is_better("price.r2")
+    assert binding.higher_is_better("kind.balanced_accuracy")
+    assert binding.higher_is_better("tags.hamming_accuracy")
+    with pytest.raises(polymodal.SpecError, match="head 'price' has no metric 'log_loss'"):
+        binding.higher_is_better("price.log_loss")
 
 
-def test_each_heads_codec_names_the_metrics_it_computes():
+def test_each_heads_codec_computes_exactly_the_metrics_it_declares():
     import torch
 
     import polymodal
 
-    spec = polymodal.load_spec({
-        "inputs": {"record": {"adapter": {"type": "tabular", "numerical": ["x"]}}},
-        "heads": {"kind": {"type": "classification", "classes": 3},
-                  "tags": {"type": "multilabel", "labels": 2},
-                  "price": {"type": "regression"}}})
+    spec = polymodal.load_spec(HEADS_SPEC)
     outputs = {"kind": (torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2]), {}),
                "tags": (torch.randn(6, 2), torch.tensor([[0, 1], [1, 0]] * 3).float(), {}),
                "price": (torch.randn(6, 1), torch.randn(6, 1), {"mean": 1.0, "std": 2.0})}
     for head, (output, target, state) in outputs.items():
-        codec = spec.heads[head].codec()
-        assert codec.metric_names
-        assert tuple(codec.metrics(output, target, state)) == codec.metric_names
+        codec = spec.heads[head].codec(head, f"heads.{head}")
+        declared = tuple(m.name for m in codec.declared_metrics)
+        assert declared
+        assert tuple(codec.metrics(output, target, state)) == declared
+        empty = codec.metrics(output[:0], target[:0], state)  # no rows: every metric NaN
+        assert tuple(empty) == declared and all(math.isnan(v) for v in empty.values())

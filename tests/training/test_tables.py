@@ -64,7 +64,7 @@ def test_images_held_in_memory_train_like_image_files(dataset, tmp_path):
 
 def test_integer_categories_from_a_dataframe_match_text_from_csv(tmp_path):
     pd = pytest.importorskip("pandas")
-    from polymodal._data.encoding import encode_categories, fit_vocabulary, lookup
+    from polymodal_plugins._columns import encode_categories, fit_vocabulary, lookup
 
     vocabulary = fit_vocabulary(pd.Series([3, 1, 3, None]).to_numpy())
     assert vocabulary == [1, 3]
@@ -122,3 +122,16 @@ def _target_codec(head: dict):
     spec = polymodal.load_spec({"name": "t", "inputs": {"x": {"adapter": {
         "type": "tabular", "numerical": ["x"]}}}, "heads": {"y": head}})
     return Binding(spec).head_codec("y")
+
+
+def test_text_in_a_dict_of_columns_is_kept_as_python_text_like_csv(trained):
+    from polymodal.plugin import Table
+
+    table = Table.from_columns({"age": ["41", "??"], "n": [1, 2]}, source="rows")
+    assert type(table.columns["age"][1]) is str and table.columns["n"].dtype.kind == "i"
+    model, csv_table = trained
+    image = str(csv_table.parent / read_csv(csv_table)[0]["photo"])
+    with pytest.raises(polymodal.DataError) as info:
+        polymodal.predict(model, {"photo": [image] * 2, "color": ["red", "blue"],
+                                  "age": ["41", "??"]})
+    assert "<table> row 2, column 'age': '??' is not a number" in str(info.value)

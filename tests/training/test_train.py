@@ -482,3 +482,114 @@ def test_decode_turns_raw_outputs_into_what_predict_writes(dataset, tmp_path):
     assert decoded["label"] == predicted["label"] and decoded["score"] == predicted["score"]
     assert 2.0 < float(np.mean(decoded["score"])) < 7.0  # the target's units, not standardised
     assert abs(float(outputs["score"].mean())) < 2.0
+
+
+def _table_only(metric: str, epochs: int = 4) -> dict:
+    """A small table-only model with a regression head, monitored by ``metric``."""
+    return {"name": "scores",
+            "inputs": {"report": {"adapter": {"type": "tabular", "categorical": ["color"],
+                                              "numerical": ["age"]}}},
+            "heads": {"score": {"type": "regression"}},
+            "training": {"epochs": epochs, "batch_size": 8, "lr": 0.01,
+                         "early_stopping": {"metric": metric}}}
+
+
+@pytest.mark.parametrize("metric, best", [("score.rmse", min), ("score.r2", max),
+                                          ("score.loss", min)])
+def test_the_best_epoch_follows_the_direction_the_head_declares(dataset, tmp_path, metric, best):
+    result = polymodal.train(_table_only(metric), dataset, tmp_path / "m.safetensors",
+                             progress=False)
+    name = metric.split(".")[1]
+    values = [r["val"]["score"][name] for r in result.history]
+    assert len(set(values)) > 1  # the epochs differ, so the direction decides
+    assert result.best_value == best(values)
+    assert result.best_epoch == values.index(best(values)) + 1
+
+
+def test_early_stopping_asks_the_heads_declaration_not_the_metrics_name(dataset, tmp_path,
+                                                                        monkeypatch):
+    from polymodal_plugins._metrics import REGRESSION_METRICS
+    from polymodal_plugins.regression import RegressionCodec
+
+    from polymodal.plugin import Metric
+
+    # A head that declared rmse better when higher (wrongly, but it is the head's to say).
+    upside_down = (Metric("rmse", higher_is_better=True), *REGRESSION_METRICS[1:])
+    monkeypatch.setattr(RegressionCodec, "declared_metrics", upside_down)
+    result = polymodal.train(_table_only("score.rmse"), dataset, tmp_path / "m.safetensors",
+                             progress=False)
+    values = [r["val"]["score"]["rmse"] for r in result.history]
+    assert len(set(values)) > 1 and result.best_value == max(values)
+
+
+def test_a_metric_a_head_computes_without_declaring_it_is_refused(dataset, tmp_path, monkeypatch):
+    from polymodal_plugins._metrics import REGRESSION_METRICS
+    from polymodal_plugins.regression import RegressionCodec
+
+    monkeypatch.setattr(RegressionCodec, "declared_metrics", REGRESSION_METRICS[:1])
+    with pytest.raises(polymodal.ComponentError) as info:
+        polymodal.train(_table_only("loss", epochs=1), dataset, tmp_path / "m.safetensors",
+                        progress=False)
+    assert str(info.value) == ("heads.score: RegressionCodec.metrics() computed mae, r2, which"
+                               " its declared_metrics do not list (each needs a Metric with its"
+                               " direction)")
+
+
+MOVED = ("training: `augment` is no longer a training option: augmentation belongs to the"
+         " adapter that understands it. Move it into each image input's adapter, e.g."
+         " inputs.photo.adapter: {type: image, augment: {hflip: true}}")
+
+
+def test_augment_in_the_training_section_says_where_it_moved(dataset, tmp_path, capsys):
+    import yaml
+
+    old = spec_data(epochs=1)
+    old["training"]["augment"] = {"hflip": True}
+    with pytest.raises(polymodal.SpecError) as info:
+        polymodal.load_spec(old)
+    assert str(info.value) == MOVED
+    with pytest.raises(polymodal.SpecError) as info:
+        polymodal.train(spec_data(epochs=1), dataset, tmp_path / "m.safetensors", progress=False,
+                        options={"augment": {"hflip": True}})
+    assert str(info.value) == MOVED
+    spec_path = tmp_path / "old.yaml"
+    spec_path.write_text(yaml.safe_dump(old))
+    assert main(["train", str(spec_path), "--data", str(dataset), "-o",
+                 str(tmp_path / "m.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert MOVED in err and "Traceback" not in err
+
+
+def test_a_model_file_written_when_augment_was_a_training_option_loads(trained, tmp_path):
+    from safetensors.torch import save_file
+
+    from polymodal._modelfile import KEY_SPEC
+
+    model_path, table = trained
+    metadata = read_metadata(model_path)
+    spec = json.loads(metadata[KEY_SPEC])
+    spec["training"]["augment"] = {"hflip": True, "vflip": False, "rot90": False,
+                                   "crop_padding": 0, "noise_std": 0.0}
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(model_path)), str(old), metadata={**metadata, KEY_SPEC: json.dumps(spec)})
+    assert polymodal.predict(old, table)["columns"] == polymodal.predict(model_path, table)["columns"]
+
+
+def test_image_augmentation_is_the_image_inputs_own_and_for_training_batches_only(dataset):
+    from polymodal._data.binding import Binding
+    from polymodal._data.loader import BatchDataset
+
+    spec = polymodal.load_spec(spec_data(augment={"hflip": True, "noise_std": 0.1}))
+    binding = Binding(spec)
+    table = read_table(dataset)
+    state = binding.fit(table)
+    item = (1, 0, np.arange(8))
+    plain = BatchDataset(table, binding, state, targets=True)[item].inputs
+    augmented = BatchDataset(table, binding, state, targets=True, augment=True, seed=3)[item].inputs
+    again = BatchDataset(table, binding, state, targets=True, augment=True, seed=3)[item].inputs
+    assert torch.equal(augmented["photo"], again["photo"])  # from the batch's seed
+    assert not torch.equal(augmented["photo"], plain["photo"].float() / 255)
+    assert all(torch.equal(augmented["report"][c], plain["report"][c]) for c in plain["report"])
+    unaugmented = Binding(polymodal.load_spec(spec_data()))
+    untouched = BatchDataset(table, unaugmented, state, targets=True, augment=True)[item].inputs
+    assert torch.equal(untouched["photo"], plain["photo"])

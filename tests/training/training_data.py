@@ -35,12 +35,14 @@ def write_dataset(folder: Path, rows: int = 48, seed: int = 0, name: str = "data
     return table
 
 
-def spec_data(epochs: int = 2, **training) -> dict:
-    """A fused model small enough for CPU tests: the image goes to the fusion unpooled."""
+def spec_data(epochs: int = 2, augment: dict | None = None, **training) -> dict:
+    """A fused model small enough for CPU tests: the image goes to the fusion unpooled.
+    ``augment`` is the image adapter's augmentation."""
+    photo = {"type": "image", "channels": 3, **({"augment": augment} if augment else {})}
     return {
         "name": "toy",
         "inputs": {
-            "photo": {"adapter": {"type": "image", "channels": 3}},
+            "photo": {"adapter": photo},
             "report": {"adapter": {"type": "tabular", "categorical": ["color"],
                                    "numerical": ["age"]},
                        "backbone": {"type": "mlp", "hidden": [16]}},

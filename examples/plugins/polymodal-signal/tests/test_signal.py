@@ -1,10 +1,11 @@
 """Tests of polymodal-signal, as its author runs them: `pytest tests` in this directory."""
 
+import numpy as np
 import pytest
 import torch
 
 import polymodal
-from polymodal.plugin import check_component
+from polymodal.plugin import RowIssues, Table, check_component
 from polymodal_signal.adapter import SignalAdapter
 from polymodal_signal.tcn import TCNBackbone
 
@@ -60,3 +61,97 @@ def test_causal_tcn_does_not_see_the_future():
 def test_tcn_takes_only_sequences():
     with pytest.raises(polymodal.ConnectionMismatch, match="takes a sequence"):
         TCNBackbone.Config().gives(polymodal.plugin.Vector(12))
+
+
+# -- the codec: reading signals from a table ---------------------------------------------------
+
+
+def _table(folder, cells: list[str]) -> Table:
+    return Table.from_columns({"ecg": cells}, source="heart.csv", base_dir=folder)
+
+
+def _codec(**options):
+    return SignalAdapter.Config(**{"channels": 2, **options}).codec("ecg", "inputs.ecg.adapter")
+
+
+def test_the_codec_fits_channel_statistics_that_prepare_puts_into_the_adapter(tmp_path):
+    rng = np.random.default_rng(0)
+    signals = [np.stack([rng.normal(5, 2, 50), rng.normal(-1, 0.5, 50)]) for _ in range(4)]
+    signals[1][0, 3] = np.nan  # a dropped-out sample is left out of the statistics
+    for i, signal in enumerate(signals):
+        np.save(tmp_path / f"{i}.npy", signal)
+    table = _table(tmp_path, [f"{i}.npy" for i in range(4)])
+    codec = _codec()
+    issues = RowIssues(table)
+    codec.check(table, issues, None)
+    assert not issues.bad
+    state = codec.fit(table)
+    stacked = np.concatenate(signals, axis=1)
+    assert state["length"] == 50
+    assert state["mean"] == pytest.approx(np.nanmean(stacked, axis=1).tolist())
+    assert state["std"] == pytest.approx(np.nanstd(stacked, axis=1).tolist())
+
+    batch = codec.encode(table, state, issues)
+    assert batch.shape == (4, 2, 50) and batch.dtype == torch.float32
+    adapter = SignalAdapter(codec.config)
+    codec.prepare(adapter, state)
+    assert adapter.mean.flatten().tolist() == pytest.approx(state["mean"])
+    normalised = adapter(batch)  # each channel in standard units (the NaN sample becomes 0)
+    assert torch.allclose(normalised.mean(dim=(0, 2)), torch.zeros(2), atol=1e-4)
+    assert torch.allclose(normalised.std(dim=(0, 2)), torch.ones(2), atol=0.02)
+
+
+def test_a_spec_normalisation_is_not_replaced_by_fitted_statistics(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones((2, 8)))
+    table = _table(tmp_path, ["a.npy"])
+    for options in ({"mean": [0.0, 0.0], "std": [1.0, 1.0]}, {"instance_norm": True}):
+        codec = _codec(**options)
+        adapter = SignalAdapter(codec.config)
+        before = adapter.mean.clone()
+        codec.prepare(adapter, codec.fit(table))
+        assert torch.equal(adapter.mean, before)
+
+
+def test_bad_signal_files_are_bad_rows_naming_row_column_and_problem(tmp_path):
+    np.save(tmp_path / "good.npy", np.zeros((2, 10)))
+    np.save(tmp_path / "three.npy", np.zeros((3, 10)))
+    np.save(tmp_path / "short.npy", np.zeros((2, 7)))
+    np.save(tmp_path / "words.npy", np.array([["a", "b"], ["c", "d"]]))
+    (tmp_path / "notes.npy").write_text("1, 2, 3")
+    cells = ["good.npy", "", "gone.npy", "three.npy", "short.npy", "words.npy", "notes.npy"]
+    table = _table(tmp_path, cells)
+    issues = RowIssues(table)
+    _codec().check(table, issues, None)
+    assert issues.bad[1] == "heart.csv row 2, column 'ecg': no signal file (empty)"
+    assert issues.bad[2] == f"heart.csv row 3, column 'ecg': signal file 'gone.npy' not found in {tmp_path}"
+    assert issues.bad[3] == ("heart.csv row 4, column 'ecg': signal file 'three.npy' holds an array"
+                             " of shape [3, 10]; inputs.ecg.adapter.channels is 2, so it must be"
+                             " [2, T]")
+    assert issues.bad[4].startswith("heart.csv row 5, column 'ecg': signal file 'short.npy' has 7"
+                                    " time steps but the others have 10")
+    assert issues.bad[5].endswith("signal file 'words.npy' holds <U1 values, not numbers")
+    assert "signal file 'notes.npy' is not a readable .npy array" in issues.bad[6]
+    assert 0 not in issues.bad
+
+    trained = RowIssues(table)
+    _codec().check(table, trained, {"mean": [0, 0], "std": [1, 1], "length": 7})
+    assert trained.bad[0].endswith("'good.npy' has 10 time steps but the model was trained on"
+                                   " signals of 7")
+
+
+def test_one_channel_signals_may_be_one_dimensional(tmp_path):
+    np.save(tmp_path / "flat.npy", np.arange(6.0))
+    table = _table(tmp_path, ["flat.npy"])
+    codec = _codec(channels=1)
+    state = codec.fit(table)
+    assert codec.encode(table, state, RowIssues(table)).tolist() == [[list(np.arange(6.0))]]
+
+
+def test_noise_is_drawn_from_the_batch_generator_and_only_when_asked():
+    batch = torch.zeros(4, 2, 16)
+    quiet = _codec()
+    assert quiet.augment(batch, torch.Generator().manual_seed(0)) is batch
+    noisy = _codec(noise_std=0.5)
+    first = noisy.augment(batch, torch.Generator().manual_seed(1))
+    assert torch.equal(first, noisy.augment(batch, torch.Generator().manual_seed(1)))
+    assert 0.3 < float(first.std()) < 0.7

@@ -1,8 +1,9 @@
 """Turning table values into numbers: vocabularies of categories and numeric columns.
 
-Helpers for codecs (built-in and third-party alike). A category is kept as found: an integer
-(also when written as ``"3"`` or ``3.0``) or a text; lookups use a canonical key so that a
-model trained on a DataFrame of ints predicts on a CSV of the same ints.
+The built-in codecs' shared helpers (the tabular adapter's, and the classification, multilabel
+and regression heads'). A category is kept as found: an integer (also when written as ``"3"``
+or ``3.0``) or a text; lookups use a canonical key so that a model trained on a DataFrame of
+ints predicts on a CSV of the same ints.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DataError
-from .binding import RowIssues
-from .table import Table, is_missing
+from polymodal.plugin import DataError, RowIssues, Table, is_missing
 
 
 def category(value: Any) -> int | str | None:
