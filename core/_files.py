@@ -1,12 +1,12 @@
 """Every file polymodal writes, and the lock that keeps two runs off one output.
 
-A write goes to a temporary file beside its target, named
-``.<target>.polymodal-<host>-<pid>-<random>.tmp``, which is synced and then renamed over the
-target, so a reader sees the old file or the new one, never half of one. The temporary file is
-created with the mode ``open()`` would give (the umask's, or the replaced file's), is removed
-when the write fails, and also when the process is ended by SIGTERM, SIGINT or SIGHUP. A
-temporary file that a killed process could not remove names that process, so the next write
-beside it removes it (and says so) once that process has ended.
+A write goes to a private temporary folder beside its target, named
+``.<target>.polymodal-<host>-<pid>-<random>.tmp``, holding the new file, which is synced and
+then renamed over the target, so a reader sees the old file or the new one, never half of one.
+The file ends with the mode ``open()`` would give it (the umask's, or the replaced file's). The
+temporary folder is removed when the write fails, and also when the process is ended by SIGTERM,
+SIGINT or SIGHUP. One that a killed process could not remove names that process, so the next
+write beside it removes it (and says so) once that process has ended.
 
 An output lock is a file ``.<target>.polymodal-lock`` beside the target, holding the owner's
 process id, host, start time and command, and locked with ``flock`` for as long as the owner
@@ -29,11 +29,13 @@ import os
 import re
 import signal
 import socket
+import shutil
 import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,7 +53,8 @@ def _host_tag() -> str:
 
 
 def temp_path(target: Path) -> Path:
-    """A fresh temporary name beside ``target``, of polymodal's recognisable naming."""
+    """A fresh name beside ``target`` for a write's temporary folder, of polymodal's
+    recognisable naming."""
     token = os.urandom(4).hex()
     return target.with_name(f".{target.name[:_NAME_ROOM]}.polymodal-{_host_tag()}-{os.getpid()}-{token}.tmp")
 
@@ -84,8 +87,7 @@ def _on_signal(signum: int, frame: Any) -> None:
     with _registry_lock:
         doomed = list(_doomed)
     for path in doomed:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        _discard(path)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -160,41 +162,71 @@ def _refused(target: Path, exc: OSError, doing: str = "write") -> OutputError:
     return OutputError(f"cannot {doing} {target}: {reason}")
 
 
-def _create(target: Path) -> Path:
-    """An empty temporary file beside ``target`` with the mode ``open(target, "w")`` gives."""
+@dataclass
+class _Pending:
+    """A write in progress: the private folder beside the target and the new file in it."""
+
+    folder: Path
+    file: Path
+    mode: int  # what the file must have at the end: open()'s, or the replaced file's
+
+
+def _create(target: Path) -> _Pending:
+    """A private temporary folder beside ``target`` holding an empty file named like it, with
+    the mode ``open(target, "w")`` gives.
+
+    A writer called with that file's path may itself write a temporary file beside it and
+    rename it over (safetensors does, with mode 0600): inside our folder, that is cleaned up
+    with the folder, and the mode is set back before the file replaces the target."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _refused(target.parent, exc, "create the folder") from None
     if target.is_dir():
         raise OutputError(f"cannot write {target}: it is a folder; give a file name")
-    tmp = temp_path(target)
-    remove_on_signal(tmp)  # before it exists: a signal may come at any point after
+    folder = temp_path(target)
+    remove_on_signal(folder)  # before it exists: a signal may come at any point after
     try:
+        folder.mkdir(mode=0o700)
+        file = folder / target.name
         # 0o666 less the umask: what open() creates. A replaced file keeps its own mode.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
         finally:
             os.close(fd)
     except OSError as exc:
-        keep_on_signal(tmp)
+        _discard(folder)
+        keep_on_signal(folder)
         raise _refused(target, exc) from None
-    return tmp
+    return _Pending(folder, file, mode)
 
 
-def _commit(tmp: Path, target: Path) -> None:
+def _commit(pending: _Pending, target: Path) -> None:
     try:
-        fd = os.open(tmp, os.O_RDONLY)
+        if stat.S_IMODE(os.stat(pending.file).st_mode) != pending.mode:
+            os.chmod(pending.file, pending.mode)
+        fd = os.open(pending.file, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, target)
+        os.replace(pending.file, target)
     except OSError as exc:
         raise _refused(target, exc) from None
     _sync_folder(target.parent)
+    _discard(pending.folder)
+
+
+def _discard(path: Path) -> None:
+    """Remove a temporary file or folder (and whatever a writer left in it)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _sync_folder(folder: Path) -> None:
@@ -217,16 +249,15 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     when the block ends without an error it replaces ``target``, else it is removed."""
     target = Path(target)
     sweep(target.parent, target.name)
-    tmp = _create(target)
+    pending = _create(target)
     try:
-        yield tmp
-        _commit(tmp, target)
+        yield pending.file
+        _commit(pending, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        _discard(pending.folder)
         raise
     finally:
-        keep_on_signal(tmp)
+        keep_on_signal(pending.folder)
 
 
 @contextlib.contextmanager
@@ -292,17 +323,24 @@ def sweep(folder: str | Path, name: str | None = None) -> list[Path]:
     for path in sorted(folder.glob(pattern)):
         if not _stale(path):
             continue
-        try:
-            size += path.stat().st_size
-            path.unlink()
-        except OSError:
-            continue
-        removed.append(path)
+        size += _size_of(path)
+        _discard(path)
+        if not path.exists():
+            removed.append(path)
     if removed:
         shown = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
         _log.warning("note: removed %d temporary file(s) (%s) that an interrupted write left in"
                      " %s: %s", len(removed), _size(size), folder, shown)
     return removed
+
+
+def _size_of(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _glob_escape(text: str) -> str:
@@ -324,9 +362,17 @@ def lock_path(target: str | Path) -> Path:
     return target.with_name(f".{target.name[:_NAME_ROOM]}{_LOCK_SUFFIX}")
 
 
+def _command() -> str:
+    """This process's command line as its user typed it, near enough."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if program in ("", "-c", "__main__.py"):  # `python -m polymodal ...`, `python -c ...`
+        words = list(getattr(sys, "orig_argv", sys.argv))
+        return " ".join([Path(words[0]).name, *words[1:]]) if words else "python"
+    return " ".join([program, *sys.argv[1:]])
+
+
 def _owner_record() -> dict[str, Any]:
-    command = " ".join([Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
-                        *sys.argv[1:]])
+    command = _command()
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command[:300]}
 
