@@ -234,7 +234,6 @@ def default_run_dir(output: str | Path) -> Path:
     return output.with_name(output.stem + ".run")
 
 
-
 def train(
     spec: ModelSpec | str | Path | Mapping[str, Any],
     data: Any,
@@ -392,7 +391,8 @@ def _restore(parts: _Parts, checkpoint: Checkpoint | None, epochs: int,
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
         raise CheckpointError(f"--resume: the checkpoint's weights do not fit the model of its"
-                              f" spec ({text}); start the run again without --resume") from None
+                              f" spec ({text}); start the run again without --resume, or give"
+                              " another --run-dir") from None
     say(f"resuming after epoch {checkpoint.progress.epoch} of {epochs}")
     return checkpoint.progress
 
