@@ -329,8 +329,9 @@ def sweep(folder: str | Path, name: str | None = None) -> list[Path]:
             removed.append(path)
     if removed:
         shown = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        where = folder if str(folder) != "." else Path.cwd()
         _log.warning("note: removed %d temporary file(s) (%s) that an interrupted write left in"
-                     " %s: %s", len(removed), _size(size), folder, shown)
+                     " %s: %s", len(removed), _size(size), where, shown)
     return removed
 
 
