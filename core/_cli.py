@@ -408,7 +408,9 @@ def schema(output: str | None) -> None:
 
     text = json.dumps(spec_json_schema(), indent=2)
     if output:
-        Path(output).write_text(text + "\n", encoding="utf-8")
+        from ._files import write_text
+
+        write_text(output, text + "\n")
         click.echo(f"wrote {output}")
     else:
         click.echo(text)
@@ -424,6 +426,7 @@ def manifest(distribution: str, output: str | None) -> None:
     It imports the distribution's plugins and lists what they provide, so that `polymodal list`
     can read the file instead of importing them. `polymodal manifest polymodal -o registry.toml`
     regenerates the built-in entries of polymodal's catalog."""
+    from ._files import write_text
     from ._manifest import merge_plugins, render_plugins
     from ._registry import plugin_entries
 
@@ -433,23 +436,8 @@ def manifest(distribution: str, output: str | None) -> None:
         return
     path = Path(output)
     existing = path.read_text(encoding="utf-8") if path.is_file() else ""
-    _write_atomic(path, merge_plugins(existing, text))
+    write_text(path, merge_plugins(existing, text))
     click.echo(f"wrote {output}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -257,23 +257,11 @@ def write_reference(
     """Write ``index.md`` and one page per component; remove pages of components now gone.
 
     Each page is written to a temporary file and renamed, so a page is never half-written."""
-    import os
-    import tempfile
+    from ._files import write_text
 
     pages = reference_pages(registry, packages)
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in pages.items():
-        path = directory / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(path)
+    written = [write_text(directory / name, text) for name, text in pages.items()]
     for stale in directory.glob("*.md"):
         if stale.name not in pages:
             stale.unlink()

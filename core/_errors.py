@@ -133,6 +133,19 @@ class DataError(PolymodalError):
     """A batch or table does not fit the model (missing input, wrong shape, bad value)."""
 
 
+class OutputError(PolymodalError):
+    """An output (model file, predictions, run folder) cannot be written: the file system
+    refuses, or another run is writing it."""
+
+
+class OutputLockedError(OutputError):
+    """Another running polymodal process holds the lock of an output."""
+
+
+class CheckpointError(PolymodalError):
+    """A training checkpoint cannot be resumed from: truncated, corrupt, or not polymodal's."""
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Candidates that look like ``word`` (typos, case), best first."""
     pool = sorted(set(candidates))

@@ -12,8 +12,6 @@ Nothing is ever unpickled: safetensors holds raw tensors and JSON only.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from safetensors.torch import load_file, save_model
 
 from ._assembly import PolymodalModel, build
 from ._errors import ModelFileError, SpecError
+from ._files import atomic_path
 from ._registry import Registry, get_registry
 from ._spec import validate_spec_data
 from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size
@@ -52,7 +51,8 @@ def save(
     state: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    """Write ``model`` to ``path`` atomically (a temporary file beside it, then a rename); a
+    reader of ``path`` sees the old file or the new one, never part of one."""
     if not isinstance(model, PolymodalModel):
         raise TypeError(f"polymodal.save takes a model built by polymodal, not {type(model).__name__}")
     registry = registry or get_registry()
@@ -66,17 +66,8 @@ def save(
     fitted.update(state or {})
     if fitted:
         metadata[KEY_STATE] = json.dumps(fitted)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_model(model, tmp, metadata=metadata, force_contiguous=True)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp), metadata=metadata, force_contiguous=True)
     return path
 
 

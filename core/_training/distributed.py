@@ -2,7 +2,7 @@
 
 ``torchrun --nproc-per-node N -m polymodal train ...`` sets ``WORLD_SIZE``, ``RANK`` and
 ``LOCAL_RANK``; each process then trains on its share of every batch, and DDP averages the
-gradients (gloo on CPU, NCCL on GPUs). Only rank 0 writes files.
+gradients (gloo on CPU, NCCL on GPUs). Only rank 0 writes files and holds the output locks.
 """
 
 from __future__ import annotations
@@ -80,3 +80,15 @@ def summed(context: Context, *values: torch.Tensor | float) -> list[float]:
 
     dist.all_reduce(together)
     return together.tolist()
+
+
+def all_agree(context: Context, ok: bool) -> bool:
+    """Whether ``ok`` holds in every process (one process: ``ok``). Every process must call it,
+    so that one that cannot go on stops the others instead of leaving them waiting."""
+    if not context.distributed:
+        return ok
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if ok else 0.0], device=context.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)

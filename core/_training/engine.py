@@ -1,24 +1,27 @@
 """The training engine behind ``polymodal train`` and :func:`polymodal.train`.
 
-A run: read and check the table (bad rows fail or are skipped and reported), split off the
-validation rows, fit the codecs' preprocessing on the training rows, complete the spec from the
-data, build the model, then train epoch by epoch. After each epoch the metrics are logged, the
-model file is rewritten if the epoch is the best so far, and a checkpoint is written
-atomically. Every random choice is derived from ``(seed, epoch, step)``, so ``resume`` from the
-last checkpoint repeats the interrupted epoch exactly and ends with the same weights as an
+A run is a few steps, each a function below: lock the outputs (one run per output at a time);
+prepare the data (read and check the table, split off the validation rows); restore the
+checkpoint when resuming; build the model (fit the codecs' preprocessing on the training rows,
+complete the spec from the data, make the optimiser and schedule); then, epoch by epoch, train,
+validate, and write the epoch's files (the model file when the epoch is the best so far, the
+logs, the checkpoint), each atomically; finish with the plot and the best model. An epoch's
+outcome is an :class:`EpochRecord`; where the run stands is its :class:`Progress`.
+
+Every random choice is derived from ``(seed, epoch, step)``, so ``resume`` from the last
+checkpoint repeats the interrupted epoch exactly and ends with the same weights as an
 uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +30,22 @@ import numpy as np
 import torch
 
 from .._assembly import PolymodalModel, build
-from .._data.binding import Binding, State
+from .._data.binding import Binding, Encoded, State
 from .._data.loader import BatchDataset, BatchPlan, derive_seed, loader
 from .._data.table import Table, read_table
-from .._errors import DataError, SpecError, did_you_mean
-from .._spec import ModelSpec, load_spec, unknown_metric
+from .._errors import (
+    CheckpointError,
+    DataError,
+    OutputLockedError,
+    PolymodalError,
+    SpecError,
+    did_you_mean,
+)
+from .._files import output_lock, sweep
+from .._spec import ModelSpec, load_spec
 from . import distributed
+from .checkpoint import Checkpoint, fingerprint
+from .history import EpochRecord, Progress, Validation
 from .inference import (
     RowReport,
     autocast,
@@ -207,48 +220,6 @@ def _monitor(options: TrainingOptions, binding: Binding, has_val: bool) -> tuple
     return metric, higher
 
 
-def _value(row: dict[str, Any], metric: str) -> float:
-    if "val" not in row:
-        return row["train_loss"]
-    if metric == "loss":
-        return row["val"]["loss"]
-    head, name = metric.split(".", 1)
-    value = row["val"].get(head, {}).get(name)
-    if value is None:
-        raise SpecError([unknown_metric(head, name, sorted(row["val"].get(head, {})))])
-    return float(value)
-
-
-def _differences(was: Any, now: Any, path: str = "") -> list[str]:
-    """Where two specs (as plain data) differ: ``training.epochs 12 -> 14``."""
-    if isinstance(was, dict) and isinstance(now, dict):
-        return [d for k in dict.fromkeys([*was, *now])
-                for d in _differences(was.get(k), now.get(k), f"{path}.{k}" if path else k)]
-    return [] if was == now else [f"{path} {json.dumps(was)} -> {json.dumps(now)}"]
-
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fingerprint(table: Table, positions: np.ndarray) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(table.rows[positions].astype(np.int64).tobytes())
-    digest.update(table.source.encode())
-    return digest.hexdigest()[:16]
-
-
 def default_run_dir(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(output.stem + ".run")
@@ -278,64 +249,113 @@ def train(
     (``{"epochs": 3}``). Logs, the plot and the checkpoint go to ``run_dir`` (default: beside
     ``output``, named ``<stem>.run``). ``log`` receives progress lines (None: silent).
     ``on_step(epoch, step)`` is called after every optimisation step.
+
+    While the run lasts, ``output`` and ``run_dir`` are locked: another run on either fails at
+    once with an :class:`~polymodal.PolymodalError` naming this one.
     """
     check_policy(on_bad_row)
     spec = _options(load_spec(spec), {**(options or {}), "val_fraction": val_fraction,
                                       "group_by": group_by})
-    opts = spec.training
     output = Path(output)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(output)
-    say = log or (lambda _: None)
-    context = distributed.start(opts.device)
+    context = distributed.start(spec.training.device)
+    say = (log or (lambda _: None)) if context.main else (lambda _: None)
     autotune = torch.backends.cudnn.benchmark
     # Batches keep one shape, so cuDNN's per-shape search for the fastest convolution pays off.
     torch.backends.cudnn.benchmark = autotune or context.device.type == "cuda"
     try:
-        return _run(spec, opts, data, val, output, run_dir, on_bad_row, resume, progress,
-                    say if context.main else (lambda _: None), on_step, context)
+        with _locked_outputs(context, output, run_dir, say):
+            return _run(spec, data, val, output, run_dir, on_bad_row, resume, progress, say,
+                        on_step, context)
     finally:
         torch.backends.cudnn.benchmark = autotune
         distributed.stop(context)
 
 
-def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Path, run_dir: Path,
-         policy: str, resume: bool, progress: bool, say: Callable[[str], None],
-         on_step: Callable[[int, int], None] | None, context: distributed.Context) -> TrainResult:
-    if opts.precision == "fp16" and context.device.type != "cuda":
-        raise SpecError([("training.precision", "fp16 needs a CUDA GPU; use bf16 on CPU")])
-    binding = Binding(spec)
+@contextlib.contextmanager
+def _locked_outputs(context: distributed.Context, output: Path, run_dir: Path,
+                    say: Callable[[str], None]) -> Iterator[None]:
+    """Hold the locks of the model file and the run folder (the first process of a
+    data-parallel run holds them for all; if it cannot, every process stops)."""
+    with contextlib.ExitStack() as held:
+        refused: PolymodalError | None = None
+        if context.main:
+            try:
+                held.enter_context(output_lock(output, what="output", note=say))
+                held.enter_context(output_lock(run_dir, what="run folder", note=say))
+                sweep(run_dir)  # what an interrupted run of this folder left
+            except PolymodalError as exc:
+                refused = exc
+        if not distributed.all_agree(context, refused is None):
+            raise refused or OutputLockedError(
+                "the first process of this data-parallel run could not lock its outputs;"
+                " see its message")
+        yield
+
+
+@dataclass
+class _Data:
+    """The rows a run trains and validates on, checked."""
+
+    train: Table
+    val: Table
+    report: RowReport  # rows left out and oddities found so far
+    fingerprint: str  # identifies the training rows, so that a resume uses the same
+    held_out: bool  # validation rows split off the training table (not a --val table)
+
+
+def _prepare_data(binding: Binding, opts: TrainingOptions, data: Any, val: Any,
+                  policy: str) -> _Data:
     report = RowReport()
     table = _checked(read_table(data), binding, policy, report)
     if val is not None:
-        train_table = table
-        val_table = _checked(read_table(val), binding, policy, report)
+        train_table, val_table = table, _checked(read_table(val), binding, policy, report)
     else:
         train_pos, val_pos = split_rows(table, opts.val_fraction, opts.group_by, opts.seed)
         train_table, val_table = table.take(train_pos), table.take(val_pos)
     if len(train_table) == 0:
         raise DataError(f"{table.source}: no training rows left")
-    for line in report.note_lines():  # before training, while it can still be fixed
-        say(f"note: {line}")
-    fingerprint = _fingerprint(train_table, np.arange(len(train_table)))
-    checkpoint_path = run_dir / CHECKPOINT
-    checkpoint = None
-    if resume:
-        if checkpoint_path.is_file():
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            if checkpoint["spec"] != json.dumps(spec.to_dict()):
-                changed = "; ".join(_differences(json.loads(checkpoint["spec"]), spec.to_dict()))
-                raise SpecError([("", f"--resume: {checkpoint_path} belongs to a run of another"
-                                  f" spec ({changed}); a resumed run must be the same run. Start"
-                                  " a new run without --resume or give another -o/--run-dir")])
-            if checkpoint["fingerprint"] != fingerprint:
-                raise DataError(f"--resume: the training rows differ from those of the run in"
-                                f" {checkpoint_path}; resume with the same table")
-        else:
-            say(f"no checkpoint in {run_dir}: starting from the beginning")
-    if val is None and len(val_table) and context.main:
-        write_validation_rows(run_dir, val_table.rows, opts.group_by and val_table.columns[opts.group_by],
-                              opts.group_by)
-    state: State = json.loads(checkpoint["state"]) if checkpoint else binding.fit(train_table)
+    return _Data(train_table, val_table, report, fingerprint(train_table),
+                 held_out=val is None and len(val_table) > 0)
+
+
+def _write_held_out(run_dir: Path, rows: _Data, group_by: str | None) -> None:
+    groups = rows.val.columns[group_by] if group_by else None
+    write_validation_rows(run_dir, rows.val.rows, groups, group_by)
+
+
+def _restore_point(path: Path, spec: ModelSpec, rows: _Data,
+                   say: Callable[[str], None]) -> Checkpoint | None:
+    """The checkpoint to resume from, checked to be of this run; None when there is none."""
+    if not path.is_file():
+        say(f"no checkpoint in {path.parent}: starting from the beginning")
+        return None
+    checkpoint = Checkpoint.read(path)
+    checkpoint.check_same_run(path, _spec_json(spec), rows.fingerprint)
+    return checkpoint
+
+
+def _spec_json(spec: ModelSpec) -> str:
+    return json.dumps(spec.to_dict())
+
+
+@dataclass
+class _Parts:
+    """The model of a run and what trains it."""
+
+    spec: ModelSpec  # completed from the data
+    binding: Binding
+    state: State  # the preprocessing fitted on the training rows
+    model: PolymodalModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    runner: Any = None  # what a step calls: the model, compiled and/or data-parallel
+    scaler: Any = None  # fp16 only
+
+
+def _build(binding: Binding, opts: TrainingOptions, rows: _Data, checkpoint: Checkpoint | None,
+           context: distributed.Context) -> _Parts:
+    state: State = checkpoint.state if checkpoint else binding.fit(rows.train)
     completed = binding.complete(state)
     binding = Binding(completed)
     torch.manual_seed(opts.seed)
@@ -346,141 +366,230 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, opts)
-    batches_per_epoch = len(_epoch_batches(len(train_table), opts.batch_size, context.world, 0,
-                                           opts.seed, 1))
-    scheduler = _scheduler(optimizer, opts, batches_per_epoch * opts.epochs)
-    metric, higher = _monitor(opts, binding, len(val_table) > 0)
-    history: list[dict[str, Any]] = []
-    best_epoch, best_value, stale, start_epoch = 0, math.nan, 0, 1
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        history = json.loads(checkpoint["history"])
-        best_epoch, best_value, stale = checkpoint["best_epoch"], checkpoint["best_value"], checkpoint["stale"]
-        start_epoch = checkpoint["epoch"] + 1
-        say(f"resuming after epoch {checkpoint['epoch']} of {opts.epochs}")
-    scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
-    runner: Any = model
+    steps = len(_epoch_batches(len(rows.train), opts.batch_size, context.world, 0, opts.seed, 1))
+    scheduler = _scheduler(optimizer, opts, steps * opts.epochs)
+    return _Parts(completed, binding, state, model, optimizer, scheduler)
+
+
+def _restore(parts: _Parts, checkpoint: Checkpoint | None, epochs: int,
+             say: Callable[[str], None]) -> Progress:
+    if checkpoint is None:
+        return Progress()
+    try:
+        parts.model.load_state_dict(checkpoint.model)
+        parts.optimizer.load_state_dict(checkpoint.optimizer)
+        parts.scheduler.load_state_dict(checkpoint.scheduler)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+        raise CheckpointError(f"--resume: the checkpoint's weights do not fit the model of its"
+                              f" spec ({text}); start the run again without --resume, or give"
+                              " another --run-dir") from None
+    say(f"resuming after epoch {checkpoint.progress.epoch} of {epochs}")
+    return checkpoint.progress
+
+
+def _runner(parts: _Parts, opts: TrainingOptions, context: distributed.Context) -> None:
+    """Wrap the restored model for training: compiled, data-parallel; fp16's loss scaler."""
+    parts.scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
+    runner: Any = parts.model
     if opts.compile:
-        runner = torch.compile(model)
+        runner = torch.compile(parts.model)
     if context.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         runner = DistributedDataParallel(
             runner, device_ids=[context.device.index] if context.device.type == "cuda" else None,
             find_unused_parameters=True)
-    dataset = BatchDataset(train_table, binding, state, targets=True, augment=True,
-                           seed=opts.seed)
-    val_dataset = BatchDataset(val_table, binding, state, targets=True)
-    weights = {h: opts.loss_weights.get(h, 1.0) for h in completed.heads}
-    say(f"training on {len(train_table)} rows, validating on {len(val_table)}"
-        f" ({context.world} process(es), {context.device.type}); logs in {run_dir}")
-    stopped_early = False
-    if start_epoch > 1 and opts.early_stopping.patience and stale >= opts.early_stopping.patience:
-        start_epoch = opts.epochs + 1
-        stopped_early = True
-        say(f"the run had stopped early after epoch {len(history)}: nothing left to train")
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    pinned = context.device.type == "cuda"
-    plan = BatchPlan()
-    batches_of = loader(dataset, plan, opts.workers, pin_memory=pinned, keep_workers=True)
-    val_batches = [np.arange(i, min(i + 256, len(val_table))) for i in range(0, len(val_table), 256)]
-    val_batches_of = loader(val_dataset, BatchPlan(0, val_batches), opts.workers,
-                            pin_memory=pinned, keep_workers=True)
-    for epoch in range(start_epoch, opts.epochs + 1):
-        frozen = opts.freeze_backbones and (opts.unfreeze_at is None or epoch < opts.unfreeze_at)
-        if opts.freeze_backbones and (epoch == start_epoch or epoch == opts.unfreeze_at):
-            say(f"epoch {epoch}: backbones {'frozen' if frozen else 'train from now on'}")
-        _set_frozen(model, frozen, trainable)
-        _train_mode(model, frozen)
+    parts.runner = runner
+
+
+def _datasets(rows: _Data, parts: _Parts, opts: TrainingOptions) -> tuple[BatchDataset, BatchDataset]:
+    """The training rows (augmented) and the validation rows, encoded batch by batch."""
+    train = BatchDataset(rows.train, parts.binding, parts.state, targets=True, augment=True,
+                         seed=opts.seed)
+    val = BatchDataset(rows.val, parts.binding, parts.state, targets=True)
+    return train, val
+
+
+class _Epochs:
+    """Runs a run's epochs: training and validation batches from loaders whose worker
+    processes are kept from epoch to epoch."""
+
+    def __init__(self, parts: _Parts, rows: _Data, opts: TrainingOptions,
+                 context: distributed.Context, policy: str, progress: bool,
+                 on_step: Callable[[int, int], None] | None):
+        self.parts, self.rows, self.opts, self.context = parts, rows, opts, context
+        self.policy, self.progress, self.on_step = policy, progress, on_step
+        self.weights = {h: opts.loss_weights.get(h, 1.0) for h in parts.spec.heads}
+        # Parameters a component froze itself stay frozen when training.freeze_backbones ends.
+        self.trainable = {id(p) for p in parts.model.parameters() if p.requires_grad}
+        self.first: int | None = None  # the first epoch this process runs
+        pinned = context.device.type == "cuda"
+        dataset, val_dataset = _datasets(rows, parts, opts)
+        self.plan = BatchPlan()
+        self.batches = loader(dataset, self.plan, opts.workers, pin_memory=pinned, keep_workers=True)
+        val_count = len(rows.val)
+        val_plan = BatchPlan(0, [np.arange(i, min(i + 256, val_count)) for i in range(0, val_count, 256)])
+        self.val_batches = loader(val_dataset, val_plan, opts.workers, pin_memory=pinned,
+                                  keep_workers=True)
+
+    def train(self, epoch: int, say: Callable[[str], None]) -> EpochRecord:
+        """One pass over the training rows; its record, without validation."""
+        opts, context = self.opts, self.context
+        self._freeze(epoch, say)
         torch.manual_seed(derive_seed(opts.seed, epoch, 2))
-        batches = _epoch_batches(len(train_table), opts.batch_size, context.world, context.rank,
-                                 opts.seed, epoch)
-        plan.start(epoch, batches)
-        lr_at_start = optimizer.param_groups[0]["lr"]  # the epoch's (first) learning rate
-        started = shown = time.perf_counter()
+        batches = _epoch_batches(len(self.rows.train), opts.batch_size, context.world,
+                                 context.rank, opts.seed, epoch)
+        self.plan.start(epoch, batches)
+        lr = self.parts.optimizer.param_groups[0]["lr"]  # the epoch's (first) learning rate
         # Summed on the device: reading a loss every step would make the host wait for the GPU.
         loss_sum, seen = torch.zeros((), device=context.device), 0
-        bar = _progress(progress and context.main, len(batches), f"epoch {epoch}/{opts.epochs}")
-        for step, encoded in enumerate(batches_of):
-            fail_on(encoded.bad, policy)
-            report.add(encoded)
-            inputs = to_device(encoded.inputs, context.device, opts.channels_last)
-            targets = device_targets(encoded.targets, context.device)
-            with autocast(context.device, opts.precision):
-                outputs = runner(inputs)
-            losses = head_losses(model, outputs, targets)
-            loss = sum(weights[h] * l.float() for h, (l, _, _) in losses.items())
-            if not isinstance(loss, torch.Tensor):  # no head had a target in this batch
+        bar = _Bar(self.progress and context.main, len(batches), f"epoch {epoch}/{opts.epochs}",
+                   context.world)
+        for step, encoded in enumerate(self.batches):
+            loss = self._step(encoded)
+            if loss is None:  # no head had a target in this batch
                 continue
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
-            rows = len(encoded.positions)
-            loss_sum += loss.detach() * rows
-            seen += rows
-            if bar is not None:
-                now = time.perf_counter()
-                if now - shown >= 0.5 or step + 1 == len(batches):
-                    shown = now
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
-                                    rows_s=f"{seen * context.world / max(now - started, 1e-9):.0f}")
-                bar.update(1)
-            if on_step is not None:
-                on_step(epoch, step)
-        if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - started
+            loss_sum += loss.detach() * len(encoded.positions)
+            seen += len(encoded.positions)
+            bar.advance(step, loss_sum, seen)
+            if self.on_step is not None:
+                self.on_step(epoch, step)
+        bar.close()
+        seconds = time.perf_counter() - bar.started
         loss_total, rows_total = distributed.summed(context, loss_sum, seen)  # every process's rows
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_total / max(rows_total, 1),
-                               "lr": lr_at_start, "seconds": round(seconds, 3),
-                               "rows_per_s": round(rows_total / max(seconds, 1e-9), 1)}
-        if len(val_table):
-            collected = collect(model, val_batches_of, context.device, opts.precision,
-                                opts.channels_last)
-            per_head = head_metrics(collected, binding, state)
-            row["val"] = {"loss": sum(weights[h] * m["loss"] for h, m in per_head.items()), **per_head}
-        history.append(row)
-        value = _value(row, metric)
-        improved = best_epoch == 0 or (value > best_value if higher else value < best_value)
-        if improved:
-            best_epoch, best_value, stale = epoch, value, 0
-        else:
-            stale += 1
-        if context.main:
-            if improved:
-                from .._modelfile import save
+        return EpochRecord(epoch, loss_total / max(rows_total, 1), lr, round(seconds, 3),
+                           round(rows_total / max(seconds, 1e-9), 1))
 
-                save(model, output)
-            write_logs(run_dir, history)
-            _save_checkpoint(checkpoint_path, {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": json.dumps(history),
-                "best_epoch": best_epoch, "best_value": best_value, "stale": stale,
-                "spec": json.dumps(spec.to_dict()), "state": json.dumps(state),
-                "fingerprint": fingerprint,
-            })
-        say(_epoch_line(row, metric, value, improved))
+    def _freeze(self, epoch: int, say: Callable[[str], None]) -> None:
+        opts = self.opts
+        if self.first is None:
+            self.first = epoch
+        frozen = opts.freeze_backbones and (opts.unfreeze_at is None or epoch < opts.unfreeze_at)
+        if opts.freeze_backbones and epoch in (self.first, opts.unfreeze_at):
+            say(f"epoch {epoch}: backbones {'frozen' if frozen else 'train from now on'}")
+        _set_frozen(self.parts.model, frozen, self.trainable)
+        _train_mode(self.parts.model, frozen)
+
+    def _step(self, encoded: Encoded) -> torch.Tensor | None:
+        """One optimisation step on a batch; its (weighted) loss, or None without targets."""
+        parts, opts, device = self.parts, self.opts, self.context.device
+        fail_on(encoded.bad, self.policy)
+        self.rows.report.add(encoded)
+        inputs = to_device(encoded.inputs, device, opts.channels_last)
+        targets = device_targets(encoded.targets, device)
+        with autocast(device, opts.precision):
+            outputs = parts.runner(inputs)
+        losses = head_losses(parts.model, outputs, targets)
+        loss = sum(self.weights[h] * l.float() for h, (l, _, _) in losses.items())
+        if not isinstance(loss, torch.Tensor):
+            return None
+        parts.optimizer.zero_grad(set_to_none=True)
+        if parts.scaler is not None:
+            parts.scaler.scale(loss).backward()
+            parts.scaler.step(parts.optimizer)
+            parts.scaler.update()
+        else:
+            loss.backward()
+            parts.optimizer.step()
+        parts.scheduler.step()
+        return loss
+
+    def validate(self) -> Validation | None:
+        """The metrics of each head on the validation rows (None without any)."""
+        if not len(self.rows.val):
+            return None
+        parts, opts = self.parts, self.opts
+        collected = collect(parts.model, self.val_batches, self.context.device, opts.precision,
+                            opts.channels_last)
+        per_head = head_metrics(collected, parts.binding, parts.state)
+        return Validation(sum(self.weights[h] * m["loss"] for h, m in per_head.items()), per_head)
+
+
+def _write_epoch(parts: _Parts, progress: Progress, improved: bool, output: Path, run_dir: Path,
+                 spec: ModelSpec, rows: _Data) -> None:
+    """An epoch's files: the model file if the epoch is the best so far, the logs, the
+    checkpoint (last, so that a run killed before it repeats the epoch on resume)."""
+    if improved:
+        from .._modelfile import save
+
+        save(parts.model, output)
+    write_logs(run_dir, progress.history)
+    Checkpoint(parts.model.state_dict(), parts.optimizer.state_dict(), parts.scheduler.state_dict(),
+               progress, _spec_json(spec), parts.state, rows.fingerprint).write(run_dir / CHECKPOINT)
+
+
+def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, policy: str,
+         resume: bool, progress: bool, say: Callable[[str], None],
+         on_step: Callable[[int, int], None] | None, context: distributed.Context) -> TrainResult:
+    opts = spec.training
+    if opts.precision == "fp16" and context.device.type != "cuda":
+        raise SpecError([("training.precision", "fp16 needs a CUDA GPU; use bf16 on CPU")])
+    binding = Binding(spec)
+    rows = _prepare_data(binding, opts, data, val, policy)
+    for line in rows.report.note_lines():  # before training, while it can still be fixed
+        say(f"note: {line}")
+    checkpoint = _restore_point(run_dir / CHECKPOINT, spec, rows, say) if resume else None
+    if rows.held_out and context.main:
+        _write_held_out(run_dir, rows, opts.group_by)
+    parts = _build(binding, opts, rows, checkpoint, context)
+    metric, higher = _monitor(opts, parts.binding, len(rows.val) > 0)
+    run = _restore(parts, checkpoint, opts.epochs, say)
+    _runner(parts, opts, context)
+    epochs = _Epochs(parts, rows, opts, context, policy, progress, on_step)
+    say(f"training on {len(rows.train)} rows, validating on {len(rows.val)}"
+        f" ({context.world} process(es), {context.device.type}); logs in {run_dir}")
+    stopped_early = run.epoch > 0 and run.out_of_patience(opts.early_stopping.patience)
+    if stopped_early:
+        say(f"the run had stopped early after epoch {run.epoch}: nothing left to train")
+    for epoch in range(opts.epochs + 1 if stopped_early else run.epoch + 1, opts.epochs + 1):
+        record = epochs.train(epoch, say)
+        record.val = epochs.validate()
+        improved = run.add(record, record.value(metric), higher)
+        if context.main:
+            _write_epoch(parts, run, improved, output, run_dir, spec, rows)
+        say(_epoch_line(record, improved))
         distributed.barrier(context)
-        if opts.early_stopping.patience and stale >= opts.early_stopping.patience:
+        if run.out_of_patience(opts.early_stopping.patience):
             stopped_early = True
-            say(f"early stop: {metric} has not improved for {stale} epoch(s)")
+            say(f"early stop: {metric} has not improved for {run.stale} epoch(s)")
             break
-    if context.main and history:
-        say(plot_curves(run_dir, history))
+    return _finish(run, rows.report, output, run_dir, metric, stopped_early, context, say)
+
+
+def _finish(run: Progress, report: RowReport, output: Path, run_dir: Path, metric: str,
+            stopped_early: bool, context: distributed.Context,
+            say: Callable[[str], None]) -> TrainResult:
+    if context.main and run.history:
+        say(plot_curves(run_dir, run.history))
     distributed.barrier(context)
     from .._modelfile import load
 
-    best_model = load(output)
-    return TrainResult(best_model, output, run_dir, best_epoch, best_value, metric, history,
-                       report, stopped_early, context.main)
+    return TrainResult(load(output), output, run_dir, run.best_epoch, run.best_value, metric,
+                       run.dicts(), report, stopped_early, context.main)
+
+
+class _Bar:
+    """An epoch's progress bar, on a terminal only, redrawn at most twice a second."""
+
+    def __init__(self, enabled: bool, total: int, desc: str, world: int):
+        self.bar = _progress(enabled, total, desc)
+        self.total, self.world = total, world
+        self.started = self.shown = time.perf_counter()
+
+    def advance(self, step: int, loss_sum: torch.Tensor, seen: int) -> None:
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if now - self.shown >= 0.5 or step + 1 == self.total:
+            self.shown = now
+            self.bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                                 rows_s=f"{seen * self.world / max(now - self.started, 1e-9):.0f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _progress(enabled: bool, total: int, desc: str):
@@ -493,15 +602,14 @@ def _progress(enabled: bool, total: int, desc: str):
                 dynamic_ncols=True)
 
 
-def _epoch_line(row: dict[str, Any], metric: str, value: float, improved: bool) -> str:
-    parts = [f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}"]
-    for head, values in row.get("val", {}).items():
-        if head == "loss":
-            parts.append(f"val loss {values:.4f}")
-            continue
-        shown = [f"{k} {v:.4f}" for k, v in values.items() if k != "loss" and not math.isnan(v)]
-        parts.append(f"{head}: {', '.join(shown)}")
-    parts.append(f"{row['rows_per_s']:.0f} rows/s")
+def _epoch_line(record: EpochRecord, improved: bool) -> str:
+    parts = [f"epoch {record.epoch}: train loss {record.train_loss:.4f}"]
+    if record.val is not None:
+        parts.append(f"val loss {record.val.loss:.4f}")
+        for head, values in record.val.heads.items():
+            shown = [f"{k} {v:.4f}" for k, v in values.items() if k != "loss" and not math.isnan(v)]
+            parts.append(f"{head}: {', '.join(shown)}")
+    parts.append(f"{record.rows_per_s:.0f} rows/s")
     line = "; ".join(parts)
     return line + ("  *best*" if improved else "")
 

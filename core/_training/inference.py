@@ -9,8 +9,6 @@ import contextlib
 import csv
 import io
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from .._data.binding import Binding, Encoded
 from .._data.codec import RowIssues, State, add_examples
 from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, did_you_mean
+from .._files import atomic_open, output_lock
 
 if TYPE_CHECKING:
     from .._assembly import PolymodalModel
@@ -294,72 +293,66 @@ def render_evaluation(model: Any, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_writer(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return os.fdopen(fd, "w", newline="", encoding="utf-8"), Path(tmp)
-
-
 def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_size: int = 256,
             on_bad_row: str = "fail", keep: Iterable[str] = (), device: str = "cpu",
             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Predictions for every row of ``data``: each classification head's class name and
     class probabilities, each regression head's value; with the source row number and the
-    ``keep`` columns. Streams batch by batch: with ``output`` (a CSV file, written atomically)
-    a table larger than memory works; without, the columns are returned (``result["columns"]``).
+    ``keep`` columns. Streams batch by batch: with ``output`` (a CSV file, written atomically
+    and locked against another run writing it) a table larger than memory works; without, the
+    columns are returned (``result["columns"]``).
     """
     model, source = _load(model)
     state = model_state(model, source)
-    binding = Binding(model.spec)
     target = torch.device(device)
     model.to(target).eval()
-    keep = list(keep)
     report = RowReport()
-    handle, tmp = (None, None) if output is None else _atomic_writer(Path(output))
-    writer = csv.writer(handle) if handle is not None else None
-    gathered: dict[str, list[Any]] = {}
-    rows = 0
-    try:
-        for chunk, encoded in encoded_chunks(data, binding, state, targets=False,
-                                             batch_size=batch_size, policy=on_bad_row, report=report):
-            missing = [c for c in keep if c not in chunk.columns]
-            if missing:
-                raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to keep."
-                                f"{did_you_mean(missing[0], chunk.columns)}")
-            with torch.no_grad():
-                outputs = model(to_device(encoded.inputs, target))
-            predicted = _decoded(binding, state, outputs)
-            columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
-            for c in keep:
-                columns[kept_name(c, [*predicted, *columns])] = [
-                    _plain(v) for v in chunk.columns[c][encoded.positions]]
-            columns.update(predicted)
-            if writer is not None:
-                if rows == 0:
-                    writer.writerow(list(columns))
-                writer.writerows(zip(*columns.values()))
-            else:
-                for k, v in columns.items():
-                    gathered.setdefault(k, []).extend(v)
-            rows += len(columns["row"])
-            if on_batch is not None:
-                on_batch(rows)
-        if handle is not None:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(tmp, output)
-    except BaseException:
-        if handle is not None:
-            handle.close()
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    result = {"rows": rows, **report.to_json()}
+    batches = _predicted(model, state, data, target, batch_size, on_bad_row, list(keep), report)
     if output is None:
-        result["columns"] = gathered
-    else:
-        result["output"] = str(output)
-    return result
+        gathered: dict[str, list[Any]] = {}
+        rows = 0
+        for columns in batches:
+            for k, v in columns.items():
+                gathered.setdefault(k, []).extend(v)
+            rows = _counted(rows, columns, on_batch)
+        return {"rows": rows, **report.to_json(), "columns": gathered}
+    with output_lock(output, what="output"), atomic_open(output) as handle:
+        writer = csv.writer(handle)
+        rows = 0
+        for columns in batches:
+            if rows == 0:
+                writer.writerow(list(columns))
+            writer.writerows(zip(*columns.values()))
+            rows = _counted(rows, columns, on_batch)
+    return {"rows": rows, **report.to_json(), "output": str(output)}
+
+
+def _counted(rows: int, columns: dict[str, list[Any]], on_batch: Callable[[int], None] | None) -> int:
+    rows += len(columns["row"])
+    if on_batch is not None:
+        on_batch(rows)
+    return rows
+
+
+def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_size: int,
+               policy: str, keep: list[str], report: RowReport) -> Iterator[dict[str, list[Any]]]:
+    """The output columns of each batch: the row number, the kept columns, the predictions."""
+    binding = Binding(model.spec)
+    for chunk, encoded in encoded_chunks(data, binding, state, targets=False,
+                                         batch_size=batch_size, policy=policy, report=report):
+        missing = [c for c in keep if c not in chunk.columns]
+        if missing:
+            raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to keep."
+                            f"{did_you_mean(missing[0], chunk.columns)}")
+        with torch.no_grad():
+            outputs = model(to_device(encoded.inputs, device))
+        predicted = _decoded(binding, state, outputs)
+        columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
+        for c in keep:
+            columns[kept_name(c, [*predicted, *columns])] = [
+                _plain(v) for v in chunk.columns[c][encoded.positions]]
+        columns.update(predicted)
+        yield columns
 
 
 def decode(model: Any, outputs: Mapping[str, torch.Tensor]) -> dict[str, list[Any]]:

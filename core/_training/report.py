@@ -6,22 +6,11 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .._files import atomic_path, write_text
+from .history import EpochRecord
 
 
 def flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -43,12 +32,14 @@ def write_validation_rows(run_dir: Path, rows: Any, groups: Any = None, group_by
     writer.writerow(["row", group_by] if group_by else ["row"])
     for i, row in enumerate(rows):
         writer.writerow([int(row), groups[i]] if group_by else [int(row)])
-    atomic_write_text(run_dir / "validation_rows.csv", out.getvalue())
+    write_text(run_dir / "validation_rows.csv", out.getvalue())
 
 
-def write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / "metrics.json", json.dumps(json_safe(history), indent=2))
-    rows = [flat(r) for r in history]
+def write_logs(run_dir: Path, history: list[EpochRecord]) -> None:
+    """``metrics.json`` (the epochs' records) and ``metrics.csv`` (one row an epoch)."""
+    records = [r.to_dict() for r in history]
+    write_text(run_dir / "metrics.json", json.dumps(json_safe(records), indent=2))
+    rows = [flat(r) for r in records]
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -56,7 +47,7 @@ def write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(out, columns)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(run_dir / "metrics.csv", out.getvalue())
+    write_text(run_dir / "metrics.csv", out.getvalue())
 
 
 def json_safe(value: Any) -> Any:
@@ -70,7 +61,7 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> str:
+def plot_curves(run_dir: Path, history: list[EpochRecord]) -> str:
     """Write ``curves.png`` (losses, and each head's validation metrics); returns a note."""
     try:
         import matplotlib
@@ -80,20 +71,23 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> str:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         return "no plot: matplotlib is not installed (pip install 'polymodal[plot]')"
-    epochs = [r["epoch"] for r in history]
-    heads = sorted({h for r in history for h in r.get("val", {}) if isinstance(r["val"][h], dict)})
+    epochs = [r.epoch for r in history]
+    validated = [r.val for r in history]
+    heads = sorted({h for v in validated if v is not None for h in v.heads})
     fig, axes = plt.subplots(1, 1 + len(heads), figsize=(4.5 * (1 + len(heads)), 3.5), squeeze=False)
     ax = axes[0][0]
-    ax.plot(epochs, [r["train_loss"] for r in history], label="train loss")
-    if any("loss" in r.get("val", {}) for r in history):
-        ax.plot(epochs, [r.get("val", {}).get("loss", math.nan) for r in history], label="val loss")
+    ax.plot(epochs, [r.train_loss for r in history], label="train loss")
+    if any(v is not None for v in validated):
+        ax.plot(epochs, [math.nan if v is None else v.loss for v in validated], label="val loss")
     ax.set_xlabel("epoch")
     ax.set_title("loss")
     ax.legend()
+    last = validated[-1]
     for ax, head in zip(axes[0][1:], heads):
-        names = [k for k in history[-1]["val"][head] if k != "loss"]
+        names = [k for k in (last.heads.get(head, {}) if last else {}) if k != "loss"]
         for name in names:
-            ax.plot(epochs, [r["val"].get(head, {}).get(name, math.nan) for r in history], label=name)
+            ax.plot(epochs, [math.nan if v is None else v.heads.get(head, {}).get(name, math.nan)
+                             for v in validated], label=name)
         ax.set_xlabel("epoch")
         ax.set_title(f"{head} (validation)")
         ax.legend(fontsize="small")
@@ -101,13 +95,10 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> str:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     fig.tight_layout()
     path = run_dir / "curves.png"
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=run_dir)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
     return f"plot: {path}"
 

@@ -52,7 +52,7 @@ def boundary_problems(source: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("path", [plugin_modules()],
+@pytest.mark.parametrize("path", plugin_modules(),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_plugins_import_only_the_plugin_api_and_the_user_api(path):
     problems = boundary_problems(path.read_text())

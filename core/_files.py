@@ -1,0 +1,486 @@
+"""Every file polymodal writes, and the lock that keeps two runs off one output.
+
+A write goes to a private temporary folder beside its target, named
+``.<target>.polymodal-<host>-<pid>-<random>.tmp``, holding the new file, which is synced and
+then renamed over the target, so a reader sees the old file or the new one, never half of one.
+The file ends with the mode ``open()`` would give it (the umask's, or the replaced file's). The
+temporary folder is removed when the write fails, and also when the process is ended by SIGTERM,
+SIGINT or SIGHUP. One that a killed process could not remove names that process, so the next
+write beside it removes it (and says so) once that process has ended.
+
+An output lock is a file ``.<target>.polymodal-lock`` beside the target, holding the owner's
+process id, host, start time and command, and locked with ``flock`` for as long as the owner
+runs. The kernel drops the lock when its owner dies, however it dies, so a lock file left by a
+killed run is taken over (with a note), while a live owner makes a second run fail at once with
+a message naming it.
+
+No torch here: the model file, the checkpoint and the plots are written through
+:func:`atomic_path` by whatever writes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import shutil
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ._errors import OutputError, OutputLockedError
+
+_log = logging.getLogger("polymodal")
+
+_TEMP = re.compile(r"\.polymodal-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-z]+\.tmp$")
+_LOCK_SUFFIX = ".polymodal-lock"
+_NAME_ROOM = 180  # a temporary name adds at most ~40 characters; names stay under 255 bytes
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh name beside ``target`` for a write's temporary folder, of polymodal's
+    recognisable naming."""
+    token = os.urandom(4).hex()
+    return target.with_name(f".{target.name[:_NAME_ROOM]}.polymodal-{_host_tag()}-{os.getpid()}-{token}.tmp")
+
+
+def is_temp(path: Path) -> bool:
+    return _TEMP.search(path.name) is not None
+
+
+# --- cleanup when a signal ends the process ---------------------------------------------
+
+_registry_lock = threading.RLock()
+_doomed: dict[Path, None] = {}  # paths to remove if a signal ends the process (insertion order)
+_previous: dict[int, Any] = {}  # signal -> the handler ours replaced
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP")
+                 if hasattr(signal, name))
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    previous = _previous.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        # Python's SIGINT handler (KeyboardInterrupt) or the application's own: an exception it
+        # raises unwinds through the writes, which remove their own files; if it returns, the
+        # process goes on and so must its writes.
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    # The default action ends the process at once, past every ``finally``: remove our files
+    # first, then die of the same signal, as the process would have without us.
+    with _registry_lock:
+        doomed = list(_doomed)
+    for path in doomed:
+        _discard(path)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))  # the same file however it was named, after any chdir
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _install_handlers() -> None:
+    for signum in _SIGNALS:
+        if signum in _previous:
+            continue
+        current = signal.getsignal(signum)
+        if current is None or current is _on_signal:  # set outside Python: leave it alone
+            continue
+        _previous[signum] = current
+        signal.signal(signum, _on_signal)
+
+
+def _restore_handlers() -> None:
+    for signum in list(_previous):
+        # Someone who replaced ours after us keeps theirs (and may still call ours).
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, _previous.pop(signum))
+
+
+def remove_on_signal(path: Path) -> None:
+    """Remove ``path`` should a signal end the process before :func:`keep_on_signal`.
+
+    Handlers can only be set in the main thread; a path registered from another thread is still
+    removed when the main thread has them installed."""
+    with _registry_lock:
+        _doomed[_absolute(path)] = None
+        if _in_main_thread():
+            _install_handlers()
+
+
+def keep_on_signal(path: Path) -> None:
+    with _registry_lock:
+        _doomed.pop(_absolute(path), None)
+        if not _doomed and _in_main_thread():
+            _restore_handlers()
+
+
+def _forget_after_fork() -> None:
+    # A forked child (a data-loading worker) must not remove its parent's files, nor hold its
+    # parent's output locks.
+    global _registry_lock
+    _registry_lock = threading.RLock()
+    _doomed.clear()
+    for fd in _held_lock_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_lock_fds.clear()
+
+
+_held_lock_fds: set[int] = set()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+# --- atomic writes ---------------------------------------------------------------------
+
+def _refused(target: Path, exc: OSError, doing: str = "write") -> OutputError:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, IsADirectoryError) or (doing == "write" and target.is_dir()):
+        reason = "it is a folder; give a file name"
+    return OutputError(f"cannot {doing} {target}: {reason}")
+
+
+@dataclass
+class _Pending:
+    """A write in progress: the private folder beside the target and the new file in it."""
+
+    folder: Path
+    file: Path
+    mode: int  # what the file must have at the end: open()'s, or the replaced file's
+
+
+def _create(target: Path) -> _Pending:
+    """A private temporary folder beside ``target`` holding an empty file named like it, with
+    the mode ``open(target, "w")`` gives.
+
+    A writer called with that file's path may itself write a temporary file beside it and
+    rename it over (safetensors does, with mode 0600): inside our folder, that is cleaned up
+    with the folder, and the mode is set back before the file replaces the target."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _refused(target.parent, exc, "create the folder") from None
+    if target.is_dir():
+        raise OutputError(f"cannot write {target}: it is a folder; give a file name")
+    folder = temp_path(target)
+    remove_on_signal(folder)  # before it exists: a signal may come at any point after
+    try:
+        folder.mkdir(mode=0o700)
+        file = folder / target.name
+        # 0o666 less the umask: what open() creates. A replaced file keeps its own mode.
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _discard(folder)
+        keep_on_signal(folder)
+        raise _refused(target, exc) from None
+    return _Pending(folder, file, mode)
+
+
+def _commit(pending: _Pending, target: Path) -> None:
+    try:
+        if stat.S_IMODE(os.stat(pending.file).st_mode) != pending.mode:
+            os.chmod(pending.file, pending.mode)
+        fd = os.open(pending.file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(pending.file, target)
+    except OSError as exc:
+        raise _refused(target, exc) from None
+    _sync_folder(target.parent)
+    _discard(pending.folder)
+
+
+def _discard(path: Path) -> None:
+    """Remove a temporary file or folder (and whatever a writer left in it)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (some file systems cannot sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """A temporary path to write ``target``'s new content to (by name, e.g. ``torch.save``);
+    when the block ends without an error it replaces ``target``, else it is removed."""
+    target = Path(target)
+    sweep(target.parent, target.name)
+    pending = _create(target)
+    try:
+        yield pending.file
+        _commit(pending, target)
+    except BaseException:
+        _discard(pending.folder)
+        raise
+    finally:
+        keep_on_signal(pending.folder)
+
+
+@contextlib.contextmanager
+def atomic_open(target: str | Path, mode: str = "w", *, encoding: str | None = "utf-8",
+                newline: str | None = "") -> Iterator[IO[Any]]:
+    """``open(target, mode)`` that replaces ``target`` only when the block ends without an
+    error. ``mode`` is ``"w"`` or ``"wb"``."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a whole file: mode 'w' or 'wb', not {mode!r}")
+    binary = mode == "wb"
+    with atomic_path(target) as tmp:
+        with open(tmp, mode, encoding=None if binary else encoding,
+                  newline=None if binary else newline) as handle:
+            yield handle
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    with atomic_open(target) as handle:
+        handle.write(text)
+    return Path(target)
+
+
+# --- stale temporary files --------------------------------------------------------------
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (a zombie has ended)."""
+    if os.name != "posix":  # no harmless probe: assume it runs
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _stale(path: Path) -> bool:
+    found = _TEMP.search(path.name)
+    if found is None or found["host"] != _host_tag():
+        return False  # another host's process cannot be asked whether it still runs
+    pid = int(found["pid"])
+    if pid == os.getpid():
+        with _registry_lock:
+            return _absolute(path) not in _doomed  # one of this process's own writes in progress
+    return not process_alive(pid)
+
+
+def sweep(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temporary files that ended processes left in ``folder`` (only those beside
+    the file ``name`` when given), and say so; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f".{_glob_escape(name[:_NAME_ROOM])}.polymodal-*.tmp" if name else ".*.polymodal-*.tmp"
+    removed, size = [], 0
+    for path in sorted(folder.glob(pattern)):
+        if not _stale(path):
+            continue
+        size += _size_of(path)
+        _discard(path)
+        if not path.exists():
+            removed.append(path)
+    if removed:
+        shown = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        where = folder if str(folder) != "." else Path.cwd()
+        _log.warning("note: removed %d temporary file(s) (%s) that an interrupted write left in"
+                     " %s: %s", len(removed), _size(size), where, shown)
+    return removed
+
+
+def _size_of(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count} bytes"  # pragma: no cover
+
+
+# --- output locks -----------------------------------------------------------------------
+
+def lock_path(target: str | Path) -> Path:
+    target = Path(target)
+    return target.with_name(f".{target.name[:_NAME_ROOM]}{_LOCK_SUFFIX}")
+
+
+def _command() -> str:
+    """This process's command line as its user typed it, near enough."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if program in ("", "-c", "__main__.py"):  # `python -m polymodal ...`, `python -c ...`
+        words = list(getattr(sys, "orig_argv", sys.argv))
+        return " ".join([Path(words[0]).name, *words[1:]]) if words else "python"
+    return " ".join([program, *sys.argv[1:]])
+
+
+def _owner_record() -> dict[str, Any]:
+    command = _command()
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command[:300]}
+
+
+def _describe(owner: dict[str, Any] | None) -> str:
+    if not owner:
+        return "a process that has not yet said which"
+    text = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
+    return text + (f": {owner['command']}" if owner.get("command") else "")
+
+
+def _read_owner(fd: int) -> dict[str, Any] | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 4096)
+        owner = json.loads(data.decode("utf-8")) if data.strip() else None
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, *, what: str = "output",
+                note: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold the lock of ``target`` (a file or a folder) for the block: another process holding
+    it is an :class:`OutputLockedError` naming that process; a lock file whose owner has ended
+    is taken over, with a note to ``note`` (default: the ``polymodal`` logger)."""
+    target = Path(target)
+    path = lock_path(target)
+    fd = _acquire(path, target, what, note or (lambda line: _log.warning("%s", line)))
+    remove_on_signal(path)
+    try:
+        yield path
+    finally:
+        # Unlink while still holding it: whoever opens the name next gets a fresh file.
+        keep_on_signal(path)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        _held_lock_fds.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _acquire(path: Path, target: Path, what: str, note: Callable[[str], None]) -> int:
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: an existing lock file is a live owner
+        return _acquire_exclusive(path, target, what)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _refused(path.parent, exc, "create the folder") from None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            raise _refused(path, exc, "create the lock") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            owner = _read_owner(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise _refused(path, exc, "lock") from None
+            raise _in_use(target, what, owner, path) from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # the owner removed the name while we waited for it: take the new one
+    previous = _read_owner(fd)
+    if previous and previous.get("pid") != os.getpid():
+        note(f"note: {target}: took over the lock of an earlier run ({_describe(previous)}),"
+             " which ended without releasing it")
+    _write_owner(fd)
+    _held_lock_fds.add(fd)
+    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _write_owner(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, (json.dumps(_owner_record()) + "\n").encode("utf-8"))
+
+
+def _acquire_exclusive(path: Path, target: Path, what: str) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        fd = os.open(path, os.O_RDONLY)
+        owner = _read_owner(fd)
+        os.close(fd)
+        raise _in_use(target, what, owner, path, stale_hint=True) from None
+    _write_owner(fd)
+    _held_lock_fds.add(fd)
+    return fd
+
+
+def _in_use(target: Path, what: str, owner: dict[str, Any] | None, path: Path,
+            stale_hint: bool = False) -> OutputLockedError:
+    hint = f"; if no such run is left, delete {path}" if stale_hint else ""
+    return OutputLockedError(
+        f"{target}: this {what} is being written by another polymodal run ({_describe(owner)});"
+        f" wait for it to end, or write to another {what}{hint}")
