@@ -1,23 +1,35 @@
 """The declarative model spec: parsing (YAML, TOML, JSON), validation, and its JSON Schema.
 
-Validation runs in two steps so that every problem is reported with its place in the file:
-first each component's ``type`` is resolved through the registry (unknown types get close
-matches and, where the catalog knows a package providing them, the ``pip install`` line) and its
-options are validated by that component's own config; then the spec's structure and
-cross-references (named backbones, head inputs) are checked.
+One Pydantic model describes the spec. :class:`ModelSpec` declares the sections and the checks
+across them (a named backbone exists, a head's inputs exist, a fusion is there when a head needs
+one, the early-stopping metric is a metric); :func:`spec_model` makes, once per registry, its
+subclass whose component places are unions of the installed components, discriminated on
+``type``. That subclass validates every spec, and :func:`spec_json_schema` is its JSON Schema,
+so what an editor underlines and what ``polymodal validate`` refuses are the same, apart from
+what a JSON Schema cannot say (docs/editor.md lists it).
+
+A component's ``type`` is resolved through the registry (short name or ``package:type``), so an
+unknown type gets its close matches and, where the catalog knows a package providing it, the
+``pip install`` line. Every problem is reported with its place in the spec.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import reprlib
 import tomllib
+import types
+import typing
+import weakref
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Optional, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -26,8 +38,11 @@ from pydantic import (
     SerializeAsAny,
     Tag,
     ValidationError,
+    ValidationInfo,
     create_model,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError, core_schema
 
 from ._components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
 from ._errors import ComponentError, SpecError, close_matches, did_you_mean
@@ -36,6 +51,25 @@ from ._training.options import TrainingOptions
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SPEC_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
+#: Names of inputs, backbones and heads (the same rule in validation and in the JSON Schema).
+_NAMES = {"propertyNames": {"pattern": NAME_PATTERN}}
+
+
+def _problem(kind: str, message: str) -> PydanticCustomError:
+    """A validation error of our own ``kind`` whose message is ``message`` as written (the
+    message goes in through the context: a template would read braces in it as fields)."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
+
+
+def _valid_name(name: str) -> str:
+    if not re.match(NAME_PATTERN, name):
+        raise _problem("spec_name", f"name {excerpt(name)} is not valid: use letters, digits and _,"
+                       " not starting with a digit")
+    return name
+
+
+#: A name of an input, backbone or head.
+Name = Annotated[str, AfterValidator(_valid_name)]
 
 
 class _StrictModel(BaseModel):
@@ -52,27 +86,58 @@ class InputSpec(_StrictModel):
         " backbone, or nothing (the adapter's signal goes to the fusion directly).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, (Mapping, InputSpec)):
+            raise _problem("spec_input", "an input is a mapping with an `adapter` and, optionally,"
+                           " a `backbone`")
+        return data
+
+
+#: The message of a section a spec cannot do without, when it is absent or empty.
+_REQUIRED_SECTIONS = {
+    "inputs": "missing: a spec needs at least one entry in `inputs`",
+    "heads": "missing: a spec needs at least one entry in `heads`",
+}
+
 
 class ModelSpec(_StrictModel):
     """A whole model: inputs, shared backbones, fusion and heads."""
 
     name: str = Field("model", description="The model's name.")
     description: str | None = Field(None, description="Free text kept with the model.")
-    inputs: dict[str, InputSpec] = Field(description="Inputs by name.", min_length=1)
-    backbones: dict[str, SerializeAsAny[BackboneConfig]] = Field(
-        default_factory=dict, description="Named backbones that inputs can share."
-    )
+    inputs: dict[Name, InputSpec] = Field(description="Inputs by name.", min_length=1,
+                                          json_schema_extra=_NAMES)
+    backbones: dict[Name, SerializeAsAny[BackboneConfig]] = Field(
+        default_factory=dict, description="Named backbones that inputs can share.",
+        json_schema_extra=_NAMES)
     fusion: SerializeAsAny[FusionConfig] | None = Field(
         None,
         description="How the features of a head's inputs are fused. Optional when every head"
         " uses exactly one input.",
     )
-    heads: dict[str, SerializeAsAny[HeadConfig]] = Field(description="Prediction heads by name.", min_length=1)
+    heads: dict[Name, SerializeAsAny[HeadConfig]] = Field(
+        description="Prediction heads by name.", min_length=1, json_schema_extra=_NAMES)
     training: TrainingOptions = Field(default_factory=TrainingOptions,
                                       description=TrainingOptions.__doc__)
     #: The folder of the file the spec was read from: relative paths in it (a ``pretrained``
     #: weights file) are read from there. None for specs made from data.
     _folder: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check_references(self, info: ValidationInfo) -> ModelSpec:
+        """Names that must point at something in the spec do; all such problems at once."""
+        context = info.context or {}
+        problems = [*_backbone_reference_problems(self), *_head_input_problems(self),
+                    *_fusion_problems(self, context.get("registry") or get_registry()),
+                    *_loss_weight_problems(self)]
+        if context.get("for_training", True):
+            problems += _monitored_metric_problems(self.training, self.heads, None)
+        if problems:
+            raise PydanticCustomError("spec_references", "{count} problem(s) across the spec",
+                                      {"count": len(problems), "problems": problems})
+        return self
 
     # -- derived views -------------------------------------------------------------------------
     def head_inputs(self, head: str) -> tuple[str, ...]:
@@ -112,341 +177,43 @@ class ModelSpec(_StrictModel):
         return data
 
 
-# -- reading files ---------------------------------------------------------------------------
+# -- references across the spec (checked by ModelSpec's validator) ---------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses duplicate keys instead of keeping the last one."""
+def _backbone_reference_problems(spec: ModelSpec) -> list[tuple[str, str]]:
+    named = ", ".join(sorted(spec.backbones)) or "none"
+    return [(f"inputs.{name}.backbone", f"unknown backbone {excerpt(inp.backbone)}."
+             f"{did_you_mean(inp.backbone, spec.backbones)} Named backbones: {named}.")
+            for name, inp in spec.inputs.items()
+            if isinstance(inp.backbone, str) and inp.backbone not in spec.backbones]
 
 
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
-        seen[key] = True
-    return loader.construct_mapping(node, deep=deep)
+def _head_input_problems(spec: ModelSpec) -> list[tuple[str, str]]:
+    known = ", ".join(spec.inputs)
+    return [(f"heads.{name}.inputs[{i}]", f"unknown input {excerpt(ref)}."
+             f"{did_you_mean(ref, spec.inputs)} Inputs: {known}.")
+            for name, head in spec.heads.items()
+            for i, ref in enumerate(head.inputs or []) if ref not in spec.inputs]
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
-
-
-def parse_spec_text(text: str, fmt: str, source: str = "<spec>") -> dict[str, Any]:
-    """Parse spec text of format ``yaml``, ``toml`` or ``json`` into plain data."""
-    try:
-        if fmt == "yaml":
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-        elif fmt == "toml":
-            data = tomllib.loads(text)
-        elif fmt == "json":
-            data = json.loads(text)
-        else:
-            raise SpecError([("", f"unknown spec format {fmt!r}; use yaml, toml or json")], source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([("", f"YAML syntax error at {where}{problem}")], source) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError([("", f"TOML syntax error: {exc}")], source) from None
-    except json.JSONDecodeError as exc:
-        raise SpecError(
-            [("", f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}")],
-            source,
-        ) from None
-    if data is None or data == {} and not text.strip():
-        raise SpecError([("", "the spec is empty")], source)
-    if not isinstance(data, dict):
-        raise SpecError(
-            [("", f"a spec is a mapping (inputs, heads, ...), not {type(data).__name__}")], source
-        )
-    return data
-
-
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    fmt = SPEC_SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise SpecError(
-            [("", f"unknown spec file type {path.suffix!r}; use .yaml, .yml, .toml or .json")],
-            str(path),
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([("", "no such file")], str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([("", f"cannot read: {exc}")], str(path)) from None
-    return parse_spec_text(text, fmt, str(path))
-
-
-# -- validation ------------------------------------------------------------------------------
-
-_SLOT_KIND = {"adapter": "adapter", "backbone": "backbone", "fusion": "fusion", "head": "head"}
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _pydantic_problems(
-    exc: ValidationError, prefix: str, model: type[BaseModel], data: Any = None
-) -> list[tuple[str, str]]:
-    """One ``(location, message)`` per wrong place. With the validated ``data``, the names
-    pydantic gives the members of a union (``constrained-int``, ``literal['auto']``) are left out
-    of locations and the members' complaints are joined into one message."""
-    problems: dict[str, list[str]] = {}
-    got: dict[str, str] = {}
-    suggested: set[str] = set()  # keys a misspelt key points to: their "missing" goes unsaid
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        if data is not None:
-            loc = _data_location(loc, data, missing=err["type"] == "missing")
-        where = ".".join(filter(None, [prefix, _format_loc(loc)]))
-        if err["type"] == "extra_forbidden":
-            fields = _fields_at(model, loc[:-1])
-            hint = did_you_mean(str(loc[-1]), fields) if fields else ""
-            suggested.update(".".join(filter(None, [prefix, _format_loc((*loc[:-1], f))]))
-                             for f in close_matches(str(loc[-1]), fields or ()))
-            known = f" Known keys: {', '.join(sorted(fields))}." if fields else ""
-            problems.setdefault(where, []).append(_unknown_key(hint, known))
-            continue
-        messages = problems.setdefault(where, [])
-        msg = err["msg"]
-        if err["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")  # a validator's own sentence
-        if messages and msg.startswith("Input should "):
-            msg = msg[len("Input should "):]  # "... greater than 0 or be 'auto'"
-        if msg not in messages:
-            messages.append(msg)
-        # A whole component's options (a validator across fields) would only repeat the spec.
-        if err["type"] != "missing" and "input" in err and not isinstance(err["input"], Mapping):
-            got[where] = f" (got {err['input']!r})"
-    return [(where, " or ".join(msgs) + got.get(where, "")) for where, msgs in problems.items()
-            if not (where in suggested and msgs == ["Field required"])]
-
-
-def _data_location(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any, ...]:
-    """``loc`` without the parts that name no key or index of ``data`` (union member names);
-    the last part of a ``missing`` error names a key that is absent by definition."""
-    kept: list[Any] = []
-    node = data
-    for i, part in enumerate(loc):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, (list, tuple)) and isinstance(part, int) and -len(node) <= part < len(node):
-            node = node[part]
-        elif not (missing and i == len(loc) - 1):
-            continue
-        kept.append(part)
-    return tuple(kept)
-
-
-def _unknown_key(hint: str, known: str) -> str:
-    return f"unknown key.{hint}{known}"
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model at ``loc`` inside ``model``, when it is a plain model."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = field.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+def _fusion_problems(spec: ModelSpec, registry: Registry) -> list[tuple[str, str]]:
+    """Without a fusion, every head uses one input."""
+    if spec.fusion is not None:
+        return []
+    for name in spec.heads:
+        used = spec.head_inputs(name)
+        if len(used) > 1:
+            fusions = ", ".join(sorted({c.type for c in registry.components("fusion")}))
+            return [("fusion", f"missing: head {name!r} uses {len(used)} inputs"
+                     f" ({', '.join(used)}), which need a fusion (one of:"
+                     f" {fusions or 'none installed'})")]
     return []
 
 
-def _component(
-    raw: Any, kind: str, loc: str, registry: Registry, problems: list[tuple[str, str]]
-) -> ComponentConfig | None:
-    if not isinstance(raw, Mapping):
-        problems.append((loc, f"a {kind} is a mapping with a `type`, not {raw!r}"))
-        return None
-    type_name = raw.get("type")
-    installed = sorted({c.type for c in registry.components(kind)})
-    if not isinstance(type_name, str) or not type_name:
-        problems.append(
-            (f"{loc}.type", f"missing: name the {kind} type, one of {', '.join(installed)}")
-        )
-        return None
-    try:
-        record = registry.resolve(kind, type_name)
-        cls = registry.load(record)
-    except ComponentError as exc:
-        problems.append((f"{loc}.type", str(exc)))
-        return None
-    config_cls = cls.Config
-    data = dict(raw)
-    data["type"] = record.type
-    try:
-        return config_cls.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, loc, config_cls, data))
-        return None
-
-
-def _check_name(name: Any, loc: str, problems: list[tuple[str, str]]) -> bool:
-    if isinstance(name, str) and re.match(NAME_PATTERN, name):
-        return True
-    problems.append(
-        (loc, f"name {name!r} is not valid: use letters, digits and _, not starting with a digit")
-    )
-    return False
-
-
-def _mapping(raw: Any, loc: str, what: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        problems.append((loc, f"{what} is a mapping of name -> settings, not {type(raw).__name__}"))
-        return {}
-    return dict(raw)
-
-
-def validate_spec_data(
-    data: Mapping[str, Any], registry: Registry | None = None, source: str | None = None,
-    for_training: bool = True,
-) -> ModelSpec:
-    """Validate plain spec data into a :class:`ModelSpec`; raises :class:`SpecError`.
-    ``for_training=False`` (a model file's spec) skips what only training reads: a trained model
-    loads whatever its early-stopping metric was called."""
-    registry = registry or get_registry()
-    problems: list[tuple[str, str]] = []
-    if not isinstance(data, Mapping):
-        raise SpecError([("", f"a spec is a mapping, not {type(data).__name__}")], source)
-    known_top = list(ModelSpec.model_fields)
-    for key in data:
-        if key not in known_top:
-            problems.append(
-                (str(key), _unknown_key(did_you_mean(str(key), known_top),
-                                        f" Known keys: {', '.join(known_top)}."))
-            )
-    for required in ("inputs", "heads"):
-        if not data.get(required):
-            problems.append((required, f"missing: a spec needs at least one entry in `{required}`"))
-
-    inputs: dict[str, InputSpec] = {}
-    for name, raw in _mapping(data.get("inputs"), "inputs", "inputs", problems).items():
-        loc = f"inputs.{name}"
-        if not _check_name(name, loc, problems):
-            continue
-        if not isinstance(raw, Mapping):
-            problems.append((loc, f"an input is a mapping with an `adapter`, not {raw!r}"))
-            continue
-        for key in raw:
-            if key not in InputSpec.model_fields:
-                problems.append(
-                    (f"{loc}.{key}", _unknown_key(did_you_mean(str(key), InputSpec.model_fields),
-                                                  " An input has `adapter` and `backbone`."))
-                )
-        if "adapter" not in raw:
-            problems.append((f"{loc}.adapter", "missing: every input needs an adapter"))
-            continue
-        adapter = _component(raw["adapter"], "adapter", f"{loc}.adapter", registry, problems)
-        backbone_raw = raw.get("backbone")
-        backbone: str | ComponentConfig | None = None
-        if isinstance(backbone_raw, str):
-            backbone = backbone_raw
-        elif backbone_raw is not None:
-            backbone = _component(backbone_raw, "backbone", f"{loc}.backbone", registry, problems)
-        if adapter is not None and (backbone_raw is None or backbone is not None):
-            inputs[name] = InputSpec.model_construct(adapter=adapter, backbone=backbone)
-
-    backbones: dict[str, ComponentConfig] = {}
-    for name, raw in _mapping(data.get("backbones"), "backbones", "backbones", problems).items():
-        if _check_name(name, f"backbones.{name}", problems):
-            config = _component(raw, "backbone", f"backbones.{name}", registry, problems)
-            if config is not None:
-                backbones[name] = config
-
-    fusion = None
-    if data.get("fusion") is not None:
-        fusion = _component(data["fusion"], "fusion", "fusion", registry, problems)
-
-    heads: dict[str, ComponentConfig] = {}
-    for name, raw in _mapping(data.get("heads"), "heads", "heads", problems).items():
-        if _check_name(name, f"heads.{name}", problems):
-            config = _component(raw, "head", f"heads.{name}", registry, problems)
-            if config is not None:
-                heads[name] = config
-
-    # Cross-references, checked on what did validate.
-    raw_inputs = _mapping(data.get("inputs"), "inputs", "inputs", [])
-    for name, inp in inputs.items():
-        if isinstance(inp.backbone, str) and inp.backbone not in backbones:
-            raw_named = _mapping(data.get("backbones"), "", "", [])
-            if inp.backbone in raw_named:
-                continue  # its own problem is already reported
-            named = ", ".join(sorted(raw_named)) or "none"
-            problems.append(
-                (f"inputs.{name}.backbone", f"unknown backbone {inp.backbone!r}."
-                 f"{did_you_mean(inp.backbone, raw_named)} Named backbones: {named}.")
-            )
-    for name, head in heads.items():
-        for i, ref in enumerate(head.inputs or []):
-            if ref not in raw_inputs:
-                problems.append(
-                    (f"heads.{name}.inputs[{i}]", f"unknown input {ref!r}."
-                     f"{did_you_mean(ref, raw_inputs)} Inputs: {', '.join(raw_inputs) or 'none'}.")
-                )
-    if fusion is None and data.get("fusion") is None:
-        for name, head in heads.items():
-            used = [n for n in raw_inputs if head.inputs is None or n in head.inputs]
-            if len(used) > 1:
-                fusions = ", ".join(sorted({c.type for c in registry.components("fusion")}))
-                problems.append(
-                    ("fusion", f"missing: head {name!r} uses {len(used)} inputs"
-                     f" ({', '.join(used)}), which need a fusion (one of: {fusions or 'none installed'})")
-                )
-                break
-
-    training = TrainingOptions()
-    if data.get("training") is not None:
-        if not isinstance(data["training"], Mapping):
-            problems.append(("training", "training is a mapping of options (epochs, lr, ...)"))
-        else:
-            try:
-                training = TrainingOptions.model_validate(data["training"])
-            except ValidationError as exc:
-                problems.extend(_pydantic_problems(exc, "training", TrainingOptions, data["training"]))
-            for head in training.loss_weights:
-                if head not in heads and head not in _mapping(data.get("heads"), "", "", []):
-                    problems.append((f"training.loss_weights.{head}", f"unknown head {head!r}."
-                                     f"{did_you_mean(head, heads)} Heads: {', '.join(heads)}."))
-            if for_training:
-                problems.extend(_monitored_metric_problems(training, heads, data.get("heads")))
-
-    for key, value in (("name", data.get("name")), ("description", data.get("description"))):
-        if value is not None and not isinstance(value, str):
-            problems.append((key, f"must be text, not {type(value).__name__}"))
-    if problems:
-        raise SpecError(problems, source)
-    return ModelSpec.model_construct(
-        name=data.get("name", "model"),
-        description=data.get("description"),
-        inputs=inputs,
-        backbones=backbones,
-        fusion=fusion,
-        heads=heads,
-        training=training,
-    )
+def _loss_weight_problems(spec: ModelSpec) -> list[tuple[str, str]]:
+    return [(f"training.loss_weights.{head}", f"unknown head {excerpt(head)}."
+             f"{did_you_mean(head, spec.heads)} Heads: {', '.join(spec.heads)}.")
+            for head in spec.training.loss_weights if head not in spec.heads]
 
 
 def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, ComponentConfig],
@@ -475,6 +242,201 @@ def unknown_metric(head: str, name: str, known: Sequence[str]) -> tuple[str, str
             f"{did_you_mean(name, known)} Its metrics: {', '.join(known)}.")
 
 
+# -- component places: the installed components, discriminated on `type` --------------------
+
+
+class _ComponentSlot:
+    """Pydantic annotation of a place in the spec that holds one component of ``kind``.
+
+    Validation resolves ``type`` through the registry (short name or ``package:type``; an
+    unknown one is a problem that names close matches and install hints), then validates the
+    options with that component's own config. The JSON Schema has one ``if type is ... then
+    <config>`` branch per component, its summary as the branch's description."""
+
+    def __init__(self, kind: str, registry: Registry, records: Sequence[ComponentRecord]):
+        self.kind = kind
+        self.registry = registry
+        self.records = {rec.canonical: rec for rec in records}
+        shorts = [rec.type for rec in records]
+        # A short name two packages share is ambiguous: only the canonical ids stand for them.
+        self.names = {rec.canonical: ([rec.type] if shorts.count(rec.type) == 1 else [])
+                      + [rec.canonical] for rec in records}
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        if not self.records:  # nothing of this kind installed: every type is unknown
+            return core_schema.no_info_plain_validator_function(self._resolve)
+        choices = {canonical: core_schema.no_info_wrap_validator_function(
+            self._branch(rec), handler.generate_schema(rec.cls.Config))
+            for canonical, rec in self.records.items()}
+        union = core_schema.tagged_union_schema(choices, discriminator=self._tag)
+        return core_schema.no_info_before_validator_function(self._resolve, union,
+                                                             ref=f"polymodal-{self.kind}")
+
+    def _resolve(self, value: Any) -> dict[str, Any]:
+        """``value`` with its ``type`` replaced by the canonical id of the component it names."""
+        if not isinstance(value, Mapping):
+            raise _problem("spec_component",
+                           f"{_a(self.kind)} is a mapping with a `type` and its options")
+        name = value.get("type")
+        if not isinstance(name, str) or not name:
+            installed = ", ".join(sorted({rec.type for rec in self.records.values()})) or "none"
+            missing = "missing" if name is None or name == "" else f"{excerpt(name)} is not a name"
+            raise _problem("spec_type", f"{missing}: name the {self.kind} type, one of {installed}")
+        try:
+            record = self.registry.resolve(self.kind, name)
+        except ComponentError as exc:
+            raise _problem("spec_type", str(exc)) from None
+        return {**value, "type": record.canonical}
+
+    def _tag(self, value: Any) -> str | None:
+        if isinstance(value, Mapping):
+            return value.get("type")
+        return self.registry.record_for_config(type(value)).canonical
+
+    def _branch(self, record: ComponentRecord):
+        def validate(value: dict[str, Any], handler: Any) -> ComponentConfig:
+            try:  # the config's `type` literal is the short name
+                return handler({**value, "type": record.type})
+            except (ValidationError, PydanticCustomError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a plugin's validator that crashed
+                raise _problem("spec_component", f"{record.kind} {record.canonical!r} (plugin"
+                               f" {record.package} {record.version}) failed on these options:"
+                               f" {type(exc).__name__}: {shorten(str(exc))}") from None
+        return validate
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
+        if not self.records:
+            return {"not": {}, "description": f"No {self.kind} is installed."}
+        generated = handler(schema)
+        union = handler.resolve_ref_schema(generated)
+        if "oneOf" not in union:
+            return generated  # a second place holding this kind: its definition is made
+        branches = []
+        for ref, (canonical, record) in zip(union.pop("oneOf"), self.records.items()):
+            names = self.names[canonical]
+            config = handler.resolve_ref_schema(ref)
+            config.update(title=f"{record.kind} {canonical}", description=record.summary)
+            config["properties"]["type"] = {"enum": names, "description": record.summary}
+            branches.append({"if": {"properties": {"type": {"enum": names}}, "required": ["type"]},
+                             "then": ref})
+        summaries = [self.records[c].summary for c, names in self.names.items() for _ in names]
+        union.update({
+            "type": "object",
+            "description": f"A {self.kind}: `type` names the component, the other keys are its"
+                           " options.",
+            "properties": {"type": {
+                "description": f"The {self.kind} type.",
+                "enum": [name for names in self.names.values() for name in names],
+                "enumDescriptions": summaries, "markdownEnumDescriptions": summaries}},
+            "required": ["type"],
+            "allOf": branches,
+        })
+        return generated
+
+
+# -- one spec model per registry ---------------------------------------------------------------
+
+#: ``registry -> (its components, the spec model made from them)``
+_SPEC_MODELS: weakref.WeakKeyDictionary[Registry, tuple[tuple, type[ModelSpec]]] = \
+    weakref.WeakKeyDictionary()
+_BACKBONE_NAME, _INLINE_BACKBONE = "backbone name", "inline backbone"  # no key is spelt so
+
+
+def spec_model(registry: Registry | None = None) -> type[ModelSpec]:
+    """The :class:`ModelSpec` subclass whose component places accept the registry's installed
+    components; made once, again only when the installed components change."""
+    registry = registry or get_registry()
+    records = registry.load_all()
+    key = tuple((rec.kind, rec.canonical, rec.cls) for rec in records)
+    cached = _SPEC_MODELS.get(registry)
+    if cached is None or cached[0] != key:
+        cached = _SPEC_MODELS[registry] = (key, _make_spec_model(registry, records))
+    return cached[1]
+
+
+def _backbone_form(value: Any) -> str:
+    return _BACKBONE_NAME if isinstance(value, str) else _INLINE_BACKBONE
+
+
+def _none_is(empty: Any) -> AfterValidator:
+    """A section written without entries (``backbones:`` in YAML) is the empty section."""
+    return AfterValidator(lambda value: empty() if value is None else value)
+
+
+def _make_spec_model(registry: Registry, records: Sequence[ComponentRecord]) -> type[ModelSpec]:
+    slot = {kind: _ComponentSlot(kind, registry, [r for r in records if r.kind == kind])
+            for kind in ("adapter", "backbone", "fusion", "head")}
+    backbone = Annotated[BackboneConfig, slot["backbone"]]
+    backbone_place = Annotated[Union[Annotated[str, Tag(_BACKBONE_NAME)],
+                                     Annotated[backbone, Tag(_INLINE_BACKBONE)]],
+                               Discriminator(_backbone_form)]
+    field = InputSpec.model_fields
+    input_model = create_model(
+        "InputSpec", __base__=InputSpec, __module__=__name__,
+        adapter=(Annotated[AdapterConfig, slot["adapter"]], field["adapter"]),
+        backbone=(Optional[backbone_place], field["backbone"]),
+    )
+    field = ModelSpec.model_fields
+    return create_model(
+        "ModelSpec", __base__=ModelSpec, __module__=__name__,
+        inputs=(dict[Name, input_model], field["inputs"]),
+        backbones=(Annotated[Optional[dict[Name, backbone]], _none_is(dict)], field["backbones"]),
+        fusion=(Optional[Annotated[FusionConfig, slot["fusion"]]], field["fusion"]),
+        heads=(dict[Name, Annotated[HeadConfig, slot["head"]]], field["heads"]),
+        training=(Annotated[Optional[TrainingOptions], _none_is(TrainingOptions)],
+                  field["training"]),
+    )
+
+
+def validate_spec_data(
+    data: Mapping[str, Any], registry: Registry | None = None, source: str | None = None,
+    for_training: bool = True,
+) -> ModelSpec:
+    """Validate plain spec data into a :class:`ModelSpec`; raises :class:`SpecError`.
+    ``for_training=False`` (a model file's spec) skips what only training reads: a trained model
+    loads whatever its early-stopping metric was called."""
+    registry = registry or get_registry()
+    if not isinstance(data, Mapping):
+        raise SpecError([("", f"a spec is a mapping, not {type(data).__name__}")], source)
+    model = spec_model(registry)
+    data = _json_numbers(dict(data))
+    try:
+        # Strict: a spec means what its JSON Schema says (no "3" for 3, no 1 for true).
+        spec = model.model_validate(data, strict=True, context={
+            "registry": registry, "for_training": for_training})
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(exc, "", model, data), source) from None
+    return _plain(spec)
+
+
+def _plain(spec: ModelSpec) -> ModelSpec:
+    """``spec`` as an instance of :class:`ModelSpec` itself (the per-registry subclass is made
+    at run time: copies, pickles and equality should not depend on it)."""
+    inputs = {name: InputSpec.model_construct(adapter=inp.adapter, backbone=inp.backbone)
+              for name, inp in spec.inputs.items()}
+    return ModelSpec.model_construct(
+        name=spec.name, description=spec.description, inputs=inputs,
+        backbones=dict(spec.backbones), fusion=spec.fusion, heads=dict(spec.heads),
+        training=spec.training)
+
+
+def _json_numbers(value: Any, seen: dict[int, Any] | None = None) -> Any:
+    """``value`` with every whole float (``2.0``) an int, as JSON (and the JSON Schema) counts
+    numbers. Containers are visited once however often YAML aliases repeat them."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if not isinstance(value, (dict, list)):
+        return value
+    seen = {} if seen is None else seen
+    if id(value) not in seen:
+        if isinstance(value, dict):
+            seen[id(value)] = {k: _json_numbers(v, seen) for k, v in value.items()}
+        else:
+            seen[id(value)] = [_json_numbers(v, seen) for v in value]
+    return seen[id(value)]
+
+
 def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> ModelSpec:
     """Read and validate a spec from a file path (YAML, TOML, JSON) or from plain data."""
     if isinstance(source, ModelSpec):
@@ -487,83 +449,290 @@ def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None 
     return spec
 
 
+# -- problems: from Pydantic's errors to one line per place ------------------------------------
+
+#: At most this many problems are listed; a value with a million wrong items is one line each.
+MAX_PROBLEMS = 30
+
+
+class _Excerpt(reprlib.Repr):
+    """A bounded repr: nested and long values are cut short (a YAML alias bomb expands to
+    millions of items; its repr would never end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxstring, self.maxother = 3, 6, 4, 60, 60
+
+    def repr_dict(self, x: dict, level: int) -> str:  # reprlib's sorts every key first
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                 for k, v in islice(x.items(), self.maxdict)]
+        return "{" + ", ".join(items) + (", ..." if len(x) > self.maxdict else "") + "}"
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 200:  # repr of a huge int is slow, or refused
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_EXCERPT = _Excerpt()
+
+
+def excerpt(value: Any, limit: int = 100) -> str:
+    """``repr(value)``, bounded in length and in the work it takes."""
+    return shorten(_EXCERPT.repr(value), limit)
+
+
+def shorten(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + shorten(str(part), 60)
+    return out
+
+
+def _pydantic_problems(
+    exc: ValidationError, prefix: str, model: type[BaseModel] | Any, data: Any = None
+) -> list[tuple[str, str]]:
+    """One ``(location, message)`` per wrong place. With the validated ``data``, the names
+    pydantic gives the members of a union (``constrained-int``, ``literal['auto']``, a
+    component's canonical id) are left out of locations and the members' complaints are joined
+    into one message."""
+    # By place, and whether the complaint is about the name (the key) there or its value.
+    problems: dict[tuple[str, bool], list[str]] = {}
+    got: dict[tuple[str, bool], str] = {}
+    suggested: set[str] = set()  # keys a misspelt key points to: their "missing" goes unsaid
+    for err in exc.errors(include_url=False):
+        if err["type"] == "spec_references":
+            for where, message in err["ctx"]["problems"]:
+                problems.setdefault((where, False), []).append(message)
+            continue
+        raw_loc = tuple(err["loc"])
+        loc = raw_loc if data is None else _data_location(raw_loc, data, err["type"] == "missing")
+        if err["type"] == "spec_type":
+            loc += ("type",)
+        place = (_join(prefix, loc), raw_loc[-1:] == ("[key]",))
+        if err["type"] == "extra_forbidden":
+            fields = _fields_at(model, raw_loc[:-1])
+            hint = did_you_mean(str(loc[-1]), fields) if fields else ""
+            suggested.update(_join(prefix, (*loc[:-1], f))
+                             for f in close_matches(str(loc[-1]), fields or ()))
+            known = f" Known keys: {', '.join(sorted(fields))}." if fields else ""
+            problems.setdefault(place, []).append(_unknown_key(hint, known))
+            continue
+        messages = problems.setdefault(place, [])
+        msg = _message(err, loc if not prefix else None)
+        if messages and msg.startswith("Input should "):
+            msg = msg[len("Input should "):]  # "... greater than 0 or be 'auto'"
+        if msg not in messages:
+            messages.append(msg)
+        # A whole component's options (a validator across fields) would only repeat the spec;
+        # a problem with a name or a type says the value itself.
+        if err["type"] not in _SAYS_WHAT_IT_GOT and "input" in err \
+                and not isinstance(err["input"], Mapping):
+            got[place] = f" (got {excerpt(err['input'])})"
+    found = [(where, " or ".join(msgs) + got.get((where, key), ""))
+             for (where, key), msgs in problems.items()
+             if not (where in suggested and msgs == ["Field required"])]
+    if len(found) > MAX_PROBLEMS:
+        found = found[:MAX_PROBLEMS] + [("", f"... and {len(found) - MAX_PROBLEMS} more problems")]
+    return found
+
+
+_SAYS_WHAT_IT_GOT = {"missing", "spec_type", "spec_name"}
+
+
+def _join(prefix: str, loc: tuple[Any, ...]) -> str:
+    return ".".join(filter(None, [prefix, _format_loc(loc)]))
+
+
+def _message(err: Any, spec_loc: tuple[Any, ...] | None) -> str:
+    """Pydantic's message of ``err``, in the words of a spec where they are Python's."""
+    kind = err["type"]
+    if spec_loc is not None and len(spec_loc) == 1 and spec_loc[0] in _REQUIRED_SECTIONS \
+            and (kind in ("missing", "too_short") or err.get("input", 0) is None):
+        return _REQUIRED_SECTIONS[spec_loc[0]]
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"should be a mapping of names to values, not {type(err.get('input')).__name__}"
+    if kind == "value_error":
+        return err["msg"].removeprefix("Value error, ")  # a validator's own sentence
+    return err["msg"]
+
+
+def _data_location(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any, ...]:
+    """``loc`` without the parts that name no key or index of ``data`` (union member names);
+    the last part of a ``missing`` error names a key that is absent by definition."""
+    kept: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        elif not (missing and i == len(loc) - 1):
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
+def _unknown_key(hint: str, known: str) -> str:
+    return f"unknown key.{hint}{known}"
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at Pydantic's error location ``loc`` (union tags included)
+    inside ``model``: what an unknown key there could have meant."""
+    current: Any = model
+    for part in loc:
+        current = _inside(current, part)
+        if current is None:
+            return []
+    current, _ = _annotated(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _annotated(annotation: Any) -> tuple[Any, list[Any]]:
+    """An annotation without ``Annotated``, and the metadata that was on it."""
+    metadata: list[Any] = []
+    while typing.get_origin(annotation) is Annotated:
+        metadata += annotation.__metadata__
+        annotation = annotation.__origin__
+    return annotation, metadata
+
+
+def _inside(annotation: Any, part: Any) -> Any:
+    """The annotation of what ``part`` (a field, key, index or union tag) names in a value of
+    ``annotation``; None where that is not known."""
+    annotation, metadata = _annotated(annotation)
+    slot = next((m for m in metadata if isinstance(m, _ComponentSlot)), None)
+    if slot is not None:
+        record = slot.records.get(part)
+        return record.cls.Config if record is not None and record.cls is not None else None
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [m for m in typing.get_args(annotation) if m is not type(None)]
+        for member in members:
+            if any(isinstance(m, Tag) and m.tag == part for m in _annotated(member)[1]):
+                return member
+            if getattr(_annotated(member)[0], "__name__", None) == part:
+                return member
+        return _inside(members[0], part) if len(members) == 1 else None
+    if origin is dict:
+        return typing.get_args(annotation)[1]
+    if origin is list:
+        return typing.get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        if field is None:
+            return None
+        return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return None
+
+
+# -- reading files ---------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys instead of keeping the last one, and reads
+    ``1e-3`` as the number YAML 1.2 (and so every editor) makes of it, not as text."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {excerpt(key)} (line {mark.line + 1})", mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_spec_text(text: str, fmt: str, source: str = "<spec>") -> dict[str, Any]:
+    """Parse spec text of format ``yaml``, ``toml`` or ``json`` into plain data."""
+    try:
+        if fmt == "yaml":
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        elif fmt == "toml":
+            data = tomllib.loads(text)
+        elif fmt == "json":
+            data = json.loads(text)
+        else:
+            raise SpecError([("", f"unknown spec format {fmt!r}; use yaml, toml or json")], source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([("", f"YAML syntax error at {where}{problem}")], source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([("", f"TOML syntax error: {exc}")], source) from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            [("", f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}")],
+            source,
+        ) from None
+    except RecursionError:
+        raise SpecError([("", "the spec is nested too deeply to read")], source) from None
+    except ValueError as exc:  # a number too long to convert, in any of the formats
+        raise SpecError([("", f"cannot read a value: {excerpt(str(exc))}")], source) from None
+    if data is None or data == {} and not text.strip():
+        raise SpecError([("", "the spec is empty")], source)
+    if not isinstance(data, dict):
+        raise SpecError(
+            [("", f"a spec is a mapping (inputs, heads, ...), not {type(data).__name__}")], source
+        )
+    return data
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    fmt = SPEC_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise SpecError(
+            [("", f"unknown spec file type {path.suffix!r}; use .yaml, .yml, .toml or .json")],
+            str(path),
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([("", "no such file")], str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([("", f"cannot read: {exc}")], str(path)) from None
+    return parse_spec_text(text, fmt, str(path))
+
+
 # -- JSON Schema -----------------------------------------------------------------------------
 
 
 def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """JSON Schema of the spec with every installed component as a discriminated union."""
-    registry = registry or get_registry()
-    registry.load_all()
-
-    def union(kind: str) -> Any:
-        records = registry.components(kind)
-        if not records:
-            return CONFIG_BASE[kind]
-        short_counts: dict[str, int] = {}
-        for rec in records:
-            short_counts[rec.type] = short_counts.get(rec.type, 0) + 1
-        variants = []
-        for rec in records:
-            cls = registry.load(rec)
-            names = [rec.canonical] + ([rec.type] if short_counts[rec.type] == 1 else [])
-            variant = create_model(
-                f"{rec.package}_{rec.type}_{kind}".replace("-", "_"),
-                __base__=cls.Config,
-                __doc__=(cls.__doc__ or "").strip() or None,
-                type=(
-                    Union[tuple(_literal(n) for n in names)],  # type: ignore[arg-type]
-                    Field(description=f"The {kind} type: "
-                          + " or ".join(repr(n) for n in reversed(names)) + "."),
-                ),
-            )
-            variants.append(Annotated[variant, Tag(rec.canonical)])
-        if len(variants) == 1:
-            return variants[0]
-        return Annotated[Union[tuple(variants)], Discriminator(_tag_of)]  # type: ignore[arg-type]
-
-    adapter, backbone, fusion, head = (union(k) for k in ("adapter", "backbone", "fusion", "head"))
-    input_model = create_model(
-        "InputSpec",
-        __base__=_StrictModel,
-        __doc__=InputSpec.__doc__,
-        adapter=(adapter, InputSpec.model_fields["adapter"]),
-        backbone=(Union[str, backbone, None], InputSpec.model_fields["backbone"]),
-    )
-    fields = dict(ModelSpec.model_fields)
-    spec_model = create_model(
-        "ModelSpec",
-        __base__=_StrictModel,
-        __doc__=ModelSpec.__doc__,
-        name=(str, fields["name"]),
-        description=(str | None, fields["description"]),
-        inputs=(dict[str, input_model], fields["inputs"]),
-        backbones=(dict[str, backbone], fields["backbones"]),
-        fusion=(Union[fusion, None], fields["fusion"]),
-        heads=(dict[str, head], fields["heads"]),
-        training=(TrainingOptions, fields["training"]),
-    )
-    schema = spec_model.model_json_schema()
-    for key in ("inputs", "backbones", "heads"):
-        schema["properties"][key]["propertyNames"] = {"pattern": NAME_PATTERN}
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "polymodal model spec"
-    return schema
-
-
-CONFIG_BASE = {
-    "adapter": AdapterConfig,
-    "backbone": BackboneConfig,
-    "fusion": FusionConfig,
-    "head": HeadConfig,
-}
-
-
-def _literal(value: str) -> Any:
-    from typing import Literal
-
-    return Literal[value]
-
-
-def _tag_of(value: Any) -> str | None:
-    # Only used to generate the schema; specs are validated by validate_spec_data.
-    return value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
+    """JSON Schema of the spec: the JSON Schema of the model that validates specs."""
+    schema = spec_model(registry).model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema,
+            "title": "polymodal model spec"}
