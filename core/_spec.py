@@ -284,6 +284,11 @@ class _ComponentSlot:
             raise _problem("spec_type", f"{missing}: name the {self.kind} type, one of {installed}")
         try:
             record = self.registry.resolve(self.kind, name)
+            if record.canonical not in self.records:
+                # Listed by a manifest: its plugin is imported now that a spec names it, and the
+                # spec is validated again by a model that has it (validate_spec_data).
+                self.registry.load(record)
+                raise _problem(_PLUGIN_LOADED, f"{record.canonical} is loaded now")
         except ComponentError as exc:
             raise _problem("spec_type", str(exc)) from None
         return {**value, "type": record.canonical}
@@ -337,17 +342,23 @@ class _ComponentSlot:
 
 # -- one spec model per registry ---------------------------------------------------------------
 
-#: ``registry -> (its components, the spec model made from them)``
+#: ``registry -> (its loaded components, the spec model made from them)``
 _SPEC_MODELS: weakref.WeakKeyDictionary[Registry, tuple[tuple, type[ModelSpec]]] = \
     weakref.WeakKeyDictionary()
 _BACKBONE_NAME, _INLINE_BACKBONE = "backbone name", "inline backbone"  # no key is spelt so
 
 
+_PLUGIN_LOADED = "spec_plugin_loaded"
+
+
 def spec_model(registry: Registry | None = None) -> type[ModelSpec]:
-    """The :class:`ModelSpec` subclass whose component places accept the registry's installed
-    components; made once, again only when the installed components change."""
+    """The :class:`ModelSpec` subclass whose component places accept the registry's loaded
+    components; made once, and again when more are loaded.
+
+    A plugin listed by a manifest is imported when a spec first names one of its components
+    (:func:`spec_json_schema` loads them all)."""
     registry = registry or get_registry()
-    records = registry.load_all()
+    records = [rec for rec in registry.components() if rec.cls is not None]
     key = tuple((rec.kind, rec.canonical, rec.cls) for rec in records)
     cached = _SPEC_MODELS.get(registry)
     if cached is None or cached[0] != key:
@@ -399,15 +410,18 @@ def validate_spec_data(
     registry = registry or get_registry()
     if not isinstance(data, Mapping):
         raise SpecError([("", f"a spec is a mapping, not {type(data).__name__}")], source)
-    model = spec_model(registry)
     data = _json_numbers(dict(data))
-    try:
-        # Strict: a spec means what its JSON Schema says (no "3" for 3, no 1 for true).
-        spec = model.model_validate(data, strict=True, context={
-            "registry": registry, "for_training": for_training})
-    except ValidationError as exc:
-        raise SpecError(_pydantic_problems(exc, "", model, data), source) from None
-    return _plain(spec)
+    context = {"registry": registry, "for_training": for_training}
+    # Each pass that names a component not loaded yet loads its plugin: the passes end.
+    for _ in range(len(registry.plugins) + 1):
+        model = spec_model(registry)
+        try:
+            # Strict: a spec means what its JSON Schema says (no "3" for 3, no 1 for true).
+            return _plain(model.model_validate(data, strict=True, context=context))
+        except ValidationError as exc:
+            if not any(err["type"] == _PLUGIN_LOADED for err in exc.errors()):
+                raise SpecError(_pydantic_problems(exc, "", model, data), source) from None
+    raise AssertionError("a plugin was loaded on every pass")  # pragma: no cover
 
 
 def _plain(spec: ModelSpec) -> ModelSpec:
@@ -648,8 +662,9 @@ def _inside(annotation: Any, part: Any) -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses duplicate keys instead of keeping the last one, and reads
-    ``1e-3`` as the number YAML 1.2 (and so every editor) makes of it, not as text."""
+    """safe_load that refuses duplicate keys instead of keeping the last one, and reads numbers
+    and booleans as YAML 1.2 (and so every editor checking the spec's schema) does: ``1e-3`` is
+    a number, ``yes`` and ``off`` are text (only ``true`` and ``false`` are booleans)."""
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
@@ -668,6 +683,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
 )
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
@@ -733,6 +753,8 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
 
 def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     """JSON Schema of the spec: the JSON Schema of the model that validates specs."""
+    registry = registry or get_registry()
+    registry.load_all()
     schema = spec_model(registry).model_json_schema()
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema,
             "title": "polymodal model spec"}

@@ -86,16 +86,15 @@ def test_docs_command_documents_installed_third_party_components(tmp_path):
 
 
 def test_schema_covers_every_installed_component_with_descriptions(registry, schema):
-    variants = {name: d for name, d in schema["$defs"].items() if name != "InputSpec"}
     for record in registry.components():
-        name = f"{record.package}_{record.type}_{record.kind}".replace("-", "_")
-        variant = variants[name]
-        assert variant["description"], name
-        accepted = [a["const"] for a in variant["properties"]["type"]["anyOf"]]
-        assert accepted == [record.canonical, record.type]
-        assert variant["required"][0] == "type"
+        union = schema["$defs"][f"polymodal-{record.kind}"]
+        (branch,) = [b for b in union["allOf"]
+                     if b["if"]["properties"]["type"]["enum"] == [record.type, record.canonical]]
+        variant = schema["$defs"][branch["then"]["$ref"].rsplit("/", 1)[1]]
+        assert variant["description"] == record.summary
+        assert variant["additionalProperties"] is False
         for option, prop in variant["properties"].items():
-            assert prop.get("description"), f"{name}.{option} has no description"
+            assert prop.get("description"), f"{record.canonical}.{option} has no description"
     for key in ("inputs", "backbones", "fusion", "heads"):
         assert schema["properties"][key]["description"]
 
