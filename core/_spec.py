@@ -255,12 +255,19 @@ class _ComponentSlot:
 
     def __init__(self, kind: str, registry: Registry, records: Sequence[ComponentRecord]):
         self.kind = kind
-        self.registry = registry
+        # Weak: the model made per registry is kept while its registry lives, not longer.
+        self._registry = weakref.ref(registry)
         self.records = {rec.canonical: rec for rec in records}
         shorts = [rec.type for rec in records]
         # A short name two packages share is ambiguous: only the canonical ids stand for them.
         self.names = {rec.canonical: ([rec.type] if shorts.count(rec.type) == 1 else [])
                       + [rec.canonical] for rec in records}
+
+    @property
+    def registry(self) -> Registry:
+        registry = self._registry()
+        assert registry is not None, "a spec model outlived its registry"
+        return registry
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
         if not self.records:  # nothing of this kind installed: every type is unknown
@@ -345,10 +352,10 @@ class _ComponentSlot:
 #: ``registry -> (its loaded components, the spec model made from them)``
 _SPEC_MODELS: weakref.WeakKeyDictionary[Registry, tuple[tuple, type[ModelSpec]]] = \
     weakref.WeakKeyDictionary()
-_BACKBONE_NAME, _INLINE_BACKBONE = "backbone name", "inline backbone"  # no key is spelt so
-
-
+#: The error of a pass that loaded a plugin: the spec is validated again.
 _PLUGIN_LOADED = "spec_plugin_loaded"
+#: Union tags of an input's backbone (a tag may show in error locations: no key is spelt so).
+_BACKBONE_NAME, _INLINE_BACKBONE = "backbone name", "inline backbone"
 
 
 def spec_model(registry: Registry | None = None) -> type[ModelSpec]:
@@ -410,14 +417,16 @@ def validate_spec_data(
     registry = registry or get_registry()
     if not isinstance(data, Mapping):
         raise SpecError([("", f"a spec is a mapping, not {type(data).__name__}")], source)
-    data = _json_numbers(dict(data))
+    data = _json_data(data, source)
+    text = json.dumps(data)
     context = {"registry": registry, "for_training": for_training}
     # Each pass that names a component not loaded yet loads its plugin: the passes end.
     for _ in range(len(registry.plugins) + 1):
         model = spec_model(registry)
         try:
-            # Strict: a spec means what its JSON Schema says (no "3" for 3, no 1 for true).
-            return _plain(model.model_validate(data, strict=True, context=context))
+            # As JSON, strictly: a spec means what its JSON Schema says ("3" is not 3, 1 is not
+            # true, a list is what a tuple option takes).
+            return _plain(model.model_validate_json(text, strict=True, context=context))
         except ValidationError as exc:
             if not any(err["type"] == _PLUGIN_LOADED for err in exc.errors()):
                 raise SpecError(_pydantic_problems(exc, "", model, data), source) from None
@@ -435,20 +444,75 @@ def _plain(spec: ModelSpec) -> ModelSpec:
         training=spec.training)
 
 
-def _json_numbers(value: Any, seen: dict[int, Any] | None = None) -> Any:
-    """``value`` with every whole float (``2.0``) an int, as JSON (and the JSON Schema) counts
-    numbers. Containers are visited once however often YAML aliases repeat them."""
+#: At most this many values in a spec once YAML aliases are expanded (real specs: hundreds).
+MAX_VALUES = 100_000
+
+
+def _json_data(data: Mapping[str, Any], source: str | None) -> dict[str, Any]:
+    """``data`` as the JSON data its schema describes: keys are text, a whole number is an int
+    (``2.0`` is 2, as JSON counts), tuples and NumPy scalars are lists and numbers. A value JSON
+    has no form for, a value that contains itself, and aliases that expand beyond MAX_VALUES
+    values are refused."""
+    problems: list[tuple[str, str]] = []
+    memo: dict[int, tuple[Any, int]] = {}
+    try:
+        converted, size = _json_value(data, (), memo, set(), problems)
+    except RecursionError:
+        raise SpecError([("", "the spec is nested too deeply to read")], source) from None
+    if size > MAX_VALUES:
+        problems.append(("", f"the spec holds more than {MAX_VALUES} values once its aliases are"
+                             " expanded"))
+    if problems:
+        raise SpecError(problems[:MAX_PROBLEMS], source)
+    return converted
+
+
+def _json_value(value: Any, loc: tuple[Any, ...], memo: dict[int, tuple[Any, int]],
+                open_: set[int], problems: list[tuple[str, str]]) -> tuple[Any, int]:
+    """``(value as JSON data, how many values it holds)``. A container repeated by YAML aliases
+    is converted once (``memo``); ``open_`` holds the containers being converted."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value, 1
     if isinstance(value, float):
-        return int(value) if value.is_integer() else value
-    if not isinstance(value, (dict, list)):
-        return value
-    seen = {} if seen is None else seen
-    if id(value) not in seen:
-        if isinstance(value, dict):
-            seen[id(value)] = {k: _json_numbers(v, seen) for k, v in value.items()}
-        else:
-            seen[id(value)] = [_json_numbers(v, seen) for v in value]
-    return seen[id(value)]
+        return (int(value) if value.is_integer() else value), 1
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in open_:
+            problems.append((_format_loc(loc), "this value contains itself (an alias inside"
+                                               " its own anchor)"))
+            return None, 1
+        if id(value) not in memo:
+            open_.add(id(value))
+            memo[id(value)] = _json_container(value, loc, memo, open_, problems)
+            open_.discard(id(value))
+        return memo[id(value)]
+    item = getattr(value, "item", None)  # a NumPy scalar: the number it holds
+    if callable(item) and getattr(value, "shape", None) == ():
+        return _json_value(item(), loc, memo, open_, problems)
+    problems.append((_format_loc(loc), f"a spec holds text, numbers, true/false, lists and"
+                                       f" mappings, not {type(value).__name__} (got"
+                                       f" {excerpt(value)})"))
+    return None, 1
+
+
+def _json_container(value: Mapping | list | tuple, loc: tuple[Any, ...], memo: dict[int, Any],
+                    open_: set[int], problems: list[tuple[str, str]]) -> tuple[Any, int]:
+    size = 1
+    if not isinstance(value, Mapping):
+        items = []
+        for i, item in enumerate(value):
+            converted, count = _json_value(item, (*loc, i), memo, open_, problems)
+            items.append(converted)
+            size += count
+        return items, size
+    mapping = {}
+    for key, item in value.items():
+        if not (key is None or isinstance(key, (bool, int, float, str))):
+            problems.append((_format_loc((*loc, excerpt(key))), "a key is text"))
+            continue
+        text = key if isinstance(key, str) else json.dumps(key)  # 1 -> "1", as JSON has it
+        mapping[text], count = _json_value(item, (*loc, text), memo, open_, problems)
+        size += count
+    return mapping, size
 
 
 def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> ModelSpec:
@@ -662,9 +726,10 @@ def _inside(annotation: Any, part: Any) -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses duplicate keys instead of keeping the last one, and reads numbers
-    and booleans as YAML 1.2 (and so every editor checking the spec's schema) does: ``1e-3`` is
-    a number, ``yes`` and ``off`` are text (only ``true`` and ``false`` are booleans)."""
+    """safe_load that refuses duplicate keys instead of keeping the last one, and reads values
+    as YAML 1.2 (and so every editor checking the spec's schema) does: ``1e-3`` is a number,
+    ``yes`` and ``off`` are text (only ``true`` and ``false`` are booleans), and so is
+    ``2024-05-01`` (YAML 1.2 has no dates)."""
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
@@ -684,7 +749,8 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
 )
 _UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, pattern) for tag, pattern in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))

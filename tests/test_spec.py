@@ -298,9 +298,10 @@ def test_a_rule_across_options_reads_as_its_own_sentence(image_spec):
 def test_yaml_reads_numbers_and_booleans_as_editors_do(tmp_path):
     from polymodal._spec import parse_spec_text
 
-    data = parse_spec_text("lr: 1e-3\nbig: 2.5E+3\nflag: yes\noff: off\nok: true\nword: e5\n", "yaml")
+    data = parse_spec_text("lr: 1e-3\nbig: 2.5E+3\nflag: yes\noff: off\nok: true\nword: e5\n"
+                           "day: 2024-05-01\n", "yaml")
     assert data == {"lr": 0.001, "big": 2500.0, "flag": "yes", "off": "off", "ok": True,
-                    "word": "e5"}
+                    "word": "e5", "day": "2024-05-01"}
 
 
 def test_values_are_not_coerced(image_spec):
@@ -333,13 +334,42 @@ def test_an_alias_bomb_is_answered_at_once_with_a_short_message(tmp_path):
     polymodal.load_spec({"inputs": {"x": {"adapter": {"type": "tabular", "numerical": ["a"]}}},
                          "heads": {"y": {"type": "regression"}}})  # plugins imported before
     started = time.perf_counter()
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(SpecError, match="holds more than 100000 values once its aliases are"
+                                        " expanded"):
         polymodal.load_spec(path)
     assert time.perf_counter() - started < 10
+
+
+def test_a_wrong_value_with_aliases_is_shown_as_an_excerpt(tmp_path):
+    lines = ["description:", "  a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    for before, name in zip("abc", "bcd"):
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{before}"] * 9) + "]")
+    lines += ["inputs: {x: {adapter: {type: tabular, numerical: *d}}}",
+              "heads: {y: {type: regression, inputs: *d}}"]
+    path = tmp_path / "aliases.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecError) as info:
+        polymodal.load_spec(path)
     message = str(info.value)
     assert len(message) < 5000
     assert "inputs.x.adapter.numerical[0]: Input should be a valid string (got [[[" in message
     assert "description: Input should be a valid string" in message
+
+
+def test_values_json_has_no_form_for(tmp_path, image_spec):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: &me [*me]\ndescription: !!binary aGk=\ninputs: {}\n")
+    with pytest.raises(SpecError) as info:
+        polymodal.load_spec(path)
+    assert "name[0]: this value contains itself" in str(info.value)
+    assert "description: a spec holds text, numbers, true/false, lists and mappings, not bytes" \
+        in str(info.value)
+    import numpy as np
+
+    image_spec["inputs"]["photo"]["adapter"]["mean"] = (0.5, 0.5, 0.5)  # a tuple is a list
+    image_spec["heads"]["label"]["classes"] = np.int64(3)  # a NumPy number is a number
+    image_spec["description"] = 2018
+    assert error_of(image_spec) == "description: Input should be a valid string (got 2018)"
 
 
 def test_a_long_list_of_problems_is_cut_short(image_spec):

@@ -8,7 +8,7 @@ import json
 import jsonschema
 import pytest
 import yaml
-from ecosystem_helpers import REPO, run_polymodal
+from ecosystem_helpers import GOOD_HEAD, REPO, make_distribution, run_polymodal
 
 import polymodal
 from polymodal._docs import SLOTS, component_page, example_snippet, reference_pages
@@ -142,6 +142,19 @@ def test_schema_command_writes_json(tmp_path):
     result = run_polymodal("schema", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["title"] == "polymodal model spec"
+    assert result.stderr == ""
+
+
+def test_schema_command_says_which_plugins_it_could_not_cover(site):
+    make_distribution(site, "broken-plugin", "0.9", {"main": "broken_plugin"},
+                      {"broken_plugin.py": "raise ImportError('missing native library')\n"})
+    make_distribution(site, "good-head", "1.0", {"twice": "good_head"},
+                      {"good_head.py": GOOD_HEAD.format(type="twice")})
+    result = run_polymodal("schema", pythonpath=site)
+    assert result.returncode == 0, result.stderr
+    assert "1 plugin(s) failed to load and are not in the schema" in result.stderr
+    heads = json.loads(result.stdout)["$defs"]["polymodal-head"]["properties"]["type"]["enum"]
+    assert "twice" in heads and "good-head:twice" in heads
 
 
 # -- diagrams ------------------------------------------------------------------------------
