@@ -286,9 +286,10 @@ class _ComponentSlot:
                            f"{_a(self.kind)} is a mapping with a `type` and its options")
         name = value.get("type")
         if not isinstance(name, str) or not name:
-            installed = ", ".join(sorted({rec.type for rec in self.records.values()})) or "none"
+            installed = ", ".join(sorted({r.type for r in self.registry.components(self.kind)}))
             missing = "missing" if name is None or name == "" else f"{excerpt(name)} is not a name"
-            raise _problem("spec_type", f"{missing}: name the {self.kind} type, one of {installed}")
+            raise _problem("spec_type", f"{missing}: name the {self.kind} type, one of"
+                           f" {installed or 'none installed'}")
         try:
             record = self.registry.resolve(self.kind, name)
             if record.canonical not in self.records:
@@ -619,8 +620,8 @@ def _pydantic_problems(
             messages.append(msg)
         # A whole component's options (a validator across fields) would only repeat the spec;
         # a problem with a name or a type says the value itself.
-        if err["type"] not in _SAYS_WHAT_IT_GOT and "input" in err \
-                and not isinstance(err["input"], Mapping):
+        if err["type"] not in _SAYS_WHAT_IT_GOT and msg not in _REQUIRED_SECTIONS.values() \
+                and "input" in err and not isinstance(err["input"], Mapping):
             got[place] = f" (got {excerpt(err['input'])})"
     found = [(where, " or ".join(msgs) + got.get((where, key), ""))
              for (where, key), msgs in problems.items()
