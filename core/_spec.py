@@ -326,7 +326,8 @@ class _ComponentSlot:
         if "oneOf" not in union:
             return generated  # a second place holding this kind: its definition is made
         branches = []
-        for ref, (canonical, record) in zip(union.pop("oneOf"), self.records.items()):
+        # One branch a component, in the order of the union's choices (each its own config).
+        for ref, (canonical, record) in zip(union.pop("oneOf"), self.records.items(), strict=True):
             names = self.names[canonical]
             config = handler.resolve_ref_schema(ref)
             config.update(title=f"{record.kind} {canonical}", description=record.summary)
