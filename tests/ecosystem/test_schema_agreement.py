@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,8 @@ def entry_points(tmp_path_factory):
         patch.delenv("POLYMODAL_DISABLE_PLUGINS", raising=False)
         patch.delenv("POLYMODAL_PLUGINS", raising=False)
         yield builtin_entry_points() + entry_points_in(site)
+    for name in [n for n in sys.modules if n.split(".")[0] == "polymodal_signal"]:
+        del sys.modules[name]  # later tests import their own copy, or none
 
 
 @pytest.fixture(scope="module")
