@@ -404,9 +404,11 @@ def docs(output: str, packages: tuple[str, ...]) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file.")
 def schema(output: str | None) -> None:
     """JSON Schema of the spec, covering every installed component (for editors)."""
+    from ._registry import get_registry
     from ._spec import spec_json_schema
 
-    text = json.dumps(spec_json_schema(), indent=2)
+    registry = get_registry()
+    text = json.dumps(spec_json_schema(registry), indent=2)
     if output:
         from ._files import write_text
 
@@ -414,6 +416,10 @@ def schema(output: str | None) -> None:
         click.echo(f"wrote {output}")
     else:
         click.echo(text)
+    failures = registry.failures()
+    if failures:  # their components are missing from the schema
+        click.echo(f"{len(failures)} plugin(s) failed to load and are not in the schema; see"
+                   " `polymodal plugins`.", err=True)
 
 
 @cli.command()

@@ -8,7 +8,10 @@ the fix when one is known.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from itertools import islice
+from typing import Any
 
 
 class PolymodalError(Exception):
@@ -160,3 +163,38 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     if not matches:
         return ""
     return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
+
+
+class _Excerpt(reprlib.Repr):
+    """A bounded repr: nested and long values are cut short (a YAML alias bomb expands to
+    millions of items; its repr would never end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxstring, self.maxother = 3, 6, 4, 60, 60
+
+    def repr_dict(self, x: dict, level: int) -> str:  # reprlib's sorts every key first
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                 for k, v in islice(x.items(), self.maxdict)]
+        return "{" + ", ".join(items) + (", ..." if len(x) > self.maxdict else "") + "}"
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 200:  # repr of a huge int is slow, or refused
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_EXCERPT = _Excerpt()
+
+
+def excerpt(value: Any, limit: int = 100) -> str:
+    """``repr(value)``, bounded in length and in the work it takes."""
+    return shorten(_EXCERPT.repr(value), limit)
+
+
+def shorten(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -1,21 +1,31 @@
 """The declarative model spec: parsing (YAML, TOML, JSON), validation, and its JSON Schema.
 
-Validation runs in two steps so that every problem is reported with its place in the file:
-first each component's ``type`` is resolved through the registry (unknown types get close
-matches and, where the catalog knows a package providing them, the ``pip install`` line) and its
-options are validated by that component's own config; then the spec's structure and
-cross-references (named backbones, head inputs) are checked.
+One Pydantic model describes the spec. :class:`ModelSpec` declares the sections and the checks
+across them (a named backbone exists, a head's inputs exist, a fusion is there when a head needs
+one, the early-stopping metric is a metric); :func:`spec_model` makes, once per registry, its
+subclass whose component places are unions of the installed components, discriminated on
+``type``. That subclass validates every spec, and :func:`spec_json_schema` is its JSON Schema,
+so what an editor underlines and what ``polymodal validate`` refuses are the same, apart from
+what a JSON Schema cannot say (docs/editor.md lists it).
+
+A component's ``type`` is resolved through the registry (short name or ``package:type``), so an
+unknown type gets its close matches and, where the catalog knows a package providing it, the
+``pip install`` line. Every problem is reported with its place in the spec.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import types
 import typing
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Optional, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -24,16 +34,46 @@ from pydantic import (
     SerializeAsAny,
     Tag,
     ValidationError,
+    ValidationInfo,
     create_model,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError, core_schema
 
 from ._components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
-from ._errors import ComponentError, SpecError, close_matches, did_you_mean, validator_problem
+from ._errors import (
+    ComponentError,
+    SpecError,
+    close_matches,
+    did_you_mean,
+    excerpt,
+    shorten,
+    validator_problem,
+)
 from ._registry import ComponentRecord, Registry, component_problems, get_registry
 from ._spec_files import check_spec_size, read_spec_file
 from ._training.options import TrainingOptions
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: Names of inputs, backbones and heads (the same rule in validation and in the JSON Schema).
+_NAMES = {"propertyNames": {"pattern": NAME_PATTERN}}
+
+
+def _problem(kind: str, message: str) -> PydanticCustomError:
+    """A validation error of our own ``kind`` whose message is ``message`` as written (the
+    message goes in through the context: a template would read braces in it as fields)."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
+
+
+def _valid_name(name: str) -> str:
+    if not re.match(NAME_PATTERN, name):
+        raise _problem("spec_name", f"name {excerpt(name)} is not valid: use letters, digits and _,"
+                       " not starting with a digit")
+    return name
+
+
+#: A name of an input, backbone or head.
+Name = Annotated[str, AfterValidator(_valid_name)]
 
 
 class _StrictModel(BaseModel):
@@ -50,27 +90,58 @@ class InputSpec(_StrictModel):
         " backbone, or nothing (the adapter's signal goes to the fusion directly).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, (Mapping, InputSpec)):
+            raise _problem("spec_input", "an input is a mapping with an `adapter` and, optionally,"
+                           " a `backbone`")
+        return data
+
+
+#: The message of a section a spec cannot do without, when it is absent or empty.
+_REQUIRED_SECTIONS = {
+    "inputs": "missing: a spec needs at least one entry in `inputs`",
+    "heads": "missing: a spec needs at least one entry in `heads`",
+}
+
 
 class ModelSpec(_StrictModel):
     """A whole model: inputs, shared backbones, fusion and heads."""
 
     name: str = Field("model", description="The model's name.")
     description: str | None = Field(None, description="Free text kept with the model.")
-    inputs: dict[str, InputSpec] = Field(description="Inputs by name.", min_length=1)
-    backbones: dict[str, SerializeAsAny[BackboneConfig]] = Field(
-        default_factory=dict, description="Named backbones that inputs can share."
-    )
+    inputs: dict[Name, InputSpec] = Field(description="Inputs by name.", min_length=1,
+                                          json_schema_extra=_NAMES)
+    backbones: dict[Name, SerializeAsAny[BackboneConfig]] = Field(
+        default_factory=dict, description="Named backbones that inputs can share.",
+        json_schema_extra=_NAMES)
     fusion: SerializeAsAny[FusionConfig] | None = Field(
         None,
         description="How the features of a head's inputs are fused. Optional when every head"
         " uses exactly one input.",
     )
-    heads: dict[str, SerializeAsAny[HeadConfig]] = Field(description="Prediction heads by name.", min_length=1)
+    heads: dict[Name, SerializeAsAny[HeadConfig]] = Field(
+        description="Prediction heads by name.", min_length=1, json_schema_extra=_NAMES)
     training: TrainingOptions = Field(default_factory=TrainingOptions,
                                       description=TrainingOptions.__doc__)
     #: The folder of the file the spec was read from: relative paths in it (a ``pretrained``
     #: weights file) are read from there. None for specs made from data.
     _folder: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check_references(self, info: ValidationInfo) -> ModelSpec:
+        """Names that must point at something in the spec do; all such problems at once."""
+        context = info.context or {}
+        problems = [*_backbone_reference_problems(self), *_head_input_problems(self),
+                    *_fusion_problems(self, context.get("registry") or get_registry()),
+                    *_loss_weight_problems(self)]
+        if context.get("for_training", True):
+            problems += _monitored_metric_problems(self.training, self.heads, None)
+        if problems:
+            raise PydanticCustomError("spec_references", "{count} problem(s) across the spec",
+                                      {"count": len(problems), "problems": problems})
+        return self
 
     # -- derived views -------------------------------------------------------------------------
     def head_inputs(self, head: str) -> tuple[str, ...]:
@@ -110,284 +181,49 @@ class ModelSpec(_StrictModel):
         return data
 
 
-# -- validation ------------------------------------------------------------------------------
-
-_SLOT_KIND = {"adapter": "adapter", "backbone": "backbone", "fusion": "fusion", "head": "head"}
+# -- references across the spec (checked by ModelSpec's validator) ---------------------------
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+def _backbone_reference_problems(spec: ModelSpec) -> list[tuple[str, str]]:
+    named = ", ".join(sorted(spec.backbones)) or "none"
+    return [(f"inputs.{name}.backbone", f"unknown backbone {excerpt(inp.backbone)}."
+             f"{did_you_mean(inp.backbone, spec.backbones)} Named backbones: {named}.")
+            for name, inp in spec.inputs.items()
+            if isinstance(inp.backbone, str) and inp.backbone not in spec.backbones]
 
 
-def _pydantic_problems(
-    exc: ValidationError, prefix: str, model: type[BaseModel], data: Any = None
-) -> list[tuple[str, str]]:
-    """One ``(location, message)`` per wrong place. With the validated ``data``, the names
-    pydantic gives the members of a union (``constrained-int``, ``literal['auto']``) are left out
-    of locations and the members' complaints are joined into one message."""
-    problems: dict[str, list[str]] = {}
-    got: dict[str, str] = {}
-    suggested: set[str] = set()  # keys a misspelt key points to: their "missing" goes unsaid
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        if data is not None:
-            loc = _data_location(loc, data, missing=err["type"] == "missing")
-        where = ".".join(filter(None, [prefix, _format_loc(loc)]))
-        reported = validator_problem(where, err)  # a component's ConfigError, at its option
-        if reported is not None:
-            problems.setdefault(reported[0], []).append(reported[1])
-            continue
-        if err["type"] == "extra_forbidden":
-            fields = _fields_at(model, loc[:-1])
-            hint = did_you_mean(str(loc[-1]), fields) if fields else ""
-            suggested.update(".".join(filter(None, [prefix, _format_loc((*loc[:-1], f))]))
-                             for f in close_matches(str(loc[-1]), fields or ()))
-            known = f" Known keys: {', '.join(sorted(fields))}." if fields else ""
-            problems.setdefault(where, []).append(_unknown_key(hint, known))
-            continue
-        messages = problems.setdefault(where, [])
-        msg = err["msg"]
-        if err["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")  # a validator's own sentence
-        if messages and msg.startswith("Input should "):
-            msg = msg[len("Input should "):]  # "... greater than 0 or be 'auto'"
-        if msg not in messages:
-            messages.append(msg)
-        # A whole component's options (a validator across fields) would only repeat the spec.
-        if err["type"] != "missing" and "input" in err and not isinstance(err["input"], Mapping):
-            got[where] = f" (got {err['input']!r})"
-    return [(where, " or ".join(msgs) + got.get(where, "")) for where, msgs in problems.items()
-            if not (where in suggested and msgs == ["Field required"])]
+def _head_input_problems(spec: ModelSpec) -> list[tuple[str, str]]:
+    known = ", ".join(spec.inputs)
+    return [(f"heads.{name}.inputs[{i}]", f"unknown input {excerpt(ref)}."
+             f"{did_you_mean(ref, spec.inputs)} Inputs: {known}.")
+            for name, head in spec.heads.items()
+            for i, ref in enumerate(head.inputs or []) if ref not in spec.inputs]
 
 
-def _data_location(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any, ...]:
-    """``loc`` without the parts that name no key or index of ``data`` (union member names);
-    the last part of a ``missing`` error names a key that is absent by definition."""
-    kept: list[Any] = []
-    node = data
-    for i, part in enumerate(loc):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, (list, tuple)) and isinstance(part, int) and -len(node) <= part < len(node):
-            node = node[part]
-        elif not (missing and i == len(loc) - 1):
-            continue
-        kept.append(part)
-    return tuple(kept)
-
-
-def _unknown_key(hint: str, known: str) -> str:
-    return f"unknown key.{hint}{known}"
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested, possibly optional) model at ``loc`` inside ``model``, when it
-    is a plain model."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = field.annotation
-        members = [a for a in typing.get_args(current) if a is not type(None)]
-        if len(members) == 1 and len(typing.get_args(current)) == 2:  # ``Model | None``
-            current = members[0]
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+def _fusion_problems(spec: ModelSpec, registry: Registry) -> list[tuple[str, str]]:
+    """Without a fusion, every head uses one input."""
+    if spec.fusion is not None:
+        return []
+    for name in spec.heads:
+        used = spec.head_inputs(name)
+        if len(used) > 1:
+            fusions = ", ".join(sorted({c.type for c in registry.components("fusion")}))
+            return [("fusion", f"missing: head {name!r} uses {len(used)} inputs"
+                     f" ({', '.join(used)}), which need a fusion (one of:"
+                     f" {fusions or 'none installed'})")]
     return []
 
 
-def _component(
-    raw: Any, kind: str, loc: str, registry: Registry, problems: list[tuple[str, str]]
-) -> ComponentConfig | None:
-    if not isinstance(raw, Mapping):
-        problems.append((loc, f"a {kind} is a mapping with a `type`, not {raw!r}"))
-        return None
-    type_name = raw.get("type")
-    installed = sorted({c.type for c in registry.components(kind)})
-    if not isinstance(type_name, str) or not type_name:
-        problems.append(
-            (f"{loc}.type", f"missing: name the {kind} type, one of {', '.join(installed)}")
-        )
-        return None
-    try:
-        record = registry.resolve(kind, type_name)
-        cls = registry.load(record)
-    except ComponentError as exc:
-        problems.append((f"{loc}.type", str(exc)))
-        return None
-    config_cls = cls.Config
-    data = dict(raw)
-    data["type"] = record.type
-    try:
-        return config_cls.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, loc, config_cls, data))
-        return None
-    except Exception as exc:  # noqa: BLE001 - a validator's own error (SpecError, TypeError, ...)
-        problems.extend(component_problems(exc, loc, record, registry))
-        return None
+def _loss_weight_problems(spec: ModelSpec) -> list[tuple[str, str]]:
+    return [(f"training.loss_weights.{head}", f"unknown head {excerpt(head)}."
+             f"{did_you_mean(head, spec.heads)} Heads: {', '.join(spec.heads)}.")
+            for head in spec.training.loss_weights if head not in spec.heads]
 
 
-def _check_name(name: Any, loc: str, problems: list[tuple[str, str]]) -> bool:
-    if isinstance(name, str) and re.match(NAME_PATTERN, name):
-        return True
-    problems.append(
-        (loc, f"name {name!r} is not valid: use letters, digits and _, not starting with a digit")
-    )
-    return False
-
-
-def _mapping(raw: Any, loc: str, what: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        problems.append((loc, f"{what} is a mapping of name -> settings, not {type(raw).__name__}"))
-        return {}
-    return dict(raw)
-
-
-def validate_spec_data(
-    data: Mapping[str, Any], registry: Registry | None = None, source: str | None = None,
-    for_training: bool = True,
-) -> ModelSpec:
-    """Validate plain spec data into a :class:`ModelSpec`; raises :class:`SpecError`.
-    ``for_training=False`` (a model file's spec) skips what only training reads: a trained model
-    loads whatever its early-stopping metric was called."""
-    registry = registry or get_registry()
-    problems: list[tuple[str, str]] = []
-    if not isinstance(data, Mapping):
-        raise SpecError([("", f"a spec is a mapping, not {type(data).__name__}")], source)
-    known_top = list(ModelSpec.model_fields)
-    for key in data:
-        if key not in known_top:
-            problems.append(
-                (str(key), _unknown_key(did_you_mean(str(key), known_top),
-                                        f" Known keys: {', '.join(known_top)}."))
-            )
-    for required in ("inputs", "heads"):
-        if not data.get(required):
-            problems.append((required, f"missing: a spec needs at least one entry in `{required}`"))
-
-    inputs: dict[str, InputSpec] = {}
-    for name, raw in _mapping(data.get("inputs"), "inputs", "inputs", problems).items():
-        loc = f"inputs.{name}"
-        if not _check_name(name, loc, problems):
-            continue
-        if not isinstance(raw, Mapping):
-            problems.append((loc, f"an input is a mapping with an `adapter`, not {raw!r}"))
-            continue
-        for key in raw:
-            if key not in InputSpec.model_fields:
-                problems.append(
-                    (f"{loc}.{key}", _unknown_key(did_you_mean(str(key), InputSpec.model_fields),
-                                                  " An input has `adapter` and `backbone`."))
-                )
-        if "adapter" not in raw:
-            problems.append((f"{loc}.adapter", "missing: every input needs an adapter"))
-            continue
-        adapter = _component(raw["adapter"], "adapter", f"{loc}.adapter", registry, problems)
-        backbone_raw = raw.get("backbone")
-        backbone: str | ComponentConfig | None = None
-        if isinstance(backbone_raw, str):
-            backbone = backbone_raw
-        elif backbone_raw is not None:
-            backbone = _component(backbone_raw, "backbone", f"{loc}.backbone", registry, problems)
-        if adapter is not None and (backbone_raw is None or backbone is not None):
-            inputs[name] = InputSpec.model_construct(adapter=adapter, backbone=backbone)
-
-    backbones: dict[str, ComponentConfig] = {}
-    for name, raw in _mapping(data.get("backbones"), "backbones", "backbones", problems).items():
-        if _check_name(name, f"backbones.{name}", problems):
-            config = _component(raw, "backbone", f"backbones.{name}", registry, problems)
-            if config is not None:
-                backbones[name] = config
-
-    fusion = None
-    if data.get("fusion") is not None:
-        fusion = _component(data["fusion"], "fusion", "fusion", registry, problems)
-
-    heads: dict[str, ComponentConfig] = {}
-    for name, raw in _mapping(data.get("heads"), "heads", "heads", problems).items():
-        if _check_name(name, f"heads.{name}", problems):
-            config = _component(raw, "head", f"heads.{name}", registry, problems)
-            if config is not None:
-                heads[name] = config
-
-    # Cross-references, checked on what did validate.
-    raw_inputs = _mapping(data.get("inputs"), "inputs", "inputs", [])
-    for name, inp in inputs.items():
-        if isinstance(inp.backbone, str) and inp.backbone not in backbones:
-            raw_named = _mapping(data.get("backbones"), "", "", [])
-            if inp.backbone in raw_named:
-                continue  # its own problem is already reported
-            named = ", ".join(sorted(raw_named)) or "none"
-            problems.append(
-                (f"inputs.{name}.backbone", f"unknown backbone {inp.backbone!r}."
-                 f"{did_you_mean(inp.backbone, raw_named)} Named backbones: {named}.")
-            )
-    for name, head in heads.items():
-        for i, ref in enumerate(head.inputs or []):
-            if ref not in raw_inputs:
-                problems.append(
-                    (f"heads.{name}.inputs[{i}]", f"unknown input {ref!r}."
-                     f"{did_you_mean(ref, raw_inputs)} Inputs: {', '.join(raw_inputs) or 'none'}.")
-                )
-    if fusion is None and data.get("fusion") is None:
-        for name, head in heads.items():
-            used = [n for n in raw_inputs if head.inputs is None or n in head.inputs]
-            if len(used) > 1:
-                fusions = ", ".join(sorted({c.type for c in registry.components("fusion")}))
-                problems.append(
-                    ("fusion", f"missing: head {name!r} uses {len(used)} inputs"
-                     f" ({', '.join(used)}), which need a fusion (one of: {fusions or 'none installed'})")
-                )
-                break
-
-    training = TrainingOptions()
-    if data.get("training") is not None:
-        if not isinstance(data["training"], Mapping):
-            problems.append(("training", "training is a mapping of options (epochs, lr, ...)"))
-        else:
-            try:
-                training = TrainingOptions.model_validate(data["training"])
-            except ValidationError as exc:
-                problems.extend(_pydantic_problems(exc, "training", TrainingOptions, data["training"]))
-            for head in training.loss_weights:
-                if head not in heads and head not in _mapping(data.get("heads"), "", "", []):
-                    problems.append((f"training.loss_weights.{head}", f"unknown head {head!r}."
-                                     f"{did_you_mean(head, heads)} Heads: {', '.join(heads)}."))
-            if for_training:
-                problems.extend(_monitored_metric_problems(training, heads, data.get("heads")))
-
-    for key, value in (("name", data.get("name")), ("description", data.get("description"))):
-        if value is not None and not isinstance(value, str):
-            problems.append((key, f"must be text, not {type(value).__name__}"))
-    if problems:
-        raise SpecError(problems, source)
-    return ModelSpec.model_construct(
-        name=data.get("name", "model"),
-        description=data.get("description"),
-        inputs=inputs,
-        backbones=backbones,
-        fusion=fusion,
-        heads=heads,
-        training=training,
-    )
-
-
-def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, HeadConfig],
+def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, ComponentConfig],
                                raw_heads: Any) -> list[tuple[str, str]]:
-    """``early_stopping.metric`` names a head and one of the metrics its target codec declares
-    (or the head's ``loss``)."""
+    """``early_stopping.metric`` names a head and, where its target codec says which metrics it
+    computes, one of them."""
     metric = training.early_stopping.metric
     where = "training.early_stopping.metric"
     if metric == "loss":
@@ -411,9 +247,283 @@ def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, He
 
 def unknown_metric(head: str, name: str, known: Sequence[str]) -> tuple[str, str]:
     """The problem of an ``early_stopping.metric`` that names no metric of its head."""
-    known = list(dict.fromkeys([*known, "loss"]))  # every head also reports its own loss
     return ("training.early_stopping.metric", f"head {head!r} has no metric {name!r}."
             f"{did_you_mean(name, known)} Its metrics: {', '.join(known)}.")
+
+
+# -- component places: the installed components, discriminated on `type` --------------------
+
+
+class _ComponentSlot:
+    """Pydantic annotation of a place in the spec that holds one component of ``kind``.
+
+    Validation resolves ``type`` through the registry (short name or ``package:type``; an
+    unknown one is a problem that names close matches and install hints), then validates the
+    options with that component's own config. The JSON Schema has one ``if type is ... then
+    <config>`` branch per component, its summary as the branch's description."""
+
+    def __init__(self, kind: str, registry: Registry, records: Sequence[ComponentRecord]):
+        self.kind = kind
+        # Weak: the model made per registry is kept while its registry lives, not longer.
+        self._registry = weakref.ref(registry)
+        self.records = {rec.canonical: rec for rec in records}
+        shorts = [rec.type for rec in records]
+        # A short name two packages share is ambiguous: only the canonical ids stand for them.
+        self.names = {rec.canonical: ([rec.type] if shorts.count(rec.type) == 1 else [])
+                      + [rec.canonical] for rec in records}
+
+    @property
+    def registry(self) -> Registry:
+        registry = self._registry()
+        assert registry is not None, "a spec model outlived its registry"
+        return registry
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        if not self.records:  # nothing of this kind installed: every type is unknown
+            return core_schema.no_info_plain_validator_function(self._resolve)
+        choices = {canonical: core_schema.no_info_wrap_validator_function(
+            self._branch(rec), handler.generate_schema(rec.cls.Config))
+            for canonical, rec in self.records.items()}
+        union = core_schema.tagged_union_schema(choices, discriminator=self._tag)
+        return core_schema.no_info_before_validator_function(self._resolve, union,
+                                                             ref=f"polymodal-{self.kind}")
+
+    def _resolve(self, value: Any) -> dict[str, Any]:
+        """``value`` with its ``type`` replaced by the canonical id of the component it names."""
+        if not isinstance(value, Mapping):
+            raise _problem("spec_component",
+                           f"{_a(self.kind)} is a mapping with a `type` and its options")
+        name = value.get("type")
+        if not isinstance(name, str) or not name:
+            installed = ", ".join(sorted({r.type for r in self.registry.components(self.kind)}))
+            missing = "missing" if name is None or name == "" else f"{excerpt(name)} is not a name"
+            raise _problem("spec_type", f"{missing}: name the {self.kind} type, one of"
+                           f" {installed or 'none installed'}")
+        try:
+            record = self.registry.resolve(self.kind, name)
+            if record.canonical not in self.records:
+                # Listed by a manifest: its plugin is imported now that a spec names it, and the
+                # spec is validated again by a model that has it (validate_spec_data).
+                self.registry.load(record)
+                raise _problem(_PLUGIN_LOADED, f"{record.canonical} is loaded now")
+        except ComponentError as exc:
+            raise _problem("spec_type", str(exc)) from None
+        return {**value, "type": record.canonical}
+
+    def _tag(self, value: Any) -> str | None:
+        if isinstance(value, Mapping):
+            return value.get("type")
+        return self.registry.record_for_config(type(value)).canonical
+
+    def _branch(self, record: ComponentRecord):
+        def validate(value: dict[str, Any], handler: Any) -> ComponentConfig:
+            try:  # the config's `type` literal is the short name
+                return handler({**value, "type": record.type})
+            except (ValidationError, PydanticCustomError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a validator's own error (SpecError, TypeError, ...)
+                problems = component_problems(exc, "", record, self.registry)
+                raise _problem("spec_component", "; ".join(
+                    f"{where}: {message}" if where else message for where, message in problems)) from None
+        return validate
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
+        if not self.records:
+            return {"not": {}, "description": f"No {self.kind} is installed."}
+        generated = handler(schema)
+        union = handler.resolve_ref_schema(generated)
+        if "oneOf" not in union:
+            return generated  # a second place holding this kind: its definition is made
+        branches = []
+        # One branch a component, in the order of the union's choices (each its own config).
+        for ref, (canonical, record) in zip(union.pop("oneOf"), self.records.items(), strict=True):
+            names = self.names[canonical]
+            config = handler.resolve_ref_schema(ref)
+            config.update(title=f"{record.kind} {canonical}", description=record.summary)
+            config["properties"]["type"] = {"enum": names, "description": record.summary}
+            branches.append({"if": {"properties": {"type": {"enum": names}}, "required": ["type"]},
+                             "then": ref})
+        summaries = [self.records[c].summary for c, names in self.names.items() for _ in names]
+        union.update({
+            "type": "object",
+            "description": f"A {self.kind}: `type` names the component, the other keys are its"
+                           " options.",
+            "properties": {"type": {
+                "description": f"The {self.kind} type.",
+                "enum": [name for names in self.names.values() for name in names],
+                "enumDescriptions": summaries, "markdownEnumDescriptions": summaries}},
+            "required": ["type"],
+            "allOf": branches,
+        })
+        return generated
+
+
+# -- one spec model per registry ---------------------------------------------------------------
+
+#: ``registry -> (its loaded components, the spec model made from them)``
+_SPEC_MODELS: weakref.WeakKeyDictionary[Registry, tuple[tuple, type[ModelSpec]]] = \
+    weakref.WeakKeyDictionary()
+#: The error of a pass that loaded a plugin: the spec is validated again.
+_PLUGIN_LOADED = "spec_plugin_loaded"
+#: Union tags of an input's backbone (a tag may show in error locations: no key is spelt so).
+_BACKBONE_NAME, _INLINE_BACKBONE = "backbone name", "inline backbone"
+
+
+def spec_model(registry: Registry | None = None) -> type[ModelSpec]:
+    """The :class:`ModelSpec` subclass whose component places accept the registry's loaded
+    components; made once, and again when more are loaded.
+
+    A plugin listed by a manifest is imported when a spec first names one of its components
+    (:func:`spec_json_schema` loads them all)."""
+    registry = registry or get_registry()
+    records = [rec for rec in registry.components() if rec.cls is not None]
+    key = tuple((rec.kind, rec.canonical, rec.cls) for rec in records)
+    cached = _SPEC_MODELS.get(registry)
+    if cached is None or cached[0] != key:
+        cached = _SPEC_MODELS[registry] = (key, _make_spec_model(registry, records))
+    return cached[1]
+
+
+def _backbone_form(value: Any) -> str:
+    return _BACKBONE_NAME if isinstance(value, str) else _INLINE_BACKBONE
+
+
+def _none_is(empty: Any) -> AfterValidator:
+    """A section written without entries (``backbones:`` in YAML) is the empty section."""
+    return AfterValidator(lambda value: empty() if value is None else value)
+
+
+def _make_spec_model(registry: Registry, records: Sequence[ComponentRecord]) -> type[ModelSpec]:
+    slot = {kind: _ComponentSlot(kind, registry, [r for r in records if r.kind == kind])
+            for kind in ("adapter", "backbone", "fusion", "head")}
+    backbone = Annotated[BackboneConfig, slot["backbone"]]
+    backbone_place = Annotated[Union[Annotated[str, Tag(_BACKBONE_NAME)],
+                                     Annotated[backbone, Tag(_INLINE_BACKBONE)]],
+                               Discriminator(_backbone_form)]
+    field = InputSpec.model_fields
+    input_model = create_model(
+        "InputSpec", __base__=InputSpec, __module__=__name__,
+        adapter=(Annotated[AdapterConfig, slot["adapter"]], field["adapter"]),
+        backbone=(Optional[backbone_place], field["backbone"]),
+    )
+    field = ModelSpec.model_fields
+    return create_model(
+        "ModelSpec", __base__=ModelSpec, __module__=__name__,
+        inputs=(dict[Name, input_model], field["inputs"]),
+        backbones=(Annotated[Optional[dict[Name, backbone]], _none_is(dict)], field["backbones"]),
+        fusion=(Optional[Annotated[FusionConfig, slot["fusion"]]], field["fusion"]),
+        heads=(dict[Name, Annotated[HeadConfig, slot["head"]]], field["heads"]),
+        training=(Annotated[Optional[TrainingOptions], _none_is(TrainingOptions)],
+                  field["training"]),
+    )
+
+
+def validate_spec_data(
+    data: Mapping[str, Any], registry: Registry | None = None, source: str | None = None,
+    for_training: bool = True,
+) -> ModelSpec:
+    """Validate plain spec data into a :class:`ModelSpec`; raises :class:`SpecError`.
+    ``for_training=False`` (a model file's spec) skips what only training reads: a trained model
+    loads whatever its early-stopping metric was called."""
+    registry = registry or get_registry()
+    if not isinstance(data, Mapping):
+        raise SpecError([("", f"a spec is a mapping, not {type(data).__name__}")], source)
+    data = _json_data(data, source)
+    text = json.dumps(data)
+    context = {"registry": registry, "for_training": for_training}
+    # Each pass that names a component not loaded yet loads its plugin: the passes end.
+    for _ in range(len(registry.plugins) + 1):
+        model = spec_model(registry)
+        try:
+            # As JSON, strictly: a spec means what its JSON Schema says ("3" is not 3, 1 is not
+            # true, a list is what a tuple option takes).
+            return _plain(model.model_validate_json(text, strict=True, context=context))
+        except ValidationError as exc:
+            if not any(err["type"] == _PLUGIN_LOADED for err in exc.errors()):
+                raise SpecError(_pydantic_problems(exc, "", model, data), source) from None
+    raise AssertionError("a plugin was loaded on every pass")  # pragma: no cover
+
+
+def _plain(spec: ModelSpec) -> ModelSpec:
+    """``spec`` as an instance of :class:`ModelSpec` itself (the per-registry subclass is made
+    at run time: copies, pickles and equality should not depend on it)."""
+    inputs = {name: InputSpec.model_construct(adapter=inp.adapter, backbone=inp.backbone)
+              for name, inp in spec.inputs.items()}
+    return ModelSpec.model_construct(
+        name=spec.name, description=spec.description, inputs=inputs,
+        backbones=dict(spec.backbones), fusion=spec.fusion, heads=dict(spec.heads),
+        training=spec.training)
+
+
+#: At most this many values in a spec once YAML aliases are expanded (real specs: hundreds).
+MAX_VALUES = 100_000
+
+
+def _json_data(data: Mapping[str, Any], source: str | None) -> dict[str, Any]:
+    """``data`` as the JSON data its schema describes: keys are text, a whole number is an int
+    (``2.0`` is 2, as JSON counts), tuples and NumPy scalars are lists and numbers. A value JSON
+    has no form for, a value that contains itself, and aliases that expand beyond MAX_VALUES
+    values are refused."""
+    problems: list[tuple[str, str]] = []
+    memo: dict[int, tuple[Any, int]] = {}
+    try:
+        converted, size = _json_value(data, (), memo, set(), problems)
+    except RecursionError:
+        raise SpecError([("", "the spec is nested too deeply to read")], source) from None
+    if size > MAX_VALUES:
+        problems.append(("", f"the spec holds more than {MAX_VALUES} values once its aliases are"
+                             " expanded"))
+    if problems:
+        raise SpecError(problems[:MAX_PROBLEMS], source)
+    return converted
+
+
+def _json_value(value: Any, loc: tuple[Any, ...], memo: dict[int, tuple[Any, int]],
+                open_: set[int], problems: list[tuple[str, str]]) -> tuple[Any, int]:
+    """``(value as JSON data, how many values it holds)``. A container repeated by YAML aliases
+    is converted once (``memo``); ``open_`` holds the containers being converted."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value, 1
+    if isinstance(value, float):
+        return (int(value) if value.is_integer() else value), 1
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in open_:
+            problems.append((_format_loc(loc), "this value contains itself (an alias inside"
+                                               " its own anchor)"))
+            return None, 1
+        if id(value) not in memo:
+            open_.add(id(value))
+            memo[id(value)] = _json_container(value, loc, memo, open_, problems)
+            open_.discard(id(value))
+        return memo[id(value)]
+    item = getattr(value, "item", None)  # a NumPy scalar: the number it holds
+    if callable(item) and getattr(value, "shape", None) == ():
+        return _json_value(item(), loc, memo, open_, problems)
+    problems.append((_format_loc(loc), f"a spec holds text, numbers, true/false, lists and"
+                                       f" mappings, not {type(value).__name__} (got"
+                                       f" {excerpt(value)})"))
+    return None, 1
+
+
+def _json_container(value: Mapping | list | tuple, loc: tuple[Any, ...], memo: dict[int, Any],
+                    open_: set[int], problems: list[tuple[str, str]]) -> tuple[Any, int]:
+    size = 1
+    if not isinstance(value, Mapping):
+        items = []
+        for i, item in enumerate(value):
+            converted, count = _json_value(item, (*loc, i), memo, open_, problems)
+            items.append(converted)
+            size += count
+        return items, size
+    mapping = {}
+    for key, item in value.items():
+        if not (key is None or isinstance(key, (bool, int, float, str))):
+            problems.append((_format_loc((*loc, excerpt(key))), "a key is text"))
+            continue
+        text = key if isinstance(key, str) else json.dumps(key)  # 1 -> "1", as JSON has it
+        mapping[text], count = _json_value(item, (*loc, text), memo, open_, problems)
+        size += count
+    return mapping, size
 
 
 def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> ModelSpec:
@@ -429,83 +539,177 @@ def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None 
     return spec
 
 
+# -- problems: from Pydantic's errors to one line per place ------------------------------------
+
+#: At most this many problems are listed; a value with a million wrong items is one line each.
+MAX_PROBLEMS = 30
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + shorten(str(part), 60)
+    return out
+
+
+def _pydantic_problems(
+    exc: ValidationError, prefix: str, model: type[BaseModel] | Any, data: Any = None
+) -> list[tuple[str, str]]:
+    """One ``(location, message)`` per wrong place. With the validated ``data``, the names
+    pydantic gives the members of a union (``constrained-int``, ``literal['auto']``, a
+    component's canonical id) are left out of locations and the members' complaints are joined
+    into one message."""
+    # By place, and whether the complaint is about the name (the key) there or its value.
+    problems: dict[tuple[str, bool], list[str]] = {}
+    got: dict[tuple[str, bool], str] = {}
+    suggested: set[str] = set()  # keys a misspelt key points to: their "missing" goes unsaid
+    for err in exc.errors(include_url=False):
+        if err["type"] == "spec_references":
+            for where, message in err["ctx"]["problems"]:
+                problems.setdefault((where, False), []).append(message)
+            continue
+        raw_loc = tuple(err["loc"])
+        loc = raw_loc if data is None else _data_location(raw_loc, data, err["type"] == "missing")
+        if err["type"] == "spec_type":
+            loc += ("type",)
+        place = (_join(prefix, loc), raw_loc[-1:] == ("[key]",))
+        reported = validator_problem(place[0], err)  # a component's ConfigError, at its option
+        if reported is not None:
+            problems.setdefault((reported[0], False), []).append(reported[1])
+            continue
+        if err["type"] == "extra_forbidden":
+            fields = _fields_at(model, raw_loc[:-1])
+            hint = did_you_mean(str(loc[-1]), fields) if fields else ""
+            suggested.update(_join(prefix, (*loc[:-1], f))
+                             for f in close_matches(str(loc[-1]), fields or ()))
+            known = f" Known keys: {', '.join(sorted(fields))}." if fields else ""
+            problems.setdefault(place, []).append(_unknown_key(hint, known))
+            continue
+        messages = problems.setdefault(place, [])
+        msg = _message(err, loc if not prefix else None)
+        if messages and msg.startswith("Input should "):
+            msg = msg[len("Input should "):]  # "... greater than 0 or be 'auto'"
+        if msg not in messages:
+            messages.append(msg)
+        # A whole component's options (a validator across fields) would only repeat the spec;
+        # a problem with a name or a type says the value itself.
+        if err["type"] not in _SAYS_WHAT_IT_GOT and msg not in _REQUIRED_SECTIONS.values() \
+                and "input" in err and not isinstance(err["input"], Mapping):
+            got[place] = f" (got {excerpt(err['input'])})"
+    found = [(where, " or ".join(msgs) + got.get((where, key), ""))
+             for (where, key), msgs in problems.items()
+             if not (where in suggested and msgs == ["Field required"])]
+    if len(found) > MAX_PROBLEMS:
+        found = found[:MAX_PROBLEMS] + [("", f"... and {len(found) - MAX_PROBLEMS} more problems")]
+    return found
+
+
+_SAYS_WHAT_IT_GOT = {"missing", "spec_type", "spec_name"}
+
+
+def _join(prefix: str, loc: tuple[Any, ...]) -> str:
+    return ".".join(filter(None, [prefix, _format_loc(loc)]))
+
+
+def _message(err: Any, spec_loc: tuple[Any, ...] | None) -> str:
+    """Pydantic's message of ``err``, in the words of a spec where they are Python's."""
+    kind = err["type"]
+    if spec_loc is not None and len(spec_loc) == 1 and spec_loc[0] in _REQUIRED_SECTIONS \
+            and (kind in ("missing", "too_short") or err.get("input", 0) is None):
+        return _REQUIRED_SECTIONS[spec_loc[0]]
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"should be a mapping of names to values, not {type(err.get('input')).__name__}"
+    if kind == "value_error":
+        return err["msg"].removeprefix("Value error, ")  # a validator's own sentence
+    return err["msg"]
+
+
+def _data_location(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any, ...]:
+    """``loc`` without the parts that name no key or index of ``data`` (union member names);
+    the last part of a ``missing`` error names a key that is absent by definition."""
+    kept: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        elif not (missing and i == len(loc) - 1):
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
+def _unknown_key(hint: str, known: str) -> str:
+    return f"unknown key.{hint}{known}"
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at Pydantic's error location ``loc`` (union tags included)
+    inside ``model``: what an unknown key there could have meant."""
+    current: Any = model
+    for part in loc:
+        current = _inside(current, part)
+        if current is None:
+            return []
+    current, _ = _annotated(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _annotated(annotation: Any) -> tuple[Any, list[Any]]:
+    """An annotation without ``Annotated``, and the metadata that was on it."""
+    metadata: list[Any] = []
+    while typing.get_origin(annotation) is Annotated:
+        metadata += annotation.__metadata__
+        annotation = annotation.__origin__
+    return annotation, metadata
+
+
+def _inside(annotation: Any, part: Any) -> Any:
+    """The annotation of what ``part`` (a field, key, index or union tag) names in a value of
+    ``annotation``; None where that is not known."""
+    annotation, metadata = _annotated(annotation)
+    slot = next((m for m in metadata if isinstance(m, _ComponentSlot)), None)
+    if slot is not None:
+        record = slot.records.get(part)
+        return record.cls.Config if record is not None and record.cls is not None else None
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [m for m in typing.get_args(annotation) if m is not type(None)]
+        for member in members:
+            if any(isinstance(m, Tag) and m.tag == part for m in _annotated(member)[1]):
+                return member
+            if getattr(_annotated(member)[0], "__name__", None) == part:
+                return member
+        return _inside(members[0], part) if len(members) == 1 else None
+    if origin is dict:
+        return typing.get_args(annotation)[1]
+    if origin is list:
+        return typing.get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        if field is None:
+            return None
+        return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return None
+
+
 # -- JSON Schema -----------------------------------------------------------------------------
 
 
 def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """JSON Schema of the spec with every installed component as a discriminated union."""
+    """JSON Schema of the spec: the JSON Schema of the model that validates specs."""
     registry = registry or get_registry()
     registry.load_all()
-
-    def union(kind: str) -> Any:
-        records = registry.components(kind)
-        if not records:
-            return CONFIG_BASE[kind]
-        short_counts: dict[str, int] = {}
-        for rec in records:
-            short_counts[rec.type] = short_counts.get(rec.type, 0) + 1
-        variants = []
-        for rec in records:
-            cls = registry.load(rec)
-            names = [rec.canonical] + ([rec.type] if short_counts[rec.type] == 1 else [])
-            variant = create_model(
-                f"{rec.package}_{rec.type}_{kind}".replace("-", "_"),
-                __base__=cls.Config,
-                __doc__=(cls.__doc__ or "").strip() or None,
-                type=(
-                    Union[tuple(_literal(n) for n in names)],  # type: ignore[arg-type]
-                    Field(description=f"The {kind} type: "
-                          + " or ".join(repr(n) for n in reversed(names)) + "."),
-                ),
-            )
-            variants.append(Annotated[variant, Tag(rec.canonical)])
-        if len(variants) == 1:
-            return variants[0]
-        return Annotated[Union[tuple(variants)], Discriminator(_tag_of)]  # type: ignore[arg-type]
-
-    adapter, backbone, fusion, head = (union(k) for k in ("adapter", "backbone", "fusion", "head"))
-    input_model = create_model(
-        "InputSpec",
-        __base__=_StrictModel,
-        __doc__=InputSpec.__doc__,
-        adapter=(adapter, InputSpec.model_fields["adapter"]),
-        backbone=(Union[str, backbone, None], InputSpec.model_fields["backbone"]),
-    )
-    fields = dict(ModelSpec.model_fields)
-    spec_model = create_model(
-        "ModelSpec",
-        __base__=_StrictModel,
-        __doc__=ModelSpec.__doc__,
-        name=(str, fields["name"]),
-        description=(str | None, fields["description"]),
-        inputs=(dict[str, input_model], fields["inputs"]),
-        backbones=(dict[str, backbone], fields["backbones"]),
-        fusion=(Union[fusion, None], fields["fusion"]),
-        heads=(dict[str, head], fields["heads"]),
-        training=(TrainingOptions, fields["training"]),
-    )
-    schema = spec_model.model_json_schema()
-    for key in ("inputs", "backbones", "heads"):
-        schema["properties"][key]["propertyNames"] = {"pattern": NAME_PATTERN}
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "polymodal model spec"
-    return schema
-
-
-CONFIG_BASE = {
-    "adapter": AdapterConfig,
-    "backbone": BackboneConfig,
-    "fusion": FusionConfig,
-    "head": HeadConfig,
-}
-
-
-def _literal(value: str) -> Any:
-    from typing import Literal
-
-    return Literal[value]
-
-
-def _tag_of(value: Any) -> str | None:
-    # Only used to generate the schema; specs are validated by validate_spec_data.
-    return value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
+    schema = spec_model(registry).model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema,
+            "title": "polymodal model spec"}

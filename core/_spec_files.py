@@ -11,6 +11,7 @@ message, so a real spec that reaches one says what was too large.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ._errors import SpecError
+from ._errors import SpecError, excerpt
 
 SPEC_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
@@ -42,7 +43,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                None, None, f"duplicate key {excerpt(key)} (line {mark.line + 1})", mark
             )
         seen[key] = True
     return loader.construct_mapping(node, deep=deep)
@@ -50,6 +51,20 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+# Values read as YAML 1.2 (and so every editor checking the spec's schema) reads them: ``1e-3``
+# is a number, ``yes`` and ``off`` are text (only true and false are booleans), and so is
+# ``2024-05-01`` (YAML 1.2 has no dates).
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 
@@ -149,6 +164,8 @@ def parse_spec_text(text: str, fmt: str, source: str = "<spec>") -> dict[str, An
         ) from None
     except RecursionError:  # JSON and TOML parsers recurse; their depth is checked after
         raise SpecError([("", _too_deep())], source) from None
+    except ValueError as exc:  # a number too long to convert, in any of the formats
+        raise SpecError([("", f"cannot read a value: {excerpt(str(exc))}")], source) from None
     if data is None or data == {} and not text.strip():
         raise SpecError([("", "the spec is empty")], source)
     if not isinstance(data, dict):

@@ -112,11 +112,15 @@ class TabularAdapter(ModalityAdapter):
         token_dim: PositiveInt = Field(
             32, description="Token width for `output: tokens`.", le=8192)
 
-        @field_validator("categorical", mode="before")
+        # The list form is part of the option: the spec's JSON Schema accepts it too.
+        @field_validator("categorical", mode="before",
+                         json_schema_input_type=dict[str, PositiveInt | Literal["auto"]] | list[str])
         @classmethod
         def _names_are_auto(cls, value):
             if isinstance(value, (list, tuple)):
-                return {name: "auto" for name in value}
+                if not all(isinstance(name, str) for name in value):
+                    raise ValueError("a list of categorical columns holds their names (text)")
+                return dict.fromkeys(value, "auto")
             return value
 
         @model_validator(mode="after")

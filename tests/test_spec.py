@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pytest
 import torch
+from pydantic import field_validator
 
 import polymodal
 from polymodal._errors import SpecError
@@ -288,3 +290,170 @@ def test_a_rule_across_options_reads_as_its_own_sentence(image_spec):
     message = error_of(image_spec)
     assert "inputs.photo.adapter: bands has 4 names but the input has 5 channels" in message
     assert "Value error" not in message and "(got {" not in message
+
+
+# -- what a spec's values mean, and problems with huge or odd values -------------------------
+
+
+def test_yaml_reads_numbers_and_booleans_as_editors_do(tmp_path):
+    from polymodal._spec_files import parse_spec_text
+
+    data = parse_spec_text("lr: 1e-3\nbig: 2.5E+3\nflag: yes\noff: off\nok: true\nword: e5\n"
+                           "day: 2024-05-01\n", "yaml")
+    assert data == {"lr": 0.001, "big": 2500.0, "flag": "yes", "off": "off", "ok": True,
+                    "word": "e5", "day": "2024-05-01"}
+
+
+def test_values_are_not_coerced(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["channels"] = "3"
+    assert "inputs.photo.adapter.channels: Input should be a valid integer (got '3')" \
+        in error_of(image_spec)
+    image_spec["inputs"]["photo"]["adapter"]["channels"] = 3.0  # a whole number, as in JSON
+    image_spec["heads"]["label"]["classes"] = True
+    assert error_of(image_spec).startswith("heads.label.classes: ")
+
+
+def test_empty_sections_are_empty(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("inputs: {x: {adapter: {type: tabular, numerical: [a]}}}\n"
+                    "heads: {y: {type: regression}}\nbackbones:\ntraining:\nfusion:\n")
+    spec = polymodal.load_spec(path)
+    assert spec.backbones == {} and spec.fusion is None and spec.training.epochs == 10
+
+
+def test_an_alias_bomb_is_answered_at_once_with_a_short_message(tmp_path):
+    import time
+
+    lines = ["description:", "  a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    for before, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{before}"] * 9) + "]")
+    lines += ["inputs: {x: {adapter: {type: tabular, numerical: *i}}}",
+              "heads: {y: {type: regression, inputs: *i}}"]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")  # 9**9 strings, were the aliases expanded
+    polymodal.load_spec({"inputs": {"x": {"adapter": {"type": "tabular", "numerical": ["a"]}}},
+                         "heads": {"y": {"type": "regression"}}})  # plugins imported before
+    started = time.perf_counter()
+    with pytest.raises(SpecError, match="holds more than 100000 values once its aliases are"
+                                        " expanded"):
+        polymodal.load_spec(path)
+    assert time.perf_counter() - started < 10
+
+
+def test_a_wrong_value_with_aliases_is_shown_as_an_excerpt(tmp_path):
+    lines = ["description:", "  a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    for before, name in zip("abc", "bcd"):
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{before}"] * 9) + "]")
+    lines += ["inputs: {x: {adapter: {type: tabular, numerical: *d}}}",
+              "heads: {y: {type: regression, inputs: *d}}"]
+    path = tmp_path / "aliases.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecError) as info:
+        polymodal.load_spec(path)
+    message = str(info.value)
+    assert len(message) < 5000
+    assert "inputs.x.adapter.numerical[0]: Input should be a valid string (got [[[" in message
+    assert "description: Input should be a valid string" in message
+
+
+def test_values_json_has_no_form_for(tmp_path, image_spec):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: &me [*me]\ndescription: !!binary aGk=\ninputs: {}\n")
+    with pytest.raises(SpecError) as info:
+        polymodal.load_spec(path)
+    assert "name[0]: this value contains itself" in str(info.value)
+    assert "description: a spec holds text, numbers, true/false, lists and mappings, not bytes" \
+        in str(info.value)
+    import numpy as np
+
+    image_spec["inputs"]["photo"]["adapter"]["mean"] = (0.5, 0.5, 0.5)  # a tuple is a list
+    image_spec["heads"]["label"]["classes"] = np.int64(3)  # a NumPy number is a number
+    image_spec["description"] = 2018
+    assert error_of(image_spec) == "description: Input should be a valid string (got 2018)"
+
+
+def test_a_long_list_of_problems_is_cut_short(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["mean"] = ["x"] * 500
+    message = error_of(image_spec)
+    assert "30 problems" not in message and "31 problems in the spec" in message
+    assert message.endswith("... and 470 more problems")
+
+
+def test_a_huge_value_is_shown_as_an_excerpt(image_spec):
+    image_spec["inputs"]["photo"]["adapter"]["channels"] = "x" * 1_000_000
+    image_spec["heads"]["label"][f"colour{'r' * 1000}"] = 1
+    message = error_of(image_spec)
+    assert len(message) < 1000 and "xxx..." in message
+
+
+@pytest.mark.parametrize(("suffix", "text", "expected"), [
+    (".yaml", "classes: " + "1" * 5000, "cannot read a value"),
+    (".json", '{"classes": ' + "1" * 5000 + "}", "cannot read a value"),
+    (".json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (".yaml", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_values_no_reader_can_hold(tmp_path, suffix, text, expected):
+    path = tmp_path / f"spec{suffix}"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=expected):
+        polymodal.load_spec(path)
+
+
+# -- the spec model ----------------------------------------------------------------------------
+
+
+def test_a_plugin_listed_by_a_manifest_is_imported_when_a_spec_names_it():
+    import importlib.metadata as metadata
+
+    from polymodal._registry import Registry
+
+    points = [ep for ep in metadata.entry_points(group="polymodal")
+              if ep.dist is not None and ep.dist.metadata["Name"] == "polymodal"]
+    registry = Registry(entry_points=points)
+    spec = {"inputs": {"x": {"adapter": {"type": "tabular", "numerical": ["a"]}}},
+            "heads": {"y": {"type": "polymodal:regression"}}}
+    polymodal.load_spec(spec, registry)
+    loaded = {p.name for p in registry.plugins if p.status == "loaded"}
+    assert loaded == {"tabular", "regression"}
+    assert polymodal.load_spec(spec, registry).heads["y"].type == "regression"
+
+
+def test_the_validated_spec_is_a_plain_model_spec(image_spec):
+    import pickle
+
+    spec = polymodal.load_spec(image_spec)
+    assert type(spec) is polymodal.ModelSpec
+    assert type(spec.inputs["photo"]).__name__ == "InputSpec"
+    assert pickle.loads(pickle.dumps(spec)) == spec
+
+
+def test_a_component_validator_that_crashes_is_located_and_names_its_plugin():
+    from polymodal._registry import Registry
+    from polymodal.plugin import Head, HeadConfig, hookimpl
+
+    class Crashing(Head):
+        """Its validator has a bug."""
+
+        class Config(HeadConfig):
+            type: Literal["crashing"] = "crashing"
+
+            @field_validator("target")
+            @classmethod
+            def _bug(cls, value):
+                return {value: 1}[None]  # KeyError, not a ValueError
+
+    class Plugin:
+        @hookimpl
+        def polymodal_components(self):
+            return [Crashing]
+
+    registry = Registry(entry_points=[])
+    registry.add_plugin(Plugin(), "buggy-heads", "0.3")
+    spec = {"inputs": {"x": {"adapter": {"type": "tabular", "numerical": ["a"]}}},
+            "heads": {"y": {"type": "crashing", "target": "t"}}}
+    with pytest.raises(SpecError) as info:
+        polymodal.load_spec(spec, registry)
+    message = str(info.value)
+    assert "heads.y: head 'buggy-heads:crashing' (plugin buggy-heads 0.3) failed on these" \
+        " options: KeyError" in message
+    assert "inputs.x.adapter.type: unknown adapter type 'tabular'" in message

@@ -8,7 +8,7 @@ import json
 import jsonschema
 import pytest
 import yaml
-from ecosystem_helpers import REPO, run_polymodal
+from ecosystem_helpers import GOOD_HEAD, REPO, make_distribution, run_polymodal
 
 import polymodal
 from polymodal._docs import SLOTS, component_page, example_snippet, reference_pages
@@ -86,16 +86,15 @@ def test_docs_command_documents_installed_third_party_components(tmp_path):
 
 
 def test_schema_covers_every_installed_component_with_descriptions(registry, schema):
-    variants = {name: d for name, d in schema["$defs"].items() if name != "InputSpec"}
     for record in registry.components():
-        name = f"{record.package}_{record.type}_{record.kind}".replace("-", "_")
-        variant = variants[name]
-        assert variant["description"], name
-        accepted = [a["const"] for a in variant["properties"]["type"]["anyOf"]]
-        assert accepted == [record.canonical, record.type]
-        assert variant["required"][0] == "type"
+        union = schema["$defs"][f"polymodal-{record.kind}"]
+        (branch,) = [b for b in union["allOf"]
+                     if b["if"]["properties"]["type"]["enum"] == [record.type, record.canonical]]
+        variant = schema["$defs"][branch["then"]["$ref"].rsplit("/", 1)[1]]
+        assert variant["description"] == record.summary
+        assert variant["additionalProperties"] is False
         for option, prop in variant["properties"].items():
-            assert prop.get("description"), f"{name}.{option} has no description"
+            assert prop.get("description"), f"{record.canonical}.{option} has no description"
     for key in ("inputs", "backbones", "fusion", "heads"):
         assert schema["properties"][key]["description"]
 
@@ -143,6 +142,19 @@ def test_schema_command_writes_json(tmp_path):
     result = run_polymodal("schema", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["title"] == "polymodal model spec"
+    assert result.stderr == ""
+
+
+def test_schema_command_says_which_plugins_it_could_not_cover(site):
+    make_distribution(site, "broken-plugin", "0.9", {"main": "broken_plugin"},
+                      {"broken_plugin.py": "raise ImportError('missing native library')\n"})
+    make_distribution(site, "good-head", "1.0", {"twice": "good_head"},
+                      {"good_head.py": GOOD_HEAD.format(type="twice")})
+    result = run_polymodal("schema", pythonpath=site)
+    assert result.returncode == 0, result.stderr
+    assert "1 plugin(s) failed to load and are not in the schema" in result.stderr
+    heads = json.loads(result.stdout)["$defs"]["polymodal-head"]["properties"]["type"]["enum"]
+    assert "twice" in heads and "good-head:twice" in heads
 
 
 # -- diagrams ------------------------------------------------------------------------------
