@@ -51,7 +51,7 @@ from ._errors import (
     validator_problem,
 )
 from ._registry import ComponentRecord, Registry, component_problems, get_registry
-from ._spec_files import check_spec_size, read_spec_file
+from ._spec_files import MAX_SPEC_VALUES, check_spec_size, read_spec_file, too_many_values
 from ._training.options import TrainingOptions
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -455,14 +455,10 @@ def _plain(spec: ModelSpec) -> ModelSpec:
         training=spec.training)
 
 
-#: At most this many values in a spec once YAML aliases are expanded (real specs: hundreds).
-MAX_VALUES = 100_000
-
-
 def _json_data(data: Mapping[str, Any], source: str | None) -> dict[str, Any]:
     """``data`` as the JSON data its schema describes: keys are text, a whole number is an int
     (``2.0`` is 2, as JSON counts), tuples and NumPy scalars are lists and numbers. A value JSON
-    has no form for, a value that contains itself, and aliases that expand beyond MAX_VALUES
+    has no form for, a value that contains itself, and aliases that expand beyond MAX_SPEC_VALUES
     values are refused."""
     problems: list[tuple[str, str]] = []
     memo: dict[int, tuple[Any, int]] = {}
@@ -470,9 +466,8 @@ def _json_data(data: Mapping[str, Any], source: str | None) -> dict[str, Any]:
         converted, size = _json_value(data, (), memo, set(), problems)
     except RecursionError:
         raise SpecError([("", "the spec is nested too deeply to read")], source) from None
-    if size > MAX_VALUES:
-        problems.append(("", f"the spec holds more than {MAX_VALUES} values once its aliases are"
-                             " expanded"))
+    if size > MAX_SPEC_VALUES:
+        problems.append(("", too_many_values()))
     if problems:
         raise SpecError(problems[:MAX_PROBLEMS], source)
     return converted

@@ -135,7 +135,7 @@ GOOD: dict[str, Callable[[], dict[str, Any]]] = {
     "fusion null with one input": _yaml(TABLE_ONLY + "fusion: null\n"),
     "a description": _changed("claims.yaml", lambda s: s.update(description="Fraud.")),
     "training options": _changed("claims.yaml", lambda s: s.update(training={
-        "epochs": 3, "lr": 0.01, "optimizer": "sgd", "augment": {"hflip": True},
+        "epochs": 3, "lr": 0.01, "optimizer": "sgd",
         "early_stopping": {"metric": "fraud.balanced_accuracy", "patience": 2},
         "loss_weights": {"fraud": 2}})),
     "a learning rate in exponent notation": _yaml(TABLE_ONLY + "training: {lr: 1e-3}\n"),
@@ -172,8 +172,8 @@ BAD: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
         colour="red")), "heads.fraud.colour"),
     "unknown training option": (_changed("claims.yaml", lambda s: s.update(training={
         "epoch": 3})), "training.epoch"),
-    "unknown augmentation": (_changed("claims.yaml", lambda s: s.update(training={
-        "augment": {"hflp": True}})), "training.augment.hflp"),
+    "unknown augmentation": (_changed("claims.yaml", lambda s: s["inputs"]["photo"][
+        "adapter"].update(augment={"hflp": True})), "inputs.photo.adapter.augment.hflp"),
     "unknown adapter type": (_changed("claims.yaml", lambda s: s["inputs"]["photo"][
         "adapter"].update(type="imag")), "inputs.photo.adapter.type"),
     "unknown backbone type": (_changed("claims.yaml", lambda s: s["backbones"]["vision"].update(
@@ -197,8 +197,8 @@ BAD: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
         "adapter"].update(channels=2.5)), "inputs.photo.adapter.channels"),
     "true for a number": (_changed("claims.yaml", lambda s: s.update(training={
         "epochs": True})), "training.epochs"),
-    "a number for true": (_changed("claims.yaml", lambda s: s.update(training={
-        "augment": {"hflip": 1}})), "training.augment.hflip"),
+    "a number for true": (_changed("claims.yaml", lambda s: s["inputs"]["photo"][
+        "adapter"].update(augment={"hflip": 1})), "inputs.photo.adapter.augment.hflip"),
     "too few classes": (_changed("claims.yaml", lambda s: s["heads"]["fraud"].update(
         classes=1)), "heads.fraud.classes"),
     "no channels": (_changed("claims.yaml", lambda s: s["inputs"]["photo"]["adapter"].update(
@@ -244,9 +244,9 @@ BAD: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
     "a backbone name with a space": (_changed("claims.yaml", lambda s: s["backbones"].update(
         {"big one": s["backbones"].pop("vision")})), "backbones.big one"),
     "a name that is a number": (_changed("claims.yaml", lambda s: s.update(name=5)), "name"),
-    "yes for true (YAML 1.2, as editors read it)": (_yaml(TABLE_ONLY + "training: {augment:"
-                                                          " {hflip: yes}}\n"),
-                                                    "training.augment.hflip"),
+    "yes for true (YAML 1.2, as editors read it)": (_yaml(TABLE_ONLY + "training:"
+                                                          " {freeze_backbones: yes}\n"),
+                                                    "training.freeze_backbones"),
     "training as a list": (_changed("claims.yaml", lambda s: s.update(training=[1])), "training"),
     "an option of a plugin's component": (_yaml("""
 inputs:
