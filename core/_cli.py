@@ -51,7 +51,7 @@ class _Group(click.Group):
         except Exception as exc:  # noqa: BLE001
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            blamed = _plugin_blamed(exc)
+            blamed = _plugin_blamed(exc) or _peer_lost(exc)
             if blamed is not None:
                 click.echo(f"error: {blamed}", err=True)
                 ctx.exit(EXIT_BAD_INPUT)
@@ -61,6 +61,28 @@ class _Group(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)
+
+
+#: What the process groups of torch.distributed say when another process of the job is gone.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "connection refused", "timed out", "Socket Timeout", "NCCL communicator was aborted")
+
+
+def _peer_lost(exc: Exception) -> str | None:
+    """Under torchrun, the message for a collective that failed because another process of the
+    job died or hung: not a bug here, and its own output says why."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    distributed = sys.modules.get("torch.distributed")
+    dist_error = getattr(distributed, "DistError", ()) if distributed is not None else ()
+    text = str(exc)
+    if not (isinstance(exc, dist_error) or any(s.lower() in text.lower() for s in _PEER_GONE)):
+        return None
+    rank = os.environ.get("RANK", "?")
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return (f"process {rank} of this torchrun job lost contact with another process of the job"
+            f" ({type(exc).__name__}: {first}); that process's own output says why it stopped."
+            " Rerun with --resume to continue from the last saved epoch")
 
 
 def _plugin_blamed(exc: Exception) -> str | None:

@@ -54,3 +54,4 @@ def test_the_memory_check_counts_bytes_not_parameters():
     check_fits(Footprint(parameters=10, trainable=10, bytes=1000), memory=1000)
     with pytest.raises(polymodal.SpecError, match="more than this machine's 999 bytes"):
         check_fits(Footprint(parameters=10, trainable=10, bytes=1000), memory=999)
+
