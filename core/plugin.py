@@ -41,6 +41,7 @@ _LAZY = {
     "Head": "_components",
     "HeadConfig": "_components",
     "Modulate": "_components",
+    "changed_options": "_components",
     # Signals: what flows between components.
     "Signal": "_signals",
     "Vector": "_signals",
@@ -120,6 +121,7 @@ if TYPE_CHECKING:
         HeadConfig,
         ModalityAdapter,
         Modulate,
+        changed_options,
     )
     from ._data.binding import Codec, RowIssues, State, TargetCodec
     from ._data.encoding import (

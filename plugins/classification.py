@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 import polymodal
-from polymodal.plugin import category, DataError, fit_vocabulary, Head, HeadConfig, hookimpl, key, listing, lookup, names_for_count, PolymodalError, RowIssues, Table, TargetCodec, Vector
+from polymodal.plugin import category, changed_options, DataError, fit_vocabulary, Head, HeadConfig, hookimpl, key, listing, lookup, names_for_count, PolymodalError, RowIssues, Table, TargetCodec, Vector
 from ._metrics import CLASSIFICATION_METRICS, classification_metrics, confusion_matrix
 
 #: The plugin interface this module is written for.
@@ -63,6 +63,10 @@ class ClassificationHead(Head):
 
         def describe(self) -> str:
             return f"classification, {self.classes} classes"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the classes; edges show the inputs; the target column is data.
+            return changed_options(self, skip=("inputs", "target", "classes"))
 
         def codec(self) -> ClassificationCodec:
             return ClassificationCodec(self)

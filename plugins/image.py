@@ -11,7 +11,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 import polymodal
-from polymodal.plugin import AdapterConfig, Codec, DataError, FeatureMap, hookimpl, is_missing, ModalityAdapter, RowIssues, Signal, Table
+from polymodal.plugin import AdapterConfig, changed_options, Codec, DataError, FeatureMap, hookimpl, is_missing, ModalityAdapter, RowIssues, Signal, Table
 from ._augment import augment_images
 from ._images import ImageReadError, image_array, image_shape, is_image_array, read_image
 
@@ -114,7 +114,12 @@ class ImageAdapter(ModalityAdapter):
 
         def describe(self) -> str:
             projected = f", 1x1 projection to {self.project_to}" if self.project_to is not None else ""
-            return f"image, {self.channels} channels{projected}"
+            return f"image, {self.channels} channel{'s' if self.channels > 1 else ''}{projected}"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the channels and projection; column and size only say how
+            # files are read.
+            return changed_options(self, skip=("channels", "project_to", "column", "size"))
 
         def band_names(self) -> tuple[str, ...] | None:
             """The bands, normalised (lower case), or None when not named."""

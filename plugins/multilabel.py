@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 import polymodal
-from polymodal.plugin import category, DataError, fit_vocabulary, Head, HeadConfig, hookimpl, is_missing, key, listing, lookup, names_for_count, PolymodalError, RowIssues, Table, TargetCodec, Vector
+from polymodal.plugin import category, changed_options, DataError, fit_vocabulary, Head, HeadConfig, hookimpl, is_missing, key, listing, lookup, names_for_count, PolymodalError, RowIssues, Table, TargetCodec, Vector
 from ._metrics import MULTILABEL_METRICS, multilabel_metrics
 
 #: The plugin interface this module is written for.
@@ -72,6 +72,11 @@ class MultilabelHead(Head):
 
         def describe(self) -> str:
             return f"multilabel, {self.labels} labels"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the labels; edges show the inputs; the target column and how
+            # its cells are read are data.
+            return changed_options(self, skip=("inputs", "target", "labels", "separator", "empty"))
 
         def codec(self) -> MultilabelCodec:
             return MultilabelCodec(self)

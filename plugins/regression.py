@@ -11,7 +11,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 import polymodal
-from polymodal.plugin import Head, HeadConfig, hookimpl, numeric_column, RowIssues, SpecError, Table, TargetCodec, Vector
+from polymodal.plugin import changed_options, Head, HeadConfig, hookimpl, numeric_column, RowIssues, SpecError, Table, TargetCodec, Vector
 from ._metrics import REGRESSION_METRICS, regression_metrics
 
 #: The plugin interface this module is written for.
@@ -33,7 +33,11 @@ class RegressionHead(Head):
             " predictions are turned back into the target's units.")
 
         def describe(self) -> str:
-            return f"regression, {self.outputs} output(s)"
+            return f"regression, {self.outputs} output{'s' if self.outputs > 1 else ''}"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the outputs; edges show the inputs; the target column is data.
+            return changed_options(self, skip=("inputs", "target", "outputs"))
 
         def codec(self) -> RegressionCodec:
             return RegressionCodec(self)

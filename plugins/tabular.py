@@ -12,7 +12,7 @@ import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from polymodal.plugin import AdapterConfig, category, Codec, DataError, encode_categories, FeatureMap, fit_vocabulary, hookimpl, lookup, ModalityAdapter, numeric_column, PolymodalError, RowIssues, Signal, Table, Tokens, Vector
+from polymodal.plugin import AdapterConfig, category, changed_options, Codec, DataError, encode_categories, FeatureMap, fit_vocabulary, hookimpl, lookup, ModalityAdapter, numeric_column, PolymodalError, RowIssues, Signal, Table, Tokens, Vector
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -123,6 +123,10 @@ class TabularAdapter(ModalityAdapter):
 
         def describe(self) -> str:
             return f"tabular, {len(self.categorical)} categorical + {len(self.numerical)} numerical"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() counts the columns.
+            return changed_options(self, skip=("categorical", "numerical"))
 
         def embedding_dim(self, column: str) -> int:
             card = self.categorical[column]
