@@ -62,7 +62,7 @@ class ComponentConfig(BaseModel):
         return changed_options(self)
 
 
-def _short(value: Any, items: int = 4) -> str:
+def _short(value: Any, items: int = 6) -> str:
     """``value`` in a few words: long lists and mappings are cut, with their length."""
     if isinstance(value, BaseModel):
         value = value.model_dump()
