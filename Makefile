@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.polymodal-installed
 
-.PHONY: demo test docs registry bench clean-venv
+.PHONY: demo test docs registry bench clean-venv mermaid-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The diagram test with a real Mermaid parser: installs the npm packages mermaid and jsdom into
+# .mermaid (needs node and npm) and runs the diagram tests against them.
+mermaid-check: $(STAMP)
+	@test -d .mermaid/node_modules/mermaid || (mkdir -p .mermaid && cd .mermaid && npm install --no-audit --no-fund --silent mermaid@11 jsdom)
+	POLYMODAL_MERMAID_MODULES=$(CURDIR)/.mermaid/node_modules $(PY) -m pytest tests/ecosystem/test_diagrams_and_reference.py

@@ -51,6 +51,46 @@ class ComponentConfig(BaseModel):
         """A short phrase naming this configured component in messages (``timm resnet18``)."""
         return self.type
 
+    def diagram_settings(self) -> list[str]:
+        """The settings a model diagram shows on this component's node, below :meth:`describe`:
+        short phrases for what changes the built model and is not in ``describe()`` already
+        (``in_chans 5``, ``frozen: all``, ``modality dropout 0.2``).
+
+        The default lists every option set to another value than its default as
+        ``option: value`` (long values shortened). Override it to leave out options that do not
+        change the model (a table column's name) or to word them better."""
+        return changed_options(self)
+
+
+def _short(value: Any, items: int = 6) -> str:
+    """``value`` in a few words: long lists and mappings are cut, with their length."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, Mapping):
+        shown = [f"{k}: {_short(v)}" for k, v in list(value.items())[:items]]
+        more = f", ... {len(value)} entries" if len(value) > items else ""
+        return "{" + ", ".join(shown) + more + "}"
+    if isinstance(value, (list, tuple)):
+        shown = [_short(v) for v in value[:items]]
+        more = f", ... {len(value)} items" if len(value) > items else ""
+        return "[" + ", ".join(shown) + more + "]"
+    return str(value)
+
+
+def changed_options(config: ComponentConfig, skip: Collection[str] = ()) -> list[str]:
+    """``option: value`` for each option of ``config`` whose value is not its default (``type``
+    and the options in ``skip`` left out): the default of
+    :meth:`ComponentConfig.diagram_settings`."""
+    found = []
+    for name, field in type(config).model_fields.items():
+        if name == "type" or name in skip or field.is_required():
+            continue
+        default = field.get_default(call_default_factory=True)
+        value = getattr(config, name)
+        if value != default:
+            found.append(f"{name}: {_short(value)}")
+    return found
+
 
 class AdapterConfig(ComponentConfig):
     def gives(self) -> Signal:
@@ -122,6 +162,10 @@ class HeadConfig(ComponentConfig):
     target: str | None = Field(
         None, description="Table column holding this head's target (default: the head's name).",
         min_length=1)
+
+    def diagram_settings(self) -> list[str]:
+        # The diagram's edges show a head's inputs; its target column does not change the model.
+        return changed_options(self, skip=("inputs", "target"))
 
     def check_takes(self, takes: Signal) -> None:
         """Raise :class:`ConnectionMismatch` if the head cannot take ``takes``."""

@@ -55,10 +55,46 @@ def _type_name(annotation: Any) -> str:
         return f"dict[{', '.join(_type_name(a) for a in args)}]"
     if annotation is type(None):
         return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _model_type(annotation)
     if isinstance(annotation, type):
         return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
             annotation.__name__, annotation.__name__)
     return str(annotation).replace("typing.", "")
+
+
+def _model_type(model: type[BaseModel]) -> str:
+    """A nested options model written out: ``{train_last: integer, batchnorm: boolean = false}``."""
+    parts = []
+    for name, field in model.model_fields.items():
+        text = f"{name}: {_type_name(field.annotation)}"
+        if not field.is_required():
+            text += f" = {json.dumps(field.get_default(call_default_factory=True))}"
+        parts.append(text)
+    return "{" + ", ".join(parts) + "}"
+
+
+def _schema_type(schema: dict[str, Any]) -> str:
+    """A JSON Schema's type in the words of :func:`_type_name`."""
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "anyOf" in schema:
+        return " | ".join(_schema_type(s) for s in schema["anyOf"])
+    if schema.get("type") == "array":
+        return f"list[{_schema_type(schema.get('items', {}))}]"
+    if schema.get("type") == "object":
+        values = schema.get("additionalProperties")
+        return f"dict[string, {_schema_type(values)}]" if isinstance(values, dict) else "dict"
+    return schema.get("type", "any")
+
+
+def _field_type(field: FieldInfo) -> str:
+    """The option's type as editors see it: the field's own schema (``json_schema_extra``)
+    when it states one, its annotation otherwise."""
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("anyOf"), list):
+        return _schema_type(extra)
+    return _type_name(field.annotation)
 
 
 def _constraints(field: FieldInfo) -> str:
@@ -95,7 +131,7 @@ def option_rows(config: type[BaseModel]) -> list[OptionRow]:
             default = json.dumps(field.default_factory())
         else:
             default = json.dumps(field.default) if field.default is not PydanticUndefined else "—"
-        rows.append(OptionRow(name, _type_name(field.annotation), default, required,
+        rows.append(OptionRow(name, _field_type(field), default, required,
                               _constraints(field), field.description or ""))
     return rows
 
@@ -135,6 +171,67 @@ def _flow(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_flow(v) for v in value) + "]"
     return json.dumps(value)
+
+
+#: Built-in parts a complete example puts around the documented component: an image input, a
+#: table input, a head. Tried in turn until the spec's connections check.
+IMAGE_INPUT = {"adapter": {"type": "image", "channels": 3},
+               "backbone": {"type": "timm", "model": "resnet18"}}
+TABLE_INPUT = {"adapter": {"type": "tabular", "categorical": {"make": 40},
+                           "numerical": ["age", "mileage"]},
+               "backbone": {"type": "mlp", "hidden": [32]}}
+EXAMPLE_HEAD = {"type": "regression"}
+
+
+def _example_candidates(kind: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Specs using ``config`` (a ``kind`` component) among built-in parts, simplest first."""
+    heads = {"outcome": EXAMPLE_HEAD}
+    if kind == "adapter":
+        return [{"inputs": {"data": {"adapter": config, **extra}}, **more, "heads": heads}
+                for extra, more in (({}, {}), ({"backbone": TABLE_INPUT["backbone"]}, {}),
+                                    ({"backbone": IMAGE_INPUT["backbone"]}, {}),
+                                    ({}, {"fusion": {"type": "concat"}}))]
+    if kind == "backbone":
+        return [{"inputs": {"data": {"adapter": part["adapter"], "backbone": "encoder"}},
+                 "backbones": {"encoder": config}, **more, "heads": heads}
+                for part in (IMAGE_INPUT, TABLE_INPUT)
+                for more in ({}, {"fusion": {"type": "concat"}})]
+    if kind == "fusion":
+        return [{"inputs": {"image": IMAGE_INPUT, "table": TABLE_INPUT}, "fusion": config,
+                 "heads": heads}]
+    return [{"inputs": {"table": TABLE_INPUT}, "heads": {"outcome": config}},
+            {"inputs": {"image": IMAGE_INPUT}, "heads": {"outcome": config}}]
+
+
+def example_spec(record: ComponentRecord, cls: type, registry: Registry | None = None
+                 ) -> dict[str, Any] | None:
+    """A complete spec using the component's example config among built-in parts, whose
+    connections check; None when none of the tried arrangements fits it."""
+    from ._assembly import plan
+    from ._spec import load_spec
+
+    config = example_config(record, cls)
+    for candidate in _example_candidates(record.kind, config):
+        spec = {"name": f"{record.type} example", **candidate}
+        try:
+            plan(load_spec(spec, registry))
+        except Exception:  # noqa: BLE001 - this arrangement does not fit; try the next
+            continue
+        return spec
+    return None
+
+
+def _example_section(record: ComponentRecord, cls: type, registry: Registry | None) -> list[str]:
+    import yaml
+
+    spec = example_spec(record, cls, registry)
+    if spec is None:
+        return []
+    text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=96)
+    return ["## A complete spec", "",
+            f"A model using this {record.kind} with built-in parts around it. Save it as"
+            " `spec.yaml`; `polymodal validate spec.yaml` checks it, `polymodal build spec.yaml"
+            " -o model.safetensors` builds it.", "", "```yaml", text.rstrip("\n"), "```", ""]
 
 
 def connections(record: ComponentRecord, cls: type) -> tuple[str, str]:
@@ -180,7 +277,7 @@ def _kind_words(name: str) -> str:
             "Sequence": "sequences"}.get(name, name)
 
 
-def component_page(record: ComponentRecord, cls: type) -> str:
+def component_page(record: ComponentRecord, cls: type, registry: Registry | None = None) -> str:
     takes, gives = connections(record, cls)
     # The first paragraph is the summary, shown above; the rest is the page's body.
     doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n", 1)
@@ -212,6 +309,7 @@ def component_page(record: ComponentRecord, cls: type) -> str:
     else:
         lines.append("None besides `type`.")
     lines += ["", "## Example", "", "```yaml", example_snippet(record, cls), "```", ""]
+    lines += _example_section(record, cls, registry)
     return "\n".join(lines)
 
 
@@ -244,7 +342,7 @@ def reference_pages(registry: Registry | None = None, packages: set[str] | None 
         for rec in of_kind:
             cls = registry.load(rec)
             name = page_name(rec)
-            pages[name] = component_page(rec, cls)
+            pages[name] = component_page(rec, cls, registry)
             index.append(f"| [`{rec.type}`]({name}) | {rec.package} {rec.version} | {_cell(rec.summary)} |")
         index.append("")
     pages["index.md"] = "\n".join(index)

@@ -125,7 +125,7 @@ class FeatureMap(Signal):
             raise ValueError(f"{len(self.bands)} band names for {self.channels} channels")
 
     def describe(self) -> str:
-        return f"a feature map of {self.channels} channels"
+        return f"a feature map of {self.channels} channel{'s' if self.channels != 1 else ''}"
 
     def fits(self, other: Signal) -> bool:
         """Whether ``other`` connects where this map is taken (same channel count)."""
@@ -197,7 +197,7 @@ class Sequence(Signal):
     channels: int
 
     def describe(self) -> str:
-        return f"a sequence of {self.channels} channels"
+        return f"a sequence of {self.channels} channel{'s' if self.channels != 1 else ''}"
 
     @property
     def width(self) -> int:

@@ -41,6 +41,7 @@ _LAZY = {
     "Head": "_components",
     "HeadConfig": "_components",
     "Modulate": "_components",
+    "changed_options": "_components",
     # Signals: what flows between components.
     "Signal": "_signals",
     "Vector": "_signals",
@@ -115,6 +116,7 @@ if TYPE_CHECKING:
         HeadConfig,
         ModalityAdapter,
         Modulate,
+        changed_options,
     )
     from ._data.codec import Codec, Metric, RowIssues, State, TargetCodec
     from ._data.table import Table, is_missing

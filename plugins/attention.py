@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from polymodal.plugin import Fusion, FusionConfig, hookimpl, Signal, Vector
+from polymodal.plugin import changed_options, Fusion, FusionConfig, hookimpl, Signal, Vector
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -47,6 +47,10 @@ class AttentionFusion(Fusion):
 
         def describe(self) -> str:
             return f"attention dim {self.dim}, {self.heads} heads"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the width and heads.
+            return changed_options(self, skip=("dim", "heads"))
 
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             return Vector(self.dim)

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
+    changed_options,
     DataError,
     Head,
     HeadConfig,
@@ -75,6 +76,10 @@ class ClassificationHead(Head):
 
         def describe(self) -> str:
             return f"classification, {self.classes} classes"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the classes; edges show the inputs; the target column is data.
+            return changed_options(self, skip=("inputs", "target", "classes"))
 
         def codec(self, name: str, where: str) -> ClassificationCodec:
             return ClassificationCodec(self, name, where)

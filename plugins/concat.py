@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from polymodal.plugin import Activation, Fusion, FusionConfig, hookimpl, mlp, Norm, Signal, Vector
+from polymodal.plugin import Activation, changed_options, Fusion, FusionConfig, hookimpl, mlp, Norm, Signal, Vector
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -35,6 +35,10 @@ class ConcatFusion(Fusion):
 
         def describe(self) -> str:
             return "concat" + (f" + mlp {self.hidden}" if self.hidden else "")
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the MLP.
+            return changed_options(self, skip=("hidden",))
 
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             width = sum(s.width for s in takes.values())

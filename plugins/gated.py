@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from polymodal.plugin import Fusion, FusionConfig, hookimpl, Signal, Vector
+from polymodal.plugin import changed_options, Fusion, FusionConfig, hookimpl, Signal, Vector
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -34,6 +34,10 @@ class GatedFusion(Fusion):
 
         def describe(self) -> str:
             return f"gated, dim {self.dim}"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the width.
+            return changed_options(self, skip=("dim",))
 
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             return Vector(self.dim)

@@ -11,6 +11,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
+    changed_options,
     AdapterConfig,
     Codec,
     DataError,
@@ -132,7 +133,12 @@ class ImageAdapter(ModalityAdapter):
 
         def describe(self) -> str:
             projected = f", 1x1 projection to {self.project_to}" if self.project_to is not None else ""
-            return f"image, {self.channels} channels{projected}"
+            return f"image, {self.channels} channel{'s' if self.channels > 1 else ''}{projected}"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the channels and projection; column and size only say how
+            # files are read.
+            return changed_options(self, skip=("channels", "project_to", "column", "size"))
 
         def band_names(self) -> tuple[str, ...] | None:
             """The bands, normalised (lower case), or None when not named."""

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
+    changed_options,
     DataError,
     Head,
     HeadConfig,
@@ -85,6 +86,11 @@ class MultilabelHead(Head):
 
         def describe(self) -> str:
             return f"multilabel, {self.labels} labels"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the labels; edges show the inputs; the target column and how
+            # its cells are read are data.
+            return changed_options(self, skip=("inputs", "target", "labels", "separator", "empty"))
 
         def codec(self, name: str, where: str) -> MultilabelCodec:
             return MultilabelCodec(self, name, where)

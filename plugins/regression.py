@@ -11,6 +11,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from polymodal.plugin import (
+    changed_options,
     Head,
     HeadConfig,
     RowIssues,
@@ -44,7 +45,11 @@ class RegressionHead(Head):
             " predictions are turned back into the target's units.")
 
         def describe(self) -> str:
-            return f"regression, {self.outputs} output(s)"
+            return f"regression, {self.outputs} output{'s' if self.outputs > 1 else ''}"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() shows the outputs; edges show the inputs; the target column is data.
+            return changed_options(self, skip=("inputs", "target", "outputs"))
 
         def codec(self, name: str, where: str) -> RegressionCodec:
             return RegressionCodec(self, name, where)

@@ -13,6 +13,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
+    changed_options,
     AdapterConfig,
     Codec,
     DataError,
@@ -143,6 +144,10 @@ class TabularAdapter(ModalityAdapter):
 
         def describe(self) -> str:
             return f"tabular, {len(self.categorical)} categorical + {len(self.numerical)} numerical"
+
+        def diagram_settings(self) -> list[str]:
+            # describe() counts the columns.
+            return changed_options(self, skip=("categorical", "numerical"))
 
         def embedding_dim(self, column: str) -> int:
             card = self.categorical[column]

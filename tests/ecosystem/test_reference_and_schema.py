@@ -1,4 +1,5 @@
-"""The generated component reference, the spec's JSON Schema, and Mermaid diagrams."""
+"""The generated component reference and the spec's JSON Schema (diagrams and the reference's
+complete examples: test_diagrams_and_reference.py)."""
 
 from __future__ import annotations
 
@@ -155,81 +156,6 @@ def test_schema_command_says_which_plugins_it_could_not_cover(site):
     assert "1 plugin(s) failed to load and are not in the schema" in result.stderr
     heads = json.loads(result.stdout)["$defs"]["polymodal-head"]["properties"]["type"]["enum"]
     assert "twice" in heads and "good-head:twice" in heads
-
-
-# -- diagrams ------------------------------------------------------------------------------
-
-
-def test_validate_diagram_draws_a_shared_backbone_once():
-    result = run_polymodal("validate", "examples/shared_backbone.yaml", "--diagram")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "flowchart LR"
-    assert sum(1 for line in lines if line.strip().startswith("backbone_shared[[")) == 1
-    assert sum(1 for line in lines if "--> backbone_shared" in line) == 3
-    assert '    backbone_shared -- "mri: a vector of 512" --> head_mri_grade' in lines
-
-
-def test_a_shared_backbones_edges_into_a_fusion_name_their_input():
-    from polymodal._diagram import mermaid
-
-    spec = polymodal.load_spec({
-        "inputs": {"rgb": {"adapter": {"type": "image", "channels": 3}, "backbone": "shared"},
-                   "ms": {"adapter": {"type": "image", "channels": 10, "project_to": 3},
-                          "backbone": "shared"}},
-        "backbones": {"shared": {"type": "timm", "model": "resnet10t"}},
-        "fusion": {"type": "concat"},
-        "heads": {"crop": {"type": "classification", "classes": 3}}})
-    lines = mermaid(spec).splitlines()
-    assert '    adapter_ms["adapter: image, 10 channels, 1x1 projection to 3"]' in lines
-    assert '    backbone_shared -- "rgb: a vector of 512" --> fusion_rgb_ms' in lines
-    assert '    backbone_shared -- "ms: a vector of 512" --> fusion_rgb_ms' in lines
-
-
-def test_inspect_diagram_of_a_saved_model_matches_its_spec(tmp_path):
-    from polymodal._diagram import mermaid
-
-    spec = {"inputs": {"photo": {"adapter": {"type": "image", "channels": 1, "project_to": 4}},
-                       "report": {"adapter": {"type": "tabular", "numerical": ["age"]},
-                                  "backbone": {"type": "mlp", "hidden": [8]}}},
-            "fusion": {"type": "concat", "hidden": [6]},
-            "heads": {"fraud": {"type": "classification", "classes": 2}}}
-    model = polymodal.build(spec)
-    path = tmp_path / "m.safetensors"
-    polymodal.save(model, path)
-    result = run_polymodal("inspect", str(path), "--diagram")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == mermaid(polymodal.load_spec(spec))
-    assert result.stdout.splitlines()[1:] == [
-        '    in_photo[/"photo"/]',
-        '    adapter_photo["adapter: image, 1 channels, 1x1 projection to 4"]',
-        '    in_report[/"report"/]',
-        '    adapter_report["adapter: tabular, 0 categorical + 1 numerical"]',
-        '    backbone_of_report["backbone: mlp [8]"]',
-        '    fusion_photo_report{"fusion: concat + mlp [6]"}',
-        '    head_fraud(["head fraud: classification, 2 classes"])',
-        '    in_photo --> adapter_photo',
-        '    in_report --> adapter_report',
-        '    adapter_report -- "a vector of 2" --> backbone_of_report',
-        '    adapter_photo -- "a feature map of 4 channels" --> fusion_photo_report',
-        '    backbone_of_report -- "a vector of 8" --> fusion_photo_report',
-        '    fusion_photo_report -- "a vector of 6" --> head_fraud',
-    ]
-
-
-def test_diagram_of_a_bad_spec_is_the_validation_error(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("inputs: {x: {adapter: {type: image, channels: 5}, backbone: {type: timm, model: resnet18}}}\n"
-                   "heads: {y: {type: regression}}\n")
-    result = run_polymodal("validate", str(bad), "--diagram")
-    assert result.returncode == 1 and result.stdout == ""
-    assert "set project_to: 3" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_mermaid_labels_cannot_break_out_of_their_quotes():
-    from polymodal._diagram import _label
-
-    assert _label('say "hi"') == '"say #quot;hi#quot;"'
 
 
 def test_editor_guide_examples_are_valid(schema):
