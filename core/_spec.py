@@ -655,6 +655,9 @@ def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
         if current is None:
             return []
     current, _ = _annotated(current)
+    if typing.get_origin(current) in (Union, types.UnionType):  # ``Model | None``
+        members = [m for m in typing.get_args(current) if m is not type(None)]
+        current = _annotated(members[0])[0] if len(members) == 1 else None
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
     return []
