@@ -75,9 +75,19 @@ def measured(spec: ModelSpec) -> Footprint | str:
     meta device); refuses a model that cannot fit."""
     try:
         footprint = measure(spec)
-    except PolymodalError:
-        raise
+    except PolymodalError as exc:
+        # Sizes a table decides (`classes: auto`, learned cardinalities) are not known before
+        # training; what build itself refuses, build reports.
+        return f"size not measured before training ({_first_line(exc)})"
     except Exception as exc:  # noqa: BLE001 - measuring is advice; the build reports its own errors
-        return f"not measured ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        return f"size not measured ({type(exc).__name__}: {_first_line(exc)})"
     check_fits(footprint)
     return footprint
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, SpecError) and exc.problems:  # the first problem, not the list's header
+        where, message = exc.problems[0]
+        more = f"; and {len(exc.problems) - 1} more" if len(exc.problems) > 1 else ""
+        return f"{where}: {message}"[:200] + more
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -188,7 +188,9 @@ def _drop_retired_training_options(data: Any) -> None:
 def _missing_plugin_hint(message: str, data: Any, metadata: Mapping[str, str]) -> str:
     versions = _versions_of(metadata)
     registry = get_registry()
-    installed = {p.package for p in registry.plugins if p.status in ("lazy", "loaded")}
+    # Disabled or failed plugins are installed too: the registry's message says why they
+    # are not used, and no install line is wanted for them.
+    installed = {p.package for p in registry.plugins}
     needed = set()
     for text in json.dumps(data).split('"type": "')[1:]:
         type_id = text.split('"', 1)[0]

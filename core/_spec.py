@@ -43,6 +43,7 @@ from pydantic_core import PydanticCustomError, core_schema
 from ._components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
 from ._errors import (
     ComponentError,
+    Problem,
     SpecError,
     close_matches,
     did_you_mean,
@@ -59,10 +60,15 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _NAMES = {"propertyNames": {"pattern": NAME_PATTERN}}
 
 
-def _problem(kind: str, message: str) -> PydanticCustomError:
+def _problem(kind: str, message: str, cause: BaseException | None = None) -> PydanticCustomError:
     """A validation error of our own ``kind`` whose message is ``message`` as written (the
-    message goes in through the context: a template would read braces in it as fields)."""
-    return PydanticCustomError(kind, "{message}", {"message": message})
+    message goes in through the context: a template would read braces in it as fields); the
+    exception a component raised, if it caused it, travels along for --debug and the
+    conformance kit."""
+    context: dict[str, Any] = {"message": message}
+    if cause is not None:
+        context["cause"] = cause
+    return PydanticCustomError(kind, "{message}", context)
 
 
 def _valid_name(name: str) -> str:
@@ -324,7 +330,8 @@ class _ComponentSlot:
             except Exception as exc:  # noqa: BLE001 - a validator's own error (SpecError, TypeError, ...)
                 problems = component_problems(exc, "", record, self.registry)
                 raise _problem("spec_component", "; ".join(
-                    f"{where}: {message}" if where else message for where, message in problems)) from None
+                    f"{where}: {message}" if where else message for where, message in problems),
+                    cause=exc) from None
         return validate
 
     def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
@@ -563,6 +570,7 @@ def _pydantic_problems(
     into one message."""
     # By place, and whether the complaint is about the name (the key) there or its value.
     problems: dict[tuple[str, bool], list[str]] = {}
+    causes: dict[str, BaseException] = {}  # a component's own exception behind a problem
     got: dict[tuple[str, bool], str] = {}
     suggested: set[str] = set()  # keys a misspelt key points to: their "missing" goes unsaid
     for err in exc.errors(include_url=False):
@@ -587,6 +595,8 @@ def _pydantic_problems(
             known = f" Known keys: {', '.join(sorted(fields))}." if fields else ""
             problems.setdefault(place, []).append(_unknown_key(hint, known))
             continue
+        if isinstance((err.get("ctx") or {}).get("cause"), BaseException):
+            causes[place[0]] = err["ctx"]["cause"]
         messages = problems.setdefault(place, [])
         msg = _message(err, loc if not prefix else None)
         if messages and msg.startswith("Input should "):
@@ -598,9 +608,10 @@ def _pydantic_problems(
         if err["type"] not in _SAYS_WHAT_IT_GOT and msg not in _REQUIRED_SECTIONS.values() \
                 and "input" in err and not isinstance(err["input"], Mapping):
             got[place] = f" (got {excerpt(err['input'])})"
-    found = [(where, " or ".join(msgs) + got.get((where, key), ""))
-             for (where, key), msgs in problems.items()
-             if not (where in suggested and msgs == ["Field required"])]
+    found: list[tuple[str, str]] = [
+        Problem(where, " or ".join(msgs) + got.get((where, key), ""), causes.get(where))
+        for (where, key), msgs in problems.items()
+        if not (where in suggested and msgs == ["Field required"])]
     if len(found) > MAX_PROBLEMS:
         found = found[:MAX_PROBLEMS] + [("", f"... and {len(found) - MAX_PROBLEMS} more problems")]
     return found

@@ -103,6 +103,9 @@ class ConformanceError(AssertionError):
     """A component class does not behave as polymodal requires; the message names the check."""
 
 
+ConformanceError.__module__ = "polymodal.plugin"  # where plugin authors import it from
+
+
 @dataclass(frozen=True)
 class ConformanceReport:
     """What :func:`check_component` found, for further assertions in a test: with the first

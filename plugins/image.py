@@ -286,7 +286,8 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         message = f"{self._name(table, position)} {problem}"
         value = table.columns[self.column()][position]
         if str(problem) == "not found" and not is_image_array(value) and not Path(str(value).strip()).is_absolute():
-            message += f" in {table.base_dir}"  # where a relative path was looked up
+            # Where a relative path was looked up: the table's folder, in full.
+            message += f" in {Path(table.base_dir).resolve()}"
         return message
 
     def _read(self, table: Table, position: int, issues: RowIssues,

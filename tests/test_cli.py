@@ -498,10 +498,7 @@ def test_a_components_error_in_build_is_reported_at_its_spec_path(capsys, tmp_pa
                                                                   expected):
     path = picky(mode)
     code, out, err = call(capsys, "validate", str(path))
-    if mode.startswith("init"):  # validate measures the model: it makes every module, weightless
-        assert_one_clear_error(code, err, f"error: {path}: ", *expected)
-    else:  # pretrained weights are loaded by build only
-        assert code == 0 and "ok" in out
+    assert code == 0 and "ok" in out  # what only the module checks shows when it is built
     output = tmp_path / "out.safetensors"
     code, _, err = call(capsys, "build", str(path), "-o", str(output))
     assert_one_clear_error(code, err, f"error: {path}: ", *expected)
