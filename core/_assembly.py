@@ -229,7 +229,8 @@ class PolymodalModel(nn.Module):
                             plain[n] = self._backbone(n, adapted[n])
                         features[n] = plain[n]
                 for target, stages in conditioned.items():
-                    def modulate(stage, output, fusion=fusion, target=target, features=features):
+                    def modulate(stage, output, fusion=fusion, target=target, features=features,
+                                 masks=masks):
                         return fusion.modulate(target, stage, output, features, masks)
 
                     features[target] = self._backbone_of[target].modulated(

@@ -27,9 +27,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
-import shutil
 import stat
 import sys
 import threading

@@ -208,7 +208,7 @@ class ProbeFusion(Fusion):
         type: Literal["probe"] = "probe"
 
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
-            for name, signal in takes.items():
+            for signal in takes.values():
                 _probe_name(signal)
             return Vector(sum(s.width for s in takes.values()))
 
@@ -610,7 +610,7 @@ def _check_bad_options(cls: type, kind: str, spec: dict[str, Any],
             except SpecError as exc:
                 raised = _raised_by_component(exc)
                 if raised is not None:  # reported for the user, but as the plugin's bug
-                    raise raised
+                    raise raised  # noqa: B904 - the plugin's own exception, as it raised it
                 if not any(loc.startswith(where) for loc, _ in exc.problems):
                     raise _fail(cls, "bad options", f"{bad_set!r} was rejected, but not at"
                                 f" {where}: {exc}") from None

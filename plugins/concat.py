@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from polymodal.plugin import Activation, Fusion, FusionConfig, hookimpl, mlp, Norm, Signal, Vector
+from polymodal.plugin import Activation, Fusion, FusionConfig, Norm, Signal, Vector, hookimpl, mlp
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2

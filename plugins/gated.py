@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from polymodal.plugin import Fusion, FusionConfig, hookimpl, Signal, Vector
+from polymodal.plugin import Fusion, FusionConfig, Signal, Vector, hookimpl
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
