@@ -179,6 +179,7 @@ class ModalityAdapter(Component):
 
     kind = "adapter"
     Config = AdapterConfig
+    config: AdapterConfig
 
 
 class Backbone(Component):
@@ -191,6 +192,7 @@ class Backbone(Component):
 
     kind = "backbone"
     Config = BackboneConfig
+    config: BackboneConfig
 
     def __init__(self, config: ComponentConfig, takes: Any = None):
         super().__init__(config, takes)
@@ -287,6 +289,7 @@ class Head(Component):
 
     kind = "head"
     Config = HeadConfig
+    config: HeadConfig
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The training loss of ``output`` (this head's forward result) against ``target``."""

@@ -161,6 +161,8 @@ class ProbeAdapter(ModalityAdapter):
         def gives(self) -> Signal:
             return _signal(self.signal, self.width)
 
+    config: Config
+
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
         self.scale = nn.Parameter(torch.ones(()))
@@ -187,6 +189,8 @@ class ProbeBackbone(Backbone):
         def stages(self, takes: Signal) -> tuple[Signal, ...]:
             return (self.gives(takes),) * PROBE_STAGES
 
+    config: Config
+
     def __init__(self, config: Config, takes: FeatureMap):
         super().__init__(config, takes)
         self.layers = nn.ModuleList(
@@ -212,6 +216,8 @@ class ProbeFusion(Fusion):
                 _probe_name(signal)
             return Vector(sum(s.width for s in takes.values()))
 
+    config: Config
+
     def forward(self, features, present=None):
         return torch.cat([s.pool(features[n]) for n, s in self.takes.items()], dim=1)
 
@@ -221,6 +227,8 @@ class ProbeHead(Head):
 
     class Config(HeadConfig):
         type: Literal["probe"] = "probe"
+
+    config: Config
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)

@@ -51,6 +51,8 @@ class AttentionFusion(Fusion):
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             return Vector(self.dim)
 
+    config: Config
+
     example_options = {"dim": 64, "heads": 4}
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):

@@ -79,6 +79,8 @@ class ClassificationHead(Head):
         def codec(self, name: str, where: str) -> ClassificationCodec:
             return ClassificationCodec(self, name, where)
 
+    config: Config
+
     example_options = {"classes": 2}
 
     def __init__(self, config: Config, takes: Vector):

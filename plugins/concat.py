@@ -40,6 +40,8 @@ class ConcatFusion(Fusion):
             width = sum(s.width for s in takes.values())
             return Vector(self.hidden[-1] if self.hidden else width)
 
+    config: Config
+
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
         self.placeholders = nn.ParameterDict({

@@ -86,6 +86,8 @@ class FiLMFusion(Fusion):
                 width += sum(takes[n].width for n in sources)
             return Vector(width)
 
+    config: Config
+
     example_options = {"target": "image", "stages": [3, 4]}
 
     def __init__(self, config: Config, takes: FusionInputs):

@@ -38,6 +38,8 @@ class GatedFusion(Fusion):
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             return Vector(self.dim)
 
+    config: Config
+
     example_options = {"dim": 32}
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):

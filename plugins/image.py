@@ -156,6 +156,8 @@ class ImageAdapter(ModalityAdapter):
                 return fix
             return None
 
+    config: Config
+
     example_options = {"channels": 3}
 
     def __init__(self, config: Config, takes: None = None):

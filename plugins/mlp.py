@@ -50,6 +50,8 @@ class MLPBackbone(Backbone):
                 raise ConnectionMismatch("takes a vector", wanted=Vector(takes.width))
             return Vector(self.hidden[-1])
 
+    config: Config
+
     example_options = {"hidden": [64]}
 
     def __init__(self, config: Config, takes: Vector):

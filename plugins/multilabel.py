@@ -89,6 +89,8 @@ class MultilabelHead(Head):
         def codec(self, name: str, where: str) -> MultilabelCodec:
             return MultilabelCodec(self, name, where)
 
+    config: Config
+
     example_options = {"labels": 3}
 
     def __init__(self, config: Config, takes: Vector):

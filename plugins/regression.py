@@ -49,6 +49,8 @@ class RegressionHead(Head):
         def codec(self, name: str, where: str) -> RegressionCodec:
             return RegressionCodec(self, name, where)
 
+    config: Config
+
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()

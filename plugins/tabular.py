@@ -182,6 +182,8 @@ class TabularAdapter(ModalityAdapter):
                 return f"set project_to: {wanted.dim}"
             return None
 
+    config: Config
+
     example_options = {"categorical": {"make": 40}, "numerical": ["age"]}
 
     def __init__(self, config: Config, takes: None = None):

@@ -76,6 +76,8 @@ class TimmBackbone(Backbone):
             _check_model_name(self.model)
             return _shape_of(self.model, self.in_chans)
 
+    config: Config
+
     example_options = {"model": "resnet18"}
 
     def __init__(self, config: Config, takes: Signal):

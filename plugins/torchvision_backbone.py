@@ -129,6 +129,8 @@ class TorchvisionBackbone(Backbone):
                     f" use the timm backbone for {self.model!r} feature maps")
             return super().gives(takes)
 
+    config: Config
+
     example_options = {"model": "resnet18"}
 
     def __init__(self, config: Config, takes: Signal):
