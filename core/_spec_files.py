@@ -92,7 +92,8 @@ def _check_yaml_events(text: str) -> None:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             stack.append([event.anchor, 1])
             if len(stack) > MAX_SPEC_DEPTH:
-                raise SpecError([("", _too_deep(event.start_mark.line + 1))])
+                line = event.start_mark.line + 1 if event.start_mark else 0  # the parser marks every event
+                raise SpecError([("", _too_deep(line))])
             continue
         if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             anchor, size = stack.pop()

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, PositiveInt, ValidationError
@@ -60,6 +60,9 @@ from ._errors import ConnectionMismatch, PolymodalError, SpecError
 from ._hooks import hookimpl
 from ._registry import ComponentRecord, Registry
 from ._signals import FeatureMap, Sequence, Signal, Tokens, Vector, example_signals
+
+if TYPE_CHECKING:
+    from ._assembly import PolymodalModel
 
 PROBE_PACKAGE = "polymodal-testing"
 SUBJECT_PACKAGE = "polymodal-testing-subject"
@@ -396,7 +399,7 @@ def _all_present(names: Iterable[str], batch_size: int) -> dict[str, torch.Tenso
     return {name: torch.ones(batch_size, dtype=torch.bool) for name in names}
 
 
-def _subject_module(model: nn.Module, kind: str) -> nn.Module:
+def _subject_module(model: PolymodalModel, kind: str) -> nn.Module:
     if kind == "adapter":
         return model.adapters["x"]
     if kind == "backbone":
@@ -541,7 +544,7 @@ def _check_presence(cls: type, fusion: nn.Module, batch: Mapping[str, torch.Tens
                     " output", takes)
 
 
-def _check_model(cls: type[Component], kind: str, model: nn.Module, takes: Any,
+def _check_model(cls: type[Component], kind: str, model: PolymodalModel, takes: Any,
                  batch_size: int) -> dict[str, torch.Tensor]:
     """Gradients reach every trainable parameter of the subject and flow on to its input;
     returns the batch used."""
@@ -567,7 +570,7 @@ def _check_model(cls: type[Component], kind: str, model: nn.Module, takes: Any,
     return batch
 
 
-def _check_save_load(cls: type, model: nn.Module, batch: Mapping[str, Any], takes: Any,
+def _check_save_load(cls: type, model: PolymodalModel, batch: Mapping[str, Any], takes: Any,
                      registry: Registry) -> None:
     """A saved and loaded model gives the same outputs."""
     from ._modelfile import load, save
