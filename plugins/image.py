@@ -157,6 +157,8 @@ class ImageAdapter(ModalityAdapter):
             return None
 
     config: Config
+    mean: torch.Tensor  # buffers, when the config normalizes
+    std: torch.Tensor
 
     example_options = {"channels": 3}
 

@@ -90,6 +90,7 @@ class MultilabelHead(Head):
             return MultilabelCodec(self, name, where)
 
     config: Config
+    pos_weight: torch.Tensor  # a buffer
 
     example_options = {"labels": 3}
 

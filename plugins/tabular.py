@@ -183,6 +183,8 @@ class TabularAdapter(ModalityAdapter):
             return None
 
     config: Config
+    num_mean: torch.Tensor  # buffers
+    num_std: torch.Tensor
 
     example_options = {"categorical": {"make": 40}, "numerical": ["age"]}
 
@@ -279,6 +281,8 @@ class NumericalEmbedding(nn.Module):
     Every column has its own weights (a batched linear map ``[n, in, dim]``). With ``flags``, a
     learned per-column vector is added where a value was imputed.
     """
+
+    bin_edges: torch.Tensor  # a buffer, with piecewise_linear
 
     def __init__(self, kind: str, columns: int, dim: int, *, bins: int, frequencies: int,
                  scale: float, flags: bool):
