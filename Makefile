@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.polymodal-installed
 
-.PHONY: demo test docs registry bench clean-venv mermaid-check
+.PHONY: demo test lint typecheck docs registry bench clean-venv mermaid-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,23 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 	$(PY) examples/train_demo.py
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest
+
+# Static checks; `make test` runs the linter first, so a finding fails it.
+lint: $(STAMP)
+	$(PY) -m ruff check core plugins examples/plugins/polymodal-signal
+
+# The type checker sees the packages by their import names through links in build/typecheck
+# (see [tool.mypy]) and reports findings under the source paths.
+typecheck: $(STAMP)
+	@mkdir -p build/typecheck
+	@ln -sfn ../../core build/typecheck/polymodal
+	@ln -sfn ../../plugins build/typecheck/polymodal_plugins
+	@$(PY) -m mypy >build/typecheck/mypy.out; status=$$?; \
+	  sed -e 's#^build/typecheck/polymodal/#core/#' -e 's#^build/typecheck/polymodal_plugins/#plugins/#' \
+	    build/typecheck/mypy.out; \
+	  exit $$status
 
 docs: $(STAMP)
 	$(VENV)/bin/polymodal docs -o docs/components --package polymodal

@@ -90,11 +90,11 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-if TYPE_CHECKING:
-    from ._assembly import PolymodalModel, build, plan
-    from ._data.table import read_table
-    from ._modelfile import load, save
-    from ._registry import get_registry, list_components
-    from ._spec import ModelSpec, load_spec
-    from ._training.engine import train
-    from ._training.inference import decode, evaluate, predict
+if TYPE_CHECKING:  # the names of _LAZY, for type checkers; `X as X` marks a re-export
+    from ._assembly import PolymodalModel as PolymodalModel, build as build, plan as plan
+    from ._data.table import read_table as read_table
+    from ._modelfile import load as load, save as save
+    from ._registry import get_registry as get_registry, list_components as list_components
+    from ._spec import ModelSpec as ModelSpec, load_spec as load_spec
+    from ._training.engine import train as train
+    from ._training.inference import decode as decode, evaluate as evaluate, predict as predict

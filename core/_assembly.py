@@ -11,12 +11,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ._components import Component, ComponentConfig, FusionInputs
+from ._components import (
+    Backbone,
+    BackboneConfig,
+    Component,
+    ComponentConfig,
+    Fusion,
+    FusionConfig,
+    FusionInputs,
+)
 from ._errors import ConnectionMismatch, DataError, PolymodalError, Problem, SpecError
 from ._registry import Registry, component_problems, get_registry
 from ._signals import Signal
@@ -48,7 +56,7 @@ def plan(spec: ModelSpec) -> Plan:
     problems: list[tuple[str, str]] = []
     adapter_gives: dict[str, Signal] = {}
     features: dict[str, Signal] = {}
-    backbone_of: dict[str, tuple[ComponentConfig, str | None]] = {}
+    backbone_of: dict[str, tuple[BackboneConfig, str | None]] = {}
     for name, inp in spec.inputs.items():
         where = f"inputs.{name}.adapter"
         try:
@@ -121,8 +129,8 @@ def _prefixed(problems: list[Problem], prefix: str) -> list[Problem]:
 
 
 def _conditioned_stages(
-    fusion: ComponentConfig, inputs: tuple[str, ...], adapter_gives: Mapping[str, Signal],
-    backbone_of: Mapping[str, tuple[ComponentConfig, str | None]],
+    fusion: FusionConfig, inputs: tuple[str, ...], adapter_gives: Mapping[str, Signal],
+    backbone_of: Mapping[str, tuple[BackboneConfig, str | None]],
 ) -> dict[str, tuple[Signal, ...]]:
     """Stage signals of each input the fusion conditions, checked against what it asks for."""
     found: dict[str, tuple[Signal, ...]] = {}
@@ -165,12 +173,12 @@ class PolymodalModel(nn.Module):
         self.input_backbones = nn.ModuleDict(modules["input_backbones"])
         self.fusions = nn.ModuleDict(modules["fusions"])
         self.heads = nn.ModuleDict(modules["heads"])
-        self._backbone_of: dict[str, nn.Module | None] = {}
+        self._backbone_of: dict[str, Backbone | None] = {}
         for name, inp in spec.inputs.items():
             if isinstance(inp.backbone, str):
-                self._backbone_of[name] = self.backbones[inp.backbone]
+                self._backbone_of[name] = cast(Backbone, self.backbones[inp.backbone])
             elif inp.backbone is not None:
-                self._backbone_of[name] = self.input_backbones[name]
+                self._backbone_of[name] = cast(Backbone, self.input_backbones[name])
             else:
                 self._backbone_of[name] = None
         self._groups = [(inputs, group_key(inputs), heads) for inputs, heads in plan.groups.items()]
@@ -218,7 +226,7 @@ class PolymodalModel(nn.Module):
                     plain[inputs[0]] = self._backbone(inputs[0], adapted[inputs[0]])
                 fused = plain[inputs[0]]
             else:
-                fusion = self.fusions[key]
+                fusion = cast(Fusion, self.fusions[key])
                 first = adapted[inputs[0]]
                 masks = fusion.presence(inputs, present, first.shape[0], first.device)
                 conditioned = self._conditions[key]
@@ -229,10 +237,12 @@ class PolymodalModel(nn.Module):
                             plain[n] = self._backbone(n, adapted[n])
                         features[n] = plain[n]
                 for target, stages in conditioned.items():
-                    def modulate(stage, output, fusion=fusion, target=target, features=features):
+                    def modulate(stage, output, fusion=fusion, target=target, features=features,
+                                 masks=masks):
                         return fusion.modulate(target, stage, output, features, masks)
 
-                    features[target] = self._backbone_of[target].modulated(
+                    # plan() refused conditioning an input that has no backbone
+                    features[target] = cast(Backbone, self._backbone_of[target]).modulated(
                         adapted[target], modulate, stages)
                 fused = fusion({n: features[n] for n in inputs}, masks)
             for head in heads:
@@ -295,7 +305,7 @@ def build(
 
     located: list[tuple[str, Component]] = []
     problems: list[tuple[str, str]] = []
-    modules: dict[str, dict[str, Component]] = {
+    modules: dict[str, dict[str, Component | None]] = {
         "adapters": {}, "backbones": {}, "input_backbones": {}, "fusions": {}, "heads": {}
     }
     for name, inp in spec.inputs.items():
@@ -304,7 +314,7 @@ def build(
             problems, registry,
         )
         if isinstance(inp.backbone, str) and inp.backbone not in modules["backbones"]:
-            config = spec.backbones[inp.backbone]
+            config: ComponentConfig = spec.backbones[inp.backbone]
             modules["backbones"][inp.backbone] = _instantiate(
                 component_class(config), config, the_plan.adapter_gives[name],
                 f"backbones.{inp.backbone}", located, problems, registry,

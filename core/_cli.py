@@ -532,8 +532,7 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
           run_dir: str | None, resume: bool, quiet: bool, as_json: bool) -> None:
     """Train the model SPEC describes on a table; save the best epoch to -o."""
     from ._errors import SpecError
-    from ._training.engine import final_table
-    from ._training.engine import train as run_training
+    from ._training.engine import final_table, train as run_training
     from ._training.report import json_safe
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
@@ -567,8 +566,7 @@ def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_ro
              as_json: bool) -> None:
     """Metrics of each head of a trained model on a table, and confusion matrices."""
     from ._modelfile import load
-    from ._training.inference import evaluate as run_evaluation
-    from ._training.inference import RowReport, render_evaluation
+    from ._training.inference import RowReport, evaluate as run_evaluation, render_evaluation
     from ._training.report import json_safe
 
     model = load(model_path)
@@ -597,8 +595,7 @@ def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_ro
 def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batch_size: int,
             device: str, on_bad_row: str, as_json: bool) -> None:
     """Predict every row of a table: class names and probabilities, values; streamed."""
-    from ._training.inference import RowReport
-    from ._training.inference import predict as run_prediction
+    from ._training.inference import RowReport, predict as run_prediction
 
     result = run_prediction(model_path, data, output, batch_size=batch_size,
                             on_bad_row=on_bad_row, keep=keep, device=device)

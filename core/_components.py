@@ -223,6 +223,7 @@ class ModalityAdapter(Component):
 
     kind = "adapter"
     Config = AdapterConfig
+    config: AdapterConfig
 
 
 class Backbone(Component):
@@ -235,6 +236,7 @@ class Backbone(Component):
 
     kind = "backbone"
     Config = BackboneConfig
+    config: BackboneConfig
 
     def __init__(self, config: ComponentConfig, takes: Any = None):
         super().__init__(config, takes)
@@ -331,6 +333,7 @@ class Head(Component):
 
     kind = "head"
     Config = HeadConfig
+    config: HeadConfig
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The training loss of ``output`` (this head's forward result) against ``target``."""

@@ -7,13 +7,16 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from ._registry import ComponentRecord, Registry, get_registry
+
+if TYPE_CHECKING:
+    from ._components import Component
 
 KIND_TITLES = {
     "adapter": "Adapters (ModalityAdapter)",
@@ -128,7 +131,7 @@ def option_rows(config: type[BaseModel]) -> list[OptionRow]:
         if required:
             default = "—"
         elif field.default_factory is not None:
-            default = json.dumps(field.default_factory())
+            default = json.dumps(field.get_default(call_default_factory=True))
         else:
             default = json.dumps(field.default) if field.default is not PydanticUndefined else "—"
         rows.append(OptionRow(name, _field_type(field), default, required,
@@ -141,7 +144,7 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def example_config(record: ComponentRecord, cls: type) -> dict[str, Any]:
+def example_config(record: ComponentRecord, cls: type[Component]) -> dict[str, Any]:
     """A small working config: the type and the component's ``example_options``."""
     return {"type": record.type, **dict(getattr(cls, "example_options", {}) or {})}
 
@@ -154,7 +157,7 @@ SLOTS = {
 }
 
 
-def example_snippet(record: ComponentRecord, cls: type) -> str:
+def example_snippet(record: ComponentRecord, cls: type[Component]) -> str:
     """The example config at its place in a spec, as YAML (``NAME`` is the user's name)."""
     path = SLOTS[record.kind]
     lines = []
@@ -234,13 +237,14 @@ def _example_section(record: ComponentRecord, cls: type, registry: Registry | No
             " -o model.safetensors` builds it.", "", "```yaml", text.rstrip("\n"), "```", ""]
 
 
-def connections(record: ComponentRecord, cls: type) -> tuple[str, str]:
+def connections(record: ComponentRecord, cls: type[Component]) -> tuple[str, str]:
     """What the example config takes and gives, worked out from its ``gives``."""
     from ._errors import PolymodalError
     from ._signals import Vector, example_signals
 
     try:
-        config = cls.Config.model_validate(example_config(record, cls))
+        # Any: the methods used below (gives, check_takes) are those of the record's kind
+        config: Any = cls.Config.model_validate(example_config(record, cls))
     except Exception:  # noqa: BLE001 - a component without a valid example still gets a page
         return KIND_FLOW[record.kind]
     kind = record.kind
@@ -277,7 +281,7 @@ def _kind_words(name: str) -> str:
             "Sequence": "sequences"}.get(name, name)
 
 
-def component_page(record: ComponentRecord, cls: type, registry: Registry | None = None) -> str:
+def component_page(record: ComponentRecord, cls: type[Component], registry: Registry | None = None) -> str:
     takes, gives = connections(record, cls)
     # The first paragraph is the summary, shown above; the rest is the page's body.
     doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n", 1)

@@ -11,7 +11,10 @@ import difflib
 import reprlib
 from collections.abc import Iterable
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._signals import Signal
 
 
 class PolymodalError(Exception):
@@ -119,7 +122,7 @@ class ConnectionMismatch(PolymodalError):
     suggest how to give it (``set project_to: 3``).
     """
 
-    def __init__(self, message: str, wanted: object | None = None):
+    def __init__(self, message: str, wanted: Signal | None = None):
         self.wanted = wanted
         super().__init__(message)
 

@@ -27,9 +27,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
-import shutil
 import stat
 import sys
 import threading
@@ -348,7 +348,7 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def _size(count: int) -> str:
+def _size(count: float) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
         if count < 1000 or unit == "GB":
             return f"{count} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"

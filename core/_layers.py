@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -28,8 +29,10 @@ class _Block(nn.Module):
                  residual: bool):
         super().__init__()
         self.linear = nn.Linear(in_dim, out_dim)
-        self.norm = {"none": nn.Identity, "batch": lambda: nn.BatchNorm1d(out_dim),
-                     "layer": lambda: nn.LayerNorm(out_dim)}[norm]()
+        norms: dict[str, Callable[[], nn.Module]] = {
+            "none": nn.Identity, "batch": lambda: nn.BatchNorm1d(out_dim),
+            "layer": lambda: nn.LayerNorm(out_dim)}
+        self.norm = norms[norm]()
         self.act = activation(act) if act else nn.Identity()
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.residual = residual and in_dim == out_dim

@@ -19,11 +19,16 @@ packages (``[[extra]]``), so an unknown type can be answered with the ``pip inst
 from __future__ import annotations
 
 import importlib.util
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import PolymodalError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 KINDS = ("adapter", "backbone", "fusion", "head")
 MANIFEST_NAME = "polymodal.toml"

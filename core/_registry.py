@@ -23,6 +23,7 @@ Environment:
 
 from __future__ import annotations
 
+import builtins
 import importlib.metadata as metadata
 import importlib.util
 import os
@@ -72,7 +73,7 @@ class ComponentRecord:
     plugin: str
     summary: str
     target: str
-    cls: type[Component] | None = None
+    cls: builtins.type[Component] | None = None  # `type` is a field of this class
 
     @property
     def canonical(self) -> str:
@@ -245,7 +246,7 @@ class Registry:
         failure is recorded in ``plugins`` like one from an entry point. Made in this process,
         an object that declares no ``POLYMODAL_PLUGIN_API`` is taken to be written for this
         polymodal's plugin API."""
-        plugin = PluginInfo(name or getattr(obj, "__name__", package), normalize_package(package),
+        plugin = PluginInfo(name or str(getattr(obj, "__name__", package)), normalize_package(package),
                             version, getattr(obj, "__name__", repr(obj)))
         self.plugins.append(plugin)
         self._register(plugin, obj, assumed_api=hooks.PLUGIN_API)
@@ -594,7 +595,7 @@ def _older_api_use(exc: BaseException) -> str | None:
     from . import _MOVED_TO_PLUGIN_API
 
     for link in _chain(exc):
-        if isinstance(link, ModuleNotFoundError) and (link.name or "").startswith("polymodal."):
+        if isinstance(link, ModuleNotFoundError) and link.name and link.name.startswith("polymodal."):
             public = link.name.split(".")[1]
             if not public.startswith("_") and importlib.util.find_spec(f"polymodal._{public}"):
                 return f"imports the module {link.name}, which plugin API 2 made private"

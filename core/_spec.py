@@ -22,7 +22,7 @@ import typing
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
 from pydantic import (
     AfterValidator,
@@ -55,9 +55,12 @@ from ._registry import ComponentRecord, Registry, component_problems, get_regist
 from ._spec_files import MAX_SPEC_VALUES, check_spec_size, read_spec_file, too_many_values
 from ._training.options import TrainingOptions
 
+if TYPE_CHECKING:
+    from pydantic.json_schema import JsonDict
+
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: Names of inputs, backbones and heads (the same rule in validation and in the JSON Schema).
-_NAMES = {"propertyNames": {"pattern": NAME_PATTERN}}
+_NAMES: JsonDict = {"propertyNames": {"pattern": NAME_PATTERN}}
 
 
 def _problem(kind: str, message: str, cause: BaseException | None = None) -> PydanticCustomError:
@@ -528,7 +531,8 @@ def _json_container(value: Mapping | list | tuple, loc: tuple[Any, ...], memo: d
     return mapping, size
 
 
-def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> ModelSpec:
+def load_spec(source: ModelSpec | str | Path | Mapping[str, Any],
+              registry: Registry | None = None) -> ModelSpec:
     """Read and validate a spec from a file path (YAML, TOML, JSON) or from plain data."""
     if isinstance(source, ModelSpec):
         return source

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,11 @@ from typing import Any
 import yaml
 
 from ._errors import SpecError, excerpt
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 SPEC_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
@@ -87,7 +92,8 @@ def _check_yaml_events(text: str) -> None:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             stack.append([event.anchor, 1])
             if len(stack) > MAX_SPEC_DEPTH:
-                raise SpecError([("", _too_deep(event.start_mark.line + 1))])
+                line = event.start_mark.line + 1 if event.start_mark else 0  # the parser marks every event
+                raise SpecError([("", _too_deep(line))])
             continue
         if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             anchor, size = stack.pop()

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, PositiveInt, ValidationError
@@ -60,6 +60,9 @@ from ._errors import ConnectionMismatch, PolymodalError, SpecError
 from ._hooks import hookimpl
 from ._registry import ComponentRecord, Registry
 from ._signals import FeatureMap, Sequence, Signal, Tokens, Vector, example_signals
+
+if TYPE_CHECKING:
+    from ._assembly import PolymodalModel
 
 PROBE_PACKAGE = "polymodal-testing"
 SUBJECT_PACKAGE = "polymodal-testing-subject"
@@ -164,6 +167,8 @@ class ProbeAdapter(ModalityAdapter):
         def gives(self) -> Signal:
             return _signal(self.signal, self.width)
 
+    config: Config
+
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
         self.scale = nn.Parameter(torch.ones(()))
@@ -190,6 +195,8 @@ class ProbeBackbone(Backbone):
         def stages(self, takes: Signal) -> tuple[Signal, ...]:
             return (self.gives(takes),) * PROBE_STAGES
 
+    config: Config
+
     def __init__(self, config: Config, takes: FeatureMap):
         super().__init__(config, takes)
         self.layers = nn.ModuleList(
@@ -211,9 +218,11 @@ class ProbeFusion(Fusion):
         type: Literal["probe"] = "probe"
 
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
-            for name, signal in takes.items():
+            for signal in takes.values():
                 _probe_name(signal)
             return Vector(sum(s.width for s in takes.values()))
+
+    config: Config
 
     def forward(self, features, present=None):
         return torch.cat([s.pool(features[n]) for n, s in self.takes.items()], dim=1)
@@ -224,6 +233,8 @@ class ProbeHead(Head):
 
     class Config(HeadConfig):
         type: Literal["probe"] = "probe"
+
+    config: Config
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
@@ -391,7 +402,7 @@ def _all_present(names: Iterable[str], batch_size: int) -> dict[str, torch.Tenso
     return {name: torch.ones(batch_size, dtype=torch.bool) for name in names}
 
 
-def _subject_module(model: nn.Module, kind: str) -> nn.Module:
+def _subject_module(model: PolymodalModel, kind: str) -> nn.Module:
     if kind == "adapter":
         return model.adapters["x"]
     if kind == "backbone":
@@ -536,7 +547,7 @@ def _check_presence(cls: type, fusion: nn.Module, batch: Mapping[str, torch.Tens
                     " output", takes)
 
 
-def _check_model(cls: type[Component], kind: str, model: nn.Module, takes: Any,
+def _check_model(cls: type[Component], kind: str, model: PolymodalModel, takes: Any,
                  batch_size: int) -> dict[str, torch.Tensor]:
     """Gradients reach every trainable parameter of the subject and flow on to its input;
     returns the batch used."""
@@ -562,7 +573,7 @@ def _check_model(cls: type[Component], kind: str, model: nn.Module, takes: Any,
     return batch
 
 
-def _check_save_load(cls: type, model: nn.Module, batch: Mapping[str, Any], takes: Any,
+def _check_save_load(cls: type, model: PolymodalModel, batch: Mapping[str, Any], takes: Any,
                      registry: Registry) -> None:
     """A saved and loaded model gives the same outputs."""
     from ._modelfile import load, save
@@ -613,7 +624,7 @@ def _check_bad_options(cls: type, kind: str, spec: dict[str, Any],
             except SpecError as exc:
                 raised = _raised_by_component(exc)
                 if raised is not None:  # reported for the user, but as the plugin's bug
-                    raise raised
+                    raise raised  # noqa: B904 - the plugin's own exception, as it raised it
                 if not any(loc.startswith(where) for loc, _ in exc.problems):
                     raise _fail(cls, "bad options", f"{bad_set!r} was rejected, but not at"
                                 f" {where}: {exc}") from None

@@ -102,26 +102,47 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the names of _LAZY, for type checkers; `X as X` marks a re-export
     from ._components import (
-        AdapterConfig,
-        Backbone,
-        BackboneConfig,
-        Component,
-        ComponentConfig,
-        Fusion,
-        FusionConfig,
-        FusionInputs,
-        Head,
-        HeadConfig,
-        ModalityAdapter,
-        Modulate,
-        changed_options,
+        AdapterConfig as AdapterConfig,
+        Backbone as Backbone,
+        BackboneConfig as BackboneConfig,
+        Component as Component,
+        ComponentConfig as ComponentConfig,
+        Fusion as Fusion,
+        FusionConfig as FusionConfig,
+        FusionInputs as FusionInputs,
+        Head as Head,
+        HeadConfig as HeadConfig,
+        ModalityAdapter as ModalityAdapter,
+        Modulate as Modulate,
+        changed_options as changed_options,
     )
-    from ._data.codec import Codec, Metric, RowIssues, State, TargetCodec
-    from ._data.table import Table, is_missing
-    from ._freezing import Freeze
-    from ._layers import Activation, Norm, mlp
-    from ._signals import FeatureMap, Sequence, Signal, Tokens, Vector
-    from ._testing import ConformanceError, ConformanceReport, check_component
-    from ._weights import PretrainedImageConfig, adapt_and_load, download_failed, read_weights
+    from ._data.codec import (
+        Codec as Codec,
+        Metric as Metric,
+        RowIssues as RowIssues,
+        State as State,
+        TargetCodec as TargetCodec,
+    )
+    from ._data.table import Table as Table, is_missing as is_missing
+    from ._freezing import Freeze as Freeze
+    from ._layers import Activation as Activation, Norm as Norm, mlp as mlp
+    from ._signals import (
+        FeatureMap as FeatureMap,
+        Sequence as Sequence,
+        Signal as Signal,
+        Tokens as Tokens,
+        Vector as Vector,
+    )
+    from ._testing import (
+        ConformanceError as ConformanceError,
+        ConformanceReport as ConformanceReport,
+        check_component as check_component,
+    )
+    from ._weights import (
+        PretrainedImageConfig as PretrainedImageConfig,
+        adapt_and_load as adapt_and_load,
+        download_failed as download_failed,
+        read_weights as read_weights,
+    )

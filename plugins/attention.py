@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from polymodal.plugin import changed_options, Fusion, FusionConfig, hookimpl, Signal, Vector
+from polymodal.plugin import Fusion, FusionConfig, Signal, Vector, changed_options, hookimpl
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -54,6 +54,8 @@ class AttentionFusion(Fusion):
 
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             return Vector(self.dim)
+
+    config: Config
 
     example_options = {"dim": 64, "heads": 4}
 

@@ -12,7 +12,6 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
-    changed_options,
     DataError,
     Head,
     HeadConfig,
@@ -22,6 +21,7 @@ from polymodal.plugin import (
     Table,
     TargetCodec,
     Vector,
+    changed_options,
     hookimpl,
 )
 
@@ -83,6 +83,8 @@ class ClassificationHead(Head):
 
         def codec(self, name: str, where: str) -> ClassificationCodec:
             return ClassificationCodec(self, name, where)
+
+    config: Config
 
     example_options = {"classes": 2}
 

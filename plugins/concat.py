@@ -9,7 +9,17 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from polymodal.plugin import Activation, changed_options, Fusion, FusionConfig, hookimpl, mlp, Norm, Signal, Vector
+from polymodal.plugin import (
+    Activation,
+    Fusion,
+    FusionConfig,
+    Norm,
+    Signal,
+    Vector,
+    changed_options,
+    hookimpl,
+    mlp,
+)
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -43,6 +53,8 @@ class ConcatFusion(Fusion):
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             width = sum(s.width for s in takes.values())
             return Vector(self.hidden[-1] if self.hidden else width)
+
+    config: Config
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)

@@ -9,7 +9,18 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 from torch import nn
 
-from polymodal.plugin import Activation, ComponentError, Fusion, FusionConfig, FusionInputs, hookimpl, mlp, PolymodalError, Signal, Vector
+from polymodal.plugin import (
+    Activation,
+    ComponentError,
+    Fusion,
+    FusionConfig,
+    FusionInputs,
+    PolymodalError,
+    Signal,
+    Vector,
+    hookimpl,
+    mlp,
+)
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -74,6 +85,8 @@ class FiLMFusion(Fusion):
             if self.combine == "concat":
                 width += sum(takes[n].width for n in sources)
             return Vector(width)
+
+    config: Config
 
     example_options = {"target": "image", "stages": [3, 4]}
 

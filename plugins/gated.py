@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from polymodal.plugin import changed_options, Fusion, FusionConfig, hookimpl, Signal, Vector
+from polymodal.plugin import Fusion, FusionConfig, Signal, Vector, changed_options, hookimpl
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -41,6 +41,8 @@ class GatedFusion(Fusion):
 
         def gives(self, takes: Mapping[str, Signal]) -> Signal:
             return Vector(self.dim)
+
+    config: Config
 
     example_options = {"dim": 32}
 

@@ -11,7 +11,6 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
-    changed_options,
     AdapterConfig,
     Codec,
     DataError,
@@ -21,6 +20,7 @@ from polymodal.plugin import (
     Signal,
     State,
     Table,
+    changed_options,
     hookimpl,
     is_missing,
 )
@@ -161,6 +161,10 @@ class ImageAdapter(ModalityAdapter):
                             " the pretrained RGB filters)")
                 return fix
             return None
+
+    config: Config
+    mean: torch.Tensor  # buffers, when the config normalizes
+    std: torch.Tensor
 
     example_options = {"channels": 3}
 

@@ -7,7 +7,17 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt
 
-from polymodal.plugin import Activation, Backbone, BackboneConfig, ConnectionMismatch, hookimpl, mlp, Norm, Signal, Vector
+from polymodal.plugin import (
+    Activation,
+    Backbone,
+    BackboneConfig,
+    ConnectionMismatch,
+    Norm,
+    Signal,
+    Vector,
+    hookimpl,
+    mlp,
+)
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -39,6 +49,8 @@ class MLPBackbone(Backbone):
             if not isinstance(takes, Vector):
                 raise ConnectionMismatch("takes a vector", wanted=Vector(takes.width))
             return Vector(self.hidden[-1])
+
+    config: Config
 
     example_options = {"hidden": [64]}
 

@@ -11,7 +11,6 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
-    changed_options,
     DataError,
     Head,
     HeadConfig,
@@ -21,6 +20,7 @@ from polymodal.plugin import (
     Table,
     TargetCodec,
     Vector,
+    changed_options,
     hookimpl,
     is_missing,
 )
@@ -94,6 +94,9 @@ class MultilabelHead(Head):
 
         def codec(self, name: str, where: str) -> MultilabelCodec:
             return MultilabelCodec(self, name, where)
+
+    config: Config
+    pos_weight: torch.Tensor  # a buffer
 
     example_options = {"labels": 3}
 

@@ -11,7 +11,6 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from polymodal.plugin import (
-    changed_options,
     Head,
     HeadConfig,
     RowIssues,
@@ -20,6 +19,7 @@ from polymodal.plugin import (
     Table,
     TargetCodec,
     Vector,
+    changed_options,
     hookimpl,
 )
 
@@ -53,6 +53,8 @@ class RegressionHead(Head):
 
         def codec(self, name: str, where: str) -> RegressionCodec:
             return RegressionCodec(self, name, where)
+
+    config: Config
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)

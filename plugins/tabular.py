@@ -13,7 +13,6 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
-    changed_options,
     AdapterConfig,
     Codec,
     DataError,
@@ -26,6 +25,7 @@ from polymodal.plugin import (
     Table,
     Tokens,
     Vector,
+    changed_options,
     hookimpl,
 )
 
@@ -187,6 +187,10 @@ class TabularAdapter(ModalityAdapter):
                 return f"set project_to: {wanted.dim}"
             return None
 
+    config: Config
+    num_mean: torch.Tensor  # buffers
+    num_std: torch.Tensor
+
     example_options = {"categorical": {"make": 40}, "numerical": ["age"]}
 
     def __init__(self, config: Config, takes: None = None):
@@ -282,6 +286,8 @@ class NumericalEmbedding(nn.Module):
     Every column has its own weights (a batched linear map ``[n, in, dim]``). With ``flags``, a
     learned per-column vector is added where a value was imputed.
     """
+
+    bin_edges: torch.Tensor  # a buffer, with piecewise_linear
 
     def __init__(self, kind: str, columns: int, dim: int, *, bins: int, frequencies: int,
                  scale: float, flags: bool):

@@ -8,7 +8,17 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from polymodal.plugin import adapt_and_load, Backbone, did_you_mean, download_failed, hookimpl, PolymodalError, PretrainedImageConfig, read_weights, Signal
+from polymodal.plugin import (
+    Backbone,
+    PolymodalError,
+    PretrainedImageConfig,
+    Signal,
+    adapt_and_load,
+    did_you_mean,
+    download_failed,
+    hookimpl,
+    read_weights,
+)
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -65,6 +75,8 @@ class TimmBackbone(Backbone):
         def shape(self) -> tuple[int, tuple[int, ...]]:
             _check_model_name(self.model)
             return _shape_of(self.model, self.in_chans)
+
+    config: Config
 
     example_options = {"model": "resnet18"}
 

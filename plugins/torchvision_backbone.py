@@ -9,7 +9,17 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from polymodal.plugin import adapt_and_load, Backbone, did_you_mean, download_failed, hookimpl, PolymodalError, PretrainedImageConfig, read_weights, Signal
+from polymodal.plugin import (
+    Backbone,
+    PolymodalError,
+    PretrainedImageConfig,
+    Signal,
+    adapt_and_load,
+    did_you_mean,
+    download_failed,
+    hookimpl,
+    read_weights,
+)
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -118,6 +128,8 @@ class TorchvisionBackbone(Backbone):
                     f"output: {self.output} is supported for ResNet-like torchvision models;"
                     f" use the timm backbone for {self.model!r} feature maps")
             return super().gives(takes)
+
+    config: Config
 
     example_options = {"model": "resnet18"}
 

@@ -93,10 +93,12 @@ class Binding:
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self.inputs: list[Bound[Codec]] = [
-            _bound(i.adapter, n, f"inputs.{n}.adapter", "adapter", Codec)
+            # type-abstract: the base class is only checked against (isinstance), never made
+            _bound(i.adapter, n, f"inputs.{n}.adapter", "adapter", Codec)  # type: ignore[type-abstract]
             for n, i in spec.inputs.items()]
         self.heads: list[Bound[TargetCodec]] = [
-            _bound(h, n, f"heads.{n}", "head", TargetCodec) for n, h in spec.heads.items()]
+            _bound(h, n, f"heads.{n}", "head", TargetCodec)  # type: ignore[type-abstract]
+            for n, h in spec.heads.items()]
 
     def head_codec(self, name: str) -> TargetCodec:
         return next(b.codec for b in self.heads if b.name == name)
@@ -144,8 +146,8 @@ class Binding:
 
     def check(self, table: Table, state: State | None, targets: bool) -> RowIssues:
         issues = RowIssues(table)
-        for b in self.inputs:
-            b.codec.check(table, issues, None if state is None else state["inputs"][b.name])
+        for i in self.inputs:
+            i.codec.check(table, issues, None if state is None else state["inputs"][i.name])
         if targets:
             any_target = np.zeros(len(table), dtype=bool)
             has: dict[str, np.ndarray] = {}
@@ -203,8 +205,8 @@ class Binding:
         return self.spec.model_copy(update={"inputs": inputs, "heads": heads})
 
     def prepare(self, model: Any, state: State) -> None:
-        for b in self.inputs:
-            b.codec.prepare(model.adapters[b.name], state["inputs"][b.name])
+        for i in self.inputs:
+            i.codec.prepare(model.adapters[i.name], state["inputs"][i.name])
         for b in self.heads:
             b.codec.prepare(model.heads[b.name], state["heads"][b.name])
 

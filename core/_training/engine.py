@@ -169,6 +169,7 @@ def _optimizer(model: PolymodalModel, options: TrainingOptions) -> torch.optim.O
         {"params": [p for p in model.parameters() if id(p) in backbone],
          "lr": options.backbone_lr or options.lr},
     ]
+    make: Callable[[], torch.optim.Optimizer]
     if options.optimizer == "sgd":
         make = functools.partial(torch.optim.SGD, groups, lr=options.lr, momentum=options.momentum,
                                  weight_decay=options.weight_decay)

@@ -86,7 +86,9 @@ class Progress:
         return improved
 
     def out_of_patience(self, patience: int | None) -> bool:
-        return bool(patience) and self.stale >= patience
+        if not patience:
+            return False
+        return self.stale >= patience
 
     def dicts(self) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.history]
