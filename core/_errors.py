@@ -63,6 +63,11 @@ class DataError(PolymodalError):
     """A batch or table does not fit the model (missing input, wrong shape, bad value)."""
 
 
+class ExportError(PolymodalError):
+    """A model cannot be exported (a component that does not export, a missing exporter), or
+    an exported file cannot be used."""
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Candidates that look like ``word`` (typos, case), best first."""
     pool = sorted(set(candidates))

@@ -73,6 +73,7 @@ _LAZY = {
     "names_for_count": "_data.encoding",
     # The conformance kit.
     "check_component": "_testing",
+    "check_export": "_testing",
     "ConformanceError": "_testing",
     "ConformanceReport": "_testing",
 }
@@ -134,5 +135,5 @@ if TYPE_CHECKING:
     from ._freezing import Freeze
     from ._layers import Activation, Norm, mlp
     from ._signals import FeatureMap, Sequence, Signal, Tokens, Vector
-    from ._testing import ConformanceError, ConformanceReport, check_component
+    from ._testing import ConformanceError, ConformanceReport, check_component, check_export
     from ._weights import PretrainedImageConfig, adapt_and_load, download_failed, read_weights

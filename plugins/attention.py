@@ -52,6 +52,7 @@ class AttentionFusion(Fusion):
             return Vector(self.dim)
 
     example_options = {"dim": 64, "heads": 4}
+    exportable = True
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)

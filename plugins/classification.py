@@ -68,6 +68,7 @@ class ClassificationHead(Head):
             return ClassificationCodec(self)
 
     example_options = {"classes": 2}
+    exportable = True
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)

@@ -41,6 +41,8 @@ class ConcatFusion(Fusion):
             width = sum(s.width for s in takes.values())
             return Vector(self.hidden[-1] if self.hidden else width)
 
+    exportable = True
+
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)
         self.names = list(takes)

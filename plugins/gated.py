@@ -43,6 +43,7 @@ class GatedFusion(Fusion):
             return Vector(self.dim)
 
     example_options = {"dim": 32}
+    exportable = True
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)

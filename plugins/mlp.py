@@ -41,6 +41,7 @@ class MLPBackbone(Backbone):
             return Vector(self.hidden[-1])
 
     example_options = {"hidden": [64]}
+    exportable = True
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)

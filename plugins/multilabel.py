@@ -77,6 +77,7 @@ class MultilabelHead(Head):
             return MultilabelCodec(self)
 
     example_options = {"labels": 3}
+    exportable = True
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)

@@ -38,6 +38,8 @@ class RegressionHead(Head):
         def codec(self) -> RegressionCodec:
             return RegressionCodec(self)
 
+    exportable = True
+
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()

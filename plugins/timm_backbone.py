@@ -67,6 +67,7 @@ class TimmBackbone(Backbone):
             return _shape_of(self.model, self.in_chans)
 
     example_options = {"model": "resnet18"}
+    exportable = True
 
     def __init__(self, config: Config, takes: Signal):
         super().__init__(config, takes)

@@ -120,6 +120,7 @@ class TorchvisionBackbone(Backbone):
             return super().gives(takes)
 
     example_options = {"model": "resnet18"}
+    exportable = True
 
     def __init__(self, config: Config, takes: Signal):
         super().__init__(config, takes)

@@ -224,8 +224,13 @@ def head_metrics(collected: Collected, binding: Binding, state: State) -> dict[s
     return metrics
 
 
-def _load(model: Any) -> tuple[Any, str]:
+def _load(model: Any, exports: bool = False) -> tuple[Any, str]:
+    """The model of a model file (or, where ``exports``, of an ONNX export) and its name."""
     if isinstance(model, (str, Path)):
+        if exports and Path(model).suffix.lower() == ".onnx":
+            from .onnx_model import OnnxModel
+
+            return OnnxModel.open(model), str(model)
         from .._modelfile import load
 
         return load(model), str(model)
@@ -302,8 +307,10 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     class probabilities, each regression head's value; with the source row number and the
     ``keep`` columns. Streams batch by batch: with ``output`` (a CSV file, written atomically)
     a table larger than memory works; without, the columns are returned (``result["columns"]``).
+    ``model`` is a model, a model file, or an ONNX file ``polymodal export`` wrote (run by ONNX
+    Runtime, with the same preprocessing).
     """
-    model, source = _load(model)
+    model, source = _load(model, exports=True)
     state = model_state(model, source)
     binding = Binding(model.spec)
     target = torch.device(device)
