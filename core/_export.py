@@ -300,8 +300,10 @@ def trace(model: PolymodalModel, state: Mapping[str, Any] | None = None, *,
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Exporters print progress and warn about their internals: neither is the user's to act on."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    """Exporters print progress, dump graphs that fail and warn about their internals: none of
+    it is the user's to act on (what failed is raised, and reported naming the component)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         yield
 
@@ -463,7 +465,11 @@ def _check(model: PolymodalModel, state: Mapping[str, Any] | None, layout: Layou
     described, args = _flat_examples(model, state, EXAMPLE_BATCH + 1)
     with torch.no_grad():
         expected = FlatModel(model, described)(*args)
-        got, checked_with = _run_file(layout, output, described, args)
+        try:
+            got, checked_with = _run_file(layout, output, described, args)
+        except Exception as exc:  # noqa: BLE001 - any failure to run the file is the finding
+            raise ExportError(f"{output}: the exported file fails to run ({_reason(exc)}); this is"
+                              " a bug in the exporter or in a component") from None
     if got is None:
         return None, None
     difference = max((float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected)

@@ -145,7 +145,9 @@ def shared_backbone_spec() -> dict:
 
 def parity_models() -> dict[str, object]:
     """The examples' component combinations (claims' is the demo's, checked further down), and
-    the gated fusion, which is in no example, in its conformance model (probe inputs)."""
+    the gated and FiLM fusions in their conformance models (probe inputs: small graphs; the
+    gated fusion is in no example)."""
+    from polymodal_plugins.film import FiLMFusion
     from polymodal_plugins.gated import GatedFusion
 
     return {
@@ -153,10 +155,17 @@ def parity_models() -> dict[str, object]:
         "satellite": lambda: polymodal.build(example_spec("satellite"), pretrained=False),
         "shared_backbone": lambda: polymodal.build(shared_backbone_spec(), pretrained=False),
         "gated": lambda: conformance_model(GatedFusion),
+        "film": lambda: conformance_model(FiLMFusion),
     }
 
 
-@pytest.fixture(scope="module", params=list(parity_models()))
+#: The costliest export here (torchvision's ResNet-18 through ONNX conversion, some 15 s of CPU)
+#: runs with the slow tests; the quick run keeps its fusion, FiLM, in the conformance model.
+SLOW = {"conditioning"}
+
+
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.slow) if name in SLOW
+                                        else name for name in parity_models()])
 def exported(request, tmp_path_factory):
     """(name, model, layout, ONNX Runtime runner, ExportedProgram module), traced once."""
     torch.manual_seed(0)
@@ -412,6 +421,26 @@ def test_conformance_kit_checks_what_a_component_states():
     with pytest.raises(ConformanceError, match=r"DeclaredBranchy: export: torch-export: torch.export"
                        r" failed in backbones.subject .*states it exports: a bug in the plugin"):
         check_export(DeclaredBranchy, onnx=False)
+
+
+def test_a_file_that_differs_from_the_model_is_refused_and_removed(tmp_path, monkeypatch):
+    from polymodal import _export
+    from polymodal_plugins.gated import GatedFusion
+
+    model = conformance_model(GatedFusion).eval()
+    registry = minimal_spec(GatedFusion)[1]
+    run_file = _export._run_file
+
+    def off_by_a_little(*args):
+        outputs, what = run_file(*args)
+        return [o + 1e-3 for o in outputs], what
+
+    monkeypatch.setattr(_export, "_run_file", off_by_a_little)
+    with pytest.raises(polymodal.ExportError, match=r"m.pt2: the exported model's outputs differ"
+                       r" from the model's by up to 0.001 \(the saved ExportedProgram\); this is a"
+                       " bug in the exporter or in a component"):
+        polymodal.export(model, tmp_path / "m.pt2", registry=registry)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_every_builtin_component_states_it_exports():
