@@ -266,6 +266,10 @@ def _format_of(output: Path, format: str | None) -> str:
         return found
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; use {' or '.join(FORMATS)}")
+    named = next((f for f, suffix in FORMATS.items() if output.suffix.lower() == suffix), format)
+    if named != format:
+        raise ExportError(f"{output}: a name ending in {output.suffix} says {named}, not {format};"
+                          f" name the file {output.stem}{FORMATS[format]}")
     return format
 
 

@@ -1,12 +1,11 @@
 """Exporting models (ONNX, torch.export) and predicting from an ONNX export.
 
-The models are the example specs' component combinations at small sizes; each is traced once
-and written in both formats, so the suite's time goes to checking, not exporting.
+The models are the example specs' component combinations at small sizes. ONNX conversion costs
+seconds a model, so each is traced and converted once (module fixtures) and checked many ways.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import subprocess
@@ -22,7 +21,7 @@ import yaml
 
 import polymodal
 from polymodal._cli import main
-from polymodal._export import trace, write_onnx, write_program
+from polymodal._export import trace, write_onnx
 from polymodal._testing import ConformanceError, check_export, minimal_spec
 from polymodal._training.onnx_model import OnnxModel, session
 from polymodal.plugin import Backbone, BackboneConfig, Signal
@@ -470,6 +469,9 @@ def test_bad_export_requests_get_one_clear_message(demo, tmp_path, capsys):
     assert code == 1 and "needs the model file it was exported from" in err
     with pytest.raises(polymodal.ExportError, match="unknown export format 'tflite'"):
         polymodal.export(model, tmp_path / "m.onnx", format="tflite")
+    code, err = call(capsys, "export", str(model), "-o", str(tmp_path / "m.onnx"), "--format",
+                     "torch-export")
+    assert code == 1 and "a name ending in .onnx says onnx, not torch-export; name the file m.pt2" in err
     for code, err in [call(capsys, *args) for args in (("export",), ("predict",))]:
         assert code == 2 and "Traceback" not in err
 
