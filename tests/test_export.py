@@ -411,9 +411,13 @@ def test_export_names_a_component_that_fails_and_one_that_refuses(tmp_path):
 def test_conformance_kit_checks_what_a_component_states():
     from polymodal_plugins.gated import GatedFusion
 
-    differences = check_export(GatedFusion)
-    assert set(differences) == {"torch-export", "onnx"}
-    assert all(d is not None and d < TOLERANCE for d in differences.values())
+    from polymodal_plugins.regression import RegressionHead
+
+    # The regression head is in no quick example (the conditioning example is slow).
+    for cls in (GatedFusion, RegressionHead):
+        differences = check_export(cls)
+        assert set(differences) == {"torch-export", "onnx"}
+        assert all(d is not None and d < TOLERANCE for d in differences.values())
     assert check_export(Refusing, onnx=False) == {}
     with pytest.raises(ConformanceError, match="Branchy: exportable: states nothing"):
         check_export(Branchy, onnx=False)

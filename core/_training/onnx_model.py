@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .._errors import DataError, ExportError, ModelFileError
 from .._export import KEY_EXPORT, ExportedInput, Layout
+
+if TYPE_CHECKING:
+    from .._spec import ModelSpec
 
 def _runtime() -> Any:
     try:
@@ -71,7 +74,7 @@ class OnnxModel:
         self.metadata = dict(metadata)
         self.layout = layout
         self.device = torch.device("cpu")
-        self._spec = None
+        self._spec: ModelSpec | None = None
         self._adapters: Mapping[str, Any] | None = None
         state = self.metadata.get("polymodal.state")
         self.fitted_state = json.loads(state) if state else None
@@ -88,7 +91,7 @@ class OnnxModel:
         return cls(path, runner, metadata, Layout.from_json(metadata[KEY_EXPORT], str(path)))
 
     @property
-    def spec(self):
+    def spec(self) -> ModelSpec:
         """The spec embedded in the file (its plugins must be installed: they read the rows)."""
         if self._spec is None:
             from .._modelfile import spec_in
@@ -123,6 +126,11 @@ class OnnxModel:
 
     def __call__(self, batch: Mapping[str, Any],
                  present: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        inputs = {i.input for i in self.layout.inputs}
+        unknown = [name for name in batch if name not in inputs]
+        if unknown:
+            raise DataError(f"the batch has unknown input(s) {', '.join(map(repr, unknown))}; the"
+                            f" export's inputs are {', '.join(sorted(inputs))}")
         formed = {name: self._adapter(name).export_form(value) for name, value in batch.items()}
         feeds: dict[str, torch.Tensor] = {}
         for described in self.layout.inputs:
