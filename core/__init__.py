@@ -7,6 +7,7 @@
     model = polymodal.load("claims.safetensors")
     result = polymodal.train("claims.yaml", "claims.csv", "claims.safetensors")
     polymodal.predict("claims.safetensors", "new_claims.csv", "predictions.csv")
+    polymodal.export("claims.safetensors", "claims.onnx")    # ONNX Runtime, no polymodal needed
 
 Importing polymodal is light: torch, timm and torchvision are imported only when something
 that needs them is used.
@@ -22,6 +23,7 @@ from ._errors import (
     ComponentError,
     ConnectionMismatch,
     DataError,
+    ExportError,
     ModelFileError,
     PolymodalError,
     SpecError,
@@ -48,6 +50,7 @@ _LAZY = {
     "predict": "_training.inference",
     "decode": "_training.inference",
     "read_table": "_data.table",
+    "export": "_export",
 }
 
 #: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.
@@ -61,6 +64,7 @@ __all__ = [
     "ComponentError",
     "ConnectionMismatch",
     "DataError",
+    "ExportError",
     "ModelFileError",
     "PolymodalError",
     "SpecError",
@@ -93,6 +97,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # the names of _LAZY, for type checkers; `X as X` marks a re-export
     from ._assembly import PolymodalModel as PolymodalModel, build as build, plan as plan
     from ._data.table import read_table as read_table
+    from ._export import export as export
     from ._modelfile import load as load, save as save
     from ._registry import get_registry as get_registry, list_components as list_components
     from ._spec import ModelSpec as ModelSpec, load_spec as load_spec

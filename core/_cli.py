@@ -300,6 +300,35 @@ def build(spec_path: str, output: str, no_pretrained: bool) -> None:
     click.echo(f"wrote {output} ({total:,} parameters)")
 
 
+@cli.command("export")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="File to write (.onnx or .pt2).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torch-export"]),
+              help="onnx (ONNX Runtime) or torch-export (a .pt2 ExportedProgram); default: from"
+              " the output's suffix.")
+@click.option("--no-check", is_flag=True, help="Skip running the file on a random batch against"
+              " the model.")
+def export_cmd(model_path: str, output: str, fmt: str | None, no_check: bool) -> None:
+    """A deployable model: ONNX or torch.export, with the fitted preprocessing in its metadata."""
+    from ._export import export
+
+    result = export(model_path, output, format=fmt, check=not no_check)
+    opset = result.layout.exporter.get("opset")
+    click.echo(f"wrote {output} ({result.format}{f', opset {opset}' if opset else ''})")
+    inputs = [f"{i.name} {i.dtype} [{', '.join(map(str, i.shape))}]"
+              + (" (optional: marks missing inputs)" if i.present else "")
+              for i in result.layout.inputs]
+    click.echo("  inputs: " + "; ".join(inputs))
+    click.echo("  outputs: " + "; ".join(f"{h} [{', '.join(map(str, shape))}]"
+                                        for h, shape in result.layout.outputs.items()))
+    if result.difference is not None:
+        click.echo(f"  checked with {result.checked_with} on a random batch: outputs within"
+                   f" {result.difference:.2g} of the model's")
+    elif not no_check:
+        click.echo("  not checked: ONNX Runtime is not installed (pip install 'polymodal[onnx]')")
+
+
 def parameter_counts(model) -> list[tuple[str, int, int]]:
     """(part, parameters, trainable) for each component of a model, shared ones once."""
     rows = []
@@ -594,7 +623,9 @@ def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_ro
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batch_size: int,
             device: str, on_bad_row: str, as_json: bool) -> None:
-    """Predict every row of a table: class names and probabilities, values; streamed."""
+    """Predict every row of a table: class names and probabilities, values; streamed.
+
+    MODEL is a model file or an ONNX file that `polymodal export` wrote (run by ONNX Runtime)."""
     from ._training.inference import RowReport, predict as run_prediction
 
     result = run_prediction(model_path, data, output, batch_size=batch_size,

@@ -188,6 +188,11 @@ class Component(nn.Module):
     #: reference and the default of :func:`polymodal.testing.check_component`. Empty when the
     #: defaults alone make a valid config.
     example_options: ClassVar[Mapping[str, Any]] = {}
+    #: Whether a model holding this component exports (``polymodal export``: ONNX and
+    #: torch.export): ``True`` when it does, which :func:`polymodal.plugin.check_export` verifies;
+    #: or a sentence saying why it cannot, which export reports instead of trying. ``None``:
+    #: not stated; export tries, and names the component if it fails.
+    exportable: ClassVar[bool | str | None] = None
 
     def __init__(self, config: ComponentConfig, takes: Any = None):
         super().__init__()
@@ -224,6 +229,21 @@ class ModalityAdapter(Component):
     kind = "adapter"
     Config = AdapterConfig
     config: AdapterConfig
+
+    def export_example(self, batch_size: int = 2, state: Mapping[str, Any] | None = None) -> Any:
+        """A batch of raw input in the form an exported model takes: an exported program has a
+        fixed dtype and fixed sizes (all but the batch size) for each input. ``state`` is the
+        fitted state of the adapter's codec when the model was trained on a table (it may hold
+        the sizes trained on), else None. Default: :meth:`example_input` in
+        :meth:`export_form`."""
+        return self.export_form(self.example_input(batch_size))
+
+    def export_form(self, value: Any) -> Any:
+        """``value``, a raw input of this adapter (as its codec encodes it), in the form of
+        :meth:`export_example` (e.g. images of any dtype as float32). Default: unchanged.
+        Predicting from an export calls it on a weightless module: read no parameter or
+        buffer."""
+        return value
 
 
 class Backbone(Component):

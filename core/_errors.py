@@ -152,6 +152,11 @@ class CheckpointError(PolymodalError):
     """A training checkpoint cannot be resumed from: truncated, corrupt, or not polymodal's."""
 
 
+class ExportError(PolymodalError):
+    """A model cannot be exported (a component that does not export, a missing exporter), or
+    an exported file cannot be used."""
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Candidates that look like ``word`` (typos, case), best first."""
     pool = sorted(set(candidates))

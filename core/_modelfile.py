@@ -44,6 +44,26 @@ def _versions(model: PolymodalModel, registry: Registry) -> dict[str, str]:
     return versions
 
 
+def file_metadata(
+    model: PolymodalModel,
+    *,
+    state: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> dict[str, str]:
+    """The metadata a model file of ``model`` holds (an export carries the same)."""
+    registry = registry or get_registry()
+    metadata = {
+        KEY_FORMAT: str(FORMAT_VERSION),
+        KEY_SPEC: json.dumps(model.spec.to_dict(registry), sort_keys=False),
+        KEY_VERSIONS: json.dumps(_versions(model, registry)),
+    }
+    fitted = dict(model.fitted_state or {})
+    fitted.update(state or {})
+    if fitted:
+        metadata[KEY_STATE] = json.dumps(fitted)
+    return metadata
+
+
 def save(
     model: PolymodalModel,
     path: str | Path,
@@ -55,17 +75,8 @@ def save(
     reader of ``path`` sees the old file or the new one, never part of one."""
     if not isinstance(model, PolymodalModel):
         raise TypeError(f"polymodal.save takes a model built by polymodal, not {type(model).__name__}")
-    registry = registry or get_registry()
     path = Path(path)
-    metadata = {
-        KEY_FORMAT: str(FORMAT_VERSION),
-        KEY_SPEC: json.dumps(model.spec.to_dict(registry), sort_keys=False),
-        KEY_VERSIONS: json.dumps(_versions(model, registry)),
-    }
-    fitted = dict(model.fitted_state or {})
-    fitted.update(state or {})
-    if fitted:
-        metadata[KEY_STATE] = json.dumps(fitted)
+    metadata = file_metadata(model, state=state, registry=registry)
     with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata=metadata, force_contiguous=True)
     return path
@@ -104,6 +115,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
+        if path.suffix.lower() in (".onnx", ".pt2"):
+            raise ModelFileError(
+                f"{path}: an exported model, not a model file; `polymodal predict` reads an ONNX"
+                " export too, everything else needs the model file it was exported from") from None
         if path.suffix.lower() in SPEC_SUFFIXES:
             raise ModelFileError(
                 f"{path}: this is a spec, not a model file: `polymodal validate` checks a spec,"
@@ -144,17 +159,20 @@ def _versions_of(metadata: Mapping[str, str]) -> dict[str, str]:
 
 def spec_of(path: str | Path, registry: Registry | None = None):
     """The validated spec embedded in a model file."""
-    path = Path(path)
-    metadata = read_metadata(path)
-    data = embedded_spec_data(path, metadata)
+    return spec_in(read_metadata(path), str(path), registry)
+
+
+def spec_in(metadata: Mapping[str, str], source: str, registry: Registry | None = None):
+    """The validated spec embedded in a model file's metadata (or an export's)."""
+    data = embedded_spec_data(source, metadata)
     _drop_retired_training_options(data)
     try:
-        return validate_spec_data(data, registry, source=f"{path} (embedded spec)", for_training=False)
+        return validate_spec_data(data, registry, source=f"{source} (embedded spec)", for_training=False)
     except SpecError as exc:
         raise ModelFileError(_missing_plugin_hint(str(exc), data, metadata)) from None
 
 
-def embedded_spec_data(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
+def embedded_spec_data(path: Path | str, metadata: Mapping[str, str]) -> dict[str, Any]:
     """The plain data of a model file's embedded spec, within the limits of a spec file."""
     text = metadata.get(KEY_SPEC)
     if text is None:

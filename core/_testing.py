@@ -31,6 +31,7 @@ check under the package ``polymodal-testing-subject``. The rest of the minimal s
 from __future__ import annotations
 
 import copy
+import importlib.util
 import tempfile
 import types
 from collections.abc import Iterable, Iterator, Mapping
@@ -685,6 +686,48 @@ def check_component(
     return replace(reports[0], probed=tuple(probed))
 
 
+def check_export(
+    cls: type[Component],
+    options: Mapping[str, Any] | None = None,
+    *,
+    takes: Any = None,
+    onnx: bool | None = None,
+    registry: Registry | None = None,
+) -> dict[str, float | None]:
+    """Check what ``cls.exportable`` states; raises :class:`ConformanceError`.
+
+    ``True``: a minimal spec model holding the component (as :func:`check_component` builds it)
+    exports with torch.export and, with ``onnx`` (default: when onnx, onnxscript and
+    onnxruntime are installed), to ONNX, and each file gives the model's outputs on a random
+    batch. A sentence (or ``False``): nothing to run, export refuses such a model and gives it.
+    Returns each format checked with the largest difference from the model's outputs.
+    """
+    from ._assembly import build
+    from ._errors import ExportError
+    from ._export import export, refusal
+
+    if getattr(cls, "exportable", None) is None:
+        raise _fail(cls, "exportable", "states nothing: set the class attribute `exportable = True`"
+                    " if a model holding it exports, or to a sentence saying why it cannot")
+    if refusal(cls) is not None:
+        return {}  # export refuses a model holding it, giving the reason: nothing to run
+    spec, registry = minimal_spec(cls, options, takes=takes, registry=registry)
+    torch.manual_seed(0)
+    model = build(spec, pretrained=False, registry=registry).eval()
+    if onnx is None:
+        onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+    formats = {"torch-export": ".pt2", **({"onnx": ".onnx"} if onnx else {})}
+    found: dict[str, float | None] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, suffix in formats.items():
+            try:
+                result = export(model, Path(tmp) / f"model{suffix}", format=fmt, registry=registry)
+            except ExportError as exc:
+                raise _fail(cls, "export", f"{fmt}: {exc}") from None
+            found[fmt] = result.difference
+    return found
+
+
 __all__ = [
     "ConformanceError",
     "ConformanceReport",
@@ -693,6 +736,7 @@ __all__ = [
     "ProbeFusion",
     "ProbeHead",
     "check_component",
+    "check_export",
     "check_registry",
     "minimal_spec",
 ]

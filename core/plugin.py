@@ -70,6 +70,7 @@ _LAZY = {
     "is_missing": "_data.table",
     # The conformance kit.
     "check_component": "_testing",
+    "check_export": "_testing",
     "ConformanceError": "_testing",
     "ConformanceReport": "_testing",
 }

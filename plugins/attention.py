@@ -58,6 +58,7 @@ class AttentionFusion(Fusion):
     config: Config
 
     example_options = {"dim": 64, "heads": 4}
+    exportable = True
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)

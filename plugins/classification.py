@@ -87,6 +87,7 @@ class ClassificationHead(Head):
     config: Config
 
     example_options = {"classes": 2}
+    exportable = True
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)

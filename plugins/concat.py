@@ -55,6 +55,7 @@ class ConcatFusion(Fusion):
             return Vector(self.hidden[-1] if self.hidden else width)
 
     config: Config
+    exportable = True
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)

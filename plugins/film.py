@@ -89,6 +89,7 @@ class FiLMFusion(Fusion):
     config: Config
 
     example_options = {"target": "image", "stages": [3, 4]}
+    exportable = True
 
     def __init__(self, config: Config, takes: FusionInputs):
         super().__init__(config, takes)

@@ -45,6 +45,7 @@ class GatedFusion(Fusion):
     config: Config
 
     example_options = {"dim": 32}
+    exportable = True
 
     def __init__(self, config: Config, takes: Mapping[str, Signal]):
         super().__init__(config, takes)

@@ -167,6 +167,7 @@ class ImageAdapter(ModalityAdapter):
     std: torch.Tensor
 
     example_options = {"channels": 3}
+    exportable = True
 
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
@@ -196,6 +197,18 @@ class ImageAdapter(ModalityAdapter):
 
     def example_input(self, batch_size: int = 2) -> torch.Tensor:
         return torch.rand(batch_size, self.config.channels, 32, 32)
+
+    def export_example(self, batch_size: int = 2, state: dict | None = None) -> torch.Tensor:
+        """Float images of the size the model reads: ``size``, else the size trained on."""
+        size = self.config.size
+        if size is None:
+            size = state["shape"] if state and state.get("shape") else 32
+        height, width = (size, size) if isinstance(size, int) else size
+        return torch.rand(batch_size, self.config.channels, height, width)
+
+    def export_form(self, images: torch.Tensor) -> torch.Tensor:
+        """An exported model takes float32 images in 0..1 (uint8 ones scaled, as here)."""
+        return _scaled(images).to(torch.float32)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != self.config.channels:

@@ -53,6 +53,7 @@ class MLPBackbone(Backbone):
     config: Config
 
     example_options = {"hidden": [64]}
+    exportable = True
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)

@@ -99,6 +99,7 @@ class MultilabelHead(Head):
     pos_weight: torch.Tensor  # a buffer
 
     example_options = {"labels": 3}
+    exportable = True
 
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)

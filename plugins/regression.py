@@ -56,6 +56,8 @@ class RegressionHead(Head):
 
     config: Config
 
+    exportable = True
+
     def __init__(self, config: Config, takes: Vector):
         super().__init__(config, takes)
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()

@@ -192,6 +192,7 @@ class TabularAdapter(ModalityAdapter):
     num_std: torch.Tensor
 
     example_options = {"categorical": {"make": 40}, "numerical": ["age"]}
+    exportable = True
 
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)
@@ -234,7 +235,9 @@ class TabularAdapter(ModalityAdapter):
         """``[B, n, width]``: each numerical column's features."""
         raw = torch.stack([columns[c].float() for c in self.config.numerical], dim=1)
         missing = torch.isnan(raw)
-        if self.config.nan == "error" and bool(missing.any()):
+        # An exported graph cannot raise on values: the codec reports NaN under this policy as
+        # a bad row before the model runs, and an export's metadata states the policy.
+        if self.config.nan == "error" and not torch.compiler.is_exporting() and bool(missing.any()):
             row, col = (int(i) for i in missing.nonzero()[0])
             raise DataError(f"tabular input: NaN in numerical column {self.config.numerical[col]!r}"
                             f" (row {row}); the adapter's nan policy is error")
@@ -260,9 +263,11 @@ class TabularAdapter(ModalityAdapter):
         absent = [c for c in wanted if c not in columns]
         if absent:
             raise DataError(f"tabular input: missing column(s) {', '.join(absent)}")
-        batch = {columns[c].reshape(-1).shape[0] for c in wanted}
-        if len(batch) != 1:
-            raise DataError(f"tabular input: columns have different lengths {sorted(batch)}")
+        # A list, not a set: while exporting, lengths are symbols, which compare but do not hash.
+        lengths = [columns[c].reshape(-1).shape[0] for c in wanted]
+        if any(length != lengths[0] for length in lengths):
+            raise DataError("tabular input: columns have different lengths"
+                            f" {sorted(set(map(int, lengths)))}")
         cats = [self._categorical(c, columns[c].reshape(-1)) for c in self.config.categorical]
         nums = self._numerical({c: columns[c].reshape(-1) for c in self.config.numerical}) \
             if self.config.numerical else None
@@ -347,7 +352,13 @@ class TabularCodec(Codec[TabularAdapter.Config]):
 
     def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         for column in self.config.numerical:
-            numeric_column(table, column, issues)
+            values = numeric_column(table, column, issues)
+            if self.config.nan == "error":
+                # Reported here, as a bad row, rather than by the module mid-batch (an exported
+                # model cannot refuse values at all).
+                for position in np.flatnonzero(np.isnan(values)):
+                    issues.bad_row(int(position), column, "the value is missing (empty or NaN),"
+                                   f" and {self.where}.nan is error")
 
     def fit(self, table: Table) -> State:
         vocabularies = {}

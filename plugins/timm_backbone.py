@@ -79,6 +79,7 @@ class TimmBackbone(Backbone):
     config: Config
 
     example_options = {"model": "resnet18"}
+    exportable = True
 
     def __init__(self, config: Config, takes: Signal):
         super().__init__(config, takes)

@@ -132,6 +132,7 @@ class TorchvisionBackbone(Backbone):
     config: Config
 
     example_options = {"model": "resnet18"}
+    exportable = True
 
     def __init__(self, config: Config, takes: Signal):
         super().__init__(config, takes)

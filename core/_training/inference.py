@@ -228,8 +228,13 @@ def head_metrics(collected: Collected, binding: Binding, state: State) -> dict[s
     return metrics
 
 
-def _load(model: Any) -> tuple[Any, str]:
+def _load(model: Any, exports: bool = False) -> tuple[Any, str]:
+    """The model of a model file (or, where ``exports``, of an ONNX export) and its name."""
     if isinstance(model, (str, Path)):
+        if exports and Path(model).suffix.lower() == ".onnx":
+            from .onnx_model import OnnxModel
+
+            return OnnxModel.open(model), str(model)
         from .._modelfile import load
 
         return load(model), str(model)
@@ -301,8 +306,10 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     ``keep`` columns. Streams batch by batch: with ``output`` (a CSV file, written atomically
     and locked against another run writing it) a table larger than memory works; without, the
     columns are returned (``result["columns"]``).
+    ``model`` is a model, a model file, or an ONNX file ``polymodal export`` wrote (run by ONNX
+    Runtime, with the same preprocessing).
     """
-    model, source = _load(model)
+    model, source = _load(model, exports=True)
     state = model_state(model, source)
     target = torch.device(device)
     model.to(target).eval()

@@ -78,6 +78,7 @@ class SignalAdapter(ModalityAdapter):
             return SignalCodec(self, name, where)
 
     example_options = {"channels": 12}
+    exportable = True  # `polymodal export` works for models holding it (check_export checks)
 
     def __init__(self, config: Config, takes: None = None):
         super().__init__(config, takes)

@@ -71,6 +71,7 @@ class TCNBackbone(Backbone):
             return Vector(self.channels)
 
     example_options = {"channels": 32, "levels": 3}
+    exportable = True
 
     def __init__(self, config: Config, takes: Sequence):
         super().__init__(config, takes)

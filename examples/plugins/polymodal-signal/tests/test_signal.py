@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import polymodal
-from polymodal.plugin import RowIssues, Table, check_component
+from polymodal.plugin import RowIssues, Table, check_component, check_export
 from polymodal_signal.adapter import SignalAdapter
 from polymodal_signal.tcn import TCNBackbone
 
@@ -25,6 +25,12 @@ def test_tcn_conforms(polymodal_check):
         bad_options=[{"levels": 0}, {"pooling": "last"}, {"kernel_size": 1}],
     )
     assert report.output_shape == (2, 16)
+
+
+def test_both_components_export():
+    # torch.export always; ONNX too where onnx, onnxscript and onnxruntime are installed.
+    check_export(SignalAdapter, {"channels": 3, "instance_norm": True})
+    check_export(TCNBackbone, {"channels": 16, "levels": 2}, takes=polymodal.plugin.Sequence(3))
 
 
 def test_per_channel_statistics_normalise_each_lead():

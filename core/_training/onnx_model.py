@@ -1,0 +1,162 @@
+"""An ONNX export run by ONNX Runtime, standing in for the model when predicting on a table.
+
+:class:`OnnxModel` reads the spec and fitted preprocessing from the file's metadata, so the
+codecs encode raw rows and decode outputs exactly as for a model file; only the network runs in
+ONNX Runtime. onnxruntime is imported here only (``pip install 'polymodal[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .._errors import DataError, ExportError, ModelFileError
+from .._export import KEY_EXPORT, ExportedInput, Layout
+
+if TYPE_CHECKING:
+    from .._spec import ModelSpec
+
+def _runtime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("running an ONNX file needs ONNX Runtime, which is not installed:"
+                          " pip install 'polymodal[onnx]'") from None
+    return onnxruntime
+
+
+def _providers(device: torch.device) -> list[Any]:
+    """ONNX Runtime's execution providers for ``device``."""
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        available = _runtime().get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise ExportError("--device cuda: this ONNX Runtime has no CUDA execution provider"
+                              f" (it has {', '.join(available)}); install onnxruntime-gpu")
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    raise ExportError(f"ONNX Runtime runs on cpu or cuda, not {device}")
+
+
+def session(path: str | Path, device: torch.device | str = "cpu") -> Any:
+    """An ONNX Runtime session of ``path``; a clear error for a file that is not ONNX."""
+    runtime = _runtime()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        options = runtime.SessionOptions()
+        # Errors only: ONNX Runtime notes that the presence masks' defaults are overridable,
+        # which is what they are for.
+        options.log_severity_level = 3
+        options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch uses
+        return runtime.InferenceSession(str(path), options,
+                                        providers=_providers(torch.device(device)))
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: not a valid ONNX file ({reason})") from None
+
+
+class OnnxModel:
+    """An exported ONNX file with the model's call contract for prediction: ``runner(batch)``
+    takes the inputs as codecs encode them and returns each head's raw output."""
+
+    def __init__(self, path: Path, runner: Any, metadata: Mapping[str, str], layout: Layout):
+        self.path = path
+        self.session = runner
+        self.metadata = dict(metadata)
+        self.layout = layout
+        self.device = torch.device("cpu")
+        self._spec: ModelSpec | None = None
+        self._adapters: Mapping[str, Any] | None = None
+        state = self.metadata.get("polymodal.state")
+        self.fitted_state = json.loads(state) if state else None
+
+    @classmethod
+    def open(cls, path: str | Path) -> OnnxModel:
+        path = Path(path)
+        runner = session(path)
+        metadata = runner.get_modelmeta().custom_metadata_map
+        if KEY_EXPORT not in metadata:
+            raise ModelFileError(f"{path}: an ONNX file, but not a polymodal export (no {KEY_EXPORT}"
+                                 " metadata); polymodal predicts from files that polymodal export"
+                                 " wrote")
+        return cls(path, runner, metadata, Layout.from_json(metadata[KEY_EXPORT], str(path)))
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The spec embedded in the file (its plugins must be installed: they read the rows)."""
+        if self._spec is None:
+            from .._modelfile import spec_in
+
+            self._spec = spec_in(self.metadata, str(self.path))
+        return self._spec
+
+    def _adapter(self, name: str) -> Any:
+        """A weightless adapter of the spec: it knows the form each input is exported in."""
+        if self._adapters is None:
+            from .._assembly import build
+
+            with torch.device("meta"):
+                self._adapters = build(self.spec, pretrained=False).adapters
+        return self._adapters[name]
+
+    def to(self, device: torch.device | str) -> OnnxModel:
+        device = torch.device(device)
+        if device.type != self.device.type or device.index != self.device.index:
+            self.session = session(self.path, device)
+            self.device = device
+        return self
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def run_flat(self, feeds: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The outputs, in the file's order, for tensors by exported input name (a presence mask
+        left out means every sample's input is present)."""
+        arrays = {name: np.ascontiguousarray(t.detach().cpu().numpy()) for name, t in feeds.items()}
+        return [torch.from_numpy(np.asarray(o)) for o in self.session.run(list(self.layout.outputs), arrays)]
+
+    def __call__(self, batch: Mapping[str, Any],
+                 present: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        inputs = {i.input for i in self.layout.inputs}
+        unknown = [name for name in batch if name not in inputs]
+        if unknown:
+            raise DataError(f"the batch has unknown input(s) {', '.join(map(repr, unknown))}; the"
+                            f" export's inputs are {', '.join(sorted(inputs))}")
+        formed = {name: self._adapter(name).export_form(value) for name, value in batch.items()}
+        feeds: dict[str, torch.Tensor] = {}
+        for described in self.layout.inputs:
+            if described.present:
+                if present and described.input in present:
+                    feeds[described.name] = torch.as_tensor(present[described.input], dtype=torch.bool)
+                continue
+            if described.input not in formed:
+                raise DataError(f"the batch has no input {described.input!r}; an exported model"
+                                " takes every input (mark missing ones with present)")
+            value = formed[described.input]
+            feeds[described.name] = _fitting(value if described.key is None else value[described.key],
+                                             described)
+        return dict(zip(self.layout.outputs, self.run_flat(feeds)))
+
+
+def _fitting(value: torch.Tensor, described: ExportedInput) -> torch.Tensor:
+    """``value`` in the dtype the file takes (a same-kind cast), its sizes checked."""
+    dtype = getattr(torch, described.dtype)
+    if value.dtype != dtype:
+        if value.is_floating_point() != dtype.is_floating_point or dtype == torch.bool:
+            raise DataError(f"input {described.name!r}: the export takes {described.dtype}, but the"
+                            f" batch holds {str(value.dtype).removeprefix('torch.')}")
+        value = value.to(dtype)
+    wanted = described.shape[1:]
+    if list(value.shape[1:]) != wanted:
+        raise DataError(f"input {described.name!r}: the export takes shape {described.shape},"
+                        f" the batch holds {list(value.shape)}")
+    return value
