@@ -206,7 +206,8 @@ def test_a_disagreement_found_by_a_spec_shows_in_the_next_listing(site, tmp_path
     spec.write_text(json.dumps(SPEC))
     used = run_polymodal("validate", str(spec), pythonpath=site, env=env)
     assert used.returncode == 1
-    assert "heads.y.type: head 'lazy-heads:twice' cannot be used: plugin lazy-heads 0.4" in used.stderr
+    assert "heads.y.type: unknown head type 'twice'. Plugin lazy-heads 0.4" in used.stderr
+    assert "would provide it but is failed" in used.stderr
     assert "its manifest lists head 'thrice' but the plugin does not provide it" in used.stderr
     listing = run_polymodal("list", pythonpath=site, env=env)
     assert "thrice" not in listing.stdout
