@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Literal
 
 import torch
@@ -65,7 +66,12 @@ def _create(model: str, in_chans: int) -> tuple[nn.Module, int, str, str]:
     """The model with its classifier removed, its feature width, classifier and stem names."""
     import torchvision
 
-    net = torchvision.models.get_model(model, weights=None)
+    with warnings.catch_warnings():
+        # GoogLeNet and Inception3 announce a change of their default initialisation; the
+        # weights are initialised (or loaded) as the spec says, so the notice is noise here.
+        warnings.filterwarnings("ignore", message=r"The default weight initialization of .*",
+                                category=FutureWarning)
+        net = torchvision.models.get_model(model, weights=None)
     classifier, linear = _last_linear(net)
     width = linear.in_features
     _set_submodule(net, classifier, nn.Identity())

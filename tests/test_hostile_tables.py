@@ -35,3 +35,4 @@ def test_pretrained_weights_from_a_device_file_are_not_called_missing(tmp_path):
             "heads": {"y": {"type": "classification", "classes": 2}}}
     with pytest.raises(polymodal.PolymodalError, match="/dev/zero is not a regular file"):
         polymodal.build(polymodal.load_spec(spec))
+

@@ -322,3 +322,17 @@ def test_mlp_takes_only_vectors():
     spec = table_spec(hidden=[4])
     spec["inputs"]["t"]["adapter"]["output"] = "tokens"
     assert "inputs.t.adapter: gives tokens of 32 but backbone (mlp [4]) takes" in spec_error(spec)
+
+
+def test_validate_of_googlenet_prints_no_torchvision_notice(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "gn.yaml"
+    path.write_text("name: gn\ninputs:\n  photo: {adapter: {type: image, channels: 3},"
+                    " backbone: {type: torchvision, model: googlenet}}\n"
+                    "heads:\n  y: {type: classification, classes: 2}\n")
+    done = subprocess.run([sys.executable, "-W", "default", "-m", "polymodal", "validate",
+                           str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr
