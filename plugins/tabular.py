@@ -80,7 +80,12 @@ class TabularAdapter(ModalityAdapter):
         categorical: dict[str, PositiveInt | Literal["auto"]] = Field(
             default_factory=dict, description="Categorical columns: name -> cardinality"
             " (number of known categories), or `auto` (or a plain list of names) to learn it"
-            " from the training table.")
+            " from the training table.",
+            # Both forms, as the schema and the reference state them (see _names_are_auto).
+            json_schema_extra={"anyOf": [
+                {"type": "object", "additionalProperties": {"anyOf": [
+                    {"type": "integer", "exclusiveMinimum": 0}, {"const": "auto"}]}},
+                {"type": "array", "items": {"type": "string"}}]})
         numerical: list[str] = Field(
             default_factory=list, description="Numerical columns, in order.")
         embedding_dims: dict[str, PositiveInt] = Field(
