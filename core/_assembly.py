@@ -341,7 +341,7 @@ def build(
         raise SpecError(problems)
     model = PolymodalModel(spec, modules, the_plan)
     if pretrained:
-        from ._weights import SPEC_FOLDER
+        from ._spec_files import SPEC_FOLDER
 
         folder = SPEC_FOLDER.set(spec._folder)
         try:

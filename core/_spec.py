@@ -52,7 +52,13 @@ from ._errors import (
     validator_problem,
 )
 from ._registry import ComponentRecord, Registry, component_problems, get_registry
-from ._spec_files import MAX_SPEC_VALUES, check_spec_size, read_spec_file, too_many_values
+from ._spec_files import (
+    MAX_SPEC_VALUES,
+    SPEC_FOLDER,
+    check_spec_size,
+    read_spec_file,
+    too_many_values,
+)
 from ._training.options import TrainingOptions
 
 if TYPE_CHECKING:
@@ -540,8 +546,13 @@ def load_spec(source: ModelSpec | str | Path | Mapping[str, Any],
         check_spec_size(dict(source))
         return validate_spec_data(source, registry)
     data = read_spec_file(source)
-    spec = validate_spec_data(data, registry, source=str(source))
-    spec._folder = Path(source).resolve().parent
+    folder = Path(source).resolve().parent
+    reading = SPEC_FOLDER.set(folder)
+    try:
+        spec = validate_spec_data(data, registry, source=str(source))
+    finally:
+        SPEC_FOLDER.reset(reading)
+    spec._folder = folder
     return spec
 
 

@@ -14,6 +14,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
 SPEC_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
+
+#: The folder of the spec file being read or built, if it came from a file: ``pretrained:
+#: weights.safetensors`` then means the file beside the spec, wherever the command runs, and
+#: validation checks that the file is there.
+SPEC_FOLDER: ContextVar[Path | None] = ContextVar("polymodal_spec_folder", default=None)
 
 #: The largest spec text read, in bytes. Real specs are a few kilobytes; a table of tens of
 #: thousands of columns still fits.

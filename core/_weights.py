@@ -5,29 +5,25 @@ models shares (:class:`PretrainedImageConfig`)."""
 from __future__ import annotations
 
 import warnings
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from ._components import BackboneConfig
-from ._errors import ConnectionMismatch, PolymodalError
+from ._errors import ConfigError, ConnectionMismatch, PolymodalError
 from ._freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
 from ._signals import FeatureMap, Signal, Tokens, Vector
-
-#: The folder of the spec file being built, if it came from a file: ``pretrained:
-#: weights.safetensors`` then means the file beside the spec, wherever the command runs.
-SPEC_FOLDER: ContextVar[Path | None] = ContextVar("polymodal_spec_folder", default=None)
+from ._spec_files import SPEC_FOLDER
 
 SAFE_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` (preferred) or ``.pth``/``.pt`` (weights-only load).
-    A relative ``path`` is read from the folder of the spec file being built, if any."""
+def weights_path(path: str | Path) -> Path:
+    """The weights file ``path`` names, checked to be a regular file of a known kind. A relative
+    ``path`` is read from the folder of the spec file being built, if any."""
     path = Path(path).expanduser()
     folder = SPEC_FOLDER.get()
     if not path.is_absolute() and folder is not None:
@@ -37,6 +33,17 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if path.exists():
             raise PolymodalError(f"pretrained weights {path} is not a regular file{where}")
         raise PolymodalError(f"pretrained weights file not found: {path}{where}")
+    if path.suffix.lower() not in SAFE_SUFFIXES + TORCH_SUFFIXES:
+        raise PolymodalError(
+            f"pretrained weights file {path}: unknown type {path.suffix.lower()!r};"
+            " use .safetensors (or .pth/.pt holding a state dict)")
+    return path
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` (preferred) or ``.pth``/``.pt`` (weights-only load).
+    A relative ``path`` is read from the folder of the spec file being built, if any."""
+    path = weights_path(path)
     suffix = path.suffix.lower()
     try:
         if suffix in SAFE_SUFFIXES:
@@ -166,6 +173,18 @@ class PretrainedImageConfig(BackboneConfig):
         " local .safetensors/.pth weights file (a relative path is read from the spec file's"
         " folder).")
     in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights_file_is_there(cls, value: bool | str) -> bool | str:
+        # Checked while a spec file is read (its folder is known); a model file's spec is not
+        # checked, since its weights come from the model file.
+        if isinstance(value, str) and SPEC_FOLDER.get() is not None:
+            try:
+                weights_path(value)
+            except PolymodalError as exc:
+                raise ConfigError(str(exc)) from None
+        return value
     output: Literal["vector", "feature_map", "tokens"] = Field(
         "vector", description="Pooled vector, last feature map, or its positions as tokens.")
     freeze: Freeze = Field("none", description=FREEZE_DESCRIPTION)

@@ -134,9 +134,29 @@ def test_a_relative_weights_path_is_read_beside_the_spec_file(tmp_path, monkeypa
     (project / "spec.yaml").write_text(yaml.safe_dump(spec).replace("rgb.", "gone."))
     with pytest.raises(SpecError) as info:
         polymodal.build("project/spec.yaml")
+    # Reading the spec file checks the weights file is there, before any weight exists.
     assert str(info.value) == (
-        "backbones.vision: pretrained weights file not found:"
+        "project/spec.yaml: backbones.vision.pretrained: pretrained weights file not found:"
         f" {project / 'gone.safetensors'} (a relative path is read from the spec file's folder)")
+
+
+def test_validate_refuses_a_pretrained_path_that_build_would_refuse(tmp_path):
+    import yaml
+
+    from polymodal._cli import main
+
+    (tmp_path / "weights.txt").write_text("not weights")
+    for pretrained, expected in (("nowhere.safetensors", "weights file not found"),
+                                 ("weights.txt", "unknown type '.txt'"),
+                                 ("/dev/zero", "is not a regular file")):
+        spec = spec_with({"type": "timm", "model": "resnet10t", "pretrained": pretrained})
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        with pytest.raises(SpecError) as info:
+            polymodal.load_spec(path)
+        assert "backbones.vision.pretrained: pretrained wei" in str(info.value)
+        assert expected in str(info.value)
+        assert main(["validate", str(path)]) == 1
 
 def test_weights_of_another_architecture(tmp_path):
     path = tmp_path / "weights.safetensors"
