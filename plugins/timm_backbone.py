@@ -137,23 +137,28 @@ def _measure(net: torch.nn.Module, images: torch.Tensor) -> Measured:
             handle.remove()
     # timm states a channels-last model's layout (Swin: NHWC); the shapes alone may not tell.
     channels_last = str(getattr(net, "output_fmt", "NCHW")).endswith("NHWC")
-    layout = layout_of(features, channels_last=channels_last)
-    stages = []
-    for name, width in named:
-        found = layout_of(seen[name][-1], width, channels_last) if len(seen[name]) == 1 else None
-        if found is None:
-            outputs = seen[name]
-            why_no_stages = (f"its stage {name!r} gives " + (describe_value(outputs[0]) if len(
-                outputs) == 1 else f"{len(outputs)} outputs a forward") + f", not {width} channels")
-            stages = []
-            break
-        stages.append(Stage(name, *found))
+    stages, why_not = _stages(named, seen, channels_last)
     is_vector = isinstance(vector, torch.Tensor) and vector.dim() == 2
     return Measured(
-        vector=int(vector.shape[1]) if is_vector else None, features=layout,
-        stages=tuple(stages), why_no_vector=f"its forward_head gives {describe_value(vector)}",
+        vector=int(vector.shape[1]) if is_vector else None,
+        features=layout_of(features, channels_last=channels_last), stages=stages,
+        why_no_vector=f"its forward_head gives {describe_value(vector)}",
         why_no_features=f"its forward_features gives {describe_value(features)}",
-        why_no_stages=why_no_stages)
+        why_no_stages=why_no_stages or why_not)
+
+
+def _stages(named: tuple[tuple[str, int], ...], seen: dict[str, list],
+            channels_last: bool) -> tuple[tuple[Stage, ...], str]:
+    """The stages, if each ran once and gave its stated width; else none, and why."""
+    stages = []
+    for name, width in named:
+        outputs = seen[name]
+        found = layout_of(outputs[0], width, channels_last) if len(outputs) == 1 else None
+        if found is None:
+            given = describe_value(outputs[0]) if len(outputs) == 1 else f"{len(outputs)} outputs"
+            return (), f"its stage {name!r} gives {given} a forward, not {width} channels"
+        stages.append(Stage(name, *found))
+    return tuple(stages), ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -196,7 +201,7 @@ def _builds_for(model: str, in_chans: int, size: tuple[int, int]) -> bool:
 
 
 class TimmBackbone(Backbone):
-    """Any timm image model as a feature extractor, pooled or as a feature map.
+    """Any timm image model (ResNets first) as a feature extractor, pooled or as a feature map.
 
     ``output: vector`` gives the pooled pre-logits features ``[B, D]`` (timm's ``forward_head``,
     so a head convolution after pooling is included); ``feature_map`` the last stage's map

@@ -31,6 +31,10 @@ ADAPTIVE_POOLS = frozenset({"adaptive_avg_pool2d", "adaptive_max_pool2d",
 DEFAULT_SIZE = (224, 224)
 OTHER_SIZE = (160, 160)
 
+#: Models whose default initialisation torchvision is phasing out (slow, and warned about):
+#: they start from PyTorch's default initialisation, as they will in torchvision.
+PHASED_OUT_INIT = frozenset({"googlenet", "inception_v3"})
+
 #: ``get_model`` keyword arguments a plan chose (sorted pairs, so that plans hash).
 Kwargs = tuple[tuple[str, Any], ...]
 
@@ -111,6 +115,8 @@ def _create(model: str, in_chans: int, kwargs: Kwargs) -> tuple[nn.Module, str, 
     modules removed (whose pretrained weights are not loaded)."""
     import torchvision
 
+    if model in PHASED_OUT_INIT:
+        kwargs = (*kwargs, ("init_weights", False))
     net = torchvision.models.get_model(model, weights=None, **dict(kwargs))
     removed = (*_drop_auxiliary(net), _remove_classifier(net))
     stem = _replace_stem(net, in_chans)
@@ -262,7 +268,7 @@ class _Probe:
 
 
 class TorchvisionBackbone(Backbone):
-    """A torchvision classification model with its classifier removed.
+    """A torchvision classification model (ResNets first) with its classifier removed.
 
     ``output: vector`` gives the pre-logits features ``[B, D]`` (the model's output without its
     last linear layer; SqueezeNet, whose classifier is a convolution, pools its features).

@@ -345,7 +345,10 @@ def _row(key: str, family: str, result: dict) -> str:
         size, any_size = str(result["size"]), result["any_size"]
         any_size = "pass" if any_size == "pass" else f"refused: {any_size}"
     family = f" ({family})" if library == "timm" else ""
-    return "| " + " | ".join(_escape(c) for c in (f"`{model}`{family}", params, size, any_size,
+    # Messages name the model (timm resnet18 ...): the row already does.
+    cells = [c.replace(f"{library} {model} ", "").replace(f"{library} {model!r}", "it")
+             for c in (any_size, *cells)]
+    return "| " + " | ".join(_escape(c) for c in (f"`{model}`{family}", params, size,
                                                   *cells)) + " |"
 
 
