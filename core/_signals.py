@@ -115,14 +115,21 @@ class FeatureMap(Signal):
     states what its channels are, and a backbone loading pretrained weights can match them to
     the bands its stem was trained on. Two maps with the same channel count connect whatever
     their band names.
+
+    ``size`` optionally states ``(height, width)`` when every map has that size (an image
+    adapter that resizes its images): a backbone built for one input size can then check it, or
+    be built for it, before any weight exists. None: any size.
     """
 
     channels: int
     bands: tuple[str, ...] | None = None
+    size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.bands is not None and len(self.bands) != self.channels:
             raise ValueError(f"{len(self.bands)} band names for {self.channels} channels")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise ValueError(f"size {self.size} is not (height, width)")
 
     def describe(self) -> str:
         return f"a feature map of {self.channels} channel{'s' if self.channels != 1 else ''}"

@@ -14,7 +14,7 @@ from pydantic import Field, PositiveInt, field_validator
 from ._components import BackboneConfig
 from ._errors import ConfigError, ConnectionMismatch, PolymodalError
 from ._freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
-from ._signals import FeatureMap, Signal, Tokens, Vector
+from ._signals import FeatureMap, Signal
 from ._spec_files import SPEC_FOLDER
 
 SAFE_SUFFIXES = (".safetensors",)
@@ -152,13 +152,15 @@ def adapt_and_load(module: torch.nn.Module, state: dict[str, torch.Tensor], *, s
     load_matching(module, state, source=source, ignore_prefixes=ignore_prefixes)
 
 
-def download_failed(what: str, exc: Exception) -> PolymodalError:
-    """The error for ``pretrained: true`` when the library could not fetch ``what``'s weights."""
+def download_failed(what: str, exc: Exception, cache: str | None = None) -> PolymodalError:
+    """The error for ``pretrained: true`` when the library could not fetch ``what``'s weights,
+    neither from its local ``cache`` (where it keeps downloaded weights) nor from the network."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    where = f" the library's local cache ({cache}) or" if cache else ""
     return PolymodalError(
         f"pretrained: true could not fetch the weights of {what} ({type(exc).__name__}: {first})."
-        " Offline? Download them where a network is available and set"
-        " pretrained: path/to/weights.safetensors")
+        f" Offline? pretrained: true reads{where} a download: fill that cache where a network is"
+        " available, or download the weights and set pretrained: path/to/weights.safetensors")
 
 
 class PretrainedImageConfig(BackboneConfig):
@@ -169,9 +171,9 @@ class PretrainedImageConfig(BackboneConfig):
 
     model: str = Field(description="The library's model name.", min_length=1)
     pretrained: bool | str = Field(
-        False, description="false; true (download the default weights); or the path of a"
-        " local .safetensors/.pth weights file (a relative path is read from the spec file's"
-        " folder).")
+        False, description="false; true (the library's default weights, from its local cache"
+        " or downloaded); or the path of a local .safetensors/.pth weights file (a relative path"
+        " is read from the spec file's folder).")
     in_chans: PositiveInt = Field(3, description="Input channels the backbone takes.", le=4096)
 
     @field_validator("pretrained")
@@ -189,18 +191,24 @@ class PretrainedImageConfig(BackboneConfig):
         "vector", description="Pooled vector, last feature map, or its positions as tokens.")
     freeze: Freeze = Field("none", description=FREEZE_DESCRIPTION)
 
-    def shape(self) -> tuple[int, tuple[int, ...]]:
-        """The pooled output width and the channels of each exposed stage (checking the model
-        name first)."""
+    def shape(self, takes: FeatureMap) -> tuple[Signal, tuple[Signal, ...]]:
+        """What the model gives for this config's ``output`` from images ``takes`` (their
+        channels, and their size where the adapter fixes it), and what each stage it exposes
+        gives, in forward order.
+
+        Measure it from the model as the library builds it (a weightless build on the meta
+        device costs no memory) rather than assume it. Raise :class:`PolymodalError` saying why
+        and what to change when the model cannot give it (an unknown name, an input size it
+        cannot take, an output kind it has no form of)."""
         raise NotImplementedError
 
     def gives(self, takes: Signal) -> Signal:
         wanted = FeatureMap(self.in_chans)
         if not wanted.fits(takes):
             raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
-        width, stages = self.shape()
+        features, stages = self.shape(takes)
         check_freeze(self.freeze, len(stages), self.describe())
-        return {"vector": Vector, "feature_map": FeatureMap, "tokens": Tokens}[self.output](width)
+        return features
 
     def stages(self, takes: Signal) -> tuple[Signal, ...]:
-        return tuple(FeatureMap(c) for c in self.shape()[1])
+        return self.shape(takes)[1]

@@ -145,9 +145,16 @@ class ImageAdapter(ModalityAdapter):
             return tuple(b.strip().lower() for b in self.bands) if self.bands else None
 
         def gives(self) -> Signal:
+            size = self.image_size()
             if self.project_to is not None:
-                return FeatureMap(self.project_to)
-            return FeatureMap(self.channels, self.band_names())
+                return FeatureMap(self.project_to, size=size)
+            return FeatureMap(self.channels, self.band_names(), size)
+
+        def image_size(self) -> tuple[int, int] | None:
+            """``(height, width)`` of every image when ``size`` resizes them; None: any size."""
+            if self.size is None:
+                return None
+            return (self.size, self.size) if isinstance(self.size, int) else (self.size[0], self.size[1])
 
         def codec(self, name: str, where: str) -> ImageCodec:
             return ImageCodec(self, name, where)
@@ -240,10 +247,7 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         return [self.column()]
 
     def _target_size(self) -> tuple[int, int] | None:
-        size = self.config.size
-        if size is None:
-            return None
-        return (size, size) if isinstance(size, int) else (size[0], size[1])
+        return self.config.image_size()
 
     def _source(self, table: Table, position: int, issues: RowIssues) -> Path | Any | None:
         """The cell's image file path, or the image array the cell holds; None when empty."""

@@ -188,7 +188,7 @@ def test_unknown_weights_suffix(tmp_path):
                                    "pretrained": str(path)}))
 
 
-def test_pretrained_true_offline_timm_fails_clearly():
+def test_pretrained_true_offline_timm_fails_clearly(hub_cache):
     # conftest sets HF_HUB_OFFLINE=1 before the hub library is imported, so this cannot wait on
     # network retries (about 45 s without it, on a machine with no network).
     from huggingface_hub import constants
@@ -199,6 +199,7 @@ def test_pretrained_true_offline_timm_fails_clearly():
     message = str(info.value)
     assert message.startswith("backbones.vision: pretrained: true could not fetch the weights of"
                               " timm 'resnet10t'")
+    assert f"the library's local cache ({hub_cache / 'huggingface' / 'hub'}," in message
     assert "pretrained: path/to/weights.safetensors" in message
 
 
@@ -222,3 +223,125 @@ def test_build_without_pretrained_skips_the_file(tmp_path):
                       "pretrained": str(tmp_path / "absent.safetensors")})
     model = polymodal.build(spec, pretrained=False)
     assert "vision" in model.backbones
+
+
+# --- pretrained: true from the libraries' own caches, as a download left them -----------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """Empty Hugging Face hub and torch hub caches (the hub library read its cache folder from
+    the environment when imported: point it here too)."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "huggingface" / "hub"
+    hub.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "huggingface"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path
+
+
+def put_in_hub_cache(root, repo_id: str, files: dict) -> None:
+    """Files of a hub repository laid out as the hub library caches a download."""
+    folder = root / "huggingface" / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = folder / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(COMMIT)
+    for name, content in files.items():
+        if name.endswith(".safetensors"):
+            write(content, snapshot / name)
+        else:
+            (snapshot / name).write_text(content)
+
+
+def published_timm(seed: int) -> dict[str, torch.Tensor]:
+    """resnet10t weights as timm publishes them: with the 1000-class classifier."""
+    import timm
+
+    return known_weights(timm.create_model("resnet10t"), seed)
+
+
+def timm_config(name: str) -> str:
+    import json
+
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name).to_dict()
+    return json.dumps({"architecture": name.split(".")[0], "num_classes": 1000,
+                       "pretrained_cfg": cfg})
+
+
+@pytest.mark.parametrize("model", ["resnet10t", "resnet10t.c3_in1k",
+                                   "hf-hub:timm/resnet10t.c3_in1k"])
+def test_timm_weights_come_from_the_hub_cache(hub_cache, model):
+    state = published_timm(seed=7)
+    put_in_hub_cache(hub_cache, "timm/resnet10t.c3_in1k",
+                     {"model.safetensors": state, "config.json": timm_config("resnet10t.c3_in1k")})
+    built = polymodal.build(spec_with({"type": "timm", "model": model, "pretrained": True,
+                                       "in_chans": 1}, channels=1))
+    loaded = built.backbones["vision"].model.state_dict()
+    assert "fc.weight" not in loaded  # the classifier is dropped
+    stem = "conv1.0.weight"
+    assert torch.allclose(loaded[stem], state[stem].sum(dim=1, keepdim=True))
+    for key, value in loaded.items():
+        if key != stem:
+            assert torch.equal(value, state[key]), key
+
+
+def test_an_uncached_hub_model_name_says_where_it_looked(hub_cache):
+    with pytest.raises(SpecError) as info:
+        polymodal.plan(polymodal.load_spec(spec_with(
+            {"type": "timm", "model": "hf-hub:timm/resnet18.a1_in1k"})))
+    message = str(info.value)
+    assert message.startswith("backbones.vision: timm 'hf-hub:timm/resnet18.a1_in1k': cannot read"
+                              " its config.json from the Hugging Face hub or its local cache (")
+    assert str(hub_cache / "huggingface" / "hub") in message
+
+
+def test_an_unknown_pretrained_tag_names_the_known_ones():
+    with pytest.raises(SpecError) as info:
+        polymodal.plan(polymodal.load_spec(spec_with({"type": "timm", "model": "resnet10t.c3"})))
+    assert str(info.value) == (
+        "backbones.vision: timm resnet10t has no pretrained tag 'c3'. Did you mean"
+        " 'resnet10t.c3_in1k'? Its tags: resnet10t.c3_in1k.")
+
+
+def test_torchvision_weights_come_from_the_torch_hub_cache(hub_cache):
+    import torchvision
+
+    state = known_weights(torchvision.models.resnet18(), seed=8)
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    checkpoints = hub_cache / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / url.rsplit("/", 1)[1])
+    built = polymodal.build(spec_with({"type": "torchvision", "model": "resnet18",
+                                       "pretrained": True}))
+    loaded = built.backbones["vision"].model.state_dict()
+    assert loaded.keys() == state.keys() - {"fc.weight", "fc.bias"}
+    assert all(torch.equal(value, state[key]) for key, value in loaded.items())
+
+
+def test_the_command_line_reads_the_cache_the_environment_names(hub_cache, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    state = published_timm(seed=9)
+    put_in_hub_cache(hub_cache, "timm/resnet10t.c3_in1k", {"model.safetensors": state})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_with({"type": "timm", "model": "resnet10t.c3_in1k",
+                                          "pretrained": True})))
+    env = {**os.environ, "HF_HOME": str(hub_cache / "huggingface"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    out = tmp_path / "model.safetensors"
+    result = subprocess.run([sys.executable, "-m", "polymodal", "build", str(spec), "-o", str(out)],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    model = polymodal.load(out)
+    assert torch.equal(model.backbones["vision"].model.layer1[0].conv1.weight,
+                       state["layer1.0.conv1.weight"])

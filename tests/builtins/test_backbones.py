@@ -336,3 +336,134 @@ def test_validate_of_googlenet_prints_no_torchvision_notice(tmp_path):
                            str(path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr
+
+
+# --- every output kind of a representative model per family: what validate says, the model gives
+
+#: One model per family whose widths, layout, stages or build needed a fix (small, 5 bands):
+#: a head convolution after pooling (timm's head_hidden_size), channels-last maps (MambaOut),
+#: tokens only (ViT, built for one size), feature_info naming modules the model lacks (HRNet),
+#: a constructor the meta device cannot run (RegNet), auxiliary outputs in training
+#: (GoogLeNet), a version check on load (MNASNet), a convolutional classifier (SqueezeNet).
+REPRESENTATIVES = [
+    ("timm", "mobilenetv3_small_050", 32),
+    ("timm", "test_mambaout", 32),
+    ("timm", "test_vit", 32),
+    ("timm", "hrnet_w18_small", 32),
+    ("torchvision", "regnet_x_400mf", 32),
+    ("torchvision", "googlenet", 32),
+    ("torchvision", "mnasnet0_5", 32),
+    ("torchvision", "squeezenet1_1", 32),
+]
+OUTPUT_KINDS = {"vector": 2, "feature_map": 4, "tokens": 3}
+
+
+def five_band_spec(library: str, model: str, size: int, output: str, route: str) -> dict:
+    adapter = {"type": "image", "channels": 5, "size": size}
+    backbone = {"type": library, "model": model, "output": output}
+    if route == "project_to":
+        adapter["project_to"] = 3
+    else:
+        backbone["in_chans"] = 5
+    fusion = ({"type": "concat"} if output == "vector"
+              else {"type": "attention", "dim": 16, "heads": 2})
+    return {"inputs": {"scan": {"adapter": adapter, "backbone": "vision"},
+                       "table": {"adapter": {"type": "tabular", "numerical": ["a"]},
+                                 "backbone": {"type": "mlp", "hidden": [4]}}},
+            "backbones": {"vision": backbone}, "fusion": fusion,
+            "heads": {"y": {"type": "classification", "classes": 2}}}
+
+
+@pytest.mark.parametrize("library, model, size", REPRESENTATIVES,
+                         ids=[m for _, m, _ in REPRESENTATIVES])
+def test_each_output_is_what_validate_states(library, model, size):
+    for output, dims in OUTPUT_KINDS.items():
+        route = "in_chans" if output == "tokens" else "project_to"
+        spec = five_band_spec(library, model, size, output, route)
+        try:
+            stated = polymodal.plan(polymodal.load_spec(spec)).features["scan"]
+        except polymodal.SpecError as refused:  # only a ViT has no feature map
+            assert (model, output) == ("test_vit", "feature_map"), str(refused)
+            assert "gives tokens, not a feature map; use output: tokens" in str(refused)
+            continue
+        built = polymodal.build(spec)
+        backbone = built.backbones["vision"]
+        channels = 5 if route == "in_chans" else 3
+        batch = {"scan": torch.randn(2, 5, size, size), "table": {"a": torch.randn(2)}}
+        for training in (False, True):
+            built.train(training)
+            out = backbone(torch.randn(2, channels, size, size))
+            assert out.dim() == dims and out.shape[1 if dims == 4 else -1] == stated.width, (
+                output, training, tuple(out.shape), stated)
+        built(batch)["y"].sum().backward()  # a training step reaches the backbone's stem
+        assert next(p for p in backbone.parameters()).grad is not None
+
+
+def test_a_head_convolution_after_pooling_widens_the_vector():
+    import timm
+
+    spec = five_band_spec("timm", "mobilenetv3_small_050", 32, "vector", "project_to")
+    stated = polymodal.plan(polymodal.load_spec(spec)).features["scan"]
+    net = timm.create_model("mobilenetv3_small_050", num_classes=0)
+    assert stated.width == net.head_hidden_size != net.num_features
+
+
+def test_channels_last_stages_are_modulated_channels_first():
+    spec = five_band_spec("timm", "swin_tiny_patch4_window7_224", 32, "feature_map", "project_to")
+    backbone = polymodal.build(spec).backbones["vision"]
+    stages = polymodal.plan(polymodal.load_spec(spec))
+    seen = []
+
+    def modulate(stage, output):
+        seen.append((stage, tuple(output.shape)))
+        return output * 2
+
+    out = backbone.modulated(torch.randn(2, 3, 32, 32), modulate, [0, 3])
+    widths = [s.width for s in backbone.config.stages(backbone.takes)]
+    assert [(stage, shape[1]) for stage, shape in seen] == [(0, widths[0]), (3, widths[3])]
+    assert out.shape[1] == widths[3] and stages.features["scan"].width == widths[3]
+
+
+def test_a_model_whose_feature_info_names_missing_modules_has_no_stages():
+    spec = five_band_spec("timm", "hrnet_w18_small", 32, "vector", "project_to")
+    spec["backbones"]["vision"]["freeze"] = {"train_last": 1}
+    message = spec_error(spec)
+    assert message == ("backbones.vision: freeze.train_last: timm hrnet_w18_small exposes no"
+                       " stages; use freeze: all")
+
+
+@pytest.mark.parametrize("library, model", [("timm", "levit_128s"),
+                                            ("torchvision", "vit_b_32")])
+def test_a_model_of_one_input_size_needs_the_adapter_size(library, model):
+    spec = five_band_spec(library, model, 32, "vector", "project_to")
+    del spec["inputs"]["scan"]["adapter"]["size"]
+    message = spec_error(spec)
+    assert message.startswith(f"backbones.vision: {library} {model} takes")
+    assert message.endswith("set the image adapter's size: 224 (it resizes the images)")
+
+
+def test_too_small_images_are_refused_with_the_smallest_size():
+    spec = five_band_spec("torchvision", "squeezenet1_1", 8, "vector", "project_to")
+    message = spec_error(spec)
+    assert message.startswith("backbones.vision: torchvision squeezenet1_1 cannot take 8x8 images (")
+    assert message.endswith("the smallest square size it takes is 32: set the image adapter's"
+                            " size: 32")
+
+
+def test_auxiliary_classifiers_are_removed(roundtrip):
+    spec = five_band_spec("torchvision", "googlenet", 32, "vector", "project_to")
+    model = polymodal.build(spec)
+    net = model.backbones["vision"].model
+    assert net.aux1 is None and net.aux2 is None and not net.aux_logits
+    model.train()
+    assert model.backbones["vision"](torch.randn(2, 3, 32, 32)).shape == (2, 1024)
+    loaded = roundtrip(model.eval())  # MNASNet-style version checks aside, files load strictly
+    x = {"scan": torch.randn(2, 5, 32, 32), "table": {"a": torch.randn(2)}}
+    assert torch.allclose(model(x)["y"], loaded(x)["y"], atol=1e-6)
+
+
+def test_a_model_file_of_a_version_checking_model_loads(roundtrip):
+    model = polymodal.build(five_band_spec("torchvision", "mnasnet0_5", 32, "vector", "in_chans"))
+    loaded = roundtrip(model.eval())
+    x = {"scan": torch.randn(2, 5, 32, 32), "table": {"a": torch.randn(2)}}
+    assert torch.allclose(model(x)["y"], loaded(x)["y"], atol=1e-6)
