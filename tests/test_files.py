@@ -147,6 +147,11 @@ from pathlib import Path
 from polymodal._files import atomic_path
 
 how = sys.argv[2]
+# The handlers a process gets from an interactive shell, even when this test runs under nohup
+# or in a background job (which start it with SIGHUP or SIGINT ignored).
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 if how == "handler-exits":  # an application's own handler, which exits
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
 with atomic_path(Path(sys.argv[1])) as tmp:
