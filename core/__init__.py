@@ -6,6 +6,8 @@
     polymodal.save(model, "claims.safetensors")
     model = polymodal.load("claims.safetensors")
     result = polymodal.train("claims.yaml", "claims.csv", "claims.safetensors")
+    polymodal.cv("claims.yaml", "claims.csv", folds=5, group_by="claim_id")
+    polymodal.tune("claims.yaml", "claims.csv", trials=20)   # the spec's `search` section
     polymodal.predict("claims.safetensors", "new_claims.csv", "predictions.csv")
 
 Importing polymodal is light: torch, timm and torchvision are imported only when something
@@ -44,6 +46,8 @@ _LAZY = {
     "get_registry": "_registry",
     "list_components": "_registry",
     "train": "_training.engine",
+    "cv": "_training.cv",
+    "tune": "_training.tune",
     "evaluate": "_training.inference",
     "predict": "_training.inference",
     "decode": "_training.inference",
@@ -96,5 +100,7 @@ if TYPE_CHECKING:
     from ._modelfile import load, save
     from ._registry import get_registry, list_components
     from ._spec import ModelSpec, load_spec
+    from ._training.cv import cv
     from ._training.engine import train
+    from ._training.tune import tune
     from ._training.inference import decode, evaluate, predict

@@ -32,6 +32,8 @@ from pydantic import (
 from ._components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
 from ._errors import ComponentError, SpecError, close_matches, did_you_mean
 from ._registry import ComponentRecord, Registry, get_registry
+from ._search import DESCRIPTION as SEARCH_DESCRIPTION
+from ._search import SearchSpace, validate_search
 from ._training.options import TrainingOptions
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -70,6 +72,7 @@ class ModelSpec(_StrictModel):
     heads: dict[str, SerializeAsAny[HeadConfig]] = Field(description="Prediction heads by name.", min_length=1)
     training: TrainingOptions = Field(default_factory=TrainingOptions,
                                       description=TrainingOptions.__doc__)
+    search: SearchSpace | None = Field(None, description=SEARCH_DESCRIPTION)
     #: The folder of the file the spec was read from: relative paths in it (a ``pretrained``
     #: weights file) are read from there. None for specs made from data.
     _folder: Path | None = PrivateAttr(None)
@@ -438,15 +441,17 @@ def validate_spec_data(
             problems.append((key, f"must be text, not {type(value).__name__}"))
     if problems:
         raise SpecError(problems, source)
-    return ModelSpec.model_construct(
-        name=data.get("name", "model"),
-        description=data.get("description"),
-        inputs=inputs,
-        backbones=backbones,
-        fusion=fusion,
-        heads=heads,
-        training=training,
-    )
+    parts = dict(name=data.get("name", "model"), description=data.get("description"),
+                 inputs=inputs, backbones=backbones, fusion=fusion, heads=heads, training=training)
+    spec = ModelSpec.model_construct(**parts)
+    if data.get("search") is None:
+        return spec
+    search, problems = validate_search(
+        data["search"], spec, data,
+        lambda trial: validate_spec_data(trial, registry, for_training=for_training))
+    if problems:
+        raise SpecError(problems, source)
+    return ModelSpec.model_construct(**parts, search=search)
 
 
 def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, ComponentConfig],
@@ -541,6 +546,7 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         fusion=(Union[fusion, None], fields["fusion"]),
         heads=(dict[str, head], fields["heads"]),
         training=(TrainingOptions, fields["training"]),
+        search=(SearchSpace | None, fields["search"]),
     )
     schema = spec_model.model_json_schema()
     for key in ("inputs", "backbones", "heads"):

@@ -32,7 +32,8 @@ from .._data.loader import BatchDataset, BatchPlan, derive_seed, loader
 from .._data.table import Table, read_table
 from .._errors import DataError, SpecError, did_you_mean
 from .._spec import ModelSpec, load_spec, unknown_metric
-from . import distributed
+from . import distributed, hardware
+from .folds import split_hint
 from .inference import (
     RowReport,
     autocast,
@@ -278,6 +279,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, Any], float], bool | None] | None = None,
 ) -> TrainResult:
     """Train the model ``spec`` describes on the table ``data`` and save the best epoch to
     ``output`` (with its fitted preprocessing).
@@ -287,6 +289,10 @@ def train(
     (``{"epochs": 3}``). Logs, the plot and the checkpoint go to ``run_dir`` (default: beside
     ``output``, named ``<stem>.run``). ``log`` receives progress lines (None: silent).
     ``on_step(epoch, step)`` is called after every optimisation step.
+    ``on_epoch(record, value)`` is called after every epoch (once its files are written) with
+    the epoch's record (as in ``history``) and the value of ``early_stopping.metric``; a true
+    return stops the run there, like early stopping. In a data-parallel run every process calls
+    it and must return the same answer.
     """
     check_policy(on_bad_row)
     spec = _options(load_spec(spec), {**(options or {}), "val_fraction": val_fraction,
@@ -300,8 +306,9 @@ def train(
     # Batches keep one shape, so cuDNN's per-shape search for the fastest convolution pays off.
     torch.backends.cudnn.benchmark = autotune or context.device.type == "cuda"
     try:
-        return _run(spec, opts, data, val, output, run_dir, on_bad_row, resume, progress,
-                    say if context.main else (lambda _: None), on_step, context)
+        with hardware.threads(opts.threads):
+            return _run(spec, opts, data, val, output, run_dir, on_bad_row, resume, progress,
+                        say if context.main else (lambda _: None), on_step, on_epoch, context)
     finally:
         torch.backends.cudnn.benchmark = autotune
         distributed.stop(context)
@@ -309,9 +316,12 @@ def train(
 
 def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Path, run_dir: Path,
          policy: str, resume: bool, progress: bool, say: Callable[[str], None],
-         on_step: Callable[[int, int], None] | None, context: distributed.Context) -> TrainResult:
-    if opts.precision == "fp16" and context.device.type != "cuda":
-        raise SpecError([("training.precision", "fp16 needs a CUDA GPU; use bf16 on CPU")])
+         on_step: Callable[[int, int], None] | None,
+         on_epoch: Callable[[dict[str, Any], float], bool | None] | None,
+         context: distributed.Context) -> TrainResult:
+    # The precision this device runs well; the spec keeps what was asked (auto).
+    opts = opts.model_copy(update={"precision": hardware.choose_precision(
+        opts.precision, context.device, say)})
     binding = Binding(spec)
     report = RowReport()
     table = _checked(read_table(data), binding, policy, report)
@@ -321,6 +331,9 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
     else:
         train_pos, val_pos = split_rows(table, opts.val_fraction, opts.group_by, opts.seed)
         train_table, val_table = table.take(train_pos), table.take(val_pos)
+        hint = split_hint(table, binding) if opts.group_by is None and len(val_pos) else None
+        if hint:
+            say(f"note: {hint}")
     if len(train_table) == 0:
         raise DataError(f"{table.source}: no training rows left")
     for line in report.note_lines():  # before training, while it can still be fixed
@@ -481,6 +494,10 @@ def _run(spec: ModelSpec, opts: TrainingOptions, data: Any, val: Any, output: Pa
         if opts.early_stopping.patience and stale >= opts.early_stopping.patience:
             stopped_early = True
             say(f"early stop: {metric} has not improved for {stale} epoch(s)")
+            break
+        if on_epoch is not None and on_epoch(row, value):
+            stopped_early = True
+            say(f"stopped after epoch {epoch}, as the caller asked")
             break
     if context.main and history:
         say(plot_curves(run_dir, history))
