@@ -109,7 +109,7 @@ FIXED = {"training.early_stopping.metric": "the metric trials are compared by",
 
 def label(choice: Any) -> str:
     """A choice written as compact JSON: in messages, and to tell choices apart."""
-    return json.dumps(choice, separators=(", ", ": "), sort_keys=False)
+    return json.dumps(choice, separators=(", ", ": "), sort_keys=True)
 
 
 def plain_data(spec: Any) -> dict[str, Any]:
@@ -172,7 +172,16 @@ def validate_search(raw: Any, spec: Any, data: Mapping[str, Any],
             _try(validate, base, path, candidate, f"{where}{at}", problems)
         if len(problems) == before:
             space[path] = distribution
+    problems += _overlaps(list(space))
     return space, problems
+
+
+def _overlaps(paths: list[str]) -> list[tuple[str, str]]:
+    """A path inside another searched path (``fusion.hidden`` and ``fusion``) would be put in
+    and then overwritten, or the other way round."""
+    return [(f"search.{inner}", f"lies inside search.{outer}, which replaces all of {outer};"
+                                 " search one or the other")
+            for inner in paths for outer in paths if inner.startswith(outer + ".")]
 
 
 def _distribution(value: Any, where: str, problems: list[tuple[str, str]]) -> _Distribution | None:

@@ -141,6 +141,7 @@ def tune(
                           " {training.lr: {type: float, low: 0.0001, high: 0.01, log: true}}`")])
     if trials < 1:
         raise TuneError(f"--trials {trials}: run at least one trial")
+    check_connections(spec)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     metric, higher = objective.monitored(spec)
     out = Path(output) if output is not None else Path(f"{spec.name}.tune")
@@ -172,6 +173,25 @@ def tune(
         group.finish()
     notes += write_results(optuna, opened, runner, out)
     return _result(opened, out, name, url, metric, higher, ran, notes)
+
+
+def check_connections(spec: ModelSpec) -> None:
+    """Every end of a range and every choice, put into the spec on its own, connects (the spec
+    check validates them; this plans the model too), before any trial runs."""
+    from .._assembly import plan
+    from .._search import candidates
+
+    base = plain_data(spec)
+    problems = []
+    for path, distribution in (spec.search or {}).items():
+        for at, value in candidates(distribution):
+            try:
+                plan(load_spec(put(base, path, value)))
+            except SpecError as exc:
+                said = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in exc.problems)
+                problems.append((f"search.{path}{at}", f"{label(value)} does not connect: {said}"))
+    if problems:
+        raise SpecError(problems)
 
 
 class _Group:
@@ -382,8 +402,9 @@ def _stored_choices(distribution: Choice) -> dict[Any, Any]:
 def _enqueue_baseline(study: Any, spec: ModelSpec, say: Callable[[str], None]) -> None:
     """Make the first trial of a new study the spec as written, where its values are in the
     search space."""
-    if study.trials:
-        return
+    if study.trials or study.user_attrs.get("baseline"):
+        return  # (processes starting a study together may still both add it: harmless)
+    study.set_user_attr("baseline", True)
     params, outside = {}, []
     for path, distribution in (spec.search or {}).items():
         value = current_value(spec, path)
@@ -442,13 +463,18 @@ def _open_study(optuna: Any, url: str, name: str, metric: str, higher: bool, hea
                         " postgresql://user@host/db or mysql://user@host/db")
     # SQLite waits up to a minute for a lock instead of 5 s: several processes share the file.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        with _quiet(optuna):
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine,
-                                                 **_heartbeat(optuna, heartbeat))
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
-        raise TuneError(f"--storage {_safe_url(url)}: cannot open the study storage"
-                        f" ({type(exc).__name__}: {exc})") from None
+    for attempt in range(3):
+        try:
+            with _quiet(optuna):
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                                     **_heartbeat(optuna, heartbeat))
+            break
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
+            # Processes started together race to create a new storage's tables: try again.
+            if attempt == 2:
+                raise TuneError(f"--storage {_safe_url(url)}: cannot open the study storage"
+                                f" ({type(exc).__name__}: {exc})") from None
+            time.sleep(1 + attempt)
     # Per epoch, the first epoch is too noisy to judge by; per fold, one fold is enough.
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0 if by_fold else 1)
               if pruning else optuna.pruners.NopPruner())
