@@ -335,7 +335,7 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
         try:
             metrics, predicted = fold_scores(
                 spec, table, plan, fold, fold_dir, options, policy, progress,
-                _once(lambda line, where=where: say(f"{where}: {line}"), shown))
+                say_once(lambda line, where=where: say(f"{where}: {line}"), shown))
         except SpecError as exc:
             raise exc.with_source(source) if source else exc
         finally:
@@ -355,8 +355,8 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
     return scores
 
 
-def _once(say: Callable[[str], None], shown: set[str]) -> Callable[[str], None]:
-    """``say`` that gives each note (the same for every fold) only the first time."""
+def say_once(say: Callable[[str], None], shown: set[str]) -> Callable[[str], None]:
+    """``say`` that gives each note (the same for every fold or trial) only the first time."""
     def said(line: str) -> None:
         if line.startswith(("note:", "precision auto:", "warning:")):
             if line in shown:

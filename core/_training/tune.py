@@ -34,7 +34,7 @@ from .._errors import ConnectionMismatch, PolymodalError, SpecError
 from .._search import Choice, FloatRange, IntRange, label, plain_data, put
 from .._spec import ModelSpec, load_spec
 from . import distributed, objective
-from .cv import FoldPlan, fold_scores, plan_folds
+from .cv import FoldPlan, fold_scores, plan_folds, say_once
 from .engine import CHECKPOINT, train
 from .report import atomic_write_text, json_safe
 
@@ -149,13 +149,7 @@ def tune(
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study or spec.name
     table = read_table(data)
-    plan = None
-    if folds is not None or fold_column is not None:
-        plan = plan_folds(table, spec, folds=folds, group_by=group_by, fold_column=fold_column,
-                          stratify=stratify, seed=int(options.get("seed", spec.training.seed)))
-    elif spec.training.val_fraction <= 0:
-        raise SpecError([("training.val_fraction", "0 leaves no validation rows to compare"
-                          " trials on; set it above 0, or cross-validate with --folds")])
+    plan = _fold_plan(table, spec, folds, group_by, fold_column, stratify, options)
     group = _Group(str(options.get("device", spec.training.device)))
     runner = _Runner(spec, table, plan, out, options, group_by, on_bad_row, keep_checkpoints,
                      metric, higher, say, group)
@@ -173,6 +167,20 @@ def tune(
         group.finish()
     notes += write_results(optuna, opened, runner, out)
     return _result(opened, out, name, url, metric, higher, ran, notes)
+
+
+def _fold_plan(table: Table, spec: ModelSpec, folds: int | None, group_by: str | None,
+               fold_column: str | None, stratify: bool, options: Mapping[str, Any]) -> FoldPlan | None:
+    """The folds trials are cross-validated on; None where they use one validation split."""
+    if folds is not None or fold_column is not None:
+        return plan_folds(table, spec, folds=folds, group_by=group_by, fold_column=fold_column,
+                          stratify=stratify, seed=int(options.get("seed", spec.training.seed)))
+    if stratify:
+        raise TuneError("--stratify balances classes over folds: give --folds too")
+    if spec.training.val_fraction <= 0:
+        raise SpecError([("training.val_fraction", "0 leaves no validation rows to compare"
+                          " trials on; set it above 0, or cross-validate with --folds")])
+    return None
 
 
 def check_connections(spec: ModelSpec) -> None:
@@ -199,29 +207,30 @@ class _Group:
     and shares with the others what to train and whether to stop."""
 
     def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = device
+        # The process group lives as long as the search: every trial's training joins it.
+        self.context = distributed.start(device)
 
     @property
     def main(self) -> bool:
-        return self.rank == 0
+        return self.context.main
 
     def share(self, value: Any) -> Any:
         """Rank 0's ``value``, in every process."""
-        if self.world == 1:
+        if not self.context.distributed:
             return value
         import torch.distributed as dist
 
-        distributed.start(self.device)  # each training run leaves the process group: rejoin
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, device=self._device())
         return box[0]
 
+    def _device(self) -> Any:
+        return self.context.device if self.context.device.type == "cuda" else None
+
     def finish(self) -> None:
-        if self.world > 1:
+        if self.main:
             self.share(None)  # tells the other processes that the run is over
-            distributed.stop(distributed.Context(self.rank, self.world))
+        distributed.stop(self.context)
 
 
 class _Pruned(Exception):
@@ -241,6 +250,7 @@ class _Runner:
         self.keep_checkpoints, self.metric, self.higher = keep_checkpoints, metric, higher
         self.say, self.group = say, group
         self.base = plain_data(spec)
+        self.shown: set[str] = set()  # notes said once, not once a trial
 
     # -- the study's side (rank 0) ---------------------------------------------------------
     def lead(self, study: Any, trials: int, timeout: float | None) -> int:
@@ -306,13 +316,15 @@ class _Runner:
 
     # -- the other processes under torchrun --------------------------------------------------
     def follow(self) -> None:
-        while (job := self.group.share(None)) is not None:
-            number, spec_data = job
-            try:
-                self._run(number, spec_data, lambda step, v: bool(self.group.share(None)))
-            except (_Pruned, *TRIAL_ERRORS):
-                pass  # rank 0 records it
-        distributed.stop(distributed.Context(self.group.rank, self.group.world))
+        try:
+            while (job := self.group.share(None)) is not None:
+                number, spec_data = job
+                try:
+                    self._run(number, spec_data, lambda step, v: bool(self.group.share(None)))
+                except (_Pruned, *TRIAL_ERRORS):
+                    pass  # rank 0 records it
+        finally:
+            self.group.finish()
 
     # -- both -----------------------------------------------------------------------------
     def _spec_data(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -335,7 +347,7 @@ class _Runner:
         whether to prune."""
         spec = self.trial_spec(spec_data)
         folder = self.trial_dir(number)
-        say = lambda line: self.say(f"trial {number}: {line}")  # noqa: E731
+        say = say_once(lambda line: self.say(f"trial {number}: {line}"), self.shown)
         if self.plan is None:
             pruned = []
 

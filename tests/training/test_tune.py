@@ -257,3 +257,19 @@ def test_a_killed_tune_resumes(tmp_path):
     retried = [t for t in trials if t.system_attrs.get("failed_trial") in killed]
     assert retried and retried[0].state.name == "COMPLETE"  # the killed trial, run again
     assert result.best_model is not None and result.best_model.is_file()
+
+
+def test_under_torchrun_every_process_trains_each_trial(tmp_path):
+    table = write_grouped_table(tmp_path)
+    spec = tmp_path / "tab.yaml"
+    spec.write_text(yaml.safe_dump(searched(epochs=2)))
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+         "-m", "polymodal", "tune", str(spec), "--data", str(table), "--trials", "2",
+         "--device", "cpu", "-o", str(tmp_path / "run")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("best: trial") == 1  # one report, from the first process
+    assert "training on 38 rows, validating on 10 (2 process(es), cpu)" in done.stderr
+    assert [t["state"] for t in read_csv(tmp_path / "run" / "trials.csv")] == ["COMPLETE"] * 2
+    assert polymodal.load(tmp_path / "run" / "best.safetensors")
