@@ -3,7 +3,6 @@ several processes share."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
