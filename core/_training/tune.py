@@ -251,6 +251,7 @@ class _Runner:
         self.say, self.group = say, group
         self.base = plain_data(spec)
         self.shown: set[str] = set()  # notes said once, not once a trial
+        self.error: str | None = None  # why this process's last trial failed
 
     # -- the study's side (rank 0) ---------------------------------------------------------
     def lead(self, study: Any, trials: int, timeout: float | None) -> int:
@@ -275,16 +276,14 @@ class _Runner:
                 study.optimize(self.objective, n_trials=1, catch=TRIAL_ERRORS)
             ran += 1
             keep_best_model(study, self)
-            last = study.trials[-1] if study.trials else None
-            failed = last is not None and last.state == optuna.trial.TrialState.FAIL
-            failures = failures + 1 if failed else 0
+            failures = failures + 1 if self.error else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
-                raise TuneError(f"{failures} trials in a row failed; the last one:"
-                                f" {last.user_attrs.get('error', 'see trials.csv')}")
+                raise TuneError(f"{failures} trials in a row failed; the last one: {self.error}")
         return ran
 
     def objective(self, trial: Any) -> float:
         optuna = _optuna()
+        self.error = None
         values = suggest(trial, self.spec.search or {})
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         shown = ", ".join(f"{p}={label(v)}" for p, v in values.items())
@@ -298,17 +297,20 @@ class _Runner:
             self.say(f"trial {trial.number}: pruned")
             raise optuna.TrialPruned() from None
         except TRIAL_ERRORS as exc:
-            trial.set_user_attr("error", str(exc))
-            self.say(f"trial {trial.number} failed: {exc}")
+            self._failed(trial, str(exc))
             raise
         finally:
             self._tidy(trial.number)
         if not math.isfinite(value):
-            trial.set_user_attr("error", f"{self.metric} is {value}")
-            self.say(f"trial {trial.number} failed: {self.metric} is {value}")
-            raise SpecError([("", f"trial {trial.number}: {self.metric} is {value}")])
+            self._failed(trial, f"{self.metric} is {value}")
+            raise SpecError([("", f"trial {trial.number}: {self.error}")])
         self.say(f"trial {trial.number}: {self.metric} {value:.4f}")
         return value
+
+    def _failed(self, trial: Any, error: str) -> None:
+        self.error = error
+        trial.set_user_attr("error", error)
+        self.say(f"trial {trial.number} failed: {error}")
 
     def _report(self, trial: Any, step: int, value: float) -> bool:
         trial.report(value, step)
@@ -487,8 +489,10 @@ def _open_study(optuna: Any, url: str, name: str, metric: str, higher: bool, hea
                 raise TuneError(f"--storage {_safe_url(url)}: cannot open the study storage"
                                 f" ({type(exc).__name__}: {exc})") from None
             time.sleep(1 + attempt)
-    # Per epoch, the first epoch is too noisy to judge by; per fold, one fold is enough.
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0 if by_fold else 1)
+    # Steps below n_warmup_steps are not judged. Per epoch (steps 1, 2, ...) the first epoch
+    # is too noisy to judge by (a warming-up schedule has barely begun); per fold (steps 0,
+    # 1, ...) one fold is enough.
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0 if by_fold else 2)
               if pruning else optuna.pruners.NopPruner())
     direction = "maximize" if higher else "minimize"
     study = optuna.create_study(storage=storage, study_name=name, direction=direction,
