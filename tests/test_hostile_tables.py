@@ -36,3 +36,24 @@ def test_pretrained_weights_from_a_device_file_are_not_called_missing(tmp_path):
     with pytest.raises(polymodal.PolymodalError, match="/dev/zero is not a regular file"):
         polymodal.build(polymodal.load_spec(spec))
 
+
+
+def _train_error(tmp_path, values: list[str]) -> str:
+    path = tmp_path / "t.csv"
+    path.write_text("a,y\n" + "".join(f"{v},{i % 2}\n" for i, v in enumerate(values)))
+    spec = {"name": "t", "inputs": {"t": {"adapter": {"type": "tabular", "numerical": ["a"]}}},
+            "heads": {"y": {"type": "classification", "classes": 2}},
+            "training": {"epochs": 1}}
+    with pytest.raises(DataError) as info:
+        polymodal.train(spec, path, tmp_path / "m.safetensors", progress=False)
+    return str(info.value)
+
+
+def test_bad_rows_found_before_training_are_counted_in_the_table(tmp_path):
+    message = _train_error(tmp_path, ["1", "two", "3", "four", "5", "6"])
+    assert "(2 bad rows in the table)" in message and "--on-bad-row skip" in message
+
+
+def test_a_table_whose_every_row_is_bad_points_at_the_spec(tmp_path):
+    message = _train_error(tmp_path, ["one", "two", "three", "four"])
+    assert "every row in the table is bad: check that the spec's options fit the table" in message

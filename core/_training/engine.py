@@ -141,7 +141,7 @@ def split_rows(table: Table, fraction: float, group_by: str | None, seed: int) -
 def _checked(table: Table, binding: Binding, policy: str, report: RowReport) -> Table:
     binding.require_columns(table, targets=True)
     issues = binding.check(table, None, targets=True)
-    fail_on(issues.bad, policy)
+    fail_on(issues.bad, policy, len(table), among="in the table")
     report.add(issues)
     if not issues.bad:
         return table
@@ -475,7 +475,7 @@ class _Epochs:
     def _step(self, encoded: Encoded) -> torch.Tensor | None:
         """One optimisation step on a batch; its (weighted) loss, or None without targets."""
         parts, opts, device = self.parts, self.opts, self.context.device
-        fail_on(encoded.bad, self.policy)
+        fail_on(encoded.bad, self.policy, len(encoded.positions) + len(encoded.bad))
         self.rows.report.add(encoded)
         inputs = to_device(encoded.inputs, device, opts.channels_last)
         targets = device_targets(encoded.targets, device)

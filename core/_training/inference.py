@@ -77,10 +77,14 @@ def check_policy(policy: str) -> None:
         raise DataError(f"unknown bad-row policy {policy!r}; use {' or '.join(BAD_ROW_POLICIES)}")
 
 
-def fail_on(bad: dict[int, str], policy: str) -> None:
+def fail_on(bad: dict[int, str], policy: str, rows: int, among: str = "in this batch") -> None:
+    """Under the ``fail`` policy, stop at the first of the ``bad`` rows of ``rows`` checked
+    (``among``: which rows those were, for the message)."""
     if bad and policy == "fail":
         first = next(iter(bad.values()))
-        more = f" ({len(bad)} bad rows in this batch)" if len(bad) > 1 else ""
+        more = f" ({len(bad)} bad rows {among})" if len(bad) > 1 else ""
+        if len(bad) == rows > 1:  # every row: the spec, not the data, is the likelier cause
+            more = f" (every row {among} is bad: check that the spec's options fit the table)"
         raise DataError(f"{first}{more}. Fix the row, or pass --on-bad-row skip to leave such"
                         " rows out")
 
@@ -125,14 +129,14 @@ def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool
         if len(chunk) == 0:
             continue
         issues = binding.check(chunk, state, targets)
-        fail_on(issues.bad, policy)
+        fail_on(issues.bad, policy, len(chunk), among=f"in rows {chunk.rows[0]}-{chunk.rows[-1]}")
         report.add(issues)
         keep = [p for p in range(len(chunk)) if p not in issues.bad]
         chunk = chunk.take(keep) if len(keep) < len(chunk) else chunk
         if len(chunk) == 0:
             continue
         encoded = binding.encode(chunk, state, targets)
-        fail_on(encoded.bad, policy)
+        fail_on(encoded.bad, policy, len(chunk), among=f"in rows {chunk.rows[0]}-{chunk.rows[-1]}")
         report.add(encoded)
         yield chunk, encoded
 
