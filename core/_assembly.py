@@ -25,7 +25,7 @@ from ._components import (
     FusionConfig,
     FusionInputs,
 )
-from ._errors import ConnectionMismatch, DataError, PolymodalError, Problem, SpecError
+from ._errors import ConnectionMismatch, DataError, PolymodalError, Problem, SpecError, first_line
 from ._registry import Registry, component_problems, get_registry
 from ._signals import Signal
 from ._spec import ModelSpec, load_spec
@@ -262,10 +262,6 @@ def _out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-
-
 def _instantiate(
     cls: type[Component], config: ComponentConfig, takes: Any, where: str,
     located: list[tuple[str, Component]], problems: list[tuple[str, str]], registry: Registry,
@@ -276,7 +272,7 @@ def _instantiate(
     except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
         if _out_of_memory(exc):
             problems.append((where, f"{config.describe()} needs more memory than this machine"
-                             f" has ({_first_line(exc)}); `polymodal validate` reports the"
+                             f" has ({first_line(exc, 200)}); `polymodal validate` reports the"
                              " model's size"))
         else:
             problems.extend(component_problems(exc, where, config, registry))

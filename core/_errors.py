@@ -157,6 +157,13 @@ class ExportError(PolymodalError):
     an exported file cannot be used."""
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a
+    message of ours that quotes it; cut to ``limit`` characters when given."""
+    line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return line[:limit] if limit else line
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Candidates that look like ``word`` (typos, case), best first."""
     pool = sorted(set(candidates))

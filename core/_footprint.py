@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._errors import PolymodalError, SpecError
+from ._errors import PolymodalError, SpecError, first_line
 
 if TYPE_CHECKING:
     from ._spec import ModelSpec
@@ -90,4 +90,4 @@ def _first_line(exc: BaseException) -> str:
         where, message = exc.problems[0]
         more = f"; and {len(exc.problems) - 1} more" if len(exc.problems) > 1 else ""
         return f"{where}: {message}"[:200] + more
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return first_line(exc, 200)

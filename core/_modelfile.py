@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 
 from ._assembly import PolymodalModel, build
-from ._errors import ModelFileError, SpecError
+from ._errors import ModelFileError, SpecError, first_line
 from ._files import atomic_path
 from ._registry import Registry, get_registry
 from ._spec import validate_spec_data
@@ -145,8 +145,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    return first_line(exc)
 
 
 def _versions_of(metadata: Mapping[str, str]) -> dict[str, str]:

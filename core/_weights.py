@@ -12,7 +12,7 @@ import torch
 from pydantic import Field, PositiveInt, field_validator
 
 from ._components import BackboneConfig
-from ._errors import ConfigError, ConnectionMismatch, PolymodalError
+from ._errors import ConfigError, ConnectionMismatch, PolymodalError, first_line
 from ._freezing import FREEZE_DESCRIPTION, Freeze, check_freeze
 from ._signals import FeatureMap, Signal
 from ._spec_files import SPEC_FOLDER
@@ -61,8 +61,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except PolymodalError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PolymodalError(f"cannot read pretrained weights {path}: {first}") from None
+        raise PolymodalError(f"cannot read pretrained weights {path}: {first_line(exc)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -155,7 +154,7 @@ def adapt_and_load(module: torch.nn.Module, state: dict[str, torch.Tensor], *, s
 def download_failed(what: str, exc: Exception, cache: str | None = None) -> PolymodalError:
     """The error for ``pretrained: true`` when the library could not fetch ``what``'s weights,
     neither from its local ``cache`` (where it keeps downloaded weights) nor from the network."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     where = f" the library's local cache ({cache}) or" if cache else ""
     return PolymodalError(
         f"pretrained: true could not fetch the weights of {what} ({type(exc).__name__}: {first})."

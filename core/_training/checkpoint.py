@@ -21,7 +21,7 @@ import torch
 
 from .._data.binding import State
 from .._data.table import Table
-from .._errors import CheckpointError, DataError, SpecError
+from .._errors import CheckpointError, DataError, SpecError, first_line
 from .._files import atomic_path
 from .history import EpochRecord, Progress
 
@@ -107,13 +107,13 @@ def _load(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"--resume: {path} holds objects other than tensors and plain values, which polymodal"
-            f" never unpickles ({_first_line(exc)}); it is not a checkpoint polymodal wrote;"
+            f" never unpickles ({first_line(exc, 200)}); it is not a checkpoint polymodal wrote;"
             f" {_START_AGAIN}") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as exc:
         # A file cut short by a full disk or a copy is the usual cause; the reader's error says
         # which part it missed.
         raise CheckpointError(
-            f"--resume: {path} cannot be read: it is truncated or corrupt ({_first_line(exc)});"
+            f"--resume: {path} cannot be read: it is truncated or corrupt ({first_line(exc, 200)});"
             f" {_START_AGAIN}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"--resume: {path} is not a polymodal checkpoint (it holds a"
@@ -121,9 +121,6 @@ def _load(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 def _differences(was: Any, now: Any, path: str = "") -> list[str]:
