@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import reprlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
     from ._signals import Signal
@@ -33,13 +33,13 @@ class SpecError(PolymodalError):
     def __init__(self, problems: str | Iterable[tuple[str, str]], source: str | None = None):
         if isinstance(problems, str):
             problems = [("", problems)]
-        elif isinstance(problems, tuple) and len(problems) == 2 and all(
-                isinstance(part, str) for part in problems):
+        elif _is_pair(problems):
             problems = [problems]  # one (location, message) pair
-        self.problems = list(problems)
+        self.problems: list[tuple[str, str]] = list(problems)
         self.source = source
         #: The exceptions the problems came from (a component's own errors), for ``--debug``.
-        self.causes = [p.cause for p in self.problems if getattr(p, "cause", None) is not None]
+        self.causes = [p.cause for p in self.problems
+                       if isinstance(p, Problem) and p.cause is not None]
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -52,6 +52,12 @@ class SpecError(PolymodalError):
 
     def with_source(self, source: str) -> SpecError:
         return SpecError(self.problems, source=source)
+
+
+def _is_pair(problems: object) -> TypeGuard[tuple[str, str]]:
+    """Whether ``problems`` is one ``(location, message)`` pair rather than a list of them."""
+    return isinstance(problems, tuple) and len(problems) == 2 and all(
+        isinstance(part, str) for part in problems)
 
 
 class ConfigError(PolymodalError, ValueError):
@@ -74,7 +80,7 @@ class ConfigError(PolymodalError, ValueError):
         super().__init__(f"{option}: {message}" if option else message)
 
 
-class Problem(tuple):
+class Problem(tuple[str, str]):
     """A ``(location, message)`` pair of a :class:`SpecError` that keeps the exception it came
     from, so ``--debug`` can show where a component raised it."""
 
@@ -106,7 +112,7 @@ def located(exc: PolymodalError, where: str) -> list[Problem]:
     return [Problem(where, str(exc), exc)]
 
 
-def validator_problem(where: str, error: dict) -> tuple[str, str] | None:
+def validator_problem(where: str, error: Mapping[str, Any]) -> tuple[str, str] | None:
     """A pydantic error (one of ``ValidationError.errors()``) that a :class:`ConfigError`
     raised in a validator caused, placed at ``where`` extended by its option; None for others."""
     cause = (error.get("ctx") or {}).get("error")
