@@ -235,8 +235,8 @@ def _loss_weight_problems(spec: ModelSpec) -> list[tuple[str, str]]:
             for head in spec.training.loss_weights if head not in spec.heads]
 
 
-def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, ComponentConfig],
-                               raw_heads: Any) -> list[tuple[str, str]]:
+def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, HeadConfig],
+                               raw_heads: Any) -> Sequence[tuple[str, str]]:
     """``early_stopping.metric`` names a head and, where its target codec says which metrics it
     computes, one of them."""
     metric = training.early_stopping.metric
@@ -269,6 +269,12 @@ def unknown_metric(head: str, name: str, known: Sequence[str]) -> tuple[str, str
 # -- component places: the installed components, discriminated on `type` --------------------
 
 
+def _config_class(record: ComponentRecord) -> type[ComponentConfig]:
+    """The config class of a loaded component's ``record``."""
+    assert record.cls is not None, "a spec model is made of loaded components only"
+    return record.cls.Config
+
+
 class _ComponentSlot:
     """Pydantic annotation of a place in the spec that holds one component of ``kind``.
 
@@ -296,8 +302,9 @@ class _ComponentSlot:
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
         if not self.records:  # nothing of this kind installed: every type is unknown
             return core_schema.no_info_plain_validator_function(self._resolve)
-        choices = {canonical: core_schema.no_info_wrap_validator_function(
-            self._branch(rec), handler.generate_schema(rec.cls.Config))
+        choices: dict[str, core_schema.CoreSchema] = {
+            canonical: core_schema.no_info_wrap_validator_function(
+                self._branch(rec), handler.generate_schema(_config_class(rec)))
             for canonical, rec in self.records.items()}
         union = core_schema.tagged_union_schema(choices, discriminator=self._tag)
         return core_schema.no_info_before_validator_function(self._resolve, union,
@@ -410,16 +417,17 @@ def _none_is(empty: Any) -> AfterValidator:
 
 
 def _make_spec_model(registry: Registry, records: Sequence[ComponentRecord]) -> type[ModelSpec]:
-    slot = {kind: _ComponentSlot(kind, registry, [r for r in records if r.kind == kind])
-            for kind in ("adapter", "backbone", "fusion", "head")}
-    backbone = Annotated[BackboneConfig, slot["backbone"]]
+    adapters, backbones, fusions, heads = (
+        _ComponentSlot(kind, registry, [r for r in records if r.kind == kind])
+        for kind in ("adapter", "backbone", "fusion", "head"))
+    backbone = Annotated[BackboneConfig, backbones]
     backbone_place = Annotated[Union[Annotated[str, Tag(_BACKBONE_NAME)],
                                      Annotated[backbone, Tag(_INLINE_BACKBONE)]],
                                Discriminator(_backbone_form)]
     field = InputSpec.model_fields
     input_model = create_model(
         "InputSpec", __base__=InputSpec, __module__=__name__,
-        adapter=(Annotated[AdapterConfig, slot["adapter"]], field["adapter"]),
+        adapter=(Annotated[AdapterConfig, adapters], field["adapter"]),
         backbone=(Optional[backbone_place], field["backbone"]),
     )
     field = ModelSpec.model_fields
@@ -427,8 +435,8 @@ def _make_spec_model(registry: Registry, records: Sequence[ComponentRecord]) -> 
         "ModelSpec", __base__=ModelSpec, __module__=__name__,
         inputs=(dict[Name, input_model], field["inputs"]),
         backbones=(Annotated[Optional[dict[Name, backbone]], _none_is(dict)], field["backbones"]),
-        fusion=(Optional[Annotated[FusionConfig, slot["fusion"]]], field["fusion"]),
-        heads=(dict[Name, Annotated[HeadConfig, slot["head"]]], field["heads"]),
+        fusion=(Optional[Annotated[FusionConfig, fusions]], field["fusion"]),
+        heads=(dict[Name, Annotated[HeadConfig, heads]], field["heads"]),
         training=(Annotated[Optional[TrainingOptions], _none_is(TrainingOptions)],
                   field["training"]),
     )
@@ -723,7 +731,10 @@ def _inside(annotation: Any, part: Any) -> Any:
         field = annotation.model_fields.get(str(part))
         if field is None:
             return None
-        return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        if not field.metadata:
+            return field.annotation
+        annotated = (field.annotation, *field.metadata)  # Annotated[annotation, *metadata]
+        return Annotated[annotated]
     return None
 
 
