@@ -45,6 +45,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     A relative ``path`` is read from the folder of the spec file being built, if any."""
     path = weights_path(path)
     suffix = path.suffix.lower()
+    state: object  # what the file holds, a state dict once checked below
     try:
         if suffix in SAFE_SUFFIXES:
             from safetensors.torch import load_file
@@ -203,11 +204,12 @@ class PretrainedImageConfig(BackboneConfig):
 
     def gives(self, takes: Signal) -> Signal:
         wanted = FeatureMap(self.in_chans)
-        if not wanted.fits(takes):
+        if not isinstance(takes, FeatureMap) or not wanted.fits(takes):
             raise ConnectionMismatch(f"takes {wanted.describe()}", wanted=wanted)
         features, stages = self.shape(takes)
         check_freeze(self.freeze, len(stages), self.describe())
         return features
 
     def stages(self, takes: Signal) -> tuple[Signal, ...]:
+        assert isinstance(takes, FeatureMap), "stages are asked of the images gives accepted"
         return self.shape(takes)[1]
