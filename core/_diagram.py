@@ -115,9 +115,9 @@ def mermaid(spec: ModelSpec) -> str:
         chart.edge(source, adapter)
         feature_node[name] = adapter
         if isinstance(inp.backbone, str):  # a shared backbone is one module, so one node
-            config = spec.backbones[inp.backbone]
+            shared = spec.backbones[inp.backbone]
             feature_node[name] = chart.node(
-                "backbone", [inp.backbone], f"backbone {inp.backbone}: {config.describe()}", config)
+                "backbone", [inp.backbone], f"backbone {inp.backbone}: {shared.describe()}", shared)
         elif inp.backbone is not None:
             feature_node[name] = chart.node(
                 "backboneof", [name], f"backbone: {inp.backbone.describe()}", inp.backbone)

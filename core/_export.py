@@ -27,12 +27,13 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ._assembly import PolymodalModel
+from ._components import ModalityAdapter
 from ._errors import ExportError, ModelFileError, PolymodalError
 from ._registry import Registry
 
@@ -154,7 +155,7 @@ def _flat_examples(model: PolymodalModel, state: Mapping[str, Any] | None,
 
     for name, adapter in model.adapters.items():
         fitted = (state or {}).get("inputs", {}).get(name)
-        value = adapter.export_example(batch_size, fitted)
+        value = cast(ModalityAdapter, adapter).export_example(batch_size, fitted)
         if isinstance(value, Mapping):
             for key, tensor in value.items():
                 add(f"{name}.{key}", name, str(key), tensor)
@@ -363,7 +364,7 @@ def _exporter_versions(fmt: str) -> dict[str, Any]:
     return versions
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary name keeps the suffix: torch.export.save warns about any other.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
@@ -393,6 +394,7 @@ def write_onnx(program: torch.export.ExportedProgram, layout: Layout, metadata: 
             onnx_program = torch.onnx.export(
                 program, dynamo=True, input_names=names, output_names=list(layout.outputs),
                 opset_version=OPSET, optimize=True, verbose=False, report=False)
+        assert onnx_program is not None, "the dynamo exporter returns the ONNX program"
         proto = onnx_program.model_proto
     except Exception as exc:  # noqa: BLE001 - the failing component is the finding
         raise _failure(exc, located, "the ONNX exporter") from None

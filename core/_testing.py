@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from pydantic import Field, PositiveInt, ValidationError
@@ -503,6 +503,7 @@ def _check_module(cls: type[Component], kind: str, config: Any, takes: Any, give
         if problem:
             raise _fail(cls, "shape", f"the config says it gives {gives.describe()}, but {problem}", takes)
     if kind == "head":
+        assert isinstance(module, Head), "a component of kind head subclasses Head"
         with _check(cls, "predict", takes):
             predictions = module.predict(output.detach())
         if not isinstance(predictions, Mapping) or not all(
@@ -554,7 +555,8 @@ def _check_model(cls: type[Component], kind: str, model: PolymodalModel, takes: 
     returns the batch used."""
     model.train()
     with _check(cls, "example_input", takes, "in a minimal spec model: "):
-        batch = {name: adapter.example_input(batch_size) for name, adapter in model.adapters.items()}
+        batch = {name: cast(ModalityAdapter, adapter).example_input(batch_size)
+                 for name, adapter in model.adapters.items()}
     with _check(cls, "forward", takes, "in a minimal spec model: "):
         outputs = model(batch, _all_present(model.adapters, batch_size))
     subject = _subject_module(model, kind)
@@ -566,7 +568,8 @@ def _check_model(cls: type[Component], kind: str, model: PolymodalModel, takes: 
     no_grad = [n for n, p in trainable if p.grad is None]
     if no_grad:
         raise _fail(cls, "gradients", "no gradient reaches parameter(s) " + ", ".join(no_grad[:8]), takes)
-    bad = [n for n, p in trainable if not bool(torch.isfinite(p.grad).all())]
+    bad = [n for n, p in trainable
+           if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
     if bad:
         raise _fail(cls, "gradients", "non-finite gradient in " + ", ".join(bad[:8]), takes)
     if kind != "adapter" and all(a.scale.grad is None for a in model.adapters.values()):

@@ -75,7 +75,7 @@ class OnnxModel:
         self.layout = layout
         self.device = torch.device("cpu")
         self._spec: ModelSpec | None = None
-        self._adapters: Mapping[str, Any] | None = None
+        self._adapters: torch.nn.ModuleDict | None = None
         state = self.metadata.get("polymodal.state")
         self.fitted_state = json.loads(state) if state else None
 
