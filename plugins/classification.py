@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -56,7 +57,7 @@ class ClassificationHead(Head):
 
         @field_validator("classes")
         @classmethod
-        def _check_classes(cls, classes: int | str) -> int | str:
+        def _check_classes(cls, classes: int | Literal["auto"]) -> int | Literal["auto"]:
             if classes != "auto" and not 2 <= classes <= 1_000_000:
                 bound = "greater than or equal to 2" if classes < 2 else "at most 1000000"
                 raise ValueError(f"Input should be {bound} (or auto)")
@@ -202,7 +203,7 @@ class ClassificationCodec(TargetCodec[ClassificationHead.Config]):
         matrix = confusion_matrix(target.numpy(), output.argmax(-1).numpy(), len(state["classes"]))
         return {"classes": state["classes"], "confusion_matrix": matrix.tolist()}
 
-    def render_details(self, details: dict[str, Any]) -> str:
+    def render_details(self, details: Mapping[str, Any]) -> str:
         names = [str(c) for c in details["classes"]]
         width = max(len(n) for n in names + ["true \\ predicted"])
         cells = max([len(n) for n in names] + [len(str(v)) for r in details["confusion_matrix"] for v in r])

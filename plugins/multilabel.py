@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -66,7 +67,7 @@ class MultilabelHead(Head):
 
         @field_validator("labels")
         @classmethod
-        def _check_labels(cls, labels: int | str) -> int | str:
+        def _check_labels(cls, labels: int | Literal["auto"]) -> int | Literal["auto"]:
             if labels != "auto" and not 1 <= labels <= 1_000_000:
                 bound = "greater than or equal to 1" if labels < 1 else "at most 1000000"
                 raise ValueError(f"Input should be {bound} (or auto)")
@@ -219,7 +220,7 @@ class MultilabelCodec(TargetCodec[MultilabelHead.Config]):
                 "support": support, "predicted": said}
         return {"labels": per_label}
 
-    def render_details(self, details: dict[str, Any]) -> str:
+    def render_details(self, details: Mapping[str, Any]) -> str:
         rows = details["labels"]
         width = max(len(n) for n in [*rows, "label"])
         lines = ["label".ljust(width) + "  precision  recall  support  predicted"]
