@@ -206,10 +206,12 @@ class TabularAdapter(ModalityAdapter):
             raise PolymodalError(
                 f"the cardinality of {', '.join(map(repr, learned))} is learned from data:"
                 " train the model on a table (polymodal train), or give a number")
+        #: Each categorical column's cardinality (none is left to learn: refused above).
+        self._cardinalities = {c: card for c, card in config.categorical.items() if card != "auto"}
         tokens = config.output == "tokens"
         self.embeddings = nn.ModuleDict({
             column: nn.Embedding(card + 2, config.token_dim if tokens else config.embedding_dim(column))
-            for column, card in config.categorical.items()
+            for column, card in self._cardinalities.items()
         })
         n_num = len(config.numerical)
         self.register_buffer("num_mean", torch.zeros(n_num))
@@ -227,7 +229,7 @@ class TabularAdapter(ModalityAdapter):
             self.projection = nn.Linear(unprojected, config.project_to)
 
     def _categorical(self, column: str, values: torch.Tensor) -> torch.Tensor:
-        card = self.config.categorical[column]
+        card = self._cardinalities[column]
         if values.is_floating_point():
             missing = torch.isnan(values)
             values = torch.where(missing, torch.full_like(values, -1), values).long()
@@ -256,7 +258,8 @@ class TabularAdapter(ModalityAdapter):
         return standard.unsqueeze(2)  # [B, n, 1]
 
     def example_input(self, batch_size: int = 2) -> dict[str, torch.Tensor]:
-        columns = {c: torch.randint(0, card, (batch_size,)) for c, card in self.config.categorical.items()}
+        columns = {c: torch.randint(0, card, (batch_size,))
+                   for c, card in self._cardinalities.items()}
         columns.update({c: torch.randn(batch_size) for c in self.config.numerical})
         return columns
 
