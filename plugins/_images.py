@@ -12,7 +12,7 @@ whose last axis (and not its first) matches is read as channels-last.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -97,7 +97,7 @@ def _tiff_array(path: Path) -> np.ndarray:
     return array
 
 
-def _npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+def _npy(path: Path, mmap_mode: Literal["r+", "r", "w+", "c"] | None = None) -> np.ndarray:
     from numpy.lib import format as npy
 
     with path.open("rb") as handle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,7 +206,8 @@ class ImageAdapter(ModalityAdapter):
     def example_input(self, batch_size: int = 2) -> torch.Tensor:
         return torch.rand(batch_size, self.config.channels, 32, 32)
 
-    def export_example(self, batch_size: int = 2, state: dict | None = None) -> torch.Tensor:
+    def export_example(self, batch_size: int = 2,
+                       state: Mapping[str, Any] | None = None) -> torch.Tensor:
         """Float images of the size the model reads: ``size``, else the size trained on."""
         size = self.config.size
         if size is None:
