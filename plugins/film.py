@@ -122,7 +122,9 @@ class FiLMFusion(Fusion):
                 vector = torch.where(mask.unsqueeze(1), vector, torch.zeros_like(vector))
             parts.append(vector)
             any_present = mask if any_present is None else any_present | mask
-        return torch.cat(parts, dim=1), any_present
+        condition = torch.cat(parts, dim=1)
+        assert any_present is not None, "a FiLM fusion has another input (its config's gives)"
+        return condition, any_present
 
     def modulate(self, target: str, stage: int, output: torch.Tensor,
                  features: Mapping[str, torch.Tensor],
