@@ -24,7 +24,16 @@ from polymodal.plugin import (
     read_weights,
 )
 
-from ._probe import SIZES, Measured, Stage, as_tokens, describe_value, first_line, measure
+from ._probe import (
+    SIZES,
+    Layout,
+    Measured,
+    Stage,
+    as_tokens,
+    describe_value,
+    first_line,
+    measure,
+)
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -74,7 +83,8 @@ def _drop_auxiliary(net: nn.Module) -> tuple[str, ...]:
     and with them the model returns a tuple in training mode."""
     if not getattr(net, "aux_logits", False):
         return ()
-    net.aux_logits = False
+    # torch annotates module attribute writes as tensors or modules; any value may be set.
+    net.aux_logits = False  # type: ignore[assignment]
     names = tuple(name for name, _ in net.named_children() if name.lower().startswith("aux"))
     for name in names:
         setattr(net, name, None)
@@ -97,12 +107,19 @@ def _remove_classifier(net: nn.Module) -> str:
     return holder
 
 
+def _pair(sizes: tuple[int, ...]) -> tuple[int, int]:
+    """A 2-D convolution's size option (torch types it as a tuple of any length) as its pair."""
+    height, width = sizes
+    return height, width
+
+
 def _replace_stem(net: nn.Module, in_chans: int) -> str:
     stem_name, stem = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
     if in_chans != stem.in_channels:
+        padding = stem.padding if isinstance(stem.padding, str) else _pair(stem.padding)
         _set_submodule(net, stem_name, nn.Conv2d(
-            in_chans, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
-            stem.dilation, stem.groups, stem.bias is not None))
+            in_chans, stem.out_channels, _pair(stem.kernel_size), _pair(stem.stride), padding,
+            _pair(stem.dilation), stem.groups, stem.bias is not None))
     return stem_name
 
 
@@ -117,7 +134,9 @@ def _read_unversioned_weights(net: nn.Module) -> None:
     for module in net.modules():
         cls = type(module)
         if "_load_from_state_dict" in vars(cls) and cls.__module__.startswith("torchvision."):
-            module._load_from_state_dict = types.MethodType(_load_as_current_version, module)
+            # This module's own loader, in place of its class's (an instance attribute, on purpose).
+            module._load_from_state_dict = types.MethodType(  # type: ignore[method-assign]
+                _load_as_current_version, module)
 
 
 def _create(model: str, in_chans: int, kwargs: Kwargs) -> tuple[nn.Module, str, tuple[str, ...]]:
@@ -185,8 +204,8 @@ def _measure(net: nn.Module, images: torch.Tensor) -> tuple[Measured, str | None
                        and out.dim() == 3 and out.shape[2] == vector.shape[1]), None)
     producer = _producer(outputs, target) if target is not None else None
     once = producer is not None and sum(name == producer for name, _ in outputs) == 1
-    features = None
-    if once:
+    features: tuple[Layout, int] | None = None
+    if once and target is not None:  # a producer was found, so there is a target
         features = ("NCHW", int(target.shape[1])) if target.dim() == 4 else ("NLC", int(target.shape[2]))
     why = ("it pools no feature map and gives no tokens" if target is None
            else "no submodule gives what it pools once a forward")
@@ -330,7 +349,8 @@ class TorchvisionBackbone(Backbone):
         if hasattr(self.model, "transform_input") and config.pretrained is True \
                 and config.in_chans == 3:
             # As torchvision sets it with these weights: they expect its own input scaling.
-            self.model.transform_input = True
+            # (torch annotates module attribute writes as tensors or modules; any value may be set.)
+            self.model.transform_input = True  # type: ignore[assignment]
         self.freeze(config.freeze)
 
     def stage_modules(self) -> list[nn.Module]:
@@ -375,6 +395,8 @@ class TorchvisionBackbone(Backbone):
             return self.model(x)
         # The model runs whole (what follows its pooling is small); its map is kept on the way.
         kept: list[torch.Tensor] = []
+        # The config refuses feature_map and tokens where no module was measured to give them.
+        assert self._producer is not None, "a feature map or tokens without their module"
         producer = self.model.get_submodule(self._producer)
         handle = producer.register_forward_hook(lambda _m, _a, out: kept.append(out))
         try:
