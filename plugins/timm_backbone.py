@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection
-from typing import Any, Literal
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from pydantic import Field
@@ -45,6 +45,25 @@ HF_HUB = "hf-hub:"
 
 #: ``create_model`` keyword arguments a plan chose (sorted pairs, so that plans hash).
 Kwargs = tuple[tuple[str, Any], ...]
+
+
+class _TimmModel(Protocol):
+    """What this backbone uses of a timm model besides what every module has."""
+
+    #: The configuration of the model's weights (input size, stem and classifier names, ...).
+    pretrained_cfg: Mapping[str, Any]
+
+    def forward_features(self, x: torch.Tensor) -> Any:
+        """The unpooled features (a tensor; what else a model gives is measured as such)."""
+
+    def forward_head(self, x: Any, pre_logits: bool = False) -> Any:
+        """The pooled features of ``forward_features``' output (with ``pre_logits``)."""
+
+
+def _timm(net: torch.nn.Module) -> _TimmModel:
+    """``net``, made by timm, as the timm model it is: timm's ``create_model`` is typed as giving
+    a plain module, while every timm model has what :class:`_TimmModel` lists."""
+    return cast(_TimmModel, net)
 
 
 def _check_model_name(model: str) -> None:
@@ -96,7 +115,7 @@ def _hub_cache() -> str:
 def _input_config(model: str) -> tuple[tuple[int, int], bool]:
     """The model's default input size and whether timm states it takes only that size."""
     net = weightless(lambda: _create(model, 3, ()))
-    cfg = net.pretrained_cfg
+    cfg = _timm(net).pretrained_cfg
     height, width = tuple(cfg.get("input_size", (3, 224, 224)))[-2:]
     return (int(height), int(width)), bool(cfg.get("fixed_input_size", False))
 
@@ -151,8 +170,9 @@ def _measure(net: torch.nn.Module, images: torch.Tensor) -> Measured:
     handles = [net.get_submodule(name).register_forward_hook(
         lambda _m, _a, out, name=name: seen[name].append(out)) for name, _ in named]
     try:
-        features = net.forward_features(images)
-        vector = net.forward_head(features, pre_logits=True)
+        model = _timm(net)
+        features = model.forward_features(images)
+        vector = model.forward_head(features, pre_logits=True)
     finally:
         for handle in handles:
             handle.remove()
@@ -301,17 +321,21 @@ class TimmBackbone(Backbone):
             state, where = source.state_dict(), f"timm {config.model} default weights"
         else:
             state, where = read_weights(config.pretrained), str(config.pretrained)
-        first_conv = self.model.pretrained_cfg.get("first_conv")
-        classifier = self.model.pretrained_cfg.get("classifier")
+        cfg = _timm(self.model).pretrained_cfg
+        first_conv = cfg.get("first_conv")
+        classifier = cfg.get("classifier")
         ignore = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier or []))
         adapt_and_load(self.model, state, source=where, in_chans=config.in_chans,
                        stem=first_conv if isinstance(first_conv, str) else None,
                        bands=getattr(self.takes, "bands", None), ignore_prefixes=ignore)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.model.forward_features(x)
+        model = _timm(self.model)
+        features = model.forward_features(x)
         if self.config.output == "vector":
-            return self.model.forward_head(features, pre_logits=True)
+            return model.forward_head(features, pre_logits=True)
+        # The config refuses feature_map and tokens where forward_features gives neither.
+        assert self._layout is not None, "a feature map or tokens of no measured layout"
         if self.config.output == "feature_map":
             return as_feature_map(features, self._layout)
         return as_tokens(features, self._layout)
