@@ -15,10 +15,11 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 	$(PY) examples/train_demo.py
 
-test: lint
+test: lint typecheck
 	$(PY) -m pytest
 
-# Static checks; `make test` runs the linter first, so a finding fails it.
+# Static checks; `make test` runs the linter, then the type checker, before the tests, so a
+# finding of either fails it.
 lint: $(STAMP)
 	$(PY) -m ruff check core plugins examples/plugins/polymodal-signal
 
