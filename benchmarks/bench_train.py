@@ -100,7 +100,7 @@ def main() -> None:
     optimizer_bf16 = torch.optim.AdamW(model_bf16.parameters(), lr=1e-3, weight_decay=1e-4)
     hand_written_epoch(model_bf16, inputs, target, optimizer_bf16, generator, True)  # warm-up
 
-    runs = {"polymodal train, fp32": {}, "polymodal train, bf16": {"precision": "bf16"},
+    runs = {"polymodal train, fp32": {"precision": "fp32"}, "polymodal train, bf16": {"precision": "bf16"},
             "polymodal train, bf16 + channels_last": {"precision": "bf16", "channels_last": True}}
     if not args.skip_compile:
         runs["polymodal train, bf16 + compile"] = {"precision": "bf16", "compile": True}

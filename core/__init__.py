@@ -6,6 +6,8 @@
     polymodal.save(model, "claims.safetensors")
     model = polymodal.load("claims.safetensors")
     result = polymodal.train("claims.yaml", "claims.csv", "claims.safetensors")
+    polymodal.cv("claims.yaml", "claims.csv", folds=5, group_by="claim_id")
+    polymodal.tune("claims.yaml", "claims.csv", trials=20)   # the spec's `search` section
     polymodal.predict("claims.safetensors", "new_claims.csv", "predictions.csv")
     polymodal.export("claims.safetensors", "claims.onnx")    # ONNX Runtime, no polymodal needed
 
@@ -46,6 +48,8 @@ _LAZY = {
     "get_registry": "_registry",
     "list_components": "_registry",
     "train": "_training.engine",
+    "cv": "_training.cv",
+    "tune": "_training.tune",
     "evaluate": "_training.inference",
     "predict": "_training.inference",
     "decode": "_training.inference",
@@ -101,5 +105,7 @@ if TYPE_CHECKING:  # the names of _LAZY, for type checkers; `X as X` marks a re-
     from ._modelfile import load as load, save as save
     from ._registry import get_registry as get_registry, list_components as list_components
     from ._spec import ModelSpec as ModelSpec, load_spec as load_spec
+    from ._training.cv import cv as cv
     from ._training.engine import train as train
     from ._training.inference import decode as decode, evaluate as evaluate, predict as predict
+    from ._training.tune import tune as tune

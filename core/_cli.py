@@ -639,6 +639,121 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batc
     click.echo(f"wrote {result['rows']} prediction(s) to {output}")
 
 
+def _overrides(command):
+    """The training options cv and tune override for every spec (and trial)."""
+    for option in reversed([
+        click.option("--epochs", type=int, help="Override training.epochs."),
+        click.option("--batch-size", type=int, help="Override training.batch_size."),
+        click.option("--seed", type=int, help="Override training.seed (it also draws the folds)."),
+        click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N)."),
+        click.option("--workers", type=int, help="Override training.workers."),
+        click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True,
+                     help="A row with a bad value stops the run, or is left out and reported."),
+        click.option("--keep-checkpoints", is_flag=True, help="Keep each fold's (trial's)"
+                     " checkpoint; by default it is removed when the fold (trial) ends."),
+        click.option("--quiet", is_flag=True, help="No progress lines: the summary only."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON only."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _folding(command):
+    """How cv and tune cut the table into folds."""
+    for option in reversed([
+        click.option("--group-by", help="Keep each group of this column in one fold (and on one"
+                     " side of each fold's validation split)."),
+        click.option("--fold-column", help="Column naming each row's fold (instead of drawing"
+                     " them)."),
+        click.option("--stratify", is_flag=True, help="Give each fold the same share of every"
+                     " class of the first head's target."),
+    ]):
+        command = option(command)
+    return command
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Table to cross-validate on (.csv, .tsv, .parquet).")
+@click.option("--folds", type=int, help="Number of folds (default 5; with --fold-column, the"
+              " column's).")
+@_folding
+@click.option("--compare", multiple=True, type=click.Path(dir_okay=False),
+              help="Another spec to run on the same folds, compared fold by fold with SPEC"
+              " (repeatable).")
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="Folder for the report, predictions and fold models (default: <spec name>.cv).")
+@_overrides
+def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
+       fold_column: str | None, stratify: bool, compare: tuple[str, ...], output: str | None,
+       epochs: int | None, batch_size: int | None, seed: int | None, device: str | None,
+       workers: int | None, on_bad_row: str, keep_checkpoints: bool, quiet: bool,
+       as_json: bool) -> None:
+    """Cross-validate SPEC: K models, each scored on the fold it did not see; mean ± sd of
+    every head metric, and with --compare, other specs side by side on the same folds."""
+    from ._training.cv import cv as run_cv
+
+    overrides = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
+                 "workers": workers}
+    result = run_cv(spec_path, data, folds=folds, group_by=group_by, fold_column=fold_column,
+                    stratify=stratify, compare=compare, output=output, options=overrides,
+                    on_bad_row=on_bad_row, keep_checkpoints=keep_checkpoints,
+                    log=_human(as_json, quiet))
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    click.echo(result.table())
+    click.echo(f"\nreport: {result.output / 'report.json'}; out-of-fold predictions: "
+               + ", ".join(str(s.predictions) for s in result.scores))
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Training table (.csv, .tsv, .parquet).")
+@click.option("--trials", required=True, type=int, help="Finished trials the study should"
+              " reach (rerunning continues it up to this number).")
+@click.option("--folds", type=int, help="Score each trial by cross-validation over this many"
+              " folds (the mean over the held-out folds) instead of one validation split.")
+@_folding
+@click.option("--storage", help="Optuna RDB URL of the study (default: sqlite:///<output>/study.db);"
+              " processes given the same URL and --study share the study.")
+@click.option("--study", "study_name", help="Name of the study (default: the spec's name).")
+@click.option("--timeout", type=float, help="Start no trial after this many seconds.")
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="Run folder: best spec and model, trials.csv, plots (default: <spec name>.tune).")
+@click.option("--no-pruning", is_flag=True, help="Let every trial run to the end.")
+@click.option("--sampler-seed", type=int, help="Seed of Optuna's sampler (default: random).")
+@click.option("--heartbeat", type=click.IntRange(1), default=60, show_default=True,
+              help="Seconds between a running trial's signs of life in the storage; a trial"
+              " silent for twice this is failed and retried.")
+@_overrides
+def tune(spec_path: str, data: str, trials: int, folds: int | None, group_by: str | None,
+         fold_column: str | None, stratify: bool, storage: str | None, study_name: str | None,
+         timeout: float | None, output: str | None, no_pruning: bool, sampler_seed: int | None,
+         heartbeat: int, epochs: int | None, batch_size: int | None, seed: int | None,
+         device: str | None, workers: int | None, on_bad_row: str, keep_checkpoints: bool,
+         quiet: bool, as_json: bool) -> None:
+    """Search the hyperparameters in SPEC's `search` section with Optuna; writes the best spec
+    and its model."""
+    from ._errors import SpecError
+    from ._training.tune import tune as run_tune
+
+    overrides = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
+                 "workers": workers}
+    try:
+        result = run_tune(
+            _load_spec(spec_path), data, trials=trials, folds=folds, group_by=group_by,
+            fold_column=fold_column, stratify=stratify, storage=storage, study=study_name,
+            timeout=timeout, output=output, options=overrides, pruning=not no_pruning,
+            sampler_seed=sampler_seed, heartbeat=heartbeat, on_bad_row=on_bad_row,
+            keep_checkpoints=keep_checkpoints, log=_human(as_json, quiet))
+    except SpecError as exc:
+        raise exc.with_source(spec_path) from None
+    if not result.is_main:
+        return  # under torchrun, the first process reports
+    click.echo(json.dumps(result.summary(), indent=2) if as_json else result.text())
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         result = cli.main(args=argv, prog_name="polymodal", standalone_mode=False)

@@ -52,6 +52,7 @@ from ._errors import (
     validator_problem,
 )
 from ._registry import ComponentRecord, Registry, component_problems, get_registry
+from ._search import DESCRIPTION as SEARCH_DESCRIPTION, SearchSpace, search_problems
 from ._spec_files import (
     MAX_SPEC_VALUES,
     SPEC_FOLDER,
@@ -140,6 +141,7 @@ class ModelSpec(_StrictModel):
         description="Prediction heads by name.", min_length=1, json_schema_extra=_NAMES)
     training: TrainingOptions = Field(default_factory=TrainingOptions,
                                       description=TrainingOptions.__doc__)
+    search: SearchSpace | None = Field(None, description=SEARCH_DESCRIPTION)
     #: The folder of the file the spec was read from: relative paths in it (a ``pretrained``
     #: weights file) are read from there. None for specs made from data.
     _folder: Path | None = PrivateAttr(None)
@@ -461,11 +463,20 @@ def validate_spec_data(
         try:
             # As JSON, strictly: a spec means what its JSON Schema says ("3" is not 3, 1 is not
             # true, a list is what a tuple option takes).
-            return _plain(model.model_validate_json(text, strict=True, context=context))
+            spec = _plain(model.model_validate_json(text, strict=True, context=context))
+            break
         except ValidationError as exc:
             if not any(err["type"] == _PLUGIN_LOADED for err in exc.errors()):
                 raise SpecError(_pydantic_problems(exc, "", model, data), source) from None
-    raise AssertionError("a plugin was loaded on every pass")  # pragma: no cover
+    else:
+        raise AssertionError("a plugin was loaded on every pass")  # pragma: no cover
+    if spec.search:
+        # Each end of a range and each choice must make a spec a trial can train.
+        problems = search_problems(spec.search, spec, data, lambda trial: validate_spec_data(
+            trial, registry, for_training=for_training))
+        if problems:
+            raise SpecError(problems, source)
+    return spec
 
 
 def _plain(spec: ModelSpec) -> ModelSpec:
@@ -476,7 +487,7 @@ def _plain(spec: ModelSpec) -> ModelSpec:
     return ModelSpec.model_construct(
         name=spec.name, description=spec.description, inputs=inputs,
         backbones=dict(spec.backbones), fusion=spec.fusion, heads=dict(spec.heads),
-        training=spec.training)
+        training=spec.training, search=spec.search)
 
 
 def _json_data(data: Mapping[str, Any], source: str | None) -> dict[str, Any]:
@@ -706,6 +717,16 @@ def _annotated(annotation: Any) -> tuple[Any, list[Any]]:
     return annotation, metadata
 
 
+def _type_tag(member: Any) -> Any:
+    """The tag of a union member told apart by a ``type: Literal[...]`` field (pydantic puts
+    it in error locations)."""
+    model = _annotated(member)[0]
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or "type" not in model.model_fields:
+        return None
+    values = typing.get_args(model.model_fields["type"].annotation)
+    return values[0] if len(values) == 1 else None
+
+
 def _inside(annotation: Any, part: Any) -> Any:
     """The annotation of what ``part`` (a field, key, index or union tag) names in a value of
     ``annotation``; None where that is not known."""
@@ -720,7 +741,7 @@ def _inside(annotation: Any, part: Any) -> Any:
         for member in members:
             if any(isinstance(m, Tag) and m.tag == part for m in _annotated(member)[1]):
                 return member
-            if getattr(_annotated(member)[0], "__name__", None) == part:
+            if getattr(_annotated(member)[0], "__name__", None) == part or _type_tag(member) == part:
                 return member
         return _inside(members[0], part) if len(members) == 1 else None
     if origin is dict:

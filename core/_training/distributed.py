@@ -20,6 +20,9 @@ class Context:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    #: Whether this context started the process group (and so ends it); a group a caller
+    #: started (a search training trial after trial in it) is left to the caller.
+    owns_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -50,13 +53,14 @@ def start(device: str) -> Context:
     target = resolve_device(device, local_rank)
     if target.type == "cuda":
         torch.cuda.set_device(target)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), target)
+    return Context(dist.get_rank(), dist.get_world_size(), target, owns)
 
 
 def stop(context: Context) -> None:
-    if context.distributed:
+    if context.distributed and context.owns_group:
         import torch.distributed as dist
 
         if dist.is_initialized():

@@ -43,8 +43,9 @@ from .._errors import (
 )
 from .._files import output_lock, sweep
 from .._spec import ModelSpec, load_spec
-from . import distributed
+from . import distributed, hardware
 from .checkpoint import Checkpoint, fingerprint
+from .folds import split_hint
 from .history import EpochRecord, Progress, Validation
 from .inference import (
     RowReport,
@@ -241,6 +242,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, Any], float], bool | None] | None = None,
 ) -> TrainResult:
     """Train the model ``spec`` describes on the table ``data`` and save the best epoch to
     ``output`` (with its fitted preprocessing).
@@ -250,6 +252,10 @@ def train(
     (``{"epochs": 3}``). Logs, the plot and the checkpoint go to ``run_dir`` (default: beside
     ``output``, named ``<stem>.run``). ``log`` receives progress lines (None: silent).
     ``on_step(epoch, step)`` is called after every optimisation step.
+    ``on_epoch(record, value)`` is called after every epoch (once its files are written) with
+    the epoch's record (as in ``history``) and the value of ``early_stopping.metric``; a true
+    return stops the run there, like early stopping. In a data-parallel run every process calls
+    it and must return the same answer.
 
     While the run lasts, ``output`` and ``run_dir`` are locked: another run on either fails at
     once with an :class:`~polymodal.PolymodalError` naming this one.
@@ -265,9 +271,9 @@ def train(
     # Batches keep one shape, so cuDNN's per-shape search for the fastest convolution pays off.
     torch.backends.cudnn.benchmark = autotune or context.device.type == "cuda"
     try:
-        with _locked_outputs(context, output, run_dir, say):
+        with _locked_outputs(context, output, run_dir, say), hardware.threads(spec.training.threads):
             return _run(spec, data, val, output, run_dir, on_bad_row, resume, progress, say,
-                        on_step, context)
+                        _Hooks(on_step, on_epoch), context)
     finally:
         torch.backends.cudnn.benchmark = autotune
         distributed.stop(context)
@@ -303,6 +309,7 @@ class _Data:
     report: RowReport  # rows left out and oddities found so far
     fingerprint: str  # identifies the training rows, so that a resume uses the same
     held_out: bool  # validation rows split off the training table (not a --val table)
+    split_note: str | None = None  # rows drawn one by one from a table that looks grouped
 
 
 def _prepare_data(binding: Binding, opts: TrainingOptions, data: Any, val: Any,
@@ -316,8 +323,9 @@ def _prepare_data(binding: Binding, opts: TrainingOptions, data: Any, val: Any,
         train_table, val_table = table.take(train_pos), table.take(val_pos)
     if len(train_table) == 0:
         raise DataError(f"{table.source}: no training rows left")
-    return _Data(train_table, val_table, report, fingerprint(train_table),
-                 held_out=val is None and len(val_table) > 0)
+    held_out = val is None and len(val_table) > 0
+    note = split_hint(table, binding) if held_out and opts.group_by is None else None
+    return _Data(train_table, val_table, report, fingerprint(train_table), held_out, note)
 
 
 def _write_held_out(run_dir: Path, rows: _Data, group_by: str | None) -> None:
@@ -520,15 +528,27 @@ def _write_epoch(parts: _Parts, progress: Progress, improved: bool, output: Path
                progress, _spec_json(spec), parts.state, rows.fingerprint).write(run_dir / CHECKPOINT)
 
 
+@dataclass
+class _Hooks:
+    """What the caller of :func:`train` asked to be called with."""
+
+    on_step: Callable[[int, int], None] | None
+    on_epoch: Callable[[dict[str, Any], float], bool | None] | None
+
+    def stop_after(self, record: EpochRecord, value: float) -> bool:
+        return self.on_epoch is not None and bool(self.on_epoch(record.to_dict(), value))
+
+
 def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, policy: str,
-         resume: bool, progress: bool, say: Callable[[str], None],
-         on_step: Callable[[int, int], None] | None, context: distributed.Context) -> TrainResult:
-    opts = spec.training
-    if opts.precision == "fp16" and context.device.type != "cuda":
-        raise SpecError([("training.precision", "fp16 needs a CUDA GPU; use bf16 on CPU")])
+         resume: bool, progress: bool, say: Callable[[str], None], hooks: _Hooks,
+         context: distributed.Context) -> TrainResult:
+    # The precision this device runs well; the spec keeps what was asked (auto).
+    opts = spec.training.model_copy(update={"precision": hardware.choose_precision(
+        spec.training.precision, context.device, say)})
     binding = Binding(spec)
     rows = _prepare_data(binding, opts, data, val, policy)
-    for line in rows.report.note_lines():  # before training, while it can still be fixed
+    notes = [*rows.report.note_lines(), *([rows.split_note] if rows.split_note else [])]
+    for line in notes:  # before training, while it can still be fixed
         say(f"note: {line}")
     checkpoint = _restore_point(run_dir / CHECKPOINT, spec, rows, say) if resume else None
     if rows.held_out and context.main:
@@ -537,7 +557,7 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
     metric, higher = _monitor(opts, parts.binding, len(rows.val) > 0)
     run = _restore(parts, checkpoint, opts.epochs, say)
     _runner(parts, opts, context)
-    epochs = _Epochs(parts, rows, opts, context, policy, progress, on_step)
+    epochs = _Epochs(parts, rows, opts, context, policy, progress, hooks.on_step)
     say(f"training on {len(rows.train)} rows, validating on {len(rows.val)}"
         f" ({context.world} process(es), {context.device.type}); logs in {run_dir}")
     stopped_early = run.epoch > 0 and run.out_of_patience(opts.early_stopping.patience)
@@ -554,6 +574,10 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
         if run.out_of_patience(opts.early_stopping.patience):
             stopped_early = True
             say(f"early stop: {metric} has not improved for {run.stale} epoch(s)")
+            break
+        if hooks.stop_after(record, record.value(metric)):
+            stopped_early = True
+            say(f"stopped after epoch {epoch}, as the caller asked")
             break
     return _finish(run, rows.report, output, run_dir, metric, stopped_early, context, say)
 

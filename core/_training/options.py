@@ -54,12 +54,18 @@ class TrainingOptions(_Options):
     loss_weights: dict[str, float] = Field(
         default_factory=dict, description="Weight of each head's loss (head name -> weight;"
         " default 1).")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Autocast precision: bf16 on CPU or GPU, fp16 on GPU only.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast precision. auto: bf16 where the device runs it natively"
+        " (a CPU with AVX512-BF16, AMX or ARM BF16; a GPU with bf16), fp16 on a CUDA GPU"
+        " without bf16, fp32 elsewhere. bf16 on a CPU without those instructions is emulated"
+        " and slower than fp32 (a warning says so); fp16 needs a CUDA GPU.")
     channels_last: bool = Field(False, description="Channels-last memory format for images.")
     compile: bool = Field(False, description="torch.compile the model (slow first steps).")
     seed: int = Field(0, description="Seed of initialisation, shuffling, augmentation and"
                       " dropout: the same seed gives the same model.", ge=0, lt=2**31)
+    threads: PositiveInt | None = Field(
+        None, description="Threads torch uses for CPU work during the run (torch.set_num_threads);"
+        " default: torch's own choice (one per core, or OMP_NUM_THREADS).", le=4096)
     workers: int = Field(0, description="Data-loading worker processes (0: load in the"
                          " training process).", ge=0, le=256)
     val_fraction: float = Field(0.2, description="Fraction of rows held out for validation"

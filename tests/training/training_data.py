@@ -49,7 +49,9 @@ def spec_data(epochs: int = 2, augment: dict | None = None, **training) -> dict:
         },
         "fusion": {"type": "concat", "hidden": [32]},
         "heads": {"label": {"type": "classification"}},
-        "training": {"epochs": epochs, "batch_size": 8, "lr": 0.01, **training},
+        # fp32: the tests' numbers must not depend on whether the CPU has bf16 (precision auto)
+        "training": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "precision": "fp32",
+                     **training},
     }
 
 
@@ -64,3 +66,36 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def write_grouped_table(folder: Path, groups: int = 12, per_group: int = 4, seed: int = 0,
+                        name: str = "grouped.csv") -> Path:
+    """A table-only dataset whose rows come in groups (``site``): ``label`` is ``yes`` when
+    ``x`` is positive, ``kind`` is noise, ``fold`` names one of three folds by site."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(groups):
+        for _ in range(per_group):
+            x = float(rng.normal())
+            rows.append({"site": f"s{g:02d}", "fold": g % 3 + 1, "x": f"{x:.3f}",
+                         "kind": ["a", "b"][int(rng.integers(0, 2))],
+                         "label": "yes" if x > 0 else "no", "value": f"{x * 2 + 1:.3f}"})
+    path = Path(folder) / name
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def table_spec(epochs: int = 1, name: str = "tab", **training) -> dict:
+    """A table-only model that trains in a fraction of a second."""
+    return {
+        "name": name,
+        "inputs": {"record": {"adapter": {"type": "tabular", "categorical": ["kind"],
+                                          "numerical": ["x"]},
+                              "backbone": {"type": "mlp", "hidden": [8]}}},
+        "heads": {"label": {"type": "classification"}},
+        "training": {"epochs": epochs, "batch_size": 8, "lr": 0.05, "precision": "fp32",
+                     **training},
+    }

@@ -1,0 +1,431 @@
+"""Cross-validation behind ``polymodal cv`` and :func:`polymodal.cv`.
+
+The table is cut into K folds once (rows of one group stay in one fold; optionally each fold gets
+the same share of every class of the first head's target). For each fold a model is trained on
+the other folds, as ``polymodal train`` would train it (its own validation rows, drawn from the
+training folds and grouped the same way, pick the best epoch), then scored on the fold left out
+and asked for its predictions there. Several specs run on the same folds, so their scores can be
+compared fold by fold (paired differences).
+
+What a run leaves in its folder: ``report.json`` (everything), ``scores.csv`` (one line per
+spec, fold, head and metric), ``folds.csv`` (each row's fold), ``oof_predictions.csv`` (the
+pooled out-of-fold predictions; one file per spec when several are compared) and, per spec and
+fold, the model file and its training logs. A fold's checkpoint is removed when the fold ends,
+unless asked to keep it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._data.binding import Binding
+from .._data.table import Table, read_table
+from .._errors import DataError, SpecError
+from .._files import write_text
+from .._spec import ModelSpec, load_spec
+from .engine import CHECKPOINT, train
+from .folds import assign_folds, folds_from_column, group_keys, group_like_columns
+from .report import json_safe
+
+#: More distinct target values than this share of the rows means a target to regress on, not
+#: classes to balance.
+MAX_STRATA_SHARE = 0.5
+
+
+@dataclass
+class FoldPlan:
+    """Which fold each row of the table is left out in."""
+
+    fold_of_row: np.ndarray
+    folds: int
+    group_column: str | None = None  # the column whose groups stay together (or fold column)
+    from_column: bool = False  # the folds were named by a column
+    stratified_by: str | None = None
+
+    def describe(self) -> str:
+        sizes = np.bincount(self.fold_of_row, minlength=self.folds)
+        if self.from_column:
+            how = f"taken from column {self.group_column!r}"
+        elif self.group_column:
+            how = f"grouped by {self.group_column!r}"
+        else:
+            how = "row by row"
+        strata = f", stratified by {self.stratified_by!r}" if self.stratified_by else ""
+        return (f"{self.folds} folds of {', '.join(map(str, sizes))} rows ({how}{strata})")
+
+    def test_positions(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(self.fold_of_row == fold)
+
+    def train_positions(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(self.fold_of_row != fold)
+
+
+@dataclass
+class SpecScores:
+    """One spec's scores on the held-out folds: ``folds[k][head][metric]``."""
+
+    name: str
+    spec: ModelSpec
+    source: str | None = None
+    folds: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    seconds: float = 0.0
+    predictions: Path | None = None
+
+    def values(self, head: str, metric: str) -> np.ndarray:
+        return np.array([f.get(head, {}).get(metric, math.nan) for f in self.folds], np.float64)
+
+    def metrics(self) -> dict[str, list[str]]:
+        """Metric names by head, in the order the heads report them."""
+        names: dict[str, list[str]] = {}
+        for fold in self.folds:
+            for head, values in fold.items():
+                names.setdefault(head, [])
+                names[head] += [m for m in values if m not in names[head]]
+        return names
+
+    def mean_sd(self) -> dict[str, dict[str, tuple[float, float]]]:
+        return {head: {m: mean_sd(self.values(head, m)) for m in metrics}
+                for head, metrics in self.metrics().items()}
+
+
+def mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample standard deviation over the folds where the value is defined (an AUROC
+    is not where a fold holds one class only)."""
+    defined = values[~np.isnan(values)]
+    if len(defined) == 0:
+        return math.nan, math.nan
+    return float(defined.mean()), float(defined.std(ddof=1)) if len(defined) > 1 else math.nan
+
+
+@dataclass
+class CVResult:
+    """What a cross-validation produced; ``scores[0]`` is the first spec, the one the others
+    are compared with."""
+
+    output: Path
+    plan: FoldPlan
+    rows: int
+    scores: list[SpecScores]
+    seconds: float
+    hint: str | None = None
+
+    def differences(self, other: SpecScores) -> dict[str, dict[str, dict[str, Any]]]:
+        """Fold-by-fold differences first spec minus ``other``: mean, sd, and in how many folds
+        the first spec was better (by each metric's direction)."""
+        first = self.scores[0]
+        binding = Binding(first.spec)
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for head, metrics in first.metrics().items():
+            for metric in metrics:
+                delta = first.values(head, metric) - other.values(head, metric)
+                defined = delta[~np.isnan(delta)]
+                higher = binding.higher_is_better(f"{head}.{metric}")
+                better = int((defined > 0).sum() if higher else (defined < 0).sum())
+                mean, sd = mean_sd(delta)
+                out.setdefault(head, {})[metric] = {"mean": mean, "sd": sd, "first_better": better,
+                                                    "folds": int(len(defined))}
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        first = self.scores[0]
+        return json_safe({
+            "output": str(self.output), "rows": self.rows, "folds": self.plan.folds,
+            "fold_rows": np.bincount(self.plan.fold_of_row, minlength=self.plan.folds).tolist(),
+            "grouped_by": self.plan.group_column, "folds_from_column": self.plan.from_column,
+            "stratified_by": self.plan.stratified_by, "seconds": round(self.seconds, 1),
+            "specs": {s.name: {
+                "source": s.source, "seconds": round(s.seconds, 1), "folds": s.folds,
+                "mean": {h: {m: v[0] for m, v in ms.items()} for h, ms in s.mean_sd().items()},
+                "sd": {h: {m: v[1] for m, v in ms.items()} for h, ms in s.mean_sd().items()},
+                "predictions": str(s.predictions) if s.predictions else None,
+            } for s in self.scores},
+            "differences": {f"{first.name} - {s.name}": self.differences(s) for s in self.scores[1:]},
+        })
+
+    def table(self) -> str:
+        """Each head's metrics as mean ± sd over the folds, one column a spec, then the paired
+        differences of the first spec with each other one."""
+        lines = [f"{self.rows} rows, {self.plan.describe()}; {self.seconds:.0f} s"]
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        first = self.scores[0]
+        others = {s.name: self.differences(s) for s in self.scores[1:]}
+        for head, metrics in first.metrics().items():
+            header = [f"head {head}", *(s.name for s in self.scores),
+                      *(f"{first.name} - {name}" for name in others)]
+            rows = [header]
+            for metric in metrics:
+                cells = [metric]
+                for s in self.scores:
+                    cells.append(_pm(*mean_sd(s.values(head, metric))))
+                for diff in others.values():
+                    d = diff[head][metric]
+                    cells.append(f"{_pm(d['mean'], d['sd'], signed=True)}"
+                                 f" ({d['first_better']}/{d['folds']} better)")
+                rows.append(cells)
+            widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+            lines.append("")
+            lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        if len(self.scores) > 1:
+            lines.append("\ndifferences are paired by fold (first spec minus the other); 'better'"
+                         " follows each metric's direction; training took "
+                         + ", ".join(f"{s.name} {s.seconds:.0f} s" for s in self.scores))
+        return "\n".join(lines)
+
+
+def _pm(mean: float, sd: float, signed: bool = False) -> str:
+    if math.isnan(mean):
+        return "-"
+    text = f"{mean:+.4f}" if signed else f"{mean:.4f}"
+    return text + (f" ± {sd:.4f}" if not math.isnan(sd) else "")
+
+
+SpecLike = ModelSpec | str | Path | Mapping[str, Any]
+
+
+def cv(
+    spec: SpecLike,
+    data: Any,
+    *,
+    folds: int | None = 5,
+    group_by: str | None = None,
+    fold_column: str | None = None,
+    stratify: bool = False,
+    compare: Sequence[SpecLike] = (),
+    output: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    on_bad_row: str = "fail",
+    keep_checkpoints: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None = None,
+) -> CVResult:
+    """Cross-validate ``spec`` (and each spec in ``compare``, on the same folds) on the table
+    ``data``: K models, each trained on K-1 folds and scored on the fold left out.
+
+    Folds keep the groups of ``group_by`` (default: the spec's ``training.group_by``) together,
+    or are named by ``fold_column``; ``stratify`` balances the classes of the first head's
+    target over the folds. ``options`` override every spec's ``training`` section (``{"epochs":
+    3}``); the folds are drawn from ``training.seed``. Results go to ``output`` (default:
+    ``<spec name>.cv`` in the current folder). ``on_fold(spec_name, fold, metrics)`` is called
+    as each fold is scored.
+    """
+    say = log or (lambda _: None)
+    started = time.perf_counter()
+    specs = _named([spec, *compare])
+    first = specs[0][1]
+    out = Path(output) if output is not None else Path(f"{first.name}.cv")
+    table = read_table(data)
+    for _, each, source in specs:
+        try:
+            Binding(each).require_columns(table, targets=True)
+        except SpecError as exc:
+            raise (exc.with_source(source) if source else exc) from None
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    seed = int(options.get("seed", first.training.seed))
+    plan = plan_folds(table, first, folds=folds, group_by=group_by, fold_column=fold_column,
+                      stratify=stratify, seed=seed)
+    hint = None
+    if plan.group_column is None:
+        hint = _fold_hint(table, [s for _, s, _ in specs])
+        if hint:
+            say(f"hint: {hint}")
+    _write_folds(out, table, plan)
+    say(f"{len(table)} rows, {plan.describe()}; results in {out}")
+    scores = []
+    for name, each, source in specs:
+        predictions = out / ("oof_predictions.csv" if len(specs) == 1 else f"{name}_oof_predictions.csv")
+        scores.append(_run_spec(name, each, source, table, plan, out, predictions, options,
+                                on_bad_row, keep_checkpoints, progress, say, on_fold))
+    result = CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint)
+    _write_report(result)
+    return result
+
+
+def _named(specs: Sequence[SpecLike]) -> list[tuple[str, ModelSpec, str | None]]:
+    """Each spec loaded, with a name unique among them (its ``name``, else its file's stem,
+    else numbered) and its file."""
+    loaded = [(load_spec(s), str(s) if isinstance(s, (str, Path)) else None) for s in specs]
+    names = [s.name for s, _ in loaded]
+    if len(set(names)) < len(names):
+        stems = [Path(src).stem if src else None for _, src in loaded]
+        if None not in stems and len(set(stems)) == len(stems):
+            names = [str(s) for s in stems]
+        else:
+            names = [n if names.count(n) == 1 else f"{n}_{i + 1}" for i, n in enumerate(names)]
+    return [(n, s, src) for n, (s, src) in zip(names, loaded)]
+
+
+def plan_folds(table: Table, spec: ModelSpec, *, folds: int | None, group_by: str | None,
+               fold_column: str | None, stratify: bool, seed: int) -> FoldPlan:
+    """The folds of ``table``: named by ``fold_column``, or drawn with ``seed`` keeping the
+    groups of ``group_by`` (default: the spec's ``training.group_by``) together."""
+    if fold_column is not None:
+        if group_by is not None:
+            raise DataError("--group-by and --fold-column exclude each other: a fold column"
+                            " already keeps each of its folds together")
+        if stratify:
+            raise DataError("--stratify needs folds to draw; --fold-column names them")
+        return FoldPlan(folds_from_column(table, fold_column, folds),
+                        len(set(group_keys(table, fold_column, "take the fold from"))),
+                        fold_column, from_column=True)
+    folds = 5 if folds is None else folds
+    group = group_by or spec.training.group_by
+    groups = group_keys(table, group, "group the folds by") if group else None
+    strata, stratified_by = _strata(table, spec) if stratify else (None, None)
+    fold_of_row = assign_folds(len(table), folds, groups=groups, strata=strata, seed=seed,
+                               source=table.source)
+    return FoldPlan(fold_of_row, folds, group, stratified_by=stratified_by)
+
+
+def _strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
+    """The classes to balance: the values of the first head's target column."""
+    bound = Binding(spec).heads[0]
+    column = bound.codec.columns()[0]
+    values = np.array([str(v).strip() for v in table.columns[column]], dtype=object)
+    distinct = len(set(values))
+    if distinct > max(2, MAX_STRATA_SHARE * len(values)):
+        raise DataError(f"--stratify: column {column!r} (the target of head {bound.name!r}) has"
+                        f" {distinct} distinct values in {len(values)} rows; stratifying balances"
+                        " the classes of a categorical target")
+    return values, column
+
+
+def _fold_hint(table: Table, specs: list[ModelSpec]) -> str | None:
+    used = {c for s in specs for b in [*Binding(s).inputs, *Binding(s).heads] for c in b.codec.columns()}
+    found = group_like_columns(table, used)
+    if not found:
+        return None
+    return (f"the folds are drawn row by row, but column {found[0].describe()} looks like"
+            " groups. If its rows belong together (one patient, field or claim), rows of one"
+            " group in several folds make the scores optimistic: pass --group-by"
+            f" {found[0].column}, or --fold-column COLUMN to name the folds yourself")
+
+
+def _write_folds(out: Path, table: Table, plan: FoldPlan) -> None:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    group = plan.group_column
+    writer.writerow(["row", "fold", *([group] if group else [])])
+    for i, (row, fold) in enumerate(zip(table.rows, plan.fold_of_row)):
+        writer.writerow([int(row), int(fold) + 1, *([table.columns[group][i]] if group else [])])
+    write_text(out / "folds.csv", text.getvalue())
+
+
+def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan: FoldPlan,
+              out: Path, predictions_file: Path, options: Mapping[str, Any], policy: str,
+              keep_checkpoints: bool,
+              progress: bool, say: Callable[[str], None],
+              on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None) -> SpecScores:
+    scores = SpecScores(name, spec, source)
+    predictions: dict[str, list[Any]] = {}
+    started = time.perf_counter()
+    shown: set[str] = set()
+    for fold in range(plan.folds):
+        where = f"{name} fold {fold + 1}/{plan.folds}"
+        fold_dir = out / name / f"fold_{fold + 1}"
+        try:
+            metrics, predicted = fold_scores(
+                spec, table, plan, fold, fold_dir, options, policy, progress,
+                say_once(lambda line, where=where: say(f"{where}: {line}"), shown))
+        except SpecError as exc:
+            raise (exc.with_source(source) if source else exc) from None
+        finally:
+            if not keep_checkpoints:
+                (fold_dir / CHECKPOINT).unlink(missing_ok=True)
+        scores.folds.append(metrics)
+        for column, values in predicted.items():
+            predictions.setdefault(column, []).extend(values)
+        say(f"{where}: " + "; ".join(
+            f"{head} " + ", ".join(f"{m} {v:.4f}" for m, v in values.items())
+            for head, values in metrics.items()))
+        if on_fold is not None:
+            on_fold(name, fold, metrics)
+    scores.seconds = time.perf_counter() - started
+    scores.predictions = predictions_file
+    _write_predictions(predictions_file, predictions)
+    return scores
+
+
+def say_once(say: Callable[[str], None], shown: set[str]) -> Callable[[str], None]:
+    """``say`` that gives each note (the same for every fold or trial) only the first time."""
+    def said(line: str) -> None:
+        if line.startswith(("note:", "precision auto:", "warning:")):
+            if line in shown:
+                return
+            shown.add(line)
+        say(line)
+    return said
+
+
+def fold_scores(spec: ModelSpec, table: Table, plan: FoldPlan, fold: int, fold_dir: Path,
+                options: Mapping[str, Any], policy: str, progress: bool,
+                say: Callable[[str], None]) -> tuple[dict[str, dict[str, float]], dict[str, list[Any]]]:
+    """Train on every fold but ``fold``, then score on ``fold``: per-head metrics, and the
+    predictions (with row number, fold, group and true target) of its rows."""
+    from .distributed import resolve_device
+    from .inference import evaluate, predict
+
+    train_table = table.take(plan.train_positions(fold))
+    test_table = table.take(plan.test_positions(fold))
+    result = train(spec, train_table, fold_dir / "model.safetensors", run_dir=fold_dir,
+                   group_by=plan.group_column, options=options, on_bad_row=policy,
+                   progress=progress, log=say)
+    device = str(resolve_device(str(options.get("device", spec.training.device))))
+    scored = evaluate(result.model, test_table, on_bad_row=policy, device=device)
+    metrics = {head: values["metrics"] for head, values in scored["heads"].items()}
+    predicted = predict(result.model, test_table, on_bad_row=policy, device=device)["columns"]
+    return metrics, _with_truth(predicted, test_table, fold, plan.group_column, Binding(spec))
+
+
+def _with_truth(predicted: dict[str, list[Any]], table: Table, fold: int, group: str | None,
+                binding: Binding) -> dict[str, list[Any]]:
+    """Prediction columns after the row number, its fold, its group and each true target
+    (``COLUMN_true``)."""
+    position = {int(r): i for i, r in enumerate(table.rows)}
+    at = [position[int(r)] for r in predicted["row"]]
+    columns: dict[str, list[Any]] = {"row": predicted["row"], "fold": [fold + 1] * len(at)}
+    if group:
+        columns[group] = [_plain(table.columns[group][i]) for i in at]
+    for column in dict.fromkeys(c for b in binding.heads for c in b.codec.columns()):
+        columns[f"{column}_true"] = [_plain(table.columns[column][i]) for i in at]
+    columns.update({k: v for k, v in predicted.items() if k != "row"})
+    return columns
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _write_predictions(path: Path, columns: dict[str, list[Any]]) -> None:
+    order = np.argsort(np.asarray(columns.get("row", []), np.int64), kind="stable")
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(list(columns))
+    for i in order:
+        writer.writerow([values[i] for values in columns.values()])
+    write_text(path, text.getvalue())
+
+
+def _write_report(result: CVResult) -> None:
+    out = result.output
+    write_text(out / "report.json", json.dumps(result.summary(), indent=2))
+    write_text(out / "report.txt", result.table() + "\n")
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["spec", "fold", "head", "metric", "value"])
+    for scores in result.scores:
+        for fold, metrics in enumerate(scores.folds, start=1):
+            for head, values in metrics.items():
+                writer.writerows([scores.name, fold, head, m, v] for m, v in values.items())
+    write_text(out / "scores.csv", text.getvalue())

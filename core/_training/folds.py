@@ -1,0 +1,171 @@
+"""Folds for cross-validation, and columns that look like groups.
+
+Rows often come in groups (patches of one field, scans of one patient, photos of one claim).
+A split that puts rows of one group on both sides lets a model be scored on what it has, in
+effect, already seen. :func:`assign_folds` keeps every group in one fold (optionally balancing
+the classes of a target over the folds); :func:`group_like_columns` finds the columns a user
+probably meant to group by, for a hint where none was named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._data.loader import derive_seed
+from .._data.table import Table, is_missing
+from .._errors import DataError, did_you_mean
+
+if TYPE_CHECKING:
+    from .._data.binding import Binding
+
+#: A column is taken for a group column when it has at least this many distinct values ...
+MIN_GROUPS = 5
+#: ... and its values come on this many rows each, on average.
+MIN_ROWS_PER_GROUP = 2.0
+
+
+@dataclass(frozen=True)
+class GroupLike:
+    """A column whose values repeat the way group identifiers do."""
+
+    column: str
+    groups: int
+    rows: int  # rows with a value
+
+    def describe(self) -> str:
+        return f"{self.column!r} ({self.groups} values on {self.rows} rows," \
+               f" {self.rows / self.groups:.1f} a value)"
+
+
+def group_like_columns(table: Table, used: Iterable[str]) -> list[GroupLike]:
+    """Columns the spec does not read whose values repeat across rows like group identifiers
+    (at least MIN_GROUPS values, each on MIN_ROWS_PER_GROUP rows on average); most repeated
+    first."""
+    used = set(used)
+    found = []
+    for name, values in table.columns.items():
+        if name in used:
+            continue
+        keys = [_key(v) for v in values if not is_missing(v)]
+        groups = len(set(keys))
+        if groups >= MIN_GROUPS and len(keys) >= MIN_ROWS_PER_GROUP * groups:
+            found.append(GroupLike(name, groups, len(keys)))
+    return sorted(found, key=lambda g: (-g.rows / g.groups, g.column))
+
+
+def split_hint(table: Table, binding: Binding) -> str | None:
+    """What to say where validation rows were drawn row by row from a table with a column that
+    looks like groups; None where it has none."""
+    used = {c for b in [*binding.inputs, *binding.heads] for c in b.codec.columns()}
+    found = group_like_columns(table, used)
+    if not found:
+        return None
+    others = ", ".join(repr(g.column) for g in found[1:3])
+    return (f"the validation rows were drawn row by row, but column {found[0].describe()} looks"
+            f" like groups. If its rows belong together (one patient, field or claim), a group"
+            f" with rows on both sides of the split makes validation optimistic: pass --group-by"
+            f" {found[0].column} (training.group_by)" + (f". Other such columns: {others}" if others else ""))
+
+
+def _key(value: object) -> str:
+    return str(value).strip()
+
+
+def group_keys(table: Table, column: str, what: str) -> np.ndarray:
+    """Each row's group (as text) from ``column``; a missing value is an error naming the row."""
+    if column not in table.columns:
+        raise DataError(f"{table.source}: no column {column!r} to {what}."
+                        f"{did_you_mean(column, table.names)} The table's columns are:"
+                        f" {', '.join(table.names)}")
+    values = table.columns[column]
+    for position, value in enumerate(values):
+        if is_missing(value):
+            raise DataError(f"{table.where(position)}, column {column!r}: empty; every row needs"
+                            f" a value to {what}")
+    return np.array([_key(v) for v in values], dtype=object)
+
+
+def folds_from_column(table: Table, column: str, folds: int | None) -> np.ndarray:
+    """Fold index of each row from a column that names each row's fold (its distinct values,
+    sorted, are folds 0, 1, ...)."""
+    keys = group_keys(table, column, "take the fold from")
+    names = sorted(set(keys), key=_natural)
+    if len(names) < 2:
+        raise DataError(f"{table.source}: column {column!r} names a single fold; cross-validation"
+                        " needs at least two")
+    if folds is not None and folds != len(names):
+        raise DataError(f"{table.source}: column {column!r} names {len(names)} folds"
+                        f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}) but"
+                        f" --folds is {folds}; leave --folds out or make them agree")
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[k] for k in keys], dtype=np.int64)
+
+
+def _natural(text: str) -> tuple[int, float, str]:
+    """Numbers in numeric order (2 before 10), then text."""
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def assign_folds(count: int, folds: int, *, groups: np.ndarray | None = None,
+                 strata: np.ndarray | None = None, seed: int = 0, source: str = "<table>") -> np.ndarray:
+    """Fold index (0..folds-1) of each of ``count`` rows. Rows of one group share a fold;
+    folds get about equal numbers of rows; with ``strata`` (a class per row) each fold gets
+    about the same share of every class. The same seed gives the same folds."""
+    if folds < 2:
+        raise DataError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    keys = groups if groups is not None else np.arange(count).astype(str).astype(object)
+    names, group_of_row = np.unique(keys.astype(str), return_inverse=True)
+    if len(names) < folds:
+        what = "groups" if groups is not None else "rows"
+        raise DataError(f"{source}: {len(names)} {what} cannot fill {folds} folds; use at most"
+                        f" --folds {len(names)}")
+    rng = np.random.default_rng(derive_seed(seed, 0xF01D))
+    if strata is None:
+        counts = np.bincount(group_of_row, minlength=len(names))[:, None]
+    else:
+        _, stratum_of_row = np.unique(strata.astype(str), return_inverse=True)
+        counts = np.zeros((len(names), stratum_of_row.max() + 1), np.int64)
+        np.add.at(counts, (group_of_row, stratum_of_row), 1)
+    fold_of_group = _greedy(counts, folds, rng, balance_strata=strata is not None)
+    return fold_of_group[group_of_row]
+
+
+def _greedy(counts: np.ndarray, folds: int, rng: np.random.Generator,
+            balance_strata: bool) -> np.ndarray:
+    """Place groups (``counts``: rows per group and stratum) one by one, biggest (or, balancing
+    strata, most lopsided) first, each in the fold that stays most even."""
+    shuffled = rng.permutation(len(counts))  # ties are broken at random, by the seed
+    sizes = counts.sum(axis=1)
+    if balance_strata:
+        shares = counts / sizes[:, None]
+        keys = -shares.std(axis=1)[shuffled]
+    else:
+        keys = -sizes[shuffled]
+    order = shuffled[np.argsort(keys, kind="stable")]
+    totals = counts.sum(axis=0).clip(min=1)
+    in_fold = np.zeros((folds, counts.shape[1]), np.int64)
+    fold_of_group = np.empty(len(counts), np.int64)
+    for group in order:
+        if balance_strata:
+            spread = [np.std((in_fold + _one_hot(f, folds, counts[group])) / totals, axis=0).mean()
+                      for f in range(folds)]
+            rows = in_fold.sum(axis=1)
+            best = min(range(folds), key=lambda f: (round(spread[f], 12), rows[f]))
+        else:
+            best = int(np.argmin(in_fold.sum(axis=1)))
+        in_fold[best] += counts[group]
+        fold_of_group[group] = best
+    return fold_of_group
+
+
+def _one_hot(fold: int, folds: int, row: np.ndarray) -> np.ndarray:
+    out = np.zeros((folds, len(row)), np.int64)
+    out[fold] = row
+    return out

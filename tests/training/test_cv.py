@@ -1,0 +1,181 @@
+"""Cross-validation: folds that keep groups together, reproducible scores, specs compared on
+the same folds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+import polymodal
+from polymodal._cli import main
+from polymodal._data.table import read_table
+from polymodal._training.folds import assign_folds, folds_from_column
+
+from training_data import read_csv, table_spec, write_grouped_table
+
+
+def test_folds_are_disjoint_cover_every_row_and_keep_groups_together():
+    rng = np.random.default_rng(1)
+    groups = np.array([f"g{i}" for i in rng.integers(0, 40, 300)], dtype=object)
+    fold_of_row = assign_folds(300, 5, groups=groups, seed=3)
+    assert fold_of_row.shape == (300,) and set(fold_of_row) == {0, 1, 2, 3, 4}
+    for g in set(groups):  # one fold a group
+        assert len(set(fold_of_row[groups == g])) == 1
+    sizes = np.bincount(fold_of_row)
+    assert sizes.max() - sizes.min() <= max(np.unique(groups, return_counts=True)[1])
+    assert np.array_equal(fold_of_row, assign_folds(300, 5, groups=groups, seed=3))
+    assert not np.array_equal(fold_of_row, assign_folds(300, 5, groups=groups, seed=4))
+
+
+def test_stratified_folds_give_each_fold_the_share_of_every_class():
+    rng = np.random.default_rng(0)
+    strata = np.array(["rare"] * 20 + ["common"] * 180, dtype=object)[rng.permutation(200)]
+    fold_of_row = assign_folds(200, 4, strata=strata, seed=0)
+    for fold in range(4):
+        assert (strata[fold_of_row == fold] == "rare").sum() == 5
+        assert (fold_of_row == fold).sum() == 50
+
+
+def test_stratified_grouped_folds_stay_group_pure():
+    rng = np.random.default_rng(2)
+    groups = np.array([f"p{i}" for i in rng.integers(0, 30, 240)], dtype=object)
+    strata = np.array(["a", "b", "c"], dtype=object)[rng.integers(0, 3, 240)]
+    fold_of_row = assign_folds(240, 3, groups=groups, strata=strata, seed=0)
+    for g in set(groups):
+        assert len(set(fold_of_row[groups == g])) == 1
+
+
+def test_too_few_groups_and_bad_fold_columns_are_clear_errors(tmp_path):
+    with pytest.raises(polymodal.DataError, match="3 groups cannot fill 5 folds; use at most --folds 3"):
+        assign_folds(9, 5, groups=np.array(list("aaabbbccc"), dtype=object))
+    table = read_table(write_grouped_table(tmp_path))
+    assert sorted(set(folds_from_column(table, "fold", None))) == [0, 1, 2]
+    with pytest.raises(polymodal.DataError, match="names 3 folds .* but --folds is 5"):
+        folds_from_column(table, "fold", 5)
+    with pytest.raises(polymodal.DataError, match="no column 'folds' to take the fold from. Did you mean 'fold'"):
+        folds_from_column(table, "folds", None)
+
+
+def test_a_row_without_a_group_is_named(tmp_path):
+    rows = read_csv(write_grouped_table(tmp_path))
+    rows[6]["site"] = ""
+    path = tmp_path / "holes.csv"
+    with path.open("w", newline="") as handle:
+        import csv
+
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(polymodal.DataError, match=r"holes.csv row 7, column 'site': empty"):
+        polymodal.cv(table_spec(), path, folds=3, group_by="site", output=tmp_path / "cv")
+
+
+def test_same_seed_same_scores_and_what_a_run_leaves(tmp_path):
+    table = write_grouped_table(tmp_path)
+    first = polymodal.cv(table_spec(), table, folds=3, group_by="site", output=tmp_path / "a")
+    for fold in range(3):  # each fold's training and held-out rows: disjoint, every row
+        held_out, trained_on = first.plan.test_positions(fold), first.plan.train_positions(fold)
+        assert not set(held_out) & set(trained_on) and len(held_out) + len(trained_on) == 48
+    again = polymodal.cv(table_spec(), table, folds=3, group_by="site", output=tmp_path / "b")
+    assert first.scores[0].folds == again.scores[0].folds
+    assert np.array_equal(first.plan.fold_of_row, again.plan.fold_of_row)
+    out = tmp_path / "a"
+    folds = read_csv(out / "folds.csv")
+    by_site: dict[str, set[str]] = {}
+    for row in folds:
+        by_site.setdefault(row["site"], set()).add(row["fold"])
+    assert all(len(f) == 1 for f in by_site.values())  # group-pure
+    predictions = read_csv(out / "oof_predictions.csv")  # every row once, in its own fold
+    assert [p["row"] for p in predictions] == [f["row"] for f in folds]
+    assert [p["fold"] for p in predictions] == [f["fold"] for f in folds]
+    assert {"label_true", "label", "label_prob_no", "label_prob_yes", "site"} <= set(predictions[0])
+    report = json.loads((out / "report.json").read_text())
+    scores = report["specs"]["tab"]
+    assert len(scores["folds"]) == 3 and report["grouped_by"] == "site"
+    accuracies = [f["label"]["accuracy"] for f in scores["folds"]]
+    assert scores["mean"]["label"]["accuracy"] == pytest.approx(np.mean(accuracies))
+    assert scores["sd"]["label"]["accuracy"] == pytest.approx(np.std(accuracies, ddof=1))
+    for fold in (1, 2, 3):  # checkpoints gone, models and logs kept
+        assert not (out / "tab" / f"fold_{fold}" / "checkpoint.pt").exists()
+        assert (out / "tab" / f"fold_{fold}" / "model.safetensors").is_file()
+    assert len(read_csv(out / "scores.csv")) == 3 * 5  # folds x (loss + 4 metrics)
+
+
+def test_checkpoints_are_kept_when_asked(tmp_path):
+    table = write_grouped_table(tmp_path)
+    polymodal.cv(table_spec(), table, folds=2, group_by="site", output=tmp_path / "cv",
+                 keep_checkpoints=True)
+    assert (tmp_path / "cv" / "tab" / "fold_1" / "checkpoint.pt").is_file()
+
+
+def test_cli_compares_specs_fold_by_fold(tmp_path, capsys):
+    table = write_grouped_table(tmp_path)
+    fused = tmp_path / "both.yaml"
+    fused.write_text(yaml.safe_dump(table_spec(name="both")))
+    only_x = table_spec(name="x_only")
+    only_x["inputs"]["record"]["adapter"] = {"type": "tabular", "numerical": ["x"]}
+    other = tmp_path / "x_only.yaml"
+    other.write_text(yaml.safe_dump(only_x))
+    code = main(["cv", str(fused), "--data", str(table), "--fold-column", "fold", "--compare",
+                 str(other), "-o", str(tmp_path / "cv"), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "3 folds of 16, 16, 16 rows (taken from column 'fold')" in printed
+    header = next(line for line in printed.splitlines() if line.startswith("head label"))
+    assert header.split() == ["head", "label", "both", "x_only", "both", "-", "x_only"]
+    accuracy = next(line for line in printed.splitlines() if line.startswith("accuracy"))
+    assert accuracy.count("±") == 3 and "/3 better)" in accuracy
+    report = json.loads((tmp_path / "cv" / "report.json").read_text())
+    both, x = (np.array([f["label"]["accuracy"] for f in report["specs"][n]["folds"]])
+               for n in ("both", "x_only"))
+    paired = report["differences"]["both - x_only"]["label"]["accuracy"]
+    assert paired["mean"] == pytest.approx((both - x).mean())
+    assert paired["first_better"] == int((both > x).sum())
+    assert (tmp_path / "cv" / "both_oof_predictions.csv").is_file()
+    assert (tmp_path / "cv" / "x_only_oof_predictions.csv").is_file()
+
+
+def test_a_column_that_looks_like_groups_is_hinted_at(tmp_path):
+    table = write_grouped_table(tmp_path)
+    lines: list[str] = []
+    result = polymodal.cv(table_spec(), table, folds=3, output=tmp_path / "cv", log=lines.append)
+    hint = "column 'site' (12 values on 48 rows, 4.0 a value) looks like groups"
+    assert any(hint in line and "--group-by site" in line for line in lines)
+    assert hint in result.table()
+    # training alone says it where the validation split is drawn row by row ...
+    said: list[str] = []
+    polymodal.train(table_spec(), table, tmp_path / "m.safetensors", log=said.append, progress=False)
+    assert any(line.startswith("note: the validation rows were drawn row by row") and hint in line
+               for line in said)
+    # ... and not where the groups are named
+    said.clear()
+    polymodal.train(table_spec(group_by="site"), table, tmp_path / "m.safetensors",
+                    log=said.append, progress=False)
+    assert not any("looks like groups" in line for line in said)
+
+
+def test_stratify_needs_a_categorical_target(tmp_path):
+    table = write_grouped_table(tmp_path)
+    spec = table_spec()
+    spec["heads"] = {"value": {"type": "regression"}}
+    with pytest.raises(polymodal.DataError, match="--stratify: column 'value' .* has 48 distinct values"):
+        polymodal.cv(spec, table, folds=3, stratify=True, output=tmp_path / "cv")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--fold-column", "fold", "--group-by", "site"], "--group-by and --fold-column exclude each other"),
+    (["--fold-column", "fold", "--stratify"], "--stratify needs folds to draw"),
+    (["--folds", "1"], "--folds 1: cross-validation needs at least 2 folds"),
+    (["--group-by", "sight"], "no column 'sight' to group the folds by. Did you mean 'site'?"),
+    (["--compare", "missing.yaml"], "missing.yaml: no such file"),
+])
+def test_cli_mistakes_are_one_clear_message(tmp_path, capsys, arguments, message):
+    table = write_grouped_table(tmp_path)
+    spec = tmp_path / "tab.yaml"
+    spec.write_text(yaml.safe_dump(table_spec()))
+    assert main(["cv", str(spec), "--data", str(table), "-o", str(tmp_path / "cv"), *arguments]) == 1
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error

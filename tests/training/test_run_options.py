@@ -1,0 +1,89 @@
+"""What the hardware decides in a run (precision auto, bf16 where it is emulated, torch's
+thread count) and the per-epoch hook of train()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import polymodal
+from polymodal._training import hardware
+
+from training_data import table_spec, write_grouped_table
+
+
+@pytest.mark.parametrize("found, chosen", [("AMX-BF16", "bf16"), (None, "fp32")])
+def test_precision_auto_takes_bf16_only_where_the_cpu_has_it(monkeypatch, found, chosen):
+    monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: found)
+    said: list[str] = []
+    assert hardware.choose_precision("auto", torch.device("cpu"), said.append) == chosen
+    assert said == [f"precision auto: {chosen} (this CPU has {found} instructions)" if found
+                    else "precision auto: fp32 (this CPU has no native bf16 instructions)"]
+
+
+def test_precision_auto_on_a_gpu_prefers_bf16_then_fp16(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(hardware, "cuda_native_bf16", lambda device: True)
+    assert hardware.choose_precision("auto", cuda, lambda _: None) == "bf16"
+    monkeypatch.setattr(hardware, "cuda_native_bf16", lambda device: False)
+    assert hardware.choose_precision("auto", cuda, lambda _: None) == "fp16"
+
+
+def test_the_default_precision_is_auto_and_the_saved_spec_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: None)
+    spec = table_spec()
+    del spec["training"]["precision"]
+    said: list[str] = []
+    result = polymodal.train(spec, write_grouped_table(tmp_path), tmp_path / "m.safetensors",
+                             log=said.append, progress=False)
+    assert "precision auto: fp32 (this CPU has no native bf16 instructions)" in said
+    assert result.model.spec.training.precision == "auto"
+
+
+def test_bf16_on_a_cpu_without_it_warns_before_the_first_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: None)
+    said: list[str] = []
+    polymodal.train(table_spec(precision="bf16"), write_grouped_table(tmp_path),
+                    tmp_path / "m.safetensors", log=said.append, progress=False)
+    warning = next(i for i, line in enumerate(said) if line.startswith("warning: precision bf16"))
+    first_epoch = next(i for i, line in enumerate(said) if line.startswith("epoch 1:"))
+    assert warning < first_epoch
+    assert "on a CPU without native bf16 instructions (torch's CPU capability:" in said[warning]
+    assert "a 256x256 matrix product took" in said[warning] and "x as long as in fp32" in said[warning]
+    # where the CPU has bf16 instructions there is nothing to warn about
+    monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: "AVX512-BF16")
+    assert hardware.choose_precision("bf16", torch.device("cpu"), said.append) == "bf16"
+    assert sum(line.startswith("warning:") for line in said) == 1
+
+
+def test_fp16_on_a_cpu_is_a_spec_error():
+    with pytest.raises(polymodal.SpecError, match="training.precision: fp16 needs a CUDA GPU"):
+        hardware.choose_precision("fp16", torch.device("cpu"), lambda _: None)
+
+
+def test_training_threads_sets_torchs_thread_count_for_the_run_only(tmp_path):
+    before = torch.get_num_threads()
+    seen: set[int] = set()
+    polymodal.train(table_spec(threads=1 if before > 1 else 2), write_grouped_table(tmp_path),
+                    tmp_path / "m.safetensors", progress=False,
+                    on_step=lambda epoch, step: seen.add(torch.get_num_threads()))
+    assert seen == {1 if before > 1 else 2}
+    assert torch.get_num_threads() == before
+    with pytest.raises(polymodal.SpecError, match="training.threads"):
+        polymodal.load_spec(table_spec(threads=0))
+
+
+def test_on_epoch_sees_each_epochs_record_and_can_stop_the_run(tmp_path):
+    seen: list[tuple[int, float]] = []
+
+    def on_epoch(record, value):
+        seen.append((record["epoch"], value))
+        return record["epoch"] == 2
+
+    said: list[str] = []
+    result = polymodal.train(table_spec(epochs=5), write_grouped_table(tmp_path),
+                             tmp_path / "m.safetensors", progress=False, on_epoch=on_epoch,
+                             log=said.append)
+    assert [epoch for epoch, _ in seen] == [1, 2] and len(result.history) == 2
+    assert [value for _, value in seen] == [r["val"]["loss"] for r in result.history]
+    assert result.stopped_early and "stopped after epoch 2, as the caller asked" in said
