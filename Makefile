@@ -36,6 +36,8 @@ typecheck: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/polymodal docs -o docs/components --package polymodal
+	$(PY) -c 'from pathlib import Path; from polymodal._docs import with_training_options as w; \
+	  p = Path("docs/training.md"); p.write_text(w(p.read_text(encoding="utf-8")), encoding="utf-8")'
 
 # The built-in entries of the catalog, from what the plugins register (comments and [[extra]] kept).
 registry: $(STAMP)

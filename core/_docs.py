@@ -5,13 +5,13 @@ from __future__ import annotations
 import inspect
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from ._registry import ComponentRecord, Registry, get_registry
 
@@ -131,12 +131,55 @@ def option_rows(config: type[BaseModel]) -> list[OptionRow]:
         if required:
             default = "—"
         elif field.default_factory is not None:
-            default = json.dumps(field.get_default(call_default_factory=True))
+            default = json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
         else:
             default = json.dumps(field.default) if field.default is not PydanticUndefined else "—"
         rows.append(OptionRow(name, _field_type(field), default, required,
                               _constraints(field), field.description or ""))
     return rows
+
+
+def _option_table(rows: list[OptionRow]) -> list[str]:
+    lines = ["| option | type | default | constraints | description |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        default = "required" if row.required else f"`{_cell(row.default)}`"
+        lines.append(f"| `{row.name}` | `{_cell(row.type)}` | {default} |"
+                     f" {_cell(row.constraints)} | {_cell(row.description)} |")
+    return lines
+
+
+#: The lines that enclose the generated list of training options in docs/training.md.
+TRAINING_OPTIONS_BEGIN = ("<!-- training options: generated from core/_training/options.py by"
+                          " `make docs`; edit the descriptions there -->")
+TRAINING_OPTIONS_END = "<!-- end of training options -->"
+
+
+def training_option_rows() -> list[OptionRow]:
+    """Every option of a spec's ``training`` section, a section's own options as
+    ``section.option`` (``early_stopping.patience``)."""
+    from ._training.options import TrainingOptions
+
+    rows: list[OptionRow] = []
+    for row, field in zip(option_rows(TrainingOptions), TrainingOptions.model_fields.values()):
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            rows += [replace(inner, name=f"{row.name}.{inner.name}")
+                     for inner in option_rows(section)]
+        else:
+            rows.append(row)
+    return rows
+
+
+def with_training_options(document: str) -> str:
+    """``document`` (docs/training.md) with the list of training options between its markers
+    made anew."""
+    before, found, rest = document.partition(TRAINING_OPTIONS_BEGIN + "\n")
+    _, end, after = rest.partition(TRAINING_OPTIONS_END)
+    if not (found and end):
+        raise ValueError("the document has no markers of the training options list")
+    table = "\n".join(_option_table(training_option_rows()))
+    return f"{before}{found}{table}\n{end}{after}"
 
 
 def _cell(text: str) -> str:
@@ -304,12 +347,7 @@ def component_page(record: ComponentRecord, cls: type[Component], registry: Regi
     ]
     rows = option_rows(cls.Config)
     if rows:
-        lines += ["| option | type | default | constraints | description |",
-                  "| --- | --- | --- | --- | --- |"]
-        for row in rows:
-            default = "required" if row.required else f"`{_cell(row.default)}`"
-            lines.append(f"| `{row.name}` | `{_cell(row.type)}` | {default} |"
-                         f" {_cell(row.constraints)} | {_cell(row.description)} |")
+        lines += _option_table(rows)
     else:
         lines.append("None besides `type`.")
     lines += ["", "## Example", "", "```yaml", example_snippet(record, cls), "```", ""]

@@ -145,6 +145,10 @@ class DataError(PolymodalError):
     """A batch or table does not fit the model (missing input, wrong shape, bad value)."""
 
 
+class DivergedError(PolymodalError):
+    """Training went where no more can be learned: a loss that is not a finite number."""
+
+
 class OutputError(PolymodalError):
     """An output (model file, predictions, run folder) cannot be written: the file system
     refuses, or another run is writing it."""

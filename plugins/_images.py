@@ -1,9 +1,11 @@
 """Image files of any channel count: PNG/JPEG (Pillow), ``.npy`` arrays and multi-band TIFF;
 and images held in memory (numpy arrays or tensors in a table's cells).
 
-Every reader gives a float32 array ``[channels, height, width]``. 8-bit images are scaled to
-0..1 and 16-bit ones by 65535; ``.npy`` and floating-point TIFF values are kept as they are.
-With ``keep_uint8`` an 8-bit image stays uint8 (0..255), a quarter of the bytes to move between
+Every reader gives a float32 array ``[channels, height, width]``, scaled by the values' type
+whatever the file format (PNG, JPEG, TIFF, ``.npy``, an array in a cell): uint8 is divided by
+255 and uint16 by 65535 (0..1), bool becomes 0 or 1; every other type (int8, int16, int32,
+uint32, int64, float) is kept as it is, since its range is the data's own (signed radar
+backscatter, reflectance already scaled). With ``keep_uint8`` an 8-bit image stays uint8 (0..255), a quarter of the bytes to move between
 processes and to a GPU; the image adapter scales uint8 batches the same way.
 Arrays may be stored channels-first or channels-last: with ``channels`` given, a 3-D array
 whose last axis (and not its first) matches is read as channels-last.

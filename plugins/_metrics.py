@@ -49,7 +49,10 @@ CLASSIFICATION_METRICS = (
     Metric("macro_f1", higher_is_better=True,
            description="Mean F1 of the classes present in target or prediction."),
     Metric("auroc", higher_is_better=True,
-           description="Area under the ROC curve (one-vs-rest macro average for more classes)."),
+           description="Area under the ROC curve. With more than two classes: each class"
+           " against the rest, averaged over the classes that have rows in the rows evaluated"
+           " (a class with no row there is left out; one with one or two rows makes the"
+           " average noisy). Not defined when the rows hold one class only."),
 )
 MULTILABEL_METRICS = (
     Metric("subset_accuracy", higher_is_better=True,

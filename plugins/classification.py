@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from polymodal.plugin import (
+    ConfigError,
     DataError,
     Head,
     HeadConfig,
@@ -23,6 +24,7 @@ from polymodal.plugin import (
     TargetCodec,
     Vector,
     changed_options,
+    did_you_mean,
     hookimpl,
 )
 
@@ -50,8 +52,11 @@ class ClassificationHead(Head):
             json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2, "maximum": 1_000_000},
                                          {"const": "auto", "type": "string"}]})
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
-        class_weights: list[float] | None = Field(
-            None, description="Loss weight of each class (one per class), for imbalanced data.")
+        class_weights: dict[str, float] | list[float] | None = Field(
+            None, description="Loss weight of classes, for imbalanced data: by class name"
+            " (`{malignant: 4.0}`; classes not named weigh 1), or a list with one weight per"
+            " class in the order of `classes` (needs a number of classes). Training turns names"
+            " into the list, in the order the classes were learned, and saves that.")
         label_smoothing: float = Field(0.0, description="Label smoothing of the loss.",
                                        ge=0.0, lt=1.0)
 
@@ -65,14 +70,19 @@ class ClassificationHead(Head):
 
         @model_validator(mode="after")
         def _check_weights(self):
-            if self.class_weights is not None and self.classes == "auto":
-                raise ValueError("class_weights needs a number of classes (not auto)")
-            if self.class_weights is not None:
-                if len(self.class_weights) != self.classes:
-                    raise ValueError(f"class_weights has {len(self.class_weights)} values for"
-                                     f" {self.classes} classes")
-                if any(w < 0 for w in self.class_weights):
-                    raise ValueError("class_weights must be >= 0")
+            weights = self.class_weights
+            if weights is None:
+                return self
+            values = weights.values() if isinstance(weights, dict) else weights
+            if any(not w >= 0 for w in values):
+                raise ConfigError("weights must be >= 0", option="class_weights")
+            if isinstance(weights, list) and self.classes == "auto":
+                raise ConfigError("a list of weights needs a number of classes; with classes:"
+                                  " auto, give weights by class name ({name: weight})",
+                                  option="class_weights")
+            if isinstance(weights, list) and len(weights) != self.classes:
+                raise ConfigError(f"{len(weights)} weights for {self.classes} classes",
+                                  option="class_weights")
             return self
 
         def describe(self) -> str:
@@ -97,6 +107,10 @@ class ClassificationHead(Head):
                                  " table (polymodal train), or give the number of classes")
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.linear = nn.Linear(takes.dim, config.classes)
+        if isinstance(config.class_weights, dict):
+            raise PolymodalError("class_weights by class name are put in class order when the"
+                                 " model is trained on a table (polymodal train); give a list"
+                                 " with one weight per class to build it without data")
         if config.class_weights is not None:
             self.register_buffer("class_weights", torch.tensor(config.class_weights),
                                  persistent=False)
@@ -168,7 +182,23 @@ class ClassificationCodec(TargetCodec[ClassificationHead.Config]):
         return {"classes": names}
 
     def complete(self, state: State) -> dict[str, Any]:
-        return {"classes": len(state["classes"])} if self.config.classes == "auto" else {}
+        changes: dict[str, Any] = {}
+        if self.config.classes == "auto":
+            changes["classes"] = len(state["classes"])
+        if isinstance(self.config.class_weights, dict):
+            changes["class_weights"] = self._weights_in_order(self.config.class_weights,
+                                                              state["classes"])
+        return changes
+
+    def _weights_in_order(self, by_name: dict[str, float], classes: list[int | str]) -> list[float]:
+        """One weight per class, in the order of ``classes`` (1 for a class not named)."""
+        names = [key(c) for c in classes]
+        unknown = [n for n in by_name if n not in names]
+        if unknown:
+            raise ConfigError(f"no class {unknown[0]!r} in the training rows' column"
+                              f" {self.column()!r}.{did_you_mean(unknown[0], names)} Its classes:"
+                              f" {listing(names)}", option="class_weights")
+        return [float(by_name.get(n, 1.0)) for n in names]
 
     def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         index = lookup(state["classes"])

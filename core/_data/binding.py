@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
-from .._errors import ComponentError, DataError, SpecError
+from .._errors import ComponentError, ConfigError, DataError, SpecError, located
 from .codec import Codec, RowIssues, State, TargetCodec
 from .table import Table
 
@@ -173,8 +173,8 @@ class Binding:
             issues.bad_row(int(position), columns, "the target is missing (empty or NaN)")
 
     def fit(self, table: Table) -> State:
-        return {"inputs": {b.name: b.codec.fit(table) for b in self.inputs},
-                "heads": {b.name: b.codec.fit(table) for b in self.heads}}
+        return {"inputs": {b.name: _fitted(b, table) for b in self.inputs},
+                "heads": {b.name: _fitted(b, table) for b in self.heads}}
 
     def complete(self, state: State) -> ModelSpec:
         """The spec with what the data decides filled in (cardinalities, class counts)."""
@@ -185,7 +185,11 @@ class Binding:
         problems: list[tuple[str, str]] = []
 
         def completed(config: ComponentConfig, codec: Codec, fitted: State) -> ComponentConfig:
-            changes = codec.complete(fitted)
+            try:
+                changes = codec.complete(fitted)
+            except ConfigError as exc:  # the data and an option disagree: reported at the option
+                problems.extend(located(exc, codec.where))
+                return config
             if not changes:
                 return config
             data = {**config.model_dump(), **changes}
@@ -228,6 +232,15 @@ class Binding:
             inputs = select(inputs, keep)
             encoded_targets = select(encoded_targets, keep)
         return Encoded(inputs, encoded_targets, keep, issues.bad, issues.notes, issues.examples)
+
+
+def _fitted(bound: Bound, table: Table) -> State:
+    """What ``bound``'s codec learns from ``table``; a :class:`ConfigError` it raises (an
+    option the data contradicts) is a spec problem at that option."""
+    try:
+        return bound.codec.fit(table)
+    except ConfigError as exc:
+        raise SpecError(located(exc, bound.where)) from None
 
 
 def select(value: Any, keep: np.ndarray) -> Any:

@@ -152,6 +152,22 @@ class CVResult:
             "differences": {f"{first.name} - {s.name}": self.differences(s) for s in self.scores[1:]},
         })
 
+    def _metric_notes(self) -> list[str]:
+        """How each head computes each metric (as the head declares), and in how many folds a
+        metric could not be computed (left out of its mean)."""
+        first = self.scores[0]
+        binding = Binding(first.spec)
+        lines = ["", "metrics, as each head computes them:"]
+        for head, metrics in first.metrics().items():
+            said = {m.name: m.description for m in binding.head_codec(head).declared_metrics}
+            for metric in metrics:
+                undefined = max(int(np.isnan(s.values(head, metric)).sum()) for s in self.scores)
+                gap = (f" Not defined in {undefined} of {self.plan.folds} fold(s) of some spec:"
+                       " left out of its mean." if undefined else "")
+                text = said.get(metric, "the head's loss" if metric == "loss" else "")
+                lines.append(f"  {head}.{metric}: {text}{gap}".rstrip())
+        return lines
+
     def table(self) -> str:
         """Each head's metrics as mean ± sd over the folds, one column a spec, then the paired
         differences of the first spec with each other one."""
@@ -176,6 +192,7 @@ class CVResult:
             widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
             lines.append("")
             lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines += self._metric_notes()
         if len(self.scores) > 1:
             lines.append("\ndifferences are paired by fold (first spec minus the other); 'better'"
                          " follows each metric's direction; training took "

@@ -36,6 +36,7 @@ from .._data.table import Table, read_table
 from .._errors import (
     CheckpointError,
     DataError,
+    DivergedError,
     OutputLockedError,
     PolymodalError,
     SpecError,
@@ -565,6 +566,8 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
         say(f"the run had stopped early after epoch {run.epoch}: nothing left to train")
     for epoch in range(opts.epochs + 1 if stopped_early else run.epoch + 1, opts.epochs + 1):
         record = epochs.train(epoch, say)
+        if parts.scaler is None:  # fp16's scaler skips the steps that overflow on its own
+            _check_finite(record, opts, run)
         record.val = epochs.validate()
         improved = run.add(record, record.value(metric), higher)
         if context.main:
@@ -580,6 +583,21 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
             say(f"stopped after epoch {epoch}, as the caller asked")
             break
     return _finish(run, rows.report, output, run_dir, metric, stopped_early, context, say)
+
+
+def _check_finite(record: EpochRecord, opts: TrainingOptions, run: Progress) -> None:
+    """Stop where the training loss is no longer a number: every later step would learn from
+    it, and the model file still holds the best epoch before it."""
+    if math.isfinite(record.train_loss):
+        return
+    kept = (f" The model file holds epoch {run.best_epoch}, the best before it."
+            if run.best_epoch else " No epoch was saved.")
+    precision = (f", or precision: fp32 (this run trained in {opts.precision})"
+                 if opts.precision != "fp32" else "")
+    raise DivergedError(
+        f"epoch {record.epoch}: the mean training loss is {record.train_loss}: training diverged"
+        f" and stopped.{kept} Try a lower lr (now {opts.lr:g}){precision}; a column with extreme"
+        " values can cause it too.")
 
 
 def _finish(run: Progress, report: RowReport, output: Path, run_dir: Path, metric: str,

@@ -65,8 +65,11 @@ def test_multilabel_loss_with_pos_weight_and_threshold_predictions():
 
 @pytest.mark.parametrize("config, where, words", [
     ({"type": "classification", "classes": 1}, "heads.y.classes", "greater than or equal to 2"),
-    ({"type": "classification", "classes": 3, "class_weights": [1, 2]}, "heads.y",
-     "class_weights has 2 values for 3 classes"),
+    ({"type": "classification", "classes": 3, "class_weights": [1, 2]}, "heads.y.class_weights",
+     "2 weights for 3 classes"),
+    ({"type": "classification", "class_weights": [1, 2]}, "heads.y.class_weights",
+     "give weights by class name"),
+    ({"type": "classification", "class_weights": {"a": -1}}, "heads.y.class_weights", ">= 0"),
     ({"type": "classification", "classes": 2, "label_smoothing": 1.0}, "heads.y.label_smoothing",
      "less than 1"),
     ({"type": "regression", "loss": "l2"}, "heads.y.loss", "'mse', 'huber' or 'l1'"),

@@ -40,6 +40,18 @@ def test_committed_reference_is_up_to_date(registry):
     assert not stale, f"docs/components is stale ({', '.join(stale)}): run `make docs`"
 
 
+def test_the_training_guide_lists_every_training_option_as_the_model_says():
+    from polymodal._docs import training_option_rows, with_training_options
+    from polymodal._training.options import TrainingOptions
+
+    guide = DOCS.parent / "training.md"
+    text = guide.read_text(encoding="utf-8")
+    assert with_training_options(text) == text, "docs/training.md is stale: run `make docs`"
+    listed = {row.name.split(".")[0] for row in training_option_rows()}
+    assert listed == set(TrainingOptions.model_fields)
+    assert "| `early_stopping.patience` | `integer | null` | `null` |" in text.replace("\\|", "|")
+
+
 def test_every_example_snippet_validates_in_a_spec(registry):
     for record in registry.components():
         cls = registry.load(record)

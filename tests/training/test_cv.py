@@ -128,6 +128,8 @@ def test_cli_compares_specs_fold_by_fold(tmp_path, capsys):
     assert header.split() == ["head", "label", "both", "x_only", "both", "-", "x_only"]
     accuracy = next(line for line in printed.splitlines() if line.startswith("accuracy"))
     assert accuracy.count("±") == 3 and "/3 better)" in accuracy
+    assert "  label.auroc: Area under the ROC curve. With more than two classes: each class" \
+        " against the rest, averaged over the classes that have rows" in " ".join(printed.split("\n"))
     report = json.loads((tmp_path / "cv" / "report.json").read_text())
     both, x = (np.array([f["label"]["accuracy"] for f in report["specs"][n]["folds"]])
                for n in ("both", "x_only"))

@@ -174,3 +174,21 @@ def test_16_bit_images_make_a_float_batch(tmp_path):
     batch = binding.encode(table, binding.fit(table), targets=False).inputs["scan"]
     assert batch.dtype == torch.float32
     assert torch.allclose(batch[:, 0, 0, 0], torch.tensor([40000 / 65535, 200 / 255]))
+
+
+@pytest.mark.parametrize("dtype, stored, read", [
+    (np.uint8, 255, 1.0), (np.uint16, 4095, 4095 / 65535), (np.bool_, True, 1.0),
+    (np.int8, -7, -7.0), (np.int16, -1200, -1200.0), (np.int32, 70000, 70000.0),
+    (np.uint32, 70000, 70000.0), (np.int64, 3, 3.0), (np.float16, 0.5, 0.5),
+    (np.float64, 2.25, 2.25),
+])
+def test_image_values_are_scaled_by_their_type_as_the_guide_says(tmp_path, dtype, stored, read):
+    import tifffile
+
+    image = np.full((2, 4, 4), stored, dtype=dtype)
+    np.save(tmp_path / "a.npy", image)
+    tifffile.imwrite(tmp_path / "a.tif", image, photometric="minisblack")
+    for path in (tmp_path / "a.npy", tmp_path / "a.tif"):
+        got = read_image(path, channels=2)
+        assert got.dtype == np.float32 and got.shape == (2, 4, 4)
+        assert np.allclose(got, read, rtol=1e-6), (path.suffix, got.flat[0])

@@ -87,3 +87,16 @@ def test_on_epoch_sees_each_epochs_record_and_can_stop_the_run(tmp_path):
     assert [epoch for epoch, _ in seen] == [1, 2] and len(result.history) == 2
     assert [value for _, value in seen] == [r["val"]["loss"] for r in result.history]
     assert result.stopped_early and "stopped after epoch 2, as the caller asked" in said
+
+
+def test_a_loss_that_is_no_longer_a_number_stops_the_run_with_what_to_do(tmp_path):
+    table = write_grouped_table(tmp_path)
+    spec = table_spec(epochs=4, lr=10, optimizer="sgd", momentum=0.99, weight_decay=0,
+                      schedule="none")
+    spec["heads"] = {"value": {"type": "regression", "standardize": False}}
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(polymodal.PolymodalError, match=r"epoch 1: the mean training loss is nan:"
+                       r" training diverged and stopped\. No epoch was saved\. Try a lower lr"
+                       r" \(now 10\); a column with extreme values"):
+        polymodal.train(spec, table, out, progress=False)
+    assert not out.exists()

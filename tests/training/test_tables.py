@@ -135,3 +135,23 @@ def test_text_in_a_dict_of_columns_is_kept_as_python_text_like_csv(trained):
         polymodal.predict(model, {"photo": [image] * 2, "color": ["red", "blue"],
                                   "age": ["41", "??"]})
     assert "<table> row 2, column 'age': '??' is not a number" in str(info.value)
+
+
+def test_class_weights_by_name_train_with_classes_learned_from_data(tmp_path):
+    from training_data import table_spec, write_grouped_table
+
+    table = write_grouped_table(tmp_path)
+    spec = table_spec()
+    spec["heads"]["label"]["class_weights"] = {"yes": 3.0}
+    result = polymodal.train(spec, table, tmp_path / "m.safetensors", progress=False)
+    head = result.model.spec.heads["label"]
+    assert (head.classes, head.class_weights) == (2, [1.0, 3.0])  # classes learned as no, yes
+    assert result.model.heads["label"].class_weights.tolist() == [1.0, 3.0]
+
+    spec["heads"]["label"]["class_weights"] = {"Yes": 3.0}
+    with pytest.raises(polymodal.SpecError) as caught:
+        polymodal.train(spec, table, tmp_path / "n.safetensors", progress=False)
+    assert str(caught.value).startswith(
+        "heads.label.class_weights: no class 'Yes' in the training rows' column 'label'."
+        " Did you mean 'yes'?"), str(caught.value)
+    assert not (tmp_path / "n.safetensors").exists()
