@@ -129,6 +129,10 @@ class Binding:
                 " which its declared_metrics do not list (each needs a Metric with its direction)")
         return values
 
+    def columns(self) -> set[str]:
+        """Every table column the spec's codecs read."""
+        return {c for b in self.inputs + self.heads for c in b.codec.columns()}
+
     def require_columns(self, table: Table, targets: bool) -> None:
         """One error naming every column the spec reads that the table lacks."""
         bound = self.inputs + (self.heads if targets else [])

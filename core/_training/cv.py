@@ -319,8 +319,7 @@ def _strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
 
 
 def _fold_hint(table: Table, specs: list[ModelSpec]) -> str | None:
-    used = {c for s in specs for b in [*Binding(s).inputs, *Binding(s).heads] for c in b.codec.columns()}
-    found = group_like_columns(table, used)
+    found = group_like_columns(table, set().union(*(Binding(s).columns() for s in specs)))
     if not found:
         return None
     return (f"the folds are drawn row by row, but column {found[0].describe()} looks like"
@@ -351,10 +350,14 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
     for fold in range(plan.folds):
         where = f"{name} fold {fold + 1}/{plan.folds}"
         fold_dir = out / name / f"fold_{fold + 1}"
+
+        def say_in_fold(line: str, where: str = where) -> None:
+            say(f"{where}: {line}")
+
         try:
             metrics, predicted = fold_scores(
                 spec, table, plan, fold, fold_dir, options, policy, progress,
-                say_once(lambda line, where=where: say(f"{where}: {line}"), shown))
+                say_once(say_in_fold, shown))
         except SpecError as exc:
             raise (exc.with_source(source) if source else exc) from None
         finally:

@@ -60,8 +60,7 @@ def group_like_columns(table: Table, used: Iterable[str]) -> list[GroupLike]:
 def split_hint(table: Table, binding: Binding) -> str | None:
     """What to say where validation rows were drawn row by row from a table with a column that
     looks like groups; None where it has none."""
-    used = {c for b in [*binding.inputs, *binding.heads] for c in b.codec.columns()}
-    found = group_like_columns(table, used)
+    found = group_like_columns(table, binding.columns())
     if not found:
         return None
     others = ", ".join(repr(g.column) for g in found[1:3])

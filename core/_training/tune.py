@@ -625,11 +625,11 @@ def _write_trials(study: Any, path: Path) -> None:
     writer.writerow(["number", "state", "value", "seconds", "last_step", *params, "worker",
                      "baseline", "error"])
     for t in study.trials:
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
+        seconds = round((t.datetime_complete - t.datetime_start).total_seconds(), 1) \
             if t.datetime_complete and t.datetime_start else ""
         last = max(t.intermediate_values) if t.intermediate_values else ""
         writer.writerow([t.number, t.state.name, "" if t.value is None else t.value,
-                         seconds if seconds == "" else round(seconds, 1), last,
+                         seconds, last,
                          *(t.params.get(p, "") for p in params), t.user_attrs.get("worker", ""),
                          bool(t.user_attrs.get("baseline")), t.user_attrs.get("error", "")])
     write_text(path, text.getvalue())
@@ -652,8 +652,9 @@ def _plots(optuna: Any, study: Any, out: Path) -> list[str]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-                axes = draw(study)
-            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+                axes: Any = draw(study)
+            # One Axes, or an array of them (importances of several objectives).
+            figure: Any = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.tight_layout()
             _save_figure(figure, out / f"{name}.png")
             plt.close(figure)
