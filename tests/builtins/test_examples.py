@@ -16,3 +16,9 @@ def test_example_spec_connects(name):
     spec = polymodal.load_spec(EXAMPLES / name)
     plan = polymodal.plan(spec)
     assert all(signal.width > 0 for signal in plan.fused.values())
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("**/*.yaml")), ids=lambda p: p.name)
+def test_every_example_spec_validates(path):
+    spec = polymodal.load_spec(path)
+    assert spec.heads and spec.inputs
