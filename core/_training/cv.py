@@ -51,6 +51,9 @@ class FoldPlan:
     group_column: str | None = None  # the column whose groups stay together (or fold column)
     from_column: bool = False  # the folds were named by a column
     stratified_by: str | None = None
+    #: The column whose groups stay on one side of each fold's validation split (the rows
+    #: early stopping picks the best epoch on); None: split row by row.
+    split_by: str | None = None
 
     def describe(self) -> str:
         sizes = np.bincount(self.fold_of_row, minlength=self.folds)
@@ -61,7 +64,9 @@ class FoldPlan:
         else:
             how = "row by row"
         strata = f", stratified by {self.stratified_by!r}" if self.stratified_by else ""
-        return (f"{self.folds} folds of {', '.join(map(str, sizes))} rows ({how}{strata})")
+        inner = f"; validation split by {self.split_by!r}" \
+            if self.from_column and self.split_by else ""
+        return f"{self.folds} folds of {', '.join(map(str, sizes))} rows ({how}{strata}{inner})"
 
     def test_positions(self, fold: int) -> np.ndarray:
         return np.flatnonzero(self.fold_of_row == fold)
@@ -214,7 +219,7 @@ def cv(
     spec: SpecLike,
     data: Any,
     *,
-    folds: int | None = 5,
+    folds: int | None = None,
     group_by: str | None = None,
     fold_column: str | None = None,
     stratify: bool = False,
@@ -228,10 +233,12 @@ def cv(
     on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None = None,
 ) -> CVResult:
     """Cross-validate ``spec`` (and each spec in ``compare``, on the same folds) on the table
-    ``data``: K models, each trained on K-1 folds and scored on the fold left out.
+    ``data``: K models (``folds``, default 5), each trained on K-1 folds and scored on the
+    fold left out.
 
     Folds keep the groups of ``group_by`` (default: the spec's ``training.group_by``) together,
-    or are named by ``fold_column``; ``stratify`` balances the classes of the first head's
+    or are named by ``fold_column`` (each fold's validation split then keeps the groups of
+    ``group_by`` whole); ``stratify`` balances the classes of the first head's
     target over the folds. ``options`` override every spec's ``training`` section (``{"epochs":
     3}``); the folds are drawn from ``training.seed``. Results go to ``output`` (default:
     ``<spec name>.cv`` in the current folder). ``on_fold(spec_name, fold, metrics)`` is called
@@ -287,22 +294,36 @@ def plan_folds(table: Table, spec: ModelSpec, *, folds: int | None, group_by: st
                fold_column: str | None, stratify: bool, seed: int) -> FoldPlan:
     """The folds of ``table``: named by ``fold_column``, or drawn with ``seed`` keeping the
     groups of ``group_by`` (default: the spec's ``training.group_by``) together."""
+    group = group_by or spec.training.group_by
     if fold_column is not None:
-        if group_by is not None:
-            raise DataError("--group-by and --fold-column exclude each other: a fold column"
-                            " already keeps each of its folds together")
         if stratify:
             raise DataError("--stratify needs folds to draw; --fold-column names them")
-        return FoldPlan(folds_from_column(table, fold_column, folds),
-                        len(set(group_keys(table, fold_column, "take the fold from"))),
-                        fold_column, from_column=True)
+        fold_of_row = folds_from_column(table, fold_column, folds)
+        if group:  # it splits each fold's training rows for validation: groups stay whole
+            _check_groups_in_one_fold(table, group, fold_of_row, fold_column)
+        return FoldPlan(fold_of_row, int(fold_of_row.max()) + 1, fold_column, from_column=True,
+                        split_by=group)
     folds = 5 if folds is None else folds
-    group = group_by or spec.training.group_by
     groups = group_keys(table, group, "group the folds by") if group else None
     strata, stratified_by = _strata(table, spec) if stratify else (None, None)
     fold_of_row = assign_folds(len(table), folds, groups=groups, strata=strata, seed=seed,
                                source=table.source)
-    return FoldPlan(fold_of_row, folds, group, stratified_by=stratified_by)
+    return FoldPlan(fold_of_row, folds, group, stratified_by=stratified_by, split_by=group)
+
+
+def _check_groups_in_one_fold(table: Table, group: str, fold_of_row: np.ndarray,
+                              fold_column: str) -> None:
+    """Each group of ``group`` lies in one fold of ``fold_column``: a group in two folds would
+    be trained on and scored on."""
+    folds_of: dict[str, set[int]] = {}
+    for key, fold in zip(group_keys(table, group, "group the validation split by"), fold_of_row):
+        folds_of.setdefault(key, set()).add(int(fold))
+    split = sorted(k for k, f in folds_of.items() if len(f) > 1)
+    if split:
+        raise DataError(f"{table.source}: group {split[0]!r} of column {group!r} has rows in"
+                        f" {len(folds_of[split[0]])} folds of column {fold_column!r}"
+                        f" ({len(split)} such group(s)): its rows would be trained on and scored"
+                        " on; name folds that keep each group whole")
 
 
 def _strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
@@ -399,7 +420,7 @@ def fold_scores(spec: ModelSpec, table: Table, plan: FoldPlan, fold: int, fold_d
     train_table = table.take(plan.train_positions(fold))
     test_table = table.take(plan.test_positions(fold))
     result = train(spec, train_table, fold_dir / "model.safetensors", run_dir=fold_dir,
-                   group_by=plan.group_column, options=options, on_bad_row=policy,
+                   group_by=plan.split_by, options=options, on_bad_row=policy,
                    progress=progress, log=say)
     device = str(resolve_device(str(options.get("device", spec.training.device))))
     scored = evaluate(result.model, test_table, on_bad_row=policy, device=device)

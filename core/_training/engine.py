@@ -434,6 +434,10 @@ class _Epochs:
         # Parameters a component froze itself stay frozen when training.freeze_backbones ends.
         self.trainable = {id(p) for p in parts.model.parameters() if p.requires_grad}
         self.first: int | None = None  # the first epoch this process runs
+        # Some CPU bf16 convolution kernels now and then return non-finite weight gradients
+        # (seen for 1x1 feature maps): such a step is skipped, as fp16's loss scaler does.
+        self.guard_gradients = context.device.type == "cpu" and opts.precision == "bf16"
+        self.skipped = 0  # steps skipped in the current epoch
         pinned = context.device.type == "cuda"
         dataset, val_dataset = _datasets(rows, parts, opts)
         self.plan = BatchPlan()
@@ -466,6 +470,10 @@ class _Epochs:
             if self.on_step is not None:
                 self.on_step(epoch, step)
         bar.close()
+        if self.skipped:
+            say(f"note: epoch {epoch}: {self.skipped} step(s) skipped, their gradients were not"
+                " finite in bf16 (a fault of some CPU bf16 kernels; precision: fp32 avoids it)")
+            self.skipped = 0
         seconds = time.perf_counter() - bar.started
         loss_total, rows_total = distributed.summed(context, loss_sum, seen)  # every process's rows
         return EpochRecord(epoch, loss_total / max(rows_total, 1), lr, round(seconds, 3),
@@ -501,7 +509,10 @@ class _Epochs:
             parts.scaler.update()
         else:
             loss.backward()
-            parts.optimizer.step()
+            if self.guard_gradients and not _finite_gradients(parts.model):
+                self.skipped += 1
+            else:
+                parts.optimizer.step()
         parts.scheduler.step()
         return loss
 
@@ -514,6 +525,12 @@ class _Epochs:
                             opts.channels_last)
         per_head = head_metrics(collected, parts.binding, parts.state)
         return Validation(sum(self.weights[h] * m["loss"] for h, m in per_head.items()), per_head)
+
+
+def _finite_gradients(model: torch.nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    # A norm is finite exactly when every value it sums is (or it overflows: as bad a step).
+    return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
 
 def _write_epoch(parts: _Parts, progress: Progress, improved: bool, output: Path, run_dir: Path,

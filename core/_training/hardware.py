@@ -1,10 +1,12 @@
 """What the hardware decides: the precision a run trains in, and torch's thread count.
 
-``precision: auto`` (the default) trains in bf16 only where the device runs it natively: a CPU
-with bf16 instructions (AVX512-BF16 or AMX on x86, the BF16 extension on ARM) or a GPU that
-supports it; fp16 on a CUDA GPU without bf16; fp32 everywhere else. Where bf16 is only
-emulated, autocast makes training slower, not faster, so an explicit ``precision: bf16`` there
-is warned about, with the slowdown measured on the spot.
+``precision: auto`` (the default) trains a CUDA GPU in bf16 where it runs bf16 natively and in
+fp16 (with a loss scaler) where it does not; a CPU trains in fp32. bf16 on a CPU is only asked
+for explicitly: where the CPU has bf16 instructions (AVX512-BF16 or AMX on x86, the BF16
+extension on ARM) it is faster, but some of its convolution kernels now and then return
+non-finite weight gradients (torch 2.14 on an AMX CPU: a ResNet's 1x1 feature maps, one backward
+pass in tens), so a run's results no longer repeat exactly; where the CPU lacks them, bf16 is
+emulated and slower than fp32, which a warning says, with the slowdown measured on the spot.
 """
 
 from __future__ import annotations
@@ -106,8 +108,9 @@ def _automatic(device: torch.device) -> tuple[str, str]:
     if device.type == "cpu":
         found = cpu_bf16_instructions()
         if found:
-            return "bf16", f"this CPU has {found} instructions"
-        return "fp32", "this CPU has no native bf16 instructions"
+            return "fp32", (f"on a CPU; precision: bf16 uses its {found} instructions, faster"
+                            " but not exactly repeatable")
+        return "fp32", "on a CPU without native bf16 instructions"
     return "fp32", f"mixed precision is not chosen automatically on {device.type}"
 
 

@@ -55,10 +55,11 @@ class TrainingOptions(_Options):
         default_factory=dict, description="Weight of each head's loss (head name -> weight;"
         " default 1).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast precision. auto: bf16 where the device runs it natively"
-        " (a CPU with AVX512-BF16, AMX or ARM BF16; a GPU with bf16), fp16 on a CUDA GPU"
-        " without bf16, fp32 elsewhere. bf16 on a CPU without those instructions is emulated"
-        " and slower than fp32 (a warning says so); fp16 needs a CUDA GPU.")
+        "auto", description="Autocast precision. auto: on a CUDA GPU bf16 where it runs bf16"
+        " natively, else fp16; fp32 on a CPU. bf16 on a CPU with AVX512-BF16, AMX or ARM BF16"
+        " is faster but not exactly repeatable (a step whose gradients are not finite is"
+        " skipped and noted); without those instructions it is emulated and slower than fp32"
+        " (a warning says so). fp16 needs a CUDA GPU.")
     channels_last: bool = Field(False, description="Channels-last memory format for images.")
     compile: bool = Field(False, description="torch.compile the model (slow first steps).")
     seed: int = Field(0, description="Seed of initialisation, shuffling, augmentation and"

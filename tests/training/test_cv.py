@@ -168,7 +168,8 @@ def test_stratify_needs_a_categorical_target(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--fold-column", "fold", "--group-by", "site"], "--group-by and --fold-column exclude each other"),
+    (["--fold-column", "fold", "--group-by", "kind"],
+     "group 'a' of column 'kind' has rows in 3 folds of column 'fold' (2 such group(s))"),
     (["--fold-column", "fold", "--stratify"], "--stratify needs folds to draw"),
     (["--folds", "1"], "--folds 1: cross-validation needs at least 2 folds"),
     (["--group-by", "sight"], "no column 'sight' to group the folds by. Did you mean 'site'?"),
@@ -181,3 +182,33 @@ def test_cli_mistakes_are_one_clear_message(tmp_path, capsys, arguments, message
     assert main(["cv", str(spec), "--data", str(table), "-o", str(tmp_path / "cv"), *arguments]) == 1
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
+
+
+def test_named_folds_split_their_validation_rows_by_the_groups_given(tmp_path):
+    table = write_grouped_table(tmp_path)
+    sites = {r["site"]: r["fold"] for r in read_csv(table)}
+    result = polymodal.cv(table_spec(), table, fold_column="fold", group_by="site",
+                          output=tmp_path / "cv", progress=False)
+    assert result.plan.describe() == ("3 folds of 16, 16, 16 rows (taken from column 'fold';"
+                                      " validation split by 'site')")
+    for fold in (1, 2, 3):
+        held = read_csv(tmp_path / "cv" / "tab" / f"fold_{fold}" / "validation_rows.csv")
+        held_sites = {r["site"] for r in held}
+        # Whole sites of the training folds, not a whole fold (which would halve the training).
+        assert held_sites and all(sites[s] != str(fold) for s in held_sites)
+        assert len({sites[s] for s in held_sites}) <= 2 and len(held) < 16
+
+
+def test_folds_written_out_and_named_again_give_the_same_scores(tmp_path):
+    from training_data import write_csv
+
+    table = write_grouped_table(tmp_path)
+    drawn = polymodal.cv(table_spec(), table, folds=3, group_by="site", output=tmp_path / "a")
+    fold_of = {r["row"]: r["fold"] for r in read_csv(tmp_path / "a" / "folds.csv")}
+    rows = read_csv(table)
+    for number, row in enumerate(rows, start=1):
+        row["fold"] = fold_of[str(number)]
+    named_table = write_csv(tmp_path / "named.csv", rows)
+    named = polymodal.cv(table_spec(), named_table, fold_column="fold", group_by="site",
+                         output=tmp_path / "b")
+    assert named.scores[0].folds == drawn.scores[0].folds

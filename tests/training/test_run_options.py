@@ -12,13 +12,51 @@ from polymodal._training import hardware
 from training_data import table_spec, write_grouped_table
 
 
-@pytest.mark.parametrize("found, chosen", [("AMX-BF16", "bf16"), (None, "fp32")])
-def test_precision_auto_takes_bf16_only_where_the_cpu_has_it(monkeypatch, found, chosen):
+@pytest.mark.parametrize("found, why", [
+    ("AMX-BF16", "on a CPU; precision: bf16 uses its AMX-BF16 instructions, faster but not"
+                 " exactly repeatable"),
+    (None, "on a CPU without native bf16 instructions")])
+def test_precision_auto_trains_a_cpu_in_fp32_and_says_why(monkeypatch, found, why):
     monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: found)
     said: list[str] = []
-    assert hardware.choose_precision("auto", torch.device("cpu"), said.append) == chosen
-    assert said == [f"precision auto: {chosen} (this CPU has {found} instructions)" if found
-                    else "precision auto: fp32 (this CPU has no native bf16 instructions)"]
+    assert hardware.choose_precision("auto", torch.device("cpu"), said.append) == "fp32"
+    assert said == [f"precision auto: fp32 ({why})"]
+
+
+class _NonFiniteGradient(torch.autograd.Function):
+    """The identity, whose gradient is NaN: what a faulty kernel leaves behind."""
+
+    @staticmethod
+    def forward(ctx, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+def test_bf16_on_a_cpu_skips_a_step_whose_gradients_are_not_finite(tmp_path, monkeypatch):
+    from polymodal._training import engine
+
+    calls = []
+
+    def losses_faulty_once(*args):
+        losses = head_losses(*args)
+        calls.append(1)
+        if len(calls) == 2:  # the second step's backward pass gives NaN gradients
+            losses = {h: (_NonFiniteGradient.apply(l), o, t) for h, (l, o, t) in losses.items()}
+        return losses
+
+    head_losses = engine.head_losses
+    monkeypatch.setattr(engine, "head_losses", losses_faulty_once)
+    said: list[str] = []
+    result = polymodal.train(table_spec(epochs=2, precision="bf16"), write_grouped_table(tmp_path),
+                             tmp_path / "m.safetensors", progress=False, log=said.append)
+    assert [line for line in said if "skipped" in line] == [
+        "note: epoch 1: 1 step(s) skipped, their gradients were not finite in bf16 (a fault of"
+        " some CPU bf16 kernels; precision: fp32 avoids it)"]
+    weights = [p for p in result.model.parameters()]
+    assert all(torch.isfinite(p).all() for p in weights)
 
 
 def test_precision_auto_on_a_gpu_prefers_bf16_then_fp16(monkeypatch):
@@ -36,7 +74,7 @@ def test_the_default_precision_is_auto_and_the_saved_spec_keeps_it(tmp_path, mon
     said: list[str] = []
     result = polymodal.train(spec, write_grouped_table(tmp_path), tmp_path / "m.safetensors",
                              log=said.append, progress=False)
-    assert "precision auto: fp32 (this CPU has no native bf16 instructions)" in said
+    assert "precision auto: fp32 (on a CPU without native bf16 instructions)" in said
     assert result.model.spec.training.precision == "auto"
 
 
