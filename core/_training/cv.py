@@ -34,7 +34,14 @@ from .._errors import DataError, SpecError
 from .._files import write_text
 from .._spec import ModelSpec, load_spec
 from .engine import CHECKPOINT, train
-from .folds import assign_folds, folds_from_column, group_keys, group_like_columns
+from .folds import (
+    SPLIT_HINT_START,
+    assign_folds,
+    folds_from_column,
+    group_hint,
+    group_keys,
+    group_like_columns,
+)
 from .report import json_safe
 
 #: More distinct target values than this share of the rows means a target to regress on, not
@@ -178,7 +185,7 @@ class CVResult:
         differences of the first spec with each other one."""
         lines = [f"{self.rows} rows, {self.plan.describe()}; {self.seconds:.0f} s"]
         if self.hint:
-            lines.append(f"hint: {self.hint}")
+            lines.append(f"note: {self.hint}")
         first = self.scores[0]
         others = {s.name: self.differences(s) for s in self.scores[1:]}
         for head, metrics in first.metrics().items():
@@ -263,7 +270,7 @@ def cv(
     if plan.group_column is None:
         hint = _fold_hint(table, [s for _, s, _ in specs])
         if hint:
-            say(f"hint: {hint}")
+            say(f"note: {hint}")
     _write_folds(out, table, plan)
     say(f"{len(table)} rows, {plan.describe()}; results in {out}")
     scores = []
@@ -343,10 +350,8 @@ def _fold_hint(table: Table, specs: list[ModelSpec]) -> str | None:
     found = group_like_columns(table, set().union(*(Binding(s).columns() for s in specs)))
     if not found:
         return None
-    return (f"the folds are drawn row by row, but column {found[0].describe()} looks like"
-            " groups. If its rows belong together (one patient, field or claim), rows of one"
-            " group in several folds make the scores optimistic: pass --group-by"
-            f" {found[0].column}, or --fold-column COLUMN to name the folds yourself")
+    return group_hint(found, "the folds are drawn", "pass --group-by COL, or --fold-column"
+                      " FOLD_COLUMN to name the folds yourself")
 
 
 def _write_folds(out: Path, table: Table, plan: FoldPlan) -> None:
@@ -378,7 +383,7 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
         try:
             metrics, predicted = fold_scores(
                 spec, table, plan, fold, fold_dir, options, policy, progress,
-                say_once(say_in_fold, shown))
+                say_once(say_in_fold, shown, leave_out=(SPLIT_HINT_START,)))
         except SpecError as exc:
             raise (exc.with_source(source) if source else exc) from None
         finally:
@@ -398,9 +403,13 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
     return scores
 
 
-def say_once(say: Callable[[str], None], shown: set[str]) -> Callable[[str], None]:
-    """``say`` that gives each note (the same for every fold or trial) only the first time."""
+def say_once(say: Callable[[str], None], shown: set[str],
+             leave_out: tuple[str, ...] = ()) -> Callable[[str], None]:
+    """``say`` that gives each note (the same for every fold or trial) only the first time, and
+    no line that begins as one of ``leave_out``."""
     def said(line: str) -> None:
+        if line.startswith(leave_out):
+            return
         if line.startswith(("note:", "precision auto:", "warning:")):
             if line in shown:
                 return

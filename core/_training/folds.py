@@ -22,6 +22,9 @@ from .._errors import DataError, did_you_mean
 if TYPE_CHECKING:
     from .._data.binding import Binding
 
+#: How the note about a row-by-row validation split begins (a cross-validation, which notes
+#: the folds once, leaves out each fold's).
+SPLIT_HINT_START = "note: the validation rows were drawn row by row"
 #: A column is taken for a group column when it has at least this many distinct values ...
 MIN_GROUPS = 5
 #: ... and its values come on this many rows each, on average.
@@ -35,6 +38,9 @@ class GroupLike:
     column: str
     groups: int
     rows: int  # rows with a value
+    #: Other columns constant within each of its groups (a patient's sex and birth year): what
+    #: tells an identifier from a value that merely repeats (a visit number).
+    determines: int = 0
 
     def describe(self) -> str:
         return f"{self.column!r} ({self.groups} values on {self.rows} rows," \
@@ -43,18 +49,52 @@ class GroupLike:
 
 def group_like_columns(table: Table, used: Iterable[str]) -> list[GroupLike]:
     """Columns the spec does not read whose values repeat across rows like group identifiers
-    (at least MIN_GROUPS values, each on MIN_ROWS_PER_GROUP rows on average); most repeated
-    first."""
+    (at least MIN_GROUPS values, each on MIN_ROWS_PER_GROUP rows on average; not fractional
+    numbers, which are measurements). Most likely first: the column that fixes the most other
+    columns within its groups, then the one with the most groups."""
     used = set(used)
+    keys = {name: np.array([_key(v) for v in values], dtype=object)
+            for name, values in table.columns.items()}
     found = []
     for name, values in table.columns.items():
-        if name in used:
+        present = [k for k, v in zip(keys[name], values) if not is_missing(v)]
+        groups = len(set(present))
+        if name in used or groups < MIN_GROUPS or len(present) < MIN_ROWS_PER_GROUP * groups \
+                or _fractional(present):
             continue
-        keys = [_key(v) for v in values if not is_missing(v)]
-        groups = len(set(keys))
-        if groups >= MIN_GROUPS and len(keys) >= MIN_ROWS_PER_GROUP * groups:
-            found.append(GroupLike(name, groups, len(keys)))
-    return sorted(found, key=lambda g: (-g.rows / g.groups, g.column))
+        determines = sum(_constant_within(keys[name], other)
+                         for column, other in keys.items() if column != name)
+        found.append(GroupLike(name, groups, len(present), determines))
+    return sorted(found, key=lambda g: (-g.determines, -g.groups, g.column))
+
+
+def _fractional(keys: list[str]) -> bool:
+    """Whether the values are numbers and some are not whole (a measurement, not an id)."""
+    try:
+        return any(not float(k).is_integer() for k in keys)
+    except ValueError:
+        return False
+
+
+def _constant_within(groups: np.ndarray, values: np.ndarray) -> bool:
+    """Whether ``values`` is the same on every row of each group, and not the same
+    everywhere (a constant column says nothing)."""
+    seen: dict[str, str] = {}
+    for group, value in zip(groups, values):
+        if seen.setdefault(group, value) != value:
+            return False
+    return len(set(seen.values())) > 1
+
+
+def group_hint(found: list[GroupLike], drawn: str, fix: str) -> str:
+    """The hint where ``drawn`` (what was split row by row) ignores the likely groups
+    ``found``; ``fix`` says how to name them (``--group-by COL``, with COL in it)."""
+    first = found[0]
+    others = ", ".join(repr(g.column) for g in found[1:3])
+    return (f"{drawn} row by row, but column {first.describe()} looks like groups. If its rows"
+            " belong together (one patient, field or claim), a group on both sides of a split"
+            f" makes the scores optimistic: {fix.replace('COL', first.column)}"
+            + (f". Other such columns: {others}" if others else ""))
 
 
 def split_hint(table: Table, binding: Binding) -> str | None:
@@ -63,11 +103,8 @@ def split_hint(table: Table, binding: Binding) -> str | None:
     found = group_like_columns(table, binding.columns())
     if not found:
         return None
-    others = ", ".join(repr(g.column) for g in found[1:3])
-    return (f"the validation rows were drawn row by row, but column {found[0].describe()} looks"
-            f" like groups. If its rows belong together (one patient, field or claim), a group"
-            f" with rows on both sides of the split makes validation optimistic: pass --group-by"
-            f" {found[0].column} (training.group_by)" + (f". Other such columns: {others}" if others else ""))
+    return group_hint(found, "the validation rows were drawn", "pass --group-by COL"
+                      " (training.group_by)")
 
 
 def _key(value: object) -> str:

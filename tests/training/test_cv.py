@@ -145,7 +145,9 @@ def test_a_column_that_looks_like_groups_is_hinted_at(tmp_path):
     lines: list[str] = []
     result = polymodal.cv(table_spec(), table, folds=3, output=tmp_path / "cv", log=lines.append)
     hint = "column 'site' (12 values on 48 rows, 4.0 a value) looks like groups"
-    assert any(hint in line and "--group-by site" in line for line in lines)
+    assert sum("looks like groups" in line for line in lines) == 1, lines  # not once a fold
+    assert any(line.startswith("note: the folds are drawn row by row") and hint in line
+               and "--group-by site" in line for line in lines)
     assert hint in result.table()
     # training alone says it where the validation split is drawn row by row ...
     said: list[str] = []
@@ -212,3 +214,16 @@ def test_folds_written_out_and_named_again_give_the_same_scores(tmp_path):
     named = polymodal.cv(table_spec(), named_table, fold_column="fold", group_by="site",
                          output=tmp_path / "b")
     assert named.scores[0].folds == drawn.scores[0].folds
+
+
+def test_the_likely_group_column_is_the_one_that_fixes_other_columns():
+    from polymodal._training.folds import group_like_columns
+
+    rng = np.random.default_rng(0)
+    rows = [(f"P{p:02d}", visit, 40 + p % 7, "MF"[p % 2], round(float(rng.normal()), 3))
+            for p in range(12) for visit in range(6)]
+    columns = dict(zip(["patient_id", "visit", "age", "sex", "marker"], map(list, zip(*rows))))
+    found = group_like_columns(read_table(columns), used=["marker"])
+    # A visit number repeats more, but only a patient fixes the patient's age and sex.
+    assert [g.column for g in found][:2] == ["patient_id", "age"]
+    assert "visit" in [g.column for g in found] and "marker" not in [g.column for g in found]
