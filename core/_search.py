@@ -222,9 +222,10 @@ def _try(validate: Callable[[dict[str, Any]], Any], base: Mapping[str, Any], pat
         said = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in exc.problems)
         if path.endswith(".type"):  # another component type rarely takes the same options
             component = path.removesuffix(".type")
-            said += (f". To switch between components with options of their own, search over"
-                     f" whole components: `{component}: {{type: categorical, choices:"
-                     f" [{{type: ..., ...}}, {{type: ..., ...}}]}}`")
+            said = said.rstrip(".") + (
+                ". To switch between components with options of their own, search over whole"
+                f" components: `{component}: {{type: categorical, choices: [{{type: ..., ...}},"
+                " {type: ..., ...}]}`")
         problems.append((where, f"{label(value)} does not make a valid spec: {said}"))
 
 

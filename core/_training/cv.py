@@ -31,7 +31,7 @@ import numpy as np
 from .._data.binding import Binding
 from .._data.table import Table, read_table
 from .._errors import DataError, SpecError
-from .._files import write_text
+from .._files import output_lock, write_text
 from .._spec import ModelSpec, load_spec
 from .engine import CHECKPOINT, train
 from .folds import (
@@ -174,8 +174,9 @@ class CVResult:
             said = {m.name: m.description for m in binding.head_codec(head).declared_metrics}
             for metric in metrics:
                 undefined = max(int(np.isnan(s.values(head, metric)).sum()) for s in self.scores)
-                gap = (f" Not defined in {undefined} of {self.plan.folds} fold(s) of some spec:"
-                       " left out of its mean." if undefined else "")
+                whose = " of some spec" if len(self.scores) > 1 else ""
+                gap = (f" Not defined in {undefined} of {self.plan.folds} fold(s){whose}: left"
+                       " out of the mean." if undefined else "")
                 text = said.get(metric, "the head's loss" if metric == "loss" else "")
                 lines.append(f"  {head}.{metric}: {text}{gap}".rstrip())
         return lines
@@ -271,15 +272,18 @@ def cv(
         hint = _fold_hint(table, [s for _, s, _ in specs])
         if hint:
             say(f"note: {hint}")
-    _write_folds(out, table, plan)
-    say(f"{len(table)} rows, {plan.describe()}; results in {out}")
-    scores = []
-    for name, each, source in specs:
-        predictions = out / ("oof_predictions.csv" if len(specs) == 1 else f"{name}_oof_predictions.csv")
-        scores.append(_run_spec(name, each, source, table, plan, out, predictions, options,
-                                on_bad_row, keep_checkpoints, progress, say, on_fold))
-    result = CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint)
-    _write_report(result)
+    # One cross-validation a folder: another one there would mix its folds into this report.
+    with output_lock(out, what="cross-validation folder", note=say):
+        _write_folds(out, table, plan)
+        say(f"{len(table)} rows, {plan.describe()}; results in {out}")
+        scores = []
+        for name, each, source in specs:
+            predictions = out / ("oof_predictions.csv" if len(specs) == 1
+                                 else f"{name}_oof_predictions.csv")
+            scores.append(_run_spec(name, each, source, table, plan, out, predictions, options,
+                                    on_bad_row, keep_checkpoints, progress, say, on_fold))
+        result = CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint)
+        _write_report(result)
     return result
 
 

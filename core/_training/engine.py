@@ -243,7 +243,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
-    on_epoch: Callable[[dict[str, Any], float], bool | None] | None = None,
+    on_epoch: Callable[[dict[str, Any], float], bool | str | None] | None = None,
 ) -> TrainResult:
     """Train the model ``spec`` describes on the table ``data`` and save the best epoch to
     ``output`` (with its fitted preprocessing).
@@ -255,8 +255,8 @@ def train(
     ``on_step(epoch, step)`` is called after every optimisation step.
     ``on_epoch(record, value)`` is called after every epoch (once its files are written) with
     the epoch's record (as in ``history``) and the value of ``early_stopping.metric``; a true
-    return stops the run there, like early stopping. In a data-parallel run every process calls
-    it and must return the same answer.
+    return stops the run there, like early stopping (a text says why, in the log). In a
+    data-parallel run every process calls it and must return the same answer.
 
     While the run lasts, ``output`` and ``run_dir`` are locked: another run on either fails at
     once with an :class:`~polymodal.PolymodalError` naming this one.
@@ -551,10 +551,14 @@ class _Hooks:
     """What the caller of :func:`train` asked to be called with."""
 
     on_step: Callable[[int, int], None] | None
-    on_epoch: Callable[[dict[str, Any], float], bool | None] | None
+    on_epoch: Callable[[dict[str, Any], float], bool | str | None] | None
 
-    def stop_after(self, record: EpochRecord, value: float) -> bool:
-        return self.on_epoch is not None and bool(self.on_epoch(record.to_dict(), value))
+    def stop_after(self, record: EpochRecord, value: float) -> str | None:
+        """Why the caller stops the run after ``record``'s epoch; None where it goes on."""
+        answer = self.on_epoch(record.to_dict(), value) if self.on_epoch is not None else None
+        if not answer:
+            return None
+        return answer if isinstance(answer, str) else "the caller asked"
 
 
 def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, policy: str,
@@ -595,9 +599,10 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
             stopped_early = True
             say(f"early stop: {metric} has not improved for {run.stale} epoch(s)")
             break
-        if hooks.stop_after(record, record.value(metric)):
+        stop = hooks.stop_after(record, record.value(metric))
+        if stop:
             stopped_early = True
-            say(f"stopped after epoch {epoch}, as the caller asked")
+            say(f"stopped after epoch {epoch}: {stop}")
             break
     return _finish(run, rows.report, output, run_dir, metric, stopped_early, context, say)
 

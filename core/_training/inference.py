@@ -21,7 +21,7 @@ import torch
 from .._data.binding import Binding, Encoded
 from .._data.codec import RowIssues, State, add_examples
 from .._data.table import Table, iter_table
-from .._errors import DataError, ModelFileError, did_you_mean
+from .._errors import DataError, ModelFileError, OutputError, did_you_mean
 from .._files import atomic_open, output_lock
 
 if TYPE_CHECKING:
@@ -71,6 +71,9 @@ class RowReport:
         return {"skipped_rows": len(self.skipped), "skipped": self.skipped,
                 "notes": dict(self.notes), "note_examples": self.examples}
 
+
+#: Names of model files and exports: never overwritten by a table of predictions.
+MODEL_SUFFIXES = (".safetensors", ".onnx", ".pt2", ".pt", ".pth")
 
 def check_policy(policy: str) -> None:
     if policy not in BAD_ROW_POLICIES:
@@ -313,6 +316,9 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     ``model`` is a model, a model file, or an ONNX file ``polymodal export`` wrote (run by ONNX
     Runtime, with the same preprocessing).
     """
+    if output is not None and Path(output).suffix.lower() in MODEL_SUFFIXES:
+        raise OutputError(f"{output}: predictions are written as a CSV table, and this is a"
+                          f" model file's name ({Path(output).suffix}); write them to a .csv")
     model, source = _load(model, exports=True)
     state = model_state(model, source)
     target = torch.device(device)

@@ -29,14 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from .._data.binding import Binding
 from .._data.table import Table, read_table
 from .._errors import ConnectionMismatch, PolymodalError, SpecError
-from .._files import write_text
+from .._files import atomic_path, write_text
 from .._search import Choice, FloatRange, IntRange, label, plain_data, put
 from .._spec import ModelSpec, load_spec
 from . import distributed, objective
 from .cv import FoldPlan, fold_scores, plan_folds, say_once
 from .engine import CHECKPOINT, train
+from .folds import group_keys
 from .report import json_safe
 
 #: Errors that fail one trial (its combination of values does not fit together) but not the
@@ -144,13 +146,18 @@ def tune(
         raise TuneError(f"--trials {trials}: run at least one trial")
     check_connections(spec)
     options = {k: v for k, v in (options or {}).items() if v is not None}
+    _check_overrides(options, spec.search)
     metric, higher = objective.monitored(spec)
     out = Path(output) if output is not None else Path(f"{spec.name}.tune")
-    out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study or spec.name
     table = read_table(data)
+    Binding(spec).require_columns(table, targets=True)
     plan = _fold_plan(table, spec, folds, group_by, fold_column, stratify, options)
+    split_by = group_by or spec.training.group_by
+    if plan is None and split_by:  # a missing column is found now, not in the first trial
+        group_keys(table, split_by, "group the validation split by")
+    out.mkdir(parents=True, exist_ok=True)
     group = _Group(str(options.get("device", spec.training.device)))
     runner = _Runner(spec, table, plan, out, options, group_by, on_bad_row, keep_checkpoints,
                      metric, higher, say, group)
@@ -168,6 +175,16 @@ def tune(
         group.finish()
     notes += write_results(optuna, opened, runner, out)
     return _result(opened, out, name, url, metric, higher, ran, notes)
+
+
+def _check_overrides(options: Mapping[str, Any], space: Mapping[str, Any]) -> None:
+    """A command-line override of a training option the search varies would make every trial
+    the same there, and the best spec written out would not be what scored."""
+    for option in options:
+        if f"training.{option}" in space:
+            flag = "--" + option.replace("_", "-")
+            raise TuneError(f"{flag} sets training.{option}, which the spec's search varies:"
+                            f" leave {flag} out, or take training.{option} out of the search")
 
 
 def _fold_plan(table: Table, spec: ModelSpec, folds: int | None, group_by: str | None,
@@ -354,10 +371,11 @@ class _Runner:
         if self.plan is None:
             pruned = []
 
-            def on_epoch(row: dict[str, Any], value: float) -> bool:
+            def on_epoch(row: dict[str, Any], value: float) -> str | None:
                 if report(row["epoch"], value):
                     pruned.append(row["epoch"])
-                return bool(pruned)
+                    return "pruned, worse than the median of earlier trials at this epoch"
+                return None
 
             result = train(spec, self.table, folder / MODEL, run_dir=folder,
                            group_by=self.group_by, options=self.options,
@@ -374,7 +392,7 @@ class _Runner:
             finally:
                 self._tidy_fold(fold_dir)
             values.append(objective.value_of(metrics, self.metric, spec))
-            if report(fold, float(np.mean(values))):
+            if report(fold + 1, float(np.mean(values))):  # steps count folds from 1, as epochs
                 raise _Pruned()
         return float(np.mean(values))
 
@@ -491,14 +509,17 @@ def _open_study(optuna: Any, url: str, name: str, metric: str, higher: bool, hea
                                 f" ({type(exc).__name__}: {exc})") from None
             time.sleep(1 + attempt)
     # Steps below n_warmup_steps are not judged. Per epoch (steps 1, 2, ...) the first epoch
-    # is too noisy to judge by (a warming-up schedule has barely begun); per fold (steps 0,
-    # 1, ...) one fold is enough.
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0 if by_fold else 2)
+    # is too noisy to judge by (a warming-up schedule has barely begun); per fold (steps 1,
+    # 2, ...) one fold is enough.
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1 if by_fold else 2)
               if pruning else optuna.pruners.NopPruner())
     direction = "maximize" if higher else "minimize"
     study = optuna.create_study(storage=storage, study_name=name, direction=direction,
-                                load_if_exists=True, pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+                                load_if_exists=True, pruner=pruner)
+    # A resumed study's sampler is seeded past the trials it has: the same seed again would
+    # draw the values of its first trials again.
+    seed = None if sampler_seed is None else sampler_seed + len(study.trials)
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
     known = study.user_attrs.get("metric")
     if known is None:
         study.set_user_attr("metric", metric)
@@ -589,7 +610,12 @@ def _best_model(best: Any, runner: _Runner, out: Path) -> list[str]:
         return []
     source = runner.trial_dir(best.number) / MODEL
     if runner.plan is None and source.is_file():
-        shutil.copyfile(source, target)
+        with atomic_path(target) as pending:  # the trial's file itself where it can be
+            pending.unlink()
+            try:
+                os.link(source, pending)
+            except OSError:
+                shutil.copyfile(source, pending)
     elif runner.plan is not None:
         runner.say(f"training the best spec (trial {best.number}) on every row for its model file")
         spec = runner.trial_spec(json.loads(best.user_attrs["spec"]))
@@ -631,8 +657,17 @@ def _write_trials(study: Any, path: Path) -> None:
         writer.writerow([t.number, t.state.name, "" if t.value is None else t.value,
                          seconds, last,
                          *(t.params.get(p, "") for p in params), t.user_attrs.get("worker", ""),
-                         bool(t.user_attrs.get("baseline")), t.user_attrs.get("error", "")])
+                         bool(t.user_attrs.get("baseline")), _error(t)])
     write_text(path, text.getvalue())
+
+
+def _error(trial: Any) -> str:
+    """Why ``trial`` failed, as recorded; for one whose process ended without saying (killed,
+    or its machine went down), what the study saw."""
+    said = trial.user_attrs.get("error", "")
+    if said or trial.state.name != "FAIL":
+        return said
+    return "its process stopped sending heartbeats (killed?); the study runs its values again"
 
 
 def _plots(optuna: Any, study: Any, out: Path) -> list[str]:
@@ -664,12 +699,5 @@ def _plots(optuna: Any, study: Any, out: Path) -> list[str]:
 
 
 def _save_figure(figure: Any, path: Path) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as pending:
+        figure.savefig(pending, dpi=80, format="png")

@@ -239,3 +239,29 @@ def test_resume_still_continues_a_whole_checkpoint(finished_run, tmp_path):
     weights = load_file(str(tmp_path / "m.safetensors"))
     original = load_file(str(finished_run / "m.safetensors"))
     assert all(torch.equal(weights[k], original[k]) for k in original)
+
+
+def test_predictions_never_overwrite_a_model_file(trained, tmp_path, capsys):
+    model, table = trained
+    target = tmp_path / "other.safetensors"
+    shutil.copyfile(model, target)
+    before = target.read_bytes()
+    assert main(["predict", str(model), "--data", str(table), "-o", str(target)]) == 1
+    assert (f"{target}: predictions are written as a CSV table, and this is a model file's name"
+            " (.safetensors); write them to a .csv") in capsys.readouterr().err
+    assert target.read_bytes() == before
+
+
+def test_a_second_cross_validation_into_a_running_ones_folder_fails_at_once(tmp_path, capsys):
+    from polymodal._files import output_lock
+    from training_data import table_spec, write_grouped_table
+
+    table = write_grouped_table(tmp_path)
+    spec = tmp_path / "tab.yaml"
+    spec.write_text(yaml.safe_dump(table_spec()))
+    out = tmp_path / "cv"
+    with output_lock(out, what="cross-validation folder"):  # as a running `polymodal cv` holds it
+        assert main(["cv", str(spec), "--data", str(table), "--folds", "3", "-o", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f"{out}: this cross-validation folder is being written by another polymodal run" in error
+    assert not (out / "folds.csv").exists()

@@ -134,14 +134,29 @@ def test_tune_writes_the_best_spec_model_trials_and_plots_and_continues(tmp_path
     assert model.spec.training.lr == pytest.approx(best["training"]["lr"])
     for name in ("optimization_history.png", "param_importances.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~_umask()
+    # the best model is the best trial's file itself, not a second copy
+    trial_model = out / "trials" / f"trial_{result.best_trial}" / "model.safetensors"
+    assert (out / "best.safetensors").stat().st_ino == trial_model.stat().st_ino
     # one model kept (the best trial's), no checkpoint
     assert [p.parent.name for p in (out / "trials").rglob("model.safetensors")] == [f"trial_{result.best_trial}"]
     assert not list((out / "trials").rglob("checkpoint.pt"))
     # rerunning continues the study up to the new number of trials
     again = polymodal.tune(searched(), table, trials=5, output=out)
     assert again.ran == 2 and again.trials == {"COMPLETE": 5}
-    assert [t["value"] for t in read_csv(out / "trials.csv")][:3] == [t["value"] for t in trials]
+    resumed = read_csv(out / "trials.csv")
+    assert [t["value"] for t in resumed][:3] == [t["value"] for t in trials]
+    # ... with the sampler seeded past the trials it has, not drawing trial 1's values again
+    again = polymodal.tune(searched(), table, trials=6, output=out, sampler_seed=0)
+    lrs = [t["training.lr"] for t in read_csv(out / "trials.csv")]
+    assert len(set(lrs)) == 6, lrs
     assert polymodal.tune(searched(), table, trials=5, output=out).ran == 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_bad_trials_are_pruned_from_their_epochs(tmp_path, monkeypatch):
@@ -200,6 +215,18 @@ def test_tune_mistakes_are_clear(tmp_path, capsys):
     assert main(["tune", str(spec), "--data", str(table), "--trials", "2", "--storage", storage,
                  "--study", "s", "-o", str(tmp_path / "b")]) == 1
     assert "compares trials by loss (minimize); this spec by label.accuracy (maximize)" in capsys.readouterr().err
+    # found before a study is made or a trial runs
+    spec.write_text(yaml.safe_dump(searched(**{"training.epochs": {"type": "int", "low": 1, "high": 2}})))
+    assert main(["tune", str(spec), "--data", str(table), "--trials", "2", "--epochs", "1",
+                 "-o", str(tmp_path / "c")]) == 1
+    assert ("--epochs sets training.epochs, which the spec's search varies: leave --epochs out,"
+            " or take training.epochs out of the search") in capsys.readouterr().err
+    spec.write_text(yaml.safe_dump(searched()))
+    assert main(["tune", str(spec), "--data", str(table), "--trials", "2", "--group-by", "sitte",
+                 "-o", str(tmp_path / "d")]) == 1
+    assert "no column 'sitte' to group the validation split by. Did you mean 'site'?" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 def _tune_process(spec: Path, table: Path, out: Path, storage: str, *extra: str) -> subprocess.Popen:
