@@ -124,7 +124,13 @@ def test_on_epoch_sees_each_epochs_record_and_can_stop_the_run(tmp_path):
                              log=said.append)
     assert [epoch for epoch, _ in seen] == [1, 2] and len(result.history) == 2
     assert [value for _, value in seen] == [r["val"]["loss"] for r in result.history]
-    assert result.stopped_early and "stopped after epoch 2, as the caller asked" in said
+    assert result.stopped_early and "stopped after epoch 2: the caller asked" in said
+    # a text says why
+    said.clear()
+    polymodal.train(table_spec(epochs=5), write_grouped_table(tmp_path), tmp_path / "n.safetensors",
+                    progress=False, on_epoch=lambda record, value: "enough" * (record["epoch"] == 1),
+                    log=said.append)
+    assert "stopped after epoch 1: enough" in said
 
 
 def test_a_loss_that_is_no_longer_a_number_stops_the_run_with_what_to_do(tmp_path):
