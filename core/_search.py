@@ -140,6 +140,8 @@ Distribution = Annotated[Union[FloatRange, IntRange, Choice], Field(discriminato
 SearchSpace = Annotated[dict[str, Distribution], AfterValidator(_at_least_one)]
 DESCRIPTION = ("Hyperparameter search (`polymodal tune`): spec path (`training.lr`,"
                " `fusion.hidden`, `backbones.vision.model`) -> distribution.")
+#: Range ends and choices a search may hold: each is checked by validating a whole spec.
+MAX_CHECKED_VALUES = 1000
 #: What trials may not vary: the metric they are compared by, and its direction.
 FIXED = {"training.early_stopping.metric": "the metric trials are compared by",
          "training.early_stopping.mode": "the direction trials are compared in",
@@ -185,6 +187,10 @@ def search_problems(space: Mapping[str, _Distribution], spec: Any, data: Mapping
     of the spec, or a value that makes no valid spec. ``validate`` validates spec data (raising
     SpecError), to try each end of a range and each choice."""
     problems: list[tuple[str, str]] = []
+    values = sum(len(candidates(d)) for d in space.values())
+    if values > MAX_CHECKED_VALUES:  # each is a spec validated: the time stays bounded
+        return [("search", f"{values} values to check (range ends and choices); at most"
+                           f" {MAX_CHECKED_VALUES}: give numbers as a float or int range")]
     base = {k: v for k, v in data.items() if k != "search"}
     for path, distribution in space.items():
         where = f"search.{path}"
