@@ -53,7 +53,8 @@ class ClassificationHead(Head):
                                          {"const": "auto", "type": "string"}]})
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
         class_weights: dict[str, float] | list[float] | None = Field(
-            None, description="Loss weight of classes, for imbalanced data: by class name"
+            None, description="Loss weight of classes, for imbalanced data (the loss of"
+            " training and of validation, and so early stopping on `loss`): by class name"
             " (`{malignant: 4.0}`; classes not named weigh 1), or a list with one weight per"
             " class in the order of `classes` (needs a number of classes). Training turns names"
             " into the list, in the order the classes were learned, and saves that.")

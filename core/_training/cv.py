@@ -30,7 +30,7 @@ import numpy as np
 
 from .._data.binding import Binding
 from .._data.table import Table, read_table
-from .._errors import DataError, SpecError
+from .._errors import DataError, OutputError, SpecError
 from .._files import output_lock, write_text
 from .._spec import ModelSpec, load_spec
 from .engine import CHECKPOINT, train
@@ -162,6 +162,7 @@ class CVResult:
                 "predictions": str(s.predictions) if s.predictions else None,
             } for s in self.scores},
             "differences": {f"{first.name} - {s.name}": self.differences(s) for s in self.scores[1:]},
+            "note": self.hint,
         })
 
     def _metric_notes(self) -> list[str]:
@@ -268,10 +269,13 @@ def cv(
     plan = plan_folds(table, first, folds=folds, group_by=group_by, fold_column=fold_column,
                       stratify=stratify, seed=seed)
     hint = None
-    if plan.group_column is None:
-        hint = _fold_hint(table, [s for _, s, _ in specs])
+    if plan.split_by is None:
+        hint = _fold_hint(table, [s for _, s, _ in specs], plan.from_column)
         if hint:
             say(f"note: {hint}")
+    if (out / "study.db").exists() or (out / "trials").is_dir():  # a search's folder
+        raise OutputError(f"{out}: this folder holds a hyperparameter search (study.db,"
+                          " trials/); give the cross-validation another -o")
     # One cross-validation a folder: another one there would mix its folds into this report.
     with output_lock(out, what="cross-validation folder", note=say):
         _write_folds(out, table, plan)
@@ -350,21 +354,27 @@ def _strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
     return values, column
 
 
-def _fold_hint(table: Table, specs: list[ModelSpec]) -> str | None:
+def _fold_hint(table: Table, specs: list[ModelSpec], named: bool) -> str | None:
+    """The note where rows are split row by row (the folds, or with folds a column names, each
+    fold's validation rows) and a column looks like groups."""
     found = group_like_columns(table, set().union(*(Binding(s).columns() for s in specs)))
     if not found:
         return None
-    return group_hint(found, "the folds are drawn", "pass --group-by COL, or --fold-column"
+    if named:
+        return group_hint(found, "each fold's validation rows are drawn", "pass --group-by"
+                          " {column} (each group must then lie within one fold)")
+    return group_hint(found, "the folds are drawn", "pass --group-by {column}, or --fold-column"
                       " FOLD_COLUMN to name the folds yourself")
 
 
 def _write_folds(out: Path, table: Table, plan: FoldPlan) -> None:
     text = io.StringIO()
     writer = csv.writer(text)
-    group = plan.group_column
-    writer.writerow(["row", "fold", *([group] if group else [])])
+    # The fold column or the groups' column, and the groups' column beside a fold column.
+    shown = list(dict.fromkeys(c for c in (plan.group_column, plan.split_by) if c))
+    writer.writerow(["row", "fold", *(f"{c}_value" if c in ("row", "fold") else c for c in shown)])
     for i, (row, fold) in enumerate(zip(table.rows, plan.fold_of_row)):
-        writer.writerow([int(row), int(fold) + 1, *([table.columns[group][i]] if group else [])])
+        writer.writerow([int(row), int(fold) + 1, *(table.columns[c][i] for c in shown)])
     write_text(out / "folds.csv", text.getvalue())
 
 

@@ -457,7 +457,7 @@ class _Epochs:
         self.plan.start(epoch, batches)
         lr = self.parts.optimizer.param_groups[0]["lr"]  # the epoch's (first) learning rate
         # Summed on the device: reading a loss every step would make the host wait for the GPU.
-        loss_sum, seen = torch.zeros((), device=context.device), 0
+        loss_sum, seen, steps = torch.zeros((), device=context.device), 0, 0
         bar = _Bar(self.progress and context.main, len(batches), f"epoch {epoch}/{opts.epochs}",
                    context.world)
         for step, encoded in enumerate(self.batches):
@@ -466,18 +466,28 @@ class _Epochs:
                 continue
             loss_sum += loss.detach() * len(encoded.positions)
             seen += len(encoded.positions)
+            steps += 1
             bar.advance(step, loss_sum, seen)
             if self.on_step is not None:
                 self.on_step(epoch, step)
         bar.close()
-        if self.skipped:
-            say(f"note: epoch {epoch}: {self.skipped} step(s) skipped, their gradients were not"
-                " finite in bf16 (a fault of some CPU bf16 kernels; precision: fp32 avoids it)")
-            self.skipped = 0
+        self._say_skipped(epoch, steps, say)
         seconds = time.perf_counter() - bar.started
         loss_total, rows_total = distributed.summed(context, loss_sum, seen)  # every process's rows
         return EpochRecord(epoch, loss_total / max(rows_total, 1), lr, round(seconds, 3),
                            round(rows_total / max(seconds, 1e-9), 1))
+
+    def _say_skipped(self, epoch: int, steps: int, say: Callable[[str], None]) -> None:
+        """Say how many of the epoch's ``steps`` were skipped for non-finite gradients; stop
+        where every one was (the model no longer learns)."""
+        skipped, self.skipped = self.skipped, 0
+        if skipped and skipped >= steps:
+            raise DivergedError(f"epoch {epoch}: the gradients of every step were not finite in"
+                                " bf16, so no step was taken (a fault of some CPU bf16 kernels);"
+                                " train in precision: fp32")
+        if skipped:
+            say(f"note: epoch {epoch}: {skipped} of {steps} step(s) skipped, their gradients were"
+                " not finite in bf16 (a fault of some CPU bf16 kernels; precision: fp32 avoids it)")
 
     def _freeze(self, epoch: int, say: Callable[[str], None]) -> None:
         opts = self.opts
@@ -510,9 +520,9 @@ class _Epochs:
         else:
             loss.backward()
             if self.guard_gradients and not _finite_gradients(parts.model):
-                self.skipped += 1
-            else:
-                parts.optimizer.step()
+                self.skipped += 1  # and the schedule waits for the next step taken
+                return loss
+            parts.optimizer.step()
         parts.scheduler.step()
         return loss
 
@@ -564,11 +574,11 @@ class _Hooks:
 def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, policy: str,
          resume: bool, progress: bool, say: Callable[[str], None], hooks: _Hooks,
          context: distributed.Context) -> TrainResult:
+    binding = Binding(spec)
+    rows = _prepare_data(binding, spec.training, data, val, policy)
     # The precision this device runs well; the spec keeps what was asked (auto).
     opts = spec.training.model_copy(update={"precision": hardware.choose_precision(
         spec.training.precision, context.device, say)})
-    binding = Binding(spec)
-    rows = _prepare_data(binding, opts, data, val, policy)
     notes = [*rows.report.note_lines(), *([rows.split_note] if rows.split_note else [])]
     for line in notes:  # before training, while it can still be fixed
         say(f"note: {line}")

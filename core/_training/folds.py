@@ -88,12 +88,12 @@ def _constant_within(groups: np.ndarray, values: np.ndarray) -> bool:
 
 def group_hint(found: list[GroupLike], drawn: str, fix: str) -> str:
     """The hint where ``drawn`` (what was split row by row) ignores the likely groups
-    ``found``; ``fix`` says how to name them (``--group-by COL``, with COL in it)."""
+    ``found``; ``fix`` says how to name them (``--group-by {column}``)."""
     first = found[0]
     others = ", ".join(repr(g.column) for g in found[1:3])
     return (f"{drawn} row by row, but column {first.describe()} looks like groups. If its rows"
             " belong together (one patient, field or claim), a group on both sides of a split"
-            f" makes the scores optimistic: {fix.replace('COL', first.column)}"
+            f" makes the scores optimistic: {fix.format(column=first.column)}"
             + (f". Other such columns: {others}" if others else ""))
 
 
@@ -103,7 +103,7 @@ def split_hint(table: Table, binding: Binding) -> str | None:
     found = group_like_columns(table, binding.columns())
     if not found:
         return None
-    return group_hint(found, "the validation rows were drawn", "pass --group-by COL"
+    return group_hint(found, "the validation rows were drawn", "pass --group-by {column}"
                       " (training.group_by)")
 
 

@@ -97,6 +97,10 @@ def choose_precision(asked: str, device: torch.device, say: Callable[[str], None
         warning = _emulated_bf16(device)
         if warning:
             say(f"warning: {warning}")
+        elif device.type == "cpu":
+            say(f"precision bf16: on this CPU's {cpu_bf16_instructions()} instructions; a step"
+                " whose gradients are not finite is skipped and counted (some CPU bf16 kernels"
+                " give them now and then), so runs do not repeat exactly")
     return asked
 
 

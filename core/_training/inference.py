@@ -72,8 +72,19 @@ class RowReport:
                 "notes": dict(self.notes), "note_examples": self.examples}
 
 
-#: Names of model files and exports: never overwritten by a table of predictions.
-MODEL_SUFFIXES = (".safetensors", ".onnx", ".pt2", ".pt", ".pth")
+#: The tables predictions are written as, by the output's suffix: their delimiter.
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+
+
+def _check_table_name(output: Path) -> None:
+    """Predictions go to a .csv or .tsv file: never over a model file, never as text under
+    another format's name (a .parquet holding CSV is read by nothing)."""
+    suffix = output.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        what = "a model file's name" if suffix in (".safetensors", ".onnx", ".pt2", ".pt", ".pth") \
+            else f"not a name of those ({suffix or 'no suffix'})"
+        raise OutputError(f"{output}: predictions are written as a .csv or .tsv table, and this"
+                          f" is {what}; name the file .csv or .tsv")
 
 def check_policy(policy: str) -> None:
     if policy not in BAD_ROW_POLICIES:
@@ -316,9 +327,8 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     ``model`` is a model, a model file, or an ONNX file ``polymodal export`` wrote (run by ONNX
     Runtime, with the same preprocessing).
     """
-    if output is not None and Path(output).suffix.lower() in MODEL_SUFFIXES:
-        raise OutputError(f"{output}: predictions are written as a CSV table, and this is a"
-                          f" model file's name ({Path(output).suffix}); write them to a .csv")
+    if output is not None:
+        _check_table_name(Path(output))
     model, source = _load(model, exports=True)
     state = model_state(model, source)
     target = torch.device(device)
@@ -334,7 +344,7 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
             rows = _counted(rows, columns, on_batch)
         return {"rows": rows, **report.to_json(), "columns": gathered}
     with output_lock(output, what="output"), atomic_open(output) as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, delimiter=TABLE_SUFFIXES[Path(output).suffix.lower()])
         rows = 0
         for columns in batches:
             if rows == 0:

@@ -154,6 +154,9 @@ def tune(
     table = read_table(data)
     Binding(spec).require_columns(table, targets=True)
     plan = _fold_plan(table, spec, folds, group_by, fold_column, stratify, options)
+    if (out / "folds.csv").exists():  # a cross-validation's folder: its files would mix
+        raise TuneError(f"{out}: this folder holds a cross-validation (folds.csv); give the"
+                        " search another -o")
     split_by = group_by or spec.training.group_by
     if plan is None and split_by:  # a missing column is found now, not in the first trial
         group_keys(table, split_by, "group the validation split by")
@@ -310,7 +313,8 @@ class _Runner:
             spec_data = self._spec_data(values)
             trial.set_user_attr("spec", json.dumps(spec_data))
             self.group.share((trial.number, spec_data))
-            value = self._run(trial.number, spec_data, lambda step, v: self._report(trial, step, v))
+            value = self._run(trial.number, spec_data,
+                              lambda step, v, last: self._report(trial, step, v, last))
         except _Pruned:
             self.say(f"trial {trial.number}: pruned")
             raise optuna.TrialPruned() from None
@@ -330,9 +334,10 @@ class _Runner:
         trial.set_user_attr("error", error)
         self.say(f"trial {trial.number} failed: {error}")
 
-    def _report(self, trial: Any, step: int, value: float) -> bool:
+    def _report(self, trial: Any, step: int, value: float, last: bool) -> bool:
         trial.report(value, step)
-        return bool(self.group.share(trial.should_prune()))
+        # The last step is the trial's result: pruning it would save nothing.
+        return bool(self.group.share(not last and trial.should_prune()))
 
     # -- the other processes under torchrun --------------------------------------------------
     def follow(self) -> None:
@@ -340,7 +345,8 @@ class _Runner:
             while (job := self.group.share(None)) is not None:
                 number, spec_data = job
                 try:
-                    self._run(number, spec_data, lambda step, v: bool(self.group.share(None)))
+                    self._run(number, spec_data,
+                              lambda step, v, last: bool(self.group.share(None)))
                 except (_Pruned, *TRIAL_ERRORS):
                     pass  # rank 0 records it
         finally:
@@ -362,17 +368,18 @@ class _Runner:
         return self.out / "trials" / f"trial_{number}"
 
     def _run(self, number: int, spec_data: Mapping[str, Any],
-             report: Callable[[int, float], bool]) -> float:
-        """Train trial ``number``; ``report(step, value)`` after each epoch (or fold) says
-        whether to prune."""
+             report: Callable[[int, float, bool], bool]) -> float:
+        """Train trial ``number``; ``report(step, value, last)`` after each epoch (or fold)
+        says whether to prune."""
         spec = self.trial_spec(spec_data)
         folder = self.trial_dir(number)
         say = say_once(lambda line: self.say(f"trial {number}: {line}"), self.shown)
         if self.plan is None:
             pruned = []
+            epochs = int(self.options.get("epochs", spec.training.epochs))
 
             def on_epoch(row: dict[str, Any], value: float) -> str | None:
-                if report(row["epoch"], value):
+                if report(row["epoch"], value, row["epoch"] >= epochs):
                     pruned.append(row["epoch"])
                     return "pruned, worse than the median of earlier trials at this epoch"
                 return None
@@ -392,7 +399,8 @@ class _Runner:
             finally:
                 self._tidy_fold(fold_dir)
             values.append(objective.value_of(metrics, self.metric, spec))
-            if report(fold + 1, float(np.mean(values))):  # steps count folds from 1, as epochs
+            # Steps count folds from 1, as they count epochs.
+            if report(fold + 1, float(np.mean(values)), fold + 1 == self.plan.folds):
                 raise _Pruned()
         return float(np.mean(values))
 
@@ -617,11 +625,12 @@ def _best_model(best: Any, runner: _Runner, out: Path) -> list[str]:
             except OSError:
                 shutil.copyfile(source, pending)
     elif runner.plan is not None:
-        runner.say(f"training the best spec (trial {best.number}) on every row for its model file")
+        runner.say(f"training the best spec (trial {best.number}) on the whole table for its model"
+                   " file (its val_fraction held out to pick the best epoch)")
         spec = runner.trial_spec(json.loads(best.user_attrs["spec"]))
         train(spec, runner.table, target, run_dir=out / "best.run", group_by=runner.group_by,
               options=runner.options, on_bad_row=runner.policy, progress=False,
-              log=lambda line: runner.say(f"best: {line}"))
+              log=lambda line: runner.say(f"best spec: {line}"))
         if not runner.keep_checkpoints:
             (out / "best.run" / CHECKPOINT).unlink(missing_ok=True)
     else:

@@ -199,6 +199,15 @@ def test_named_folds_split_their_validation_rows_by_the_groups_given(tmp_path):
         # Whole sites of the training folds, not a whole fold (which would halve the training).
         assert held_sites and all(sites[s] != str(fold) for s in held_sites)
         assert len({sites[s] for s in held_sites}) <= 2 and len(held) < 16
+    written = read_csv(tmp_path / "cv" / "folds.csv")  # which fold is which, and the groups
+    assert list(written[0]) == ["row", "fold", "fold_value", "site"]
+    assert all(r["fold"] == r["fold_value"] and sites[r["site"]] == r["fold"] for r in written)
+    # without groups, the note says each fold's validation rows ignore the group-like column
+    lines: list[str] = []
+    polymodal.cv(table_spec(), table, fold_column="fold", output=tmp_path / "cv2", log=lines.append)
+    assert any(line.startswith("note: each fold's validation rows are drawn row by row, but"
+                               " column 'site'") and "pass --group-by site (each group must"
+                               in line for line in lines), lines
 
 
 def test_folds_written_out_and_named_again_give_the_same_scores(tmp_path):

@@ -247,9 +247,15 @@ def test_predictions_never_overwrite_a_model_file(trained, tmp_path, capsys):
     shutil.copyfile(model, target)
     before = target.read_bytes()
     assert main(["predict", str(model), "--data", str(table), "-o", str(target)]) == 1
-    assert (f"{target}: predictions are written as a CSV table, and this is a model file's name"
-            " (.safetensors); write them to a .csv") in capsys.readouterr().err
+    assert (f"{target}: predictions are written as a .csv or .tsv table, and this is a model"
+            " file's name; name the file .csv or .tsv") in capsys.readouterr().err
     assert target.read_bytes() == before
+    # ... nor as text under another format's name; a .tsv is tab-separated
+    assert main(["predict", str(model), "--data", str(table), "-o", str(tmp_path / "p.parquet")]) == 1
+    assert "is not a name of those (.parquet)" in capsys.readouterr().err
+    assert main(["predict", str(model), "--data", str(table), "-o", str(tmp_path / "p.tsv")]) == 0
+    header = (tmp_path / "p.tsv").read_text().splitlines()[0]
+    assert header.startswith("row\t") and "," not in header
 
 
 def test_a_second_cross_validation_into_a_running_ones_folder_fails_at_once(tmp_path, capsys):
@@ -265,3 +271,14 @@ def test_a_second_cross_validation_into_a_running_ones_folder_fails_at_once(tmp_
     error = capsys.readouterr().err
     assert f"{out}: this cross-validation folder is being written by another polymodal run" in error
     assert not (out / "folds.csv").exists()
+    # a search's folder and a cross-validation's are not mixed
+    out.mkdir()
+    (out / "folds.csv").write_text("row,fold\n")
+    searched = table_spec()
+    searched["search"] = {"training.lr": {"type": "float", "low": 0.01, "high": 0.1}}
+    spec.write_text(yaml.safe_dump(searched))
+    assert main(["tune", str(spec), "--data", str(table), "--trials", "1", "-o", str(out)]) == 1
+    assert "this folder holds a cross-validation (folds.csv)" in capsys.readouterr().err
+    (tmp_path / "search" / "trials").mkdir(parents=True)
+    assert main(["cv", str(spec), "--data", str(table), "-o", str(tmp_path / "search")]) == 1
+    assert "this folder holds a hyperparameter search (study.db, trials/)" in capsys.readouterr().err

@@ -52,9 +52,9 @@ def test_bf16_on_a_cpu_skips_a_step_whose_gradients_are_not_finite(tmp_path, mon
     said: list[str] = []
     result = polymodal.train(table_spec(epochs=2, precision="bf16"), write_grouped_table(tmp_path),
                              tmp_path / "m.safetensors", progress=False, log=said.append)
-    assert [line for line in said if "skipped" in line] == [
-        "note: epoch 1: 1 step(s) skipped, their gradients were not finite in bf16 (a fault of"
-        " some CPU bf16 kernels; precision: fp32 avoids it)"]
+    assert [line for line in said if line.startswith("note: epoch")] == [
+        "note: epoch 1: 1 of 5 step(s) skipped, their gradients were not finite in bf16 (a fault"
+        " of some CPU bf16 kernels; precision: fp32 avoids it)"]
     weights = [p for p in result.model.parameters()]
     assert all(torch.isfinite(p).all() for p in weights)
 
@@ -144,3 +144,14 @@ def test_a_loss_that_is_no_longer_a_number_stops_the_run_with_what_to_do(tmp_pat
                        r" \(now 10\); a column with extreme values"):
         polymodal.train(spec, table, out, progress=False)
     assert not out.exists()
+
+
+def test_an_epoch_whose_every_step_is_skipped_stops_the_run(tmp_path, monkeypatch):
+    from polymodal._training import engine
+
+    monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: "AMX-BF16")
+    monkeypatch.setattr(engine, "_finite_gradients", lambda model: False)
+    with pytest.raises(polymodal.PolymodalError, match="epoch 1: the gradients of every step were"
+                       " not finite in bf16, so no step was taken"):
+        polymodal.train(table_spec(epochs=2, precision="bf16"), write_grouped_table(tmp_path),
+                        tmp_path / "m.safetensors", progress=False)

@@ -179,6 +179,9 @@ def test_bad_trials_are_pruned_from_their_epochs(tmp_path, monkeypatch):
         folder = tmp_path / "run" / "trials" / f"trial_{number}"
         assert len(read_csv(folder / "metrics.csv")) == 1
         assert not (folder / "model.safetensors").exists() and not (folder / "checkpoint.pt").exists()
+    # the last epoch is a trial's result: never pruned
+    one_epoch = polymodal.tune(searched(epochs=1), table, trials=3, output=tmp_path / "one")
+    assert one_epoch.trials == {"COMPLETE": 3}
 
 
 def test_tune_by_cross_validation_scores_the_mean_of_the_folds(tmp_path):
