@@ -123,7 +123,8 @@ def split_rows(table: Table, fraction: float, group_by: str | None, seed: int) -
         return np.sort(order[n_val:]), np.sort(order[:n_val])
     if group_by not in table.columns:
         raise DataError(f"{table.source}: no column {group_by!r} to group the validation split by."
-                        f"{did_you_mean(group_by, table.names)}")
+                        f"{did_you_mean(group_by, table.names)} The table's columns are:"
+                        f" {', '.join(table.names)}")
     keys = np.array([str(v) for v in table.columns[group_by]], dtype=object)
     groups = np.array(sorted(set(keys)), dtype=object)
     if len(groups) < 2:

@@ -236,3 +236,11 @@ def test_the_likely_group_column_is_the_one_that_fixes_other_columns():
     # A visit number repeats more, but only a patient fixes the patient's age and sex.
     assert [g.column for g in found][:2] == ["patient_id", "age"]
     assert "visit" in [g.column for g in found] and "marker" not in [g.column for g in found]
+
+
+def test_a_missing_group_column_in_train_names_the_tables_columns(tmp_path):
+    table = write_grouped_table(tmp_path)
+    with pytest.raises(polymodal.DataError, match="no column 'sitte' to group the validation split"
+                       " by. Did you mean 'site'. The table's columns are: site, fold, x, kind"):
+        polymodal.train(table_spec(), table, tmp_path / "m.safetensors", group_by="sitte",
+                        progress=False)
