@@ -165,8 +165,8 @@ class ImageAdapter(ModalityAdapter):
                 fix = f"set project_to: {wanted.channels} (a learned 1x1 projection)"
                 if self.project_to is None:
                     fix += (f", or, where no input of another channel count shares the"
-                            f" backbone, its in_chans: {self.channels} (its stem adapted from"
-                            " the pretrained RGB filters)")
+                            f" backbone, its in_chans: {self.channels} (its stem built for them;"
+                            " from the RGB filters where its weights are pretrained)")
                 return fix
             return None
 
