@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._data.binding import Binding
-from .._data.table import Table, read_table
+from .._data.table import Table, is_missing, read_table
 from .._errors import DataError, OutputError, SpecError
 from .._files import output_lock, write_text
 from .._spec import ModelSpec, load_spec
@@ -130,6 +130,7 @@ class CVResult:
     scores: list[SpecScores]
     seconds: float
     hint: str | None = None
+    absent: str | None = None  # classes of the first head's target missing from some fold
 
     def differences(self, other: SpecScores) -> dict[str, dict[str, dict[str, Any]]]:
         """Fold-by-fold differences first spec minus ``other``: mean, sd, and in how many folds
@@ -163,6 +164,7 @@ class CVResult:
             } for s in self.scores},
             "differences": {f"{first.name} - {s.name}": self.differences(s) for s in self.scores[1:]},
             "note": self.hint,
+            "absent_classes": self.absent,
         })
 
     def _metric_notes(self) -> list[str]:
@@ -186,8 +188,7 @@ class CVResult:
         """Each head's metrics as mean ± sd over the folds, one column a spec, then the paired
         differences of the first spec with each other one."""
         lines = [f"{self.rows} rows, {self.plan.describe()}; {self.seconds:.0f} s"]
-        if self.hint:
-            lines.append(f"note: {self.hint}")
+        lines += [f"note: {n}" for n in (self.hint, self.absent) if n]
         first = self.scores[0]
         others = {s.name: self.differences(s) for s in self.scores[1:]}
         for head, metrics in first.metrics().items():
@@ -273,6 +274,9 @@ def cv(
         hint = _fold_hint(table, [s for _, s, _ in specs], plan.from_column)
         if hint:
             say(f"note: {hint}")
+    absent = _absent_classes(table, first, plan)
+    if absent:
+        say(f"note: {absent}")
     if (out / "study.db").exists() or (out / "trials").is_dir():  # a search's folder
         raise OutputError(f"{out}: this folder holds a hyperparameter search (study.db,"
                           " trials/); give the cross-validation another -o")
@@ -286,7 +290,8 @@ def cv(
                                  else f"{name}_oof_predictions.csv")
             scores.append(_run_spec(name, each, source, table, plan, out, predictions, options,
                                     on_bad_row, keep_checkpoints, progress, say, on_fold))
-        result = CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint)
+        result = CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint,
+                          absent)
         _write_report(result)
     return result
 
@@ -352,6 +357,27 @@ def _strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
                         f" {distinct} distinct values in {len(values)} rows; stratifying balances"
                         " the classes of a categorical target")
     return values, column
+
+
+def _absent_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None:
+    """Which classes of the first head's target (where it holds classes) have no row in some
+    fold: their metrics there (a recall, an AUROC) cannot count them."""
+    column = Binding(spec).heads[0].codec.columns()[0]
+    values = np.array([str(v).strip() if not is_missing(v) else "" for v in table.columns[column]],
+                      dtype=object)
+    classes = sorted(set(values) - {""})
+    if len(classes) > max(2, MAX_STRATA_SHARE * len(values)):
+        return None  # numbers, not classes
+    absent = {c: [k + 1 for k in range(plan.folds) if not (values[plan.fold_of_row == k] == c).any()]
+              for c in classes}
+    said = [f"{c!r} in fold(s) {', '.join(map(str, f))}" for c, f in absent.items() if f]
+    if not said:
+        return None
+    return (f"column {column!r} has no row of class {'; '.join(said[:3])}"
+            f"{' (and more)' if len(said) > 3 else ''} of {plan.folds}: metrics there leave the"
+            " class out (recall, one-vs-rest AUROC)"
+            + ("" if plan.from_column or plan.stratified_by else
+               "; --stratify gives each fold its share"))
 
 
 def _fold_hint(table: Table, specs: list[ModelSpec], named: bool) -> str | None:

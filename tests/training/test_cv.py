@@ -244,3 +244,19 @@ def test_a_missing_group_column_in_train_names_the_tables_columns(tmp_path):
                        " by. Did you mean 'site'. The table's columns are: site, fold, x, kind"):
         polymodal.train(table_spec(), table, tmp_path / "m.safetensors", group_by="sitte",
                         progress=False)
+
+
+def test_a_class_missing_from_a_fold_is_noted(tmp_path):
+    from training_data import write_csv
+
+    rows = read_csv(write_grouped_table(tmp_path))
+    rows[0]["label"] = rows[4]["label"] = "rare"  # sites s00 and s01: folds 1 and 2, not 3
+    table = write_csv(tmp_path / "rare.csv", rows)
+    lines: list[str] = []
+    result = polymodal.cv(table_spec(), table, fold_column="fold", output=tmp_path / "cv",
+                          log=lines.append)
+    note = next(line for line in lines if "has no row of class" in line)
+    assert note == ("note: column 'label' has no row of class 'rare' in fold(s) 3 of 3: metrics"
+                    " there leave the class out (recall, one-vs-rest AUROC)")
+    assert result.summary()["absent_classes"] == note.removeprefix("note: ")
+    assert note in result.table()
