@@ -44,7 +44,7 @@ from .._errors import (
 )
 from .._files import output_lock, sweep
 from .._spec import ModelSpec, load_spec
-from . import distributed, hardware
+from . import distributed, hardware, objective
 from .checkpoint import Checkpoint, fingerprint
 from .folds import split_hint
 from .history import EpochRecord, Progress, Validation
@@ -219,9 +219,7 @@ def _monitor(options: TrainingOptions, binding: Binding, has_val: bool) -> tuple
         if not has_val:
             raise SpecError([("training.early_stopping.metric", f"{metric} needs validation rows"
                               " (a --val table or val_fraction > 0)")])
-    mode = options.early_stopping.mode
-    higher = binding.higher_is_better(metric) if mode == "auto" else mode == "max"
-    return metric, higher
+    return objective.monitored(options, binding)
 
 
 def default_run_dir(output: str | Path) -> Path:
@@ -535,7 +533,7 @@ class _Epochs:
         collected = collect(parts.model, self.val_batches, self.context.device, opts.precision,
                             opts.channels_last)
         per_head = head_metrics(collected, parts.binding, parts.state)
-        return Validation(sum(self.weights[h] * m["loss"] for h, m in per_head.items()), per_head)
+        return Validation(objective.weighted_loss(per_head, opts.loss_weights), per_head)
 
 
 def _finite_gradients(model: torch.nn.Module) -> bool:

@@ -147,7 +147,7 @@ def tune(
     check_connections(spec)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     _check_overrides(options, spec.search)
-    metric, higher = objective.monitored(spec)
+    metric, higher = objective.monitored(spec.training, Binding(spec))
     out = Path(output) if output is not None else Path(f"{spec.name}.tune")
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study or spec.name
