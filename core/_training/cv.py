@@ -346,14 +346,24 @@ def _check_groups_in_one_fold(table: Table, group: str, fold_of_row: np.ndarray,
                         " on; name folds that keep each group whole")
 
 
+def _first_target(spec: ModelSpec) -> tuple[str, str]:
+    """The first head and its target column: whose classes folds are balanced and checked by."""
+    bound = Binding(spec).heads[0]
+    return bound.name, bound.codec.columns()[0]
+
+
+def _holds_classes(distinct: int, rows: int) -> bool:
+    """Whether a target with ``distinct`` values on ``rows`` rows holds classes (not numbers)."""
+    return distinct <= max(2, MAX_STRATA_SHARE * rows)
+
+
 def _strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
     """The classes to balance: the values of the first head's target column."""
-    bound = Binding(spec).heads[0]
-    column = bound.codec.columns()[0]
+    head, column = _first_target(spec)
     values = np.array([str(v).strip() for v in table.columns[column]], dtype=object)
     distinct = len(set(values))
-    if distinct > max(2, MAX_STRATA_SHARE * len(values)):
-        raise DataError(f"--stratify: column {column!r} (the target of head {bound.name!r}) has"
+    if not _holds_classes(distinct, len(values)):
+        raise DataError(f"--stratify: column {column!r} (the target of head {head!r}) has"
                         f" {distinct} distinct values in {len(values)} rows; stratifying balances"
                         " the classes of a categorical target")
     return values, column
@@ -362,11 +372,11 @@ def _strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
 def _absent_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None:
     """Which classes of the first head's target (where it holds classes) have no row in some
     fold: their metrics there (a recall, an AUROC) cannot count them."""
-    column = Binding(spec).heads[0].codec.columns()[0]
+    _, column = _first_target(spec)
     values = np.array([str(v).strip() if not is_missing(v) else "" for v in table.columns[column]],
                       dtype=object)
     classes = sorted(set(values) - {""})
-    if len(classes) > max(2, MAX_STRATA_SHARE * len(values)):
+    if not _holds_classes(len(classes), len(values)):
         return None  # numbers, not classes
     absent = {c: [k + 1 for k in range(plan.folds) if not (values[plan.fold_of_row == k] == c).any()]
               for c in classes}
