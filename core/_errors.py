@@ -42,9 +42,13 @@ class SpecError(PolymodalError):
                        if isinstance(p, Problem) and p.cause is not None]
         super().__init__(self._render())
 
+    def problem_lines(self) -> list[str]:
+        """Each problem as ``location: message`` (the message alone without a location)."""
+        return [f"{loc}: {msg}" if loc else msg for loc, msg in self.problems]
+
     def _render(self) -> str:
         prefix = f"{self.source}: " if self.source else ""
-        lines = [f"{loc}: {msg}" if loc else msg for loc, msg in self.problems]
+        lines = self.problem_lines()
         if len(lines) == 1:
             return prefix + lines[0]
         head = f"{prefix}{len(lines)} problems in the spec:"

@@ -225,7 +225,7 @@ def _try(validate: Callable[[dict[str, Any]], Any], base: Mapping[str, Any], pat
     try:
         validate(put(base, path, value))
     except SpecError as exc:
-        said = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in exc.problems)
+        said = "; ".join(exc.problem_lines())
         if path.endswith(".type"):  # another component type rarely takes the same options
             component = path.removesuffix(".type")
             said = said.rstrip(".") + (

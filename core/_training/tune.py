@@ -217,7 +217,7 @@ def check_connections(spec: ModelSpec) -> None:
             try:
                 plan(load_spec(put(base, path, value)))
             except SpecError as exc:
-                said = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in exc.problems)
+                said = "; ".join(exc.problem_lines())
                 problems.append((f"search.{path}{at}", f"{label(value)} does not connect: {said}"))
     if problems:
         raise SpecError(problems)
