@@ -25,7 +25,15 @@ from ._components import (
     FusionConfig,
     FusionInputs,
 )
-from ._errors import ConnectionMismatch, DataError, PolymodalError, Problem, SpecError, first_line
+from ._errors import (
+    ConnectionMismatch,
+    DataError,
+    PolymodalError,
+    Problem,
+    SpecError,
+    first_line,
+    out_of_memory,
+)
 from ._registry import Registry, component_problems, get_registry
 from ._signals import Signal
 from ._spec import ModelSpec, load_spec
@@ -200,6 +208,21 @@ class PolymodalModel(nn.Module):
         """Features of each input present in ``batch`` (adapter, then backbone), unconditioned."""
         return {name: self._backbone(name, x) for name, x in self._adapt(batch).items()}
 
+    def _features(self, name: str, value: Any, held: torch.Tensor | None) -> torch.Tensor:
+        """Input ``name``'s features (adapter, then backbone). In training, where ``held`` (the
+        per-sample mask of the rows that hold the input) leaves some rows out, only the rows
+        that hold it are run, so placeholders never reach batch-norm statistics; the others
+        get zeros, which the fusion never reads (they are marked absent)."""
+        rows = None
+        if self.training and held is not None:
+            count = int(held.sum())
+            if 2 <= count < held.shape[0]:  # batch norm needs two rows in training
+                rows = held.nonzero().squeeze(1)
+        if rows is None or held is None:
+            return self._backbone(name, self.adapters[name](value))
+        out = self._backbone(name, self.adapters[name](_rows(value, rows)))
+        return out.new_zeros((held.shape[0], *out.shape[1:])).index_copy(0, rows, out)
+
     def forward(
         self, batch: Mapping[str, Any], present: Mapping[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
@@ -215,36 +238,42 @@ class PolymodalModel(nn.Module):
         if unknown:
             raise DataError(f"present names unknown input(s) {', '.join(map(repr, unknown))};"
                             f" the model's inputs are {', '.join(self.adapters)}")
-        adapted = self._adapt(batch)
+        given = [n for n in self.adapters if batch.get(n) is not None]
         plain: dict[str, torch.Tensor] = {}  # backbone features, computed once for all groups
+        adapted: dict[str, torch.Tensor] = {}  # adapter outputs of conditioned inputs
+
+        def features(n: str) -> torch.Tensor:
+            if n not in plain:
+                held = present.get(n) if present else None
+                plain[n] = self._features(n, batch[n], None if held is None else held.to(torch.bool))
+            return plain[n]
+
         outputs: dict[str, torch.Tensor] = {}
         for inputs, key, heads in self._groups:
-            if not all(n in adapted for n in inputs):
+            if not all(n in given for n in inputs):
                 continue
             if key not in self.fusions:
-                if inputs[0] not in plain:
-                    plain[inputs[0]] = self._backbone(inputs[0], adapted[inputs[0]])
-                fused = plain[inputs[0]]
+                fused = features(inputs[0])
             else:
                 fusion = cast(Fusion, self.fusions[key])
-                first = adapted[inputs[0]]
-                masks = fusion.presence(inputs, present, first.shape[0], first.device)
                 conditioned = self._conditions[key]
-                features = {}
-                for n in inputs:
-                    if n not in conditioned:
-                        if n not in plain:
-                            plain[n] = self._backbone(n, adapted[n])
-                        features[n] = plain[n]
+                fed = {n: features(n) for n in inputs if n not in conditioned}
+                for n in conditioned:
+                    if n not in adapted:
+                        adapted[n] = self.adapters[n](batch[n])
+                first = next(iter(fed.values()), None)
+                if first is None:
+                    first = adapted[inputs[0]]
+                masks = fusion.presence(inputs, present, first.shape[0], first.device)
                 for target, stages in conditioned.items():
-                    def modulate(stage, output, fusion=fusion, target=target, features=features,
+                    def modulate(stage, output, fusion=fusion, target=target, features=fed,
                                  masks=masks):
                         return fusion.modulate(target, stage, output, features, masks)
 
                     # plan() refused conditioning an input that has no backbone
-                    features[target] = cast(Backbone, self._backbone_of[target]).modulated(
+                    fed[target] = cast(Backbone, self._backbone_of[target]).modulated(
                         adapted[target], modulate, stages)
-                fused = fusion({n: features[n] for n in inputs}, masks)
+                fused = fusion({n: fed[n] for n in inputs}, masks)
             for head in heads:
                 outputs[head] = self.heads[head](fused)
         if not outputs:
@@ -257,9 +286,15 @@ class PolymodalModel(nn.Module):
         return outputs
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+def _rows(value: Any, rows: torch.Tensor) -> Any:
+    """Rows ``rows`` of every tensor in a (nested) batch value."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, rows.to(value.device))
+    if isinstance(value, Mapping):
+        return {k: _rows(v, rows) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_rows(v, rows) for v in value)
+    return value
 
 
 def _instantiate(
@@ -270,7 +305,7 @@ def _instantiate(
     try:
         module = cls(config, takes)
     except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
-        if _out_of_memory(exc):
+        if out_of_memory(exc):
             problems.append((where, f"{config.describe()} needs more memory than this machine"
                              f" has ({first_line(exc, 200)}); `polymodal validate` reports the"
                              " model's size"))

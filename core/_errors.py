@@ -171,6 +171,13 @@ class ExportError(PolymodalError):
     an exported file cannot be used."""
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed (host or GPU memory)."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc)
+                                           or "out of memory" in str(exc).lower()))
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (its type's name when it has none), for a
     message of ours that quotes it; cut to ``limit`` characters when given."""

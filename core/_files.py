@@ -484,3 +484,27 @@ def _in_use(target: Path, what: str, owner: dict[str, Any] | None, path: Path,
     return OutputLockedError(
         f"{target}: this {what} is being written by another polymodal run ({_describe(owner)});"
         f" wait for it to end, or write to another {what}{hint}")
+
+
+def remove_stale_locks(folder: str | Path) -> list[Path]:
+    """Remove the lock files below ``folder`` whose owner has ended (a killed run's); a lock a
+    live run holds is left alone. The removed paths."""
+    try:
+        import fcntl
+    except ImportError:  # without flock a lock file cannot be told stale
+        return []
+    removed = []
+    for path in sorted(Path(folder).rglob(f"*{_LOCK_SUFFIX}")):
+        try:
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()  # while holding it, as a lock's owner does
+            removed.append(path)
+        except OSError:
+            pass  # held by a live run, or already gone
+        finally:
+            os.close(fd)
+    return removed

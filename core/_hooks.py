@@ -5,6 +5,10 @@ A plugin is a module named by an entry point in group ``polymodal``::
     from polymodal.plugin import hookimpl
 
     POLYMODAL_PLUGIN_API = 2
+#: Additions within :data:`PLUGIN_API` that a plugin may use, and that a plugin written for an
+#: earlier minor version never needs: 1 -- ``Codec.absent`` (an input absent in some rows) and
+#: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split).
+PLUGIN_API_MINOR = 1
 
     @hookimpl
     def polymodal_components():
@@ -20,6 +24,10 @@ PROJECT = "polymodal"
 #: static manifest states ``api = N``); a plugin written for another version, or declaring none,
 #: is refused with a message naming both versions instead of being loaded.
 PLUGIN_API = 2
+#: Additions within :data:`PLUGIN_API` that a plugin may use, and that a plugin written for an
+#: earlier minor version never needs: 1 -- ``Codec.absent`` (an input absent in some rows) and
+#: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split).
+PLUGIN_API_MINOR = 1
 
 #: What changed since each earlier plugin API version, for the message refusing such a plugin.
 API_CHANGES: dict[int, str] = {

@@ -22,7 +22,7 @@ import typing
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     AfterValidator,
@@ -105,6 +105,15 @@ class InputSpec(_StrictModel):
         description="A name from `backbones` (shared by every input naming it), an inline"
         " backbone, or nothing (the adapter's signal goes to the fusion directly).",
     )
+    missing: Literal["auto", "absent", "bad_row"] = Field(
+        "auto",
+        description="A row whose cells hold no value for this input (an empty image path; every"
+        " column of a tabular input empty): `absent` gives the fusion the input as absent in"
+        " that row (through its per-sample `present` mask) and uses the row with its other"
+        " inputs; `bad_row` makes the row a bad row (see --on-bad-row); `auto` is `absent` where"
+        " every head that uses the input fuses it with other inputs, and otherwise leaves the row"
+        " to the adapter (an empty image path is a bad row, a tabular row's empty values are"
+        " imputed).")
 
     @model_validator(mode="before")
     @classmethod
@@ -152,7 +161,7 @@ class ModelSpec(_StrictModel):
         context = info.context or {}
         problems = [*_backbone_reference_problems(self), *_head_input_problems(self),
                     *_fusion_problems(self, context.get("registry") or get_registry()),
-                    *_loss_weight_problems(self)]
+                    *_loss_weight_problems(self), *_missing_problems(self)]
         if context.get("for_training", True):
             problems += _monitored_metric_problems(self.training, self.heads, None)
         if problems:
@@ -172,6 +181,18 @@ class ModelSpec(_StrictModel):
         for head in self.heads:
             groups.setdefault(self.head_inputs(head), []).append(head)
         return groups
+
+    def read_alone_by(self, name: str) -> str | None:
+        """A head that reads input ``name`` alone (no other input to fuse it with), so the input
+        cannot be absent in a row; None where every head using it fuses it with others."""
+        return next((h for inputs, heads in self.fusion_groups().items()
+                     if inputs == (name,) for h in heads), None)
+
+    def absent_inputs(self) -> set[str]:
+        """The inputs a row may lack (``missing`` is ``absent``, or ``auto`` where every head
+        using the input fuses it with others): such a row gives the fusion the input as absent."""
+        return {n for n, i in self.inputs.items()
+                if i.missing == "absent" or (i.missing == "auto" and self.read_alone_by(n) is None)}
 
     def components(self) -> list[tuple[str, ComponentConfig]]:
         """Every component config with its spec location."""
@@ -229,6 +250,18 @@ def _fusion_problems(spec: ModelSpec, registry: Registry) -> list[tuple[str, str
                      f" ({', '.join(used)}), which need a fusion (one of:"
                      f" {fusions or 'none installed'})")]
     return []
+
+
+def _missing_problems(spec: ModelSpec) -> list[tuple[str, str]]:
+    """``missing: absent`` needs every head that uses the input to fuse it with another."""
+    problems = []
+    for name, inp in spec.inputs.items():
+        alone = spec.read_alone_by(name) if inp.missing == "absent" else None
+        if alone is not None:
+            problems.append((f"inputs.{name}.missing", f"absent: head {alone!r} reads input"
+                             f" {name!r} alone, so a row without it has nothing to predict from;"
+                             " use bad_row (or auto), or give the head another input to fuse"))
+    return problems
 
 
 def _loss_weight_problems(spec: ModelSpec) -> list[tuple[str, str]]:

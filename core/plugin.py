@@ -4,7 +4,9 @@ A plugin (built-in or third-party) imports from this module and from the user AP
 ``polymodal`` only; every other module of polymodal is private and may change between
 releases. The names below are stable within one :data:`PLUGIN_API` version; a plugin module
 declares the version it is written for as ``POLYMODAL_PLUGIN_API = 2``, and polymodal refuses a
-plugin written for another version with a message naming both.
+plugin written for another version with a message naming both. :data:`PLUGIN_API_MINOR` counts
+additions within a version (2.1: ``Codec.absent``, ``TargetCodec.fixed_options`` and
+``TargetCodec.holds_classes``): a plugin written for 2.0 keeps working unchanged.
 
 Importing this module is light: torch is imported when the component bases or a codec are
 first used, not before.
@@ -25,7 +27,7 @@ from ._errors import (
     SpecError,
     did_you_mean,
 )
-from ._hooks import PLUGIN_API, hookimpl
+from ._hooks import PLUGIN_API, PLUGIN_API_MINOR, hookimpl
 
 _LAZY = {
     # The four component kinds and their configs.
@@ -77,6 +79,7 @@ _LAZY = {
 
 __all__ = [
     "PLUGIN_API",
+    "PLUGIN_API_MINOR",
     "hookimpl",
     "ComponentError",
     "ConfigError",

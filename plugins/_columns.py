@@ -112,3 +112,38 @@ def names_for_count(found: list[int | str], count: int, *, option: str, singular
                         f" ({listing(found)}) but {where}.{option} is {count}; set {option}: auto"
                         " to learn them")
     return found + [f"{singular}_{i}" for i in range(len(found), count)]
+
+
+def output_names(names: list[Any], *, option: str, singular: str, least: int) -> list[int | str]:
+    """A head's output names given in its spec (``classes: [benign, malignant]``), each as the
+    category it stands for; raises ValueError (a config problem) for too few, empty or repeated
+    names."""
+    found = [category(n) for n in names]
+    if any(f is None for f in found):
+        raise ValueError(f"{option}: a {singular} name is empty")
+    if len(found) < least:
+        raise ValueError(f"{option}: give at least {least} {singular} name(s), or a number, or auto")
+    keys = [key(f) for f in found if f is not None]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"{option}: {singular} {repeated[0]!r} is named twice")
+    return [f for f in found if f is not None]
+
+
+def output_count(value: int | str | list[Any]) -> int | None:
+    """How many outputs a head's ``classes``/``labels`` option gives (None for auto)."""
+    if isinstance(value, list):
+        return len(value)
+    return value if isinstance(value, int) else None
+
+
+def vocabulary_of(table: Table, column: str, wanted: int | str | list[Any], *, option: str,
+                  singular: str, where: str, found: list[int | str]) -> list[int | str]:
+    """The names of a head's outputs: as the spec lists them, or those ``found`` in the target
+    column (``auto``), or a count's worth named from them."""
+    if isinstance(wanted, list):
+        return list(wanted)
+    if wanted == "auto":
+        return found
+    return names_for_count(found, int(wanted), option=option, singular=singular, table=table,
+                           column=column, where=where)

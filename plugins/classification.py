@@ -28,7 +28,16 @@ from polymodal.plugin import (
     hookimpl,
 )
 
-from ._columns import category, fit_vocabulary, key, listing, lookup, names_for_count
+from ._columns import (
+    category,
+    fit_vocabulary,
+    key,
+    listing,
+    lookup,
+    output_count,
+    output_names,
+    vocabulary_of,
+)
 from ._metrics import CLASSIFICATION_METRICS, classification_metrics, confusion_matrix
 
 #: The plugin interface this module is written for.
@@ -44,13 +53,16 @@ class ClassificationHead(Head):
 
     class Config(HeadConfig):
         type: Literal["classification"] = "classification"
-        classes: int | Literal["auto"] = Field(
-            "auto", description="Number of classes (at least 2), or `auto` to learn the classes"
-            " from the training table's target column.",
+        classes: int | Literal["auto"] | list[int | str] = Field(
+            "auto", description="Number of classes (at least 2), `auto` to learn the classes"
+            " from the training table's target column, or the class names in the order of the"
+            " outputs (`[benign, malignant]`), which may include a class the training rows lack.",
             # Bounds are checked by _check_classes (for a message at this option's place);
             # the schema states them for editors.
             json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2, "maximum": 1_000_000},
-                                         {"const": "auto", "type": "string"}]})
+                                         {"const": "auto", "type": "string"},
+                                         {"type": "array", "minItems": 2, "maxItems": 1_000_000,
+                                          "items": {"type": ["string", "integer"]}}]})
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
         class_weights: dict[str, float] | list[float] | None = Field(
             None, description="Loss weight of classes, for imbalanced data (the loss of"
@@ -63,7 +75,12 @@ class ClassificationHead(Head):
 
         @field_validator("classes")
         @classmethod
-        def _check_classes(cls, classes: int | Literal["auto"]) -> int | Literal["auto"]:
+        def _check_classes(cls, classes: int | Literal["auto"] | list[int | str]
+                           ) -> int | Literal["auto"] | list[int | str]:
+            if isinstance(classes, list):
+                if len(classes) > 1_000_000:
+                    raise ValueError("Input should have at most 1000000 class names")
+                return output_names(classes, option="classes", singular="class", least=2)
             if classes != "auto" and not 2 <= classes <= 1_000_000:
                 bound = "greater than or equal to 2" if classes < 2 else "at most 1000000"
                 raise ValueError(f"Input should be {bound} (or auto)")
@@ -81,13 +98,17 @@ class ClassificationHead(Head):
                 raise ConfigError("a list of weights needs a number of classes; with classes:"
                                   " auto, give weights by class name ({name: weight})",
                                   option="class_weights")
-            if isinstance(weights, list) and len(weights) != self.classes:
-                raise ConfigError(f"{len(weights)} weights for {self.classes} classes",
+            if isinstance(weights, list) and len(weights) != self.count():
+                raise ConfigError(f"{len(weights)} weights for {self.count()} classes",
                                   option="class_weights")
             return self
 
+        def count(self) -> int | None:
+            """How many classes (outputs); None while they are to be learned (auto)."""
+            return output_count(self.classes)
+
         def describe(self) -> str:
-            return f"classification, {self.classes} classes"
+            return f"classification, {self.count() or 'auto'} classes"
 
         def diagram_settings(self) -> list[str]:
             # describe() shows the classes; edges show the inputs; the target column is data.
@@ -107,7 +128,7 @@ class ClassificationHead(Head):
             raise PolymodalError("classes: auto is learned from data: train the model on a"
                                  " table (polymodal train), or give the number of classes")
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
-        self.linear = nn.Linear(takes.dim, config.classes)
+        self.linear = nn.Linear(takes.dim, config.count() or 2)
         if isinstance(config.class_weights, dict):
             raise PolymodalError("class_weights by class name are put in class order when the"
                                  " model is trained on a table (polymodal train); give a list"
@@ -146,16 +167,32 @@ class ClassificationCodec(TargetCodec[ClassificationHead.Config]):
     def columns(self) -> list[str]:
         return [self.column()]
 
+    def holds_classes(self) -> bool:
+        return True
+
+    def fixed_options(self, table: Table) -> dict[str, Any]:
+        """The class names of the whole table, so a fold whose rows lack one keeps its output."""
+        if isinstance(self.config.classes, list):
+            return {}
+        return {"classes": self._names(table)}
+
     def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
-        if state is None:
+        names: list[int | str]
+        if state is not None:
+            names = state["classes"]
+        elif isinstance(self.config.classes, list):  # the spec names them: others are bad rows
+            self._note_lookalike_classes(table, issues)
+            names = self.config.classes
+        else:
             self._note_lookalike_classes(table, issues)
             return
-        index = lookup(state["classes"])
+        index = lookup(names)
+        whose = "the model was trained on" if state is not None else f"{self.where}.classes names"
         for position, value in enumerate(table.columns[self.column()]):
             found = category(value)
             if found is not None and key(found) not in index:
-                issues.bad_row(position, self.column(), f"class {found!r} is not one the model"
-                               f" was trained on ({listing(state['classes'])})")
+                issues.bad_row(position, self.column(), f"class {found!r} is not one {whose}"
+                               f" ({listing(names)})")
 
     def _note_lookalike_classes(self, table: Table, issues: RowIssues) -> None:
         """Classes that differ only in case (``Malignant`` beside ``malignant``) are kept apart,
@@ -170,17 +207,17 @@ class ClassificationCodec(TargetCodec[ClassificationHead.Config]):
                             f" {common!r}, which differs only in case", counts[name])
 
     def fit(self, table: Table) -> State:
+        return {"classes": self._names(table)}
+
+    def _names(self, table: Table) -> list[int | str]:
+        """The class names: the spec's, or learned from ``table``'s target column."""
         found = fit_vocabulary(table.columns[self.column()])
-        wanted = self.config.classes
-        if wanted == "auto":
-            if len(found) < 2:
-                raise DataError(f"{table.source}: target column {self.column()!r} of {self.where}"
-                                f" holds {len(found)} class(es) ({listing(found)}); a"
-                                " classification needs at least 2")
-            return {"classes": found}
-        names = names_for_count(found, wanted, option="classes", singular="class", table=table,
-                                column=self.column(), where=self.where)
-        return {"classes": names}
+        if self.config.classes == "auto" and len(found) < 2:
+            raise DataError(f"{table.source}: target column {self.column()!r} of {self.where}"
+                            f" holds {len(found)} class(es) ({listing(found)}); a"
+                            " classification needs at least 2")
+        return vocabulary_of(table, self.column(), self.config.classes, option="classes",
+                             singular="class", where=self.where, found=found)
 
     def complete(self, state: State) -> dict[str, Any]:
         changes: dict[str, Any] = {}

@@ -251,6 +251,11 @@ class ImageCodec(Codec[ImageAdapter.Config]):
     def _target_size(self) -> tuple[int, int] | None:
         return self.config.image_size()
 
+    def absent(self, table: Table) -> np.ndarray:
+        """A row whose cell is empty (no path: empty text, NaN, None) holds no image."""
+        return np.fromiter((not is_image_array(v) and is_missing(v)
+                            for v in table.columns[self.column()]), bool, len(table))
+
     def _source(self, table: Table, position: int, issues: RowIssues) -> Path | Any | None:
         """The cell's image file path, or the image array the cell holds; None when empty."""
         value = table.columns[self.column()][position]

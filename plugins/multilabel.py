@@ -26,7 +26,16 @@ from polymodal.plugin import (
     is_missing,
 )
 
-from ._columns import category, fit_vocabulary, key, listing, lookup, names_for_count
+from ._columns import (
+    category,
+    fit_vocabulary,
+    key,
+    listing,
+    lookup,
+    output_count,
+    output_names,
+    vocabulary_of,
+)
 from ._metrics import MULTILABEL_METRICS, multilabel_metrics
 
 #: The plugin interface this module is written for.
@@ -45,13 +54,16 @@ class MultilabelHead(Head):
 
     class Config(HeadConfig):
         type: Literal["multilabel"] = "multilabel"
-        labels: int | Literal["auto"] = Field(
-            "auto", description="Number of labels, or `auto` to learn the label names from the"
-            " training table's target column.",
+        labels: int | Literal["auto"] | list[int | str] = Field(
+            "auto", description="Number of labels, `auto` to learn the label names from the"
+            " training table's target column, or the label names in the order of the outputs"
+            " (`[scratch, dent]`), which may include a label the training rows lack.",
             # Bounds are checked by _check_labels (for a message at this option's place);
             # the schema states them for editors.
             json_schema_extra={"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1_000_000},
-                                         {"const": "auto", "type": "string"}]})
+                                         {"const": "auto", "type": "string"},
+                                         {"type": "array", "minItems": 1, "maxItems": 1_000_000,
+                                          "items": {"type": ["string", "integer"]}}]})
         pos_weight: list[float] | None = Field(
             None, description="Loss weight of each label's positive examples (one per label).")
         threshold: float = Field(0.5, description="Probability at which a label is predicted.",
@@ -67,7 +79,12 @@ class MultilabelHead(Head):
 
         @field_validator("labels")
         @classmethod
-        def _check_labels(cls, labels: int | Literal["auto"]) -> int | Literal["auto"]:
+        def _check_labels(cls, labels: int | Literal["auto"] | list[int | str]
+                          ) -> int | Literal["auto"] | list[int | str]:
+            if isinstance(labels, list):
+                if len(labels) > 1_000_000:
+                    raise ValueError("Input should have at most 1000000 label names")
+                return output_names(labels, option="labels", singular="label", least=1)
             if labels != "auto" and not 1 <= labels <= 1_000_000:
                 bound = "greater than or equal to 1" if labels < 1 else "at most 1000000"
                 raise ValueError(f"Input should be {bound} (or auto)")
@@ -78,15 +95,19 @@ class MultilabelHead(Head):
             if self.pos_weight is not None and self.labels == "auto":
                 raise ValueError("pos_weight needs a number of labels (not auto)")
             if self.pos_weight is not None:
-                if len(self.pos_weight) != self.labels:
+                if len(self.pos_weight) != self.count():
                     raise ValueError(f"pos_weight has {len(self.pos_weight)} values for"
-                                     f" {self.labels} labels")
+                                     f" {self.count()} labels")
                 if any(w <= 0 for w in self.pos_weight):
                     raise ValueError("pos_weight values must be > 0")
             return self
 
+        def count(self) -> int | None:
+            """How many labels (outputs); None while they are to be learned (auto)."""
+            return output_count(self.labels)
+
         def describe(self) -> str:
-            return f"multilabel, {self.labels} labels"
+            return f"multilabel, {self.count() or 'auto'} labels"
 
         def diagram_settings(self) -> list[str]:
             # describe() shows the labels; edges show the inputs; the target column and how
@@ -108,7 +129,7 @@ class MultilabelHead(Head):
             raise PolymodalError("labels: auto is learned from data: train the model on a"
                                  " table (polymodal train), or give the number of labels")
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
-        self.linear = nn.Linear(takes.dim, config.labels)
+        self.linear = nn.Linear(takes.dim, config.count() or 1)
         # Not persistent: it comes from the spec, which the model file holds.
         weight = None if config.pos_weight is None else torch.tensor(config.pos_weight)
         self.register_buffer("pos_weight", weight, persistent=False)
@@ -157,19 +178,24 @@ class MultilabelCodec(TargetCodec[MultilabelHead.Config]):
     def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         if state is not None:
             self.encode(table, state, issues)
+        elif isinstance(self.config.labels, list):  # the spec names them: others are bad rows
+            self.encode(table, {"labels": self.config.labels}, issues)
 
     def fit(self, table: Table) -> State:
+        return {"labels": self._names(table)}
+
+    def fixed_options(self, table: Table) -> dict[str, Any]:
+        """The label names of the whole table, so a fold whose rows lack one keeps its output."""
+        return {} if isinstance(self.config.labels, list) else {"labels": self._names(table)}
+
+    def _names(self, table: Table) -> list[int | str]:
         found = fit_vocabulary(label for value in table.columns[self.column()]
                                for label in self._cell(value) or ())
-        wanted = self.config.labels
-        if wanted == "auto":
-            if not found:
-                raise DataError(f"{table.source}: target column {self.column()!r} of {self.where}"
-                                " holds no labels in the training rows")
-            return {"labels": found}
-        names = names_for_count(found, wanted, option="labels", singular="label", table=table,
-                                column=self.column(), where=self.where)
-        return {"labels": names}
+        if self.config.labels == "auto" and not found:
+            raise DataError(f"{table.source}: target column {self.column()!r} of {self.where}"
+                            " holds no labels in the training rows")
+        return vocabulary_of(table, self.column(), self.config.labels, option="labels",
+                             singular="label", where=self.where, found=found)
 
     def complete(self, state: State) -> dict[str, Any]:
         return {"labels": len(state["labels"])} if self.config.labels == "auto" else {}

@@ -27,6 +27,7 @@ from polymodal.plugin import (
     Vector,
     changed_options,
     hookimpl,
+    is_missing,
 )
 
 from ._columns import category, encode_categories, fit_vocabulary, lookup, numeric_column
@@ -357,6 +358,19 @@ class TabularCodec(Codec[TabularAdapter.Config]):
 
     def columns(self) -> list[str]:
         return [*self.config.categorical, *self.config.numerical]
+
+    def absent(self, table: Table) -> np.ndarray:
+        """A row whose every column is empty holds none of this input."""
+        empty = np.ones(len(table), dtype=bool)
+        for column in self.columns():
+            values = table.columns[column]
+            if values.dtype.kind == "f":
+                empty &= np.isnan(values)
+            elif values.dtype.kind in "biu":
+                return np.zeros(len(table), dtype=bool)  # integers are never missing
+            else:
+                empty &= np.fromiter((is_missing(v) for v in values), bool, len(values))
+        return empty
 
     def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         for column in self.config.numerical:

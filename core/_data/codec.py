@@ -5,6 +5,8 @@ returns a :class:`Codec`, ``HeadConfig.codec`` a :class:`TargetCodec`. polymodal
 codec's methods in this order:
 
 1. :meth:`Codec.columns` -- before anything is read, to check that the table has them.
+   :meth:`Codec.absent` -- which rows hold no value for the input at all (plugin API 2.1); where
+   the model takes the input as absent, the methods below see only the other rows.
 2. :meth:`Codec.check` -- on every row, before fitting (``state`` is None) and before
    predicting with a trained model (``state`` is the fitted state): cheap checks that report
    the rows that cannot be encoded, so a bad row fails (or is skipped) before training starts.
@@ -132,6 +134,20 @@ class Codec(ABC, Generic[ConfigT]):
         """The table columns this codec reads. A table that lacks one is refused before any
         row is read, with one message naming every missing column and who reads it."""
 
+    def absent(self, table: Table) -> np.ndarray | None:
+        """Which rows of ``table`` hold no value for this input at all (a bool array, one per
+        row), or None: every row holds one. Added in plugin API 2.1; the default (None) is what a
+        plugin written for 2.0 gets.
+
+        Absence is what the cells say (an empty path, every column empty), never a failure: a
+        value that is given but cannot be read stays a bad row, reported by :meth:`check` or
+        :meth:`encode`. Where the model takes this input as absent (``inputs.NAME.missing``), the
+        absent rows are passed to the fusion as absent through its ``present`` mask, and
+        :meth:`check`, :meth:`fit` and :meth:`encode` are given only the other rows (``encode``
+        may be given none: return a batch of 0 rows). Where it does not, every row is given to
+        them, as before. Must be cheap: it runs on every row before checking."""
+        return None
+
     def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         """Report rows that cannot be encoded with ``issues.bad_row`` (and oddities with
         ``issues.note``). Runs on every row of a table before training (``state`` is None) and
@@ -188,6 +204,21 @@ class TargetCodec(Codec[ConfigT]):
         """``(targets, present)``: the encoded targets (one row per table row, what the head's
         ``loss`` takes) and a bool tensor ``[rows]`` of the rows that hold a target; a row
         without one is left out of this head's loss and metrics."""
+
+    def fixed_options(self, table: Table) -> dict[str, Any]:
+        """Config fields to settle from every row of ``table`` before it is cut into parts that
+        are trained apart (cross-validation's folds), so that every part's model has the same
+        outputs: the classification head gives its class names, so a fold whose training rows
+        lack a class still has an output for it (its rows there are scored as they are). They
+        are validated like the spec. Added in plugin API 2.1. Default: none (a target without a
+        fixed vocabulary, such as a regression's)."""
+        return {}
+
+    def holds_classes(self) -> bool:
+        """Whether the target is a choice among classes, so that cross-validation can balance
+        them over the folds (``--stratify``) and say which classes a fold lacks. Added in plugin
+        API 2.1. Default: False."""
+        return False
 
     def has_target(self, table: Table) -> np.ndarray:
         """Which rows hold a target (a bool array), checked before training; a row with no

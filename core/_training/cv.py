@@ -16,8 +16,6 @@ unless asked to keep it.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -33,7 +31,8 @@ from .._data.table import Table, is_missing, read_table
 from .._errors import DataError, OutputError, SpecError
 from .._files import output_lock, write_text
 from .._spec import ModelSpec, load_spec
-from .engine import CHECKPOINT, train
+from .engine import CHECKPOINT
+from .fold_run import FinishedFolds, FoldRecord, run_fold, run_key
 from .folds import (
     SPLIT_HINT_START,
     assign_folds,
@@ -42,11 +41,8 @@ from .folds import (
     group_keys,
     group_like_columns,
 )
-from .report import json_safe
-
-#: More distinct target values than this share of the rows means a target to regress on, not
-#: classes to balance.
-MAX_STRATA_SHARE = 0.5
+from .inference import presence_table
+from .report import csv_text, json_safe
 
 
 @dataclass
@@ -92,6 +88,8 @@ class SpecScores:
     folds: list[dict[str, dict[str, float]]] = field(default_factory=list)
     seconds: float = 0.0
     predictions: Path | None = None
+    #: per fold: head -> presence pattern of its inputs -> {"rows", "metrics"}
+    by_presence: list[dict[str, dict[str, dict[str, Any]]]] = field(default_factory=list)
 
     def values(self, head: str, metric: str) -> np.ndarray:
         return np.array([f.get(head, {}).get(metric, math.nan) for f in self.folds], np.float64)
@@ -108,6 +106,26 @@ class SpecScores:
     def mean_sd(self) -> dict[str, dict[str, tuple[float, float]]]:
         return {head: {m: mean_sd(self.values(head, m)) for m in metrics}
                 for head, metrics in self.metrics().items()}
+
+    def presence_summary(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Each head's metrics by presence pattern: rows over every fold, and each metric's mean
+        and sd over the folds that hold such rows."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for fold in self.by_presence:
+            for head, kinds in fold.items():
+                for kind, found in kinds.items():
+                    entry = out.setdefault(head, {}).setdefault(kind, {"rows": 0, "values": {}})
+                    entry["rows"] += found["rows"]
+                    for metric, value in found["metrics"].items():
+                        entry["values"].setdefault(metric, []).append(
+                            math.nan if value is None else value)
+        for kinds in out.values():
+            for entry in kinds.values():
+                values = entry.pop("values")
+                pairs = {m: mean_sd(np.array(v, np.float64)) for m, v in values.items()}
+                entry["mean"] = {m: v[0] for m, v in pairs.items()}
+                entry["sd"] = {m: v[1] for m, v in pairs.items()}
+        return out
 
 
 def mean_sd(values: np.ndarray) -> tuple[float, float]:
@@ -131,6 +149,7 @@ class CVResult:
     seconds: float
     hint: str | None = None
     absent: str | None = None  # classes of the first head's target missing from some fold
+    untrained: str | None = None  # classes missing from some fold's training rows
 
     def differences(self, other: SpecScores) -> dict[str, dict[str, dict[str, Any]]]:
         """Fold-by-fold differences first spec minus ``other``: mean, sd, and in how many folds
@@ -160,11 +179,13 @@ class CVResult:
                 "source": s.source, "seconds": round(s.seconds, 1), "folds": s.folds,
                 "mean": {h: {m: v[0] for m, v in ms.items()} for h, ms in s.mean_sd().items()},
                 "sd": {h: {m: v[1] for m, v in ms.items()} for h, ms in s.mean_sd().items()},
+                "by_presence": s.presence_summary(), "folds_by_presence": s.by_presence,
                 "predictions": str(s.predictions) if s.predictions else None,
             } for s in self.scores},
             "differences": {f"{first.name} - {s.name}": self.differences(s) for s in self.scores[1:]},
             "note": self.hint,
             "absent_classes": self.absent,
+            "untrained_classes": self.untrained,
         })
 
     def _metric_notes(self) -> list[str]:
@@ -184,11 +205,22 @@ class CVResult:
                 lines.append(f"  {head}.{metric}: {text}{gap}".rstrip())
         return lines
 
+    def _presence_lines(self) -> list[str]:
+        """Each spec's head metrics by the inputs each row holds, mean ± sd over the folds."""
+        lines = []
+        for spec in self.scores:
+            for head, kinds in spec.presence_summary().items():
+                shown = {k: {"rows": v["rows"], "metrics": {
+                    m: _pm(v["mean"][m], v["sd"][m]) for m in v["mean"]}} for k, v in kinds.items()}
+                lines += ["", f"head {head}, {spec.name}, by the inputs each row holds"
+                          " (mean ± sd over folds):", presence_table(shown)]
+        return lines
+
     def table(self) -> str:
         """Each head's metrics as mean ± sd over the folds, one column a spec, then the paired
         differences of the first spec with each other one."""
         lines = [f"{self.rows} rows, {self.plan.describe()}; {self.seconds:.0f} s"]
-        lines += [f"note: {n}" for n in (self.hint, self.absent) if n]
+        lines += [f"note: {n}" for n in (self.hint, self.absent, self.untrained) if n]
         first = self.scores[0]
         others = {s.name: self.differences(s) for s in self.scores[1:]}
         for head, metrics in first.metrics().items():
@@ -207,6 +239,7 @@ class CVResult:
             widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
             lines.append("")
             lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines += self._presence_lines()
         lines += self._metric_notes()
         if len(self.scores) > 1:
             lines.append("\ndifferences are paired by fold (first spec minus the other); 'better'"
@@ -266,6 +299,9 @@ def cv(
         except SpecError as exc:
             raise (exc.with_source(source) if source else exc) from None
     options = {k: v for k, v in (options or {}).items() if v is not None}
+    # Each head's classes from the whole table: every fold's model has an output for each.
+    specs = [(name, settled(each, table, source), source) for name, each, source in specs]
+    first = specs[0][1]
     seed = int(options.get("seed", first.training.seed))
     plan = plan_folds(table, first, folds=folds, group_by=group_by, fold_column=fold_column,
                       stratify=stratify, seed=seed)
@@ -274,9 +310,10 @@ def cv(
         hint = _fold_hint(table, [s for _, s, _ in specs], plan.from_column)
         if hint:
             say(f"note: {hint}")
-    absent = _absent_classes(table, first, plan)
-    if absent:
-        say(f"note: {absent}")
+    absent, untrained = _absent_classes(table, first, plan), untrained_classes(table, first, plan)
+    for note in (absent, untrained):
+        if note:
+            say(f"note: {note}")
     if (out / "study.db").exists() or (out / "trials").is_dir():  # a search's folder
         raise OutputError(f"{out}: this folder holds a hyperparameter search (study.db,"
                           " trials/); give the cross-validation another -o")
@@ -291,7 +328,7 @@ def cv(
             scores.append(_run_spec(name, each, source, table, plan, out, predictions, options,
                                     on_bad_row, keep_checkpoints, progress, say, on_fold))
         result = CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint,
-                          absent)
+                          absent, untrained)
         _write_report(result)
     return result
 
@@ -308,6 +345,15 @@ def _named(specs: Sequence[SpecLike]) -> list[tuple[str, ModelSpec, str | None]]
         else:
             names = [n if names.count(n) == 1 else f"{n}_{i + 1}" for i, n in enumerate(names)]
     return [(n, s, src) for n, (s, src) in zip(names, loaded)]
+
+
+def settled(spec: ModelSpec, table: Table, source: str | None = None) -> ModelSpec:
+    """``spec`` with what its heads fix from the whole table before it is cut into folds (the
+    class names: a fold whose training rows lack a class still has an output for it)."""
+    try:
+        return Binding(spec).settle(table)
+    except SpecError as exc:
+        raise (exc.with_source(source) if source else exc) from None
 
 
 def plan_folds(table: Table, spec: ModelSpec, *, folds: int | None, group_by: str | None,
@@ -346,40 +392,36 @@ def _check_groups_in_one_fold(table: Table, group: str, fold_of_row: np.ndarray,
                         " on; name folds that keep each group whole")
 
 
-def _first_target(spec: ModelSpec) -> tuple[str, str]:
-    """The first head and its target column: whose classes folds are balanced and checked by."""
+def _first_target(spec: ModelSpec) -> tuple[str, str, bool]:
+    """The first head, its target column, and whether it holds classes (as the head says):
+    whose classes folds are balanced and checked by."""
     bound = Binding(spec).heads[0]
-    return bound.name, bound.codec.columns()[0]
+    return bound.name, bound.codec.columns()[0], bound.codec.holds_classes()
 
 
-def _holds_classes(distinct: int, rows: int) -> bool:
-    """Whether a target with ``distinct`` values on ``rows`` rows holds classes (not numbers)."""
-    return distinct <= max(2, MAX_STRATA_SHARE * rows)
+def _class_of_row(table: Table, column: str) -> np.ndarray:
+    return np.array([str(v).strip() if not is_missing(v) else "" for v in table.columns[column]],
+                    dtype=object)
 
 
 def _strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
     """The classes to balance: the values of the first head's target column."""
-    head, column = _first_target(spec)
-    values = np.array([str(v).strip() for v in table.columns[column]], dtype=object)
-    distinct = len(set(values))
-    if not _holds_classes(distinct, len(values)):
-        raise DataError(f"--stratify: column {column!r} (the target of head {head!r}) has"
-                        f" {distinct} distinct values in {len(values)} rows; stratifying balances"
-                        " the classes of a categorical target")
-    return values, column
+    head, column, classes = _first_target(spec)
+    if not classes:
+        raise DataError(f"--stratify balances the classes of the first head's target, and head"
+                        f" {head!r} ({spec.heads[head].describe()}) predicts no classes")
+    return _class_of_row(table, column), column
 
 
 def _absent_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None:
     """Which classes of the first head's target (where it holds classes) have no row in some
     fold: their metrics there (a recall, an AUROC) cannot count them."""
-    _, column = _first_target(spec)
-    values = np.array([str(v).strip() if not is_missing(v) else "" for v in table.columns[column]],
-                      dtype=object)
-    classes = sorted(set(values) - {""})
-    if not _holds_classes(len(classes), len(values)):
-        return None  # numbers, not classes
+    _, column, classes = _first_target(spec)
+    if not classes:
+        return None
+    values = _class_of_row(table, column)
     absent = {c: [k + 1 for k in range(plan.folds) if not (values[plan.fold_of_row == k] == c).any()]
-              for c in classes}
+              for c in sorted(set(values) - {""})}
     said = [f"{c!r} in fold(s) {', '.join(map(str, f))}" for c, f in absent.items() if f]
     if not said:
         return None
@@ -388,6 +430,28 @@ def _absent_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None
             " class out (recall, one-vs-rest AUROC)"
             + ("" if plan.from_column or plan.stratified_by else
                "; --stratify gives each fold its share"))
+
+
+def untrained_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None:
+    """Which classes of the first head's target no training row of some fold holds (every row
+    of the class lies in that fold): that fold's model never learns the class, and its rows
+    there are scored as they are."""
+    _, column, classes = _first_target(spec)
+    if not classes:
+        return None
+    values = _class_of_row(table, column)
+    said = []
+    for fold in range(plan.folds):
+        trained = set(values[plan.fold_of_row != fold])
+        lacking = sorted(set(values[plan.fold_of_row == fold]) - trained - {""})
+        if lacking:
+            said.append(f"fold {fold + 1}: {', '.join(map(repr, lacking[:3]))}"
+                        + (" and more" if len(lacking) > 3 else ""))
+    if not said:
+        return None
+    return (f"the training rows of some folds hold no row of a class of column {column!r}"
+            f" ({'; '.join(said)}): that fold's model has an output for the class but never"
+            " learns it, and scores its rows as they are (its recall there is 0)")
 
 
 def _fold_hint(table: Table, specs: list[ModelSpec], named: bool) -> str | None:
@@ -404,14 +468,12 @@ def _fold_hint(table: Table, specs: list[ModelSpec], named: bool) -> str | None:
 
 
 def _write_folds(out: Path, table: Table, plan: FoldPlan) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text)
     # The fold column or the groups' column, and the groups' column beside a fold column.
     shown = list(dict.fromkeys(c for c in (plan.group_column, plan.split_by) if c))
-    writer.writerow(["row", "fold", *(f"{c}_value" if c in ("row", "fold") else c for c in shown)])
-    for i, (row, fold) in enumerate(zip(table.rows, plan.fold_of_row)):
-        writer.writerow([int(row), int(fold) + 1, *(table.columns[c][i] for c in shown)])
-    write_text(out / "folds.csv", text.getvalue())
+    header = ["row", "fold", *(f"{c}_value" if c in ("row", "fold") else c for c in shown)]
+    rows = ([int(row), int(fold) + 1, *(table.columns[c][i] for c in shown)]
+            for i, (row, fold) in enumerate(zip(table.rows, plan.fold_of_row)))
+    write_text(out / "folds.csv", csv_text(header, rows))
 
 
 def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan: FoldPlan,
@@ -421,8 +483,8 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
               on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None) -> SpecScores:
     scores = SpecScores(name, spec, source)
     predictions: dict[str, list[Any]] = {}
-    started = time.perf_counter()
     shown: set[str] = set()
+    finished = FinishedFolds(out / name, run_key(spec, table, plan, options, policy), say)
     for fold in range(plan.folds):
         where = f"{name} fold {fold + 1}/{plan.folds}"
         fold_dir = out / name / f"fold_{fold + 1}"
@@ -430,27 +492,38 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
         def say_in_fold(line: str, where: str = where) -> None:
             say(f"{where}: {line}")
 
-        try:
-            metrics, predicted = fold_scores(
-                spec, table, plan, fold, fold_dir, options, policy, progress,
-                say_once(say_in_fold, shown, leave_out=(SPLIT_HINT_START,)))
-        except SpecError as exc:
-            raise (exc.with_source(source) if source else exc) from None
-        finally:
-            if not keep_checkpoints:
-                (fold_dir / CHECKPOINT).unlink(missing_ok=True)
-        scores.folds.append(metrics)
-        for column, values in predicted.items():
+        record = finished.record(fold)
+        if record is None:
+            record = _fold(spec, source, table, plan, fold, fold_dir, options, policy, progress,
+                           say_once(say_in_fold, shown, leave_out=(SPLIT_HINT_START,)),
+                           keep_checkpoints)
+        scores.folds.append(record.metrics)
+        scores.by_presence.append(record.by_presence)
+        scores.seconds += record.seconds
+        for column, values in record.predictions.items():
             predictions.setdefault(column, []).extend(values)
-        say(f"{where}: " + "; ".join(
-            f"{head} " + ", ".join(f"{m} {v:.4f}" for m, v in values.items())
-            for head, values in metrics.items()))
+        said = "; ".join(f"{head} " + ", ".join(f"{m} {v:.4f}" for m, v in values.items())
+                         for head, values in record.metrics.items())
+        say(f"{where}: {said}" + (" (finished in an earlier run: reused)" if record.reused else ""))
         if on_fold is not None:
-            on_fold(name, fold, metrics)
-    scores.seconds = time.perf_counter() - started
+            on_fold(name, fold, record.metrics)
     scores.predictions = predictions_file
     _write_predictions(predictions_file, predictions)
     return scores
+
+
+def _fold(spec: ModelSpec, source: str | None, table: Table, plan: FoldPlan, fold: int,
+          fold_dir: Path, options: Mapping[str, Any], policy: str, progress: bool,
+          say: Callable[[str], None], keep_checkpoints: bool) -> FoldRecord:
+    """Run one fold and keep its record in its folder."""
+    try:
+        record = run_fold(spec, table, plan, fold, fold_dir, options, policy, progress, say)
+    except SpecError as exc:
+        raise (exc.with_source(source) if source else exc) from None
+    record.save(fold_dir)
+    if not keep_checkpoints:
+        (fold_dir / CHECKPOINT).unlink(missing_ok=True)
+    return record
 
 
 def say_once(say: Callable[[str], None], shown: set[str],
@@ -468,64 +541,25 @@ def say_once(say: Callable[[str], None], shown: set[str],
     return said
 
 
-def fold_scores(spec: ModelSpec, table: Table, plan: FoldPlan, fold: int, fold_dir: Path,
-                options: Mapping[str, Any], policy: str, progress: bool,
-                say: Callable[[str], None]) -> tuple[dict[str, dict[str, float]], dict[str, list[Any]]]:
-    """Train on every fold but ``fold``, then score on ``fold``: per-head metrics, and the
-    predictions (with row number, fold, group and true target) of its rows."""
-    from .distributed import resolve_device
-    from .inference import evaluate, predict
-
-    train_table = table.take(plan.train_positions(fold))
-    test_table = table.take(plan.test_positions(fold))
-    result = train(spec, train_table, fold_dir / "model.safetensors", run_dir=fold_dir,
-                   group_by=plan.split_by, options=options, on_bad_row=policy,
-                   progress=progress, log=say)
-    device = str(resolve_device(str(options.get("device", spec.training.device))))
-    scored = evaluate(result.model, test_table, on_bad_row=policy, device=device)
-    metrics = {head: values["metrics"] for head, values in scored["heads"].items()}
-    predicted = predict(result.model, test_table, on_bad_row=policy, device=device)["columns"]
-    return metrics, _with_truth(predicted, test_table, fold, plan.group_column, Binding(spec))
-
-
-def _with_truth(predicted: dict[str, list[Any]], table: Table, fold: int, group: str | None,
-                binding: Binding) -> dict[str, list[Any]]:
-    """Prediction columns after the row number, its fold, its group and each true target
-    (``COLUMN_true``)."""
-    position = {int(r): i for i, r in enumerate(table.rows)}
-    at = [position[int(r)] for r in predicted["row"]]
-    columns: dict[str, list[Any]] = {"row": predicted["row"], "fold": [fold + 1] * len(at)}
-    if group:
-        columns[group] = [_plain(table.columns[group][i]) for i in at]
-    for column in dict.fromkeys(c for b in binding.heads for c in b.codec.columns()):
-        columns[f"{column}_true"] = [_plain(table.columns[column][i]) for i in at]
-    columns.update({k: v for k, v in predicted.items() if k != "row"})
-    return columns
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _write_predictions(path: Path, columns: dict[str, list[Any]]) -> None:
     order = np.argsort(np.asarray(columns.get("row", []), np.int64), kind="stable")
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(list(columns))
-    for i in order:
-        writer.writerow([values[i] for values in columns.values()])
-    write_text(path, text.getvalue())
+    write_text(path, csv_text(list(columns), ([values[i] for values in columns.values()]
+                                              for i in order)))
 
 
 def _write_report(result: CVResult) -> None:
     out = result.output
     write_text(out / "report.json", json.dumps(result.summary(), indent=2))
     write_text(out / "report.txt", result.table() + "\n")
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["spec", "fold", "head", "metric", "value"])
-    for scores in result.scores:
-        for fold, metrics in enumerate(scores.folds, start=1):
-            for head, values in metrics.items():
-                writer.writerows([scores.name, fold, head, m, v] for m, v in values.items())
-    write_text(out / "scores.csv", text.getvalue())
+    write_text(out / "scores.csv", csv_text(
+        ["spec", "fold", "head", "metric", "value"],
+        ([scores.name, fold, head, m, v] for scores in result.scores
+         for fold, metrics in enumerate(scores.folds, start=1)
+         for head, values in metrics.items() for m, v in values.items())))
+    if any(any(s.by_presence) for s in result.scores):
+        write_text(out / "scores_by_inputs.csv", csv_text(
+            ["spec", "fold", "head", "inputs", "rows", "metric", "value"],
+            ([scores.name, fold, head, kind, found["rows"], m, v] for scores in result.scores
+             for fold, heads in enumerate(scores.by_presence, start=1)
+             for head, kinds in heads.items() for kind, found in kinds.items()
+             for m, v in found["metrics"].items())))

@@ -60,6 +60,7 @@ from .inference import (
     to_device,
 )
 from .options import TrainingOptions
+from .presence import presence_lines
 from .report import plot_curves, summary_table, write_logs, write_validation_rows
 
 CHECKPOINT = "checkpoint.pt"
@@ -505,8 +506,9 @@ class _Epochs:
         self.rows.report.add(encoded)
         inputs = to_device(encoded.inputs, device, opts.channels_last)
         targets = device_targets(encoded.targets, device)
+        present = to_device(encoded.present, device) or None
         with autocast(device, opts.precision):
-            outputs = parts.runner(inputs)
+            outputs = parts.runner(inputs, present)
         losses = head_losses(parts.model, outputs, targets)
         loss = sum(self.weights[h] * l.float() for h, (l, _, _) in losses.items())
         if not isinstance(loss, torch.Tensor):
@@ -581,6 +583,8 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
     notes = [*rows.report.note_lines(), *([rows.split_note] if rows.split_note else [])]
     for line in notes:  # before training, while it can still be fixed
         say(f"note: {line}")
+    for line in presence_lines(binding, rows.train, rows.val):
+        say(line)
     checkpoint = _restore_point(run_dir / CHECKPOINT, spec, rows, say) if resume else None
     if rows.held_out and context.main:
         _write_held_out(run_dir, rows, opts.group_by)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._data.binding import Binding, Encoded
+from .._data.binding import Binding, Encoded, presence_labels
 from .._data.codec import RowIssues, State, add_examples
 from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, OutputError, did_you_mean
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from .._assembly import PolymodalModel
 
 BAD_ROW_POLICIES = ("fail", "skip")
+#: The prediction column that says which inputs each row's prediction was made from, for a
+#: model that takes some input as absent.
+INPUTS_USED = "inputs_used"
 
 
 @dataclass
@@ -163,10 +166,15 @@ class Collected:
     targets: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     loss_sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    #: each row's presence pattern over the head's inputs (``photo + record``, ``record only``)
+    patterns: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
-    def add(self, head: str, output: torch.Tensor, target: torch.Tensor, loss: float) -> None:
+    def add(self, head: str, output: torch.Tensor, target: torch.Tensor, loss: float,
+            patterns: np.ndarray | None = None) -> None:
         self.outputs.setdefault(head, []).append(output.float().cpu())
         self.targets.setdefault(head, []).append(target.cpu())
+        if patterns is not None:
+            self.patterns.setdefault(head, []).append(patterns)
         self.loss_sums[head] = self.loss_sums.get(head, 0.0) + loss * len(target)
         self.counts[head] = self.counts.get(head, 0) + len(target)
 
@@ -217,19 +225,83 @@ def head_losses(model: Any, outputs: dict[str, torch.Tensor], targets: dict[str,
 def collect(model: Any, batches: Iterable[Encoded], device: torch.device, precision: str = "fp32",
             channels_last: bool = False) -> Collected:
     collected = Collected()
+    for encoded, outputs in _outputs(model, batches, device, precision, channels_last):
+        _add(collected, model, encoded, outputs, device)
+    return collected
+
+
+def _outputs(model: Any, batches: Iterable[Encoded], device: torch.device, precision: str = "fp32",
+             channels_last: bool = False) -> Iterator[tuple[Encoded, dict[str, torch.Tensor]]]:
+    """Each batch with the model's outputs for it, in evaluation mode, without gradients."""
     was_training = model.training
     model.eval()
     try:
         for encoded in batches:
             inputs = to_device(encoded.inputs, device, channels_last)
-            targets = device_targets(encoded.targets, device)
-            with autocast(device, precision):
-                outputs = model(inputs)
-            for head, (loss, output, target) in head_losses(model, outputs, targets).items():
-                collected.add(head, output, target, float(loss))
+            with torch.no_grad(), autocast(device, precision):
+                outputs = model(inputs, to_device(encoded.present, device) or None)
+            yield encoded, outputs
     finally:
         model.train(was_training)
-    return collected
+
+
+def _add(collected: Collected, model: Any, encoded: Encoded, outputs: dict[str, torch.Tensor],
+         device: torch.device) -> None:
+    """Each head's outputs and targets of a batch, with its loss and its rows' presence."""
+    targets = device_targets(encoded.targets, device)
+    for head, (loss, output, target) in head_losses(model, outputs, targets).items():
+        collected.add(head, output, target, float(loss), _patterns(model, head, encoded))
+
+
+@dataclass
+class Scored:
+    """A trained model on a table with targets, from one pass: each head's ``metrics``, its
+    metrics ``by_presence`` of its inputs, and the prediction ``columns`` of the rows scored."""
+
+    metrics: dict[str, dict[str, float]]
+    by_presence: dict[str, dict[str, dict[str, Any]]]
+    columns: dict[str, list[Any]]
+    report: RowReport
+
+
+def score(model: Any, data: Any, *, on_bad_row: str = "fail", device: str = "cpu",
+          batch_size: int = 256) -> Scored:
+    """Metrics and predictions of a trained model (object) on the rows of ``data`` that have a
+    target, from one pass over them."""
+    state = model_state(model, "<model>")
+    binding = Binding(model.spec)
+    target = torch.device(device)
+    model.to(target)
+    report, collected = RowReport(), Collected()
+    columns: dict[str, list[Any]] = {}
+    chunks = encoded_chunks(data, binding, state, targets=True, batch_size=batch_size,
+                            policy=on_bad_row, report=report)
+    for chunk, encoded in chunks:
+        for _, outputs in _outputs(model, [encoded], target):
+            _add(collected, model, encoded, outputs, target)
+            found = {"row": chunk.rows[encoded.positions].tolist(),
+                     **_prediction_columns(binding, state, outputs, encoded)}
+            for column, values in found.items():
+                columns.setdefault(column, []).extend(values)
+    return Scored(head_metrics(collected, binding, state),
+                  presence_metrics(collected, binding, state), columns, report)
+
+
+def _prediction_columns(binding: Binding, state: State, outputs: Mapping[str, torch.Tensor],
+                        encoded: Encoded, taken: Iterable[str] = ()) -> dict[str, list[Any]]:
+    """A batch's decoded predictions and, for a model that takes an input as absent, which
+    inputs each row's prediction used."""
+    columns = _decoded(binding, state, outputs)
+    if binding.may_be_absent:
+        columns[kept_name(INPUTS_USED, [*columns, *taken])] = presence_labels(
+            list(binding.spec.inputs), encoded.present, len(encoded.positions)).tolist()
+    return columns
+
+
+def _patterns(model: Any, head: str, encoded: Encoded) -> np.ndarray:
+    """The presence pattern of each row of ``encoded`` that has ``head``'s target."""
+    labels = presence_labels(model.spec.head_inputs(head), encoded.present, len(encoded.positions))
+    return labels[np.asarray(encoded.targets[head][1], dtype=bool)]
 
 
 def head_metrics(collected: Collected, binding: Binding, state: State) -> dict[str, dict[str, float]]:
@@ -244,6 +316,46 @@ def head_metrics(collected: Collected, binding: Binding, state: State) -> dict[s
             bound.name, bound.codec.metrics(output, target, state["heads"][bound.name])))
         metrics[bound.name] = values
     return metrics
+
+
+def presence_metrics(collected: Collected, binding: Binding,
+                     state: State) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each head's metrics on the rows of each presence pattern of its inputs (``photo +
+    record``, ``record only``), most rows first; heads whose rows all hold every input are left
+    out."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for bound in binding.heads:
+        if not collected.patterns.get(bound.name):
+            continue
+        labels = np.concatenate(collected.patterns[bound.name])
+        kinds, counts = np.unique(labels, return_counts=True)
+        if len(kinds) < 2:
+            continue
+        output = torch.cat(collected.outputs[bound.name])
+        target = torch.cat(collected.targets[bound.name])
+        for kind in kinds[np.argsort(-counts, kind="stable")]:
+            rows = torch.from_numpy(np.flatnonzero(labels == kind))
+            values = binding.check_metrics(bound.name, bound.codec.metrics(
+                output[rows], target[rows], state["heads"][bound.name]))
+            found.setdefault(bound.name, {})[str(kind)] = {"rows": len(rows), "metrics": values}
+    return found
+
+
+def presence_table(by_presence: Mapping[str, Mapping[str, Any]]) -> str:
+    """One head's metrics per presence pattern (what :func:`presence_metrics` gives for it)."""
+    metrics = list(dict.fromkeys(m for v in by_presence.values() for m in v["metrics"]))
+    rows = [["inputs present", "rows", *metrics]]
+    for kind, values in by_presence.items():
+        rows.append([kind, str(values["rows"]),
+                     *(_number(values["metrics"].get(m, math.nan)) for m in metrics)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _number(value: float | str | None) -> str:
+    if isinstance(value, str):  # already shown (mean ± sd)
+        return value
+    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def _load(model: Any, exports: bool = False) -> tuple[Any, str]:
@@ -281,6 +393,7 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
         truth = torch.cat(collected.targets[name])
         result["heads"][name] = {"rows": collected.counts[name], "metrics": values,
                                  **codec.details(output, truth, state["heads"][name])}
+    result["by_presence"] = presence_metrics(collected, binding, state)
     result.update(report.to_json())
     return result
 
@@ -313,6 +426,9 @@ def render_evaluation(model: Any, result: dict[str, Any]) -> str:
             text = binding.head_codec(name).render_details(details)
             if text:
                 lines.append(text)
+        by_presence = result.get("by_presence", {}).get(name)
+        if by_presence:
+            lines.append(f"by the inputs each row holds:\n{presence_table(by_presence)}")
     return "\n".join(lines)
 
 
@@ -372,8 +488,9 @@ def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_
             raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to keep."
                             f"{did_you_mean(missing[0], chunk.columns)}")
         with torch.no_grad():
-            outputs = model(to_device(encoded.inputs, device))
-        predicted = _decoded(binding, state, outputs)
+            outputs = model(to_device(encoded.inputs, device),
+                            to_device(encoded.present, device) or None)
+        predicted = _prediction_columns(binding, state, outputs, encoded, ["row", *keep])
         columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
         for c in keep:
             columns[kept_name(c, [*predicted, *columns])] = [

@@ -50,6 +50,15 @@ def write_logs(run_dir: Path, history: list[EpochRecord]) -> None:
     write_text(run_dir / "metrics.csv", out.getvalue())
 
 
+def csv_text(header: list[str], rows: Any) -> str:
+    """A CSV table's text: the ``header``, then each of ``rows`` (sequences of values)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with NaN and infinities as None (JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):

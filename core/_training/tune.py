@@ -31,19 +31,34 @@ import numpy as np
 
 from .._data.binding import Binding
 from .._data.table import Table, read_table
-from .._errors import ConnectionMismatch, PolymodalError, SpecError
-from .._files import atomic_path, write_text
+from .._errors import (
+    ConnectionMismatch,
+    DivergedError,
+    PolymodalError,
+    SpecError,
+    first_line,
+    out_of_memory,
+)
+from .._files import atomic_path, remove_stale_locks, write_text
 from .._search import Choice, FloatRange, IntRange, label, plain_data, put
 from .._spec import ModelSpec, load_spec
 from . import distributed, objective
-from .cv import FoldPlan, fold_scores, plan_folds, say_once
+from .cv import FoldPlan, plan_folds, say_once, settled
 from .engine import CHECKPOINT, train
+from .fold_run import run_fold
 from .folds import group_keys
 from .report import json_safe
 
-#: Errors that fail one trial (its combination of values does not fit together) but not the
-#: study: a bad table or a broken plugin fails every trial, and stops the run.
-TRIAL_ERRORS = (SpecError, ConnectionMismatch)
+
+class TrialFailed(PolymodalError):
+    """A trial whose values do not train: its loss diverged, or its model did not fit in
+    memory. The trial fails; the study goes on."""
+
+
+#: Errors that fail one trial (its combination of values does not fit together, diverges or
+#: does not fit in memory) but not the study: a bad table or a broken plugin fails every trial,
+#: and stops the run.
+TRIAL_ERRORS = (SpecError, ConnectionMismatch, TrialFailed)
 #: A run stops after this many failed trials in a row.
 MAX_FAILURES_IN_A_ROW = 5
 MODEL = "model.safetensors"
@@ -154,6 +169,8 @@ def tune(
     table = read_table(data)
     Binding(spec).require_columns(table, targets=True)
     plan = _fold_plan(table, spec, folds, group_by, fold_column, stratify, options)
+    if plan is not None:  # every fold's model has an output for each class of the table
+        spec = settled(spec, table)
     if (out / "folds.csv").exists():  # a cross-validation's folder: its files would mix
         raise TuneError(f"{out}: this folder holds a cross-validation (folds.csv); give the"
                         " search another -o")
@@ -174,6 +191,12 @@ def tune(
     notes = []
     try:
         ran = runner.lead(opened, trials, timeout)
+    except BaseException:
+        # What the study holds so far is written before the run stops (no best model is
+        # retrained on the way out).
+        with contextlib.suppress(Exception):
+            write_summary(opened, runner, out)
+        raise
     finally:
         group.finish()
     notes += write_results(optuna, opened, runner, out)
@@ -279,6 +302,7 @@ class _Runner:
         optuna = _optuna()
         with _quiet(optuna):
             optuna.storages.fail_stale_trials(study)  # trials of a process that died
+        self._tidy_failed(study)
         _enqueue_baseline(study, self.spec, self.say)
         finished = _finished(study)
         if finished >= trials:
@@ -302,6 +326,19 @@ class _Runner:
                 raise TuneError(f"{failures} trials in a row failed; the last one: {self.error}")
         return ran
 
+    def _tidy_failed(self, study: Any) -> None:
+        """What killed trials left in this folder: their checkpoints (unless kept) and the lock
+        files no live run holds."""
+        if not self.keep_checkpoints:
+            for trial in study.trials:
+                if trial.state.name == "FAIL":
+                    folder = self.trial_dir(trial.number)
+                    for checkpoint in [folder / CHECKPOINT, *folder.glob(f"fold_*/{CHECKPOINT}")]:
+                        checkpoint.unlink(missing_ok=True)
+        removed = remove_stale_locks(self.out / "trials") if (self.out / "trials").is_dir() else []
+        if removed:
+            self.say(f"note: removed {len(removed)} lock file(s) of trials whose run had ended")
+
     def objective(self, trial: Any) -> float:
         optuna = _optuna()
         self.error = None
@@ -321,6 +358,13 @@ class _Runner:
         except TRIAL_ERRORS as exc:
             self._failed(trial, str(exc))
             raise
+        except (DivergedError, MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not out_of_memory(exc):
+                raise
+            why = (f"its model did not fit in memory ({first_line(exc, 200)})"
+                   if not isinstance(exc, DivergedError) else first_line(exc, 400))
+            self._failed(trial, why)
+            raise TrialFailed(why) from None
         finally:
             self._tidy(trial.number)
         if not math.isfinite(value):
@@ -347,7 +391,7 @@ class _Runner:
                 try:
                     self._run(number, spec_data,
                               lambda step, v, last: bool(self.group.share(None)))
-                except (_Pruned, *TRIAL_ERRORS):
+                except (_Pruned, DivergedError, *TRIAL_ERRORS):
                     pass  # rank 0 records it
         finally:
             self.group.finish()
@@ -394,8 +438,8 @@ class _Runner:
         for fold in range(self.plan.folds):
             fold_dir = folder / f"fold_{fold + 1}"
             try:
-                metrics, _ = fold_scores(spec, self.table, self.plan, fold, fold_dir,
-                                         self.options, self.policy, False, say)
+                metrics = run_fold(spec, self.table, self.plan, fold, fold_dir, self.options,
+                                   self.policy, False, say).metrics
             finally:
                 self._tidy_fold(fold_dir)
             values.append(objective.value_of(metrics, self.metric, spec))
@@ -595,20 +639,28 @@ def write_results(optuna: Any, study: Any, runner: _Runner, out: Path) -> list[s
     """The best spec and model, the trials as CSV, and Optuna's plots; notes on what could not
     be written."""
     notes: list[str] = []
+    best = write_summary(study, runner, out)
+    if best is None:
+        return notes
+    keep_best_model(study, runner)
+    notes += _best_model(best, runner, out)
+    notes += _plots(optuna, study, out)
+    return notes
+
+
+def write_summary(study: Any, runner: _Runner, out: Path) -> Any:
+    """``trials.csv`` and the best trial's spec (``best.yaml``); the best trial, or None."""
     _write_trials(study, out / "trials.csv")
     best = _best(study)
     if best is None:
-        return notes
+        return None
     import yaml
 
     spec_data = json.loads(best.user_attrs["spec"])
     write_text(out / "best.yaml", f"# study {study.study_name!r}: trial {best.number},"
                       f" {runner.metric} = {best.value:.6g}\n"
                       + yaml.safe_dump(spec_data, sort_keys=False))
-    keep_best_model(study, runner)
-    notes += _best_model(best, runner, out)
-    notes += _plots(optuna, study, out)
-    return notes
+    return best
 
 
 def _best_model(best: Any, runner: _Runner, out: Path) -> list[str]:

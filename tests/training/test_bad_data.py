@@ -25,7 +25,7 @@ def _edit(dataset, row: int, **values):
 
 @pytest.mark.parametrize("column, value, message", [
     ("photo", "img/nowhere.png", "row 3, column 'photo': image 'img/nowhere.png' not found in {folder}"),
-    ("photo", "", "row 3, column 'photo': no image path (empty)"),
+    # (an empty photo is an absent input in this fused model: tests/training/test_absent_inputs.py)
     ("age", "forty", "row 3, column 'age': 'forty' is not a number"),
     ("label", "", "row 3, column 'label': the target is missing (empty or NaN)"),
     ("label", "NaN", "row 3, column 'label': the target is missing (empty or NaN)"),

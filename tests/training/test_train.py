@@ -305,8 +305,11 @@ def test_cli_train_json_evaluate_and_predict(dataset, tmp_path, capsys):
     assert main(["predict", str(model), "--data", str(dataset), "-o", str(predictions),
                  "--keep", "id", "--keep", "label"]) == 0
     rows = read_csv(predictions)
-    # the true label, kept beside the prediction of the head named after it
-    assert list(rows[0]) == ["row", "id", "label_kept", "label", "label_prob_no", "label_prob_yes"]
+    # the true label, kept beside the prediction of the head named after it; a fused model
+    # (which takes an input as absent) says which inputs each prediction used
+    assert list(rows[0]) == ["row", "id", "label_kept", "label", "label_prob_no", "label_prob_yes",
+                             "inputs_used"]
+    assert {r["inputs_used"] for r in rows} == {"photo + report"}
     assert rows[0]["row"] == "1" and rows[0]["id"] == "r0"
     assert [r["label_kept"] for r in rows] == [r["label"] for r in read_csv(dataset)]
     assert len(rows) == 48

@@ -1,0 +1,56 @@
+"""What a run says about rows that lack an input, before it trains.
+
+Where the model takes some input as absent (``inputs.NAME.missing``), the run gives the rows of
+each presence pattern (``photo + record: 420, record only: 180``), and notes what may hurt the
+rows that lack an input: a pattern that few training rows have, or a fusion that never practises
+predicting without an input (``modality_dropout: 0``) although the data lacks some.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._data.binding import Binding, presence_labels
+from .._data.table import Table
+
+#: A pattern with fewer training rows than this (or than RARE_SHARE of them) is noted as rare.
+RARE_ROWS = 20
+RARE_SHARE = 0.02
+
+
+def pattern_counts(binding: Binding, table: Table) -> dict[str, int]:
+    """Rows of ``table`` by presence pattern over the model's inputs, most first; empty where
+    every row holds every input the model may lack."""
+    held = binding.presence(table)
+    if not held or all(m.all() for m in held.values()):
+        return {}
+    labels = presence_labels(list(binding.spec.inputs), held, len(table))
+    kinds, counts = np.unique(labels, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return {str(kinds[i]): int(counts[i]) for i in order}
+
+
+def presence_lines(binding: Binding, train: Table, other: Table) -> list[str]:
+    """The line of presence patterns in the training rows, then notes (each ``note: ...``)."""
+    counts = pattern_counts(binding, train)
+    if not counts:
+        return []
+    total = len(train)
+    lines = ["inputs held by the training rows: "
+             + ", ".join(f"{kind}: {n}" for kind, n in counts.items())]
+    rare = [k for k, n in counts.items() if n < max(RARE_ROWS, RARE_SHARE * total)]
+    rare += [k for k in pattern_counts(binding, other) if k not in counts]
+    if rare:
+        lines.append(f"note: few or no training rows hold {' / '.join(map(repr, rare))}: the"
+                     " model learns little of how to predict for such rows; evaluate and cv"
+                     " report its metrics on them apart, and modality_dropout (fusion) trains"
+                     " every row with some input left out too")
+    fusion = binding.spec.fusion
+    if fusion is not None and fusion.modality_dropout == 0:
+        lacking = {n: int((~m).sum()) for n, m in binding.presence(train).items() if (~m).any()}
+        said = ", ".join(f"{n!r} in {k}" for n, k in lacking.items())
+        lines.append(f"note: inputs are absent from some training rows ({said} of {total}) and"
+                     " fusion.modality_dropout is 0: the model learns to predict without them"
+                     " from those rows only; a modality_dropout of 0.1-0.3 also drops inputs of"
+                     " the other rows now and then (docs/training.md, 'Rows that lack an input')")
+    return lines
