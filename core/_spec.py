@@ -515,7 +515,7 @@ def validate_spec_data(
 def _plain(spec: ModelSpec) -> ModelSpec:
     """``spec`` as an instance of :class:`ModelSpec` itself (the per-registry subclass is made
     at run time: copies, pickles and equality should not depend on it)."""
-    inputs = {name: InputSpec.model_construct(adapter=inp.adapter, backbone=inp.backbone)
+    inputs = {name: InputSpec.model_construct(**{f: getattr(inp, f) for f in InputSpec.model_fields})
               for name, inp in spec.inputs.items()}
     return ModelSpec.model_construct(
         name=spec.name, description=spec.description, inputs=inputs,

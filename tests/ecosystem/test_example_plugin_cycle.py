@@ -193,7 +193,25 @@ def test_the_plugin_trains_evaluates_and_predicts_from_a_table_of_signal_files(w
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12
     assert {r["rhythm"] for r in rows} <= {"regular", "irregular"}
-    assert list(rows[0]) == ["row", "rhythm", "rhythm_prob_irregular", "rhythm_prob_regular"]
+    assert list(rows[0]) == ["row", "rhythm", "rhythm_prob_irregular", "rhythm_prob_regular",
+                             "inputs_used"]
+
+    # A third-party codec reports absence (plugin API 2.1: SignalCodec.absent): rows with an
+    # empty signal cell are predicted from the record alone, and evaluated apart.
+    lines = test_table.read_text().splitlines()
+    for i in (1, 4, 7):
+        lines[i] = lines[i].replace(lines[i].split(",")[0], "", 1)
+    partial = tmp_path / "data" / "partial.csv"
+    partial.write_text("\n".join(lines) + "\n")
+    evaluated = polymodal("evaluate", str(model), "--data", str(partial), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    by_presence = json.loads(evaluated.stdout)["by_presence"]["rhythm"]
+    assert {k: v["rows"] for k, v in by_presence.items()} == {"ecg + record": 9, "record only": 3}
+    predicted = polymodal("predict", str(model), "--data", str(partial), "-o", str(predictions))
+    assert predicted.returncode == 0, predicted.stderr
+    with predictions.open(newline="") as handle:
+        used = [r["inputs_used"] for r in csv.DictReader(handle)]
+    assert [i for i, u in enumerate(used, start=1) if u == "record only"] == [1, 4, 7]
 
     # A row whose signal file is gone: one message naming the table, row, column and file.
     lines = test_table.read_text().splitlines()

@@ -125,6 +125,11 @@ class SignalCodec(Codec[SignalAdapter.Config]):
     def columns(self) -> list[str]:
         return [self.column()]
 
+    def absent(self, table: Table) -> np.ndarray:
+        """A row with an empty cell has no recording (plugin API 2.1): where the model fuses the
+        signal with other inputs, such a row is used with those; elsewhere it is a bad row."""
+        return np.array([is_missing(v) for v in table.columns[self.column()]], dtype=bool)
+
     def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         length = self.config.length or (state["length"] if state else None)
         for position in range(len(table)):

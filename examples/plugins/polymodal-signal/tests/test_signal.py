@@ -138,6 +138,9 @@ def test_bad_signal_files_are_bad_rows_naming_row_column_and_problem(tmp_path):
     assert issues.bad[5].endswith("signal file 'words.npy' holds <U1 values, not numbers")
     assert "signal file 'notes.npy' is not a readable .npy array" in issues.bad[6]
     assert 0 not in issues.bad
+    # Only the empty cell says the recording is absent (plugin API 2.1): a file that is named
+    # but cannot be read is a bad row, never an absent input.
+    assert _codec().absent(table).tolist() == [False, True, False, False, False, False, False]
 
     trained = RowIssues(table)
     _codec().check(table, trained, {"mean": [0, 0], "std": [1, 1], "length": 7})
