@@ -258,6 +258,39 @@ def test_demo_predictions_from_onnx_equal_the_model_files(demo, tmp_path, capsys
             assert abs(float(a[name]) - float(b[name])) <= 1e-5
 
 
+def test_rows_without_a_photo_are_predicted_from_onnx_as_from_the_model_file(demo, tmp_path):
+    """predict from an ONNX file feeds present.photo from the table's empty cells; by hand,
+    zeros and a false mask give the same (docs/deploy.md, "Rows that lack an input")."""
+    import onnxruntime
+
+    model, onnx_file, table, _ = demo
+    rows = read_csv(table)
+    for row in rows[::3]:
+        row["photo"] = ""
+    partial = write_csv(table.with_name("partial.csv"), rows)
+    results = [polymodal.predict(path, partial, batch_size=7)["columns"] for path in (model, onnx_file)]
+    assert results[0]["inputs_used"] == results[1]["inputs_used"]
+    assert results[0]["inputs_used"].count("record only") == len(rows[::3])
+    for name in ("decision_prob_accept", "decision_prob_reject"):
+        assert np.allclose(results[0][name], results[1][name], atol=1e-5)
+    # By hand: the first row with its photo zeroed and marked absent.
+    from polymodal._data.binding import Binding
+    from polymodal._data.table import read_table
+
+    loaded = polymodal.load(model)
+    encoded = Binding(loaded.spec).encode(read_table(partial).take([0]), loaded.fitted_state,
+                                          targets=False)
+    feeds = {"photo": encoded.inputs["photo"].float().numpy() / 255.0}
+    feeds.update({f"record.{k}": v.numpy() for k, v in encoded.inputs["record"].items()})
+    feeds["photo"][0] = 0.0
+    feeds["present.photo"] = np.array([False])
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    logits = session.run(["decision"], feeds)[0]
+    probability = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    assert np.allclose(probability, [results[0]["decision_prob_accept"][0],
+                                     results[0]["decision_prob_reject"][0]], atol=1e-5)
+
+
 def test_demo_exports_agree_on_random_batches_with_missing_inputs(demo, tmp_path):
     """The demo's ONNX file and its .pt2 (through the Python API) against the model; both files
     carry the model file's metadata."""
