@@ -62,7 +62,7 @@ class ClassificationHead(Head):
             json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2, "maximum": 1_000_000},
                                          {"const": "auto", "type": "string"},
                                          {"type": "array", "minItems": 2, "maxItems": 1_000_000,
-                                          "items": {"type": ["string", "integer"]}}]})
+                                          "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}]})
         dropout: float = Field(0.0, description="Dropout before the output layer.", ge=0.0, lt=1.0)
         class_weights: dict[str, float] | list[float] | None = Field(
             None, description="Loss weight of classes, for imbalanced data (the loss of"

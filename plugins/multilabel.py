@@ -63,7 +63,7 @@ class MultilabelHead(Head):
             json_schema_extra={"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1_000_000},
                                          {"const": "auto", "type": "string"},
                                          {"type": "array", "minItems": 1, "maxItems": 1_000_000,
-                                          "items": {"type": ["string", "integer"]}}]})
+                                          "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}]})
         pos_weight: list[float] | None = Field(
             None, description="Loss weight of each label's positive examples (one per label).")
         threshold: float = Field(0.5, description="Probability at which a label is predicted.",

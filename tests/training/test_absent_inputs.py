@@ -71,6 +71,14 @@ def test_an_absent_rows_prediction_is_the_models_with_the_input_marked_absent(da
                             for p in columns["photo"]]
         predicted = polymodal.predict(model, columns)["columns"]
         assert predicted["inputs_used"] == ["photo + report"] * 2 + ["report only", "photo + report"]
+    # A pandas DataFrame: None and NaN in the photo column.
+    import pandas
+
+    frame = pandas.DataFrame({k: [r[k] for r in rows[:4]] for k in rows[0]})
+    frame["photo"] = [str(dataset.parent / rows[0]["photo"]), None, float("nan"),
+                      str(dataset.parent / rows[3]["photo"])]
+    used = polymodal.predict(model, frame)["columns"]["inputs_used"]
+    assert used == ["photo + report", "report only", "report only", "photo + report"]
     # The same row with an image given but marked absent: the image has no influence.
     table = read_table(write_csv(tmp_path / "one.csv", [{**rows[2], "photo": rows[0]["photo"]}]))
     table.base_dir = dataset.parent

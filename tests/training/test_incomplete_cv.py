@@ -1,0 +1,156 @@
+"""Cross-validation and search on incomplete data: a class confined to one fold, a run stopped
+halfway, rows without an input, a trial that diverges."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import polymodal
+from polymodal._cli import main
+from polymodal._training import fold_run
+from training_data import read_csv, spec_data, table_spec, write_csv, write_dataset, write_grouped_table
+
+
+def _confined(tmp_path, name: str = "grouped.csv"):
+    """The grouped table with a third class, 'scrub', found only in sites of fold 3."""
+    table = write_grouped_table(tmp_path, name=name)
+    rows = read_csv(table)
+    for row in rows:
+        if row["site"] in ("s02", "s05"):  # both in fold 3 (site number % 3 == 2)
+            row["label"] = "scrub"
+    return write_csv(table, rows)
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_a_class_confined_to_one_fold_is_scored_as_it_is(tmp_path, capsys, policy):
+    table = _confined(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(table_spec()))
+    out = tmp_path / "cv"
+    assert main(["cv", str(spec), "--data", str(table), "--fold-column", "fold",
+                 "--group-by", "site", "-o", str(out), "--on-bad-row", policy]) == 0
+    captured = capsys.readouterr()
+    note = ("the training rows of some folds hold no row of a class of column 'label' (fold 3:"
+            " 'scrub')")
+    assert note in captured.err and note in (out / "report.txt").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert "fold 3: 'scrub'" in report["untrained_classes"]
+    # every fold's model has an output for every class of the table, in one order
+    predictions = read_csv(out / "oof_predictions.csv")
+    assert len(predictions) == 48
+    assert {"label_prob_no", "label_prob_scrub", "label_prob_yes"} <= set(predictions[0])
+    scrub = [r for r in predictions if r["label_true"] == "scrub"]
+    assert len(scrub) == 8 and {r["fold"] for r in scrub} == {"3"}
+    assert all(r["label"] != "scrub" for r in scrub)  # never learned there: recall 0
+
+
+def test_explicit_class_names_fix_the_order_and_refuse_other_classes(tmp_path):
+    table = write_grouped_table(tmp_path)
+    spec = table_spec()
+    spec["heads"]["label"]["classes"] = ["yes", "no", "maybe"]
+    result = polymodal.train(spec, table, tmp_path / "m.safetensors", progress=False)
+    assert result.model.fitted_state["heads"]["label"]["classes"] == ["yes", "no", "maybe"]
+    predicted = polymodal.predict(tmp_path / "m.safetensors", table)["columns"]
+    assert list(predicted)[1:5] == ["label", "label_prob_yes", "label_prob_no", "label_prob_maybe"]
+    rows = read_csv(table)
+    rows[5]["label"] = "perhaps"
+    with pytest.raises(polymodal.DataError, match="row 6, column 'label': class 'perhaps' is not one"
+                       r" heads.label.classes names \(yes, no, maybe\)"):
+        polymodal.train(spec, write_csv(tmp_path / "other.csv", rows), tmp_path / "n.safetensors",
+                        progress=False)
+    spec["heads"]["label"]["classes"] = ["yes", "yes"]
+    with pytest.raises(polymodal.SpecError, match="heads.label.classes: .*class 'yes' is named twice"):
+        polymodal.load_spec(spec)
+
+
+def test_a_stopped_cross_validation_keeps_its_finished_folds(tmp_path, capsys, monkeypatch):
+    table = write_grouped_table(tmp_path)
+    out = tmp_path / "cv"
+    real = fold_run.run_fold
+    calls = []
+    stop = [True]
+
+    def failing_on_fold_3(spec, table, plan, fold, *args, **kwargs):
+        calls.append(fold)
+        if fold == 2 and stop.pop() if stop else False:
+            raise polymodal.DataError("stopped")  # failed mid-run (or killed, interrupted)
+        return real(spec, table, plan, fold, *args, **kwargs)
+
+    monkeypatch.setattr("polymodal._training.cv.run_fold", failing_on_fold_3)
+    with pytest.raises(polymodal.DataError, match="stopped"):
+        polymodal.cv(table_spec(), table, folds=4, group_by="site", output=out)
+    assert (out / "tab" / "fold_2" / "fold.json").is_file()
+    assert not (out / "tab" / "fold_3" / "fold.json").exists()
+
+    lines: list[str] = []
+    result = polymodal.cv(table_spec(), table, folds=4, group_by="site", output=out, log=lines.append)
+    assert calls == [0, 1, 2, 2, 3]  # folds 1 and 2 reused, 3 and 4 trained
+    assert sum("(finished in an earlier run: reused)" in line for line in lines) == 2
+    fresh = polymodal.cv(table_spec(), table, folds=4, group_by="site", output=tmp_path / "cv2")
+    assert result.scores[0].folds == fresh.scores[0].folds  # the same scores as one run
+    assert (out / "oof_predictions.csv").read_text() == (tmp_path / "cv2" / "oof_predictions.csv").read_text()
+
+    # A changed spec (or table, folds, options) runs its folds afresh, with a note.
+    lines.clear()
+    calls.clear()
+    polymodal.cv(table_spec(epochs=2), table, folds=4, group_by="site", output=out, log=lines.append)
+    assert any("holds folds of a cross-validation with another spec" in line for line in lines)
+    assert not any("reused" in line for line in lines) and calls == [0, 1, 2, 3]
+
+
+def test_cv_reports_metrics_by_the_inputs_each_row_holds(tmp_path):
+    table = write_dataset(tmp_path, rows=48)
+    rows = read_csv(table)
+    for row in rows[::4]:
+        row["photo"] = ""
+    write_csv(table, rows)
+    out = tmp_path / "cv"
+    result = polymodal.cv(spec_data(epochs=1), table, folds=3, output=out)
+    summary = json.loads((out / "report.json").read_text())["specs"]["toy"]["by_presence"]["label"]
+    assert summary["photo + report"]["rows"] == 36 and summary["report only"]["rows"] == 12
+    assert set(summary["report only"]["mean"]) == {"accuracy", "balanced_accuracy", "macro_f1", "auroc"}
+    assert "by the inputs each row holds (mean ± sd over folds)" in result.table()
+    lines = read_csv(out / "scores_by_inputs.csv")
+    assert {r["inputs"] for r in lines} == {"photo + report", "report only"}
+    assert sum(int(r["rows"]) for r in lines if r["metric"] == "accuracy") == 48
+    assert {r["inputs_used"] for r in read_csv(out / "oof_predictions.csv")} == {
+        "photo + report", "report only"}
+
+
+def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path):
+    pytest.importorskip("optuna")
+    table = write_grouped_table(tmp_path)
+    spec = table_spec(epochs=2, val_fraction=0.25)
+    spec["training"]["optimizer"] = "sgd"
+    spec["search"] = {"training.weight_decay": {"type": "categorical", "choices": [0.0, 1e300]}}
+    out = tmp_path / "tune"
+    result = polymodal.tune(spec, table, trials=3, output=out, sampler_seed=0, pruning=False)
+    trials = read_csv(out / "trials.csv")
+    failed = [t for t in trials if t["state"] == "FAIL"]
+    assert failed and all("training diverged" in t["error"] for t in failed)
+    assert result.best_trial is not None and (out / "best.yaml").is_file()
+
+
+def test_a_resumed_study_removes_what_killed_trials_left(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    table = write_grouped_table(tmp_path)
+    spec = table_spec(epochs=1, val_fraction=0.25)
+    spec["search"] = {"training.lr": {"type": "float", "low": 0.01, "high": 0.1}}
+    out = tmp_path / "tune"
+    polymodal.tune(spec, table, trials=1, output=out)
+    # A killed trial: failed in the study, its checkpoint and a lock file of a run that ended.
+    study = optuna.load_study(study_name="tab", storage=f"sqlite:///{out / 'study.db'}")
+    killed = study.ask()
+    study.tell(killed, state=optuna.trial.TrialState.FAIL)
+    folder = out / "trials" / f"trial_{killed.number}"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"partial")
+    (folder / ".model.safetensors.polymodal-lock").write_text('{"pid": 999999}\n')
+    lines: list[str] = []
+    polymodal.tune(spec, table, trials=2, output=out, log=lines.append)
+    assert not (folder / "checkpoint.pt").exists()
+    assert not (folder / ".model.safetensors.polymodal-lock").exists()
+    assert any("removed 1 lock file(s)" in line for line in lines)
