@@ -40,13 +40,12 @@ from .._errors import (
     OutputLockedError,
     PolymodalError,
     SpecError,
-    did_you_mean,
 )
 from .._files import output_lock, sweep
 from .._spec import ModelSpec, load_spec
 from . import distributed, hardware, objective
 from .checkpoint import Checkpoint, fingerprint
-from .folds import split_hint
+from .folds import group_keys, split_hint
 from .history import EpochRecord, Progress, Validation
 from .inference import (
     RowReport,
@@ -122,11 +121,9 @@ def split_rows(table: Table, fraction: float, group_by: str | None, seed: int) -
         order = rng.permutation(count)
         n_val = min(count - 1, max(1, round(fraction * count)))
         return np.sort(order[n_val:]), np.sort(order[:n_val])
-    if group_by not in table.columns:
-        raise DataError(f"{table.source}: no column {group_by!r} to group the validation split by."
-                        f"{did_you_mean(group_by, table.names)} The table's columns are:"
-                        f" {', '.join(table.names)}")
-    keys = np.array([str(v) for v in table.columns[group_by]], dtype=object)
+    # One rule for group keys everywhere (train, cv, tune): the value as text, stripped; an
+    # empty one is an error naming the row.
+    keys = group_keys(table, group_by, "group the validation split by")
     groups = np.array(sorted(set(keys)), dtype=object)
     if len(groups) < 2:
         raise DataError(f"{table.source}: column {group_by!r} has a single group; a grouped"

@@ -154,3 +154,26 @@ def test_a_resumed_study_removes_what_killed_trials_left(tmp_path):
     assert not (folder / "checkpoint.pt").exists()
     assert not (folder / ".model.safetensors.polymodal-lock").exists()
     assert any("removed 1 lock file(s)" in line for line in lines)
+
+
+def test_train_and_cv_read_group_keys_by_one_rule(tmp_path):
+    """A group value is its text, stripped ('s01 ' is 's01'); an empty one names its row."""
+    from polymodal._data.table import read_table
+    from polymodal._training.engine import split_rows
+
+    table = write_grouped_table(tmp_path)
+    rows = read_csv(table)
+    rows[1]["site"] = "s00 "
+    split = read_table(write_csv(tmp_path / "spaced.csv", rows))
+    train, val = split_rows(split, 0.25, "site", seed=0)
+    assert not {split.columns["site"][i].strip() for i in train} & {
+        split.columns["site"][i].strip() for i in val}
+    rows[2]["site"] = ""
+    empty = write_csv(tmp_path / "empty.csv", rows)
+    for run in (lambda: polymodal.train(table_spec(), empty, tmp_path / "m.safetensors",
+                                        group_by="site", progress=False),
+                lambda: polymodal.cv(table_spec(), empty, folds=3, group_by="site",
+                                     output=tmp_path / "cv")):
+        with pytest.raises(polymodal.DataError, match="row 3, column 'site': empty; every row needs"
+                           " a value to group"):
+            run()
