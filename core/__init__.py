@@ -53,6 +53,7 @@ _LAZY = {
     "evaluate": "_training.inference",
     "predict": "_training.inference",
     "decode": "_training.inference",
+    "explain": "_training.explain",
     "read_table": "_data.table",
     "export": "_export",
 }
@@ -107,5 +108,6 @@ if TYPE_CHECKING:  # the names of _LAZY, for type checkers; `X as X` marks a re-
     from ._spec import ModelSpec as ModelSpec, load_spec as load_spec
     from ._training.cv import cv as cv
     from ._training.engine import train as train
+    from ._training.explain import explain as explain
     from ._training.inference import decode as decode, evaluate as evaluate, predict as predict
     from ._training.tune import tune as tune

@@ -639,6 +639,60 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batc
     click.echo(f"wrote {result['rows']} prediction(s) to {output}")
 
 
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Table with the target columns.")
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="Folder for report.txt, report.json, importance.csv, rows.csv and a chart per"
+              " head (default: <model stem>.explain beside the model).")
+@click.option("--rows", "rows", default="0", show_default=True,
+              help="Rows to show per row: a count (the first N) or row numbers (3,17,42).")
+@click.option("--keep", multiple=True, help="Show this column beside each row (repeatable).")
+@click.option("--repeats", type=int, default=5, show_default=True,
+              help="Shuffles of each input (and part) across rows.")
+@click.option("--no-parts", is_flag=True, help="Inputs only: no column or band one at a time.")
+@click.option("--max-rows", type=int, default=5000, show_default=True,
+              help="Rows kept in memory to explain; a larger table is sampled with the seed.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print report.json only.")
+def explain(model_path: str, data: str, output: str | None, rows: str, keep: tuple[str, ...],
+            repeats: int, no_parts: bool, max_rows: int, seed: int, batch_size: int, device: str,
+            on_bad_row: str, as_json: bool) -> None:
+    """What each input, column and band of a trained model contributes, per head and metric."""
+    from ._training.explain import explain as run_explain
+    from ._training.inference import RowReport
+
+    chosen: int | list[int] = _row_choice(rows)
+    out = output or str(Path(model_path).with_name(Path(model_path).stem + ".explain"))
+    log = _human(as_json, False)
+    result = run_explain(model_path, data, out, repeats=repeats, rows=chosen, keep=keep,
+                         seed=seed, batch_size=batch_size, device=device, on_bad_row=on_bad_row,
+                         max_rows=max_rows, parts=not no_parts, progress=log is not None, log=log)
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    for line in RowReport.from_json(result.report.to_json()).lines():
+        click.echo(line, err=True)
+    click.echo(result.text())
+    click.echo(f"\nwrote {out}")
+
+
+def _row_choice(text: str) -> int | list[int]:
+    """``--rows``: a count, or row numbers separated by commas."""
+    from ._errors import DataError
+
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DataError(f"--rows {text!r}: give a count (10) or row numbers (3,17,42)") from None
+    if "," not in text and len(numbers) == 1:
+        return numbers[0]
+    return numbers
+
+
 def _overrides(command):
     """The training options cv and tune override for every spec (and trial)."""
     for option in reversed([

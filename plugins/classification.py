@@ -264,6 +264,19 @@ class ClassificationCodec(TargetCodec[ClassificationHead.Config]):
             columns[f"{self.name}_prob_{name}"] = [round(p, 6) for p in probabilities[:, i].tolist()]
         return columns
 
+    def row_scores(self, output: torch.Tensor, state: State,
+                   predicted: list[Any] | None = None) -> tuple[list[Any], np.ndarray]:
+        """The predicted class and its probability (with ``predicted``: those classes')."""
+        names = state["classes"]
+        probabilities = output.float().softmax(dim=-1).numpy()
+        if predicted is None:
+            chosen = probabilities.argmax(axis=-1)
+            predicted = [names[i] for i in chosen]
+        else:
+            index = lookup(names)
+            chosen = np.array([index[key(c)] for c in predicted])
+        return predicted, probabilities[np.arange(len(chosen)), chosen]
+
     def metrics(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, float]:
         return classification_metrics(output.float().softmax(-1).numpy(), target.numpy())
 

@@ -251,6 +251,18 @@ class ImageCodec(Codec[ImageAdapter.Config]):
     def _target_size(self) -> tuple[int, int] | None:
         return self.config.image_size()
 
+    def parts(self) -> list[str]:
+        """Each band (channel) is explained on its own, by its name where the adapter names
+        them (``bands``), else ``channel_1``, ``channel_2``, ..."""
+        return list(self.config.band_names() or
+                    [f"channel_{i + 1}" for i in range(self.config.channels)])
+
+    def permute_part(self, value: torch.Tensor, part: str, order: torch.Tensor) -> torch.Tensor:
+        channel = self.parts().index(part)
+        out = value.clone()
+        out[:, channel] = value[order, channel]
+        return out
+
     def absent(self, table: Table) -> np.ndarray:
         """A row whose cell is empty (no path: empty text, NaN, None) holds no image."""
         return np.fromiter((not is_image_array(v) and is_missing(v)

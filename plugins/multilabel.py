@@ -229,6 +229,21 @@ class MultilabelCodec(TargetCodec[MultilabelHead.Config]):
             columns[f"{self.name}_prob_{name}"] = [round(p, 6) for p in probabilities[:, i].tolist()]
         return columns
 
+    def row_scores(self, output: torch.Tensor, state: State,
+                   predicted: list[Any] | None = None) -> tuple[list[Any], np.ndarray]:
+        """The predicted labels (joined by the separator) and the mean probability of those
+        labels (of every label above the threshold; the top label's where none is)."""
+        probabilities = output.float().sigmoid().numpy()
+        if predicted is None:
+            predicted = self.decode(output, state)[self.name]
+        index = lookup(state["labels"])
+        scores = np.empty(len(predicted))
+        for row, names in enumerate(predicted):
+            found = [category(n) for n in str(names).split(self.config.separator)]
+            chosen = [index[key(c)] for c in found if c is not None and key(c) in index]
+            scores[row] = probabilities[row, chosen].mean() if chosen else probabilities[row].max()
+        return predicted, scores
+
     def metrics(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, float]:
         return multilabel_metrics(output.float().sigmoid().numpy(), target.numpy(),
                                   self.config.threshold)

@@ -121,6 +121,12 @@ class RegressionCodec(TargetCodec[RegressionHead.Config]):
         values = self._values(output, state).view(-1).numpy().astype(np.float32)
         return {self.name: [float(str(v)) for v in values]}
 
+    def row_scores(self, output: torch.Tensor, state: State,
+                   predicted: list[Any] | None = None) -> tuple[list[Any], np.ndarray]:
+        """The predicted value, which is also its number."""
+        values = self._values(output, state).view(-1).numpy().astype(np.float64)
+        return (values.tolist() if predicted is None else predicted), values
+
     def metrics(self, output: torch.Tensor, target: torch.Tensor, state: State) -> dict[str, float]:
         return regression_metrics(self._values(output, state).numpy(),
                                   self._values(target, state).numpy())

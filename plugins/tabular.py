@@ -372,6 +372,14 @@ class TabularCodec(Codec[TabularAdapter.Config]):
                 empty &= np.fromiter((is_missing(v) for v in values), bool, len(values))
         return empty
 
+    def parts(self) -> list[str]:
+        """Each column is explained on its own."""
+        return self.columns()
+
+    def permute_part(self, value: dict[str, torch.Tensor], part: str,
+                     order: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**value, part: value[part][order]}
+
     def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
         for column in self.config.numerical:
             values = numeric_column(table, column, issues)

@@ -362,6 +362,8 @@ def presence_labels(names: Sequence[str], present: Mapping[str, Any], count: int
     """Each row's presence pattern over inputs ``names``: ``photo + record`` where it holds them
     all, ``record only`` where it holds some (``present``: input -> bool mask of the rows that
     hold it, for inputs some row lacks)."""
+    if count == 0:
+        return np.zeros(0, dtype=object)
     held = np.ones((count, len(names)), dtype=bool)
     for i, name in enumerate(names):
         if name in present:
@@ -370,7 +372,7 @@ def presence_labels(names: Sequence[str], present: Mapping[str, Any], count: int
     labels = np.array([" + ".join(n for n, h in zip(names, row) if h)
                        + ("" if row.all() else " only") if row.any() else "none"
                        for row in codes], dtype=object)
-    return labels[first.reshape(-1)] if count else np.zeros(0, dtype=object)
+    return labels[first.reshape(-1)]
 
 
 def _check_rows(codec: Codec, rows: Table, found: RowIssues, state: State | None) -> None:

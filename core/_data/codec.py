@@ -177,6 +177,19 @@ class Codec(ABC, Generic[ConfigT]):
         tuple of tensors, with one row per table row. A row that cannot be encoded goes to
         ``issues.bad_row``; give it any placeholder value of the right shape (it is dropped)."""
 
+    def parts(self) -> list[str]:
+        """The parts of this input that ``polymodal explain`` scores one at a time, by name:
+        a tabular input's columns, an image's bands. Added in plugin API 2.1. Default: none, so
+        the input is explained as a whole."""
+        return []
+
+    def permute_part(self, value: Any, part: str, order: torch.Tensor) -> Any:
+        """``value`` (what :meth:`encode` gave for some rows) with part ``part`` (one of
+        :meth:`parts`) taken from the rows ``order`` (a permutation of them) and the rest
+        unchanged: how ``explain`` measures what that part contributes. Added in plugin API 2.1;
+        needed where :meth:`parts` names any."""
+        raise NotImplementedError(f"{type(self).__name__} names parts but cannot permute them")
+
     def augment(self, value: Any, generator: torch.Generator) -> Any:
         """A training batch, augmented: ``value`` is what :meth:`encode` returned. Draw every
         random number from ``generator`` (seeded per batch, so a batch is augmented the same
@@ -219,6 +232,18 @@ class TargetCodec(Codec[ConfigT]):
         them over the folds (``--stratify``) and say which classes a fold lacks. Added in plugin
         API 2.1. Default: False."""
         return False
+
+    def row_scores(self, output: torch.Tensor, state: State,
+                   predicted: list[Any] | None = None) -> tuple[list[Any], np.ndarray]:
+        """Each row's prediction from raw outputs, and a number that says how strongly the head
+        makes it (a classification's predicted class and its probability, a regression's value):
+        what ``polymodal explain`` shows per row. With ``predicted`` (what an earlier call gave),
+        the number for those predictions (the probability of each row's earlier class), so a
+        change of inputs shows as a change of that number. Added in plugin API 2.1. Default: the
+        first column :meth:`decode` writes, and no number (NaN)."""
+        decoded = self.decode(output, state)
+        first = next(iter(decoded.values()), [])
+        return (list(first) if predicted is None else predicted), np.full(len(first), np.nan)
 
     def has_target(self, table: Table) -> np.ndarray:
         """Which rows hold a target (a bool array), checked before training; a row with no

@@ -150,7 +150,7 @@ class FinishedFolds:
 
     def __init__(self, folder: Path, key: Mapping[str, Any], say: Callable[[str], None]):
         self.folder = folder
-        text = json.dumps(json_safe(dict(key)), sort_keys=True)
+        text = json.dumps(json_safe(dict(key)), sort_keys=True, default=str)
         try:
             known = (folder / RUN_KEY).read_text(encoding="utf-8")
         except OSError:

@@ -38,13 +38,15 @@ def presence_lines(binding: Binding, train: Table, other: Table) -> list[str]:
     total = len(train)
     lines = ["inputs held by the training rows: "
              + ", ".join(f"{kind}: {n}" for kind, n in counts.items())]
-    rare = [k for k, n in counts.items() if n < max(RARE_ROWS, RARE_SHARE * total)]
-    rare += [k for k in pattern_counts(binding, other) if k not in counts]
-    if rare:
-        lines.append(f"note: few or no training rows hold {' / '.join(map(repr, rare))}: the"
-                     " model learns little of how to predict for such rows; evaluate and cv"
-                     " report its metrics on them apart, and modality_dropout (fusion) trains"
-                     " every row with some input left out too")
+    rare = [f"{k!r}: {n} of {total}" for k, n in counts.items()
+            if n < max(RARE_ROWS, RARE_SHARE * total)]
+    unseen = [repr(k) for k in pattern_counts(binding, other) if k not in counts]
+    if rare or unseen:
+        said = "; ".join([*rare, *(f"{k}: only in the validation rows" for k in unseen)])
+        lines.append(f"note: few training rows hold these inputs ({said}): the model learns little"
+                     " of how to predict for such rows, and evaluate and cv report its metrics on"
+                     " them apart; more such rows, or modality_dropout (fusion), give it more to"
+                     " learn from")
     fusion = binding.spec.fusion
     if fusion is not None and fusion.modality_dropout == 0:
         lacking = {n: int((~m).sum()) for n, m in binding.presence(train).items() if (~m).any()}
