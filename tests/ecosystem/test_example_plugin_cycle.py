@@ -213,6 +213,14 @@ def test_the_plugin_trains_evaluates_and_predicts_from_a_table_of_signal_files(w
         used = [r["inputs_used"] for r in csv.DictReader(handle)]
     assert [i for i, u in enumerate(used, start=1) if u == "record only"] == [1, 4, 7]
 
+    # explain: the third-party input names no parts, so it is explained as a whole.
+    explained = polymodal("explain", str(model), "--data", str(partial), "--repeats", "2",
+                          "-o", str(tmp_path / "explained"), "--json")
+    assert explained.returncode == 0, explained.stderr
+    contributions = json.loads(explained.stdout)["heads"]["rhythm"]["contributions"]
+    assert set(contributions) == {"ecg absent", "ecg permuted", "record absent",
+                                  "record permuted", "record.sex permuted", "record.age permuted"}
+
     # A row whose signal file is gone: one message naming the table, row, column and file.
     lines = test_table.read_text().splitlines()
     lines[3] = lines[3].replace("signals/test_2.npy", "signals/lost.npy")

@@ -1,0 +1,105 @@
+"""polymodal explain: what each input, column and band contributes, per head, metric and row."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from training_data import read_csv, spec_data, write_csv
+
+import polymodal
+from polymodal._cli import main
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory):
+    """A model with a fused head and a head that reads the report alone, on a table whose label
+    needs both inputs; some photos are absent."""
+    from training_data import write_dataset
+
+    folder = tmp_path_factory.mktemp("explain")
+    table = write_dataset(folder, rows=48)
+    rows = read_csv(table)
+    for row in rows[::6]:
+        row["photo"] = ""
+    write_csv(table, rows)
+    spec = spec_data(epochs=3)
+    spec["heads"]["report_only"] = {"type": "classification", "target": "label", "inputs": ["report"]}
+    model = folder / "m.safetensors"
+    polymodal.train(spec, table, model, progress=False)
+    return model, table
+
+
+def test_each_input_column_and_band_gets_a_contribution(two_heads, tmp_path, capsys):
+    model, table = two_heads
+    out = tmp_path / "explained"
+    assert main(["explain", str(model), "--data", str(table), "-o", str(out), "--repeats", "3",
+                 "--rows", "4", "--keep", "id"]) == 0
+    printed = capsys.readouterr().out
+    assert "drop, photo absent" in printed and "drop, report.color permuted" in printed
+    assert "drop, photo.channel_2 permuted" in printed  # bands, named channel_N when unnamed
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"] == 48 and report["repeats"] == 3
+    # 1 full pass, 2 absent, 2 inputs x 3, 3 bands x 3, 2 columns x 3, and 2 for the rows
+    assert report["passes"] == 1 + 2 + 6 + 9 + 6 + 2
+    label = report["heads"]["label"]["contributions"]
+    assert set(label) >= {"photo absent", "photo permuted", "report absent", "report permuted",
+                          "report.color permuted", "report.age permuted"}
+    assert set(label["photo permuted"]) == {"accuracy", "balanced_accuracy", "macro_f1", "auroc"}
+    # the head that reads the report alone cannot take it as absent, and ignores the photo
+    alone = report["heads"]["report_only"]
+    assert "report absent" not in alone["contributions"]
+    assert alone["cannot_be_absent"] == {"report": "head 'report_only' reads it alone"}
+    for how in ("photo absent", "photo permuted", "photo.channel_1 permuted"):
+        assert all(v["drop"] == 0 for v in alone["contributions"][how].values()), how
+    importance = read_csv(out / "importance.csv")
+    assert {r["how"] for r in importance} == {"absent", "permuted"}
+    assert {r["part"] for r in importance if r["input"] == "report"} == {"", "color", "age"}
+    rows = read_csv(out / "rows.csv")
+    assert [r["id"] for r in rows] == ["r0", "r1", "r2", "r3"]
+    for row in rows:
+        change = float(row["label_score_without_photo"]) - float(row["label_score"])
+        assert float(row["label_change_without_photo"]) == pytest.approx(change, abs=1e-6)
+    assert float(rows[0]["label_change_without_photo"]) == 0  # row 1 has no photo already
+    assert (out / "importance_label.png").stat().st_size > 1000
+    assert (out / "report.txt").read_text().startswith("explained 48 row(s)")
+
+
+def test_rows_by_number_and_the_python_api(two_heads):
+    model, table = two_heads
+    result = polymodal.explain(model, table, repeats=1, rows=[2, 5], parts=False)
+    assert result.per_row["row"] == [2, 5]
+    assert result.passes == 1 + 2 + 2 + 2
+    with pytest.raises(polymodal.DataError, match="--rows: no row 99"):
+        polymodal.explain(model, table, repeats=1, rows=[99], parts=False)
+
+
+def test_the_same_seed_gives_the_same_explanation(two_heads):
+    model, table = two_heads
+    first = polymodal.explain(model, table, repeats=2, seed=3).importance_rows()
+    assert first == polymodal.explain(model, table, repeats=2, seed=3).importance_rows()
+    assert first != polymodal.explain(model, table, repeats=2, seed=4).importance_rows()
+
+
+def test_a_large_table_is_sampled(two_heads):
+    model, table = two_heads
+    notes: list[str] = []
+    result = polymodal.explain(model, table, repeats=1, parts=False, max_rows=20, log=notes.append)
+    assert result.rows == 20 and any("explaining 20 drawn at random" in n for n in notes)
+
+
+def test_image_bands_are_named_after_the_adapters_bands(tmp_path):
+    from polymodal.plugin import Table
+
+    from polymodal_plugins.image import ImageAdapter
+
+    codec = ImageAdapter.Config(channels=3, bands=["red", "green", "nir"]).codec("tile", "inputs.tile")
+    assert codec.parts() == ["red", "green", "nir"]
+    import torch
+
+    value = torch.arange(2 * 3 * 1 * 1).view(2, 3, 1, 1)
+    swapped = codec.permute_part(value, "green", torch.tensor([1, 0]))
+    assert swapped[:, 1].flatten().tolist() == [4, 1] and torch.equal(swapped[:, 0], value[:, 0])
+    assert np.array_equal(codec.absent(Table.from_columns({"tile": ["a.png", "", None]})),
+                          [False, True, True])
