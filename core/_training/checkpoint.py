@@ -9,6 +9,7 @@ else in the file is refused with a message.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import warnings
@@ -22,7 +23,7 @@ import torch
 from .._data.binding import State
 from .._data.table import Table
 from .._errors import CheckpointError, DataError, SpecError, first_line
-from .._files import atomic_path
+from .._files import atomic_open
 from .history import EpochRecord, Progress
 
 #: What a checkpoint holds, with the type each value must have.
@@ -58,8 +59,12 @@ class Checkpoint:
             "stale": self.progress.stale, "spec": self.spec, "state": json.dumps(self.state),
             "fingerprint": self.fingerprint,
         }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        # Into memory first: torch's C++ writer reports a full disk as an assertion of its own
+        # ("enforce fail at inline_container.cc"); Python's write raises the OSError it is.
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        with atomic_open(path, "wb") as handle:
+            handle.write(buffer.getbuffer())
 
     @classmethod
     def read(cls, path: Path) -> Checkpoint:

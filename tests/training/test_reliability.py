@@ -1,0 +1,280 @@
+"""What a hostile or unlucky user meets: a spec name that is a path, an output that is an input,
+a folder another run is writing, a full or read-only disk. Each is one clear message (exit 1),
+and nothing outside the output is written or lost."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from training_data import read_csv, table_spec, write_grouped_table
+
+import polymodal
+from polymodal._cli import main
+from polymodal._errors import OutputError, SpecError
+
+SCRIPT = Path(sys.executable).with_name("polymodal")
+
+
+def call(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_clear_error(code: int, err: str, *expected: str) -> None:
+    assert code == 1, err
+    assert err.startswith("error: "), err
+    assert "Traceback" not in err and "internal error" not in err, err
+    for text in expected:
+        assert text in err, err
+
+
+def write_spec(folder: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# -- 1. a spec's name is a label, never a path ------------------------------------------------
+
+
+@pytest.mark.parametrize("name, said", [
+    ("../../escaped", "is not a label"), ("/tmp/abs", "is not a label"), ("a\\b", "is not a label"),
+    ("..", "is not a label"), ("nul\x00here", "is not a label"), ("x" * 5000, "5,000 characters"),
+    ("  ", "empty"),
+])
+def test_a_spec_name_that_is_a_path_is_refused(name, said):
+    with pytest.raises(SpecError, match=said) as caught:
+        polymodal.load_spec({**table_spec(), "name": name})
+    assert str(caught.value).startswith("name: ")
+
+
+def test_cv_with_a_path_as_name_writes_nothing_outside_its_folder(capsys, tmp_path):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    table = write_grouped_table(tmp_path)
+    victim = tmp_path / "escaped"
+    victim.mkdir()
+    spec = write_spec(work, {**table_spec(), "name": "../../escaped"})
+    code, _, err = call(capsys, "cv", spec, "--data", table, "--folds", "2", "-o", work / "out",
+                        "--quiet")
+    one_clear_error(code, err, "name: the model's name '../../escaped' is not a label")
+    assert list(victim.iterdir()) == [] and not (work / "out").exists()
+
+
+def test_ordinary_names_still_work():
+    for name in ("claims", "Claims v2 (final)", "modèle-été", "a.b"):
+        assert polymodal.load_spec({**table_spec(), "name": name}).name == name
+
+
+# -- 2. an output that is an input ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def table_model(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("table_model")
+    table = write_grouped_table(folder)
+    model = folder / "model.safetensors"
+    polymodal.train(table_spec(), table, model, progress=False)
+    return model, table
+
+
+def test_predict_over_its_own_table_is_refused(capsys, tmp_path, table_model):
+    model, source = table_model
+    table = tmp_path / "t.csv"
+    table.write_bytes(source.read_bytes())
+    before = table.read_bytes()
+    code, _, err = call(capsys, "predict", model, "--data", table, "-o", table)
+    one_clear_error(code, err, f"{table}: this is the table to predict", "Give the output another")
+    assert table.read_bytes() == before
+    # the same file by another name
+    code, _, err = call(capsys, "predict", model, "--data", table, "-o",
+                        tmp_path / "." / "sub" / ".." / "t.csv")
+    assert code == 1 and table.read_bytes() == before
+
+
+def test_train_over_its_own_table_is_refused(capsys, tmp_path):
+    table = write_grouped_table(tmp_path, name="t.safetensors")
+    before = table.read_bytes()
+    spec = write_spec(tmp_path, table_spec())
+    code, _, err = call(capsys, "train", spec, "--data", table, "-o", table, "--quiet")
+    one_clear_error(code, err, "this is the training table")
+    assert table.read_bytes() == before
+
+
+# -- 3. a file inside a folder that another run is writing ------------------------------------
+
+HOLDS_THE_FOLDER = """
+import sys
+from polymodal._files import output_lock
+with output_lock(sys.argv[1], what="cross-validation folder"):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_writing_into_a_folder_another_run_holds_is_refused(capsys, tmp_path, table_model):
+    _, table = table_model
+    folder = tmp_path / "cv"
+    fold_model = folder / "tab" / "fold_1" / "model.safetensors"
+    fold_model.parent.mkdir(parents=True)
+    fold_model.write_bytes(b"the finished fold's model")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDS_THE_FOLDER, str(folder)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        spec = write_spec(tmp_path, table_spec())
+        code, _, err = call(capsys, "train", spec, "--data", table, "-o", fold_model, "--quiet")
+        one_clear_error(code, err, f"is inside {folder}, which another polymodal run is writing",
+                        f"pid {holder.pid}")
+        assert fold_model.read_bytes() == b"the finished fold's model"
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # once that run has ended, the folder is the user's again
+    code, _, err = call(capsys, "train", spec, "--data", table, "-o", fold_model, "--quiet")
+    assert code == 0, err
+
+
+# -- 4, 5. a full disk, a read-only one -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str, *options: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (root only): a real full or read-only disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]),
+                           "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip("these tests need a small file system of their own, and mounting a tmpfs"
+                    f" failed here ({done.stderr.strip() or 'mount exited'}; it needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(disk: Path) -> None:
+    """Fill ``disk`` to the last byte."""
+    with open(disk / "filler", "wb", buffering=0) as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0" * 65536)
+    with open(disk / "filler-tail", "wb", buffering=0) as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0")
+
+
+BUILDABLE = {"inputs": {"record": {"adapter": {"type": "tabular", "numerical": ["x"]}}},
+             "heads": {"label": {"type": "classification", "classes": 2}}}
+
+
+def contents(disk: Path) -> list[str]:
+    return sorted(p.name for p in disk.iterdir() if not p.name.startswith("filler"))
+
+
+def test_a_full_disk_in_every_writing_command_is_one_clear_message(capsys, tmp_path, table_model):
+    model, table = table_model
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        spec = write_spec(tmp_path, table_spec())
+        buildable = write_spec(tmp_path, BUILDABLE, "buildable.yaml")
+        old = disk / "model.safetensors"
+        old.write_bytes(model.read_bytes())
+        (disk / "p.csv").write_text("old predictions\n")
+        fill(disk)
+        commands = {
+            "train": ("train", spec, "--data", table, "-o", old, "--quiet"),
+            "train-run-dir": ("train", spec, "--data", table, "-o", disk / "new.safetensors",
+                              "--quiet"),
+            "build": ("build", buildable, "-o", old),
+            "predict": ("predict", model, "--data", table, "-o", disk / "p.csv"),
+            "export-pt2": ("export", model, "-o", disk / "m.pt2"),
+            "cv": ("cv", spec, "--data", table, "--folds", "2", "-o", disk / "cv", "--quiet"),
+        }
+        for what, args in commands.items():
+            code, _, err = call(capsys, *args)
+            one_clear_error(code, err, "no space left on the device")
+            assert old.read_bytes() == model.read_bytes(), what
+            assert (disk / "p.csv").read_text() == "old predictions\n", what
+            assert contents(disk) == ["model.safetensors", "p.csv"], (what, contents(disk))
+
+
+def test_a_full_disk_in_a_checkpoint_write_is_an_output_error(tmp_path):
+    import torch
+
+    from polymodal._training.checkpoint import Checkpoint
+    from polymodal._training.history import Progress
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        fill(disk)
+        checkpoint = Checkpoint({"w": torch.zeros(100_000)}, {}, {}, Progress([], 0, 0.0, 0),
+                                "{}", {}, "f")
+        with pytest.raises(OutputError, match="no space left on the device"):
+            checkpoint.write(disk / "checkpoint.pt")
+        assert contents(disk) == []
+
+
+def test_export_to_a_full_disk_does_not_abort_the_process(tmp_path, table_model):
+    model, _ = table_model
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        fill(disk)
+        done = subprocess.run([str(SCRIPT), "export", str(model), "-o", str(disk / "m.pt2")],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith("error: cannot write") and "no space left" in done.stderr
+        assert contents(disk) == []
+
+
+def test_a_read_only_disk_is_one_clear_message(capsys, tmp_path, table_model):
+    pytest.importorskip("optuna")
+    _, table = table_model
+    spec = {**table_spec(), "search": {"training.lr": {"type": "float", "low": 0.01,
+                                                       "high": 0.1}}}
+    spec_path = write_spec(tmp_path, spec)
+    with small_disk(tmp_path / "disk", "1m", "ro") as disk:
+        for args in (("tune", spec_path, "--data", table, "--trials", "1", "-o", disk / "t",
+                      "--quiet"),
+                     ("train", spec_path, "--data", table, "-o", disk / "m.safetensors",
+                      "--quiet")):
+            code, _, err = call(capsys, *args)
+            one_clear_error(code, err, str(disk))
+            assert "read-only" in err.lower(), err
+
+
+# -- 11. every output gets the umask's mode, or the replaced file's ----------------------------
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_an_export_gets_the_mode_open_gives_and_keeps_a_replaced_files(capsys, tmp_path,
+                                                                        table_model, suffix):
+    if suffix == ".onnx":
+        pytest.importorskip("onnxscript")
+    model, _ = table_model
+    target = tmp_path / f"m{suffix}"
+    old = os.umask(0o022)
+    try:
+        code, _, err = call(capsys, "export", model, "-o", target, "--no-check")
+        assert code == 0, err
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+        target.chmod(0o640)
+        code, _, err = call(capsys, "export", model, "-o", target, "--no-check")
+        assert code == 0, err
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_predictions_read_back(tmp_path, table_model):
+    model, table = table_model
+    result = polymodal.predict(model, table, tmp_path / "p.csv")
+    assert result["rows"] == len(read_csv(table))
