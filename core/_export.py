@@ -81,8 +81,10 @@ class Layout:
 
     @classmethod
     def from_json(cls, text: str, source: str) -> Layout:
+        from ._modelfile import metadata_json
+
+        data = metadata_json(text, source, KEY_EXPORT)
         try:
-            data = json.loads(text)
             if data["format"] > EXPORT_FORMAT:
                 raise ModelFileError(
                     f"{source}: exported by a newer polymodal (export format {data['format']});"

@@ -25,7 +25,7 @@ from ._errors import ModelFileError, SpecError, first_line
 from ._files import atomic_path
 from ._registry import Registry, get_registry
 from ._spec import validate_spec_data
-from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size
+from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size, walk
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"
@@ -150,10 +150,31 @@ def _reason(exc: BaseException) -> str:
 
 def _versions_of(metadata: Mapping[str, str]) -> dict[str, str]:
     try:
-        versions = json.loads(metadata.get(KEY_VERSIONS, "{}"))
-    except json.JSONDecodeError:
+        versions = metadata_json(metadata.get(KEY_VERSIONS, "{}"), "", KEY_VERSIONS)
+    except ModelFileError:
         return {}
     return versions if isinstance(versions, dict) else {}
+
+
+#: How deeply a model file's (or an export's) JSON metadata may nest: the fitted state nests
+#: about five levels. Deeper data is hostile, and would exhaust the parser's recursion.
+MAX_METADATA_DEPTH = 64
+
+
+def metadata_json(text: str, source: str | Path, key: str) -> Any:
+    """The JSON value of the metadata entry ``key``, bounded in depth; a
+    :class:`ModelFileError` naming the entry when it is not JSON or nests too deeply."""
+    where = f"{source}: its {key} metadata" if str(source) else f"its {key} metadata"
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ModelFileError(f"{where} nests too deeply") from None
+    except ValueError as exc:
+        raise ModelFileError(f"{where} is not JSON ({exc})") from None
+    for _, depth in walk(data):
+        if depth > MAX_METADATA_DEPTH:
+            raise ModelFileError(f"{where} nests deeper than {MAX_METADATA_DEPTH} levels")
+    return data
 
 
 def spec_of(path: str | Path, registry: Registry | None = None):
@@ -260,7 +281,7 @@ def load(
         model = build(spec, pretrained=False, registry=registry).to(device)
         model.load_state_dict(tensors, strict=True)
     if KEY_STATE in metadata:
-        model.fitted_state = json.loads(metadata[KEY_STATE])
+        model.fitted_state = metadata_json(metadata[KEY_STATE], path, KEY_STATE)
     model.eval()
     return model
 

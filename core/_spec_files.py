@@ -119,7 +119,7 @@ def _check_yaml_events(text: str) -> None:
             raise SpecError([("", too_many_values())])
 
 
-def _walk(data: Any) -> Iterator[tuple[Any, int]]:
+def walk(data: Any) -> Iterator[tuple[Any, int]]:
     """Every value of plain data with its depth, without recursion."""
     pending = [(data, 1)]
     while pending:
@@ -133,7 +133,7 @@ def _walk(data: Any) -> Iterator[tuple[Any, int]]:
 
 def check_spec_size(data: Any) -> None:
     """Refuse parsed spec data that nests too deeply or holds too many values."""
-    for count, (_, depth) in enumerate(_walk(data), 1):
+    for count, (_, depth) in enumerate(walk(data), 1):
         if depth > MAX_SPEC_DEPTH:
             raise SpecError([("", _too_deep())])
         if count > MAX_SPEC_VALUES:

@@ -78,6 +78,9 @@ class Checkpoint:
         try:
             history = [EpochRecord.from_dict(row) for row in json.loads(payload["history"])]
             state = json.loads(payload["state"])
+        except RecursionError:
+            raise CheckpointError(f"--resume: {path} has a record that nests too deeply;"
+                                  f" {_START_AGAIN}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"--resume: {path} has an unreadable record ({exc});"
                                   f" {_START_AGAIN}") from None
@@ -92,7 +95,10 @@ class Checkpoint:
     def check_same_run(self, path: Path, spec_json: str, rows: str) -> None:
         """Refuse a checkpoint of another spec or other training rows."""
         if self.spec != spec_json:
-            changed = "; ".join(_differences(json.loads(self.spec), json.loads(spec_json)))
+            try:
+                changed = "; ".join(_differences(json.loads(self.spec), json.loads(spec_json)))
+            except (ValueError, RecursionError):  # not a spec this polymodal wrote
+                changed = "its spec is unreadable"
             raise SpecError([("", f"--resume: {path} belongs to a run of another spec ({changed});"
                               " a resumed run must be the same run. Start a new run without"
                               " --resume or give another -o/--run-dir")])

@@ -7,7 +7,6 @@ ONNX Runtime. onnxruntime is imported here only (``pip install 'polymodal[onnx]'
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ import torch
 
 from .._errors import DataError, ExportError, ModelFileError
 from .._export import KEY_EXPORT, ExportedInput, Layout
+from .._modelfile import metadata_json
 
 if TYPE_CHECKING:
     from .._spec import ModelSpec
@@ -77,7 +77,7 @@ class OnnxModel:
         self._spec: ModelSpec | None = None
         self._adapters: torch.nn.ModuleDict | None = None
         state = self.metadata.get("polymodal.state")
-        self.fitted_state = json.loads(state) if state else None
+        self.fitted_state = metadata_json(state, path, "polymodal.state") if state else None
 
     @classmethod
     def open(cls, path: str | Path) -> OnnxModel:

@@ -278,3 +278,82 @@ def test_predictions_read_back(tmp_path, table_model):
     model, table = table_model
     result = polymodal.predict(model, table, tmp_path / "p.csv")
     assert result["rows"] == len(read_csv(table))
+
+
+# -- 6. metadata nested 10,000 deep -----------------------------------------------------------
+
+DEEP = "[" * 10_000 + "]" * 10_000
+
+
+def rewrite_metadata(source: Path, target: Path, **changes: str) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    metadata.update({k.replace("_", "."): v for k, v in changes.items()})
+    save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
+@pytest.fixture(scope="module")
+def table_onnx(tmp_path_factory, table_model) -> Path:
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    model, _ = table_model
+    target = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    polymodal.export(model, target, check=False)
+    return target
+
+
+def rewrite_onnx(source: Path, target: Path, **changes: str) -> Path:
+    import onnx
+
+    proto = onnx.load(str(source))
+    for entry in proto.metadata_props:
+        key = entry.key.replace(".", "_")
+        if key in changes:
+            entry.value = changes[key]
+    onnx.save(proto, str(target))
+    return target
+
+
+def test_deeply_nested_model_metadata_is_one_clear_message(capsys, tmp_path, table_model):
+    model, table = table_model
+    for key in ("polymodal_state", "polymodal_versions"):
+        deep = rewrite_metadata(model, tmp_path / f"{key}.safetensors", **{key: DEEP})
+        for args in (("inspect", deep), ("predict", deep, "--data", table, "-o", tmp_path / "p.csv"),
+                     ("evaluate", deep, "--data", table), ("export", deep, "-o", tmp_path / "m.pt2")):
+            code, out, err = call(capsys, *args)
+            if key == "polymodal_versions":  # only shown, never needed: the file still works
+                assert "internal error" not in err and "Traceback" not in err, (args, err)
+                continue
+            one_clear_error(code, err, "polymodal.state metadata nests too deeply")
+
+
+def test_deeply_nested_export_metadata_is_one_clear_message(capsys, tmp_path, table_model,
+                                                             table_onnx):
+    _, table = table_model
+    for key in ("polymodal_state", "polymodal_export"):
+        deep = rewrite_onnx(table_onnx, tmp_path / f"{key}.onnx", **{key: DEEP})
+        code, _, err = call(capsys, "predict", deep, "--data", table, "-o", tmp_path / "p.csv")
+        one_clear_error(code, err, f"{key.replace('_', '.')} metadata nests too deeply")
+
+
+def test_a_deeply_nested_checkpoint_is_refused_on_resume(capsys, tmp_path, table_model):
+    import torch
+
+    _, table = table_model
+    spec = write_spec(tmp_path, table_spec(epochs=1))
+    model = tmp_path / "m.safetensors"
+    code, _, err = call(capsys, "train", spec, "--data", table, "-o", model, "--quiet")
+    assert code == 0, err
+    checkpoint = tmp_path / "m.run" / "checkpoint.pt"
+    for field in ("state", "history", "spec"):
+        payload = torch.load(checkpoint, weights_only=True)
+        payload[field] = DEEP
+        torch.save(payload, checkpoint)
+        code, _, err = call(capsys, "train", spec, "--data", table, "-o", model, "--quiet",
+                            "--resume")
+        one_clear_error(code, err, "--resume")
