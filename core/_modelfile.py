@@ -257,6 +257,37 @@ def _excerpt(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def check_fitted_state(spec: Any, state: Any, source: str | Path) -> None:
+    """Refuse a fitted state that does not fit the spec it is stored with: one without an entry
+    for each input and head, or one a component's codec finds wrong (``Codec.check_state``)."""
+    from ._data.binding import Binding
+    from ._errors import ConfigError
+
+    def refused(reason: str) -> ModelFileError:
+        return ModelFileError(f"{source}: its fitted preprocessing ({KEY_STATE}) does not fit its"
+                              f" spec: {reason}; the file was changed or mixed up with another")
+
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), dict)
+                                              for k in ("inputs", "heads")):
+        raise refused("it is not a mapping of `inputs` and `heads`")
+    try:
+        binding = Binding(spec)
+    except SpecError:
+        return  # components that read no table: predict refuses them with its own message
+    for section, bound in (("inputs", binding.inputs), ("heads", binding.heads)):
+        for each in bound:
+            fitted = state[section].get(each.name)
+            if not isinstance(fitted, dict):
+                raise refused(f"it holds no state for {each.where}")
+            try:
+                each.codec.check_state(fitted)
+            except ConfigError as exc:
+                raise refused(f"{each.where}{'.' + exc.option if exc.option else ''}:"
+                              f" {exc.message}") from None
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise refused(f"{each.where}: {type(exc).__name__}: {first_line(exc, 200)}") from None
+
+
 def load(
     path: str | Path, *, device: str | torch.device = "cpu", registry: Registry | None = None
 ) -> PolymodalModel:
@@ -275,13 +306,15 @@ def load(
     _check_tensors(model, tensors, path)
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise ModelFileError(f"{path}: its tensors do not match its spec: {_reason(exc)}") from None
+    except RuntimeError as exc:  # torch's message starts with a line that says nothing
+        reason = " ".join(line.strip() for line in str(exc).splitlines()[1:4]) or _reason(exc)
+        raise ModelFileError(f"{path}: its tensors do not match its spec: {reason}") from None
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         model = build(spec, pretrained=False, registry=registry).to(device)
         model.load_state_dict(tensors, strict=True)
     if KEY_STATE in metadata:
         model.fitted_state = metadata_json(metadata[KEY_STATE], path, KEY_STATE)
+        check_fitted_state(spec, model.fitted_state, path)
     model.eval()
     return model
 
@@ -298,7 +331,18 @@ def _check_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], 
         for k, v in expected.items()
         if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
     ]
+    # A float tensor may be stored in another float precision (it is cast on load); a tensor of
+    # another kind (integers for floats) was not written by polymodal for this spec.
+    kinds = [
+        f"{k} {str(tensors[k].dtype).removeprefix('torch.')} (spec gives"
+        f" {str(v.dtype).removeprefix('torch.')})"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].dtype != v.dtype
+        and not (tensors[k].is_floating_point() and v.is_floating_point())
+    ]
     problems = []
+    if kinds:
+        problems.append(f"{len(kinds)} of another type: {', '.join(kinds[:5])}")
     if missing:
         problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
     if unexpected:
@@ -307,6 +351,9 @@ def _check_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], 
         problems.append(f"{len(wrong)} with the wrong shape: {', '.join(wrong[:5])}")
     if problems:
         raise ModelFileError(f"{path}: its tensors do not match its spec: " + "; ".join(problems))
+    for k, v in expected.items():  # another float precision: the spec's, as when built
+        if k in tensors and tensors[k].dtype != v.dtype:
+            tensors[k] = tensors[k].to(v.dtype)  # type: ignore[index]
     for alias, source in shared.items():
         if alias not in tensors and source in tensors:
             tensors[alias] = tensors[source]  # type: ignore[index]

@@ -139,7 +139,7 @@ def test_the_codec_interface_is_documented():
     methods = {name for cls in (Codec, TargetCodec) for name in vars(cls)
                if not name.startswith("_") and callable(getattr(cls, name))}
     assert methods == {"columns", "check", "fit", "complete", "prepare", "encode", "augment",
-                       "has_target", "decode", "metrics", "details", "render_details"}
+                       "check_state", "has_target", "decode", "metrics", "details", "render_details"}
     for name in [*methods, "declared_metrics", "Metric", "RowIssues", "Table", "is_missing",
                  "bad_row", "base_dir", "(config, name, where)"]:
         assert name in section, f"{name} is not described in the codec section"

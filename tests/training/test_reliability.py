@@ -357,3 +357,136 @@ def test_a_deeply_nested_checkpoint_is_refused_on_resume(capsys, tmp_path, table
         code, _, err = call(capsys, "train", spec, "--data", table, "-o", model, "--quiet",
                             "--resume")
         one_clear_error(code, err, "--resume")
+
+
+# -- 7. ONNX metadata that disagrees with the graph -------------------------------------------
+
+
+def _edited(text: str, change) -> str:
+    import json
+
+    data = json.loads(text)
+    change(data)
+    return json.dumps(data)
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {e.key: e.value for e in onnx.load(str(path)).metadata_props}
+
+
+def _set(data, path: tuple, value) -> None:
+    for key in path[:-1]:
+        data = data[key]
+    data[path[-1]] = value
+
+
+ONNX_EDITS = {
+    "five class names for two logits": (
+        "polymodal_state", ("heads", "label", "classes"), ["a", "b", "c", "d", "e"],
+        "heads.label.classes: the fitted classes hold 5 entries for 2"),
+    "a vocabulary longer than its cardinality": (
+        "polymodal_state", ("inputs", "record", "vocabularies", "kind"), list("abcdefg"),
+        "inputs.record.adapter.categorical.kind: the fitted kind hold 7 entries, more than its 2"),
+    "another input name": (
+        "polymodal_export", ("inputs", 1, "name"), "record.y", "does not describe its graph"),
+    "another output name": (
+        "polymodal_export", ("outputs", 0, "name"), "verdict", "does not describe its graph"),
+    "another dtype": (
+        "polymodal_export", ("inputs", 0, "dtype"), "float32", "does not describe its graph"),
+    "another column": (
+        "polymodal_export", ("inputs", 1, "key"), "w", "names column 'w' of input 'record'"),
+    "a spec with other columns": (
+        "polymodal_spec", ("inputs", "record", "adapter", "numerical"), ["x", "age"],
+        "inputs.record.adapter.numerical: the fitted mean hold 1 entries for 2"),
+    "a spec with missing columns": (
+        "polymodal_spec", ("inputs", "record", "adapter", "numerical"), [],
+        "inputs.record.adapter.numerical: the fitted mean hold 1 entries for 0"),
+    "an input the spec lacks": (
+        "polymodal_export", ("inputs", 1, "input"), "extra", "the export's inputs are extra,"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONNX_EDITS))
+def test_onnx_metadata_that_disagrees_with_the_graph_is_refused(capsys, tmp_path, table_model,
+                                                                 table_onnx, case):
+    _, table = table_model
+    key, where, value, said = ONNX_EDITS[case]
+    metadata = _onnx_metadata(table_onnx)
+    edited = _edited(metadata[key.replace("_", ".")], lambda d: _set(d, where, value))
+    path = rewrite_onnx(table_onnx, tmp_path / "edited.onnx", **{key: edited})
+    code, _, err = call(capsys, "predict", path, "--data", table, "-o", tmp_path / "p.csv")
+    one_clear_error(code, err, said)
+
+
+# -- 10. a model file whose tensors or state disagree with its spec ---------------------------
+
+
+def test_a_vocabulary_longer_than_its_cardinality_is_refused(capsys, tmp_path, table_model):
+    import json
+
+    model, table = table_model
+    from safetensors import safe_open
+
+    with safe_open(str(model), framework="pt") as handle:
+        state = json.loads(handle.metadata()["polymodal.state"])
+    state["inputs"]["record"]["vocabularies"]["kind"] = [f"v{i}" for i in range(50)]
+    edited = rewrite_metadata(model, tmp_path / "m.safetensors", polymodal_state=json.dumps(state))
+    for args in (("predict", edited, "--data", table, "-o", tmp_path / "p.csv"),
+                 ("evaluate", edited, "--data", table), ("inspect", edited)):
+        code, _, err = call(capsys, *args)
+        one_clear_error(code, err, "does not fit its spec: inputs.record.adapter.categorical.kind:"
+                        " the fitted kind hold 50 entries, more than its 2")
+
+
+def test_a_tensor_of_another_type_is_named(capsys, tmp_path, table_model):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, table = table_model
+    with safe_open(str(model), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.dim() == 2)
+    as_ints = dict(tensors, **{name: tensors[name].to(torch.int64)})
+    save_file(as_ints, str(tmp_path / "ints.safetensors"), metadata=metadata)
+    code, _, err = call(capsys, "inspect", tmp_path / "ints.safetensors")
+    one_clear_error(code, err, f"1 of another type: {name} int64 (spec gives float32)")
+    # another float precision is the same values: loaded in the spec's
+    halves = dict(tensors, **{name: tensors[name].to(torch.float16)})
+    save_file(halves, str(tmp_path / "half.safetensors"), metadata=metadata)
+    loaded = polymodal.load(tmp_path / "half.safetensors")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    code, _, err = call(capsys, "predict", tmp_path / "half.safetensors", "--data", table, "-o",
+                        tmp_path / "p.csv")
+    assert code == 0, err
+
+
+def test_a_model_path_that_links_to_a_text_file_is_one_clear_message(capsys, tmp_path,
+                                                                     table_model):
+    _, table = table_model
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    for suffix in (".pth", ".pt", ".safetensors", ".onnx", ".pt2"):
+        link = tmp_path / f"model{suffix}"
+        link.symlink_to(text)
+        for args in (("inspect", link), ("predict", link, "--data", table, "-o", tmp_path / "p.csv"),
+                     ("evaluate", link, "--data", table), ("export", link, "-o", tmp_path / "e.onnx")):
+            code, _, err = call(capsys, *args)
+            one_clear_error(code, err, str(link))
+
+
+@pytest.mark.parametrize("text", ["hello text\n", "x", "[1, 2, 3]\n"])
+def test_pretrained_weights_linking_to_a_text_file_is_one_clear_message(capsys, tmp_path, text):
+    (tmp_path / "notes.txt").write_text(text)
+    (tmp_path / "w.pth").symlink_to(tmp_path / "notes.txt")
+    spec = {"inputs": {"photo": {"adapter": {"type": "image", "channels": 3},
+                                 "backbone": {"type": "timm", "model": "resnet10t",
+                                              "pretrained": "w.pth"}}},
+            "heads": {"y": {"type": "classification", "classes": 2}}}
+    path = write_spec(tmp_path, spec)
+    code, _, err = call(capsys, "build", path, "-o", tmp_path / "m.safetensors")
+    one_clear_error(code, err, f"pretrained weights {tmp_path / 'w.pth'}: not a PyTorch weights"
+                    " file")
