@@ -490,3 +490,29 @@ def test_pretrained_weights_linking_to_a_text_file_is_one_clear_message(capsys, 
     code, _, err = call(capsys, "build", path, "-o", tmp_path / "m.safetensors")
     one_clear_error(code, err, f"pretrained weights {tmp_path / 'w.pth'}: not a PyTorch weights"
                     " file")
+
+
+# -- 9. a search with too many choices is refused at once -------------------------------------
+
+
+@pytest.mark.parametrize("count, said", [(50_000, "50,000 choices; at most 1,000"),
+                                         (300_000, "more than 100,000 values (mappings, lists")])
+def test_a_search_with_too_many_choices_is_refused_quickly(capsys, tmp_path, count, said):
+    import time
+
+    choices = ", ".join(str(i) for i in range(count))
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(table_spec()) + "search:\n  training.batch_size:\n"
+                    f"    type: categorical\n    choices: [{choices}]\n")
+    started = time.perf_counter()
+    code, _, err = call(capsys, "validate", path)
+    assert time.perf_counter() - started < 10
+    one_clear_error(code, err, said)
+    assert "aliases" not in err
+
+
+def test_repeated_choices_are_named_once_each():
+    spec = {**table_spec(), "search": {"training.batch_size": {
+        "type": "categorical", "choices": [8, 16, 8, 16, 8, 4]}}}
+    with pytest.raises(SpecError, match="choices repeat: 16, 8$"):
+        polymodal.load_spec(spec)
