@@ -536,10 +536,15 @@ def _json_value(value: Any, loc: tuple[Any, ...], memo: dict[int, tuple[Any, int
                 open_: set[int], problems: list[tuple[str, str]]) -> tuple[Any, int]:
     """``(value as JSON data, how many values it holds)``. A container repeated by YAML aliases
     is converted once (``memo``); ``open_`` holds the containers being converted."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
+        # No size, count or seed is this large; torch would fail on it with C++ frames.
+        problems.append((_format_loc(loc), f"{excerpt(value)} is too large a number: no size,"
+                                           " count or seed exceeds 2**63"))
+        return None, 1
+    if value is None or isinstance(value, (bool, int, str, float)):
         return value, 1
-    if isinstance(value, float):
-        return (int(value) if value.is_integer() else value), 1
     if isinstance(value, (Mapping, list, tuple)):
         if id(value) in open_:
             problems.append((_format_loc(loc), "this value contains itself (an alias inside"

@@ -516,3 +516,51 @@ def test_repeated_choices_are_named_once_each():
         "type": "categorical", "choices": [8, 16, 8, 16, 8, 4]}}}
     with pytest.raises(SpecError, match="choices repeat: 16, 8$"):
         polymodal.load_spec(spec)
+
+
+# -- 8. build and train refuse what validate's size estimate refuses, before allocating --------
+
+HUGE = 10**12  # values no machine holds: the check cannot depend on this machine's memory
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda s: s["inputs"]["record"]["backbone"].update(hidden=[HUGE]),
+     "inputs.record.backbone: the model would hold"),
+    (lambda s: s["inputs"]["record"]["adapter"].update(categorical={"kind": 2},
+                                                       embedding_dims={"kind": HUGE}),
+     "inputs.record.adapter holds 14901.2 GiB"),
+])
+def test_a_model_too_large_for_memory_is_refused_before_it_is_allocated(capsys, tmp_path,
+                                                                        change, where):
+    import copy
+    import time
+
+    spec = copy.deepcopy(BUILDABLE_MLP)
+    change(spec)
+    path = write_spec(tmp_path, spec)
+    table = write_grouped_table(tmp_path)
+    for args in (("validate", path), ("build", path, "-o", tmp_path / "m.safetensors"),
+                 ("train", path, "--data", table, "-o", tmp_path / "m.safetensors", "--quiet")):
+        started = time.perf_counter()
+        code, _, err = call(capsys, *args)
+        assert time.perf_counter() - started < 20, args
+        one_clear_error(code, err, where, "of memory (")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("value", ["1e100", str(10**100), "9223372036854775808"])
+def test_a_number_too_large_for_any_size_is_a_spec_error(capsys, tmp_path, value):
+    text = yaml.safe_dump(BUILDABLE_MLP).replace("- 8", f"- {value}")
+    assert value in text
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    for args in (("validate", path), ("build", path, "-o", tmp_path / "m.safetensors")):
+        code, _, err = call(capsys, *args)
+        one_clear_error(code, err, "inputs.record.backbone.hidden[0]:", "too large a number")
+
+
+BUILDABLE_MLP = {"name": "big",
+                 "inputs": {"record": {"adapter": {"type": "tabular", "categorical": {"kind": 2},
+                                                   "numerical": ["x"]},
+                                       "backbone": {"type": "mlp", "hidden": [8]}}},
+                 "heads": {"label": {"type": "classification", "classes": 2}}}
