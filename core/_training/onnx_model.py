@@ -49,6 +49,10 @@ def session(path: str | Path, device: torch.device | str = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
+    # Errors only, from the logger that speaks while the file is read too: it warns once per
+    # presence mask that an input has a default ("Initializer present.photo appears in graph
+    # inputs"), which is what they are for.
+    runtime.set_default_logger_severity(3)
     try:
         options = runtime.SessionOptions()
         # Errors only: ONNX Runtime notes that the presence masks' defaults are overridable,

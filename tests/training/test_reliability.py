@@ -564,3 +564,20 @@ BUILDABLE_MLP = {"name": "big",
                                                    "numerical": ["x"]},
                                        "backbone": {"type": "mlp", "hidden": [8]}}},
                  "heads": {"label": {"type": "classification", "classes": 2}}}
+
+
+# -- 13. predicting from an ONNX export prints no ONNX Runtime warnings ------------------------
+
+
+def test_predict_from_an_onnx_export_prints_only_polymodals_lines(tmp_path, trained):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    model, table = trained
+    exported = tmp_path / "m.onnx"
+    polymodal.export(model, exported, check=False)
+    assert any(i.present for i in polymodal._export.Layout.from_json(
+        _onnx_metadata(exported)["polymodal.export"], "x").inputs)  # optional present.* inputs
+    done = subprocess.run([str(SCRIPT), "predict", str(exported), "--data", str(table), "-o",
+                           str(tmp_path / "p.csv")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Initializer" not in done.stderr and "\x1b[" not in done.stderr, done.stderr
