@@ -44,3 +44,17 @@ def report(title: str, times: dict[str, list[float]], baseline: str, candidate: 
     print(f"{candidate} / {baseline}: median ratio {ratio:.3f}x {verdict} the target of"
           f" {target:.2f}x ({len(base)} alternating rounds)")
     return ratio
+
+
+def parse_args(parser, **tiny: object):
+    """The command line, with ``--smoke``: the ``tiny`` values replace the options' (sizes that
+    run in seconds), so that the test suite can run every benchmark and none can rot unseen.
+    A smoke run's figures mean nothing."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="Tiny sizes that run in seconds: checks that the script still runs"
+                        " (the test suite runs every benchmark so); its figures mean nothing.")
+    args = parser.parse_args()
+    if args.smoke:
+        for name, value in tiny.items():
+            setattr(args, name, value)
+    return args

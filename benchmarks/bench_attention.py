@@ -18,12 +18,13 @@ import time
 import torch
 
 import polymodal
+from _timing import parse_args
 
 
-def spec(fusion: dict) -> dict:
+def spec(fusion: dict, model: str = "resnet18") -> dict:
     return {
         "inputs": {"photo": {"adapter": {"type": "image", "channels": 3},
-                             "backbone": {"type": "timm", "model": "resnet18",
+                             "backbone": {"type": "timm", "model": model,
                                           "output": "feature_map"}}},
         "fusion": fusion,
         "heads": {"label": {"type": "classification", "classes": 10}},
@@ -49,15 +50,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--model", default="resnet18", help="timm backbone of both models.")
+    args = parse_args(parser, batch=2, reps=1, warmup=0, size=32, model="test_resnet")
     device = torch.device(args.device)
     torch.manual_seed(0)
     models = {
-        "concat": polymodal.build(spec({"type": "concat"})).to(device).train(),
+        "concat": polymodal.build(spec({"type": "concat"}, args.model)).to(device).train(),
         "attention": polymodal.build(
-            spec({"type": "attention", "dim": 256, "heads": 8, "layers": 1})).to(device).train(),
+            spec({"type": "attention", "dim": 256, "heads": 8, "layers": 1}, args.model)).to(device).train(),
     }
-    batch = {"photo": torch.randn(args.batch, 3, 224, 224, device=device)}
+    batch = {"photo": torch.randn(args.batch, 3, args.size, args.size, device=device)}
     target = torch.randint(0, 10, (args.batch,), device=device)
     times: dict[str, list[float]] = {name: [] for name in models}
     for rep in range(args.warmup + args.reps):
@@ -66,7 +69,7 @@ def main() -> None:
             if rep >= args.warmup:
                 times[name].append(elapsed)
     base = statistics.median(times["concat"])
-    print(f"ResNet-18 feature map, 224x224, batch {args.batch}, forward+backward,"
+    print(f"ResNet-18 feature map, {args.size}x{args.size}, batch {args.batch}, forward+backward,"
           f" median of {args.reps} on {device.type} ({torch.get_num_threads()} threads)")
     print(f"{'fusion':<10} {'median ms':>10} {'min ms':>8} {'vs concat':>10}")
     for name, values in times.items():

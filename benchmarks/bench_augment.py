@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from polymodal_plugins._augment import Augment, augment_images
+from _timing import parse_args
 
 OPERATIONS = {
     "hflip": Augment(hflip=True),
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, batch=4, size=32, repeats=1)
     torch.set_num_threads(1)  # as in a data-loading worker
     images = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8)
     print(f"{args.batch} uint8 images of 3 x {args.size} x {args.size}, one thread,"

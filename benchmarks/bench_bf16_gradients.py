@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _timing import parse_args
 
 
 def faulty_passes(model_name: str, passes: int, size: int, dtype: torch.dtype | None) -> int:
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet10t")
     parser.add_argument("--passes", type=int, default=30)
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])
-    args = parser.parse_args()
+    args = parse_args(parser, passes=1, sizes=[16], model="test_resnet")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()},"
           f" {torch.get_num_threads()} threads; timm {args.model}, batch 32, 1 channel")
     for size in args.sizes:

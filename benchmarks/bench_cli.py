@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from _timing import parse_args
+
 SCRIPT = Path(sys.executable).with_name("polymodal")
 
 
@@ -24,7 +26,7 @@ def wall(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    args = parse_args(parser, repeats=1)
     commands = {
         "python -c pass (interpreter)": [sys.executable, "-c", "pass"],
         "python -c 'import polymodal'": [sys.executable, "-c", "import polymodal"],

@@ -25,6 +25,7 @@ from polymodal._data.loader import BatchDataset, BatchPlan, loader
 from polymodal._data.table import read_table
 
 from common import hand_written_steps, spec, write_table
+from _timing import parse_args
 
 
 def loading_rows_per_s(table_path: Path, workers: int, size: int, batch: int) -> float:
@@ -53,7 +54,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--format", choices=["png", "npy"], default="png")
     parser.add_argument("--no-training", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--model", default="resnet18", help="timm backbone of the training step.")
+    args = parse_args(parser, rows=16, size=16, batch=8, workers=[0], steps=1, model="test_resnet")
     with tempfile.TemporaryDirectory() as tmp:
         table = write_table(Path(tmp), args.rows, args.size, args.format)
         loading = {w: loading_rows_per_s(table, w, args.size, args.batch) for w in args.workers}
@@ -62,7 +64,7 @@ def main() -> None:
             for workers, value in loading.items():
                 print(f"{f'load+augment+encode, {workers} worker(s)':40s} {value:9.1f} rows/s")
             return
-        built = polymodal.build(spec("resnet18", args.size, args.batch, 1))
+        built = polymodal.build(spec(args.model, args.size, args.batch, 1))
         binding = Binding(built.spec)
         state = binding.fit(read_table(table))
         encoded = binding.encode(read_table(table).take(range(args.batch)), state, True)

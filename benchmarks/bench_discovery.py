@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import parse_args
+
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "examples" / "plugins" / "polymodal-signal"
 
@@ -53,7 +55,7 @@ def timed_list(site: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
-    args = parser.parse_args()
+    args = parse_args(parser, runs=1)
     with tempfile.TemporaryDirectory() as tmp:
         sites = {"without plugin": Path(tmp, "empty"), "with plugin": Path(tmp, "manifest"),
                  "with plugin, no manifest": Path(tmp, "imported")}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import polymodal
-from _timing import alternate
+from _timing import alternate, parse_args
 from bench_forward import SPEC
 
 THROUGHPUT_BATCH = 64
@@ -96,7 +96,8 @@ def main() -> None:
                         help="CPU threads of torch and ONNX Runtime alike (1 keeps a shared"
                         " machine's noise down)")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    parser.add_argument("--backbone", help="timm model in place of the photo's ResNet-18.")
+    args = parse_args(parser, repeats=1, size=32, backbone="test_resnet")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -106,6 +107,8 @@ def main() -> None:
     # `size` fixes the image size an export takes (a model trained on a table keeps its own).
     spec = copy.deepcopy(SPEC)
     spec["inputs"]["photo"]["adapter"]["size"] = args.size
+    if args.backbone:
+        spec["backbones"]["vision"] = {"type": "timm", "model": args.backbone}
     model = polymodal.build(spec, pretrained=False).eval()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file, pt2_file = Path(tmp) / "model.onnx", Path(tmp) / "model.pt2"

@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 import polymodal
-from _timing import alternate, report
+from _timing import alternate, parse_args, report
 
 CATEGORICAL = {"make": 40, "color": 12}
 EMBEDDING_DIMS = {"make": 8, "color": 4}
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (1 keeps a shared machine's noise down)")
-    args = parser.parse_args()
+    args = parse_args(parser, repeats=1, batch=2, size=32)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)

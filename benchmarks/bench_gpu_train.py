@@ -21,18 +21,20 @@ import torch
 
 import polymodal
 
+from _timing import parse_args
 from common import write_table
 
 
-def bare_timm(device: torch.device, dtype: torch.dtype, batch: int, steps: int, channels_last: bool) -> float:
+def bare_timm(device: torch.device, dtype: torch.dtype, batch: int, steps: int, channels_last: bool,
+              name: str = "resnet50", size: int = 224) -> float:
     import timm
 
-    model = timm.create_model("resnet50", num_classes=2).to(device).train()
+    model = timm.create_model(name, num_classes=2).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    images = torch.randn(batch, 3, 224, 224, device=device)
+    images = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 2, (batch,), device=device)
@@ -56,13 +58,13 @@ def bare_timm(device: torch.device, dtype: torch.dtype, batch: int, steps: int, 
 
 
 def engine(table: Path, out: Path, device: str, precision: str, batch: int, epochs: int,
-           workers: int, channels_last: bool) -> tuple[float, float]:
+           workers: int, channels_last: bool, model: str = "resnet50") -> tuple[float, float]:
     """(the last epoch's rows/s, its steady rows/s from its 6th step to its last)."""
     spec = {
         "name": "gpu_bench",
         "inputs": {"photo": {"adapter": {"type": "image", "channels": 3, "column": "photo",
                                          "mean": [0.5] * 3, "std": [0.25] * 3},
-                             "backbone": {"type": "timm", "model": "resnet50"}}},
+                             "backbone": {"type": "timm", "model": model}}},
         "heads": {"label": {"type": "classification", "classes": 2}},
         "training": {"epochs": epochs, "batch_size": batch, "val_fraction": 0.0,
                      "schedule": "none", "precision": precision, "device": device,
@@ -93,7 +95,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--no-channels-last", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--model", default="resnet50", help="timm model of both loops.")
+    parser.add_argument("--size", type=int, default=224, help="Image size in px.")
+    # The smoke run trains on the CPU: 16 rows at batch 2 still reach the 6th step it times.
+    args = parse_args(parser, device="cpu", model="test_resnet", size=16, rows=16, batch=2,
+                      epochs=1, steps=1, workers=0)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_gpu_train: no CUDA GPU here; run it on a GPU machine (--device cuda)")
@@ -101,14 +107,14 @@ def main() -> None:
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
     channels_last = not args.no_channels_last
     torch.backends.cudnn.benchmark = True
-    bare = bare_timm(device, dtype, args.batch, args.steps, channels_last)
+    bare = bare_timm(device, dtype, args.batch, args.steps, channels_last, args.model, args.size)
     print(f"bare timm loop: {bare:.1f} images/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        table = write_table(Path(tmp), args.rows, 224, "npy")
+        table = write_table(Path(tmp), args.rows, args.size, "npy")
         epoch_rate, steady = engine(table, Path(tmp), args.device, args.precision, args.batch, args.epochs,
-                      args.workers, channels_last)
+                      args.workers, channels_last, args.model)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\nResNet-50, 224 px, batch {args.batch}, {args.precision}, {name}")
+    print(f"\n{args.model}, {args.size} px, batch {args.batch}, {args.precision}, {name}")
     print(f"{'bare timm loop (in-memory batch)':40s} {bare:9.1f} images/s")
     print(f"{'polymodal train, whole last epoch':40s} {epoch_rate:9.1f} images/s  ({epoch_rate / bare:.0%})")
     print(f"{'polymodal train, steady (step 6 on)':40s} {steady:9.1f} images/s  ({steady / bare:.0%})")

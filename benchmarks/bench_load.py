@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import polymodal
-from _timing import alternate, report
+from _timing import alternate, parse_args, report
 
 SPEC = {
     "name": "resnet50_sized",
@@ -56,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_args(parser, repeats=1)
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:

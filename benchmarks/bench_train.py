@@ -28,9 +28,10 @@ import polymodal
 from polymodal._data.binding import Binding
 from polymodal._data.table import read_table
 
+from _timing import parse_args
 from common import spec
 
-SIZE, BATCH = 64, 64
+SIZE, BATCH, MODEL = 64, 64, "resnet18"
 
 
 def in_memory_columns(rows: int, seed: int = 0) -> dict[str, list]:
@@ -70,22 +71,28 @@ def hand_written_epoch(model: torch.nn.Module, inputs: dict, target: torch.Tenso
 
 
 def engine_rows_per_s(columns: dict, out: Path, **training) -> float:
-    result = polymodal.train(spec("resnet18", SIZE, BATCH, 2, optimizer="adamw", **training),
+    result = polymodal.train(spec(MODEL, SIZE, BATCH, 2, optimizer="adamw", **training),
                              columns, out / "bench.safetensors", progress=False)
     return result.history[-1]["rows_per_s"]
 
 
 def main() -> None:
+    global SIZE, BATCH, MODEL  # the loops read them; the options (and --smoke) set them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--skip-compile", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--size", type=int, default=SIZE, help="Image size in px.")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--model", default=MODEL, help="timm backbone of every run.")
+    args = parse_args(parser, rows=16, rounds=1, skip_compile=True, size=16, batch=8,
+                      model="test_resnet")
+    SIZE, BATCH, MODEL = args.size, args.batch, args.model
     torch.manual_seed(0)
     columns = in_memory_columns(args.rows)
 
-    model = polymodal.build(spec("resnet18", SIZE, BATCH, 1))
+    model = polymodal.build(spec(MODEL, SIZE, BATCH, 1))
     binding = Binding(model.spec)
     table = read_table(columns)
     encoded = binding.encode(table, binding.fit(table), True)
@@ -94,7 +101,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     hand_written_epoch(model, inputs, target, optimizer, generator)  # warm-up
     # Its own copy, kept channels-last, so neither loop converts the other's weights.
-    model_bf16 = polymodal.build(spec("resnet18", SIZE, BATCH, 1))
+    model_bf16 = polymodal.build(spec(MODEL, SIZE, BATCH, 1))
     model_bf16.load_state_dict(model.state_dict())
     model_bf16.to(memory_format=torch.channels_last)
     optimizer_bf16 = torch.optim.AdamW(model_bf16.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -122,7 +129,7 @@ def main() -> None:
             print(f"round {round_}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in figures.items()),
                   flush=True)
     base = statistics.median(figures["hand-written loop, fp32"])
-    print(f"\nResNet-18 + MLP, {SIZE} px, batch {BATCH}, CPU ({torch.get_num_threads()} threads),"
+    print(f"\n{MODEL} + MLP, {SIZE} px, batch {BATCH}, CPU ({torch.get_num_threads()} threads),"
           f" {args.rows} rows in memory, median of {args.rounds} rounds")
     print(f"{'run':42s} {'images/s':>9s} {'vs hand fp32':>13s}")
     for name, values in figures.items():

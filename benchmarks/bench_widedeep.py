@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import polymodal
+from _timing import parse_args
 from polymodal_plugins._metrics import classification_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -33,11 +34,11 @@ PARTS = HERE.parent / "examples" / "parts"
 CATEGORICAL, NUMERICAL, TARGET = ["material", "site"], ["reading", "weight_kg"], "decision"
 
 
-def make_data(folder: Path) -> tuple[Path, Path]:
+def make_data(folder: Path, train_rows: int = 500, test_rows: int = 300) -> tuple[Path, Path]:
     loader = importlib.util.spec_from_file_location("make_data", PARTS / "make_data.py")
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
-    return module.generate(folder)
+    return module.generate(folder, train_rows, test_rows)
 
 
 def run_polymodal(train: Path, test: Path, out: Path, epochs: int, seed: int) -> tuple[float, dict]:
@@ -96,24 +97,31 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--rows", type=int, nargs=2, default=[500, 300],
+                        help="Training and held-out rows of the generated parts data.")
+    args = parse_args(parser, epochs=1, seeds=1, rows=[48, 24])
+    tools = ["polymodal", "pytorch-widedeep"]
     if importlib.util.find_spec("pytorch_widedeep") is None:
         print("bench_widedeep: pytorch-widedeep is not installed here; install it beside"
               " polymodal in a separate environment to compare")
-        return
+        if not args.smoke:
+            return
+        tools = ["polymodal"]  # the smoke run still checks polymodal's half
     torch.set_num_threads(args.threads)
-    import pytorch_widedeep  # noqa: F401 - both tools' imports happen before any timing
+    if "pytorch-widedeep" in tools:
+        import pytorch_widedeep  # noqa: F401 - both tools' imports happen before any timing
     import torchvision  # noqa: F401
     with tempfile.TemporaryDirectory() as tmp:
-        train, test = make_data(Path(tmp) / "data")
+        train, test = make_data(Path(tmp) / "data", *args.rows)
         import pandas as pd
 
         truth = (pd.read_csv(test)[TARGET] == "reject").to_numpy().astype(np.int64)
         rows = len(pd.read_csv(train))
-        results: dict[str, list[tuple[float, dict]]] = {"polymodal": [], "pytorch-widedeep": []}
+        results: dict[str, list[tuple[float, dict]]] = {tool: [] for tool in tools}
         for seed in range(args.seeds):  # alternating, so that machine noise hits both alike
             results["polymodal"].append(run_polymodal(train, test, Path(tmp), args.epochs, seed))
-            results["pytorch-widedeep"].append(run_widedeep(train, test, args.epochs, seed))
+            if "pytorch-widedeep" in results:
+                results["pytorch-widedeep"].append(run_widedeep(train, test, args.epochs, seed))
     print(f"\nparts data: {rows} training rows, {len(truth)} held out; ResNet-18 (random init)"
           f" + MLP, concat, {args.epochs} epochs, batch 32, CPU ({args.threads} threads);"
           f" mean ± sd over {args.seeds} seeds")

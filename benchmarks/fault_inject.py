@@ -17,7 +17,7 @@ Each operation runs in a child forked from this process, which has imported torc
 trial costs the operation, not an interpreter start. The moment of each kill is drawn uniformly
 over the operation's uninterrupted duration. Not part of the test suite (minutes, not seconds).
 
-    python benchmarks/fault_inject.py [--trials 24] [--seed 0] [--keep DIR]
+    python benchmarks/fault_inject.py [--trials 24] [--seed 0] [--keep DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_table  # noqa: E402
 
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
+#: Model and table sizes; --smoke makes them tiny (the check that the script runs, in seconds).
+SIZES = {"save_hidden": 1800, "build_hidden": (1200, 1400), "predict_rows": 600}
 
 
 def digest(path: Path) -> str | None:
@@ -161,14 +163,14 @@ def big_spec(name: str, hidden: int) -> dict:
 
 def train_spec(epochs: int) -> dict:
     return {"name": "fault",
-            "inputs": {"photo": {"adapter": {"type": "image", "channels": 3, "column": "photo"}},
+            "inputs": {"photo": {"adapter": {"type": "image", "channels": 3, "column": "photo",
+                                             "augment": {"hflip": True}}},
                        "report": {"adapter": {"type": "tabular", "categorical": ["make", "color"],
                                               "numerical": ["age", "mileage"]},
                                   "backbone": {"type": "mlp", "hidden": [16]}}},
             "fusion": {"type": "concat", "hidden": [32]},
             "heads": {"label": {"type": "classification", "target": "label"}},
-            "training": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "val_fraction": 0.25,
-                         "augment": {"hflip": True}}}
+            "training": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "val_fraction": 0.25}}
 
 
 class Operation:
@@ -193,7 +195,7 @@ class Save(Operation):
 
     def prepare(self) -> None:
         torch.manual_seed(0)
-        spec = big_spec("fault_save", 1800)  # about 10M parameters: a 40 MB file
+        spec = big_spec("fault_save", SIZES["save_hidden"])  # about 10M parameters: a 40 MB file
         self.models = [polymodal.build(spec), polymodal.build(spec)]
         self.target = self.folder / "m.safetensors"
         self.hashes = []
@@ -227,7 +229,7 @@ class Build(Operation):
 
     def prepare(self) -> None:
         self.specs = []
-        for name, hidden in (("fault_a", 1200), ("fault_b", 1400)):
+        for name, hidden in zip(("fault_a", "fault_b"), SIZES["build_hidden"]):
             path = self.folder / f"{name}.yaml"
             path.write_text(yaml.safe_dump(big_spec(name, hidden)))
             self.specs.append(path)
@@ -264,7 +266,7 @@ class Predict(Operation):
 
     def prepare(self) -> None:
         data = self.folder / "data"
-        table = write_table(data, rows=600, size=16)
+        table = write_table(data, rows=SIZES["predict_rows"], size=16)
         spec = self.folder / "spec.yaml"
         spec.write_text(yaml.safe_dump(train_spec(epochs=1)))
         self.model = self.folder / "m.safetensors"
@@ -422,7 +424,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["save", "build", "train", "predict"], action="append")
     parser.add_argument("--keep", type=Path, help="Work in this folder and keep it.")
+    parser.add_argument("--smoke", action="store_true", help="One kill per operation of tiny"
+                        " models and tables: checks that the script runs, in seconds.")
     args = parser.parse_args()
+    if args.smoke:
+        args.trials = 1
+        SIZES.update(save_hidden=32, build_hidden=(32, 48), predict_rows=40)
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
     with contextlib.ExitStack() as stack:

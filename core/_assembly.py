@@ -330,6 +330,10 @@ def build(
     registry = registry or get_registry()
     spec = load_spec(spec, registry)
     the_plan = plan(spec)
+    if torch.get_default_device().type != "meta":  # on meta it is the measurement itself
+        from ._footprint import refuse_too_large
+
+        refuse_too_large(spec)  # before allocating: what validate refuses, build refuses
 
     def component_class(config: ComponentConfig) -> type[Component]:
         return registry.load(registry.record_for_config(type(config)))

@@ -51,7 +51,7 @@ class _Group(click.Group):
         except Exception as exc:  # noqa: BLE001
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            blamed = _plugin_blamed(exc) or _peer_lost(exc)
+            blamed = _plugin_blamed(exc) or _peer_lost(exc) or _file_system_refused(exc)
             if blamed is not None:
                 click.echo(f"error: {blamed}", err=True)
                 ctx.exit(EXIT_BAD_INPUT)
@@ -83,6 +83,16 @@ def _peer_lost(exc: Exception) -> str | None:
     return (f"process {rank} of this torchrun job lost contact with another process of the job"
             f" ({type(exc).__name__}: {first}); that process's own output says why it stopped."
             " Rerun with --resume to continue from the last saved epoch")
+
+
+def _file_system_refused(exc: Exception) -> str | None:
+    """The message for a write the file system refused (a full disk, a read-only one) that no
+    write of polymodal's own reported: the user's to fix, not a bug."""
+    from ._files import write_refusal
+
+    target = getattr(exc, "filename", None) or "a file"
+    refused = write_refusal(target, exc)
+    return str(refused) if refused is not None else None
 
 
 def _plugin_blamed(exc: Exception) -> str | None:

@@ -21,13 +21,11 @@ import contextlib
 import copy
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import torch
 from torch import nn
@@ -35,6 +33,7 @@ from torch import nn
 from ._assembly import PolymodalModel
 from ._components import ModalityAdapter
 from ._errors import ExportError, ModelFileError, PolymodalError
+from ._files import atomic_open, refuse_overwriting_inputs
 from ._registry import Registry
 
 #: The file formats and their usual suffix.
@@ -82,8 +81,10 @@ class Layout:
 
     @classmethod
     def from_json(cls, text: str, source: str) -> Layout:
+        from ._modelfile import metadata_json
+
+        data = metadata_json(text, source, KEY_EXPORT)
         try:
-            data = json.loads(text)
             if data["format"] > EXPORT_FORMAT:
                 raise ModelFileError(
                     f"{source}: exported by a newer polymodal (export format {data['format']});"
@@ -324,6 +325,7 @@ def export(model: Any, output: str | Path, *, format: str | None = None, check: 
     and must give the model's outputs.
     """
     output = Path(output)
+    refuse_overwriting_inputs(output, {"the model": model})
     fmt = _format_of(output, format)
     if fmt == "onnx":
         _require_onnx_exporter()
@@ -364,23 +366,21 @@ def _exporter_versions(fmt: str) -> dict[str, Any]:
     return versions
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the suffix: torch.export.save warns about any other.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """``write`` the file into memory, then to ``path`` atomically and with the mode every other
+    output gets: torch's C++ writer, given a file, aborts the process on a full disk (or hides
+    the error), where Python's write raises it."""
+    buffer = io.BytesIO()
+    write(buffer)
+    with atomic_open(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def write_program(program: torch.export.ExportedProgram, metadata: Mapping[str, str],
                   output: Path) -> None:
     """``program`` as a ``.pt2`` file, ``metadata`` in its extra files."""
-    _atomic_write(output, lambda tmp: torch.export.save(program, tmp, extra_files=dict(metadata)))
+    _atomic_write(output, lambda file: torch.export.save(program, file,
+                                                        extra_files=dict(metadata)))
 
 
 def write_onnx(program: torch.export.ExportedProgram, layout: Layout, metadata: Mapping[str, str],
@@ -406,7 +406,7 @@ def write_onnx(program: torch.export.ExportedProgram, layout: Layout, metadata: 
     if proto.ByteSize() >= 2**31:
         raise ExportError("the model is over 2 GB, more than one ONNX file holds; export it with"
                           " --format torch-export")
-    _atomic_write(output, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
+    _atomic_write(output, lambda file: file.write(proto.SerializeToString()))
 
 
 def _require_onnx_exporter() -> None:

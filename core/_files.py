@@ -162,6 +162,32 @@ def _refused(target: Path, exc: OSError, doing: str = "write") -> OutputError:
     return OutputError(f"cannot {doing} {target}: {reason}")
 
 
+#: The errors of a write that the file system refuses: the user's to fix, not a bug.
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is"
+                 " read-only", errno.EDQUOT: "the disk quota is exceeded", errno.EFBIG: "the file"
+                 " is larger than the file system allows"}
+#: How libraries that do not raise an OSError (safetensors, torch's C++ writer) say the same.
+_WRITE_ERROR_TEXTS = {"no space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC,
+                      "storagefull": errno.ENOSPC, "read-only file system": errno.EROFS,
+                      "os error 30": errno.EROFS, "disk quota exceeded": errno.EDQUOT}
+
+
+def write_refusal(target: str | Path, exc: BaseException) -> OutputError | None:
+    """The :class:`OutputError` for ``exc`` when it is the file system refusing a write of
+    ``target`` (a full disk, a read-only or over-quota file system); None for any other."""
+    if isinstance(exc, OutputError):
+        return None
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code not in _WRITE_ERRNOS:
+        text = str(exc).lower().replace(" ", "")
+        code = next((c for said, c in _WRITE_ERROR_TEXTS.items() if said.replace(" ", "") in text),
+                    None)
+    if code is None:
+        return None
+    return OutputError(f"cannot write {target}: {_WRITE_ERRNOS[code]}; the previous file (if any)"
+                       " is left as it was. Free some space or write elsewhere (-o)")
+
+
 @dataclass
 class _Pending:
     """A write in progress: the private folder beside the target and the new file in it."""
@@ -253,8 +279,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield pending.file
         _commit(pending, target)
-    except BaseException:
+    except BaseException as exc:
         _discard(pending.folder)
+        refused = write_refusal(target, exc)
+        if refused is not None:
+            raise refused from None
         raise
     finally:
         keep_on_signal(pending.folder)
@@ -278,6 +307,25 @@ def write_text(target: str | Path, text: str) -> Path:
     with atomic_open(target) as handle:
         handle.write(text)
     return Path(target)
+
+
+def refuse_overwriting_inputs(output: str | Path, inputs: dict[str, Any]) -> None:
+    """Refuse an ``output`` that is one of a command's ``inputs`` (``{"the table to predict":
+    path}``; values that are not paths are skipped): the write would replace what it reads."""
+    output = Path(output)
+    for what, value in inputs.items():
+        if not isinstance(value, (str, Path)):
+            continue
+        if _same_path(output, Path(value)):
+            raise OutputError(f"{output}: this is {what} ({value}); writing here would replace"
+                              " it. Give the output another name")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): compare the names
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 # --- stale temporary files --------------------------------------------------------------
@@ -403,6 +451,7 @@ def output_lock(target: str | Path, *, what: str = "output",
     is taken over, with a note to ``note`` (default: the ``polymodal`` logger)."""
     target = Path(target)
     path = lock_path(target)
+    _refuse_inside_locked_folder(target, what)
     fd = _acquire(path, target, what, note or (lambda line: _log.warning("%s", line)))
     remove_on_signal(path)
     try:
@@ -414,6 +463,45 @@ def output_lock(target: str | Path, *, what: str = "output",
             path.unlink()
         _held_lock_fds.discard(fd)
         with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _refuse_inside_locked_folder(target: Path, what: str) -> None:
+    """Refuse a ``target`` inside a folder that another live run holds the lock of (a
+    cross-validation's folder): its finished files are that run's, and it reads them again."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    ours = set()
+    for fd in list(_held_lock_fds):
+        with contextlib.suppress(OSError):
+            info = os.fstat(fd)
+            ours.add((info.st_dev, info.st_ino))
+    folders = dict.fromkeys([*_absolute(target).parents, *Path(os.path.realpath(target)).parents])
+    for folder in folders:
+        if folder.parent == folder:  # the root has no name to lock
+            continue
+        path = lock_path(folder)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue  # no lock there (the usual case)
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) in ours:
+                continue  # this process's own run, writing inside its folder
+            try:  # shared, and let go at once: a live owner holds it exclusively
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    continue
+                owner = _read_owner(fd)
+                raise OutputLockedError(
+                    f"{target}: this {what} is inside {folder}, which another polymodal run is"
+                    f" writing ({_describe(owner)}); wait for it to end, or write elsewhere"
+                ) from None
+        finally:
             os.close(fd)
 
 
@@ -446,7 +534,13 @@ def _acquire(path: Path, target: Path, what: str, note: Callable[[str], None]) -
     if previous and previous.get("pid") != os.getpid():
         note(f"note: {target}: took over the lock of an earlier run ({_describe(previous)}),"
              " which ended without releasing it")
-    _write_owner(fd)
+    try:
+        _write_owner(fd)
+    except OSError as exc:  # a full disk: the lock file is ours to remove, the run cannot go on
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        raise write_refusal(target, exc) or _refused(path, exc, "create the lock") from None
     _held_lock_fds.add(fd)
     return fd
 

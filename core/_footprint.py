@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._errors import PolymodalError, SpecError, first_line
 
@@ -24,6 +24,9 @@ class Footprint:
     parameters: int
     trainable: int
     bytes: int
+    #: The spec paths of the parts holding a tenth of the bytes or more, largest first, with
+    #: their bytes: what to make smaller.
+    largest: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
         return (f"{self.parameters:,} parameters ({_size(self.bytes)} of weights and buffers;"
@@ -54,20 +57,51 @@ def measure(spec: ModelSpec) -> Footprint:
     with torch.device("meta"):
         model = build(spec, pretrained=False)
     tensors = [*model.parameters(), *model.buffers()]
+    parts = {where: _bytes(module) for where, module in _parts(model)}
     return Footprint(
         parameters=sum(p.numel() for p in model.parameters()),
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         bytes=sum(t.numel() * t.element_size() for t in tensors),
+        largest=tuple(sorted(((w, b) for w, b in parts.items() if b * 10 >= sum(parts.values())),
+                             key=lambda item: -item[1])),
     )
+
+
+#: The model's groups of components, and the spec path each component has.
+_WHERE = {"adapters": "inputs.{}.adapter", "input_backbones": "inputs.{}.backbone",
+          "backbones": "backbones.{}", "fusions": "fusion", "heads": "heads.{}"}
+
+
+def _parts(model: Any) -> list[tuple[str, Any]]:
+    return [(where.format(name), module) for group, where in _WHERE.items()
+            for name, module in getattr(model, group, {}).items() if module is not None]
+
+
+def _bytes(module: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def refuse_too_large(spec: ModelSpec) -> None:
+    """Refuse, before anything is allocated, a model that cannot fit this machine's memory
+    (as ``validate`` does); a model that cannot be measured is left to the build."""
+    try:
+        footprint = measure(spec)
+    except Exception:  # noqa: BLE001 - measuring is advice; the build reports its own errors
+        return
+    check_fits(footprint)
 
 
 def check_fits(footprint: Footprint, memory: int | None = None) -> None:
     """Refuse a model whose weights alone exceed this machine's memory."""
     memory = physical_memory() if memory is None else memory
     if memory is not None and footprint.bytes > memory:
-        raise SpecError([("", f"the model would hold {footprint.describe()}, more than this"
-                          f" machine's {_size(memory)} of memory; make the largest parts"
-                          " smaller (categorical cardinalities, hidden sizes, the backbone)")])
+        where = footprint.largest[0][0] if footprint.largest else ""
+        part = (" (" + ", ".join(f"{w} holds {_size(b)}" for w, b in footprint.largest) + ")"
+                if footprint.largest else "")
+        raise SpecError([(where, f"the model would hold {footprint.describe()}, more than this"
+                          f" machine's {_size(memory)} of memory{part}; make the largest parts"
+                          " smaller (categorical cardinalities, embedding sizes, hidden sizes,"
+                          " the backbone)")])
 
 
 def measured(spec: ModelSpec) -> Footprint | str:

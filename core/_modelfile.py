@@ -25,7 +25,7 @@ from ._errors import ModelFileError, SpecError, first_line
 from ._files import atomic_path
 from ._registry import Registry, get_registry
 from ._spec import validate_spec_data
-from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size
+from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size, walk
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"
@@ -150,10 +150,31 @@ def _reason(exc: BaseException) -> str:
 
 def _versions_of(metadata: Mapping[str, str]) -> dict[str, str]:
     try:
-        versions = json.loads(metadata.get(KEY_VERSIONS, "{}"))
-    except json.JSONDecodeError:
+        versions = metadata_json(metadata.get(KEY_VERSIONS, "{}"), "", KEY_VERSIONS)
+    except ModelFileError:
         return {}
     return versions if isinstance(versions, dict) else {}
+
+
+#: How deeply a model file's (or an export's) JSON metadata may nest: the fitted state nests
+#: about five levels. Deeper data is hostile, and would exhaust the parser's recursion.
+MAX_METADATA_DEPTH = 64
+
+
+def metadata_json(text: str, source: str | Path, key: str) -> Any:
+    """The JSON value of the metadata entry ``key``, bounded in depth; a
+    :class:`ModelFileError` naming the entry when it is not JSON or nests too deeply."""
+    where = f"{source}: its {key} metadata" if str(source) else f"its {key} metadata"
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ModelFileError(f"{where} nests too deeply") from None
+    except ValueError as exc:
+        raise ModelFileError(f"{where} is not JSON ({exc})") from None
+    for _, depth in walk(data):
+        if depth > MAX_METADATA_DEPTH:
+            raise ModelFileError(f"{where} nests deeper than {MAX_METADATA_DEPTH} levels")
+    return data
 
 
 def spec_of(path: str | Path, registry: Registry | None = None):
@@ -236,6 +257,37 @@ def _excerpt(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def check_fitted_state(spec: Any, state: Any, source: str | Path) -> None:
+    """Refuse a fitted state that does not fit the spec it is stored with: one without an entry
+    for each input and head, or one a component's codec finds wrong (``Codec.check_state``)."""
+    from ._data.binding import Binding
+    from ._errors import ConfigError
+
+    def refused(reason: str) -> ModelFileError:
+        return ModelFileError(f"{source}: its fitted preprocessing ({KEY_STATE}) does not fit its"
+                              f" spec: {reason}; the file was changed or mixed up with another")
+
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), dict)
+                                              for k in ("inputs", "heads")):
+        raise refused("it is not a mapping of `inputs` and `heads`")
+    try:
+        binding = Binding(spec)
+    except SpecError:
+        return  # components that read no table: predict refuses them with its own message
+    for section, bound in (("inputs", binding.inputs), ("heads", binding.heads)):
+        for each in bound:
+            fitted = state[section].get(each.name)
+            if not isinstance(fitted, dict):
+                raise refused(f"it holds no state for {each.where}")
+            try:
+                each.codec.check_state(fitted)
+            except ConfigError as exc:
+                raise refused(f"{each.where}{'.' + exc.option if exc.option else ''}:"
+                              f" {exc.message}") from None
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise refused(f"{each.where}: {type(exc).__name__}: {first_line(exc, 200)}") from None
+
+
 def load(
     path: str | Path, *, device: str | torch.device = "cpu", registry: Registry | None = None
 ) -> PolymodalModel:
@@ -254,13 +306,15 @@ def load(
     _check_tensors(model, tensors, path)
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise ModelFileError(f"{path}: its tensors do not match its spec: {_reason(exc)}") from None
+    except RuntimeError as exc:  # torch's message starts with a line that says nothing
+        reason = " ".join(line.strip() for line in str(exc).splitlines()[1:4]) or _reason(exc)
+        raise ModelFileError(f"{path}: its tensors do not match its spec: {reason}") from None
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         model = build(spec, pretrained=False, registry=registry).to(device)
         model.load_state_dict(tensors, strict=True)
     if KEY_STATE in metadata:
-        model.fitted_state = json.loads(metadata[KEY_STATE])
+        model.fitted_state = metadata_json(metadata[KEY_STATE], path, KEY_STATE)
+        check_fitted_state(spec, model.fitted_state, path)
     model.eval()
     return model
 
@@ -277,7 +331,18 @@ def _check_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], 
         for k, v in expected.items()
         if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
     ]
+    # A float tensor may be stored in another float precision (it is cast on load); a tensor of
+    # another kind (integers for floats) was not written by polymodal for this spec.
+    kinds = [
+        f"{k} {str(tensors[k].dtype).removeprefix('torch.')} (spec gives"
+        f" {str(v.dtype).removeprefix('torch.')})"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].dtype != v.dtype
+        and not (tensors[k].is_floating_point() and v.is_floating_point())
+    ]
     problems = []
+    if kinds:
+        problems.append(f"{len(kinds)} of another type: {', '.join(kinds[:5])}")
     if missing:
         problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
     if unexpected:
@@ -286,6 +351,9 @@ def _check_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], 
         problems.append(f"{len(wrong)} with the wrong shape: {', '.join(wrong[:5])}")
     if problems:
         raise ModelFileError(f"{path}: its tensors do not match its spec: " + "; ".join(problems))
+    for k, v in expected.items():  # another float precision: the spec's, as when built
+        if k in tensors and tensors[k].dtype != v.dtype:
+            tensors[k] = tensors[k].to(v.dtype)  # type: ignore[index]
     for alias, source in shared.items():
         if alias not in tensors and source in tensors:
             tensors[alias] = tensors[source]  # type: ignore[index]

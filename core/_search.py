@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union
 
@@ -91,10 +92,15 @@ class Choice(_Distribution):
 
     @model_validator(mode="after")
     def _check(self):
-        labels = [label(c) for c in self.choices]
-        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if len(self.choices) > MAX_CHECKED_VALUES:  # before the work that grows with them
+            raise ValueError(f"{len(self.choices):,} choices; at most {MAX_CHECKED_VALUES:,}"
+                             " (each is checked by validating a whole spec): give numbers as a"
+                             " float or int range")
+        counts = Counter(label(c) for c in self.choices)
+        twice = sorted(x for x, n in counts.items() if n > 1)
         if twice:
-            raise ValueError(f"choices repeat: {', '.join(twice)}")
+            raise ValueError(f"choices repeat: {', '.join(twice[:5])}"
+                             + (f" and {len(twice) - 5} more" if len(twice) > 5 else ""))
         return self
 
 

@@ -91,6 +91,28 @@ def _valid_name(name: str) -> str:
 #: A name of an input, backbone or head.
 Name = Annotated[str, AfterValidator(_valid_name)]
 
+#: The longest model name: it becomes part of file and folder names (``<name>.cv``,
+#: ``<name>_oof_predictions.csv``), which a file system limits to 255 bytes.
+MODEL_NAME_MAX = 100
+#: What a model name may not hold: path separators (the name would become a path outside the
+#: output folder) and control characters (NUL cannot be in a path at all).
+_NOT_IN_MODEL_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _valid_model_name(name: str) -> str:
+    """A model name is a label; commands use it in file and folder names, so it must be one
+    name that stays in its folder."""
+    if not name.strip():
+        raise _problem("spec_name", "the model's name is empty; give a label such as `claims`")
+    if len(name) > MODEL_NAME_MAX:
+        raise _problem("spec_name", f"the model's name has {len(name):,} characters; give one of"
+                       f" at most {MODEL_NAME_MAX} (it becomes part of file names)")
+    if _NOT_IN_MODEL_NAME.search(name) or name in (".", ".."):
+        raise _problem("spec_name", f"the model's name {excerpt(name)} is not a label: it becomes"
+                       " part of file and folder names, so it may not be `.` or `..` nor hold"
+                       " `/`, `\\` or control characters")
+    return name
+
 
 class _StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -134,7 +156,9 @@ _REQUIRED_SECTIONS = {
 class ModelSpec(_StrictModel):
     """A whole model: inputs, shared backbones, fusion and heads."""
 
-    name: str = Field("model", description="The model's name.")
+    name: Annotated[str, AfterValidator(_valid_model_name)] = Field(
+        "model", description="The model's name: a label, also used in output file names (no"
+        " `/`, `\\` or control characters; at most 100 characters).")
     description: str | None = Field(None, description="Free text kept with the model.")
     inputs: dict[Name, InputSpec] = Field(description="Inputs by name.", min_length=1,
                                           json_schema_extra=_NAMES)
@@ -545,10 +569,15 @@ def _json_value(value: Any, loc: tuple[Any, ...], memo: dict[int, tuple[Any, int
                 open_: set[int], problems: list[tuple[str, str]]) -> tuple[Any, int]:
     """``(value as JSON data, how many values it holds)``. A container repeated by YAML aliases
     is converted once (``memo``); ``open_`` holds the containers being converted."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
+        # No size, count or seed is this large; torch would fail on it with C++ frames.
+        problems.append((_format_loc(loc), f"{excerpt(value)} is too large a number: no size,"
+                                           " count or seed exceeds 2**63"))
+        return None, 1
+    if value is None or isinstance(value, (bool, int, str, float)):
         return value, 1
-    if isinstance(value, float):
-        return (int(value) if value.is_integer() else value), 1
     if isinstance(value, (Mapping, list, tuple)):
         if id(value) in open_:
             problems.append((_format_loc(loc), "this value contains itself (an alias inside"

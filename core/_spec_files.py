@@ -84,9 +84,14 @@ def _too_deep(line: int | None = None) -> str:
     return f"the spec nests deeper than {MAX_SPEC_DEPTH} levels{where}"
 
 
-def too_many_values() -> str:
-    return (f"the spec holds more than {MAX_SPEC_VALUES:,} values once its aliases are"
-            " expanded")
+def too_many_values(aliases: bool = True) -> str:
+    """The message of a spec over MAX_SPEC_VALUES values; ``aliases``: it uses YAML aliases
+    (or shared Python objects), which is then the likely cause."""
+    if aliases:
+        return (f"the spec holds more than {MAX_SPEC_VALUES:,} values once its aliases are"
+                " expanded")
+    return (f"the spec holds more than {MAX_SPEC_VALUES:,} values (mappings, lists, numbers and"
+            " texts); a spec describes a model: give long lists (choices, columns) shorter")
 
 
 def _check_yaml_events(text: str) -> None:
@@ -94,6 +99,7 @@ def _check_yaml_events(text: str) -> None:
     sizes: dict[str, int] = {}  # anchor -> values its node expands to
     stack: list[list[Any]] = []  # open collections: [anchor, values so far]
     total = 0
+    aliased = False
     for event in yaml.parse(text, Loader=_UniqueKeyLoader):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             stack.append([event.anchor, 1])
@@ -107,6 +113,7 @@ def _check_yaml_events(text: str) -> None:
             anchor, size = event.anchor, 1
         elif isinstance(event, yaml.AliasEvent):
             anchor, size = None, sizes.get(event.anchor or "", 1)
+            aliased = True
         else:
             continue
         if anchor is not None:
@@ -116,10 +123,10 @@ def _check_yaml_events(text: str) -> None:
         else:
             total += size
         if total + sum(open_[1] for open_ in stack) > MAX_SPEC_VALUES:
-            raise SpecError([("", too_many_values())])
+            raise SpecError([("", too_many_values(aliased))])
 
 
-def _walk(data: Any) -> Iterator[tuple[Any, int]]:
+def walk(data: Any) -> Iterator[tuple[Any, int]]:
     """Every value of plain data with its depth, without recursion."""
     pending = [(data, 1)]
     while pending:
@@ -133,11 +140,11 @@ def _walk(data: Any) -> Iterator[tuple[Any, int]]:
 
 def check_spec_size(data: Any) -> None:
     """Refuse parsed spec data that nests too deeply or holds too many values."""
-    for count, (_, depth) in enumerate(_walk(data), 1):
+    for count, (_, depth) in enumerate(walk(data), 1):
         if depth > MAX_SPEC_DEPTH:
             raise SpecError([("", _too_deep())])
         if count > MAX_SPEC_VALUES:
-            raise SpecError([("", too_many_values())])
+            raise SpecError([("", too_many_values(aliases=False))])
 
 
 def _parse(text: str, fmt: str) -> Any:

@@ -52,6 +52,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         elif suffix in TORCH_SUFFIXES:
+            _check_torch_file(path)
             # weights_only refuses arbitrary pickled objects: a checkpoint cannot run code.
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
@@ -62,13 +63,29 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except PolymodalError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-        raise PolymodalError(f"cannot read pretrained weights {path}: {first_line(exc)}") from None
+        said = first_line(exc, 300)
+        if len(said) < 30:  # a bare key or index ("101") says nothing on its own
+            said = f"{type(exc).__name__}: {said}"
+        raise PolymodalError(f"cannot read pretrained weights {path}: {said}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PolymodalError(f"pretrained weights {path}: not a state dict of tensors")
     return state
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse a file that ``torch.save`` cannot have written (a zip archive, or the legacy
+    format's pickle) before torch reads it and fails on some index of its own."""
+    import zipfile
+
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise PolymodalError(f"pretrained weights {path}: not a PyTorch weights file (neither"
+                             " the zip archive nor the pickle that torch.save writes); give a"
+                             " .safetensors file, or a state dict saved with torch.save")
 
 
 def load_matching(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from polymodal.plugin import DataError, RowIssues, Table, is_missing
+from polymodal.plugin import ConfigError, DataError, RowIssues, Table, is_missing
 
 
 def category(value: Any) -> int | str | None:
@@ -114,6 +114,7 @@ def names_for_count(found: list[int | str], count: int, *, option: str, singular
     return found + [f"{singular}_{i}" for i in range(len(found), count)]
 
 
+<<<<<<< HEAD
 def output_names(names: list[Any], *, option: str, singular: str, least: int) -> list[int | str]:
     """A head's output names given in its spec (``classes: [benign, malignant]``), each as the
     category it stands for; raises ValueError (a config problem) for too few, empty or repeated
@@ -147,3 +148,22 @@ def vocabulary_of(table: Table, column: str, wanted: int | str | list[Any], *, o
         return found
     return names_for_count(found, int(wanted), option=option, singular=singular, table=table,
                            column=column, where=where)
+=======
+def check_fitted(state: Any, key: str, option: str, *, count: int | None = None,
+                 at_most: int | None = None, numbers: bool = False) -> list[Any]:
+    """The fitted list ``state[key]`` of a model file, checked against the config: ``count``
+    entries (or ``at_most``), numbers where ``numbers``. A :class:`ConfigError` at ``option``
+    says how they disagree."""
+    values = state.get(key) if isinstance(state, dict) else None
+    if not isinstance(values, list):
+        raise ConfigError(f"the fitted {key} are missing or not a list", option=option)
+    if count is not None and len(values) != count:
+        raise ConfigError(f"the fitted {key} hold {len(values)} entries for {count}", option=option)
+    if at_most is not None and len(values) > at_most:
+        raise ConfigError(f"the fitted {key} hold {len(values)} entries, more than its"
+                          f" {at_most}", option=option)
+    if numbers and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           for v in values):
+        raise ConfigError(f"the fitted {key} are not all numbers", option=option)
+    return values
+>>>>>>> reliability

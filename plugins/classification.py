@@ -255,6 +255,12 @@ class ClassificationCodec(TargetCodec[ClassificationHead.Config]):
             target[position], present[position] = cls, True
         return torch.from_numpy(target), torch.from_numpy(present)
 
+    def check_state(self, state: State) -> None:
+        from ._columns import check_fitted
+
+        classes = self.config.classes
+        check_fitted(state, "classes", "classes", count=None if classes == "auto" else classes)
+
     def decode(self, output: torch.Tensor, state: State) -> dict[str, list[Any]]:
         names = state["classes"]
         probabilities = output.float().softmax(dim=-1)

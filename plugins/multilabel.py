@@ -200,6 +200,12 @@ class MultilabelCodec(TargetCodec[MultilabelHead.Config]):
     def complete(self, state: State) -> dict[str, Any]:
         return {"labels": len(state["labels"])} if self.config.labels == "auto" else {}
 
+    def check_state(self, state: State) -> None:
+        from ._columns import check_fitted
+
+        labels = self.config.labels
+        check_fitted(state, "labels", "labels", count=None if labels == "auto" else labels)
+
     def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         index = lookup(state["labels"])
         values = table.columns[self.column()]

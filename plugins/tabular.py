@@ -425,6 +425,15 @@ class TabularCodec(Codec[TabularAdapter.Config]):
                    for c, card in self.config.categorical.items() if card == "auto"}
         return {"categorical": {**self.config.categorical, **learned}} if learned else {}
 
+    def check_state(self, state: State) -> None:
+        from ._columns import check_fitted
+
+        for column, card in self.config.categorical.items():
+            check_fitted(state.get("vocabularies", {}), column, f"categorical.{column}",
+                         at_most=None if card == "auto" else card)
+        for key in ("mean", "std"):
+            check_fitted(state, key, "numerical", count=len(self.config.numerical), numbers=True)
+
     def prepare(self, module: TabularAdapter, state: State) -> None:
         with torch.no_grad():
             module.num_mean.copy_(torch.tensor(state["mean"], dtype=torch.float32))

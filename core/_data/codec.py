@@ -197,6 +197,12 @@ class Codec(ABC, Generic[ConfigT]):
         never augmented. Default: unchanged."""
         return value
 
+    def check_state(self, state: State) -> None:
+        """Raise a :class:`~polymodal.plugin.ConfigError` when ``state``, read from a model
+        file or an export, does not fit the config (a vocabulary longer than its cardinality,
+        five class names for two logits): such a file was edited or mixed up, and would give
+        wrong predictions without an error. Default: no check."""
+
 
 class TargetCodec(Codec[ConfigT]):
     """How a head reads its target column, and turns its outputs back into the table's values.

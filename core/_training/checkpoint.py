@@ -9,6 +9,7 @@ else in the file is refused with a message.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import warnings
@@ -22,7 +23,7 @@ import torch
 from .._data.binding import State
 from .._data.table import Table
 from .._errors import CheckpointError, DataError, SpecError, first_line
-from .._files import atomic_path
+from .._files import atomic_open
 from .history import EpochRecord, Progress
 
 #: What a checkpoint holds, with the type each value must have.
@@ -58,8 +59,12 @@ class Checkpoint:
             "stale": self.progress.stale, "spec": self.spec, "state": json.dumps(self.state),
             "fingerprint": self.fingerprint,
         }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        # Into memory first: torch's C++ writer reports a full disk as an assertion of its own
+        # ("enforce fail at inline_container.cc"); Python's write raises the OSError it is.
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        with atomic_open(path, "wb") as handle:
+            handle.write(buffer.getbuffer())
 
     @classmethod
     def read(cls, path: Path) -> Checkpoint:
@@ -73,6 +78,9 @@ class Checkpoint:
         try:
             history = [EpochRecord.from_dict(row) for row in json.loads(payload["history"])]
             state = json.loads(payload["state"])
+        except RecursionError:
+            raise CheckpointError(f"--resume: {path} has a record that nests too deeply;"
+                                  f" {_START_AGAIN}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"--resume: {path} has an unreadable record ({exc});"
                                   f" {_START_AGAIN}") from None
@@ -87,7 +95,10 @@ class Checkpoint:
     def check_same_run(self, path: Path, spec_json: str, rows: str) -> None:
         """Refuse a checkpoint of another spec or other training rows."""
         if self.spec != spec_json:
-            changed = "; ".join(_differences(json.loads(self.spec), json.loads(spec_json)))
+            try:
+                changed = "; ".join(_differences(json.loads(self.spec), json.loads(spec_json)))
+            except (ValueError, RecursionError):  # not a spec this polymodal wrote
+                changed = "its spec is unreadable"
             raise SpecError([("", f"--resume: {path} belongs to a run of another spec ({changed});"
                               " a resumed run must be the same run. Start a new run without"
                               " --resume or give another -o/--run-dir")])

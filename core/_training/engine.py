@@ -41,7 +41,7 @@ from .._errors import (
     PolymodalError,
     SpecError,
 )
-from .._files import output_lock, sweep
+from .._files import output_lock, refuse_overwriting_inputs, sweep
 from .._spec import ModelSpec, load_spec
 from . import distributed, hardware, objective
 from .checkpoint import Checkpoint, fingerprint
@@ -262,16 +262,24 @@ def train(
     spec = _options(load_spec(spec), {**(options or {}), "val_fraction": val_fraction,
                                       "group_by": group_by})
     output = Path(output)
+    refuse_overwriting_inputs(output, {"the training table": data, "the validation table": val})
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(output)
     context = distributed.start(spec.training.device)
     say = (log or (lambda _: None)) if context.main else (lambda _: None)
     autotune = torch.backends.cudnn.benchmark
     # Batches keep one shape, so cuDNN's per-shape search for the fastest convolution pays off.
     torch.backends.cudnn.benchmark = autotune or context.device.type == "cuda"
+    fresh = not run_dir.exists()  # made by this run: removed if it fails before an epoch
     try:
         with _locked_outputs(context, output, run_dir, say), hardware.threads(spec.training.threads):
             return _run(spec, data, val, output, run_dir, on_bad_row, resume, progress, say,
                         _Hooks(on_step, on_epoch), context)
+    except BaseException as exc:
+        if fresh and context.main and not isinstance(exc, OutputLockedError):
+            from .report import discard_unstarted_run
+
+            discard_unstarted_run(run_dir, CHECKPOINT)
+        raise
     finally:
         torch.backends.cudnn.benchmark = autotune
         distributed.stop(context)

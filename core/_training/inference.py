@@ -22,7 +22,7 @@ from .._data.binding import Binding, Encoded, presence_labels
 from .._data.codec import RowIssues, State, add_examples
 from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, OutputError, did_you_mean
-from .._files import atomic_open, output_lock
+from .._files import atomic_open, output_lock, refuse_overwriting_inputs
 
 if TYPE_CHECKING:
     from .._assembly import PolymodalModel
@@ -445,6 +445,7 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     """
     if output is not None:
         _check_table_name(Path(output))
+        refuse_overwriting_inputs(output, {"the table to predict": data, "the model": model})
     model, source = _load(model, exports=True)
     state = model_state(model, source)
     target = torch.device(device)

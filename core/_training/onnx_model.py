@@ -7,7 +7,6 @@ ONNX Runtime. onnxruntime is imported here only (``pip install 'polymodal[onnx]'
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ import torch
 
 from .._errors import DataError, ExportError, ModelFileError
 from .._export import KEY_EXPORT, ExportedInput, Layout
+from .._modelfile import metadata_json
 
 if TYPE_CHECKING:
     from .._spec import ModelSpec
@@ -49,6 +49,10 @@ def session(path: str | Path, device: torch.device | str = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
+    # Errors only, from the logger that speaks while the file is read too: it warns once per
+    # presence mask that an input has a default ("Initializer present.photo appears in graph
+    # inputs"), which is what they are for.
+    runtime.set_default_logger_severity(3)
     try:
         options = runtime.SessionOptions()
         # Errors only: ONNX Runtime notes that the presence masks' defaults are overridable,
@@ -77,7 +81,7 @@ class OnnxModel:
         self._spec: ModelSpec | None = None
         self._adapters: torch.nn.ModuleDict | None = None
         state = self.metadata.get("polymodal.state")
-        self.fitted_state = json.loads(state) if state else None
+        self.fitted_state = metadata_json(state, path, "polymodal.state") if state else None
 
     @classmethod
     def open(cls, path: str | Path) -> OnnxModel:
@@ -88,7 +92,22 @@ class OnnxModel:
             raise ModelFileError(f"{path}: an ONNX file, but not a polymodal export (no {KEY_EXPORT}"
                                  " metadata); polymodal predicts from files that polymodal export"
                                  " wrote")
-        return cls(path, runner, metadata, Layout.from_json(metadata[KEY_EXPORT], str(path)))
+        layout = Layout.from_json(metadata[KEY_EXPORT], str(path))
+        _check_layout(path, layout, runner)
+        return cls(path, runner, metadata, layout)
+
+    def _check(self, spec: ModelSpec) -> None:
+        """Refuse metadata that disagrees with itself: the spec's inputs against the layout, the
+        fitted state against the spec."""
+        from .._modelfile import check_fitted_state
+
+        exported = {i.input for i in self.layout.data_inputs}
+        if exported != set(spec.inputs):
+            raise ModelFileError(
+                f"{self.path}: its metadata disagrees with itself: the export's inputs are"
+                f" {_names(exported)}, its spec's {_names(spec.inputs)}; the file was changed")
+        if self.fitted_state is not None:
+            check_fitted_state(spec, self.fitted_state, self.path)
 
     @property
     def spec(self) -> ModelSpec:
@@ -96,7 +115,9 @@ class OnnxModel:
         if self._spec is None:
             from .._modelfile import spec_in
 
-            self._spec = spec_in(self.metadata, str(self.path))
+            spec = spec_in(self.metadata, str(self.path))
+            self._check(spec)
+            self._spec = spec
         return self._spec
 
     def _adapter(self, name: str) -> Any:
@@ -142,9 +163,56 @@ class OnnxModel:
                 raise DataError(f"the batch has no input {described.input!r}; an exported model"
                                 " takes every input (mark missing ones with present)")
             value = formed[described.input]
+            if described.key is not None and described.key not in value:
+                raise ModelFileError(f"{self.path}: its metadata names column {described.key!r}"
+                                     f" of input {described.input!r}, which its spec does not"
+                                     " read; the file was changed after export")
             feeds[described.name] = _fitting(value if described.key is None else value[described.key],
                                              described)
         return dict(zip(self.layout.outputs, self.run_flat(feeds)))
+
+
+def _names(names: Any) -> str:
+    return ", ".join(sorted(map(str, names))) or "none"
+
+
+def _check_layout(path: Path, layout: Layout, runner: Any) -> None:
+    """The graph's inputs and outputs, by name, dtype and sizes, must be those the file's
+    metadata describes; else the file was changed after export, and ONNX Runtime would fail
+    on the first batch with an error of its own."""
+    graph_inputs = {i.name: i for i in runner.get_inputs()}
+    graph_outputs = [o.name for o in runner.get_outputs()]
+    described = {i.name: i for i in layout.inputs}
+    problems = []
+    missing = [n for n, i in described.items() if n not in graph_inputs and not i.present]
+    if missing or any(n not in described for n in graph_inputs):
+        problems.append(f"inputs {_names(described)} described, the graph takes"
+                        f" {_names(graph_inputs)}")
+    if graph_outputs != list(layout.outputs):
+        problems.append(f"outputs {_names(layout.outputs)} described, the graph gives"
+                        f" {_names(graph_outputs)}")
+    for name, wanted in described.items():
+        held = graph_inputs.get(name)
+        if held is None or problems:
+            continue
+        sizes = [d if isinstance(d, int) else None for d in held.shape[1:]]
+        if held.type != f"tensor({_onnx_type(wanted.dtype)})" or any(
+                s is not None and s != w for s, w in zip(sizes, wanted.shape[1:])) \
+                or len(sizes) != len(wanted.shape[1:]):
+            problems.append(f"input {name!r} described as {wanted.dtype} {wanted.shape}, the"
+                            f" graph takes {held.type} {held.shape}")
+    for held, (head, shape) in zip(runner.get_outputs(), layout.outputs.items()):
+        sizes = [d if isinstance(d, int) else None for d in held.shape[1:]]
+        if len(sizes) != len(shape[1:]) or any(s is not None and s != w
+                                               for s, w in zip(sizes, shape[1:])):
+            problems.append(f"output {head!r} described as {shape}, the graph gives {held.shape}")
+    if problems:
+        raise ModelFileError(f"{path}: its metadata ({KEY_EXPORT}) does not describe its graph:"
+                             f" {'; '.join(problems)}; the file was changed after export")
+
+
+def _onnx_type(dtype: str) -> str:
+    return {"float32": "float", "float64": "double", "float16": "float16"}.get(dtype, dtype)
 
 
 def _fitting(value: torch.Tensor, described: ExportedInput) -> torch.Tensor:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ def flat(row: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def discard_unstarted_run(run_dir: Path, checkpoint: str) -> None:
+    """Remove a run folder this run created when the run failed before its first
+    ``checkpoint``: nothing in it can be resumed, and a half-made folder misleads."""
+    if run_dir.is_dir() and not (run_dir / checkpoint).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def write_validation_rows(run_dir: Path, rows: Any, groups: Any = None, group_by: str | None = None) -> None:

@@ -139,8 +139,8 @@ def test_the_codec_interface_is_documented():
     methods = {name for cls in (Codec, TargetCodec) for name in vars(cls)
                if not name.startswith("_") and callable(getattr(cls, name))}
     assert methods == {"columns", "absent", "check", "fit", "complete", "prepare", "encode",
-                       "augment", "has_target", "fixed_options", "holds_classes", "decode",
-                       "metrics", "details", "render_details", "parts", "permute_part",
+                       "augment", "check_state", "has_target", "fixed_options", "holds_classes",
+                       "decode", "metrics", "details", "render_details", "parts", "permute_part",
                        "row_scores"}
     for name in [*methods, "declared_metrics", "Metric", "RowIssues", "Table", "is_missing",
                  "bad_row", "base_dir", "(config, name, where)"]:

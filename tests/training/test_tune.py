@@ -69,7 +69,7 @@ def searched(epochs: int = 2, search: dict | None = None, **paths) -> dict:
      "search.inputs.record.backbone.hidden", "lies inside search.inputs.record.backbone"),
     ({}, "search", "empty: name at least one spec path"),
     ({"training.lr": {"type": "categorical", "choices": [i / 1e4 for i in range(1, 1002)]}},
-     "search", "1001 values to check (range ends and choices); at most 1000"),
+     "search.training.lr", "1,001 choices; at most 1,000"),
 ])
 def test_a_bad_search_entry_is_a_located_spec_error(search, where, message):
     with pytest.raises(polymodal.SpecError) as caught:
