@@ -114,7 +114,6 @@ def names_for_count(found: list[int | str], count: int, *, option: str, singular
     return found + [f"{singular}_{i}" for i in range(len(found), count)]
 
 
-<<<<<<< HEAD
 def output_names(names: list[Any], *, option: str, singular: str, least: int) -> list[int | str]:
     """A head's output names given in its spec (``classes: [benign, malignant]``), each as the
     category it stands for; raises ValueError (a config problem) for too few, empty or repeated
@@ -148,7 +147,8 @@ def vocabulary_of(table: Table, column: str, wanted: int | str | list[Any], *, o
         return found
     return names_for_count(found, int(wanted), option=option, singular=singular, table=table,
                            column=column, where=where)
-=======
+
+
 def check_fitted(state: Any, key: str, option: str, *, count: int | None = None,
                  at_most: int | None = None, numbers: bool = False) -> list[Any]:
     """The fitted list ``state[key]`` of a model file, checked against the config: ``count``
@@ -166,4 +166,3 @@ def check_fitted(state: Any, key: str, option: str, *, count: int | None = None,
                            for v in values):
         raise ConfigError(f"the fitted {key} are not all numbers", option=option)
     return values
->>>>>>> reliability

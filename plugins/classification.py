@@ -256,10 +256,9 @@ class ClassificationCodec(TargetCodec[ClassificationHead.Config]):
         return torch.from_numpy(target), torch.from_numpy(present)
 
     def check_state(self, state: State) -> None:
-        from ._columns import check_fitted
+        from ._columns import check_fitted, output_count
 
-        classes = self.config.classes
-        check_fitted(state, "classes", "classes", count=None if classes == "auto" else classes)
+        check_fitted(state, "classes", "classes", count=output_count(self.config.classes))
 
     def decode(self, output: torch.Tensor, state: State) -> dict[str, list[Any]]:
         names = state["classes"]

@@ -201,10 +201,9 @@ class MultilabelCodec(TargetCodec[MultilabelHead.Config]):
         return {"labels": len(state["labels"])} if self.config.labels == "auto" else {}
 
     def check_state(self, state: State) -> None:
-        from ._columns import check_fitted
+        from ._columns import check_fitted, output_count
 
-        labels = self.config.labels
-        check_fitted(state, "labels", "labels", count=None if labels == "auto" else labels)
+        check_fitted(state, "labels", "labels", count=output_count(self.config.labels))
 
     def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         index = lookup(state["labels"])
