@@ -745,24 +745,27 @@ def _folding(command):
 @click.option("--compare", multiple=True, type=click.Path(dir_okay=False),
               help="Another spec to run on the same folds, compared fold by fold with SPEC"
               " (repeatable).")
+@click.option("--explain", is_flag=True, help="Also explain each fold's model on its held-out"
+              " fold: what each input contributes (absent, permuted), mean ± sd over folds.")
 @click.option("-o", "--output", type=click.Path(file_okay=False),
               help="Folder for the report, predictions and fold models (default: <spec name>.cv).")
 @_overrides
 def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
-       fold_column: str | None, stratify: bool, compare: tuple[str, ...], output: str | None,
-       epochs: int | None, batch_size: int | None, seed: int | None, device: str | None,
-       workers: int | None, on_bad_row: str, keep_checkpoints: bool, quiet: bool,
-       as_json: bool) -> None:
+       fold_column: str | None, stratify: bool, compare: tuple[str, ...], explain: bool,
+       output: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
+       device: str | None, workers: int | None, on_bad_row: str, keep_checkpoints: bool,
+       quiet: bool, as_json: bool) -> None:
     """Cross-validate SPEC: K models, each scored on the fold it did not see; mean ± sd of
     every head metric, and with --compare, other specs side by side on the same folds."""
     from ._training.cv import cv as run_cv
+    from ._training.explain import DEFAULT_REPEATS
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
                  "workers": workers}
     result = run_cv(spec_path, data, folds=folds, group_by=group_by, fold_column=fold_column,
                     stratify=stratify, compare=compare, output=output, options=overrides,
                     on_bad_row=on_bad_row, keep_checkpoints=keep_checkpoints,
-                    log=_human(as_json, quiet))
+                    explain=DEFAULT_REPEATS if explain else 0, log=_human(as_json, quiet))
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
         return

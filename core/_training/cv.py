@@ -32,7 +32,7 @@ from .._errors import DataError, OutputError, SpecError
 from .._files import output_lock, write_text
 from .._spec import ModelSpec, load_spec
 from .engine import CHECKPOINT
-from .fold_run import FinishedFolds, FoldRecord, run_fold, run_key
+from .fold_run import FinishedFolds, FoldRecord, explain_fold, run_fold, run_key
 from .folds import (
     SPLIT_HINT_START,
     assign_folds,
@@ -90,6 +90,8 @@ class SpecScores:
     predictions: Path | None = None
     #: per fold: head -> presence pattern of its inputs -> {"rows", "metrics"}
     by_presence: list[dict[str, dict[str, dict[str, Any]]]] = field(default_factory=list)
+    #: per fold (with ``explain``): head -> input variant -> metric -> its drop
+    contributions: list[dict[str, dict[str, dict[str, float]]]] = field(default_factory=list)
 
     def values(self, head: str, metric: str) -> np.ndarray:
         return np.array([f.get(head, {}).get(metric, math.nan) for f in self.folds], np.float64)
@@ -126,6 +128,20 @@ class SpecScores:
                 entry["mean"] = {m: v[0] for m, v in pairs.items()}
                 entry["sd"] = {m: v[1] for m, v in pairs.items()}
         return out
+
+
+    def contribution_summary(self) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+        """head -> input variant -> metric -> mean and sd of its drop over the folds."""
+        gathered: dict[str, dict[str, dict[str, list[float]]]] = {}
+        for fold in self.contributions:
+            for head, variants in fold.items():
+                for label, drops in variants.items():
+                    for metric, drop in drops.items():
+                        gathered.setdefault(head, {}).setdefault(label, {}).setdefault(
+                            metric, []).append(drop)
+        return {head: {label: {m: mean_sd(np.array(v, np.float64)) for m, v in drops.items()}
+                       for label, drops in variants.items()}
+                for head, variants in gathered.items()}
 
 
 def mean_sd(values: np.ndarray) -> tuple[float, float]:
@@ -180,6 +196,11 @@ class CVResult:
                 "mean": {h: {m: v[0] for m, v in ms.items()} for h, ms in s.mean_sd().items()},
                 "sd": {h: {m: v[1] for m, v in ms.items()} for h, ms in s.mean_sd().items()},
                 "by_presence": s.presence_summary(), "folds_by_presence": s.by_presence,
+                "contributions": {h: {label: {m: {"drop": v[0], "drop_sd": v[1]}
+                                              for m, v in drops.items()}
+                                      for label, drops in variants.items()}
+                                  for h, variants in s.contribution_summary().items()},
+                "folds_contributions": s.contributions,
                 "predictions": str(s.predictions) if s.predictions else None,
             } for s in self.scores},
             "differences": {f"{first.name} - {s.name}": self.differences(s) for s in self.scores[1:]},
@@ -216,6 +237,23 @@ class CVResult:
                           " (mean ± sd over folds):", presence_table(shown)]
         return lines
 
+    def _contribution_lines(self) -> list[str]:
+        """Each spec's per-input drops (``--explain``), mean ± sd over the folds."""
+        lines = []
+        for spec in self.scores:
+            for head, variants in spec.contribution_summary().items():
+                metrics = list(next(iter(variants.values()), {}))
+                rows = [["drop in", *metrics]]
+                rows += [[label, *(_pm(*drops[m], signed=True) for m in metrics)]
+                         for label, drops in variants.items()]
+                widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+                lines += ["", f"head {head}, {spec.name}, what each input contributes on the"
+                          " held-out fold (drop with the input absent or permuted; mean ± sd"
+                          " over folds):"]
+                lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                          for r in rows]
+        return lines
+
     def table(self) -> str:
         """Each head's metrics as mean ± sd over the folds, one column a spec, then the paired
         differences of the first spec with each other one."""
@@ -240,6 +278,7 @@ class CVResult:
             lines.append("")
             lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += self._presence_lines()
+        lines += self._contribution_lines()
         lines += self._metric_notes()
         if len(self.scores) > 1:
             lines.append("\ndifferences are paired by fold (first spec minus the other); 'better'"
@@ -271,6 +310,7 @@ def cv(
     options: Mapping[str, Any] | None = None,
     on_bad_row: str = "fail",
     keep_checkpoints: bool = False,
+    explain: int = 0,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None = None,
@@ -285,7 +325,9 @@ def cv(
     target over the folds. ``options`` override every spec's ``training`` section (``{"epochs":
     3}``); the folds are drawn from ``training.seed``. Results go to ``output`` (default:
     ``<spec name>.cv`` in the current folder). ``on_fold(spec_name, fold, metrics)`` is called
-    as each fold is scored.
+    as each fold is scored. With ``explain`` (a number of repeats), each fold's model is also
+    explained on its held-out fold: what each input contributes (absent and permuted), in the
+    report as mean ± sd over the folds.
     """
     say = log or (lambda _: None)
     started = time.perf_counter()
@@ -326,7 +368,7 @@ def cv(
             predictions = out / ("oof_predictions.csv" if len(specs) == 1
                                  else f"{name}_oof_predictions.csv")
             scores.append(_run_spec(name, each, source, table, plan, out, predictions, options,
-                                    on_bad_row, keep_checkpoints, progress, say, on_fold))
+                                    on_bad_row, keep_checkpoints, explain, progress, say, on_fold))
         result = CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint,
                           absent, untrained)
         _write_report(result)
@@ -478,7 +520,7 @@ def _write_folds(out: Path, table: Table, plan: FoldPlan) -> None:
 
 def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan: FoldPlan,
               out: Path, predictions_file: Path, options: Mapping[str, Any], policy: str,
-              keep_checkpoints: bool,
+              keep_checkpoints: bool, explain: int,
               progress: bool, say: Callable[[str], None],
               on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None) -> SpecScores:
     scores = SpecScores(name, spec, source)
@@ -499,6 +541,11 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
                            keep_checkpoints)
         scores.folds.append(record.metrics)
         scores.by_presence.append(record.by_presence)
+        if explain:
+            if record.contributions is None:
+                explain_fold(record, spec, table, plan, fold, fold_dir, explain, options, policy)
+                record.save(fold_dir)
+            scores.contributions.append(record.contributions or {})
         scores.seconds += record.seconds
         for column, values in record.predictions.items():
             predictions.setdefault(column, []).extend(values)

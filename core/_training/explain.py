@@ -96,6 +96,13 @@ class Explanation:
         return float(np.nanmean(drops)) if np.isfinite(drops).any() else math.nan, \
             float(np.nanstd(drops, ddof=1)) if np.isfinite(drops).sum() > 1 else math.nan
 
+    def drops(self) -> dict[str, dict[str, dict[str, float]]]:
+        """head -> variant label (``photo absent``) -> metric -> mean drop: what
+        ``cv --explain`` keeps of each fold."""
+        return {head: {v.label: {m: self.drop(v, head, m)[0] for m in metrics}
+                       for v in self.variants if head in v.values}
+                for head, metrics in self.full.items()}
+
     def importance_rows(self) -> list[list[Any]]:
         rows = []
         for head, metrics in self.full.items():

@@ -53,6 +53,8 @@ class FoldRecord:
     predictions: dict[str, list[Any]] = field(default_factory=dict)
     seconds: float = 0.0
     reused: bool = False  # read back from an earlier run
+    #: with ``cv --explain``: head -> input variant (``photo absent``) -> metric -> its drop
+    contributions: dict[str, dict[str, dict[str, float]]] | None = None
 
     def save(self, folder: Path) -> None:
         """The predictions, then the record: a fold with a ``fold.json`` is finished."""
@@ -60,7 +62,8 @@ class FoldRecord:
         write_text(folder / PREDICTIONS, csv_text(columns, zip(*self.predictions.values())))
         write_text(folder / RECORD, json.dumps(json_safe(
             {"metrics": self.metrics, "by_presence": self.by_presence,
-             "seconds": round(self.seconds, 3)}), indent=2))
+             "seconds": round(self.seconds, 3), "contributions": self.contributions}),
+            indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> FoldRecord | None:
@@ -78,8 +81,11 @@ class FoldRecord:
                 columns[name].append(value)
         if "row" in columns:
             columns["row"] = [int(v) for v in columns["row"]]
+        contributions = data.get("contributions")
         return cls(_numbers(data["metrics"]), data.get("by_presence", {}), columns,
-                   float(data.get("seconds", 0.0)), reused=True)
+                   float(data.get("seconds", 0.0)), reused=True,
+                   contributions=None if contributions is None else {
+                       head: _numbers(variants) for head, variants in contributions.items()})
 
 
 def _numbers(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
@@ -107,6 +113,21 @@ def run_fold(spec: ModelSpec, table: Table, plan: FoldPlan, fold: int, fold_dir:
     predictions = _with_truth(scored.columns, test_table, fold, plan.group_column, Binding(spec))
     return FoldRecord(scored.metrics, scored.by_presence, predictions,
                       time.perf_counter() - started)
+
+
+def explain_fold(record: FoldRecord, spec: ModelSpec, table: Table, plan: FoldPlan, fold: int,
+                 fold_dir: Path, repeats: int, options: Mapping[str, Any], policy: str) -> None:
+    """What each input contributes to the fold's model on the fold's rows (each input absent
+    and permuted, as ``polymodal explain`` without its parts), kept in ``record``. A fold
+    finished by a run without ``--explain`` is explained from its saved model."""
+    from .distributed import resolve_device
+    from .explain import explain
+
+    device = str(resolve_device(str(options.get("device", spec.training.device))))
+    found = explain(fold_dir / "model.safetensors", table.take(plan.test_positions(fold)),
+                    repeats=repeats, seed=int(options.get("seed", spec.training.seed)), device=device,
+                    on_bad_row=policy, parts=False)
+    record.contributions = found.drops()
 
 
 def _with_truth(predicted: dict[str, list[Any]], table: Table, fold: int, group: str | None,

@@ -103,3 +103,39 @@ def test_image_bands_are_named_after_the_adapters_bands(tmp_path):
     assert swapped[:, 1].flatten().tolist() == [4, 1] and torch.equal(swapped[:, 0], value[:, 0])
     assert np.array_equal(codec.absent(Table.from_columns({"tile": ["a.png", "", None]})),
                           [False, True, True])
+
+
+def test_cv_explains_each_fold_and_a_rerun_explains_the_folds_it_kept(tmp_path, capsys):
+    """cv --explain: per-input drops per fold and their mean ± sd in the report; folds finished
+    by a run without --explain are explained from their saved models, not trained again."""
+    import yaml
+    from training_data import write_dataset
+
+    table = write_dataset(tmp_path, rows=48)
+    rows = read_csv(table)
+    for row in rows[::4]:
+        row["photo"] = ""
+    write_csv(table, rows)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(epochs=1)))
+    out = tmp_path / "cv"
+    command = ["cv", str(spec), "--data", str(table), "--folds", "2", "-o", str(out)]
+    assert main(command) == 0
+    assert "what each input contributes" not in (out / "report.txt").read_text()
+    capsys.readouterr()
+    assert main([*command, "--explain"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.count("(finished in an earlier run: reused)") == 2
+    assert "head label, toy, what each input contributes on the held-out fold" in printed.out
+    summary = json.loads((out / "report.json").read_text())["specs"]["toy"]
+    folds = summary["folds_contributions"]
+    assert len(folds) == 2
+    assert set(folds[0]["label"]) == {"photo absent", "photo permuted", "report absent",
+                                      "report permuted"}
+    drops = [f["label"]["photo permuted"]["accuracy"] for f in folds]
+    mean = summary["contributions"]["label"]["photo permuted"]["accuracy"]
+    assert mean["drop"] == pytest.approx(np.mean(drops), abs=1e-6)
+    assert mean["drop_sd"] == pytest.approx(np.std(drops, ddof=1), abs=1e-6)
+    saved = json.loads((out / "toy" / "fold_1" / "fold.json").read_text())
+    assert saved["contributions"]["label"]["report permuted"]["accuracy"] == pytest.approx(
+        folds[0]["label"]["report permuted"]["accuracy"], abs=1e-6)
