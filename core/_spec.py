@@ -569,8 +569,8 @@ def _json_value(value: Any, loc: tuple[Any, ...], memo: dict[int, tuple[Any, int
                 open_: set[int], problems: list[tuple[str, str]]) -> tuple[Any, int]:
     """``(value as JSON data, how many values it holds)``. A container repeated by YAML aliases
     is converted once (``memo``); ``open_`` holds the containers being converted."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2.0 ** 63:
+        value = int(value)  # a count written as 1e3; a larger float stays a float (1e300)
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
         # No size, count or seed is this large; torch would fail on it with C++ frames.
         problems.append((_format_loc(loc), f"{excerpt(value)} is too large a number: no size,"

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .._assembly import plan as plan_model
 from .._data.binding import Binding
 from .._data.table import Table, is_missing, read_table
 from .._errors import DataError, OutputError, SpecError
@@ -41,7 +42,7 @@ from .folds import (
     group_keys,
     group_like_columns,
 )
-from .inference import presence_table
+from .inference import fail_on, presence_table
 from .report import csv_text, json_safe
 
 
@@ -166,6 +167,7 @@ class CVResult:
     hint: str | None = None
     absent: str | None = None  # classes of the first head's target missing from some fold
     untrained: str | None = None  # classes missing from some fold's training rows
+    unread: str | None = None  # rows some spec cannot read, left out of every spec (skip)
 
     def differences(self, other: SpecScores) -> dict[str, dict[str, dict[str, Any]]]:
         """Fold-by-fold differences first spec minus ``other``: mean, sd, and in how many folds
@@ -207,6 +209,7 @@ class CVResult:
             "note": self.hint,
             "absent_classes": self.absent,
             "untrained_classes": self.untrained,
+            "rows_left_out": self.unread,
         })
 
     def _metric_notes(self) -> list[str]:
@@ -258,7 +261,8 @@ class CVResult:
         """Each head's metrics as mean ± sd over the folds, one column a spec, then the paired
         differences of the first spec with each other one."""
         lines = [f"{self.rows} rows, {self.plan.describe()}; {self.seconds:.0f} s"]
-        lines += [f"note: {n}" for n in (self.hint, self.absent, self.untrained) if n]
+        lines += [f"note: {n}" for n in (self.unread, self.hint, self.absent, self.untrained)
+                  if n]
         first = self.scores[0]
         others = {s.name: self.differences(s) for s in self.scores[1:]}
         for head, metrics in first.metrics().items():
@@ -335,12 +339,16 @@ def cv(
     first = specs[0][1]
     out = Path(output) if output is not None else Path(f"{first.name}.cv")
     table = read_table(data)
-    for _, each, source in specs:
+    for _, each, source in specs:  # every spec, before the first one's folds train
         try:
             Binding(each).require_columns(table, targets=True)
+            plan_model(each)  # its parts connect
         except SpecError as exc:
             raise (exc.with_source(source) if source else exc) from None
     options = {k: v for k, v in (options or {}).items() if v is not None}
+    table, unread = _readable_by_every_spec(table, specs, on_bad_row)
+    if unread:
+        say(f"note: {unread}")
     # Each head's classes from the whole table: every fold's model has an output for each.
     specs = [(name, settled(each, table, source), source) for name, each, source in specs]
     first = specs[0][1]
@@ -363,16 +371,60 @@ def cv(
     with output_lock(out, what="cross-validation folder", note=say):
         _write_folds(out, table, plan)
         say(f"{len(table)} rows, {plan.describe()}; results in {out}")
-        scores = []
+        scores: list[SpecScores] = []
+
+        def result() -> CVResult:
+            return CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint,
+                            absent, untrained, unread)
+
         for name, each, source in specs:
             predictions = out / ("oof_predictions.csv" if len(specs) == 1
                                  else f"{name}_oof_predictions.csv")
-            scores.append(_run_spec(name, each, source, table, plan, out, predictions, options,
-                                    on_bad_row, keep_checkpoints, explain, progress, say, on_fold))
-        result = CVResult(out, plan, len(table), scores, time.perf_counter() - started, hint,
-                          absent, untrained)
-        _write_report(result)
-    return result
+            try:
+                scores.append(_run_spec(name, each, source, table, plan, out, predictions,
+                                        options, on_bad_row, keep_checkpoints, explain, progress,
+                                        say, on_fold))
+            except BaseException:
+                if scores:  # the specs that finished keep their report
+                    _write_report(result())
+                    say(f"note: the report in {out} holds the specs that finished"
+                        f" ({', '.join(s.name for s in scores)}); a rerun reuses every finished"
+                        " fold")
+                raise
+        finished = result()
+        _write_report(finished)
+    return finished
+
+
+def _readable_by_every_spec(table: Table, specs: list[tuple[str, ModelSpec, str | None]],
+                            policy: str) -> tuple[Table, str | None]:
+    """The rows every spec can read, checked before any fold trains. A bad row stops the run
+    here under ``fail`` (naming the spec that cannot read it); under ``skip`` it is left out of
+    every spec, so that compared specs are scored on the same rows (a spec that reads an input
+    alone cannot read the rows that lack it). Also: a note saying what was left out."""
+    bad: dict[int, str] = {}
+    by_spec: dict[str, int] = {}
+    for name, spec, source in specs:
+        found = Binding(spec).check(table, None, targets=True).bad
+        if found and policy == "fail":
+            where = f"spec {source or name}: " if len(specs) > 1 else ""
+            try:
+                fail_on(found, policy, len(table), among="in the table")
+            except DataError as exc:
+                raise DataError(f"{where}{exc}") from None
+        by_spec[name] = len(found)
+        for position, message in found.items():
+            bad.setdefault(position, message)
+    if not bad:
+        return table, None
+    counts = ", ".join(f"{name} {count}" for name, count in by_spec.items() if count)
+    first = next(iter(sorted(bad.items())))[1]
+    note = (f"{len(bad)} of {len(table)} rows are left out (--on-bad-row skip): rows some spec"
+            f" cannot read ({counts}; e.g. {first})")
+    if len(specs) > 1:
+        note += "; every spec is scored on the same rows, so the comparison is paired"
+    keep = np.array([p for p in range(len(table)) if p not in bad], dtype=np.int64)
+    return table.take(keep), note
 
 
 def _named(specs: Sequence[SpecLike]) -> list[tuple[str, ModelSpec, str | None]]:
@@ -474,26 +526,43 @@ def _absent_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None
                "; --stratify gives each fold its share"))
 
 
+#: Fewer training rows of a class than this in a fold's training rows is noted: the model
+#: there learns the class from almost nothing (and its own validation split may take some).
+FEW_TRAINING_ROWS = 5
+
+
 def untrained_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None:
     """Which classes of the first head's target no training row of some fold holds (every row
     of the class lies in that fold): that fold's model never learns the class, and its rows
-    there are scored as they are."""
+    there are scored as they are. Also the classes that a fold's training rows hold fewer than
+    :data:`FEW_TRAINING_ROWS` of."""
     _, column, classes = _first_target(spec)
     if not classes:
         return None
     values = _class_of_row(table, column)
-    said = []
+    lacking, few = [], []
     for fold in range(plan.folds):
-        trained = set(values[plan.fold_of_row != fold])
-        lacking = sorted(set(values[plan.fold_of_row == fold]) - trained - {""})
-        if lacking:
-            said.append(f"fold {fold + 1}: {', '.join(map(repr, lacking[:3]))}"
-                        + (" and more" if len(lacking) > 3 else ""))
-    if not said:
-        return None
-    return (f"the training rows of some folds hold no row of a class of column {column!r}"
-            f" ({'; '.join(said)}): that fold's model has an output for the class but never"
-            " learns it, and scores its rows as they are (its recall there is 0)")
+        names, counts = np.unique(values[plan.fold_of_row != fold], return_counts=True)
+        trained = dict(zip(names.tolist(), counts.tolist()))
+        missing = sorted(set(values[plan.fold_of_row == fold]) - set(trained) - {""})
+        if missing:
+            lacking.append(f"fold {fold + 1}: {', '.join(map(repr, missing[:3]))}"
+                           + (" and more" if len(missing) > 3 else ""))
+        scarce = sorted((c, n) for c, n in trained.items() if c != "" and n < FEW_TRAINING_ROWS)
+        if scarce:
+            few.append(f"fold {fold + 1}: " + ", ".join(f"{c!r} ({n})" for c, n in scarce[:3])
+                       + (" and more" if len(scarce) > 3 else ""))
+    said = []
+    if lacking:
+        said.append(f"the training rows of some folds hold no row of a class of column {column!r}"
+                    f" ({'; '.join(lacking)}): that fold's model has an output for the class but"
+                    " never learns it, and scores its rows as they are (its recall there is 0)")
+    if few:
+        said.append(f"the training rows of some folds hold fewer than {FEW_TRAINING_ROWS} rows of"
+                    f" a class of column {column!r} ({'; '.join(few)}), before their validation"
+                    " split takes its share: that fold's model can hardly learn the class;"
+                    " --stratify, or groups that spread the class, give every fold more of it")
+    return "; ".join(said) or None
 
 
 def _fold_hint(table: Table, specs: list[ModelSpec], named: bool) -> str | None:

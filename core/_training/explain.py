@@ -176,6 +176,8 @@ def _signed(mean: float, sd: float) -> str:
 
 
 def _cell(value: Any) -> str:
+    if value is None:  # no prediction: the row would hold no input of the head
+        return "n/a"
     if isinstance(value, float):
         return _number(value)
     return str(value)
@@ -410,11 +412,19 @@ def _per_row(explainer: _Explainer, full: Mapping[str, torch.Tensor],
         for name, outputs in without.items():
             if name in alone.get(bound.name, {}) or name not in explainer.binding.spec.head_inputs(bound.name):
                 continue
-            other, moved = bound.codec.row_scores(outputs[bound.name][at], state)
+            other, _ = bound.codec.row_scores(outputs[bound.name][at], state)
             _, held = bound.codec.row_scores(outputs[bound.name][at], state, list(predicted))
-            columns[f"{bound.name}_without_{name}"] = list(other)
-            columns[f"{bound.name}_score_without_{name}"] = [float(v) for v in held]
-            columns[f"{bound.name}_change_without_{name}"] = [float(b - a) for a, b in zip(score, held)]
+            # A row that holds no other input of the head would be predicted from nothing (a
+            # bad row anywhere else): left blank.
+            left = torch.zeros(len(at), dtype=torch.bool)
+            for other_input in explainer.binding.spec.head_inputs(bound.name):
+                if other_input != name:
+                    left |= rows.present[other_input][at]
+            columns[f"{bound.name}_without_{name}"] = [v if ok else None for v, ok in zip(other, left.tolist())]
+            columns[f"{bound.name}_score_without_{name}"] = [
+                float(v) if ok else None for v, ok in zip(held, left.tolist())]
+            columns[f"{bound.name}_change_without_{name}"] = [
+                float(b - a) if ok else None for a, b, ok in zip(score, held, left.tolist())]
     return columns
 
 

@@ -62,6 +62,9 @@ def test_each_input_column_and_band_gets_a_contribution(two_heads, tmp_path, cap
         change = float(row["label_score_without_photo"]) - float(row["label_score"])
         assert float(row["label_change_without_photo"]) == pytest.approx(change, abs=1e-6)
     assert float(rows[0]["label_change_without_photo"]) == 0  # row 1 has no photo already
+    # ... so without the report it would hold no input at all: no prediction, no change
+    assert rows[0]["label_without_report"] == rows[0]["label_change_without_report"] == ""
+    assert rows[1]["label_without_report"] != "" and rows[1]["label_change_without_report"] != ""
     assert (out / "importance_label.png").stat().st_size > 1000
     assert (out / "report.txt").read_text().startswith("explained 48 row(s)")
 

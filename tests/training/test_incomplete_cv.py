@@ -177,3 +177,79 @@ def test_train_and_cv_read_group_keys_by_one_rule(tmp_path):
         with pytest.raises(polymodal.DataError, match="row 3, column 'site': empty; every row needs"
                            " a value to group"):
             run()
+
+
+def test_compared_specs_are_checked_before_any_fold_and_scored_on_the_same_rows(tmp_path, capsys):
+    """A compared spec that reads the photo alone cannot read the rows without one: the run
+    stops before any fold trains (naming that spec), or with --on-bad-row skip leaves those
+    rows out of every spec, so the paired differences compare the same rows."""
+    table = write_dataset(tmp_path, rows=48)
+    rows = read_csv(table)
+    for row in rows[::4]:
+        row["photo"] = ""
+    write_csv(table, rows)
+    fused, photo_only = tmp_path / "fused.yaml", tmp_path / "photo_only.yaml"
+    fused.write_text(yaml.safe_dump(spec_data(epochs=1)))
+    alone = spec_data(epochs=1)
+    alone["name"] = "photo_only"
+    del alone["inputs"]["report"], alone["fusion"]
+    photo_only.write_text(yaml.safe_dump(alone))
+    out = tmp_path / "cv"
+    command = ["cv", str(fused), "--data", str(table), "--folds", "2", "--compare",
+               str(photo_only), "-o", str(out)]
+    assert main(command) == 1  # its photo, a feature map, cannot feed the head alone
+    assert "takes a vector, not a feature map" in capsys.readouterr().err
+    assert not (out / "toy").exists()
+    alone["inputs"]["photo"]["backbone"] = {"type": "timm", "model": "resnet10t"}
+    photo_only.write_text(yaml.safe_dump(alone))
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert f"spec {photo_only}: " in err and "column 'photo'" in err and "(12 bad rows in the table)" in err
+    assert not (out / "toy").exists()  # stopped before the first spec's first fold
+    assert main([*command, "--on-bad-row", "skip"]) == 0
+    captured = capsys.readouterr()
+    note = "12 of 48 rows are left out (--on-bad-row skip): rows some spec cannot read (photo_only 12;"
+    assert note in captured.err and "so the comparison is paired" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"] == 36 and note in report["rows_left_out"]
+    assert note in (out / "report.txt").read_text()
+    for name in ("toy", "photo_only"):
+        assert len(read_csv(out / f"{name}_oof_predictions.csv")) == 36
+
+
+def test_a_spec_that_fails_leaves_the_report_of_those_that_finished(tmp_path, monkeypatch):
+    table = write_dataset(tmp_path, rows=32)
+    out = tmp_path / "cv"
+    second = spec_data(epochs=1)
+    second["name"] = "second"
+    real = fold_run.train
+
+    def train(spec, *args, **kwargs):
+        if spec.name == "second":
+            raise KeyboardInterrupt
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(fold_run, "train", train)
+    with pytest.raises(KeyboardInterrupt):
+        polymodal.cv(spec_data(epochs=1), table, folds=2, compare=[second], output=out)
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["specs"]) == ["toy"] and len(report["specs"]["toy"]["folds"]) == 2
+
+
+def test_a_class_with_few_training_rows_in_a_fold_is_noted(tmp_path):
+    from polymodal._data.table import read_table
+    from polymodal._spec import load_spec
+    from polymodal._training import cv
+
+    table = write_grouped_table(tmp_path)
+    rows = read_csv(table)
+    rows[0]["label"] = rows[1]["label"] = "rare"  # site s00: fold 1
+    rows[4]["label"] = "rare"  # site s01: fold 2
+    read = read_table(write_csv(table, rows))
+    spec = load_spec(table_spec())
+    plan = cv.plan_folds(read, spec, folds=None, group_by="site", fold_column="fold",
+                         stratify=False, seed=0)
+    note = cv.untrained_classes(read, spec, plan)
+    assert note is not None and "no row of a class" not in note
+    assert ("fewer than 5 rows of a class of column 'label' (fold 1: 'rare' (1); fold 2: 'rare'"
+            " (2); fold 3: 'rare' (3))") in note
