@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -650,9 +651,11 @@ def say_once(say: Callable[[str], None], shown: set[str],
         if line.startswith(leave_out):
             return
         if line.startswith(("note:", "precision auto:", "warning:")):
-            if line in shown:
+            # The same note with other counts (each fold's rows) is said once too.
+            key = re.sub(r"\d+", "#", line)
+            if key in shown:
                 return
-            shown.add(line)
+            shown.add(key)
         say(line)
     return said
 

@@ -56,6 +56,8 @@ from .inference import (
     fail_on,
     head_losses,
     head_metrics,
+    presence_metrics,
+    presence_table,
     to_device,
 )
 from .options import TrainingOptions
@@ -540,7 +542,8 @@ class _Epochs:
         collected = collect(parts.model, self.val_batches, self.context.device, opts.precision,
                             opts.channels_last)
         per_head = head_metrics(collected, parts.binding, parts.state)
-        return Validation(objective.weighted_loss(per_head, opts.loss_weights), per_head)
+        return Validation(objective.weighted_loss(per_head, opts.loss_weights), per_head,
+                          presence_metrics(collected, parts.binding, parts.state))
 
 
 def _finite_gradients(model: torch.nn.Module) -> bool:
@@ -704,4 +707,7 @@ def final_table(result: TrainResult) -> str:
     metrics = {h: v for h, v in best.get("val", {}).items() if isinstance(v, dict)}
     if metrics:
         lines.append(summary_table(metrics))
+    for head, kinds in best.get("val_by_presence", {}).items():
+        lines += [f"head {head} on the validation rows, by the inputs each row holds:",
+                  presence_table(kinds)]
     return "\n".join(lines)

@@ -20,6 +20,9 @@ class Validation:
 
     loss: float  # the heads' losses, weighted as in training
     heads: dict[str, dict[str, float]]  # head -> metric -> value (each head's own loss too)
+    #: head -> inputs each row holds (``photo + record``) -> {"rows", "metrics"}; only where
+    #: some validation rows lack an input
+    by_presence: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,6 +39,8 @@ class EpochRecord:
                                "seconds": self.seconds, "rows_per_s": self.rows_per_s}
         if self.val is not None:
             row["val"] = {"loss": self.val.loss, **self.val.heads}
+            if self.val.by_presence:
+                row["val_by_presence"] = self.val.by_presence
         return row
 
     @classmethod
@@ -43,7 +48,7 @@ class EpochRecord:
         val = None
         if "val" in row:
             heads = {k: v for k, v in row["val"].items() if k != "loss"}
-            val = Validation(row["val"]["loss"], heads)
+            val = Validation(row["val"]["loss"], heads, row.get("val_by_presence", {}))
         return cls(row["epoch"], row["train_loss"], row["lr"], row["seconds"], row["rows_per_s"], val)
 
     def value(self, metric: str) -> float:

@@ -23,7 +23,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,11 @@ from .._files import atomic_path, remove_stale_locks, write_text
 from .._search import Choice, FloatRange, IntRange, label, plain_data, put
 from .._spec import ModelSpec, load_spec
 from . import distributed, objective
-from .cv import FoldPlan, plan_folds, say_once, settled
+from .cv import FoldPlan, SpecScores, plan_folds, say_once, settled
 from .engine import CHECKPOINT, train
 from .fold_run import run_fold
 from .folds import group_keys
+from .inference import presence_table
 from .report import json_safe
 
 
@@ -95,6 +96,7 @@ class TuneResult:
     trials: dict[str, int]  # counts by state
     ran: int  # trials this process ran
     notes: list[str]
+    by_inputs: list[str] = field(default_factory=list)  # the best trial's, by presence of inputs
     is_main: bool = True  # False in the other processes under torchrun
 
     def summary(self) -> dict[str, Any]:
@@ -115,6 +117,7 @@ class TuneResult:
             lines.append(f"best spec: {self.best_spec}")
             if self.best_model:
                 lines.append(f"best model: {self.best_model}")
+            lines += self.by_inputs
         lines += self.notes
         return "\n".join(lines)
 
@@ -433,15 +436,23 @@ class _Runner:
                            on_bad_row=self.policy, progress=False, log=say, on_epoch=on_epoch)
             if pruned:
                 raise _Pruned()
+            _keep_by_inputs(folder, result.best.get("val_by_presence", {}), "validation rows")
             return result.best_value
         values = []
+        by_inputs = SpecScores(spec.name, spec)
         for fold in range(self.plan.folds):
             fold_dir = folder / f"fold_{fold + 1}"
             try:
-                metrics = run_fold(spec, self.table, self.plan, fold, fold_dir, self.options,
-                                   self.policy, False, say).metrics
+                record = run_fold(spec, self.table, self.plan, fold, fold_dir, self.options,
+                                  self.policy, False, say)
             finally:
                 self._tidy_fold(fold_dir)
+            metrics = record.metrics
+            by_inputs.by_presence.append(record.by_presence)
+            _keep_by_inputs(folder, {head: {kind: {"rows": v["rows"], "metrics": v["mean"]}
+                                            for kind, v in kinds.items()}
+                                     for head, kinds in by_inputs.presence_summary().items()},
+                            f"held-out folds, mean over {fold + 1}")
             values.append(objective.value_of(metrics, self.metric, spec))
             # Steps count folds from 1, as they count epochs.
             if report(fold + 1, float(np.mean(values)), fold + 1 == self.plan.folds):
@@ -456,6 +467,30 @@ class _Runner:
     def _tidy(self, number: int) -> None:
         if not self.keep_checkpoints:
             (self.trial_dir(number) / CHECKPOINT).unlink(missing_ok=True)
+
+
+#: A trial's metrics by the inputs each row holds, in its folder (for the summary of the best).
+BY_INPUTS = "by_inputs.json"
+
+
+def _keep_by_inputs(folder: Path, by_presence: Mapping[str, Any], rows: str) -> None:
+    if by_presence:
+        write_text(folder / BY_INPUTS, json.dumps(json_safe({"rows": rows,
+                                                             "heads": dict(by_presence)})))
+
+
+def _best_by_inputs(out: Path, trial: int) -> list[str]:
+    """The best trial's metrics by the inputs each row holds, as text lines (none where every
+    row held every input)."""
+    try:
+        kept = json.loads((out / "trials" / f"trial_{trial}" / BY_INPUTS).read_text("utf-8"))
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for head, kinds in kept["heads"].items():
+        lines += [f"best trial, head {head}, by the inputs each row holds ({kept['rows']}):",
+                  presence_table(kinds)]
+    return lines
 
 
 def suggest(trial: Any, space: Mapping[str, Any]) -> dict[str, Any]:
@@ -625,7 +660,8 @@ def _result(study: Any, out: Path, name: str, url: str, metric: str, higher: boo
                       best.number if best else None, best.value if best else None,
                       spec_file if best and spec_file.is_file() else None,
                       model_file if best and model_file.is_file() else None,
-                      baseline, counts, ran, notes)
+                      baseline, counts, ran, notes,
+                      _best_by_inputs(out, best.number) if best else [])
 
 
 def _best(study: Any) -> Any:

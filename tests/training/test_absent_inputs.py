@@ -37,9 +37,15 @@ def test_an_empty_image_cell_is_an_absent_input_everywhere(dataset, tmp_path, ca
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(spec_data(epochs=1)))
     assert main(["train", str(spec), "--data", str(dataset), "-o", str(model)]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "inputs held by the training rows: photo + report: " in err and "report only: " in err
     assert "fusion.modality_dropout is 0" in err  # what that means, and what to try
+    assert "head label on the validation rows, by the inputs each row holds:" in captured.out
+    history = json.loads((tmp_path / "m.run" / "metrics.json").read_text())
+    by_inputs = history[-1]["val_by_presence"]["label"]
+    assert sum(v["rows"] for v in by_inputs.values()) == 10  # the default 20% of 48 rows
+    assert set(by_inputs) <= {"photo + report", "report only"}
 
     assert main(["evaluate", str(model), "--data", str(dataset), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -253,3 +253,23 @@ def test_a_class_with_few_training_rows_in_a_fold_is_noted(tmp_path):
     assert note is not None and "no row of a class" not in note
     assert ("fewer than 5 rows of a class of column 'label' (fold 1: 'rare' (1); fold 2: 'rare'"
             " (2); fold 3: 'rare' (3))") in note
+
+
+def test_tune_reports_the_best_trial_by_the_inputs_each_row_holds(tmp_path):
+    pytest.importorskip("optuna")
+    table = write_dataset(tmp_path, rows=48)
+    rows = read_csv(table)
+    for row in rows[::3]:
+        row["photo"] = ""
+    write_csv(table, rows)
+    spec = spec_data(epochs=1)
+    spec["search"] = {"training.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}}
+    by_folds = polymodal.tune(spec, table, trials=1, folds=2, output=tmp_path / "folds",
+                              pruning=False)
+    text = by_folds.text()
+    assert "best trial, head label, by the inputs each row holds (held-out folds, mean over 2):" in text
+    assert "photo + report" in text and "report only" in text
+    kept = json.loads((tmp_path / "folds" / "trials" / "trial_0" / "by_inputs.json").read_text())
+    assert sum(v["rows"] for v in kept["heads"]["label"].values()) == 48
+    by_split = polymodal.tune(spec, table, trials=1, output=tmp_path / "split", pruning=False)
+    assert "by the inputs each row holds (validation rows):" in by_split.text()
