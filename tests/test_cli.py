@@ -569,3 +569,23 @@ def test_a_config_default_that_breaks_its_constraint_fails_the_plugin(capsys, tm
     code, _, err = call(capsys, "validate", str(spec))
     assert_one_clear_error(code, err, "heads.y.type: unknown head type 'acme-sloppy:picky'",
                            f"acme-sloppy 0.1, entry point 'acme_sloppy' (acme_sloppy) is failed: {reason}")
+
+
+def test_every_command_and_option_in_the_contracts_exists():
+    """docs/contracts.md's CLI table names only commands and options the CLI has."""
+    import re as _re
+    from pathlib import Path as _Path
+
+    from polymodal._cli import cli
+
+    text = (_Path(__file__).resolve().parents[1] / "docs" / "contracts.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `polymodal ")]
+    assert len(rows) >= 10
+    for row in rows:
+        for usage in _re.findall(r"`polymodal ([^`]+)`|/ `([a-z]+ [^`]+)`", row):
+            words = (usage[0] or usage[1]).split()
+            command = cli.commands.get(words[0])
+            assert command is not None, f"no command {words[0]!r}: {row}"
+            known = {o for p in command.params for o in getattr(p, "opts", [])}
+            for option in (w.strip("[]") for w in words if w.strip("[]").startswith("-")):
+                assert option in known, f"polymodal {words[0]} has no option {option}"

@@ -370,19 +370,21 @@ def test_the_standalone_snippet_runs_with_onnxruntime_and_numpy_only(demo, tmp_p
     row = {"photo": (image.float() * 255).permute(1, 2, 0).tolist(), "record.weight_kg": float(first["weight_kg"]),
            "record.material": first["material"], "record.site": first["site"],
            "record.reading": float(first["reading"])}
-    program = (f"import sys\nsys.path.insert(0, {str(only)!r})\npath = {str(onnx_file)!r}\n"
-               f"row = {row!r}\n{snippet}\n"
-               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('polymodal', 'torch')))\n")
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", program], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    label_line, imported = done.stdout.strip().splitlines()
-    assert imported == "[]"
-    label, probabilities = label_line.split(" ", 1)
-    expected = polymodal.predict(onnx_file, table)["columns"]
-    assert label == expected["decision"][0]
-    shown = json.loads(probabilities.replace("'", '"'))
-    assert shown["reject"] == pytest.approx(expected["decision_prob_reject"][0], abs=1e-4)
+    no_photo = write_csv(tmp_path / "no_photo.csv", [{**first, "photo": ""}])
+    for given, rows_file in ((row, table), ({**row, "photo": None}, no_photo)):
+        program = (f"import sys\nsys.path.insert(0, {str(only)!r})\npath = {str(onnx_file)!r}\n"
+                   f"row = {given!r}\n{snippet}\n"
+                   "print(sorted(m for m in sys.modules if m.split('.')[0] in ('polymodal', 'torch')))\n")
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", program], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        label_line, imported = done.stdout.strip().splitlines()
+        assert imported == "[]"
+        label, probabilities = label_line.split(" ", 1)
+        expected = polymodal.predict(onnx_file, rows_file)["columns"]
+        assert label == expected["decision"][0]
+        shown = json.loads(probabilities.replace("'", '"'))
+        assert shown["reject"] == pytest.approx(expected["decision_prob_reject"][0], abs=1e-4)
 
 
 # -- components that do not export ------------------------------------------------------------
