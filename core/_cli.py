@@ -661,6 +661,10 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batc
 @click.option("--repeats", type=int, default=5, show_default=True,
               help="Shuffles of each input (and part) across rows.")
 @click.option("--no-parts", is_flag=True, help="Inputs only: no column or band one at a time.")
+@click.option("--attribute", type=click.Choice(["integrated_gradients", "saliency",
+                                                "input_x_gradient"]),
+              help="Also draw what in each chosen row's images moved each head's output, with this"
+              " Captum method (pip install 'polymodal[explain]').")
 @click.option("--max-rows", type=int, default=5000, show_default=True,
               help="Rows kept in memory to explain; a larger table is sampled with the seed.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -669,8 +673,8 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batc
 @click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json only.")
 def explain(model_path: str, data: str, output: str | None, rows: str, keep: tuple[str, ...],
-            repeats: int, no_parts: bool, max_rows: int, seed: int, batch_size: int, device: str,
-            on_bad_row: str, as_json: bool) -> None:
+            repeats: int, no_parts: bool, attribute: str | None, max_rows: int, seed: int,
+            batch_size: int, device: str, on_bad_row: str, as_json: bool) -> None:
     """What each input, column and band of a trained model contributes, per head and metric."""
     from ._training.explain import explain as run_explain
     from ._training.inference import RowReport
@@ -680,7 +684,8 @@ def explain(model_path: str, data: str, output: str | None, rows: str, keep: tup
     log = _human(as_json, False)
     result = run_explain(model_path, data, out, repeats=repeats, rows=chosen, keep=keep,
                          seed=seed, batch_size=batch_size, device=device, on_bad_row=on_bad_row,
-                         max_rows=max_rows, parts=not no_parts, progress=log is not None, log=log)
+                         max_rows=max_rows, parts=not no_parts, attribute=attribute,
+                         progress=log is not None, log=log)
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
         return

@@ -263,6 +263,16 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         out[:, channel] = value[order, channel]
         return out
 
+    def attribution_value(self, value: torch.Tensor) -> torch.Tensor:
+        return _scaled(value)  # the adapter takes 0..1 floats as it takes uint8 pixels
+
+    def attribution_pictures(self, value: torch.Tensor, attribution: torch.Tensor) -> dict[str, np.ndarray]:
+        """Per group of up to three bands (``rgb`` for a 3-band image), the image beside it with
+        the attribution laid over it in red."""
+        from ._attribution import pictures
+
+        return pictures(value, attribution, self.parts())
+
     def absent(self, table: Table) -> np.ndarray:
         """A row whose cell is empty (no path: empty text, NaN, None) holds no image."""
         return np.fromiter((not is_image_array(v) and is_missing(v)

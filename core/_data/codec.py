@@ -190,6 +190,21 @@ class Codec(ABC, Generic[ConfigT]):
         needed where :meth:`parts` names any."""
         raise NotImplementedError(f"{type(self).__name__} names parts but cannot permute them")
 
+    def attribution_value(self, value: Any) -> torch.Tensor | None:
+        """``value`` (what :meth:`encode` gave for some rows) as floating-point numbers that the
+        module takes in its place (uint8 pixels as 0..1): what ``polymodal explain --attribute``
+        computes an attribution for. Added in plugin API 2.1. Default: None, the input is not
+        attributed."""
+        return None
+
+    def attribution_pictures(self, value: torch.Tensor, attribution: torch.Tensor) -> dict[str, np.ndarray]:
+        """Pictures of one row's attribution: ``value`` is what :meth:`attribution_value` gave
+        for the row (a batch of one), ``attribution`` how much each of its numbers moved the
+        head's output, of the same shape. Returns pictures by a name for their file (an image
+        adapter: an overlay per band group, ``{"rgb": ...}``), each a ``uint8`` array ``[height,
+        width, 3]``; polymodal writes them as PNG files. Added in plugin API 2.1. Default: none."""
+        return {}
+
     def augment(self, value: Any, generator: torch.Generator) -> Any:
         """A training batch, augmented: ``value`` is what :meth:`encode` returned. Draw every
         random number from ``generator`` (seeded per batch, so a batch is augmented the same

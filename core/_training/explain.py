@@ -85,6 +85,8 @@ class Explanation:
     seconds: float
     report: RowReport = field(default_factory=RowReport)
     output: Path | None = None
+    #: ``--attribute``: pictures by their path in the output folder
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)
 
     def drop(self, variant: Variant, head: str, metric: str) -> tuple[float, float]:
         """Mean and sd (over repeats) of how much worse ``metric`` is with ``variant``."""
@@ -134,6 +136,7 @@ class Explanation:
         return json_safe({"source": self.source, "rows": self.rows, "repeats": self.repeats,
                           "seed": self.seed, "passes": self.passes,
                           "seconds": round(self.seconds, 2), "heads": heads,
+                          "attributions": sorted(self.pictures),
                           "output": str(self.output) if self.output else None,
                           **self.report.to_json()})
 
@@ -158,6 +161,10 @@ class Explanation:
             table = [columns] + [[_cell(self.per_row[c][i]) for c in columns]
                                  for i in range(min(shown_rows, len(self.per_row["row"])))]
             lines += ["", "per row (rows.csv has every chosen row):", *_aligned(table)]
+        if self.pictures:
+            lines += ["", f"attribution pictures of the chosen rows: {len(self.pictures)} in"
+                      f" {self.output / 'attributions' if self.output else 'attributions'}"
+                      " (each picture: the input, then what moved the head's output most, in red)"]
         return "\n".join(lines)
 
 
@@ -268,16 +275,26 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
             repeats: int = DEFAULT_REPEATS, rows: int | Sequence[int] = 0,
             keep: Iterable[str] = (), seed: int = 0, batch_size: int = 256, device: str = "cpu",
             on_bad_row: str = "fail", max_rows: int = DEFAULT_MAX_ROWS, parts: bool = True,
-            progress: bool = False, log: Callable[[str], None] | None = None) -> Explanation:
+            attribute: str | None = None, progress: bool = False,
+            log: Callable[[str], None] | None = None) -> Explanation:
     """What each input (and each part of it: a column, a band) of a trained model contributes
     to each head's metrics on the rows of ``data`` (a table with targets); with ``rows`` (a
     count: the first rows; or row numbers as the table numbers them), how each head's
     prediction moves per row when each input is absent. With ``output`` (a folder), writes
     ``report.txt``, ``report.json``, ``importance.csv``, ``rows.csv`` and a bar chart per head.
+    With ``attribute`` (a method of :data:`attribution.METHODS`, on Captum), the chosen rows'
+    attribution pictures too (``attributions/``), for each input whose codec draws them.
     """
     say = log or (lambda _: None)
     if repeats < 1:
         raise DataError(f"--repeats {repeats}: shuffle each input at least once")
+    if attribute is not None:
+        from .attribution import captum_method
+
+        captum_method(attribute)  # an unknown method, or no Captum: said before any work
+        if not rows or output is None:
+            raise DataError(f"--attribute {attribute}: choose the rows to draw (--rows) and a"
+                            " folder for the pictures (-o)")
     started = time.perf_counter()
     model, source = _load(model)
     state = model_state(model, source)
@@ -304,6 +321,7 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
         for variant in variants:
             _measure(explainer, variant, repeats, rng)
         per_row = _per_row(explainer, full_outputs, rows, list(keep))
+        pictures = _pictures(explainer, rows, attribute)
     finally:
         if bar is not None:
             bar.close()
@@ -311,11 +329,21 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
                   for head, metrics in full.items()}
     result = Explanation(str(getattr(table, "source", source)), encoded_rows.count, repeats, seed,
                          full, variants, directions, _heads_reading_alone(binding), per_row,
-                         explainer.passes, time.perf_counter() - started, report)
+                         explainer.passes, time.perf_counter() - started, report,
+                         pictures=pictures)
     if output is not None:
         result.output = Path(output)
         _write(result)
     return result
+
+
+def _pictures(explainer: _Explainer, rows: int | Sequence[int],
+              method: str | None) -> dict[str, np.ndarray]:
+    if method is None:
+        return {}
+    from .attribution import attribute
+
+    return attribute(explainer, _chosen_rows(explainer.rows, rows), method)
 
 
 def _sampled(table: Table, max_rows: int, seed: int, say: Callable[[str], None]) -> Table:
@@ -454,6 +482,10 @@ def _write(result: Explanation) -> None:
         if result.per_row:
             write_text(out / "rows.csv", csv_text(list(result.per_row),
                                                   zip(*result.per_row.values())))
+        if result.pictures:
+            from .attribution import write_pictures
+
+            write_pictures(out, result.pictures)
         for head in result.full:
             _chart(result, head, out / f"importance_{head}.png")
 

@@ -142,3 +142,46 @@ def test_cv_explains_each_fold_and_a_rerun_explains_the_folds_it_kept(tmp_path, 
     saved = json.loads((out / "toy" / "fold_1" / "fold.json").read_text())
     assert saved["contributions"]["label"]["report permuted"]["accuracy"] == pytest.approx(
         folds[0]["label"]["report permuted"]["accuracy"], abs=1e-6)
+
+
+def test_attribution_pictures_of_the_chosen_rows(two_heads, tmp_path, capsys):
+    """--attribute: a PNG per chosen row, head reading the photo, and band group; none for a row
+    without a photo or for the head that does not read the photo."""
+    pytest.importorskip("captum")
+    from PIL import Image
+
+    model, table = two_heads
+    out = tmp_path / "explained"
+    assert main(["explain", str(model), "--data", str(table), "-o", str(out), "--repeats", "1",
+                 "--no-parts", "--rows", "1,2", "--attribute", "integrated_gradients"]) == 0
+    assert "attribution pictures of the chosen rows: 1 in" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    # row 1 has no photo; head report_only does not read it
+    assert report["attributions"] == ["attributions/row_2_label_photo_rgb.png"]
+    picture = Image.open(out / "attributions" / "row_2_label_photo_rgb.png")
+    assert picture.mode == "RGB" and picture.size[0] == 2 * picture.size[1] >= 256
+    pixels = np.asarray(picture)
+    overlay = pixels[:, picture.size[0] // 2:].astype(int)
+    assert (overlay[..., 0] - overlay[..., 1]).max() > 100  # the attribution, in red
+    assert main(["explain", str(model), "--data", str(table), "-o", str(out),
+                 "--attribute", "saliency"]) == 1
+    assert "choose the rows to draw (--rows)" in capsys.readouterr().err
+
+
+def test_the_png_writer_writes_what_an_image_library_reads(tmp_path):
+    from PIL import Image
+
+    from polymodal._training.attribution import png
+
+    picture = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    (tmp_path / "p.png").write_bytes(png(picture))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png")), picture)
+
+
+def test_bands_are_drawn_three_at_a_time():
+    from polymodal_plugins._attribution import band_groups
+
+    assert band_groups(["r", "g", "b"]) == [("rgb", [0, 1, 2])]
+    assert band_groups(["B2", "B3", "B4", "B8", "B11"]) == [("B2+B3+B4", [0, 1, 2]),
+                                                            ("B8+B11", [3, 4])]
+    assert band_groups(["mri"]) == [("mri", [0])]
