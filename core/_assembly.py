@@ -35,7 +35,7 @@ from ._errors import (
     out_of_memory,
 )
 from ._registry import Registry, component_problems, get_registry
-from ._signals import Signal
+from ._signals import Signal, Vector
 from ._spec import ModelSpec, load_spec
 
 
@@ -52,6 +52,18 @@ class Plan:
 
 def group_key(inputs: tuple[str, ...]) -> str:
     return "+".join(inputs)
+
+
+def auxiliary_inputs(spec: ModelSpec, inputs: tuple[str, ...]) -> tuple[str, ...]:
+    """The inputs of a head group that get a copy of each of its heads (``fusion.auxiliary``):
+    every input of a group that fuses several."""
+    fusion = spec.fusion
+    return inputs if fusion is not None and fusion.auxiliary is not None and len(inputs) > 1 else ()
+
+
+def auxiliary_key(head: str, name: str) -> str:
+    """The name of head ``head``'s copy for input ``name``, and of its output in training."""
+    return f"{head}@{name}"
 
 
 def _describe(kind: str, name: str | None, config: ComponentConfig) -> str:
@@ -181,6 +193,11 @@ class PolymodalModel(nn.Module):
         self.input_backbones = nn.ModuleDict(modules["input_backbones"])
         self.fusions = nn.ModuleDict(modules["fusions"])
         self.heads = nn.ModuleDict(modules["heads"])
+        #: ``fusion.auxiliary``: a copy of a head for each input of its group (``head@input``),
+        #: trained on that input's pooled features; its outputs exist in training mode only.
+        self.auxiliary = nn.ModuleDict(modules.get("auxiliary", {}))
+        #: Whether they give outputs in evaluation mode too (training's validation sets it).
+        self.auxiliary_outputs = False
         self._backbone_of: dict[str, Backbone | None] = {}
         for name, inp in spec.inputs.items():
             if isinstance(inp.backbone, str):
@@ -274,6 +291,8 @@ class PolymodalModel(nn.Module):
                     fed[target] = cast(Backbone, self._backbone_of[target]).modulated(
                         adapted[target], modulate, stages)
                 fused = fusion({n: fed[n] for n in inputs}, masks)
+                if self.auxiliary and (self.training or self.auxiliary_outputs):
+                    outputs.update(self._auxiliary(heads, fed))
             for head in heads:
                 outputs[head] = self.heads[head](fused)
         if not outputs:
@@ -284,6 +303,17 @@ class PolymodalModel(nn.Module):
                 " that lack an input, pass it anyway and mark them absent with"
                 " present={input: mask}")
         return outputs
+
+
+    def _auxiliary(self, heads: list[str], fed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each head's copy for each input, on the input's pooled features (training only)."""
+        found = {}
+        for head in heads:
+            for name, value in fed.items():
+                key = auxiliary_key(head, name)
+                if key in self.auxiliary:
+                    found[key] = self.auxiliary[key](self.plan.features[name].pool(value))
+        return found
 
 
 def _rows(value: Any, rows: torch.Tensor) -> Any:
@@ -341,7 +371,8 @@ def build(
     located: list[tuple[str, Component]] = []
     problems: list[tuple[str, str]] = []
     modules: dict[str, dict[str, Component | None]] = {
-        "adapters": {}, "backbones": {}, "input_backbones": {}, "fusions": {}, "heads": {}
+        "adapters": {}, "backbones": {}, "input_backbones": {}, "fusions": {}, "heads": {},
+        "auxiliary": {},
     }
     for name, inp in spec.inputs.items():
         modules["adapters"][name] = _instantiate(
@@ -372,6 +403,12 @@ def build(
                 component_class(config), config, the_plan.fused[inputs], f"heads.{head}", located,
                 problems, registry,
             )
+            for name in auxiliary_inputs(spec, inputs) if modules["heads"][head] else ():
+                modules["auxiliary"][auxiliary_key(head, name)] = _instantiate(
+                    component_class(config), config, Vector(the_plan.features[name].width),
+                    f"heads.{head} (its copy for input {name!r}: fusion.auxiliary)", located,
+                    problems, registry,
+                )
     if problems:
         raise SpecError(problems)
     model = PolymodalModel(spec, modules, the_plan)

@@ -133,7 +133,23 @@ class FusionInputs(dict):
             name: tuple(s) for name, s in (stages or {}).items()}
 
 
+class Auxiliary(BaseModel):
+    """Per-input heads trained beside the fused head (``fusion.auxiliary``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight: float = Field(0.3, gt=0.0, le=10.0, description="Weight of the per-input heads' mean"
+                          " loss, added to the fused heads' loss.")
+
+
 class FusionConfig(ComponentConfig):
+    auxiliary: Auxiliary | None = Field(
+        None,
+        description="Training only: each input also feeds a copy of each head it is fused for"
+        " (on its pooled features), whose loss, times `weight`, is added to the fused heads':"
+        " every input must predict on its own, so a strong input cannot leave a weak one"
+        " untrained. Prediction uses the fused heads; the model file keeps the per-input"
+        " heads. Give {} for the default weight.")
     modality_dropout: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="Training only: each input of a sample is treated as absent with this"

@@ -50,6 +50,8 @@ from .history import EpochRecord, Progress, Validation
 from .inference import (
     RowReport,
     autocast,
+    auxiliary_losses,
+    auxiliary_metrics,
     check_policy,
     collect,
     device_targets,
@@ -520,13 +522,14 @@ class _Epochs:
         loss = sum(self.weights[h] * l.float() for h, (l, _, _) in losses.items())
         if not isinstance(loss, torch.Tensor):
             return None
+        total = loss + self._auxiliary_loss(outputs, targets, present)  # the log shows `loss`
         parts.optimizer.zero_grad(set_to_none=True)
         if parts.scaler is not None:
-            parts.scaler.scale(loss).backward()
+            parts.scaler.scale(total).backward()
             parts.scaler.step(parts.optimizer)
             parts.scaler.update()
         else:
-            loss.backward()
+            total.backward()
             if self.guard_gradients and not _finite_gradients(parts.model):
                 self.skipped += 1  # and the schedule waits for the next step taken
                 return loss
@@ -534,16 +537,32 @@ class _Epochs:
         parts.scheduler.step()
         return loss
 
+    def _auxiliary_loss(self, outputs: dict[str, torch.Tensor], targets: Any,
+                        present: Any) -> torch.Tensor | float:
+        """``fusion.auxiliary``'s weight times the mean loss of the heads' per-input copies."""
+        fusion = self.parts.model.spec.fusion
+        if fusion is None or fusion.auxiliary is None:
+            return 0.0
+        found = auxiliary_losses(self.parts.model, outputs, targets, present)
+        if not found:
+            return 0.0
+        return fusion.auxiliary.weight * torch.stack([f[0].float() for f in found.values()]).mean()
+
     def validate(self) -> Validation | None:
         """The metrics of each head on the validation rows (None without any)."""
         if not len(self.rows.val):
             return None
         parts, opts = self.parts, self.opts
-        collected = collect(parts.model, self.val_batches, self.context.device, opts.precision,
-                            opts.channels_last)
+        parts.model.auxiliary_outputs = True  # the per-input heads' metrics too
+        try:
+            collected = collect(parts.model, self.val_batches, self.context.device,
+                                opts.precision, opts.channels_last)
+        finally:
+            parts.model.auxiliary_outputs = False
         per_head = head_metrics(collected, parts.binding, parts.state)
         return Validation(objective.weighted_loss(per_head, opts.loss_weights), per_head,
-                          presence_metrics(collected, parts.binding, parts.state))
+                          presence_metrics(collected, parts.binding, parts.state),
+                          auxiliary_metrics(collected, parts.binding, parts.state))
 
 
 def _finite_gradients(model: torch.nn.Module) -> bool:
@@ -625,7 +644,42 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
             stopped_early = True
             say(f"stopped after epoch {epoch}: {stop}")
             break
+    best = next((r for r in run.dicts() if r["epoch"] == run.best_epoch), None)
+    for line in auxiliary_lines(best or {}, binding):
+        say(line)
     return _finish(run, rows.report, output, run_dir, metric, stopped_early, context, say)
+
+
+#: An input alone this much below the fused head (a metric where higher is better; where
+#: lower is, 1.5 times the fused value) is noted.
+FAR_BELOW = 0.1
+
+
+def auxiliary_lines(best: Mapping[str, Any], binding: Binding) -> list[str]:
+    """How each head does from each input alone (``fusion.auxiliary``) at the best epoch, by
+    its first declared metric on the validation rows, and a note where one is far below."""
+    by_head: dict[str, dict[str, dict[str, float]]] = {}
+    for key, values in best.get("val_auxiliary", {}).items():
+        head, _, name = key.partition("@")
+        by_head.setdefault(head, {})[name] = values
+    lines = []
+    for head, inputs in by_head.items():
+        declared = binding.head_codec(head).declared_metrics
+        metric = declared[0].name if declared else "loss"
+        higher = binding.higher_is_better(f"{head}.{metric}")
+        fused = float(best["val"][head][metric])
+        alone = {name: float(values[metric]) for name, values in inputs.items()}
+        lines.append(f"head {head} from each input alone (fusion.auxiliary), {metric} on the"
+                     " validation rows: " + ", ".join(f"{n} {v:.4f}" for n, v in alone.items())
+                     + f"; fused {fused:.4f}")
+        for name, value in alone.items():
+            far = fused - value > FAR_BELOW if higher else value > 1.5 * fused
+            if far:
+                lines.append(f"note: head {head} from {name} alone: {metric} {value:.4f}, against"
+                             f" {fused:.4f} fused: {name} says little about {head} on its own (a"
+                             " weak input, or one that matters only with the others);"
+                             " `polymodal explain` shows what it adds to the fused head")
+    return lines
 
 
 def _check_finite(record: EpochRecord, opts: TrainingOptions, run: Progress) -> None:

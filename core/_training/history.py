@@ -23,6 +23,8 @@ class Validation:
     #: head -> inputs each row holds (``photo + record``) -> {"rows", "metrics"}; only where
     #: some validation rows lack an input
     by_presence: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: ``fusion.auxiliary``: each head's per-input copy (``head@input``) -> metric -> value
+    auxiliary: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,6 +43,8 @@ class EpochRecord:
             row["val"] = {"loss": self.val.loss, **self.val.heads}
             if self.val.by_presence:
                 row["val_by_presence"] = self.val.by_presence
+            if self.val.auxiliary:
+                row["val_auxiliary"] = self.val.auxiliary
         return row
 
     @classmethod
@@ -48,7 +52,8 @@ class EpochRecord:
         val = None
         if "val" in row:
             heads = {k: v for k, v in row["val"].items() if k != "loss"}
-            val = Validation(row["val"]["loss"], heads, row.get("val_by_presence", {}))
+            val = Validation(row["val"]["loss"], heads, row.get("val_by_presence", {}),
+                             row.get("val_auxiliary", {}))
         return cls(row["epoch"], row["train_loss"], row["lr"], row["seconds"], row["rows_per_s"], val)
 
     def value(self, metric: str) -> float:

@@ -221,6 +221,43 @@ def head_losses(model: Any, outputs: dict[str, torch.Tensor], targets: dict[str,
     return losses
 
 
+def auxiliary_losses(model: Any, outputs: Mapping[str, torch.Tensor],
+                     targets: dict[str, tuple[Any, torch.Tensor | None]],
+                     present: Mapping[str, Any] | None) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each head's copy for one input (``head@input``, ``fusion.auxiliary``): its loss, outputs
+    and targets over the rows that hold both the head's target and the input."""
+    found = {}
+    for key, output in outputs.items():
+        head, _, name = key.partition("@")
+        if not name or head not in targets:
+            continue
+        target, rows = targets[head]
+        keep = torch.ones(output.shape[0], dtype=torch.bool, device=output.device)
+        if rows is not None:
+            keep = torch.zeros_like(keep).index_fill(0, rows, True)
+        held = (present or {}).get(name)
+        if held is not None:
+            keep &= torch.as_tensor(held, dtype=torch.bool).to(output.device)
+        index = keep.nonzero().squeeze(1)
+        if index.numel():
+            chosen, wanted = output.index_select(0, index), target.index_select(0, index)
+            found[key] = (model.auxiliary[key].loss(chosen, wanted), chosen, wanted)
+    return found
+
+
+def auxiliary_metrics(collected: Collected, binding: Binding,
+                      state: State) -> dict[str, dict[str, float]]:
+    """The metrics of each head's per-input copy (``head@input``) that ``collected`` holds."""
+    found = {}
+    for key in collected.outputs:
+        head, _, name = key.partition("@")
+        if name:
+            found[key] = binding.check_metrics(head, binding.head_codec(head).metrics(
+                torch.cat(collected.outputs[key]), torch.cat(collected.targets[key]),
+                state["heads"][head]))
+    return found
+
+
 @torch.no_grad()
 def collect(model: Any, batches: Iterable[Encoded], device: torch.device, precision: str = "fp32",
             channels_last: bool = False) -> Collected:
@@ -251,6 +288,9 @@ def _add(collected: Collected, model: Any, encoded: Encoded, outputs: dict[str, 
     targets = device_targets(encoded.targets, device)
     for head, (loss, output, target) in head_losses(model, outputs, targets).items():
         collected.add(head, output, target, float(loss), _patterns(model, head, encoded))
+    for key, (loss, output, target) in auxiliary_losses(model, outputs, targets,
+                                                        encoded.present).items():
+        collected.add(key, output, target, float(loss))
 
 
 @dataclass

@@ -1,0 +1,142 @@
+"""Per-input heads in training (``fusion.auxiliary``): does the fused model beat its best single
+input, and the same spec without them? Five-fold cross-validation, specs compared fold by fold.
+
+Two tables:
+
+- the parts demo data (examples/parts): photo and inspection record, each right about 75% of
+  the time alone, both needed to be right every time;
+- a table where one input is strong and the other weak but complementary: a photo whose blob's
+  brightness carries ``u`` and a record's number ``x``; the label is ``u + 0.5 x + noise > 0``,
+  so the photo alone is right about 85% of the time, the record alone about 65%, and only the
+  two together approach 100%.
+
+For each, the fused spec with ``fusion.auxiliary`` is compared with the same spec without it and
+with each input alone (every spec on the same folds): the goal is that with the option the fused
+model beats its best single input in at least 4 of 5 folds and the spec without the option on
+the paired mean (balanced accuracy). Prints torch's CPU capability with the figures; they repeat
+exactly on one machine (seeded).
+
+    python benchmarks/bench_auxiliary.py [--folds 5] [--weight 0.3] [--out runs/aux-bench] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import polymodal
+from polymodal._spec_files import read_spec_file
+
+PARTS = Path(__file__).resolve().parents[1] / "examples" / "parts"
+METRIC = "balanced_accuracy"
+
+
+def parts_table(out: Path, rows: int) -> Path:
+    loader = importlib.util.spec_from_file_location("make_data", PARTS / "make_data.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module.write_split(out, "train", rows, seed=1)
+
+
+def strong_weak_table(out: Path, rows: int, seed: int = 0) -> Path:
+    """Photos whose blob brightness is ``u``, a record's ``x``; label: u + 0.5 x + noise > 0."""
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(rows):
+        u, x = rng.normal(), rng.normal()
+        image = rng.normal(100, 20, (24, 24, 3))
+        cy, cx = rng.integers(6, 18, 2)
+        image[cy - 5:cy + 5, cx - 5:cx + 5] = 128 + 45 * np.clip(u, -2.5, 2.5)
+        path = f"images/sw_{i:05d}.png"
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(out / path)
+        label = "yes" if u + 0.5 * x + rng.normal(0, 0.2) > 0 else "no"
+        records.append({"photo": path, "x": f"{x:.3f}", "noise": f"{rng.normal():.3f}",
+                        "label": label})
+    table = out / "strong_weak.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return table
+
+
+def strong_weak_spec() -> dict:
+    return {
+        "name": "fused",
+        "inputs": {
+            "photo": {"adapter": {"type": "image", "channels": 3, "size": 24},
+                      "backbone": {"type": "timm", "model": "resnet10t", "pretrained": False}},
+            "record": {"adapter": {"type": "tabular", "numerical": ["x", "noise"]},
+                       "backbone": {"type": "mlp", "hidden": [32]}},
+        },
+        "fusion": {"type": "concat", "hidden": [64]},
+        "heads": {"label": {"type": "classification"}},
+        "training": {"epochs": 6, "batch_size": 32, "lr": 0.003, "schedule": "onecycle",
+                     "early_stopping": {"metric": "label.balanced_accuracy"}, "seed": 0},
+    }
+
+
+def variants(fused: dict, weight: float) -> list[dict]:
+    """The fused spec with the option, without it, and each input alone."""
+    with_aux = {**fused, "name": "fused_auxiliary",
+                "fusion": {**fused["fusion"], "auxiliary": {"weight": weight}}}
+    alone = [{**fused, "name": f"{name}_only", "inputs": {name: fused["inputs"][name]}}
+             for name in fused["inputs"]]
+    for spec in alone:
+        spec.pop("fusion", None)
+    return [with_aux, {**fused, "name": "fused"}, *alone]
+
+
+def compare(title: str, specs: list[dict], table: Path, folds: int, out: Path,
+            epochs: int | None) -> None:
+    options = {"epochs": epochs} if epochs else None
+    result = polymodal.cv(specs[0], table, folds=folds, compare=specs[1:], output=out,
+                          options=options)
+    head = next(iter(result.scores[0].metrics()))
+    values = {s.name: s.values(head, METRIC) for s in result.scores}
+    first, others = specs[0]["name"], [s["name"] for s in specs[1:]]
+    singles = [n for n in others if n.endswith("_only")]
+    best_single = np.max([values[n] for n in singles], axis=0)
+    print(f"\n{title}: {METRIC} of head {head} per fold")
+    for name, row in values.items():
+        print(f"  {name:18s} " + "  ".join(f"{v:.3f}" for v in row)
+              + f"   mean {np.nanmean(row):.3f}")
+    beats = int((values[first] > best_single).sum())
+    diff = values[first] - values["fused"]
+    print(f"  {first} beats its best single input in {beats} of {folds} folds (goal: 4);"
+          f" against fused without the option: {np.mean(diff):+.3f} ± {np.std(diff, ddof=1):.3f}"
+          f" paired ({int((diff > 0).sum())} better, {int((diff < 0).sum())} worse)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--weight", type=float, default=0.3)
+    parser.add_argument("--out", default="runs/aux-bench")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny tables, 2 folds of one epoch: checks that the script runs")
+    args = parser.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    rows, folds, epochs = (60, 2, 1) if args.smoke else (500, args.folds, None)
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()},"
+          f" {torch.get_num_threads()} threads; {rows} rows, {folds} folds,"
+          f" auxiliary weight {args.weight}")
+    parts = parts_table(out / "parts", rows)
+    compare("parts demo data", variants(read_spec_file(PARTS / "fused.yaml"), args.weight), parts,
+            folds, out / "parts.cv", epochs)
+    strong_weak = strong_weak_table(out / "strong_weak", rows)
+    compare("strong photo, weak record", variants(strong_weak_spec(), args.weight), strong_weak,
+            folds, out / "strong_weak.cv", epochs)
+
+
+if __name__ == "__main__":
+    main()
