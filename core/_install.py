@@ -127,8 +127,8 @@ def install_plugin(name: str, pip_args: list[str] | None = None) -> list[str]:
 def _refused(plugins: list[PluginInfo]) -> str:
     installed = ", ".join(dict.fromkeys(f"{p.package} {p.version}" for p in plugins))
     reasons = "; ".join(f"its entry point {p.name!r} failed: {p.error}" for p in plugins)
-    return (f"pip installed {installed}, but polymodal cannot use it: {reasons} (it stays"
-            f" installed until `polymodal uninstall {plugins[0].package}`)")
+    return (f"pip installed {installed} (it stays installed until `polymodal uninstall"
+            f" {plugins[0].package}`), but polymodal cannot use it: {reasons}")
 
 
 def uninstall_plugin(name: str) -> list[str]:

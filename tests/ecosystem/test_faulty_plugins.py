@@ -347,10 +347,11 @@ def test_install_fails_when_polymodal_refuses_the_plugin_it_installed(installed_
     code = installed_by_pip("old-heads", "old_heads", OLD_HEAD)
     out, err = capsys.readouterr()
     assert code == 1, (out, err)
-    assert err.startswith("error: pip installed old-heads 1.0, but polymodal cannot use it: its"
+    assert err.startswith("error: pip installed old-heads 1.0 (it stays installed until"
+                          " `polymodal uninstall old-heads`), but polymodal cannot use it: its"
                           " entry point 'main' failed: written for plugin API 1, but this"
                           " polymodal provides plugin API 2"), err
-    assert err.rstrip().endswith("(it stays installed until `polymodal uninstall old-heads`)")
+    assert err.rstrip().endswith("Install a release of old-heads made for plugin API 2.")
     assert "Traceback" not in err
 
 
