@@ -2,9 +2,11 @@
 
 A backbone states what it gives before it is built, so these helpers measure it from the model
 itself rather than assume it: a build on the meta device (no memory, no weights, no
-initialisation) runs a batch of meta images and every shape along the way is read. Where the
-meta device cannot run a model (a constructor or a forward that reads tensor values), a real
-build runs a tiny batch instead; a failure there is the model's own.
+initialisation) runs a batch of meta images and every shape along the way is read. A
+constructor that reads tensor values runs on the CPU, its parameters left uninitialised, and
+the model moves to the meta device (:func:`on_default_device`, which the backbones' own
+builds use too). Where the meta device cannot run a model's forward, a real build runs a tiny
+batch instead; a failure there is the model's own.
 """
 
 from __future__ import annotations
