@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import runpy
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -64,18 +66,33 @@ def main() -> int:
 
     threads = torch.get_num_threads()
     failed = []
-    for name in names:
-        started = time.perf_counter()
-        ok, output = run_apart(name) if name in SEPARATE else run_here(name)
-        torch.set_num_threads(threads)  # a script may have set its own
-        print(f"{'ok  ' if ok else 'FAIL'} {name} ({time.perf_counter() - started:.1f} s)",
-              flush=True)
-        if not ok:
-            failed.append(name)
-            print("    " + output.strip().replace("\n", "\n    "))
+    # Scripts write their results under the working folder (runs/...): a smoke run's must not
+    # replace a real run's, nor be left behind.
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="polymodal-bench-smoke-") as work:
+        os.chdir(work)
+        try:
+            for name in names:
+                failed += run_one(name, threads)
+        finally:
+            os.chdir(here)
     print(f"{len(names) - len(failed)} of {len(names)} benchmarks ran in smoke mode"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def run_one(name: str, threads: int) -> list[str]:
+    """Run benchmark ``name`` and print how it went; ``[name]`` if it failed."""
+    import torch
+
+    started = time.perf_counter()
+    ok, output = run_apart(name) if name in SEPARATE else run_here(name)
+    torch.set_num_threads(threads)  # a script may have set its own
+    print(f"{'ok  ' if ok else 'FAIL'} {name} ({time.perf_counter() - started:.1f} s)", flush=True)
+    if ok:
+        return []
+    print("    " + output.strip().replace("\n", "\n    "))
+    return [name]
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 A component is an ``nn.Module`` subclass of one of :class:`ModalityAdapter`, :class:`Backbone`,
 :class:`Fusion` or :class:`Head`, with a nested Pydantic ``Config`` whose ``type`` literal names
-it in specs. The config states what the component gives (:mod:`polymodal.signals`) from what it
-takes, so a spec's connections are checked before any weight exists; the module is built from
-the config and the signal it takes::
+it in specs. The config states what the component gives (a signal:
+:class:`polymodal.plugin.Vector`, ...) from what it takes, so a spec's connections are checked
+before any weight exists; the module is built from the config and the signal it takes::
 
     class Identity(Backbone):
         \"\"\"Passes its input on unchanged.\"\"\"
@@ -201,7 +201,7 @@ class Component(nn.Module):
     kind: ClassVar[str]
     Config: ClassVar[type[ComponentConfig]]
     #: Options (besides ``type``) of a small working config: the example of the generated
-    #: reference and the default of :func:`polymodal.testing.check_component`. Empty when the
+    #: reference and the default of :func:`polymodal.plugin.check_component`. Empty when the
     #: defaults alone make a valid config.
     example_options: ClassVar[Mapping[str, Any]] = {}
     #: Whether a model holding this component exports (``polymodal export``: ONNX and
@@ -299,8 +299,11 @@ class Backbone(Component):
                 handle.remove()
 
     def freeze(self, option: Freeze) -> None:
-        """Apply a ``freeze`` option: parameters lose their gradient and BatchNorm layers keep
-        their statistics as :func:`polymodal.freezing.apply_freeze` describes."""
+        """Apply a ``freeze`` option (:data:`polymodal.plugin.Freeze`): ``none`` trains
+        everything; ``all`` gives no parameter a gradient and keeps every BatchNorm layer's
+        statistics; ``batchnorm`` trains every weight but keeps BatchNorm statistics;
+        ``{train_last: N}`` trains only the last N of :meth:`stage_modules` (and what follows
+        them), the earlier stages frozen with their statistics."""
         self._eval_norms = apply_freeze(self, self.stage_modules(), option)
         keep_eval(self._eval_norms)
 

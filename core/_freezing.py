@@ -1,7 +1,7 @@
 """The ``freeze`` option of backbones: which parameters train and which BatchNorm statistics move.
 
 A backbone config declares ``freeze: Freeze = "none"``; its module calls
-:meth:`polymodal.Backbone.freeze` once built. The choices:
+:meth:`polymodal.plugin.Backbone.freeze` once built. The choices:
 
 - ``none``: everything trains.
 - ``all``: no parameter gets a gradient and every BatchNorm layer keeps its statistics.

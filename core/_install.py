@@ -3,12 +3,14 @@
 Catalog names (``registry.toml``'s ``[[extra]]`` packages) resolve to their pip requirement; a
 local wheel, sdist or project directory is passed to pip as it is. Neither step imports any
 plugin, so a broken installed plugin cannot stop them; discovery is reset afterwards and the
-result is reported from a fresh discovery, where a broken plugin is only a reported failure.
+result is reported from a fresh discovery: a plugin the install brought that polymodal refuses
+is an error (it cannot be used), any other broken plugin only a reported failure.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata as metadata
 import re
 import subprocess
 import sys
@@ -16,7 +18,14 @@ from pathlib import Path
 
 from ._errors import PolymodalError
 from ._manifest import catalog
-from ._registry import CORE_PACKAGE, Registry, normalize_package, reset_registry
+from ._registry import (
+    CORE_PACKAGE,
+    ENTRY_POINT_GROUP,
+    PluginInfo,
+    Registry,
+    normalize_package,
+    reset_registry,
+)
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -66,38 +75,64 @@ def _pip(args: list[str]) -> None:
             f"pip failed (exit {result.returncode}): {' '.join(command[2:])}")
 
 
-def _report(package: str | None) -> list[str]:
+def _plugin_distributions() -> dict[str, str]:
+    """Each installed distribution with a polymodal entry point, and its version (read from
+    metadata: nothing is imported)."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and any(ep.group == ENTRY_POINT_GROUP for ep in dist.entry_points):
+            found.setdefault(normalize_package(name), dist.version)  # the first on the path
+    return found
+
+
+def _installed_plugins(packages: set[str] | None) -> list[PluginInfo]:
+    """The plugins of ``packages`` (None: of every package), each imported afresh."""
     reset_registry()
     importlib.invalidate_caches()
     registry = Registry()
     registry.verify()  # import what was installed: a plugin that fails shows it now
-    lines = []
-    for plugin in registry.plugins:
-        if package is not None and plugin.package != package:
-            continue
-        provided = ", ".join(f"{c.kind} {c.type}" for c in plugin.components) or "nothing"
-        if plugin.status in ("lazy", "loaded"):
-            lines.append(f"{plugin.package} {plugin.version}: entry point {plugin.name!r} provides {provided}")
-        else:
-            lines.append(f"{plugin.package} {plugin.version}: entry point {plugin.name!r} is"
-                         f" {plugin.status}: {plugin.error}")
-    return lines
+    return [p for p in registry.plugins if packages is None or p.package in packages]
+
+
+def _line(plugin: PluginInfo) -> str:
+    if plugin.status not in ("lazy", "loaded"):
+        return (f"{plugin.package} {plugin.version}: entry point {plugin.name!r} is"
+                f" {plugin.status}: {plugin.error}")
+    provided = ", ".join(f"{c.kind} {c.type}" for c in plugin.components) or "nothing"
+    return f"{plugin.package} {plugin.version}: entry point {plugin.name!r} provides {provided}"
 
 
 def install_plugin(name: str, pip_args: list[str] | None = None) -> list[str]:
-    """Install NAME with pip; returns lines describing the plugins it brought."""
+    """Install NAME with pip; returns lines describing the plugins it brought. Raises
+    :class:`InstallError` when polymodal refuses a plugin it brought (written for another
+    plugin API, failing on import): installed, it still cannot be used."""
     requirement, package = resolve_requirement(name)
+    before = _plugin_distributions()
     _pip(["install", requirement, *(pip_args or [])])
-    lines = _report(package)
+    after = _plugin_distributions()
+    # A local project or sdist names no package: what pip added or changed is what it brought.
+    changed = {p for p, version in after.items() if before.get(p) != version}
+    brought = {package} if package is not None else changed or None
+    plugins = _installed_plugins(brought)
+    refused = [p for p in plugins if p.status == "failed"]
+    if refused and brought is not None:  # unknown (nothing changed): others' failures aside
+        raise InstallError(_refused(refused))
+    lines = [_line(p) for p in plugins]
     if package is not None and not lines:
         lines.append(f"installed {requirement}, but it provides no polymodal plugin")
     return lines or [f"installed {requirement}"]
 
 
+def _refused(plugins: list[PluginInfo]) -> str:
+    installed = ", ".join(dict.fromkeys(f"{p.package} {p.version}" for p in plugins))
+    reasons = "; ".join(f"its entry point {p.name!r} failed: {p.error}" for p in plugins)
+    return (f"pip installed {installed} (it stays installed until `polymodal uninstall"
+            f" {plugins[0].package}`), but polymodal cannot use it: {reasons}")
+
+
 def uninstall_plugin(name: str) -> list[str]:
     """Uninstall the plugin package NAME with pip."""
-    from importlib import metadata
-
     package = normalize_package(name)
     if package == CORE_PACKAGE:
         raise InstallError("refusing to uninstall polymodal itself; use pip for that")

@@ -16,7 +16,7 @@ import pytest
 
 @pytest.fixture
 def polymodal_check() -> Any:
-    """:func:`polymodal.testing.check_component`, for component conformance tests."""
+    """:func:`polymodal.plugin.check_component`, for component conformance tests."""
     from ._testing import check_component
 
     return check_component

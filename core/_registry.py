@@ -232,8 +232,10 @@ class Registry:
 
     def _import_failed(self, plugin: PluginInfo, exc: BaseException) -> None:
         plugin.status, plugin.components = "failed", []
-        plugin.error = (f"import failed: {type(exc).__name__}:"
-                        f" {exc}{_origin(exc, prefer=plugin.top_module)}")
+        plugin.error = f"import failed: {_described(exc, plugin.top_module)}"
+        underlying = _underlying_import_error(exc)
+        if underlying is not None:
+            plugin.error += f", caused by {_described(underlying, plugin.top_module)}"
         older = _older_api_use(exc)
         if older is not None:
             plugin.api = 1
@@ -396,9 +398,10 @@ class Registry:
             if plugin.status in ("failed", "disabled"):
                 provides = self._manifest_types(plugin)
                 if (kind, short) in provides:
-                    msg += f" Plugin {plugin.label} would provide it but is {plugin.status}: {plugin.error}."
+                    msg += (f" Plugin {plugin.label} would provide it but is {plugin.status}:"
+                            f" {_sentence(plugin.error)}")
                 elif not provides:
-                    msg += f" (Plugin {plugin.label} is {plugin.status}: {plugin.error}.)"
+                    msg += f" (Plugin {plugin.label} is {plugin.status}: {_sentence(plugin.error)})"
         msg += f" Installed {kind} types: {', '.join(names) if names else 'none'}."
         return msg
 
@@ -618,6 +621,23 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return found
 
 
+def _described(exc: BaseException, prefer: str | None = None) -> str:
+    """``Type: message (at FILE:LINE)`` of an exception."""
+    return f"{type(exc).__name__}: {exc}{_origin(exc, prefer)}"
+
+
+def _underlying_import_error(exc: BaseException) -> BaseException | None:
+    """The import error a plugin's own exception was raised from or while handling (``raise
+    RuntimeError('backend missing') from exc``): the missing module is what the user must fix."""
+    return next((link for link in _chain(exc)[1:] if isinstance(link, ImportError)), None)
+
+
+def _sentence(text: str | None) -> str:
+    """``text`` as the end of a sentence: one final period, never two."""
+    text = (text or "").rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def _top_module(frame: FrameType) -> str:
     return str(frame.f_globals.get("__name__", "")).split(".", 1)[0]
 
@@ -625,6 +645,8 @@ def _top_module(frame: FrameType) -> str:
 def _origin(exc: BaseException, prefer: str | None = None) -> str:
     """`` (at FILE:LINE)``: where ``exc`` was raised, or its innermost frame in the top-level
     module ``prefer`` (the plugin's own code rather than the library it called)."""
+    if isinstance(exc, SyntaxError) and exc.filename:  # its frames are the import system's
+        return f" (at {exc.filename}:{exc.lineno})"
     frames = list(traceback.walk_tb(exc.__traceback__))
     if not frames:
         return ""

@@ -702,7 +702,8 @@ def _pydantic_problems(
         # A whole component's options (a validator across fields) would only repeat the spec;
         # a problem with a name or a type says the value itself.
         if err["type"] not in _SAYS_WHAT_IT_GOT and msg not in _REQUIRED_SECTIONS.values() \
-                and "input" in err and not isinstance(err["input"], Mapping):
+                and "input" in err and not isinstance(err["input"], Mapping) \
+                and not (err["type"] in _VALIDATOR_ERRORS and _states_value(msg, err["input"])):
             got[place] = f" (got {excerpt(err['input'])})"
     found: list[tuple[str, str]] = [
         Problem(where, " or ".join(msgs) + got.get((where, key), ""), causes.get(where))
@@ -714,6 +715,23 @@ def _pydantic_problems(
 
 
 _SAYS_WHAT_IT_GOT = {"missing", "spec_type", "spec_name"}
+
+
+#: Errors a config's own validator raised: its message is the plugin author's, and may state the
+#: value (pydantic's own messages state bounds, never the value).
+_VALIDATOR_ERRORS = {"value_error", "assertion_error"}
+
+
+def _states_value(message: str, value: Any) -> bool:
+    """Whether ``message`` already shows ``value`` (a validator's ``must be even, got 3``): as
+    its repr, or a number or a word of three letters or more as written (3 in "got 3." but not
+    in "got 30")."""
+    if excerpt(value) in message:
+        return True
+    plain = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        or isinstance(value, str) and len(value.strip()) >= 3
+    return plain and re.search(rf"(?<![\w.]){re.escape(str(value))}(?!\w|\.\d)",
+                               message) is not None
 
 
 def _join(prefix: str, loc: tuple[Any, ...]) -> str:

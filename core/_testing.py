@@ -498,10 +498,9 @@ def _check_module(cls: type[Component], kind: str, config: Any, takes: Any, give
     shape = tuple(output.shape)
     if not shape or shape[0] != batch_size:
         raise _fail(cls, "shape", f"output {list(shape)} lost the batch dimension {batch_size}", takes)
-    if gives is not None:
-        problem = gives.shape_problem(shape)
-        if problem:
-            raise _fail(cls, "shape", f"the config says it gives {gives.describe()}, but {problem}", takes)
+    if gives is not None and gives.shape_problem(shape):
+        raise _fail(cls, "shape", f"the config says it gives {gives.describe()}"
+                    f" ({gives.layout()}); it gave a tensor of shape {list(shape)}", takes)
     if kind == "head":
         assert isinstance(module, Head), "a component of kind head subclasses Head"
         with _check(cls, "predict", takes):

@@ -2,9 +2,11 @@
 
 A backbone states what it gives before it is built, so these helpers measure it from the model
 itself rather than assume it: a build on the meta device (no memory, no weights, no
-initialisation) runs a batch of meta images and every shape along the way is read. Where the
-meta device cannot run a model (a constructor or a forward that reads tensor values), a real
-build runs a tiny batch instead; a failure there is the model's own.
+initialisation) runs a batch of meta images and every shape along the way is read. A
+constructor that reads tensor values runs on the CPU, its parameters left uninitialised, and
+the model moves to the meta device (:func:`on_default_device`, which the backbones' own
+builds use too). Where the meta device cannot run a model's forward, a real build runs a tiny
+batch instead; a failure there is the model's own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from polymodal.plugin import FeatureMap, PolymodalError, Signal, Tokens, Vector
 
 T = TypeVar("T")
+M = TypeVar("M", bound=nn.Module)
 
 #: Square input sizes tried, smallest first, when looking for the smallest a model takes.
 SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512)
@@ -44,13 +47,19 @@ VALUE_WRITES = frozenset({
 
 
 class _NoValueWrites(TorchFunctionMode):
-    """Skips value writes to meta tensors: a weightless build need not initialise weights (each
-    write would otherwise run through Python decompositions, seconds for a small model)."""
+    """Skips value writes to meta tensors (and, with ``parameters``, to parameters anywhere): a
+    weightless build need not initialise weights (each write would otherwise run through Python
+    decompositions, seconds for a small model; on the CPU, it would fill memory the build does
+    not keep). A constructor's own computations on plain tensors are left to run."""
+
+    def __init__(self, parameters: bool = False) -> None:
+        super().__init__()
+        self.parameters = parameters
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         target = args[0] if args else None
         if getattr(func, "__name__", "") in VALUE_WRITES and isinstance(target, torch.Tensor) \
-                and target.is_meta:
+                and (target.is_meta or self.parameters and isinstance(target, nn.Parameter)):
             return target
         return func(*args, **(kwargs or {}))
 
@@ -60,6 +69,26 @@ def weightless(build: Callable[[], T]) -> T:
     initialisation is skipped."""
     with torch.device("meta"), _NoValueWrites():
         return build()
+
+
+def on_default_device(build: Callable[[], M]) -> M:
+    """``build()`` of a library's model on the default device, the meta device included.
+
+    A constructor that reads tensor values (RegNet computes its stage widths with tensors and
+    reads them back) cannot run on the meta device, where a model file's load, the size
+    measurement before a build and the probes build every model. There it runs on the CPU
+    without initialising its parameters (their memory is reserved, never filled) and the model
+    is moved to the meta device: the same shapes, no weights."""
+    if torch.get_default_device().type != "meta":
+        return build()
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - the meta device's refusal, or the model's own
+        if not _meta_limitation(exc):
+            raise
+    with torch.device("cpu"), _NoValueWrites(parameters=True):
+        net = build()
+    return net.to("meta")
 
 
 def measure(build: Callable[[], nn.Module], run: Callable[[nn.Module, torch.Tensor], T],
@@ -87,7 +116,8 @@ def measure(build: Callable[[], nn.Module], run: Callable[[nn.Module, torch.Tens
                 results.append(exc)
                 continue
         if real is None:
-            real = build()
+            with torch.device("cpu"):  # real, even where the caller builds on the meta device
+                real = build()
         try:
             results.append(_run(real, run, channels, size, "cpu"))
         except PolymodalError:

@@ -33,6 +33,7 @@ from ._probe import (
     layout_of,
     measure,
     meta_accepts,
+    on_default_device,
     smallest_size,
     weightless,
 )
@@ -87,8 +88,8 @@ def _create(model: str, in_chans: int, kwargs: Kwargs, pretrained: bool = False)
     import timm
 
     try:
-        return timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=in_chans,
-                                 **dict(kwargs))
+        return on_default_device(lambda: timm.create_model(
+            model, pretrained=pretrained, num_classes=0, in_chans=in_chans, **dict(kwargs)))
     except Exception as exc:
         if pretrained or not model.startswith(HF_HUB) or not _from_the_hub(exc):
             raise

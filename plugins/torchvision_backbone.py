@@ -33,6 +33,7 @@ from ._probe import (
     describe_value,
     first_line,
     measure,
+    on_default_device,
 )
 
 #: The plugin interface this module is written for.
@@ -146,7 +147,8 @@ def _create(model: str, in_chans: int, kwargs: Kwargs) -> tuple[nn.Module, str, 
 
     if model in PHASED_OUT_INIT:
         kwargs = (*kwargs, ("init_weights", False))
-    net = torchvision.models.get_model(model, weights=None, **dict(kwargs))
+    net = on_default_device(
+        lambda: torchvision.models.get_model(model, weights=None, **dict(kwargs)))
     removed = (*_drop_auxiliary(net), _remove_classifier(net))
     stem = _replace_stem(net, in_chans)
     _read_unversioned_weights(net)

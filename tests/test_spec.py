@@ -457,3 +457,44 @@ def test_a_component_validator_that_crashes_is_located_and_names_its_plugin():
     assert "heads.y: head 'buggy-heads:crashing' (buggy-heads 0.3) raised KeyError" in message
     assert "if the spec is right, this is a bug in buggy-heads" in message
     assert "inputs.x.adapter.type: unknown adapter type 'tabular'" in message
+
+
+@pytest.mark.parametrize("value, expected", [
+    (3, "size must be even, got 3"),  # the validator states the value
+    (30, "size must be at most 10 (got 30)"),  # 30 is not the 10 it states
+    (5, "size must be even (got 5)"),
+])
+def test_a_validator_s_message_gets_the_value_only_where_it_does_not_state_it(value, expected):
+    from polymodal._registry import Registry
+    from polymodal.plugin import Head, HeadConfig, hookimpl
+
+    class Even(Head):
+        """A head of an even size up to 10 (a test plugin)."""
+
+        class Config(HeadConfig):
+            type: Literal["even"] = "even"
+            size: int = 2
+
+            @field_validator("size")
+            @classmethod
+            def _even(cls, size):
+                if size > 10:
+                    raise ValueError("size must be at most 10")
+                if size % 2:
+                    raise ValueError(f"size must be even, got {size}" if size == 3
+                                     else "size must be even")
+                return size
+
+    class Plugin:
+        @hookimpl
+        def polymodal_components(self):
+            return [Even]
+
+    registry = Registry(entry_points=[])
+    registry.add_plugin(Plugin(), "even-heads", "1.0")
+    spec = {"inputs": {"x": {"adapter": {"type": "tabular", "numerical": ["a"]}}},
+            "heads": {"y": {"type": "even", "size": value}}}
+    with pytest.raises(SpecError) as info:
+        polymodal.load_spec(spec, registry)
+    assert dict((where, message) for where, message, *_ in info.value.problems)[
+        "heads.y.size"] == expected

@@ -467,3 +467,37 @@ def test_a_model_file_of_a_version_checking_model_loads(roundtrip):
     loaded = roundtrip(model.eval())
     x = {"scan": torch.randn(2, 5, 32, 32), "table": {"a": torch.randn(2)}}
     assert torch.allclose(model(x)["y"], loaded(x)["y"], atol=1e-6)
+
+
+# --- a constructor that reads tensor values (RegNet), built where polymodal builds weightless
+
+@pytest.mark.parametrize("route", ["in_chans", "project_to"])
+def test_a_model_file_of_a_constructor_reading_tensor_values_loads(route, roundtrip):
+    # A model file's load builds on the meta device, where RegNet's constructor cannot read
+    # back the stage widths it computes with tensors.
+    model = polymodal.build(five_band_spec("torchvision", "regnet_x_400mf", 32, "vector", route))
+    loaded = roundtrip(model.eval())
+    x = {"scan": torch.randn(2, 5, 32, 32), "table": {"a": torch.randn(2)}}
+    assert torch.allclose(model(x)["y"], loaded(x)["y"], atol=1e-6)
+
+
+def test_meta_builds_then_a_regnet_build_leave_the_process_as_they_found_it():
+    from torch._C import _len_torch_function_stack
+
+    from polymodal._footprint import Footprint, measured
+
+    def process_state():
+        return _len_torch_function_stack(), torch.get_default_device(), torch.get_default_dtype()
+
+    before = process_state()
+    for library, model in (("timm", "resnet10t"), ("torchvision", "mnasnet0_5"),
+                           ("torchvision", "regnet_x_400mf")):
+        spec = five_band_spec(library, model, 32, "vector", "in_chans")
+        with torch.device("meta"):  # as a model file's load builds
+            weightless = polymodal.build(spec, pretrained=False)
+        assert all(p.is_meta for p in weightless.parameters()), model
+        assert isinstance(measured(polymodal.load_spec(spec)), Footprint), model  # validate's size
+        assert process_state() == before, model
+    built = polymodal.build(five_band_spec("torchvision", "regnet_x_400mf", 32, "vector", "in_chans"))
+    assert not any(p.is_meta for p in built.parameters())
+    assert process_state() == before

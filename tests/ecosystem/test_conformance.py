@@ -178,7 +178,8 @@ class Lenient(Head):
 
 
 @pytest.mark.parametrize("cls,options,expected", [
-    (Lying, {}, r"Lying: shape: the config says it gives a vector of 8, but expected .*got a tensor of shape \[2, 4\]"),
+    (Lying, {}, r"^Lying: shape: the config says it gives a vector of 8 \(\[B, 8\]\); it gave a tensor of"
+     r" shape \[2, 4\] \(taking "),
     (Detached, {}, r"Detached: gradients: no gradient reaches parameter\(s\) first.weight, first.bias"),
     (Forgetful, {}, r"Forgetful: save/load: the loaded model fails: RuntimeError"),
     (Lenient, {"bad": [{"scale": -1.0}]}, r"Lenient: bad options: \{'scale': -1.0\} was accepted"),
@@ -340,8 +341,8 @@ MIX = r"\{image: a feature map of 4 channels, table: a vector of 8, text: tokens
      ValueError),
     (Unbuildable, Vector(6), r"^Unbuildable: build: RuntimeError: cannot build \(taking a vector"
      r" of 6\)$", RuntimeError),
-    (AnyKind, None, r"^AnyKind: shape: the config says it gives a vector of 16, but expected .*"
-     r" got a tensor of shape \[2, 5\] \(taking tokens of 16\)$", None),
+    (AnyKind, None, r"^AnyKind: shape: the config says it gives a vector of 16 \(\[B, 16\]\); it gave a"
+     r" tensor of shape \[2, 5\] \(taking tokens of 16\)$", None),
     (Sloppy, None, r"^Sloppy: gives: raised KeyError: .*FeatureMap.*, not a ConnectionMismatch"
      r" \(taking a feature map of 3 channels\)$", KeyError),
     (OldPooling, None, r"^OldPooling: forward: RuntimeError: mat1 and mat2 shapes cannot be"
@@ -351,7 +352,7 @@ MIX = r"\{image: a feature map of 4 channels, table: a vector of 8, text: tokens
     (Ignoring, None, r"^Ignoring: presence: input 'image', marked absent for a sample, still"
      r" changes that sample's output \(taking " + MIX + r"\)$", None),
     (WrongWidth, {"ecg": Sequence(3)}, r"^WrongWidth: shape: the config says it gives a vector"
-     r" of 3, but expected .*got a tensor of shape \[2, 4\] \(taking \{ecg: a sequence of 3"
+     r" of 3 \(\[B, 3\]\); it gave a tensor of shape \[2, 4\] \(taking \{ecg: a sequence of 3"
      r" channels\}\)$", None),
 ])
 def test_a_failure_inside_any_check_is_a_conformance_error_naming_it(registry, cls, takes,

@@ -9,8 +9,10 @@ import pytest
 from ecosystem_helpers import GOOD_HEAD, builtin_entry_points, entry_points_in, make_distribution, run_polymodal
 
 import polymodal
+import polymodal._install
+from polymodal._cli import main
 from polymodal._errors import ComponentError, SpecError
-from polymodal._registry import Registry
+from polymodal._registry import Registry, reset_registry
 from polymodal._spec import load_spec, validate_spec_data
 
 SPEC = {  # uses built-ins only
@@ -316,3 +318,73 @@ def test_spec_error_takes_a_message_a_pair_or_problems():
     assert (str(error), error.message, error.option) == ("size: must be even", "must be even", "size")
     assert isinstance(error, ValueError)  # pydantic validators may raise it
     assert polymodal.plugin.ConfigError is ConfigError and "ConfigError" in polymodal.plugin.__all__
+
+
+OLD_HEAD = GOOD_HEAD.format(type="old").replace("POLYMODAL_PLUGIN_API = 2", "POLYMODAL_PLUGIN_API = 1")
+
+
+@pytest.fixture
+def installed_by_pip(site, tmp_path, monkeypatch):
+    """``polymodal install WHEEL`` with pip replaced by what it would leave: the distribution
+    ``files`` (module name -> source) of the wheel's name, in a folder on the path."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def install(package: str, module: str, source: str) -> int:
+        wheel = tmp_path / f"{package.replace('-', '_')}-1.0-py3-none-any.whl"
+        wheel.write_bytes(b"")  # only its name is read: pip is replaced
+        monkeypatch.setattr(polymodal._install, "_pip", lambda args: make_distribution(
+            site, package, "1.0", {"main": module}, {f"{module}.py": source}))
+        try:
+            code = main(["install", str(wheel)])
+        finally:
+            reset_registry()  # the next test discovers without this test's folder
+        return code
+
+    return install
+
+
+def test_install_fails_when_polymodal_refuses_the_plugin_it_installed(installed_by_pip, capsys):
+    code = installed_by_pip("old-heads", "old_heads", OLD_HEAD)
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    assert err.startswith("error: pip installed old-heads 1.0 (it stays installed until"
+                          " `polymodal uninstall old-heads`), but polymodal cannot use it: its"
+                          " entry point 'main' failed: written for plugin API 1, but this"
+                          " polymodal provides plugin API 2"), err
+    assert err.rstrip().endswith("Install a release of old-heads made for plugin API 2.")
+    assert "Traceback" not in err
+
+
+def test_install_reports_a_plugin_that_loads_beside_a_broken_one(installed_by_pip, site, capsys):
+    make_distribution(site, "broken-plugin", "0.9", {"main": "broken_plugin"},
+                      {"broken_plugin.py": "raise ImportError('missing native library')\n"})
+    code = installed_by_pip("new-heads", "new_heads", GOOD_HEAD.format(type="new"))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out == "new-heads 1.0: entry point 'main' provides head new\n"
+
+
+def test_an_import_error_behind_a_plugin_s_own_exception_is_shown(site):
+    make_distribution(site, "wraps-import", "1.0", {"main": "wraps_import"}, {"wraps_import.py": """
+        try:
+            import native_backend_not_installed
+        except ImportError as exc:
+            raise RuntimeError("the native backend is missing") from exc
+        """})
+    make_distribution(site, "bad-syntax", "1.0", {"main": "bad_syntax"},
+                      {"bad_syntax.py": "def broken(:\n    pass\n"})
+    registry = Registry(entry_points=entry_points_in(site))
+    failed = {p.package: p.error for p in registry.failures()}
+    assert failed["wraps-import"] == (
+        f"import failed: RuntimeError: the native backend is missing (at {site}/wraps_import.py:4),"
+        " caused by ModuleNotFoundError: No module named 'native_backend_not_installed'"
+        f" (at {site}/wraps_import.py:2)")
+    assert failed["bad-syntax"].endswith(f"(at {site}/bad_syntax.py:1)")  # not importlib's
+
+
+def test_an_unknown_type_beside_a_refused_plugin_ends_each_sentence_once(site):
+    make_distribution(site, "old-heads", "1.0", {"main": "old_heads"}, {"old_heads.py": OLD_HEAD})
+    shown = run_polymodal("show", "fusion", "nothing", pythonpath=site)
+    assert shown.returncode == 1
+    assert "made for plugin API 2.) Installed fusion types: " in shown.stderr, shown.stderr
+    assert ".." not in shown.stderr.replace("...", "")

@@ -4,7 +4,9 @@ complete examples: test_diagrams_and_reference.py)."""
 from __future__ import annotations
 
 import copy
+import importlib
 import json
+import re
 
 import jsonschema
 import pytest
@@ -12,6 +14,7 @@ import yaml
 from ecosystem_helpers import GOOD_HEAD, REPO, make_distribution, run_polymodal
 
 import polymodal
+import polymodal.plugin
 from polymodal._docs import SLOTS, component_page, example_snippet, reference_pages
 from polymodal._registry import Registry
 from polymodal._spec import spec_json_schema, validate_spec_data
@@ -181,3 +184,34 @@ def test_editor_guide_examples_are_valid(schema):
     assert blocks["yaml"].startswith("# yaml-language-server: $schema=./polymodal.schema.json\n")
     jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(blocks["yaml"]))
     assert "polymodal schema -o polymodal.schema.json" in text
+
+
+#: A cross-reference of a docstring to an object of polymodal (what ``help()`` shows).
+DOCSTRING_REFERENCE = re.compile(r":(?:func|meth|class|data|mod|attr):`(polymodal[\w.]*)`")
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``polymodal.x.y`` names something: its longest importable module, then
+    attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attribute in parts[cut:]:
+                found = getattr(found, attribute)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_docstring_reference_names_something_that_exists():
+    sources = sorted((REPO / "core").rglob("*.py")) + sorted((REPO / "plugins").glob("*.py"))
+    references = [(path.relative_to(REPO), match.group(1)) for path in sources
+                  for match in DOCSTRING_REFERENCE.finditer(path.read_text(encoding="utf-8"))]
+    assert len(references) > 5  # the pattern finds them
+    assert [(str(path), name) for path, name in references if not _resolves(name)] == []
+    assert "polymodal.plugin.Freeze" in polymodal.plugin.Backbone.freeze.__doc__
