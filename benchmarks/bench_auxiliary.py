@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--weight", type=float, default=0.3)
     parser.add_argument("--out", default="runs/aux-bench")
+    parser.add_argument("--tables", default="parts,strong_weak",
+                        help="Which tables to run, of parts and strong_weak.")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny tables, 2 folds of one epoch: checks that the script runs")
     args = parser.parse_args()
@@ -130,12 +132,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()},"
           f" {torch.get_num_threads()} threads; {rows} rows, {folds} folds,"
           f" auxiliary weight {args.weight}")
-    parts = parts_table(out / "parts", rows)
-    compare("parts demo data", variants(read_spec_file(PARTS / "fused.yaml"), args.weight), parts,
-            folds, out / "parts.cv", epochs)
-    strong_weak = strong_weak_table(out / "strong_weak", rows)
-    compare("strong photo, weak record", variants(strong_weak_spec(), args.weight), strong_weak,
-            folds, out / "strong_weak.cv", epochs)
+    tables = args.tables.split(",")
+    if "parts" in tables:
+        parts = parts_table(out / "parts", rows)
+        compare("parts demo data", variants(read_spec_file(PARTS / "fused.yaml"), args.weight),
+                parts, folds, out / "parts.cv", epochs)
+    if "strong_weak" in tables:
+        strong_weak = strong_weak_table(out / "strong_weak", rows)
+        compare("strong photo, weak record", variants(strong_weak_spec(), args.weight),
+                strong_weak, folds, out / "strong_weak.cv", epochs)
 
 
 if __name__ == "__main__":

@@ -335,7 +335,19 @@ def _prepare_data(binding: Binding, opts: TrainingOptions, data: Any, val: Any,
         raise DataError(f"{table.source}: no training rows left")
     held_out = val is None and len(val_table) > 0
     note = split_hint(table, binding) if held_out and opts.group_by is None else None
+    if held_out and opts.group_by is not None:
+        note = _uneven_split(len(val_table), len(table), opts.val_fraction, opts.group_by)
     return _Data(train_table, val_table, report, fingerprint(train_table), held_out, note)
+
+
+def _uneven_split(val_rows: int, rows: int, fraction: float, group_by: str) -> str | None:
+    """A note where whole groups made the validation split far larger than asked."""
+    share = val_rows / rows
+    if share <= max(2 * fraction, fraction + 0.1):
+        return None
+    return (f"the validation split holds {val_rows} of {rows} rows ({share:.0%}) for a"
+            f" val_fraction of {fraction:g}: the groups of column {group_by!r} are large, and"
+            " each stays whole; more, smaller groups, or a --val table, leave more rows to train on")
 
 
 def _write_held_out(run_dir: Path, rows: _Data, group_by: str | None) -> None:

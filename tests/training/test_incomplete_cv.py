@@ -273,3 +273,13 @@ def test_tune_reports_the_best_trial_by_the_inputs_each_row_holds(tmp_path):
     assert sum(v["rows"] for v in kept["heads"]["label"].values()) == 48
     by_split = polymodal.tune(spec, table, trials=1, output=tmp_path / "split", pruning=False)
     assert "by the inputs each row holds (validation rows):" in by_split.text()
+
+
+def test_a_grouped_validation_split_far_larger_than_asked_is_noted(tmp_path, capsys):
+    table = write_grouped_table(tmp_path, groups=3, per_group=16)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(table_spec(val_fraction=0.1)))
+    assert main(["train", str(spec), "--data", str(table), "-o", str(tmp_path / "m.safetensors"),
+                 "--group-by", "site"]) == 0
+    assert ("note: the validation split holds 16 of 48 rows (33%) for a val_fraction of 0.1: the"
+            " groups of column 'site' are large") in capsys.readouterr().err
