@@ -9,6 +9,7 @@ that refuses or fails); 2 for a wrong command line; 3 for a bug in polymodal its
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -51,7 +52,8 @@ class _Group(click.Group):
         except Exception as exc:  # noqa: BLE001
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            blamed = _plugin_blamed(exc) or _peer_lost(exc) or _file_system_refused(exc)
+            blamed = (_plugin_blamed(exc) or _peer_lost(exc) or _file_system_refused(exc)
+                      or _path_refused(exc))
             if blamed is not None:
                 click.echo(f"error: {blamed}", err=True)
                 ctx.exit(EXIT_BAD_INPUT)
@@ -93,6 +95,21 @@ def _file_system_refused(exc: Exception) -> str | None:
     target = getattr(exc, "filename", None) or "a file"
     refused = write_refusal(target, exc)
     return str(refused) if refused is not None else None
+
+
+#: Paths the operating system refuses whatever the data: the user's to fix, not a bug.
+_PATH_ERRNOS = {errno.ENAMETOOLONG: "its name is too long for the file system (most allow 255"
+                " bytes a name)", errno.ELOOP: "it is a loop of symbolic links",
+                errno.ENOTDIR: "a part of it that should be a folder is a file"}
+
+
+def _path_refused(exc: Exception) -> str | None:
+    """The message for a path the operating system refuses (a name too long, a link loop)."""
+    if not isinstance(exc, OSError) or exc.errno not in _PATH_ERRNOS:
+        return None
+    name = exc.filename if exc.filename is not None else "a path"
+    shown = name if len(str(name)) <= 120 else f"{str(name)[:60]}...{str(name)[-40:]}"
+    return f"{shown}: {_PATH_ERRNOS[exc.errno]}; give another path"
 
 
 def _plugin_blamed(exc: Exception) -> str | None:
@@ -298,14 +315,17 @@ def build(spec_path: str, output: str, no_pretrained: bool) -> None:
     """Assemble the model a spec describes and save it as one model file."""
     from ._assembly import build as build_model
     from ._errors import SpecError
+    from ._files import output_lock, refuse_overwriting_inputs
     from ._modelfile import save
 
+    refuse_overwriting_inputs(output, {"the spec": spec_path})
     spec = _load_spec(spec_path)
     try:
         model = build_model(spec, pretrained=not no_pretrained)
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
-    save(model, output)
+    with output_lock(output):  # a running train's model file is not replaced under it
+        save(model, output)
     total = sum(p.numel() for p in model.parameters())
     click.echo(f"wrote {output} ({total:,} parameters)")
 
@@ -571,9 +591,11 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
           run_dir: str | None, resume: bool, quiet: bool, as_json: bool) -> None:
     """Train the model SPEC describes on a table; save the best epoch to -o."""
     from ._errors import SpecError
+    from ._files import refuse_overwriting_inputs
     from ._training.engine import final_table, train as run_training
     from ._training.report import json_safe
 
+    refuse_overwriting_inputs(output, {"the spec": spec_path})
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                  "device": device, "workers": workers}
     log = _human(as_json, quiet)
@@ -597,7 +619,7 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, help="Table with the target columns.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -627,7 +649,7 @@ def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_ro
               help="CSV file of predictions (written atomically).")
 @click.option("--keep", multiple=True, help="Copy this column into the output (repeatable); one named like a"
               " prediction is written as NAME_kept.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -665,10 +687,10 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batc
                                                 "input_x_gradient"]),
               help="Also draw what in each chosen row's images moved each head's output, with this"
               " Captum method (pip install 'polymodal[explain]').")
-@click.option("--max-rows", type=int, default=5000, show_default=True,
+@click.option("--max-rows", type=click.IntRange(1), default=5000, show_default=True,
               help="Rows kept in memory to explain; a larger table is sampled with the seed.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json only.")
@@ -703,6 +725,9 @@ def _row_choice(text: str) -> int | list[int]:
         numbers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise DataError(f"--rows {text!r}: give a count (10) or row numbers (3,17,42)") from None
+    if any(n < 1 for n in numbers) and text.strip() != "0":
+        raise DataError(f"--rows {text!r}: rows are numbered from 1, and a count is at least 1"
+                        " (0, the default: no row)")
     if "," not in text and len(numbers) == 1:
         return numbers[0]
     return numbers
@@ -790,7 +815,8 @@ def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
 @click.option("--storage", help="Optuna RDB URL of the study (default: sqlite:///<output>/study.db);"
               " processes given the same URL and --study share the study.")
 @click.option("--study", "study_name", help="Name of the study (default: the spec's name).")
-@click.option("--timeout", type=float, help="Start no trial after this many seconds.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True),
+              help="Start no trial after this many seconds.")
 @click.option("-o", "--output", type=click.Path(file_okay=False),
               help="Run folder: best spec and model, trials.csv, plots (default: <spec name>.tune).")
 @click.option("--no-pruning", is_flag=True, help="Let every trial run to the end.")

@@ -403,6 +403,20 @@ def write_reference(
     directory.mkdir(parents=True, exist_ok=True)
     written = [write_text(directory / name, text) for name, text in pages.items()]
     for stale in directory.glob("*.md"):
-        if stale.name not in pages:
-            stale.unlink()
+        if stale.name not in pages and _is_component_page(stale):
+            stale.unlink()  # a component now gone; any other file is the user's, left alone
     return written
+
+
+def _is_component_page(path: Path) -> bool:
+    """Whether ``path`` is a component page an earlier ``polymodal docs`` wrote: named
+    ``KIND-....md`` and headed ``# KIND `TYPE```."""
+    kind, _, rest = path.stem.partition("-")
+    if not rest:
+        return False
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline(200)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.startswith(f"# {kind} `")

@@ -33,7 +33,7 @@ from torch import nn
 from ._assembly import PolymodalModel
 from ._components import ModalityAdapter
 from ._errors import ExportError, ModelFileError, PolymodalError
-from ._files import atomic_open, refuse_overwriting_inputs
+from ._files import atomic_open, output_lock, refuse_overwriting_inputs
 from ._registry import Registry
 
 #: The file formats and their usual suffix.
@@ -339,10 +339,11 @@ def export(model: Any, output: str | Path, *, format: str | None = None, check: 
         program, layout, _ = trace(model, state)
         layout = Layout(layout.inputs, layout.outputs, fmt, _exporter_versions(fmt))
         metadata = {**metadata, KEY_EXPORT: layout.to_json()}
-        if fmt == "onnx":
-            write_onnx(program, layout, metadata, output, located_components(model))
-        else:
-            write_program(program, metadata, output)
+        with output_lock(output, what="export"):  # nor a running run's file replaced under it
+            if fmt == "onnx":
+                write_onnx(program, layout, metadata, output, located_components(model))
+            else:
+                write_program(program, metadata, output)
         difference, checked_with = (None, None)
         if check:
             try:

@@ -408,7 +408,10 @@ def _size(count: float) -> str:
 
 def lock_path(target: str | Path) -> Path:
     target = Path(target)
-    return target.with_name(f".{target.name[:_NAME_ROOM]}{_LOCK_SUFFIX}")
+    name = target.name
+    if len(name) > _NAME_ROOM:  # cut short, with what tells apart names that begin alike
+        name = name[:_NAME_ROOM - 9] + "~" + hashlib.sha256(target.name.encode()).hexdigest()[:8]
+    return target.with_name(f".{name}{_LOCK_SUFFIX}")
 
 
 def _command() -> str:

@@ -19,6 +19,7 @@ import json
 import re
 import types
 import typing
+import unicodedata
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -95,8 +96,10 @@ Name = Annotated[str, AfterValidator(_valid_name)]
 #: ``<name>_oof_predictions.csv``), which a file system limits to 255 bytes.
 MODEL_NAME_MAX = 100
 #: What a model name may not hold: path separators (the name would become a path outside the
-#: output folder) and control characters (NUL cannot be in a path at all).
-_NOT_IN_MODEL_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+#: output folder), control characters (NUL cannot be in a path at all), characters that
+#: Windows file names or shells take apart (``*?:<>|"``), and a leading ``-`` (a file named
+#: ``-rf.cv`` reads as an option to most tools).
+_NOT_IN_MODEL_NAME = re.compile(r'[/\\\x00-\x1f\x7f*?:<>|"]|^-')
 
 
 def _valid_model_name(name: str) -> str:
@@ -107,10 +110,12 @@ def _valid_model_name(name: str) -> str:
     if len(name) > MODEL_NAME_MAX:
         raise _problem("spec_name", f"the model's name has {len(name):,} characters; give one of"
                        f" at most {MODEL_NAME_MAX} (it becomes part of file names)")
-    if _NOT_IN_MODEL_NAME.search(name) or name in (".", ".."):
+    invisible = any(unicodedata.category(c) in ("Cc", "Cf") for c in name)  # e.g. U+202E
+    if _NOT_IN_MODEL_NAME.search(name) or invisible or name in (".", ".."):
         raise _problem("spec_name", f"the model's name {excerpt(name)} is not a label: it becomes"
-                       " part of file and folder names, so it may not be `.` or `..` nor hold"
-                       " `/`, `\\` or control characters")
+                       " part of file and folder names, so it may not be `.` or `..`, begin"
+                       " with `-`, nor hold `/`, `\\`, `*?:<>|\"` or control or invisible"
+                       " characters")
     return name
 
 
@@ -158,7 +163,7 @@ class ModelSpec(_StrictModel):
 
     name: Annotated[str, AfterValidator(_valid_model_name)] = Field(
         "model", description="The model's name: a label, also used in output file names (no"
-        " `/`, `\\` or control characters; at most 100 characters).")
+        " leading `-`, no `/`, `\\`, `*?:<>|\"` or control characters; at most 100 characters).")
     description: str | None = Field(None, description="Free text kept with the model.")
     inputs: dict[Name, InputSpec] = Field(description="Inputs by name.", min_length=1,
                                           json_schema_extra=_NAMES)

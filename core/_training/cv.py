@@ -33,7 +33,7 @@ from .._data.table import Table, is_missing, read_table
 from .._errors import DataError, OutputError, SpecError
 from .._files import output_lock, write_text
 from .._spec import ModelSpec, load_spec
-from .engine import CHECKPOINT
+from .engine import CHECKPOINT, with_options
 from .fold_run import FinishedFolds, FoldRecord, explain_fold, run_fold, run_key
 from .folds import (
     SPLIT_HINT_START,
@@ -347,6 +347,11 @@ def cv(
         except SpecError as exc:
             raise (exc.with_source(source) if source else exc) from None
     options = {k: v for k, v in (options or {}).items() if v is not None}
+    for _, each, source in specs:  # the options each fold will train with, before any file
+        try:
+            with_options(each, options)
+        except SpecError as exc:
+            raise (exc.with_source(source) if source else exc) from None
     table, unread = _readable_by_every_spec(table, specs, on_bad_row)
     if unread:
         say(f"note: {unread}")

@@ -96,7 +96,7 @@ class TrainResult:
                 **self.report.to_json()}
 
 
-def _options(spec: ModelSpec, overrides: Mapping[str, Any] | None) -> ModelSpec:
+def with_options(spec: ModelSpec, overrides: Mapping[str, Any] | None) -> ModelSpec:
     if not overrides:
         return spec
     from pydantic import ValidationError
@@ -263,10 +263,11 @@ def train(
     once with an :class:`~polymodal.PolymodalError` naming this one.
     """
     check_policy(on_bad_row)
-    spec = _options(load_spec(spec), {**(options or {}), "val_fraction": val_fraction,
-                                      "group_by": group_by})
     output = Path(output)
-    refuse_overwriting_inputs(output, {"the training table": data, "the validation table": val})
+    refuse_overwriting_inputs(output, {"the spec": spec, "the training table": data,
+                                       "the validation table": val})
+    spec = with_options(load_spec(spec), {**(options or {}), "val_fraction": val_fraction,
+                                      "group_by": group_by})
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(output)
     context = distributed.start(spec.training.device)
     say = (log or (lambda _: None)) if context.main else (lambda _: None)

@@ -35,7 +35,7 @@ import torch
 from .._data.binding import Binding, Encoded, select
 from .._data.loader import derive_seed
 from .._data.table import Table, read_table
-from .._errors import DataError
+from .._errors import DataError, OutputError
 from .._files import atomic_path, output_lock, write_text
 from .inference import (
     RowReport,
@@ -295,6 +295,8 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
         if not rows or output is None:
             raise DataError(f"--attribute {attribute}: choose the rows to draw (--rows) and a"
                             " folder for the pictures (-o)")
+    if output is not None:
+        _refuse_others_folder(Path(output))
     started = time.perf_counter()
     model, source = _load(model)
     state = model_state(model, source)
@@ -335,6 +337,21 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
         result.output = Path(output)
         _write(result)
     return result
+
+
+def _refuse_others_folder(folder: Path) -> None:
+    """An existing folder must be empty or an earlier explanation's: explain replaces its
+    report.json and report.txt, which a cross-validation or a search folder holds too."""
+    try:
+        found = sorted(p.name for p in folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        if folder.exists():
+            raise OutputError(f"{folder}: not a folder; give explain a folder (-o)") from None
+        return
+    if found and "importance.csv" not in found:
+        raise OutputError(f"{folder}: this folder holds files explain did not write"
+                          f" ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); give"
+                          " explain a folder of its own (-o)")
 
 
 def _pictures(explainer: _Explainer, rows: int | Sequence[int],

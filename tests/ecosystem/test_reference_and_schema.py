@@ -80,7 +80,9 @@ def test_docs_command_documents_installed_third_party_components(tmp_path):
     plugin = REPO / "examples" / "plugins" / "polymodal-signal"
     out = tmp_path / "reference"
     (out).mkdir()
-    (out / "adapter-gone.md").write_text("stale")
+    (out / "adapter-gone.md").write_text("# adapter `gone`\n\nA component no longer installed.\n")
+    (out / "notes.md").write_text("the user's own notes\n")  # never removed
+    (out / "adapter-ideas.md").write_text("# ideas for adapters\n")
     # The example plugin's source tree is importable, but it is "installed" only with metadata:
     site = tmp_path / "site"
     info = site / "polymodal_signal-0.1.0.dist-info"
@@ -96,6 +98,7 @@ def test_docs_command_documents_installed_third_party_components(tmp_path):
     assert "backbones:\n  NAME: {type: \"tcn\", channels: 32, levels: 3}" in page
     assert "[`signal`](adapter-polymodal-signal-signal.md) | polymodal-signal 0.1.0" in (out / "index.md").read_text()
     assert not (out / "adapter-gone.md").exists()
+    assert (out / "notes.md").is_file() and (out / "adapter-ideas.md").is_file()
 
 
 # -- schema --------------------------------------------------------------------------------

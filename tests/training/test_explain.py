@@ -185,3 +185,17 @@ def test_bands_are_drawn_three_at_a_time():
     assert band_groups(["B2", "B3", "B4", "B8", "B11"]) == [("B2+B3+B4", [0, 1, 2]),
                                                             ("B8+B11", [3, 4])]
     assert band_groups(["mri"]) == [("mri", [0])]
+
+
+def test_explain_refuses_a_folder_of_other_results(two_heads, tmp_path, capsys):
+    model, table = two_heads
+    results = tmp_path / "cv"
+    results.mkdir()
+    (results / "report.json").write_text("{}")  # a cross-validation's, say
+    assert main(["explain", str(model), "--data", str(table), "-o", str(results)]) == 1
+    assert "holds files explain did not write (report.json)" in capsys.readouterr().err
+    assert (results / "report.json").read_text() == "{}"
+    again = tmp_path / "explained"
+    for _ in range(2):  # its own folder: replaced
+        assert main(["explain", str(model), "--data", str(table), "-o", str(again),
+                     "--no-parts", "--repeats", "1"]) == 0

@@ -583,3 +583,101 @@ def test_predict_from_an_onnx_export_prints_only_polymodals_lines(tmp_path, trai
                            str(tmp_path / "p.csv")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Initializer" not in done.stderr and "\x1b[" not in done.stderr, done.stderr
+
+
+# -- round 3's hostile trial: specs as outputs, locks of build and export, long names ----------
+
+
+def test_a_spec_is_never_its_own_output(capsys, tmp_path, table_model):
+    _, table = table_model
+    spec = write_spec(tmp_path, table_spec())
+    before = spec.read_bytes()
+    for args in (("train", spec, "--data", table, "-o", spec), ("build", spec, "-o", spec)):
+        code, _, err = call(capsys, *args)
+        one_clear_error(code, err, f"{spec}: this is the spec")
+    assert spec.read_bytes() == before
+
+
+def test_build_and_export_wait_for_no_one_else_s_output(capsys, tmp_path, table_model):
+    model, _ = table_model
+    target = tmp_path / "busy.safetensors"
+    target.write_bytes(b"a run's model")
+    spec = write_spec(tmp_path, {**table_spec(), "heads": {"label": {"type": "classification",
+                                                                    "classes": 2}},
+                                 "inputs": {"record": {"adapter": {
+                                     "type": "tabular", "categorical": {"kind": 2},
+                                     "numerical": ["x"]}, "backbone": {"type": "mlp", "hidden": [4]}}}})
+    with _held_by_another_process(target):
+        code, _, err = call(capsys, "build", spec, "-o", target)
+        one_clear_error(code, err, "being written by another polymodal run")
+        if _has_onnx():
+            code, _, err = call(capsys, "export", model, "-o", target.with_suffix(".onnx"))
+            assert code == 0, err  # another name: free
+            with _held_by_another_process(target.with_suffix(".onnx")):
+                code, _, err = call(capsys, "export", model, "-o", target.with_suffix(".onnx"))
+                one_clear_error(code, err, "being written by another polymodal run")
+    assert target.read_bytes() == b"a run's model"
+
+
+def _has_onnx() -> bool:
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _held_by_another_process(target: Path) -> Iterator[None]:
+    """``target``'s output lock, held by a child process until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from polymodal._files import output_lock\n"
+         f"with output_lock({str(target)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_names_too_long_for_the_file_system_are_one_message(capsys, tmp_path, table_model):
+    model, table = table_model
+    long = tmp_path / ("a" * 300 + ".csv")
+    code, _, err = call(capsys, "predict", model, "--data", table, "-o", long)
+    one_clear_error(code, err, "its name is too long for the file system")
+    code, _, err = call(capsys, "evaluate", model, "--data", long)
+    assert code == 1 and "internal error" not in err, err
+    # names of 180-250 characters: their locks (cut short) stay apart
+    spec = write_spec(tmp_path, table_spec())
+    output = tmp_path / ("f" * 200 + ".safetensors")
+    code, _, err = call(capsys, "train", spec, "--data", table, "-o", output)
+    assert code == 0, err
+    assert output.is_file()
+
+
+def test_cv_checks_its_options_before_writing_anything(capsys, tmp_path, table_model):
+    _, table = table_model
+    spec = write_spec(tmp_path, table_spec())
+    out = tmp_path / "cv"
+    code, _, err = call(capsys, "cv", spec, "--data", table, "--folds", "2", "--epochs", "-1",
+                        "-o", out)
+    one_clear_error(code, err, "training.epochs: Input should be greater than 0")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["-rf", "a*b", "what?", "a:b", "\u202eevil.exe", "x|y"])
+def test_a_name_that_shells_or_other_systems_take_apart_is_refused(name):
+    from polymodal._spec import load_spec
+
+    with pytest.raises(SpecError, match="is not a label"):
+        load_spec({**table_spec(), "name": name})
+
+
+def test_negative_rows_and_empty_batches_are_refused(capsys, table_model):
+    model, table = table_model
+    code, _, err = call(capsys, "explain", model, "--data", table, "--rows", "-3")
+    one_clear_error(code, err, "--rows '-3': rows are numbered from 1")
+    code, _, err = call(capsys, "predict", model, "--data", table, "--batch-size", "0", "-o", "x.csv")
+    assert code == 2 and "--batch-size" in err  # click's usage error
