@@ -340,16 +340,12 @@ def cv(
     first = specs[0][1]
     out = Path(output) if output is not None else Path(f"{first.name}.cv")
     table = read_table(data)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
     for _, each, source in specs:  # every spec, before the first one's folds train
         try:
             Binding(each).require_columns(table, targets=True)
             plan_model(each)  # its parts connect
-        except SpecError as exc:
-            raise (exc.with_source(source) if source else exc) from None
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    for _, each, source in specs:  # the options each fold will train with, before any file
-        try:
-            with_options(each, options)
+            with_options(each, options)  # and take the options
         except SpecError as exc:
             raise (exc.with_source(source) if source else exc) from None
     table, unread = _readable_by_every_spec(table, specs, on_bad_row)
