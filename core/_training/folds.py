@@ -193,8 +193,9 @@ def assign_folds(count: int, folds: int, *, groups: np.ndarray | None = None,
     names, group_of_row = np.unique(keys.astype(str), return_inverse=True)
     if len(names) < folds:
         what = "groups" if groups is not None else "rows"
-        raise DataError(f"{source}: {len(names)} {what} cannot fill {folds} folds; use at most"
-                        f" --folds {len(names)}")
+        advice = (f"use at most --folds {len(names)}" if len(names) >= 2 else
+                  "cross-validation needs at least 2, and a table with more")
+        raise DataError(f"{source}: {len(names)} {what} cannot fill {folds} folds; {advice}")
     rng = np.random.default_rng(derive_seed(seed, 0xF01D))
     if strata is None:
         counts = np.bincount(group_of_row, minlength=len(names))[:, None]

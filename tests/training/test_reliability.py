@@ -681,3 +681,12 @@ def test_negative_rows_and_empty_batches_are_refused(capsys, table_model):
     one_clear_error(code, err, "--rows '-3': rows are numbered from 1")
     code, _, err = call(capsys, "predict", model, "--data", table, "--batch-size", "0", "-o", "x.csv")
     assert code == 2 and "--batch-size" in err  # click's usage error
+
+
+def test_a_table_of_one_row_is_not_told_to_use_one_fold():
+    from polymodal._errors import DataError
+    from polymodal._training.folds import assign_folds
+
+    with pytest.raises(DataError, match="1 rows cannot fill 2 folds; cross-validation needs at"
+                                        " least 2, and a table with more"):
+        assign_folds(1, 2)
