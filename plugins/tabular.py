@@ -36,6 +36,7 @@ from ._columns import (
     category,
     encode_categories,
     fit_vocabulary,
+    key as category_key,
     lookup,
     numeric_column,
 )
@@ -438,8 +439,17 @@ class TabularCodec(Codec[TabularAdapter.Config]):
         from ._columns import check_fitted
 
         for column, card in self.config.categorical.items():
-            check_fitted(state.get("vocabularies", {}), column, f"categorical.{column}",
-                         at_most=None if card == "auto" else card)
+            vocabulary = check_fitted(state.get("vocabularies", {}), column,
+                                      f"categorical.{column}",
+                                      at_most=None if card == "auto" else card)
+            # A fitted vocabulary holds each category once: one that holds a category twice
+            # was edited, and its ids are not the ones the model was trained with.
+            seen: set[str] = set()
+            for entry in vocabulary:
+                if category_key(entry) in seen:
+                    raise ConfigError(f"the fitted {column} hold the category {entry!r} twice",
+                                      option=f"categorical.{column}")
+                seen.add(category_key(entry))
         for key in ("mean", "std"):
             values = check_fitted(state, key, "numerical", count=len(self.config.numerical),
                                   numbers=True)
