@@ -98,6 +98,18 @@ def test_an_image_larger_than_the_limit_is_refused_from_its_header(tmp_path):
                 assert time.process_time() - started < 1.0, (name, read)
 
 
+def test_a_tiff_larger_than_the_limit_is_refused_from_its_header(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    # written without data: a sparse file where the file system allows
+    tifffile.imwrite(tmp_path / "large.tif", shape=(9000, 9000), dtype="uint8",
+                     photometric="minisblack")
+    for read in (image_shape, read_image):
+        started = time.process_time()
+        with pytest.raises(ImageReadError, match=r"^is 9000x9000 pixels, more than the 67,108,864"):
+            read(tmp_path / "large.tif", 1)
+        assert time.process_time() - started < 1.0
+
+
 def test_an_image_without_pixels_is_refused(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((3, 0, 16), np.float32))
     for read in (image_shape, read_image):
