@@ -357,6 +357,24 @@ def _check_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], 
     for alias, source in shared.items():
         if alias not in tensors and source in tensors:
             tensors[alias] = tensors[source]  # type: ignore[index]
+    _check_finite(model, tensors, path)
+
+
+def _check_finite(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse a file whose weights hold NaN or infinity, or whose buffers hold NaN: such a file
+    was damaged or edited, and its model would predict NaN without an error. (A buffer may
+    hold an infinity on purpose: a mask of -inf added to attention scores.) One pass a tensor."""
+    weights = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        if name in weights:
+            if not bool(torch.isfinite(tensor).all()):
+                raise ModelFileError(f"{path}: its tensor {name} holds values that are not"
+                                     " finite (NaN or infinite); the file was damaged or edited")
+        elif bool(torch.isnan(tensor).any()):
+            raise ModelFileError(f"{path}: its tensor {name} holds NaN values; the file was"
+                                 " damaged or edited")
 
 
 def _shared_names(model: torch.nn.Module) -> dict[str, str]:

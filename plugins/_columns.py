@@ -16,6 +16,13 @@ import numpy as np
 
 from polymodal.plugin import ConfigError, DataError, RowIssues, Table, is_missing
 
+#: The largest magnitude of a number in a numeric column (a tabular input's, a regression
+#: target's); a larger one, like an infinite one, is a bad row. Models compute in float32,
+#: whose largest number is about 3.4e38, and the columns are standardised, which squares their
+#: values: 1e30 leaves float32 room around such values, keeps the squares (1e60) far from
+#: float64's limit, and is far beyond any measured quantity.
+MAX_MAGNITUDE = 1e30
+
 
 def category(value: Any) -> int | str | None:
     """The category a raw value stands for (None when missing)."""
@@ -75,7 +82,11 @@ def numeric_column(table: Table, column: str, issues: RowIssues | None) -> np.nd
     row in ``issues`` (and NaN)."""
     values = table.columns[column]
     if values.dtype.kind in "biuf":
-        return values.astype(np.float64)
+        out = values.astype(np.float64)
+        if issues is not None:  # as for the values written as text below (a DataFrame's floats)
+            for position in np.flatnonzero(np.isinf(out) | (np.abs(out) > MAX_MAGNITUDE)):
+                issues.bad_row(int(position), column, too_large(float(out[position])))
+        return out
     out = np.empty(len(values), dtype=np.float64)
     for i, value in enumerate(values):
         if is_missing(value):
@@ -88,9 +99,17 @@ def numeric_column(table: Table, column: str, issues: RowIssues | None) -> np.nd
             if issues is not None:
                 issues.bad_row(i, column, f"{value!r} is not a number")
             continue
-        if math.isinf(out[i]) and issues is not None:
-            issues.bad_row(i, column, f"{value!r} is infinite")
+        if abs(out[i]) > MAX_MAGNITUDE and issues is not None:
+            issues.bad_row(i, column, too_large(value))
     return out
+
+
+def too_large(value: Any) -> str:
+    """Why ``value``, infinite or beyond :data:`MAX_MAGNITUDE`, is a bad row."""
+    if math.isinf(float(value)):
+        return f"{value!r} is infinite"
+    return (f"{value!r} is larger in magnitude than {MAX_MAGNITUDE:g}, the most a number in a"
+            " numeric column may be (models compute in float32)")
 
 
 def listing(values: list[Any], limit: int = 10) -> str:

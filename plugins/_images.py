@@ -13,8 +13,12 @@ whose last axis (and not its first) matches is read as channels-last.
 
 from __future__ import annotations
 
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -22,6 +26,17 @@ PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 NPY_SUFFIXES = {".npy"}
 SUFFIXES = PIL_SUFFIXES | TIFF_SUFFIXES | NPY_SUFFIXES
+
+#: The most pixels (height x width) an image may have: 2**26, 8192x8192. A file's header says
+#: its size, and a larger image is refused from the header, before its pixels are decoded: a
+#: compressed file of a few hundred kilobytes (a PNG of zeros) can claim gigapixels, which take
+#: gigabytes and minutes to decode. Photographs, scans and satellite tiles a model reads are far
+#: smaller; cut larger ones into tiles.
+MAX_PIXELS = 2**26
+MAX_SIDE = 8192  # the square of MAX_PIXELS, for messages
+#: The most values (channels x pixels) an image may have: 2**28, 1 GiB as float32 (a 4-channel
+#: 8192x8192 image, or a 64-band 2048x2048 one), for the same reason.
+MAX_VALUES = 2**28
 
 
 class ImageReadError(Exception):
@@ -37,16 +52,54 @@ def _scale(array: np.ndarray, keep_uint8: bool = False) -> np.ndarray:
         return array.astype(np.float32) / 65535.0
     if array.dtype == bool:
         return array.astype(np.float32)
-    return array.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused after
+        return array.astype(np.float32, copy=False)
+
+
+def _channels_last(shape: tuple[int, ...], channels: int | None) -> bool:
+    """Whether an array of ``shape`` holds its channels last (see the module's docstring)."""
+    return (len(shape) == 3 and channels is not None and shape[-1] == channels
+            and shape[0] != channels)
+
+
+def _layout(shape: tuple[int, ...], channels: int | None) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of an array of ``shape``, checked to be an image no larger
+    than :data:`MAX_PIXELS` and :data:`MAX_VALUES`, with at least one pixel."""
+    if len(shape) == 2:
+        found = (1, int(shape[0]), int(shape[1]))
+    elif len(shape) == 3:
+        first, second, last = (int(n) for n in shape)
+        found = ((last, first, second) if _channels_last(shape, channels)
+                 else (first, second, last))
+    else:
+        raise ImageReadError(f"holds an array of shape {list(shape)}, not an image"
+                             " ([channels, height, width] or [height, width])")
+    return _bounded(*found, shape=shape)
+
+
+def _bounded(channels: int, height: int, width: int,
+             shape: tuple[int, ...] | None = None) -> tuple[int, int, int]:
+    """``(channels, height, width)``, refused when empty or larger than the limits above."""
+    if min(channels, height, width) <= 0:
+        stored = list(shape) if shape is not None else [channels, height, width]
+        raise ImageReadError(f"holds an empty array of shape {stored}: an image needs at least"
+                             " one channel and one pixel")
+    if height * width > MAX_PIXELS:
+        raise ImageReadError(f"is {height}x{width} pixels, more than the {MAX_PIXELS:,}"
+                             f" ({MAX_SIDE}x{MAX_SIDE}) an image may have; resize it or cut"
+                             " it into tiles")
+    if channels * height * width > MAX_VALUES:
+        raise ImageReadError(f"holds {channels} channels of {height}x{width} pixels, more than"
+                             f" the {MAX_VALUES:,} values an image may have; resize it or cut"
+                             " it into tiles")
+    return channels, height, width
 
 
 def _channels_first(array: np.ndarray, channels: int | None) -> np.ndarray:
+    _layout(array.shape, channels)
     if array.ndim == 2:
         return array[None]
-    if array.ndim != 3:
-        raise ImageReadError(f"holds an array of shape {list(array.shape)}, not an image"
-                             " ([channels, height, width] or [height, width])")
-    if channels is not None and array.shape[-1] == channels and array.shape[0] != channels:
+    if _channels_last(array.shape, channels):
         return np.moveaxis(array, -1, 0)
     return array
 
@@ -56,17 +109,44 @@ def _pil_mode_channels(mode: str) -> int:
             "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}.get(mode, 3)
 
 
+@contextlib.contextmanager
+def _pillow_bounded() -> Iterator[None]:
+    """Pillow, with its own decompression-bomb check quiet: the size is checked here, from the
+    header, against a lower limit (:data:`MAX_PIXELS`), and an image too large for Pillow's
+    limit too is a refused image like any other, not Pillow's error or warning."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)):,} pixels" if found else "larger than Pillow reads"
+            raise ImageReadError(f"is {size}, more than the {MAX_PIXELS:,} ({MAX_SIDE}x{MAX_SIDE})"
+                                 " an image may have; resize it or cut it into tiles") from None
+
+
 def _open_pil(path: Path):
+    """The image at ``path``, opened (its header read) and checked to be no larger than the
+    limits above; open it inside :func:`_pillow_bounded`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        return Image.open(path)
+        image = Image.open(path)
     except UnidentifiedImageError:
         raise ImageReadError("is not an image Pillow can read") from None
+    width, height = image.size
+    try:
+        _bounded(_pil_mode_channels(image.mode), height, width)
+    except ImageReadError:
+        image.close()
+        raise
+    return image
 
 
 def _pil_array(path: Path) -> np.ndarray:
-    with _open_pil(path) as image:
+    with _pillow_bounded(), _open_pil(path) as image:
         if image.mode == "P":
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         elif image.mode in ("I", "I;16B", "I;16L"):
@@ -77,13 +157,24 @@ def _pil_array(path: Path) -> np.ndarray:
     return array
 
 
-def _tiff_array(path: Path) -> np.ndarray:
+def _tiff(path: Path, channels: int | None, read: bool = True) -> np.ndarray | tuple[int, int, int]:
+    """The image of a TIFF file, or with ``read=False`` its ``(channels, height, width)`` from
+    the file's header; either way checked against the limits above before pixels are read."""
     try:
         import tifffile
     except ImportError:
         try:
+            if not read:
+                with _pillow_bounded(), _open_pil(path) as image:
+                    width, height = image.size
+                    return _pil_mode_channels(image.mode), height, width
             return _pil_array(path)
-        except (ImageReadError, OSError):
+        except ImageReadError as exc:
+            if str(exc) != "is not an image Pillow can read":
+                raise  # too large, or empty: said as for any image
+            raise ImageReadError("cannot be read without tifffile (multi-band TIFF):"
+                                 " pip install 'polymodal[tiff]'") from None
+        except OSError:
             raise ImageReadError("cannot be read without tifffile (multi-band TIFF):"
                                  " pip install 'polymodal[tiff]'") from None
     import logging
@@ -91,7 +182,16 @@ def _tiff_array(path: Path) -> np.ndarray:
     # tifffile logs what it finds wrong in a file; the error below says it once, with the row.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
-        array = tifffile.imread(str(path))
+        with tifffile.TiffFile(str(path)) as tiff:
+            shape = tuple(tiff.series[0].shape) if tiff.series else ()
+            if not shape or 0 in shape:
+                raise ImageReadError("is not a readable TIFF file (it holds no image data)")
+            found = _layout(shape, channels)  # before the pixels are read
+            if not read:
+                return found
+            array = tiff.asarray()  # what tifffile.imread reads: the first series
+    except (ImageReadError, FileNotFoundError):
+        raise
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for bad files
         raise ImageReadError(f"is not a readable TIFF file ({exc})") from None
     if array.size == 0:
@@ -99,25 +199,30 @@ def _tiff_array(path: Path) -> np.ndarray:
     return array
 
 
-def _npy(path: Path, mmap_mode: Literal["r+", "r", "w+", "c"] | None = None) -> np.ndarray:
+def _npy_header(handle: BinaryIO, channels: int | None) -> tuple[int, int, int]:
+    """``(channels, height, width)`` from the header of the .npy file open in ``handle``, checked
+    to hold numbers and to be no larger than the limits above."""
     from numpy.lib import format as npy
 
+    try:
+        version = npy.read_magic(handle)
+        header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = header(handle)
+    except ValueError:
+        raise ImageReadError("is not a .npy file (it lacks the .npy header)") from None
+    if dtype.hasobject:
+        raise ImageReadError("holds Python objects, not numbers")
+    if dtype.kind not in "biuf":
+        raise ImageReadError(f"holds {dtype} values, not numbers")
+    return _layout(shape, channels)
+
+
+def _npy(path: Path, channels: int | None) -> np.ndarray:
     with path.open("rb") as handle:
+        _npy_header(handle, channels)  # before the values are read
         try:
-            version = npy.read_magic(handle)
-            header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-            dtype = header(handle)[2]
-        except ValueError:
-            raise ImageReadError("is not a .npy file (it lacks the .npy header)") from None
-        if dtype.hasobject:
-            raise ImageReadError("holds Python objects, not numbers")
-        if dtype.kind not in "biuf":
-            raise ImageReadError(f"holds {dtype} values, not numbers")
-        try:
-            if mmap_mode is None:
-                handle.seek(0)  # one open per image: these are read for every batch
-                return np.load(handle, allow_pickle=False)
-            return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+            handle.seek(0)  # one open per image: these are read for every batch
+            return np.load(handle, allow_pickle=False)
         except ValueError as exc:
             raise ImageReadError(f"is not a readable .npy array ({exc})") from None
 
@@ -134,9 +239,9 @@ def read_image(path: str | Path, channels: int | None = None, *,
                              f" {', '.join(sorted(SUFFIXES))}")
     try:
         if suffix in NPY_SUFFIXES:
-            array = _npy(path)
+            array = _npy(path, channels)
         elif suffix in TIFF_SUFFIXES:
-            array = _tiff_array(path)
+            array = cast(np.ndarray, _tiff(path, channels))
         else:
             array = _pil_array(path)
     except FileNotFoundError:
@@ -162,7 +267,14 @@ def image_array(array: Any, channels: int | None = None, *, keep_uint8: bool = F
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         raise ImageReadError(f"holds {array.dtype} values, not numbers")
-    return np.ascontiguousarray(_scale(_channels_first(array, channels), keep_uint8))
+    image = _scale(_channels_first(array, channels), keep_uint8)
+    if array.dtype.kind == "f":  # integers (and so 8- and 16-bit files) are always finite
+        finite = np.isfinite(image)
+        if not finite.all():
+            beyond = " or beyond float32's range" if array.dtype.itemsize > 4 else ""
+            raise ImageReadError(f"holds {finite.size - int(np.count_nonzero(finite)):,} value(s)"
+                                 f" that are not finite numbers (NaN or infinite{beyond})")
+    return np.ascontiguousarray(image)
 
 
 def image_shape(path: str | Path, channels: int | None = None) -> tuple[int, int, int]:
@@ -175,13 +287,14 @@ def image_shape(path: str | Path, channels: int | None = None) -> tuple[int, int
         raise ImageReadError("not found")
     try:
         if suffix in PIL_SUFFIXES:
-            with _open_pil(path) as image:
+            with _pillow_bounded(), _open_pil(path) as image:
                 width, height = image.size
                 return _pil_mode_channels(image.mode), height, width
         if suffix in NPY_SUFFIXES:
-            array = _npy(path, mmap_mode="r")
-            shape = _channels_first(array, channels).shape
-            return int(shape[0]), int(shape[1]), int(shape[2])
+            with path.open("rb") as handle:
+                return _npy_header(handle, channels)
+        if suffix in TIFF_SUFFIXES:
+            return cast(tuple[int, int, int], _tiff(path, channels, read=False))
     except OSError as exc:
         raise ImageReadError(f"cannot be read ({exc.strerror or exc})") from None
     shape = read_image(path, channels).shape

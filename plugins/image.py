@@ -384,7 +384,9 @@ class ImageCodec(Codec[ImageAdapter.Config]):
             total += resized.sum(axis=(1, 2))
             total_sq += (resized**2).sum(axis=(1, 2))
             pixels += resized.shape[1] * resized.shape[2]
-        if issues.bad:
+        # An image found bad only when its pixels are read (NaN values) is left out here: it is
+        # a bad row when its batch is encoded, which --on-bad-row skip skips.
+        if issues.bad and not pixels:
             raise DataError(next(iter(issues.bad.values())))
         mean = total / max(pixels, 1)
         std = np.sqrt(np.maximum(total_sq / max(pixels, 1) - mean**2, 0.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -11,6 +12,8 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from polymodal.plugin import (
+    ConfigError,
+    DataError,
     Head,
     HeadConfig,
     RowIssues,
@@ -23,7 +26,7 @@ from polymodal.plugin import (
     hookimpl,
 )
 
-from ._columns import numeric_column
+from ._columns import MAX_MAGNITUDE, numeric_column, too_large
 from ._metrics import REGRESSION_METRICS, regression_metrics
 
 #: The plugin interface this module is written for.
@@ -97,15 +100,27 @@ class RegressionCodec(TargetCodec[RegressionHead.Config]):
         return [self.column()]
 
     def check(self, table: Table, issues: RowIssues, state: State | None) -> None:
-        numeric_column(table, self.column(), issues)
+        numeric_column(table, self.column(), issues)  # infinite and huge targets: bad rows
 
     def fit(self, table: Table) -> State:
         values = numeric_column(table, self.column(), None)
         finite = values[np.isfinite(values)]
         if not self.config.standardize or finite.size < 2:
             return {"mean": 0.0, "std": 1.0}
-        std = float(finite.std())
-        return {"mean": float(finite.mean()), "std": std if std > 1e-12 else 1.0}
+        extreme = float(finite[np.argmax(np.abs(finite))])
+        if abs(extreme) > MAX_MAGNITUDE:  # bad rows, left out before fitting where checked
+            raise DataError(f"{table.source}: target column {self.column()!r}:"
+                            f" {too_large(extreme)}")
+        mean, std = float(finite.mean()), float(finite.std())  # the squares fit float64
+        return {"mean": mean, "std": std if std > 1e-12 else 1.0}
+
+    def check_state(self, state: State) -> None:
+        for key in ("mean", "std"):
+            value = state.get(key)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or (key == "std" and value <= 0)):
+                raise ConfigError(f"the fitted {key} is {value!r}, not a finite number"
+                                  + (" above 0" if key == "std" else ""), option=key)
 
     def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         values = numeric_column(table, self.column(), issues)

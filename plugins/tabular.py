@@ -15,6 +15,7 @@ from torch import nn
 from polymodal.plugin import (
     AdapterConfig,
     Codec,
+    ConfigError,
     DataError,
     FeatureMap,
     ModalityAdapter,
@@ -30,7 +31,15 @@ from polymodal.plugin import (
     is_missing,
 )
 
-from ._columns import category, encode_categories, fit_vocabulary, lookup, numeric_column
+from ._columns import (
+    MAX_MAGNITUDE,
+    category,
+    encode_categories,
+    fit_vocabulary,
+    key as category_key,
+    lookup,
+    numeric_column,
+)
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -408,7 +417,8 @@ class TabularCodec(Codec[TabularAdapter.Config]):
         means, stds, edges = [], [], []
         for column in self.config.numerical:
             values = numeric_column(table, column, None)
-            finite = values[np.isfinite(values)]
+            # Infinite and huge values are bad rows, left out before fitting where checked.
+            finite = values[np.isfinite(values) & (np.abs(values) <= MAX_MAGNITUDE)]
             mean = float(finite.mean()) if finite.size else 0.0
             std = float(finite.std()) if finite.size > 1 else 1.0
             std = std if std > 1e-12 else 1.0
@@ -429,10 +439,25 @@ class TabularCodec(Codec[TabularAdapter.Config]):
         from ._columns import check_fitted
 
         for column, card in self.config.categorical.items():
-            check_fitted(state.get("vocabularies", {}), column, f"categorical.{column}",
-                         at_most=None if card == "auto" else card)
+            vocabulary = check_fitted(state.get("vocabularies", {}), column,
+                                      f"categorical.{column}",
+                                      at_most=None if card == "auto" else card)
+            # A fitted vocabulary holds each category once: one that holds a category twice
+            # was edited, and its ids are not the ones the model was trained with.
+            seen: set[str] = set()
+            for entry in vocabulary:
+                if category_key(entry) in seen:
+                    raise ConfigError(f"the fitted {column} hold the category {entry!r} twice",
+                                      option=f"categorical.{column}")
+                seen.add(category_key(entry))
         for key in ("mean", "std"):
-            check_fitted(state, key, "numerical", count=len(self.config.numerical), numbers=True)
+            values = check_fitted(state, key, "numerical", count=len(self.config.numerical),
+                                  numbers=True)
+            for column, value in zip(self.config.numerical, values):
+                if not math.isfinite(value) or (key == "std" and value <= 0):
+                    raise ConfigError(f"the fitted {key} of {column!r} is {value!r}, not a finite"
+                                      " number" + (" above 0" if key == "std" else ""),
+                                      option="numerical")
 
     def prepare(self, module: TabularAdapter, state: State) -> None:
         with torch.no_grad():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -52,6 +54,62 @@ def test_unreadable_image_and_wrong_channel_count(dataset, tmp_path):
         f"{dataset} row 5, column 'photo': image 'img/gray.png' has 1 channel(s) but"
         " inputs.photo.adapter.channels is 3",
     ]
+
+
+def _hostile_images(folder) -> dict[str, str]:
+    """Image files a hostile table names, by what is said of each."""
+    from test_images import write_png
+
+    (folder / "img").mkdir(exist_ok=True)
+    write_png(folder / "img" / "bomb.png", 100_000, 100_000, pixels=False)  # a header only
+    np.save(folder / "img" / "empty.npy", np.zeros((3, 0, 16), np.float32))
+    nan = np.zeros((3, 16, 16), np.float32)
+    nan[0, 5, 5] = np.nan
+    np.save(folder / "img" / "nan.npy", nan)
+    return {"img/bomb.png": "is 10,000,000,000 pixels, more than the 67,108,864 (8192x8192) an"
+                            " image may have",
+            "img/empty.npy": "holds an empty array of shape [3, 0, 16]",
+            "img/nan.npy": "holds 1 value(s) that are not finite numbers (NaN or infinite)"}
+
+
+def test_huge_empty_and_nan_images_are_bad_rows_in_training(dataset, tmp_path, recwarn):
+    hostile = _hostile_images(tmp_path)
+    for row, path in zip((2, 3, 4), hostile):
+        _edit(dataset, row, photo=path)
+    with pytest.raises(polymodal.DataError, match=r"row 2, column 'photo': image 'img/bomb.png'"
+                       r" is 10,000,000,000 pixels.*--on-bad-row skip"):
+        _train(dataset, tmp_path)
+    result = _train(dataset, tmp_path, on_bad_row="skip")
+    skipped = sorted(result.report.skipped)
+    assert len(skipped) == 3, skipped
+    for row, (path, said) in zip((2, 3, 4), hostile.items()):
+        expected = f"{dataset} row {row}, column 'photo': image {path!r} {said}"
+        assert any(line.startswith(expected) for line in skipped), skipped
+    assert not [w for w in recwarn if "Decompression" in type(w.message).__name__]
+
+
+def test_huge_empty_and_nan_images_are_bad_rows_at_predict(trained, tmp_path, capsys):
+    model, table = trained
+    hostile = _hostile_images(tmp_path)
+    rows = read_csv(table)[:6]
+    for row in rows:
+        row["photo"] = str(table.parent / row["photo"])
+    for row, path in zip(rows[1:], hostile):
+        row["photo"] = path
+    bad = write_csv(tmp_path / "bad.csv", rows)
+    for command in ("predict", "evaluate"):
+        out = ["-o", str(tmp_path / f"{command}.csv")] if command == "predict" else []
+        assert main([command, str(model), "--data", str(bad), *out]) == 1
+        _, err = capsys.readouterr()
+        assert err.startswith("error: ") and "internal error" not in err, err
+        assert "row 2, column 'photo': image 'img/bomb.png' is 10,000,000,000 pixels" in err, err
+        assert main([command, str(model), "--data", str(bad), *out, "--on-bad-row", "skip"]) == 0
+        printed, err = capsys.readouterr()
+        assert "skipped 3 bad row(s):" in err and "Warning" not in err, err
+        for path, said in hostile.items():
+            assert f"image {path!r} {said}" in err, err
+        written = (tmp_path / f"{command}.csv").read_text() if out else printed
+        assert not re.search(r"\bnan\b", written, re.IGNORECASE), written  # was `loss nan`
 
 
 def test_images_of_another_size_need_resizing(dataset, tmp_path):

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import csv
+import re
+import struct
+import time
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -10,7 +15,29 @@ import torch
 
 import polymodal
 from polymodal_plugins._augment import Augment, augment_images
-from polymodal_plugins._images import ImageReadError, image_shape, read_image
+from polymodal_plugins._images import ImageReadError, image_array, image_shape, read_image
+
+
+def write_png(path, width: int, height: int, pixels: bool = True) -> None:
+    """An 8-bit grey PNG of zeros, compressed row by row (a 12000x12000 one is 420 KB); without
+    ``pixels``, only its header, which may claim any size."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    stream = zlib.compressobj(9)
+    row = bytes(width + 1)
+    data = (b"".join(stream.compress(row) for _ in range(height)) if pixels else b"") + stream.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def write_npy_header(path, shape: tuple[int, ...]) -> None:
+    """A .npy file whose header claims ``shape`` of float32, holding no values."""
+    from numpy.lib import format as npy
+
+    with path.open("wb") as handle:
+        npy.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
 
 
 def test_npy_channels_first_or_last_and_tiff_bands(tmp_path):
@@ -48,6 +75,68 @@ def test_files_that_are_no_image_say_what_they_are(tmp_path):
             read(tmp_path / "scans.npy")
         with pytest.raises(ImageReadError, match="^holds <U1 values, not numbers$"):
             read(tmp_path / "words.npy")
+
+
+def test_an_image_larger_than_the_limit_is_refused_from_its_header(tmp_path):
+    write_png(tmp_path / "zeros.png", 12000, 12000)  # a real image: 420 KB, 144 megapixels
+    write_png(tmp_path / "claims.png", 100_000, 100_000, pixels=False)  # beyond Pillow's limit
+    write_npy_header(tmp_path / "claims.npy", (3, 100_000, 100_000))
+    write_npy_header(tmp_path / "bands.npy", (4096, 512, 512))  # few pixels, too many values
+    expected = {
+        "zeros.png": "is 12000x12000 pixels, more than the 67,108,864 (8192x8192) an image may have",
+        "claims.png": "is 10,000,000,000 pixels, more than the 67,108,864 (8192x8192)",
+        "claims.npy": "is 100000x100000 pixels, more than the 67,108,864 (8192x8192)",
+        "bands.npy": "holds 4096 channels of 512x512 pixels, more than the 268,435,456 values",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning among them
+        for name, said in expected.items():
+            for read in (image_shape, read_image):
+                started = time.process_time()
+                with pytest.raises(ImageReadError, match=f"^{re.escape(said)}"):
+                    read(tmp_path / name, 3)
+                assert time.process_time() - started < 1.0, (name, read)
+
+
+def test_a_tiff_larger_than_the_limit_is_refused_from_its_header(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    # written without data: a sparse file where the file system allows
+    tifffile.imwrite(tmp_path / "large.tif", shape=(9000, 9000), dtype="uint8",
+                     photometric="minisblack")
+    for read in (image_shape, read_image):
+        started = time.process_time()
+        with pytest.raises(ImageReadError, match=r"^is 9000x9000 pixels, more than the 67,108,864"):
+            read(tmp_path / "large.tif", 1)
+        assert time.process_time() - started < 1.0
+
+
+def test_an_image_without_pixels_is_refused(tmp_path):
+    np.save(tmp_path / "empty.npy", np.zeros((3, 0, 16), np.float32))
+    for read in (image_shape, read_image):
+        with pytest.raises(ImageReadError, match=r"^holds an empty array of shape \[3, 0, 16\]"):
+            read(tmp_path / "empty.npy", 3)
+    with pytest.raises(ImageReadError, match=r"^holds an empty array of shape \[0, 16, 3\]"):
+        image_array(np.zeros((0, 16, 3), np.uint8), 3)
+
+
+def test_an_image_holding_nan_or_infinity_is_refused_when_its_pixels_are_read(tmp_path):
+    cube = np.zeros((3, 16, 16), np.float32)
+    cube[1, 2, 3] = np.nan
+    cube[2, 0, 0] = np.inf
+    np.save(tmp_path / "nan.npy", cube)
+    np.save(tmp_path / "huge.npy", np.full((3, 4, 4), 1e300))  # float64 beyond float32
+    assert image_shape(tmp_path / "nan.npy", 3) == (3, 16, 16)  # a header holds no values
+    with pytest.raises(ImageReadError, match=r"^holds 2 value\(s\) that are not finite numbers"
+                       r" \(NaN or infinite\)$"):
+        read_image(tmp_path / "nan.npy", 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning of the cast
+        with pytest.raises(ImageReadError, match=r"^holds 48 value\(s\) .* beyond float32's range"):
+            read_image(tmp_path / "huge.npy", 3)
+    with pytest.raises(ImageReadError, match="not finite"):
+        image_array(torch.tensor(cube), 3)
+    np.save(tmp_path / "ok.npy", np.nan_to_num(cube, posinf=0.0))
+    assert read_image(tmp_path / "ok.npy", 3).shape == (3, 16, 16)
 
 
 def test_twelve_band_scans_train_from_npy_files(tmp_path):

@@ -440,6 +440,50 @@ def test_a_vocabulary_longer_than_its_cardinality_is_refused(capsys, tmp_path, t
                         " the fitted kind hold 50 entries, more than its 2")
 
 
+def test_a_vocabulary_holding_a_category_twice_is_refused(capsys, tmp_path, table_model):
+    import json
+
+    from safetensors import safe_open
+
+    model, table = table_model
+    with safe_open(str(model), framework="pt") as handle:
+        state = json.loads(handle.metadata()["polymodal.state"])
+    vocabulary = state["inputs"]["record"]["vocabularies"]["kind"]
+    state["inputs"]["record"]["vocabularies"]["kind"] = [vocabulary[0]] * len(vocabulary)
+    edited = rewrite_metadata(model, tmp_path / "m.safetensors", polymodal_state=json.dumps(state))
+    for args in (("predict", edited, "--data", table, "-o", tmp_path / "p.csv"), ("inspect", edited)):
+        code, _, err = call(capsys, *args)
+        one_clear_error(code, err, "does not fit its spec: inputs.record.adapter.categorical.kind:"
+                        f" the fitted kind hold the category {vocabulary[0]!r} twice")
+
+
+def test_weights_edited_to_nan_are_refused_naming_the_tensor(capsys, tmp_path, table_model):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, table = table_model
+    with safe_open(str(model), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.dim() == 2)
+    poisoned = tensors[name].clone()
+    poisoned[0, 0] = float("nan")
+    save_file(dict(tensors, **{name: poisoned}), str(tmp_path / "nan.safetensors"),
+              metadata=metadata)
+    for args in (("predict", tmp_path / "nan.safetensors", "--data", table, "-o", tmp_path / "p.csv"),
+                 ("inspect", tmp_path / "nan.safetensors")):
+        code, _, err = call(capsys, *args)
+        one_clear_error(code, err, f"its tensor {name} holds values that are not finite (NaN or"
+                        " infinite); the file was damaged or edited")
+    assert not (tmp_path / "p.csv").exists()
+    buffer = next(k for k in tensors if k.endswith("running_var") or k.endswith("num_mean"))
+    nan_buffer = dict(tensors, **{buffer: torch.full_like(tensors[buffer], float("nan"))})
+    save_file(nan_buffer, str(tmp_path / "buffer.safetensors"), metadata=metadata)
+    with pytest.raises(polymodal.ModelFileError, match=f"its tensor {buffer} holds NaN values"):
+        polymodal.load(tmp_path / "buffer.safetensors")
+
+
 def test_a_tensor_of_another_type_is_named(capsys, tmp_path, table_model):
     import torch
     from safetensors import safe_open
