@@ -309,6 +309,38 @@ def write_text(target: str | Path, text: str) -> Path:
     return Path(target)
 
 
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """A fresh folder to fill in the block, which replaces the folder ``target`` when the block
+    ends without an error; otherwise it is removed and ``target`` is left as it was. So a
+    command that writes several files (a report, its tables, its charts) leaves all of them or
+    the previous ones, never a mixture."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pending = temp_path(target)
+        pending.mkdir()
+    except OSError as exc:
+        raise write_refusal(target, exc) or _refused(target, exc, "create") from None
+    remove_on_signal(pending)
+    previous = None
+    try:
+        yield pending
+        if target.exists():
+            previous = temp_path(target)
+            os.rename(target, previous)
+        os.rename(pending, target)
+    except BaseException:
+        _discard(pending)
+        if previous is not None and not target.exists():
+            os.rename(previous, target)  # put the previous folder back
+        raise
+    finally:
+        keep_on_signal(pending)
+    if previous is not None:
+        _discard(previous)
+
+
 def refuse_overwriting_inputs(output: str | Path, inputs: dict[str, Any]) -> None:
     """Refuse an ``output`` that is one of a command's ``inputs`` (``{"the table to predict":
     path}``; values that are not paths are skipped): the write would replace what it reads."""

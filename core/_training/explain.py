@@ -36,7 +36,7 @@ from .._data.binding import Binding, Encoded, select
 from .._data.loader import derive_seed
 from .._data.table import Table, read_table
 from .._errors import DataError, OutputError
-from .._files import atomic_path, output_lock, write_text
+from .._files import atomic_folder, atomic_path, output_lock, write_text
 from .inference import (
     RowReport,
     _load,
@@ -490,21 +490,21 @@ def _bar(enabled: bool, total: int):
 def _write(result: Explanation) -> None:
     out = result.output
     assert out is not None
-    with output_lock(out, what="explain folder"):
-        write_text(out / "report.txt", result.text() + "\n")
-        write_text(out / "report.json", json.dumps(result.summary(), indent=2))
-        write_text(out / "importance.csv", csv_text(
+    with output_lock(out, what="explain folder"), atomic_folder(out) as folder:
+        write_text(folder / "report.txt", result.text() + "\n")
+        write_text(folder / "report.json", json.dumps(result.summary(), indent=2))
+        write_text(folder / "importance.csv", csv_text(
             ["head", "metric", "input", "part", "how", "repeats", "value", "drop", "drop_sd"],
             result.importance_rows()))
         if result.per_row:
-            write_text(out / "rows.csv", csv_text(list(result.per_row),
-                                                  zip(*result.per_row.values())))
+            write_text(folder / "rows.csv", csv_text(list(result.per_row),
+                                                     zip(*result.per_row.values())))
         if result.pictures:
             from .attribution import write_pictures
 
-            write_pictures(out, result.pictures)
+            write_pictures(folder, result.pictures)
         for head in result.full:
-            _chart(result, head, out / f"importance_{head}.png")
+            _chart(result, head, folder / f"importance_{head}.png")
 
 
 def _chart(result: Explanation, head: str, path: Path) -> None:

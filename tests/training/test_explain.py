@@ -199,3 +199,26 @@ def test_explain_refuses_a_folder_of_other_results(two_heads, tmp_path, capsys):
     for _ in range(2):  # its own folder: replaced
         assert main(["explain", str(model), "--data", str(table), "-o", str(again),
                      "--no-parts", "--repeats", "1"]) == 0
+
+
+def test_a_failed_write_leaves_the_previous_explanation_whole(two_heads, tmp_path, monkeypatch,
+                                                               capsys):
+    import errno
+
+    from polymodal._training import explain as explaining
+
+    model, table = two_heads
+    out = tmp_path / "explained"
+    args = ["explain", str(model), "--data", str(table), "-o", str(out), "--no-parts",
+            "--repeats", "1"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(explaining, "_chart", full_disk)
+    assert main([*args, "--repeats", "2"]) == 1
+    assert "no space left on the device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["explained"]  # no temporary folder
