@@ -234,6 +234,7 @@ def check_connections(spec: ModelSpec) -> None:
     """Every end of a range and every choice, put into the spec on its own, connects (the spec
     check validates them; this plans the model too), before any trial runs."""
     from .._assembly import plan
+    from .._footprint import refuse_too_large
     from .._search import candidates
 
     base = plain_data(spec)
@@ -241,10 +242,17 @@ def check_connections(spec: ModelSpec) -> None:
     for path, distribution in (spec.search or {}).items():
         for at, value in candidates(distribution):
             try:
-                plan(load_spec(put(base, path, value)))
+                candidate = load_spec(put(base, path, value))
+                plan(candidate)
             except SpecError as exc:
                 said = "; ".join(exc.problem_lines())
                 problems.append((f"search.{path}{at}", f"{label(value)} does not connect: {said}"))
+                continue
+            try:
+                refuse_too_large(candidate)  # a trial could not even allocate it
+            except SpecError as exc:
+                said = "; ".join(exc.problem_lines())
+                problems.append((f"search.{path}{at}", f"{label(value)} is too large: {said}"))
     if problems:
         raise SpecError(problems)
 

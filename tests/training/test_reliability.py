@@ -734,3 +734,17 @@ def test_a_table_of_one_row_is_not_told_to_use_one_fold():
     with pytest.raises(DataError, match="1 rows cannot fill 2 folds; cross-validation needs at"
                                         " least 2, and a table with more"):
         assign_folds(1, 2)
+
+
+def test_a_searched_value_too_large_for_this_machine_is_refused_before_any_trial(tmp_path):
+    pytest.importorskip("optuna")
+    table = write_grouped_table(tmp_path)
+    spec = table_spec()
+    spec["inputs"]["record"]["adapter"]["categorical"] = {"kind": 2}  # sizes known: measurable
+    spec["heads"]["label"]["classes"] = 2
+    spec["search"] = {"inputs.record.backbone.hidden": {
+        "type": "categorical", "choices": [[8], [100000000, 100000000]]}}
+    with pytest.raises(SpecError, match=r"search.inputs.record.backbone.hidden.choices\[1\]: .* is too"
+                                        r" large: .*more than this machine's"):
+        polymodal.tune(spec, table, trials=2, output=tmp_path / "t")
+    assert not (tmp_path / "t").exists()
