@@ -1,5 +1,6 @@
 """Pictures of an image input's attribution (``polymodal explain --attribute``): per group of up
-to three bands, the image beside it with the attribution laid over it in red."""
+to three bands, the image, the attribution as a grey map, and the image with it laid over in
+red."""
 
 from __future__ import annotations
 
@@ -35,16 +36,18 @@ def _as_rgb(bands: np.ndarray) -> np.ndarray:
 
 
 def overlay(value: torch.Tensor, attribution: torch.Tensor, bands: list[int]) -> np.ndarray:
-    """``[H, 2W, 3]`` uint8: the bands as a picture, and beside it the picture dimmed with the
-    attribution's size (summed over the bands, scaled to its 99th percentile) in red."""
+    """``[H, 3W, 3]`` uint8: the bands as a picture; the attribution's size (summed over the
+    bands, scaled to its 99th percentile) as a grey map, white where it is largest; and the
+    picture dimmed with the attribution laid over it in red."""
     image = _as_rgb(_stretched(value[bands].float().numpy()))
     heat = attribution[bands].float().abs().sum(dim=0).numpy()
     heat = np.clip(heat / max(float(np.percentile(heat, 99)), 1e-12), 0, 1)[..., None]
+    grey = np.repeat(heat, 3, axis=2)
     laid = image * 0.4 * (1 - heat) + heat * np.array([1.0, 0.1, 0.1])
-    both = np.concatenate([image, laid], axis=1)
-    scale = max(1, -(-MIN_SIDE // both.shape[0]))
-    both = both.repeat(scale, axis=0).repeat(scale, axis=1)
-    return (both * 255).round().astype(np.uint8)
+    panels = np.concatenate([image, grey, laid], axis=1)
+    scale = max(1, -(-MIN_SIDE // panels.shape[0]))
+    panels = panels.repeat(scale, axis=0).repeat(scale, axis=1)
+    return (panels * 255).round().astype(np.uint8)
 
 
 def pictures(value: torch.Tensor, attribution: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:

@@ -267,8 +267,8 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         return _scaled(value)  # the adapter takes 0..1 floats as it takes uint8 pixels
 
     def attribution_pictures(self, value: torch.Tensor, attribution: torch.Tensor) -> dict[str, np.ndarray]:
-        """Per group of up to three bands (``rgb`` for a 3-band image), the image beside it with
-        the attribution laid over it in red."""
+        """Per group of up to three bands (``rgb`` for a 3-band image): the image, the
+        attribution as a grey map, and the image with the attribution laid over it in red."""
         from ._attribution import pictures
 
         return pictures(value, attribution, self.parts())

@@ -292,9 +292,10 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
         from .attribution import captum_method
 
         captum_method(attribute)  # an unknown method, or no Captum: said before any work
-        if not rows or output is None:
-            raise DataError(f"--attribute {attribute}: choose the rows to draw (--rows) and a"
-                            " folder for the pictures (-o)")
+        if not rows:
+            raise DataError(f"--attribute {attribute}: choose the rows to draw (--rows)")
+        if output is None:
+            raise DataError(f"attribute={attribute!r}: give an output folder for the pictures")
     if output is not None:
         _refuse_others_folder(Path(output))
     started = time.perf_counter()
@@ -304,6 +305,7 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
     target_device = torch.device(device)
     model.to(target_device).eval()
     table = _sampled(read_table(data), max_rows, seed, say)
+    _check_row_numbers(table, rows)  # before the rows are read and decoded
     report = RowReport()
     chunks = list(encoded_chunks(table, binding, state, targets=True,
                                  batch_size=max(len(table), 1), policy=on_bad_row, report=report))
@@ -415,6 +417,18 @@ def _record(variant: Variant, metrics: dict[str, dict[str, float]], explainer: _
             variant.values.setdefault(head, {}).setdefault(metric, []).append(value)
 
 
+def _check_row_numbers(table: Table, chosen: int | Sequence[int]) -> None:
+    if isinstance(chosen, int):
+        return
+    known = {int(r) for r in table.rows}
+    missing = [r for r in chosen if int(r) not in known]
+    if missing:
+        first, last = (int(table.rows.min()), int(table.rows.max())) if len(table) else (0, 0)
+        raise DataError(f"--rows: {table.source} has no row {missing[0]}: rows are numbered as"
+                        f" the table's lines, from 1 after the header ({first} to {last} here),"
+                        " not by an id column")
+
+
 def _chosen_rows(rows: _Rows, chosen: int | Sequence[int]) -> np.ndarray:
     """Positions of the rows to show: the first ``chosen`` rows, or those row numbers."""
     if isinstance(chosen, int):
@@ -459,12 +473,13 @@ def _per_row(explainer: _Explainer, full: Mapping[str, torch.Tensor],
                 continue
             other, _ = bound.codec.row_scores(outputs[bound.name][at], state)
             _, held = bound.codec.row_scores(outputs[bound.name][at], state, list(predicted))
-            # A row that holds no other input of the head would be predicted from nothing (a
-            # bad row anywhere else): left blank.
+            # Left blank: a row that lacks the input already, and one that holds no other input
+            # of the head (it would be predicted from nothing, a bad row anywhere else).
             left = torch.zeros(len(at), dtype=torch.bool)
             for other_input in explainer.binding.spec.head_inputs(bound.name):
                 if other_input != name:
                     left |= rows.present[other_input][at]
+            left &= rows.present[name][at]  # a row that lacks it already: nothing to take away
             columns[f"{bound.name}_without_{name}"] = [v if ok else None for v, ok in zip(other, left.tolist())]
             columns[f"{bound.name}_score_without_{name}"] = [
                 float(v) if ok else None for v, ok in zip(held, left.tolist())]

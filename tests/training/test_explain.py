@@ -58,10 +58,10 @@ def test_each_input_column_and_band_gets_a_contribution(two_heads, tmp_path, cap
     assert {r["part"] for r in importance if r["input"] == "report"} == {"", "color", "age"}
     rows = read_csv(out / "rows.csv")
     assert [r["id"] for r in rows] == ["r0", "r1", "r2", "r3"]
-    for row in rows:
+    for row in rows[1:]:
         change = float(row["label_score_without_photo"]) - float(row["label_score"])
         assert float(row["label_change_without_photo"]) == pytest.approx(change, abs=1e-6)
-    assert float(rows[0]["label_change_without_photo"]) == 0  # row 1 has no photo already
+    assert rows[0]["label_change_without_photo"] == ""  # row 1 has no photo already
     # ... so without the report it would hold no input at all: no prediction, no change
     assert rows[0]["label_without_report"] == rows[0]["label_change_without_report"] == ""
     assert rows[1]["label_without_report"] != "" and rows[1]["label_change_without_report"] != ""
@@ -74,7 +74,7 @@ def test_rows_by_number_and_the_python_api(two_heads):
     result = polymodal.explain(model, table, repeats=1, rows=[2, 5], parts=False)
     assert result.per_row["row"] == [2, 5]
     assert result.passes == 1 + 2 + 2 + 2
-    with pytest.raises(polymodal.DataError, match="--rows: no row 99"):
+    with pytest.raises(polymodal.DataError, match="has no row 99: rows are numbered"):
         polymodal.explain(model, table, repeats=1, rows=[99], parts=False)
 
 
@@ -159,13 +159,18 @@ def test_attribution_pictures_of_the_chosen_rows(two_heads, tmp_path, capsys):
     # row 1 has no photo; head report_only does not read it
     assert report["attributions"] == ["attributions/row_2_label_photo_rgb.png"]
     picture = Image.open(out / "attributions" / "row_2_label_photo_rgb.png")
-    assert picture.mode == "RGB" and picture.size[0] == 2 * picture.size[1] >= 256
-    pixels = np.asarray(picture)
-    overlay = pixels[:, picture.size[0] // 2:].astype(int)
+    assert picture.mode == "RGB" and picture.size[0] == 3 * picture.size[1] >= 384
+    pixels = np.asarray(picture).astype(int)
+    side = picture.size[1]
+    grey, overlay = pixels[:, side:2 * side], pixels[:, 2 * side:]
+    assert (grey[..., 0] == grey[..., 1]).all() and grey.max() == 255  # the attribution's map
     assert (overlay[..., 0] - overlay[..., 1]).max() > 100  # the attribution, in red
     assert main(["explain", str(model), "--data", str(table), "-o", str(out),
                  "--attribute", "saliency"]) == 1
     assert "choose the rows to draw (--rows)" in capsys.readouterr().err
+    assert main(["explain", str(model), "--data", str(table), "--rows", "49,2"]) == 1
+    assert "has no row 49: rows are numbered as the table's lines, from 1 after the header (1 to" \
+           " 48 here)" in capsys.readouterr().err
 
 
 def test_the_png_writer_writes_what_an_image_library_reads(tmp_path):
