@@ -122,6 +122,8 @@ def measured(spec: ModelSpec) -> Footprint | str:
 def _first_line(exc: BaseException) -> str:
     if isinstance(exc, SpecError) and exc.problems:  # the first problem, not the list's header
         where, message = exc.problems[0]
-        more = f"; and {len(exc.problems) - 1} more" if len(exc.problems) > 1 else ""
+        others = [w or "the spec" for w, _ in exc.problems[1:]]
+        more = (f"; also at {', '.join(others[:3])}" + (f" and {len(others) - 3} more"
+                if len(others) > 3 else "")) if others else ""
         return f"{where}: {message}"[:200] + more
     return first_line(exc, 200)

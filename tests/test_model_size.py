@@ -56,3 +56,12 @@ def test_the_memory_check_counts_bytes_not_parameters():
     with pytest.raises(polymodal.SpecError, match="more than this machine's 999 bytes"):
         check_fits(Footprint(parameters=10, trainable=10, bytes=1000), memory=999)
 
+
+
+def test_a_size_not_measured_names_every_place_the_data_decides():
+    from polymodal._footprint import _first_line
+    from polymodal._errors import SpecError
+
+    found = _first_line(SpecError([("inputs.a.adapter", "learned from data"),
+                                   ("heads.y", "classes: auto is learned from data")]))
+    assert found == "inputs.a.adapter: learned from data; also at heads.y"
