@@ -16,7 +16,8 @@ model beats its best single input in at least 4 of 5 folds and the spec without 
 the paired mean (balanced accuracy). Prints torch's CPU capability with the figures; they repeat
 exactly on one machine (seeded).
 
-    python benchmarks/bench_auxiliary.py [--folds 5] [--weight 0.3] [--out runs/aux-bench] [--smoke]
+    python benchmarks/bench_auxiliary.py [--folds 5] [--weight 0.3] [--seed 0] [--tables ...]
+        [--out runs/aux-bench] [--smoke]
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def variants(fused: dict, weight: float) -> list[dict]:
 
 
 def compare(title: str, specs: list[dict], table: Path, folds: int, out: Path,
-            epochs: int | None) -> None:
-    options = {"epochs": epochs} if epochs else None
+            epochs: int | None, seed: int) -> None:
+    options = {"seed": seed, **({"epochs": epochs} if epochs else {})}
     result = polymodal.cv(specs[0], table, folds=folds, compare=specs[1:], output=out,
                           options=options)
     head = next(iter(result.scores[0].metrics()))
@@ -120,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--weight", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the folds and of training.")
     parser.add_argument("--out", default="runs/aux-bench")
     parser.add_argument("--tables", default="parts,strong_weak",
                         help="Which tables to run, of parts and strong_weak.")
@@ -131,16 +133,16 @@ def main() -> None:
     rows, folds, epochs = (60, 2, 1) if args.smoke else (500, args.folds, None)
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()},"
           f" {torch.get_num_threads()} threads; {rows} rows, {folds} folds,"
-          f" auxiliary weight {args.weight}")
+          f" auxiliary weight {args.weight}, seed {args.seed}")
     tables = args.tables.split(",")
     if "parts" in tables:
         parts = parts_table(out / "parts", rows)
         compare("parts demo data", variants(read_spec_file(PARTS / "fused.yaml"), args.weight),
-                parts, folds, out / "parts.cv", epochs)
+                parts, folds, out / "parts.cv", epochs, args.seed)
     if "strong_weak" in tables:
         strong_weak = strong_weak_table(out / "strong_weak", rows)
         compare("strong photo, weak record", variants(strong_weak_spec(), args.weight),
-                strong_weak, folds, out / "strong_weak.cv", epochs)
+                strong_weak, folds, out / "strong_weak.cv", epochs, args.seed)
 
 
 if __name__ == "__main__":
