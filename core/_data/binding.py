@@ -110,6 +110,9 @@ class Binding:
     def head_codec(self, name: str) -> TargetCodec:
         return next(b.codec for b in self.heads if b.name == name)
 
+    def input_codec(self, name: str) -> Codec:
+        return next(b.codec for b in self.inputs if b.name == name)
+
     def higher_is_better(self, metric: str) -> bool:
         """Whether larger values of ``metric`` (``loss``, or ``HEAD.NAME``) are better, as its
         head declares; a metric its head does not declare is a spec error."""

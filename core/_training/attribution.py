@@ -73,7 +73,7 @@ def attribute(explainer: _Explainer, at: np.ndarray, method: str) -> dict[str, n
                 if not bool(present[name][0]):
                     continue  # the row holds no such input: nothing to attribute
                 value, found = _one(explainer, make, method, inputs, present, head, name)
-                codec = next(b.codec for b in explainer.binding.inputs if b.name == name)
+                codec = explainer.binding.input_codec(name)
                 stem = f"row_{int(rows.table.rows[position])}_{head}_{name}"
                 for label, picture in codec.attribution_pictures(value, found).items():
                     written[f"{FOLDER}/{stem}_{label}.png"] = picture

@@ -44,7 +44,7 @@ from .folds import (
     group_like_columns,
 )
 from .inference import fail_on, presence_table
-from .report import csv_text, json_safe
+from .report import aligned, csv_text, json_safe
 
 
 @dataclass
@@ -130,7 +130,6 @@ class SpecScores:
                 entry["mean"] = {m: v[0] for m, v in pairs.items()}
                 entry["sd"] = {m: v[1] for m, v in pairs.items()}
         return out
-
 
     def contribution_summary(self) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
         """head -> input variant -> metric -> mean and sd of its drop over the folds."""
@@ -250,12 +249,10 @@ class CVResult:
                 rows = [["drop in", *metrics]]
                 rows += [[label, *(_pm(*drops[m], signed=True) for m in metrics)]
                          for label, drops in variants.items()]
-                widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
                 lines += ["", f"head {head}, {spec.name}, what each input contributes on the"
                           " held-out fold (drop with the input absent or permuted; mean ± sd"
                           " over folds):"]
-                lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                          for r in rows]
+                lines += ["  " + line for line in aligned(rows)]
         return lines
 
     def table(self) -> str:
@@ -279,9 +276,8 @@ class CVResult:
                     cells.append(f"{_pm(d['mean'], d['sd'], signed=True)}"
                                  f" ({d['first_better']}/{d['folds']} better)")
                 rows.append(cells)
-            widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
             lines.append("")
-            lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+            lines += aligned(rows)
         lines += self._presence_lines()
         lines += self._contribution_lines()
         lines += self._metric_notes()

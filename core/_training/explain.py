@@ -45,7 +45,7 @@ from .inference import (
     model_state,
     to_device,
 )
-from .report import csv_text, json_safe
+from .report import aligned, csv_text, json_safe
 
 DEFAULT_REPEATS = 5
 #: Rows kept in memory to explain; a larger table is sampled (with the seed).
@@ -150,7 +150,7 @@ class Explanation:
                 if head in variant.values:
                     cells = [_signed(*self.drop(variant, head, m)) for m in metrics]
                     table.append([f"drop, {variant.label}", *cells])
-            lines += ["", *_aligned(table)]
+            lines += ["", *aligned(table)]
             for name, why in self.not_absent.get(head, {}).items():
                 lines.append(f"  ({name} absent: not measured, {why})")
         lines.append("\na drop is how much worse each metric gets with the input absent or"
@@ -160,11 +160,12 @@ class Explanation:
             columns = list(self.per_row)
             table = [columns] + [[_cell(self.per_row[c][i]) for c in columns]
                                  for i in range(min(shown_rows, len(self.per_row["row"])))]
-            lines += ["", "per row (rows.csv has every chosen row):", *_aligned(table)]
+            lines += ["", "per row (rows.csv has every chosen row):", *aligned(table)]
         if self.pictures:
             lines += ["", f"attribution pictures of the chosen rows: {len(self.pictures)} in"
                       f" {self.output / 'attributions' if self.output else 'attributions'}"
-                      " (each picture: the input, then what moved the head's output most, in red)"]
+                      " (each picture: the input, what moved the head's output as a grey map, and the two"
+                      " laid over in red)"]
         return "\n".join(lines)
 
 
@@ -188,11 +189,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return _number(value)
     return str(value)
-
-
-def _aligned(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 class _Rows:
@@ -398,7 +394,7 @@ def _measure(explainer: _Explainer, variant: Variant, repeats: int,
         _record(variant, explainer.metrics(explainer.outputs(rows.inputs, present)),
                 explainer, variant.input)
         return
-    codec = next(b.codec for b in explainer.binding.inputs if b.name == variant.input)
+    codec = explainer.binding.input_codec(variant.input)
     for _ in range(repeats):
         order = torch.from_numpy(rng.permutation(rows.count))
         inputs, present = _permuted(rows, variant.input, order,

@@ -23,6 +23,7 @@ from .._data.codec import RowIssues, State, add_examples
 from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, OutputError, did_you_mean
 from .._files import atomic_open, output_lock, refuse_overwriting_inputs
+from .report import aligned
 
 if TYPE_CHECKING:
     from .._assembly import PolymodalModel
@@ -388,8 +389,7 @@ def presence_table(by_presence: Mapping[str, Mapping[str, Any]]) -> str:
     for kind, values in by_presence.items():
         rows.append([kind, str(values["rows"]),
                      *(_number(values["metrics"].get(m, math.nan)) for m in metrics)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join(aligned(rows))
 
 
 def _number(value: float | str | None) -> str:

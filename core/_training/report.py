@@ -128,8 +128,13 @@ def summary_table(metrics: dict[str, dict[str, float]]) -> str:
     rows = [["head", *names]]
     for head, values in metrics.items():
         rows.append([head, *(_fmt(values.get(n)) for n in names)])
+    return "\n".join(aligned(rows))
+
+
+def aligned(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as text lines, each column as wide as its widest cell."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def _fmt(value: Any) -> str:

@@ -455,16 +455,15 @@ class _Runner:
                                   self.policy, False, say)
             finally:
                 self._tidy_fold(fold_dir)
-            metrics = record.metrics
             by_inputs.by_presence.append(record.by_presence)
-            _keep_by_inputs(folder, {head: {kind: {"rows": v["rows"], "metrics": v["mean"]}
-                                            for kind, v in kinds.items()}
-                                     for head, kinds in by_inputs.presence_summary().items()},
-                            f"held-out folds, mean over {fold + 1}")
-            values.append(objective.value_of(metrics, self.metric, spec))
+            values.append(objective.value_of(record.metrics, self.metric, spec))
             # Steps count folds from 1, as they count epochs.
             if report(fold + 1, float(np.mean(values)), fold + 1 == self.plan.folds):
                 raise _Pruned()
+        _keep_by_inputs(folder, {head: {kind: {"rows": v["rows"], "metrics": v["mean"]}
+                                        for kind, v in kinds.items()}
+                                 for head, kinds in by_inputs.presence_summary().items()},
+                        f"held-out folds, mean over {self.plan.folds}")
         return float(np.mean(values))
 
     def _tidy_fold(self, fold_dir: Path) -> None:
