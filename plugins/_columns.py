@@ -168,6 +168,15 @@ def vocabulary_of(table: Table, column: str, wanted: int | str | list[Any], *, o
                            column=column, where=where)
 
 
+def check_statistic(value: Any, what: str, option: str, *, scale: bool) -> None:
+    """A fitted mean (or, with ``scale``, a std: above 0) must be a finite number; a
+    :class:`ConfigError` at ``option`` says what ``what`` (``the fitted std of 'age'``) is."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (scale and value <= 0)):
+        raise ConfigError(f"{what} is {value!r}, not a finite number" + (" above 0" if scale else ""),
+                          option=option)
+
+
 def check_fitted(state: Any, key: str, option: str, *, count: int | None = None,
                  at_most: int | None = None, numbers: bool = False) -> list[Any]:
     """The fitted list ``state[key]`` of a model file, checked against the config: ``count``

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -12,7 +11,6 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from polymodal.plugin import (
-    ConfigError,
     DataError,
     Head,
     HeadConfig,
@@ -26,7 +24,7 @@ from polymodal.plugin import (
     hookimpl,
 )
 
-from ._columns import MAX_MAGNITUDE, numeric_column, too_large
+from ._columns import MAX_MAGNITUDE, check_statistic, numeric_column, too_large
 from ._metrics import REGRESSION_METRICS, regression_metrics
 
 #: The plugin interface this module is written for.
@@ -116,11 +114,7 @@ class RegressionCodec(TargetCodec[RegressionHead.Config]):
 
     def check_state(self, state: State) -> None:
         for key in ("mean", "std"):
-            value = state.get(key)
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or (key == "std" and value <= 0)):
-                raise ConfigError(f"the fitted {key} is {value!r}, not a finite number"
-                                  + (" above 0" if key == "std" else ""), option=key)
+            check_statistic(state.get(key), f"the fitted {key}", key, scale=key == "std")
 
     def encode(self, table: Table, state: State, issues: RowIssues) -> tuple[torch.Tensor, torch.Tensor]:
         values = numeric_column(table, self.column(), issues)

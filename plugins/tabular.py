@@ -436,7 +436,7 @@ class TabularCodec(Codec[TabularAdapter.Config]):
         return {"categorical": {**self.config.categorical, **learned}} if learned else {}
 
     def check_state(self, state: State) -> None:
-        from ._columns import check_fitted
+        from ._columns import check_fitted, check_statistic
 
         for column, card in self.config.categorical.items():
             vocabulary = check_fitted(state.get("vocabularies", {}), column,
@@ -454,10 +454,8 @@ class TabularCodec(Codec[TabularAdapter.Config]):
             values = check_fitted(state, key, "numerical", count=len(self.config.numerical),
                                   numbers=True)
             for column, value in zip(self.config.numerical, values):
-                if not math.isfinite(value) or (key == "std" and value <= 0):
-                    raise ConfigError(f"the fitted {key} of {column!r} is {value!r}, not a finite"
-                                      " number" + (" above 0" if key == "std" else ""),
-                                      option="numerical")
+                check_statistic(value, f"the fitted {key} of {column!r}", "numerical",
+                                scale=key == "std")
 
     def prepare(self, module: TabularAdapter, state: State) -> None:
         with torch.no_grad():
