@@ -5,10 +5,6 @@ A plugin is a module named by an entry point in group ``polymodal``::
     from polymodal.plugin import hookimpl
 
     POLYMODAL_PLUGIN_API = 2
-#: Additions within :data:`PLUGIN_API` that a plugin may use, and that a plugin written for an
-#: earlier minor version never needs: 1 -- ``Codec.absent`` (an input absent in some rows) and
-#: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split).
-PLUGIN_API_MINOR = 1
 
     @hookimpl
     def polymodal_components():
@@ -25,9 +21,10 @@ PROJECT = "polymodal"
 #: is refused with a message naming both versions instead of being loaded.
 PLUGIN_API = 2
 #: Additions within :data:`PLUGIN_API` that a plugin may use, and that a plugin written for an
-#: earlier minor version never needs: 1 -- ``Codec.absent`` (an input absent in some rows) and
-#: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split).
-PLUGIN_API_MINOR = 1
+#: earlier minor version never needs: 1 -- ``Codec.absent`` (an input absent in some rows),
+#: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split)
+#: and the explain hooks; 2 -- the image kit, :mod:`polymodal.imagekit`.
+PLUGIN_API_MINOR = 2
 
 #: What changed since each earlier plugin API version, for the message refusing such a plugin.
 API_CHANGES: dict[int, str] = {

@@ -5,8 +5,10 @@ A plugin (built-in or third-party) imports from this module and from the user AP
 releases. The names below are stable within one :data:`PLUGIN_API` version; a plugin module
 declares the version it is written for as ``POLYMODAL_PLUGIN_API = 2``, and polymodal refuses a
 plugin written for another version with a message naming both. :data:`PLUGIN_API_MINOR` counts
-additions within a version (2.1: ``Codec.absent``, ``TargetCodec.fixed_options`` and
-``TargetCodec.holds_classes``): a plugin written for 2.0 keeps working unchanged.
+additions within a version (2.1: ``Codec.absent``, ``TargetCodec.fixed_options``,
+``TargetCodec.holds_classes`` and the explain hooks; 2.2: the image kit
+:mod:`polymodal.imagekit`, for plugins of images): a plugin written for 2.0 keeps working
+unchanged.
 
 Importing this module is light: torch is imported when the component bases or a codec are
 first used, not before.
@@ -54,10 +56,11 @@ _LAZY = {
     "mlp": "_layers",
     "Activation": "_layers",
     "Norm": "_layers",
-    # Freezing and pretrained weights.
+    # Freezing and pretrained weights (the image-only helpers live in polymodal.imagekit; the
+    # two named here stay for plugins written for plugin API 2.0 and 2.1).
     "Freeze": "_freezing",
-    "PretrainedImageConfig": "_weights",
-    "adapt_and_load": "_weights",
+    "PretrainedImageConfig": "imagekit",
+    "adapt_and_load": "imagekit",
     "read_weights": "_weights",
     "download_failed": "_weights",
     # Reading table columns (docs/plugins.md, "Reading table columns: codecs"): an adapter's
@@ -144,9 +147,8 @@ if TYPE_CHECKING:  # the names of _LAZY, for type checkers; `X as X` marks a re-
         ConformanceReport as ConformanceReport,
         check_component as check_component,
     )
-    from ._weights import (
+    from ._weights import download_failed as download_failed, read_weights as read_weights
+    from .imagekit import (
         PretrainedImageConfig as PretrainedImageConfig,
         adapt_and_load as adapt_and_load,
-        download_failed as download_failed,
-        read_weights as read_weights,
     )

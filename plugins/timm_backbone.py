@@ -9,13 +9,12 @@ from typing import Any, Literal, Protocol, cast
 import torch
 from pydantic import Field
 
+from polymodal.imagekit import PretrainedImageConfig, adapt_and_load
 from polymodal.plugin import (
     Backbone,
     Modulate,
     PolymodalError,
-    PretrainedImageConfig,
     Signal,
-    adapt_and_load,
     did_you_mean,
     download_failed,
     hookimpl,

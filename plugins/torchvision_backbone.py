@@ -12,12 +12,11 @@ from pydantic import Field
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from polymodal.imagekit import PretrainedImageConfig, adapt_and_load
 from polymodal.plugin import (
     Backbone,
     PolymodalError,
-    PretrainedImageConfig,
     Signal,
-    adapt_and_load,
     did_you_mean,
     download_failed,
     hookimpl,

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from builtin_helpers import spec_error
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import polymodal
 from polymodal._cli import cli
-from polymodal._weights import adapt_stem
-from builtin_helpers import spec_error
+from polymodal.imagekit import adapt_stem
 
 BACKBONES = {
     "timm": {"type": "timm", "model": "resnet10t"},

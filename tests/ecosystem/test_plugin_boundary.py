@@ -1,7 +1,7 @@
 """Plugins use polymodal through its plugin API only.
 
 Every module of the built-in plugins and of the example third-party plugin may import
-``polymodal.plugin`` and the user API of ``polymodal`` (``polymodal.load``, ...), and nothing else
+``polymodal.plugin`` (and, for images, the image kit ``polymodal.imagekit``) and the user API of ``polymodal`` (``polymodal.load``, ...), and nothing else
 of polymodal: no private module, and no private attribute reached through ``polymodal``. No
 plugin imports the built-ins' package by name (the built-ins share private helpers by relative
 imports within their own package). Read from the source, so that an
@@ -20,7 +20,7 @@ import polymodal
 
 BUILT_INS = REPO / "plugins"
 EXAMPLE = REPO / "examples" / "plugins" / "polymodal-signal" / "polymodal_signal"
-ALLOWED_MODULES = {"polymodal", "polymodal.plugin"}
+ALLOWED_MODULES = {"polymodal", "polymodal.plugin", "polymodal.imagekit"}
 
 
 def plugin_modules() -> list[Path]:
@@ -86,3 +86,22 @@ def test_the_check_finds_each_way_past_the_plugin_api(source):
 ])
 def test_the_plugin_and_user_api_pass(source):
     assert not boundary_problems(source)
+
+
+def test_the_image_kit_is_documented_and_the_older_names_are_the_same_objects():
+    import polymodal.imagekit as kit
+    import polymodal.plugin as api
+
+    guide = (REPO / "docs" / "plugins.md").read_text()
+    missing = [name for name in kit.__all__ if name not in guide]
+    assert not missing, f"docs/plugins.md does not name {missing} of polymodal.imagekit"
+    assert api.PretrainedImageConfig is kit.PretrainedImageConfig
+    assert api.adapt_and_load is kit.adapt_and_load
+
+
+def test_core_knows_no_image_kit():
+    """Only plugins use the image kit: no private module of core imports it."""
+    users = [path.name for path in sorted((REPO / "core").rglob("_*.py"))
+             if any(phrase in path.read_text() for phrase in
+                    ("from .imagekit", "from . import imagekit", "polymodal.imagekit import"))]
+    assert not users, f"core modules {users} import the image kit"
