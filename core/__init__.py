@@ -18,7 +18,6 @@ that needs them is used.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
@@ -30,11 +29,8 @@ from ._errors import (
     PolymodalError,
     SpecError,
 )
-
-try:
-    __version__ = version("polymodal")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
+from ._hooks import MOVED_TO_PLUGIN_API
+from ._version import __version__
 
 _LAZY = {
     # name: private module that defines it
@@ -58,13 +54,6 @@ _LAZY = {
     "export": "_export",
 }
 
-#: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.
-_MOVED_TO_PLUGIN_API = frozenset({
-    "ModalityAdapter", "Backbone", "Fusion", "Head", "Component", "ComponentConfig",
-    "AdapterConfig", "BackboneConfig", "FusionConfig", "HeadConfig", "Vector", "FeatureMap",
-    "Tokens", "Sequence", "Signal", "hookimpl", "PLUGIN_API",
-})
-
 __all__ = [
     "ComponentError",
     "ConnectionMismatch",
@@ -83,7 +72,7 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(".plugin", __name__)
     module = _LAZY.get(name)
     if module is None:
-        if name in _MOVED_TO_PLUGIN_API:
+        if name in MOVED_TO_PLUGIN_API:
             # A plugin written for plugin API 1 imports these from here: say what changed.
             raise AttributeError(
                 f"polymodal.{name} is part of the plugin API, which moved to polymodal.plugin"

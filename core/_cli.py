@@ -131,7 +131,7 @@ def _print_causes(exc: PolymodalError) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
@@ -376,7 +376,7 @@ def parameter_counts(model) -> list[tuple[str, int, int]]:
 @click.option("--diagram", is_flag=True, help="Print the model as a Mermaid flowchart instead.")
 def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
     """A saved model: its spec, versions, and parameter counts per part."""
-    from ._modelfile import _versions_of, load, read_metadata, spec_of
+    from ._modelfile import load, read_metadata, spec_of, versions_of
 
     metadata = read_metadata(model_path)
     if diagram:
@@ -384,7 +384,7 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
 
         click.echo(mermaid(spec_of(model_path)), nl=False)
         return
-    versions = _versions_of(metadata)
+    versions = versions_of(metadata)
     try:
         model = load(model_path)
     except ModelFileError as exc:

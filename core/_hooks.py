@@ -26,6 +26,13 @@ PLUGIN_API = 2
 #: and the explain hooks; 2 -- the image kit, :mod:`polymodal.imagekit`.
 PLUGIN_API_MINOR = 2
 
+#: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.
+MOVED_TO_PLUGIN_API = frozenset({
+    "ModalityAdapter", "Backbone", "Fusion", "Head", "Component", "ComponentConfig",
+    "AdapterConfig", "BackboneConfig", "FusionConfig", "HeadConfig", "Vector", "FeatureMap",
+    "Tokens", "Sequence", "Signal", "hookimpl", "PLUGIN_API",
+})
+
 #: What changed since each earlier plugin API version, for the message refusing such a plugin.
 API_CHANGES: dict[int, str] = {
     1: "everything a plugin may use moved to the one module `polymodal.plugin` (`from"

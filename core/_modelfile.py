@@ -26,6 +26,7 @@ from ._files import atomic_path
 from ._registry import Registry, get_registry
 from ._spec import validate_spec_data
 from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size, walk
+from ._version import __version__
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"
@@ -35,8 +36,6 @@ KEY_STATE = "polymodal.state"
 
 
 def _versions(model: PolymodalModel, registry: Registry) -> dict[str, str]:
-    from . import __version__
-
     versions = {"polymodal": __version__, "torch": torch.__version__.split("+")[0]}
     for _, config in model.spec.components():
         rec = registry.record_for_config(type(config))
@@ -138,7 +137,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: written in model file format {version} by a newer polymodal"
-            f" ({_versions_of(metadata).get('polymodal', '?')}); this polymodal reads format"
+            f" ({versions_of(metadata).get('polymodal', '?')}); this polymodal reads format"
             f" {FORMAT_VERSION}: pip install -U polymodal"
         )
     return metadata
@@ -148,7 +147,7 @@ def _reason(exc: BaseException) -> str:
     return first_line(exc)
 
 
-def _versions_of(metadata: Mapping[str, str]) -> dict[str, str]:
+def versions_of(metadata: Mapping[str, str]) -> dict[str, str]:
     try:
         versions = metadata_json(metadata.get(KEY_VERSIONS, "{}"), "", KEY_VERSIONS)
     except ModelFileError:
@@ -224,7 +223,7 @@ def _drop_retired_training_options(data: Any) -> None:
 
 
 def _missing_plugin_hint(message: str, data: Any, metadata: Mapping[str, str]) -> str:
-    versions = _versions_of(metadata)
+    versions = versions_of(metadata)
     registry = get_registry()
     # Disabled or failed plugins are installed too: the registry's message says why they
     # are not used, and no install line is wanted for them.

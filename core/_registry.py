@@ -48,6 +48,7 @@ from ._manifest import (
     find_package_manifest,
     read_manifest,
 )
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._components import Component
@@ -302,8 +303,6 @@ class Registry:
 
     # -- what importing a manifest's plugin showed, remembered for listing ------------------
     def _fingerprint(self, plugin: PluginInfo) -> str:
-        from . import __version__
-
         assert plugin.manifest is not None
         return fingerprint(plugin.manifest, __version__, str(hooks.PLUGIN_API), plugin.version,
                            plugin.name, plugin.value)
@@ -595,8 +594,6 @@ def _older_api_use(exc: BaseException) -> str | None:
     Such a plugin imports the plugin API from ``polymodal`` itself (``from polymodal import
     Head``), uses an attribute that moved (``polymodal.hookimpl``), or imports a module that
     became private (``polymodal.signals``)."""
-    from . import _MOVED_TO_PLUGIN_API
-
     for link in _chain(exc):
         if isinstance(link, ModuleNotFoundError) and link.name and link.name.startswith("polymodal."):
             public = link.name.split(".")[1]
@@ -604,7 +601,7 @@ def _older_api_use(exc: BaseException) -> str | None:
                 return f"imports the module {link.name}, which plugin API 2 made private"
         elif isinstance(link, ImportError) and link.name == "polymodal":
             found = re.match(r"cannot import name '(\w+)' from 'polymodal'", str(link))
-            if found and found.group(1) in _MOVED_TO_PLUGIN_API:
+            if found and found.group(1) in hooks.MOVED_TO_PLUGIN_API:
                 return f"imports {found.group(1)} from `polymodal` instead of `polymodal.plugin`"
         elif isinstance(link, AttributeError) and "written for plugin API 1" in str(link):
             return "uses " + str(link).split(" is part of", 1)[0]

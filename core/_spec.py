@@ -192,7 +192,7 @@ class ModelSpec(_StrictModel):
                     *_fusion_problems(self, context.get("registry") or get_registry()),
                     *_loss_weight_problems(self), *_missing_problems(self)]
         if context.get("for_training", True):
-            problems += _monitored_metric_problems(self.training, self.heads, None)
+            problems += monitored_metric_problems(self.training, self.heads, None)
         if problems:
             raise PydanticCustomError("spec_references", "{count} problem(s) across the spec",
                                       {"count": len(problems), "problems": problems})
@@ -299,7 +299,7 @@ def _loss_weight_problems(spec: ModelSpec) -> list[tuple[str, str]]:
             for head in spec.training.loss_weights if head not in spec.heads]
 
 
-def _monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, HeadConfig],
+def monitored_metric_problems(training: TrainingOptions, heads: Mapping[str, HeadConfig],
                                raw_heads: Any) -> Sequence[tuple[str, str]]:
     """``early_stopping.metric`` names a head and, where its target codec says which metrics it
     computes, one of them."""
@@ -529,7 +529,7 @@ def validate_spec_data(
             break
         except ValidationError as exc:
             if not any(err["type"] == _PLUGIN_LOADED for err in exc.errors()):
-                raise SpecError(_pydantic_problems(exc, "", model, data), source) from None
+                raise SpecError(pydantic_problems(exc, "", model, data), source) from None
     else:
         raise AssertionError("a plugin was loaded on every pass")  # pragma: no cover
     if spec.search:
@@ -662,7 +662,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _pydantic_problems(
+def pydantic_problems(
     exc: ValidationError, prefix: str, model: type[BaseModel] | Any, data: Any = None
 ) -> list[tuple[str, str]]:
     """One ``(location, message)`` per wrong place. With the validated ``data``, the names

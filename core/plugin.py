@@ -146,6 +146,7 @@ if TYPE_CHECKING:  # the names of _LAZY, for type checkers; `X as X` marks a re-
         ConformanceError as ConformanceError,
         ConformanceReport as ConformanceReport,
         check_component as check_component,
+        check_export as check_export,
     )
     from ._weights import download_failed as download_failed, read_weights as read_weights
     from .imagekit import (

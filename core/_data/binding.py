@@ -288,7 +288,7 @@ class Binding:
         spec is; every problem is reported at its option at once."""
         from pydantic import ValidationError
 
-        from .._spec import _pydantic_problems
+        from .._spec import pydantic_problems
 
         problems: list[tuple[str, str]] = []
 
@@ -306,7 +306,7 @@ class Binding:
             try:
                 return type(config).model_validate({**config.model_dump(), **changes})
             except ValidationError as exc:
-                problems.extend(_pydantic_problems(exc, codec.where, type(config)))
+                problems.extend(pydantic_problems(exc, codec.where, type(config)))
                 return config
 
         new_inputs = {b.name: self.spec.inputs[b.name].model_copy(update={"adapter": changed(

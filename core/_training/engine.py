@@ -40,6 +40,7 @@ from .._errors import (
     OutputLockedError,
     PolymodalError,
     SpecError,
+    first_line,
 )
 from .._files import output_lock, refuse_overwriting_inputs, sweep
 from .._spec import ModelSpec, load_spec
@@ -101,14 +102,14 @@ def with_options(spec: ModelSpec, overrides: Mapping[str, Any] | None) -> ModelS
         return spec
     from pydantic import ValidationError
 
-    from .._spec import _monitored_metric_problems, _pydantic_problems
+    from .._spec import monitored_metric_problems, pydantic_problems
 
     data = {**spec.training.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         options = TrainingOptions.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_pydantic_problems(exc, "training", TrainingOptions)) from None
-    problems = _monitored_metric_problems(options, spec.heads, None)
+        raise SpecError(pydantic_problems(exc, "training", TrainingOptions)) from None
+    problems = monitored_metric_problems(options, spec.heads, None)
     if problems:
         raise SpecError(problems)
     return spec.model_copy(update={"training": options})
@@ -412,7 +413,7 @@ def _restore(parts: _Parts, checkpoint: Checkpoint | None, epochs: int,
         parts.optimizer.load_state_dict(checkpoint.optimizer)
         parts.scheduler.load_state_dict(checkpoint.scheduler)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-        text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+        text = first_line(exc, 200)
         raise CheckpointError(f"--resume: the checkpoint's weights do not fit the model of its"
                               f" spec ({text}); start the run again without --resume, or give"
                               " another --run-dir") from None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._errors import DataError, ExportError, ModelFileError
+from .._errors import DataError, ExportError, ModelFileError, first_line
 from .._export import KEY_EXPORT, ExportedInput, Layout
 from .._modelfile import metadata_json
 
@@ -64,8 +64,7 @@ def session(path: str | Path, device: torch.device | str = "cpu") -> Any:
     except ExportError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: not a valid ONNX file ({reason})") from None
+        raise ModelFileError(f"{path}: not a valid ONNX file ({first_line(exc)})") from None
 
 
 class OnnxModel:

@@ -105,3 +105,21 @@ def test_core_knows_no_image_kit():
              if any(phrase in path.read_text() for phrase in
                     ("from .imagekit", "from . import imagekit", "polymodal.imagekit import"))]
     assert not users, f"core modules {users} import the image kit"
+
+
+@pytest.mark.parametrize("module", ["polymodal", "polymodal.plugin"])
+def test_the_lazy_exports_and_their_type_checking_mirror_agree(module):
+    """A lazily exported name is declared twice (the table the module reads at run time, and the
+    imports type checkers read): both must name the same objects from the same modules."""
+    import importlib
+
+    path = Path(importlib.import_module(module).__file__)
+    tree = ast.parse(path.read_text())
+    lazy = next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_LAZY")
+    guarded = next(node for node in tree.body if isinstance(node, ast.If)
+                   and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    mirrored = {alias.asname or alias.name: node.module.lstrip(".")
+                for node in ast.walk(guarded) if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert mirrored == lazy
