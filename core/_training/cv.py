@@ -39,6 +39,7 @@ from .folds import (
     SPLIT_HINT_START,
     assign_folds,
     folds_from_column,
+    group_column,
     group_hint,
     group_keys,
     group_like_columns,
@@ -452,7 +453,7 @@ def plan_folds(table: Table, spec: ModelSpec, *, folds: int | None, group_by: st
                fold_column: str | None, stratify: bool, seed: int) -> FoldPlan:
     """The folds of ``table``: named by ``fold_column``, or drawn with ``seed`` keeping the
     groups of ``group_by`` (default: the spec's ``training.group_by``) together."""
-    group = group_by or spec.training.group_by
+    group = group_column(group_by, spec.training.group_by)
     if fold_column is not None:
         if stratify:
             raise DataError("--stratify needs folds to draw; --fold-column names them")

@@ -18,6 +18,7 @@ import numpy as np
 from .._data.loader import derive_seed
 from .._data.table import Table, is_missing
 from .._errors import DataError, did_you_mean
+from .options import checked_group_column
 
 if TYPE_CHECKING:
     from .._data.binding import Binding
@@ -138,6 +139,17 @@ def split_hint(table: Table, binding: Binding) -> str | None:
         return None
     return group_hint(found, "the validation rows were drawn", "pass --group-by {column}"
                       " (training.group_by)")
+
+
+def group_column(given: str | None, default: str | None) -> str | None:
+    """The column whose groups stay together: ``given`` (``--group-by``) where given, else
+    ``default`` (the spec's ``training.group_by``)."""
+    if given is None:
+        return default
+    try:
+        return checked_group_column(given)
+    except ValueError as exc:
+        raise DataError(f"--group-by {exc}") from None
 
 
 def _key(value: object) -> str:

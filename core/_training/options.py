@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 
 class _Options(BaseModel):
@@ -27,6 +27,15 @@ class EarlyStopping(_Options):
     patience: PositiveInt | None = Field(
         None, description="Stop after this many epochs without improvement; null: never stop"
         " early (the best epoch is still what is saved).")
+
+
+def checked_group_column(name: str | None) -> str | None:
+    """``name`` as the column whose groups stay together, the one rule of ``train``, ``cv`` and
+    ``tune``: a blank name is refused, not taken to mean no grouping (each row's group is then
+    its value, spaces around it ignored)."""
+    if name is not None and not name.strip():
+        raise ValueError(f"{name!r}: name the column whose groups stay together, or leave it out")
+    return name
 
 
 class TrainingOptions(_Options):
@@ -76,6 +85,11 @@ class TrainingOptions(_Options):
         " validation split.")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.",
                         pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+    @field_validator("group_by")
+    @classmethod
+    def _names_a_column(cls, value: str | None) -> str | None:
+        return checked_group_column(value)
 
     @model_validator(mode="before")
     @classmethod

@@ -46,7 +46,7 @@ from . import distributed, objective
 from .cv import FoldPlan, SpecScores, plan_folds, say_once, settled
 from .engine import CHECKPOINT, train
 from .fold_run import run_fold
-from .folds import group_keys
+from .folds import group_column, group_keys
 from .inference import presence_table
 from .report import json_safe
 
@@ -177,7 +177,7 @@ def tune(
     if (out / "folds.csv").exists():  # a cross-validation's folder: its files would mix
         raise TuneError(f"{out}: this folder holds a cross-validation (folds.csv); give the"
                         " search another -o")
-    split_by = group_by or spec.training.group_by
+    split_by = group_column(group_by, spec.training.group_by)
     if plan is None and split_by:  # a missing column is found now, not in the first trial
         group_keys(table, split_by, "group the validation split by")
     out.mkdir(parents=True, exist_ok=True)

@@ -248,6 +248,36 @@ def test_a_missing_group_column_in_train_names_the_tables_columns(tmp_path):
                         progress=False)
 
 
+
+@pytest.mark.parametrize("command", ["train", "cv", "tune"])
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_group_column_is_refused_alike_by_train_cv_and_tune(tmp_path, capsys, command,
+                                                                      blank):
+    """One rule for --group-by: a blank name is a mistake, never taken to mean no grouping."""
+    table = write_grouped_table(tmp_path)
+    spec_data = table_spec()
+    spec_data["search"] = {"training.lr": {"type": "float", "low": 0.001, "high": 0.01}}
+    spec = tmp_path / "tab.yaml"
+    spec.write_text(yaml.safe_dump(spec_data))
+    out = {"train": ["-o", str(tmp_path / "m.safetensors")], "cv": ["-o", str(tmp_path / "cv")],
+           "tune": ["-o", str(tmp_path / "tune"), "--trials", "1"]}[command]
+    assert main([command, str(spec), "--data", str(table), "--group-by", blank, *out]) == 1
+    error = capsys.readouterr().err
+    assert f"{blank!r}: name the column whose groups stay together" in error
+    assert "Traceback" not in error and not (tmp_path / "m.safetensors").exists()
+
+
+def test_group_values_are_compared_without_surrounding_spaces(tmp_path):
+    from polymodal._training.folds import group_keys
+    from training_data import write_csv
+
+    rows = read_csv(write_grouped_table(tmp_path))
+    rows[1]["site"] = f" {rows[0]['site']} "
+    table = read_table(write_csv(tmp_path / "spaced.csv", rows))
+    keys = group_keys(table, "site", "group")
+    assert keys[0] == keys[1]
+
+
 def test_a_class_missing_from_a_fold_is_noted(tmp_path):
     from training_data import write_csv
 
