@@ -190,13 +190,15 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The config's JSON Schema.")
 def show(kind: str, type_name: str, as_json: bool) -> None:
     """One component: its options with types, defaults and descriptions."""
+    from ._components import SchemaWithDefaults
     from ._docs import option_rows
 
     registry = _registry()
     record = registry.resolve(kind, type_name)
     cls = registry.load(record)
     if as_json:
-        click.echo(json.dumps(cls.Config.model_json_schema(), indent=2))
+        click.echo(json.dumps(cls.Config.model_json_schema(schema_generator=SchemaWithDefaults),
+                              indent=2))
         return
     click.echo(f"{kind} {record.canonical}  ({record.package} {record.version})")
     doc = (cls.__doc__ or "").strip()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import GenerateJsonSchema
 from torch import nn
 
 from ._errors import ConnectionMismatch, DataError, PolymodalError
@@ -38,6 +39,17 @@ if TYPE_CHECKING:
 
 #: ``modulate(stage, output) -> output``: changes a backbone stage's output (conditioning).
 Modulate = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class SchemaWithDefaults(GenerateJsonSchema):
+    """The JSON Schema of a spec or a config, stating the defaults a factory makes too (``{}``,
+    ``[]``), which pydantic leaves out: editors and the generated reference show them."""
+
+    def get_default_value(self, schema: Any) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            return factory()
+        return super().get_default_value(schema)
 
 
 class ComponentConfig(BaseModel):

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
-import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined, to_jsonable_python
 
+from ._components import SchemaWithDefaults
 from ._registry import ComponentRecord, Registry, get_registry
 
 if TYPE_CHECKING:
@@ -43,99 +43,71 @@ class OptionRow:
     description: str
 
 
-def _type_name(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Literal:
-        return " | ".join(json.dumps(a) for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return " | ".join(_type_name(a) for a in args)
-    if origin is typing.Annotated:
-        return _type_name(args[0])
-    if origin in (list, tuple, set):
-        return f"list[{', '.join(_type_name(a) for a in args)}]"
-    if origin is dict:
-        return f"dict[{', '.join(_type_name(a) for a in args)}]"
-    if annotation is type(None):
-        return "null"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _model_type(annotation)
-    if isinstance(annotation, type):
-        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
-            annotation.__name__, annotation.__name__)
-    return str(annotation).replace("typing.", "")
+def _schema_type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
+    """A JSON Schema's type in words (``integer | null``, ``"mean" | "max"``, ``list[string]``,
+    a nested object written out as ``{train_last: integer, batchnorm: boolean = false}``)."""
+    if "$ref" in schema:
+        return _object_type(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "enum" in schema:
+        return " | ".join(json.dumps(value) for value in schema["enum"])
+    if "anyOf" in schema:
+        return " | ".join(_schema_type(s, defs) for s in schema["anyOf"])
+    kind = schema.get("type")
+    if kind == "array":
+        items = schema.get("prefixItems") or [schema.get("items", {})]
+        return f"list[{', '.join(_schema_type(item, defs) for item in items)}]"
+    if kind == "object" and "properties" in schema:
+        return _object_type(schema, defs)
+    if kind == "object":
+        values = schema.get("additionalProperties")
+        return f"dict[string, {_schema_type(values, defs)}]" if isinstance(values, dict) else "dict"
+    return kind or "any"
 
 
-def _model_type(model: type[BaseModel]) -> str:
-    """A nested options model written out: ``{train_last: integer, batchnorm: boolean = false}``."""
+def _object_type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     parts = []
-    for name, field in model.model_fields.items():
-        text = f"{name}: {_type_name(field.annotation)}"
-        if not field.is_required():
-            text += f" = {json.dumps(field.get_default(call_default_factory=True))}"
+    for name, prop in schema.get("properties", {}).items():
+        text = f"{name}: {_schema_type(prop, defs)}"
+        if name not in schema.get("required", ()) and "default" in prop:
+            text += f" = {json.dumps(prop['default'])}"
         parts.append(text)
     return "{" + ", ".join(parts) + "}"
 
 
-def _schema_type(schema: dict[str, Any]) -> str:
-    """A JSON Schema's type in the words of :func:`_type_name`."""
-    if "const" in schema:
-        return json.dumps(schema["const"])
-    if "anyOf" in schema:
-        return " | ".join(_schema_type(s) for s in schema["anyOf"])
-    if schema.get("type") == "array":
-        return f"list[{_schema_type(schema.get('items', {}))}]"
-    if schema.get("type") == "object":
-        values = schema.get("additionalProperties")
-        return f"dict[string, {_schema_type(values)}]" if isinstance(values, dict) else "dict"
-    return schema.get("type", "any")
+#: JSON Schema keywords of a constraint, and how the reference writes them.
+CONSTRAINT_WORDS = {"exclusiveMinimum": ">", "minimum": ">=", "exclusiveMaximum": "<",
+                    "maximum": "<=", "minLength": "min length", "maxLength": "max length",
+                    "minItems": "min items", "maxItems": "max items", "multipleOf": "multiple of",
+                    "pattern": "pattern"}
 
 
-def _field_type(field: FieldInfo) -> str:
-    """The option's type as editors see it: the field's own schema (``json_schema_extra``)
-    when it states one, its annotation otherwise."""
-    extra = field.json_schema_extra
-    if isinstance(extra, dict) and isinstance(extra.get("anyOf"), list):
-        return _schema_type(extra)
-    return _type_name(field.annotation)
-
-
-def _constraints(field: FieldInfo) -> str:
+def _constraints(schema: dict[str, Any]) -> str:
+    """The option's constraints, from its schema and from each branch of a union."""
     found = []
-    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "min length",
-               "max_length": "max length", "multiple_of": "multiple of", "pattern": "pattern"}
-    for meta in field.metadata:
-        for attr, symbol in symbols.items():
-            value = getattr(meta, attr, None)
-            if value is not None:
-                found.append(f"{symbol} {value}")
-    annotation = field.annotation
-    for arg in typing.get_args(annotation) or ():
-        for meta in getattr(arg, "__metadata__", ()):
-            for attr, symbol in symbols.items():
-                value = getattr(meta, attr, None)
-                if value is not None:
-                    found.append(f"{symbol} {value}")
-    if annotation is not None and "PositiveInt" in repr(annotation) and not found:
-        found.append("> 0")
+    for branch in [schema, *schema.get("anyOf", ())]:
+        found += [f"{word} {branch[key]}" for key, word in CONSTRAINT_WORDS.items()
+                  if key in branch]
+        for inner in ("items", "additionalProperties"):  # each item of a list, each value of a map
+            if isinstance(branch.get(inner), dict) and (each := _constraints(branch[inner])):
+                found.append(f"each {each}")
     return ", ".join(dict.fromkeys(found))
 
 
 def option_rows(config: type[BaseModel]) -> list[OptionRow]:
-    """The options of a component config, ``type`` excluded, in declaration order."""
+    """The options of a config, ``type`` excluded, in declaration order, read from the JSON
+    Schema the config gives (the one editors and ``polymodal schema`` use)."""
+    schema = config.model_json_schema(schema_generator=SchemaWithDefaults)
+    defs = schema.get("$defs", {})
     rows = []
-    for name, field in config.model_fields.items():
+    for name, prop in schema.get("properties", {}).items():
         if name == "type":
             continue
-        required = field.is_required()
-        if required:
-            default = "—"
-        elif field.default_factory is not None:
-            default = json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
-        else:
-            default = json.dumps(field.default) if field.default is not PydanticUndefined else "—"
-        rows.append(OptionRow(name, _field_type(field), default, required,
-                              _constraints(field), field.description or ""))
+        required = name in schema.get("required", ())
+        default = "—" if required or "default" not in prop else json.dumps(prop["default"])
+        rows.append(OptionRow(name, _schema_type(prop, defs), default, required,
+                              _constraints(prop), prop.get("description", "")))
     return rows
 
 
@@ -219,45 +191,57 @@ def _flow(value: Any) -> str:
     return json.dumps(value)
 
 
-#: Built-in parts a complete example puts around the documented component: an image input, a
-#: table input, a head. Tried in turn until the spec's connections check.
-IMAGE_INPUT = {"adapter": {"type": "image", "channels": 3},
-               "backbone": {"type": "timm", "model": "resnet18"}}
-TABLE_INPUT = {"adapter": {"type": "tabular", "categorical": {"make": 40},
-                           "numerical": ["age", "mileage"]},
-               "backbone": {"type": "mlp", "hidden": [32]}}
-EXAMPLE_HEAD = {"type": "regression"}
+def _parts(registry: Registry, kind: str, package: str) -> list[dict[str, Any]]:
+    """The example config of every installed component of ``kind``, those of ``package`` (the
+    documented component's) first: the parts an example may put around it."""
+    records = sorted(registry.components(kind), key=lambda r: (r.package != package, r.package,
+                                                                  r.type))
+    return [example_config(r, registry.load(r)) for r in records]
 
 
-def _example_candidates(kind: str, config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Specs using ``config`` (a ``kind`` component) among built-in parts, simplest first."""
-    heads = {"outcome": EXAMPLE_HEAD}
-    if kind == "adapter":
-        return [{"inputs": {"data": {"adapter": config, **extra}}, **more, "heads": heads}
-                for extra, more in (({}, {}), ({"backbone": TABLE_INPUT["backbone"]}, {}),
-                                    ({"backbone": IMAGE_INPUT["backbone"]}, {}),
-                                    ({}, {"fusion": {"type": "concat"}}))]
+def _example_candidates(kind: str, config: dict[str, Any], registry: Registry,
+                        package: str) -> Iterator[dict[str, Any]]:
+    """Specs using ``config`` (a ``kind`` component) among other installed components'
+    examples: each input named after its adapter's type, with a backbone where one fits (else
+    none), one head, and a fusion where the documented component is one (of two inputs) or where
+    nothing fits without one."""
+    adapters = [config] if kind == "adapter" else _parts(registry, "adapter", package)
+    backbones = [config] if kind == "backbone" else _parts(registry, "backbone", package)
+    heads = [config] if kind == "head" else _parts(registry, "head", package)
+    fusions = [config] if kind == "fusion" else [None, *_parts(registry, "fusion", package)]
+    inputs = [(adapter, backbone) for backbone in [*backbones, None] for adapter in adapters]
     if kind == "backbone":
-        return [{"inputs": {"data": {"adapter": part["adapter"], "backbone": "encoder"}},
-                 "backbones": {"encoder": config}, **more, "heads": heads}
-                for part in (IMAGE_INPUT, TABLE_INPUT)
-                for more in ({}, {"fusion": {"type": "concat"}})]
-    if kind == "fusion":
-        return [{"inputs": {"image": IMAGE_INPUT, "table": TABLE_INPUT}, "fusion": config,
-                 "heads": heads}]
-    return [{"inputs": {"table": TABLE_INPUT}, "heads": {"outcome": config}},
-            {"inputs": {"image": IMAGE_INPUT}, "heads": {"outcome": config}}]
+        inputs = [(adapter, config) for adapter in adapters]
+    arrangements = itertools.combinations(inputs, 2) if kind == "fusion" else \
+        ((each,) for each in inputs)
+    for fusion, chosen, head in itertools.product(fusions, list(arrangements), heads):
+        if len({adapter["type"] for adapter, _ in chosen}) < len(chosen):
+            continue  # two inputs of one modality say less than two modalities
+        spec: dict[str, Any] = {"inputs": {
+            adapter["type"]: {"adapter": adapter, **({"backbone": backbone} if backbone else {})}
+            for adapter, backbone in chosen}}
+        if kind == "backbone":  # a named backbone: its options at their own place in the spec
+            spec = {"inputs": {name: {**part, "backbone": "encoder"}
+                               for name, part in spec["inputs"].items()},
+                    "backbones": {"encoder": config}}
+        if fusion is not None:
+            spec["fusion"] = fusion
+        yield {**spec, "heads": {"outcome": head}}
 
 
 def example_spec(record: ComponentRecord, cls: type, registry: Registry | None = None
                  ) -> dict[str, Any] | None:
-    """A complete spec using the component's example config among built-in parts, whose
-    connections check; None when none of the tried arrangements fits it."""
+    """A complete spec using the component's example config among other installed components,
+    whose connections check; None when none of the arrangements tried fits it."""
     from ._assembly import plan
     from ._spec import load_spec
 
+    registry = registry or get_registry()
     config = example_config(record, cls)
-    for candidate in _example_candidates(record.kind, config):
+    for tried, candidate in enumerate(_example_candidates(record.kind, config, registry,
+                                                          record.package)):
+        if tried == MAX_EXAMPLE_TRIES:
+            break
         spec = {"name": f"{record.type} example", **candidate}
         try:
             plan(load_spec(spec, registry))
@@ -265,6 +249,11 @@ def example_spec(record: ComponentRecord, cls: type, registry: Registry | None =
             continue
         return spec
     return None
+
+
+#: Arrangements tried before a page goes without a complete example (each is planned, which
+#: measures the components it uses).
+MAX_EXAMPLE_TRIES = 200
 
 
 def _example_section(record: ComponentRecord, cls: type, registry: Registry | None) -> list[str]:
@@ -275,8 +264,8 @@ def _example_section(record: ComponentRecord, cls: type, registry: Registry | No
         return []
     text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=96)
     return ["## A complete spec", "",
-            f"A model using this {record.kind} with built-in parts around it. Save it as"
-            " `spec.yaml`; `polymodal validate spec.yaml` checks it, `polymodal build spec.yaml"
+            f"A model using this {record.kind} with other installed components around it. Save"
+            " it as `spec.yaml`; `polymodal validate spec.yaml` checks it, `polymodal build spec.yaml"
             " -o model.safetensors` builds it.", "", "```yaml", text.rstrip("\n"), "```", ""]
 
 

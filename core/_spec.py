@@ -41,7 +41,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, core_schema
 
-from ._components import AdapterConfig, BackboneConfig, ComponentConfig, FusionConfig, HeadConfig
+from ._components import (
+    AdapterConfig,
+    BackboneConfig,
+    ComponentConfig,
+    FusionConfig,
+    HeadConfig,
+    SchemaWithDefaults,
+)
 from ._errors import (
     ComponentError,
     Problem,
@@ -851,6 +858,6 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     """JSON Schema of the spec: the JSON Schema of the model that validates specs."""
     registry = registry or get_registry()
     registry.load_all()
-    schema = spec_model(registry).model_json_schema()
+    schema = spec_model(registry).model_json_schema(schema_generator=SchemaWithDefaults)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema,
             "title": "polymodal model spec"}

@@ -94,7 +94,7 @@ def test_docs_command_documents_installed_third_party_components(tmp_path):
     page = (out / "backbone-polymodal-signal-tcn.md").read_text()
     assert "- package: `polymodal-signal` 0.1.0" in page
     assert "- takes: sequences" in page
-    assert "| `levels` | `integer` | `4` | <= 16, > 0 |" in page
+    assert "| `levels` | `integer` | `4` | > 0, <= 16 |" in page
     assert "backbones:\n  NAME: {type: \"tcn\", channels: 32, levels: 3}" in page
     assert "[`signal`](adapter-polymodal-signal-signal.md) | polymodal-signal 0.1.0" in (out / "index.md").read_text()
     assert not (out / "adapter-gone.md").exists()
@@ -218,3 +218,26 @@ def test_every_docstring_reference_names_something_that_exists():
     assert len(references) > 5  # the pattern finds them
     assert [(str(path), name) for path, name in references if not _resolves(name)] == []
     assert "polymodal.plugin.Freeze" in polymodal.plugin.Backbone.freeze.__doc__
+
+
+def test_a_third_party_pages_example_is_built_from_installed_components_own_examples(tmp_path):
+    """The complete spec of a page puts the plugin's own parts first (the signal adapter with
+    its tcn backbone), and pages generate with no built-in component installed."""
+    plugin = REPO / "examples" / "plugins" / "polymodal-signal"
+    site = tmp_path / "site"
+    info = site / "polymodal_signal-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: polymodal-signal\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[polymodal]\nsignal = polymodal_signal.plugin\n")
+    env = {"PYTHONPATH": f"{site}:{plugin}"}
+    result = run_polymodal("docs", "-o", str(tmp_path / "with"), "--package", "polymodal-signal",
+                           env=env)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "with" / "adapter-polymodal-signal-signal.md").read_text()
+    example = yaml.safe_load(page.split("```yaml\n")[-1].split("```")[0])
+    assert example["inputs"]["signal"]["backbone"]["type"] == "tcn"
+    alone = run_polymodal("docs", "-o", str(tmp_path / "alone"),
+                          env={**env, "POLYMODAL_DISABLE_PLUGINS": "polymodal"})
+    assert alone.returncode == 0, alone.stderr
+    assert (tmp_path / "alone" / "backbone-polymodal-signal-tcn.md").exists()
+    assert not list((tmp_path / "alone").glob("*-image.md"))
