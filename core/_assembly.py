@@ -9,7 +9,7 @@ input sets each get their own instance of the spec's fusion.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._components import (
+    AdapterConfig,
     Backbone,
     BackboneConfig,
     Component,
@@ -73,7 +74,37 @@ def _describe(kind: str, name: str | None, config: ComponentConfig) -> str:
 
 def plan(spec: ModelSpec) -> Plan:
     """Check every connection of ``spec``; raises :class:`SpecError` listing each mismatch."""
-    problems: list[tuple[str, str]] = []
+    problems: list[Problem] = []
+    adapter_gives, features, backbone_of = _input_features(spec, problems)
+    groups = spec.fusion_groups()
+    fused: dict[tuple[str, ...], Signal] = {}
+    fusion_takes: dict[tuple[str, ...], FusionInputs] = {}
+    for inputs, heads in groups.items():
+        if any(n not in features for n in inputs):
+            continue
+        if spec.fusion is None:
+            fused[inputs] = features[inputs[0]]
+        else:
+            try:
+                stages = _conditioned_stages(spec.fusion, inputs, adapter_gives, backbone_of)
+                takes = FusionInputs({n: features[n] for n in inputs}, stages)
+                fused[inputs] = spec.fusion.gives(takes)
+                fusion_takes[inputs] = takes
+            except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
+                problems.extend(_prefixed(component_problems(exc, "fusion", spec.fusion),
+                                          f"for inputs {', '.join(inputs)}: "))
+                continue
+        for head in heads:
+            problems.extend(_head_problems(spec, head, inputs, fused[inputs]))
+    if problems:
+        raise SpecError(list(dict.fromkeys(problems)))  # a shared backbone fails once per input
+    return Plan(adapter_gives, features, groups, fused, fusion_takes)
+
+
+def _input_features(spec: ModelSpec, problems: list[Problem]) -> tuple[
+        dict[str, Signal], dict[str, Signal], dict[str, tuple[BackboneConfig, str | None]]]:
+    """What each input's adapter gives, what its backbone makes of it (its features), and its
+    backbone with the name it is shared under; each mismatch added to ``problems``."""
     adapter_gives: dict[str, Signal] = {}
     features: dict[str, Signal] = {}
     backbone_of: dict[str, tuple[BackboneConfig, str | None]] = {}
@@ -96,52 +127,39 @@ def plan(spec: ModelSpec) -> Plan:
         try:
             features[name] = backbone.gives(given)
         except ConnectionMismatch as exc:
-            try:
-                fix = inp.adapter.fix_for(exc.wanted) if exc.wanted is not None else None
-            except Exception as fix_exc:  # noqa: BLE001
-                problems.extend(component_problems(fix_exc, where, inp.adapter))
-                continue
-            wanted = exc.wanted.describe() if exc.wanted is not None else str(exc)
-            message = (
-                f"gives {given.describe()} but {_describe('backbone', consumer, backbone)}"
-                f" takes {wanted}"
-            )
-            if fix:
-                message += f"; {fix}"
-            problems.append((where, message))
+            problems.extend(_mismatch_problems(inp.adapter, where, given, backbone, consumer, exc))
         except Exception as exc:  # noqa: BLE001
             loc = f"backbones.{consumer}" if consumer else f"inputs.{name}.backbone"
             problems.extend(component_problems(exc, loc, backbone))
-    groups = spec.fusion_groups()
-    fused: dict[tuple[str, ...], Signal] = {}
-    fusion_takes: dict[tuple[str, ...], FusionInputs] = {}
-    for inputs, heads in groups.items():
-        if any(n not in features for n in inputs):
-            continue
-        if spec.fusion is None:
-            fused[inputs] = features[inputs[0]]
-        else:
-            try:
-                stages = _conditioned_stages(spec.fusion, inputs, adapter_gives, backbone_of)
-                takes = FusionInputs({n: features[n] for n in inputs}, stages)
-                fused[inputs] = spec.fusion.gives(takes)
-                fusion_takes[inputs] = takes
-            except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
-                problems.extend(_prefixed(component_problems(exc, "fusion", spec.fusion),
-                                          f"for inputs {', '.join(inputs)}: "))
-                continue
-        for head in heads:
-            try:
-                spec.heads[head].check_takes(fused[inputs])
-            except Exception as exc:  # noqa: BLE001
-                found = component_problems(exc, f"heads.{head}", spec.heads[head])
-                if isinstance(exc, PolymodalError):  # the head refuses what it is given
-                    source = "fusion" if spec.fusion is not None else f"input {inputs[0]!r}"
-                    found = _prefixed(found, f"{source} gives {fused[inputs].describe()}: ")
-                problems.extend(found)
-    if problems:
-        raise SpecError(list(dict.fromkeys(problems)))  # a shared backbone fails once per input
-    return Plan(adapter_gives, features, groups, fused, fusion_takes)
+    return adapter_gives, features, backbone_of
+
+
+def _mismatch_problems(adapter: AdapterConfig, where: str, given: Signal,
+                       backbone: BackboneConfig, consumer: str | None,
+                       exc: ConnectionMismatch) -> list[Problem]:
+    """A backbone refusing what its adapter gives, with the adapter's fix where it has one."""
+    try:
+        fix = adapter.fix_for(exc.wanted) if exc.wanted is not None else None
+    except Exception as fix_exc:  # noqa: BLE001
+        return component_problems(fix_exc, where, adapter)
+    wanted = exc.wanted.describe() if exc.wanted is not None else str(exc)
+    message = (f"gives {given.describe()} but {_describe('backbone', consumer, backbone)}"
+               f" takes {wanted}")
+    return [Problem(where, f"{message}; {fix}" if fix else message)]
+
+
+def _head_problems(spec: ModelSpec, head: str, inputs: tuple[str, ...],
+                   fused: Signal) -> list[Problem]:
+    """Whether head ``head`` takes what its group's fusion (or single input) gives."""
+    try:
+        spec.heads[head].check_takes(fused)
+    except Exception as exc:  # noqa: BLE001
+        found = component_problems(exc, f"heads.{head}", spec.heads[head])
+        if isinstance(exc, PolymodalError):  # the head refuses what it is given
+            source = "fusion" if spec.fusion is not None else f"input {inputs[0]!r}"
+            found = _prefixed(found, f"{source} gives {fused.describe()}: ")
+        return found
+    return []
 
 
 def _prefixed(problems: list[Problem], prefix: str) -> list[Problem]:
@@ -245,16 +263,7 @@ class PolymodalModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Head outputs by name. ``present`` optionally maps inputs to a boolean ``[B]`` mask:
         samples whose input is marked ``False`` are predicted as if it were missing."""
-        unknown = [k for k in batch if k not in self.adapters]
-        if unknown:
-            raise DataError(
-                f"batch has unknown input(s) {', '.join(map(repr, unknown))};"
-                f" the model's inputs are {', '.join(self.adapters)}"
-            )
-        unknown = [k for k in present or {} if k not in self.adapters]
-        if unknown:
-            raise DataError(f"present names unknown input(s) {', '.join(map(repr, unknown))};"
-                            f" the model's inputs are {', '.join(self.adapters)}")
+        self._check_names(batch, present)
         given = [n for n in self.adapters if batch.get(n) is not None]
         plain: dict[str, torch.Tensor] = {}  # backbone features, computed once for all groups
         adapted: dict[str, torch.Tensor] = {}  # adapter outputs of conditioned inputs
@@ -272,25 +281,8 @@ class PolymodalModel(nn.Module):
             if key not in self.fusions:
                 fused = features(inputs[0])
             else:
-                fusion = cast(Fusion, self.fusions[key])
-                conditioned = self._conditions[key]
-                fed = {n: features(n) for n in inputs if n not in conditioned}
-                for n in conditioned:
-                    if n not in adapted:
-                        adapted[n] = self.adapters[n](batch[n])
-                first = next(iter(fed.values()), None)
-                if first is None:
-                    first = adapted[inputs[0]]
-                masks = fusion.presence(inputs, present, first.shape[0], first.device)
-                for target, stages in conditioned.items():
-                    def modulate(stage, output, fusion=fusion, target=target, features=fed,
-                                 masks=masks):
-                        return fusion.modulate(target, stage, output, features, masks)
-
-                    # plan() refused conditioning an input that has no backbone
-                    fed[target] = cast(Backbone, self._backbone_of[target]).modulated(
-                        adapted[target], modulate, stages)
-                fused = fusion({n: fed[n] for n in inputs}, masks)
+                fed = {n: features(n) for n in inputs if n not in self._conditions[key]}
+                fused = self._fuse(key, inputs, batch, present, fed, adapted)
                 if self.auxiliary and (self.training or self.auxiliary_outputs):
                     outputs.update(self._auxiliary(heads, fed))
             for head in heads:
@@ -304,6 +296,36 @@ class PolymodalModel(nn.Module):
                 " present={input: mask}")
         return outputs
 
+    def _check_names(self, batch: Mapping[str, Any],
+                     present: Mapping[str, torch.Tensor] | None) -> None:
+        for what, names in (("batch has", batch), ("present names", present or {})):
+            unknown = [k for k in names if k not in self.adapters]
+            if unknown:
+                raise DataError(f"{what} unknown input(s) {', '.join(map(repr, unknown))};"
+                                f" the model's inputs are {', '.join(self.adapters)}")
+
+    def _fuse(self, key: str, inputs: tuple[str, ...], batch: Mapping[str, Any],
+              present: Mapping[str, torch.Tensor] | None, fed: dict[str, torch.Tensor],
+              adapted: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fusion of group ``key``: its inputs' features ``fed`` (to which it adds those of
+        the inputs it conditions, whose backbones it modulates as they run)."""
+        fusion = cast(Fusion, self.fusions[key])
+        conditioned = self._conditions[key]
+        for n in conditioned:
+            if n not in adapted:
+                adapted[n] = self.adapters[n](batch[n])
+        first = next(iter(fed.values()), None)
+        if first is None:
+            first = adapted[inputs[0]]
+        masks = fusion.presence(inputs, present, first.shape[0], first.device)
+        for target, stages in conditioned.items():
+            def modulate(stage, output, fusion=fusion, target=target, features=fed, masks=masks):
+                return fusion.modulate(target, stage, output, features, masks)
+
+            # plan() refused conditioning an input that has no backbone
+            fed[target] = cast(Backbone, self._backbone_of[target]).modulated(
+                adapted[target], modulate, stages)
+        return fusion({n: fed[n] for n in inputs}, masks)
 
     def _auxiliary(self, heads: list[str], fed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each head's copy for each input, on the input's pooled features (training only)."""
@@ -327,23 +349,74 @@ def _rows(value: Any, rows: torch.Tensor) -> Any:
     return value
 
 
-def _instantiate(
-    cls: type[Component], config: ComponentConfig, takes: Any, where: str,
-    located: list[tuple[str, Component]], problems: list[tuple[str, str]], registry: Registry,
-) -> Component | None:
-    """The component's module; a refusal goes to ``problems`` (all are reported at once)."""
-    try:
-        module = cls(config, takes)
-    except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
-        if out_of_memory(exc):
-            problems.append((where, f"{config.describe()} needs more memory than this machine"
-                             f" has ({first_line(exc, 200)}); `polymodal validate` reports the"
-                             " model's size"))
-        else:
-            problems.extend(component_problems(exc, where, config, registry))
-        return None
-    located.append((where, module))
-    return module
+@dataclass
+class _Modules:
+    """The components of a model being built, each made where the spec places it; a refusal
+    goes to ``problems`` so that all of them are reported at once."""
+
+    registry: Registry
+    located: list[tuple[str, Component]] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    made: dict[str, dict[str, Component | None]] = field(default_factory=lambda: {
+        "adapters": {}, "backbones": {}, "input_backbones": {}, "fusions": {}, "heads": {},
+        "auxiliary": {}})
+
+    def make(self, config: ComponentConfig, takes: Any, where: str) -> Component | None:
+        cls = self.registry.load(self.registry.record_for_config(type(config)))
+        try:
+            module = cls(config, takes)
+        except Exception as exc:  # noqa: BLE001 - the component's error, reported at its path
+            if out_of_memory(exc):
+                self.problems.append((where, f"{config.describe()} needs more memory than this"
+                                      f" machine has ({first_line(exc, 200)}); `polymodal"
+                                      " validate` reports the model's size"))
+            else:
+                self.problems.extend(component_problems(exc, where, config, self.registry))
+            return None
+        self.located.append((where, module))
+        return module
+
+    def inputs(self, spec: ModelSpec, the_plan: Plan) -> None:
+        """Each input's adapter, and its backbone (a shared one once)."""
+        for name, inp in spec.inputs.items():
+            gives = the_plan.adapter_gives[name]
+            self.made["adapters"][name] = self.make(inp.adapter, None, f"inputs.{name}.adapter")
+            if isinstance(inp.backbone, str) and inp.backbone not in self.made["backbones"]:
+                self.made["backbones"][inp.backbone] = self.make(
+                    spec.backbones[inp.backbone], gives, f"backbones.{inp.backbone}")
+            elif isinstance(inp.backbone, ComponentConfig):
+                self.made["input_backbones"][name] = self.make(inp.backbone, gives,
+                                                               f"inputs.{name}.backbone")
+
+    def groups(self, spec: ModelSpec, the_plan: Plan) -> None:
+        """Each head group's fusion, its heads, and their per-input copies (fusion.auxiliary)."""
+        for inputs, heads in the_plan.groups.items():
+            if spec.fusion is not None:
+                self.made["fusions"][group_key(inputs)] = self.make(
+                    spec.fusion, the_plan.fusion_takes[inputs], "fusion")
+            for head in heads:
+                config = spec.heads[head]
+                self.made["heads"][head] = self.make(config, the_plan.fused[inputs],
+                                                     f"heads.{head}")
+                for name in auxiliary_inputs(spec, inputs) if self.made["heads"][head] else ():
+                    self.made["auxiliary"][auxiliary_key(head, name)] = self.make(
+                        config, Vector(the_plan.features[name].width),
+                        f"heads.{head} (its copy for input {name!r}: fusion.auxiliary)")
+
+    def load_pretrained(self, spec: ModelSpec) -> None:
+        """Each component's pretrained weights, a relative path read beside the spec file."""
+        from ._spec_files import SPEC_FOLDER
+
+        folder = SPEC_FOLDER.set(spec._folder)
+        try:
+            for where, module in self.located:
+                try:
+                    module.load_pretrained()
+                except Exception as exc:  # noqa: BLE001 - the component's error, at its path
+                    raise SpecError(component_problems(exc, where, module.config,
+                                                       self.registry)) from None
+        finally:
+            SPEC_FOLDER.reset(folder)
 
 
 def build(
@@ -364,64 +437,12 @@ def build(
         from ._footprint import refuse_too_large
 
         refuse_too_large(spec)  # before allocating: what validate refuses, build refuses
-
-    def component_class(config: ComponentConfig) -> type[Component]:
-        return registry.load(registry.record_for_config(type(config)))
-
-    located: list[tuple[str, Component]] = []
-    problems: list[tuple[str, str]] = []
-    modules: dict[str, dict[str, Component | None]] = {
-        "adapters": {}, "backbones": {}, "input_backbones": {}, "fusions": {}, "heads": {},
-        "auxiliary": {},
-    }
-    for name, inp in spec.inputs.items():
-        modules["adapters"][name] = _instantiate(
-            component_class(inp.adapter), inp.adapter, None, f"inputs.{name}.adapter", located,
-            problems, registry,
-        )
-        if isinstance(inp.backbone, str) and inp.backbone not in modules["backbones"]:
-            config: ComponentConfig = spec.backbones[inp.backbone]
-            modules["backbones"][inp.backbone] = _instantiate(
-                component_class(config), config, the_plan.adapter_gives[name],
-                f"backbones.{inp.backbone}", located, problems, registry,
-            )
-        elif isinstance(inp.backbone, ComponentConfig):
-            modules["input_backbones"][name] = _instantiate(
-                component_class(inp.backbone), inp.backbone, the_plan.adapter_gives[name],
-                f"inputs.{name}.backbone", located, problems, registry,
-            )
-    for inputs, heads in the_plan.groups.items():
-        if spec.fusion is not None:
-            takes = the_plan.fusion_takes[inputs]
-            modules["fusions"][group_key(inputs)] = _instantiate(
-                component_class(spec.fusion), spec.fusion, takes, "fusion", located, problems,
-                registry,
-            )
-        for head in heads:
-            config = spec.heads[head]
-            modules["heads"][head] = _instantiate(
-                component_class(config), config, the_plan.fused[inputs], f"heads.{head}", located,
-                problems, registry,
-            )
-            for name in auxiliary_inputs(spec, inputs) if modules["heads"][head] else ():
-                modules["auxiliary"][auxiliary_key(head, name)] = _instantiate(
-                    component_class(config), config, Vector(the_plan.features[name].width),
-                    f"heads.{head} (its copy for input {name!r}: fusion.auxiliary)", located,
-                    problems, registry,
-                )
-    if problems:
-        raise SpecError(problems)
-    model = PolymodalModel(spec, modules, the_plan)
+    modules = _Modules(registry)
+    modules.inputs(spec, the_plan)
+    modules.groups(spec, the_plan)
+    if modules.problems:
+        raise SpecError(modules.problems)
+    model = PolymodalModel(spec, modules.made, the_plan)
     if pretrained:
-        from ._spec_files import SPEC_FOLDER
-
-        folder = SPEC_FOLDER.set(spec._folder)
-        try:
-            for where, module in located:
-                try:
-                    module.load_pretrained()
-                except Exception as exc:  # noqa: BLE001 - the component's error, at its path
-                    raise SpecError(component_problems(exc, where, module.config, registry)) from None
-        finally:
-            SPEC_FOLDER.reset(folder)
+        modules.load_pretrained(spec)
     return model
