@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .._data.binding import Binding, Encoded, select
+from .._data.codec import State
 from .._data.loader import derive_seed
 from .._data.table import Table, read_table
 from .._errors import DataError, OutputError
@@ -282,18 +283,7 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
     attribution pictures too (``attributions/``), for each input whose codec draws them.
     """
     say = log or (lambda _: None)
-    if repeats < 1:
-        raise DataError(f"--repeats {repeats}: shuffle each input at least once")
-    if attribute is not None:
-        from .attribution import captum_method
-
-        captum_method(attribute)  # an unknown method, or no Captum: said before any work
-        if not rows:
-            raise DataError(f"--attribute {attribute}: choose the rows to draw (--rows)")
-        if output is None:
-            raise DataError(f"attribute={attribute!r}: give an output folder for the pictures")
-    if output is not None:
-        _refuse_others_folder(Path(output))
+    _check_request(repeats, rows, output, attribute)
     started = time.perf_counter()
     model, source = _load(model)
     state = model_state(model, source)
@@ -303,12 +293,7 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
     table = _sampled(read_table(data), max_rows, seed, say)
     _check_row_numbers(table, rows)  # before the rows are read and decoded
     report = RowReport()
-    chunks = list(encoded_chunks(table, binding, state, targets=True,
-                                 batch_size=max(len(table), 1), policy=on_bad_row, report=report))
-    if not chunks or len(chunks[0][1].positions) == 0:
-        raise DataError(f"{table.source}: no row to explain")
-    encoded = chunks[0][1]
-    encoded_rows = _Rows(table, encoded, binding)
+    encoded_rows = _Rows(table, _encoded(table, binding, state, on_bad_row, report), binding)
     variants = _variants(binding, model.spec, parts)
     total = 1 + sum(1 if v.how == "absent" else repeats for v in variants)
     bar = _bar(progress, total)
@@ -335,6 +320,33 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
         result.output = Path(output)
         _write(result)
     return result
+
+
+def _check_request(repeats: int, rows: int | Sequence[int], output: str | Path | None,
+                   attribute: str | None) -> None:
+    """What explain is asked, checked before any work."""
+    if repeats < 1:
+        raise DataError(f"--repeats {repeats}: shuffle each input at least once")
+    if attribute is not None:
+        from .attribution import captum_method
+
+        captum_method(attribute)  # an unknown method, or no Captum: said before any work
+        if not rows:
+            raise DataError(f"--attribute {attribute}: choose the rows to draw (--rows)")
+        if output is None:
+            raise DataError(f"attribute={attribute!r}: give an output folder for the pictures")
+    if output is not None:
+        _refuse_others_folder(Path(output))
+
+
+def _encoded(table: Table, binding: Binding, state: State, on_bad_row: str,
+             report: RowReport) -> Encoded:
+    """Every readable row of ``table``, encoded as one batch."""
+    chunks = list(encoded_chunks(table, binding, state, targets=True,
+                                 batch_size=max(len(table), 1), policy=on_bad_row, report=report))
+    if not chunks or len(chunks[0][1].positions) == 0:
+        raise DataError(f"{table.source}: no row to explain")
+    return chunks[0][1]
 
 
 def _refuse_others_folder(folder: Path) -> None:
