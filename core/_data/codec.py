@@ -38,14 +38,15 @@ from .table import Table, is_missing
 
 if TYPE_CHECKING:
     import torch
-
-    from .._components import ComponentConfig
+    from pydantic import BaseModel
 
 #: A codec's fitted preprocessing: JSON-able plain data (dicts, lists, strings, numbers), as
 #: kept in the model file's ``polymodal.state`` metadata.
 State = dict[str, Any]
 
-ConfigT = TypeVar("ConfigT", bound="ComponentConfig")
+#: The config of the component a codec reads a column for (any pydantic model, so that codecs
+#: need nothing of the component module).
+ConfigT = TypeVar("ConfigT", bound="BaseModel")
 
 #: Values kept to show with each note.
 EXAMPLES_PER_NOTE = 3
