@@ -122,7 +122,7 @@ def _option_table(rows: list[OptionRow]) -> list[str]:
 
 
 #: The lines that enclose the generated list of training options in docs/training.md.
-TRAINING_OPTIONS_BEGIN = ("<!-- training options: generated from core/_training/options.py by"
+TRAINING_OPTIONS_BEGIN = ("<!-- training options: generated from core/_options.py by"
                           " `make docs`; edit the descriptions there -->")
 TRAINING_OPTIONS_END = "<!-- end of training options -->"
 
@@ -130,7 +130,7 @@ TRAINING_OPTIONS_END = "<!-- end of training options -->"
 def training_option_rows() -> list[OptionRow]:
     """Every option of a spec's ``training`` section, a section's own options as
     ``section.option`` (``early_stopping.patience``)."""
-    from ._training.options import TrainingOptions
+    from ._options import TrainingOptions
 
     rows: list[OptionRow] = []
     for row, field in zip(option_rows(TrainingOptions), TrainingOptions.model_fields.values()):

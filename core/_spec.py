@@ -59,6 +59,7 @@ from ._errors import (
     shorten,
     validator_problem,
 )
+from ._options import TrainingOptions
 from ._registry import ComponentRecord, Registry, component_problems, get_registry
 from ._search import DESCRIPTION as SEARCH_DESCRIPTION, SearchSpace, search_problems
 from ._spec_files import (
@@ -68,7 +69,6 @@ from ._spec_files import (
     read_spec_file,
     too_many_values,
 )
-from ._training.options import TrainingOptions
 
 if TYPE_CHECKING:
     from pydantic.json_schema import JsonDict

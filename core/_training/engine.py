@@ -43,6 +43,7 @@ from .._errors import (
     first_line,
 )
 from .._files import output_lock, refuse_overwriting_inputs, sweep
+from .._options import TrainingOptions
 from .._spec import ModelSpec, load_spec
 from . import distributed, hardware, objective
 from .checkpoint import Checkpoint, fingerprint
@@ -63,7 +64,6 @@ from .inference import (
     presence_table,
     to_device,
 )
-from .options import TrainingOptions
 from .presence import presence_lines
 from .report import plot_curves, summary_table, write_logs, write_validation_rows
 

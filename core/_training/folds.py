@@ -18,7 +18,7 @@ import numpy as np
 from .._data.loader import derive_seed
 from .._data.table import Table, is_missing
 from .._errors import DataError, did_you_mean
-from .options import checked_group_column
+from .._options import checked_group_column
 
 if TYPE_CHECKING:
     from .._data.binding import Binding

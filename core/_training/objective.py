@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .._data.binding import Binding
-    from .options import TrainingOptions
+    from .._options import TrainingOptions
 
 
 def monitored(training: TrainingOptions, binding: Binding) -> tuple[str, bool]:

@@ -45,7 +45,7 @@ def test_committed_reference_is_up_to_date(registry):
 
 def test_the_training_guide_lists_every_training_option_as_the_model_says():
     from polymodal._docs import training_option_rows, with_training_options
-    from polymodal._training.options import TrainingOptions
+    from polymodal._options import TrainingOptions
 
     guide = DOCS.parent / "training.md"
     text = guide.read_text(encoding="utf-8")

@@ -349,7 +349,7 @@ def test_training_options_are_validated_with_their_spec_path(dataset, tmp_path):
 
 def test_backbones_get_their_own_learning_rate_and_sgd_its_momentum():
     from polymodal._training.engine import _optimizer, _scheduler
-    from polymodal._training.options import TrainingOptions
+    from polymodal._options import TrainingOptions
 
     spec = spec_data()
     spec["inputs"]["report"]["adapter"]["categorical"] = {"color": 3}
@@ -383,7 +383,7 @@ def test_inspect_shows_what_was_fitted_on_the_training_table(trained, capsys):
 
 def test_the_fused_adamw_step_is_the_plain_one():
     from polymodal._training.engine import _optimizer
-    from polymodal._training.options import TrainingOptions
+    from polymodal._options import TrainingOptions
 
     torch.manual_seed(0)
     spec = spec_data()
