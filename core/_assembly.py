@@ -35,6 +35,7 @@ from ._errors import (
     first_line,
     out_of_memory,
 )
+from ._footprint import Footprint, check_fits, footprint_of, unmeasured
 from ._registry import Registry, component_problems, get_registry
 from ._signals import Signal, Vector
 from ._spec import ModelSpec, load_spec
@@ -434,8 +435,6 @@ def build(
     spec = load_spec(spec, registry)
     the_plan = plan(spec)
     if torch.get_default_device().type != "meta":  # on meta it is the measurement itself
-        from ._footprint import refuse_too_large
-
         refuse_too_large(spec)  # before allocating: what validate refuses, build refuses
     modules = _Modules(registry)
     modules.inputs(spec, the_plan)
@@ -446,3 +445,33 @@ def build(
     if pretrained:
         modules.load_pretrained(spec)
     return model
+
+
+# -- a spec's model measured before it is built ---------------------------------------------
+
+
+def measure(spec: ModelSpec) -> Footprint:
+    """The footprint of ``spec``'s model, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return footprint_of(build(spec, pretrained=False))
+
+
+def refuse_too_large(spec: ModelSpec) -> None:
+    """Refuse, before anything is allocated, a model that cannot fit this machine's memory
+    (as ``validate`` does); a model that cannot be measured is left to the build."""
+    try:
+        footprint = measure(spec)
+    except Exception:  # noqa: BLE001 - measuring is advice; the build reports its own errors
+        return
+    check_fits(footprint)
+
+
+def measured(spec: ModelSpec) -> Footprint | str:
+    """The footprint, or why it could not be measured (a component that cannot be made on the
+    meta device); refuses a model that cannot fit."""
+    try:
+        footprint = measure(spec)
+    except Exception as exc:  # noqa: BLE001 - measuring is advice; the build reports its own errors
+        return unmeasured(exc)
+    check_fits(footprint)
+    return footprint

@@ -294,7 +294,7 @@ def validate(spec_path: str, diagram: bool) -> None:
 
         click.echo(mermaid(spec), nl=False)
         return
-    from ._footprint import measured
+    from ._assembly import measured
 
     try:
         footprint = measured(spec)

@@ -20,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -32,7 +31,8 @@ from torch import nn
 
 from ._assembly import PolymodalModel
 from ._components import ModalityAdapter
-from ._errors import ExportError, ModelFileError, PolymodalError
+from ._errors import ExportError, PolymodalError
+from ._export_layout import BATCH, KEY_EXPORT, ExportedInput, Layout
 from ._files import atomic_open, output_lock, refuse_overwriting_inputs
 from ._registry import Registry
 
@@ -41,63 +41,11 @@ FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 #: ONNX opset of exported files: the exporter's own opset, run by every ONNX Runtime since 1.14
 #: (including its web and mobile builds), so no version conversion can change the graph.
 OPSET = 18
-KEY_EXPORT = "polymodal.export"
-EXPORT_FORMAT = 1
-#: The name of the free batch dimension in the exported files.
-BATCH = "batch"
 #: Batch size of the example traced: 1 would fix the batch size to 1.
 EXAMPLE_BATCH = 2
 #: Largest difference between the model's outputs and the export's accepted when checking it.
 TOLERANCE = 1e-4
 PRESENT_PREFIX = "present."
-
-
-@dataclass(frozen=True)
-class ExportedInput:
-    """One tensor an exported model takes."""
-
-    name: str  # the tensor's name: ``photo``, ``report.make``, ``present.photo``
-    input: str  # the model input it belongs to
-    key: str | None  # its key in a dict input (a table column), else None
-    dtype: str  # ``float32``, ``int64``, ``bool``
-    shape: list[int | str]  # ``BATCH`` for the free batch size
-    present: bool = False  # a mask of the samples whose input is present (optional in ONNX)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The exported model's inputs and outputs, in order (saved as ``polymodal.export``)."""
-
-    inputs: list[ExportedInput]
-    outputs: dict[str, list[int | str]]  # head -> shape
-    format: str = "onnx"
-    exporter: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps({"format": EXPORT_FORMAT, "file": self.format, "batch": BATCH,
-                           "inputs": [asdict(i) for i in self.inputs],
-                           "outputs": [{"name": h, "shape": s} for h, s in self.outputs.items()],
-                           "exporter": self.exporter})
-
-    @classmethod
-    def from_json(cls, text: str, source: str) -> Layout:
-        from ._modelfile import metadata_json
-
-        data = metadata_json(text, source, KEY_EXPORT)
-        try:
-            if data["format"] > EXPORT_FORMAT:
-                raise ModelFileError(
-                    f"{source}: exported by a newer polymodal (export format {data['format']});"
-                    f" this one reads format {EXPORT_FORMAT}: pip install -U polymodal")
-            return cls([ExportedInput(**i) for i in data["inputs"]],
-                       {o["name"]: o["shape"] for o in data["outputs"]}, data["file"],
-                       data.get("exporter", {}))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ModelFileError(f"{source}: its {KEY_EXPORT} metadata is unreadable ({exc})") from None
-
-    @property
-    def data_inputs(self) -> list[ExportedInput]:
-        return [i for i in self.inputs if not i.present]
 
 
 @dataclass(frozen=True)

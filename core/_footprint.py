@@ -1,20 +1,17 @@
-"""How large a spec's model is, found without allocating it, and whether it can be built here.
+"""How large a model is, and whether it can be built here.
 
-The model is built on torch's meta device, which records shapes and allocates nothing, so a
-spec whose parameters would not fit in memory (a categorical column of a trillion categories)
-is measured, and refused, in milliseconds.
+A spec's model is measured built on torch's meta device (:func:`polymodal._assembly.measure`),
+which records shapes and allocates nothing, so a spec whose parameters would not fit in memory
+(a categorical column of a trillion categories) is measured, and refused, in milliseconds.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import PolymodalError, SpecError, first_line
-
-if TYPE_CHECKING:
-    from ._spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -48,14 +45,8 @@ def physical_memory() -> int | None:
         return None
 
 
-def measure(spec: ModelSpec) -> Footprint:
-    """The footprint of ``spec``'s model, built on the meta device (nothing allocated)."""
-    import torch
-
-    from ._assembly import build
-
-    with torch.device("meta"):
-        model = build(spec, pretrained=False)
+def footprint_of(model: Any) -> Footprint:
+    """The footprint of a built model (built on the meta device, it costs no memory)."""
     tensors = [*model.parameters(), *model.buffers()]
     parts = {where: _bytes(module) for where, module in _parts(model)}
     return Footprint(
@@ -81,16 +72,6 @@ def _bytes(module: Any) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def refuse_too_large(spec: ModelSpec) -> None:
-    """Refuse, before anything is allocated, a model that cannot fit this machine's memory
-    (as ``validate`` does); a model that cannot be measured is left to the build."""
-    try:
-        footprint = measure(spec)
-    except Exception:  # noqa: BLE001 - measuring is advice; the build reports its own errors
-        return
-    check_fits(footprint)
-
-
 def check_fits(footprint: Footprint, memory: int | None = None) -> None:
     """Refuse a model whose weights alone exceed this machine's memory."""
     memory = physical_memory() if memory is None else memory
@@ -104,19 +85,13 @@ def check_fits(footprint: Footprint, memory: int | None = None) -> None:
                           " the backbone)")])
 
 
-def measured(spec: ModelSpec) -> Footprint | str:
-    """The footprint, or why it could not be measured (a component that cannot be made on the
-    meta device); refuses a model that cannot fit."""
-    try:
-        footprint = measure(spec)
-    except PolymodalError as exc:
+def unmeasured(exc: Exception) -> str:
+    """Why a spec's model could not be measured before it is built."""
+    if isinstance(exc, PolymodalError):
         # Sizes a table decides (`classes: auto`, learned cardinalities) are not known before
         # training; what build itself refuses, build reports.
         return f"size not measured before training ({_first_line(exc)})"
-    except Exception as exc:  # noqa: BLE001 - measuring is advice; the build reports its own errors
-        return f"size not measured ({type(exc).__name__}: {_first_line(exc)})"
-    check_fits(footprint)
-    return footprint
+    return f"size not measured ({type(exc).__name__}: {_first_line(exc)})"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,7 +7,8 @@ import pytest
 
 import polymodal
 from polymodal._cli import main
-from polymodal._footprint import Footprint, check_fits, measure
+from polymodal._assembly import measure
+from polymodal._footprint import Footprint, check_fits
 
 HUGE = {"name": "huge", "inputs": {"t": {"adapter": {
     "type": "tabular", "categorical": {"site": 10**12}, "numerical": ["a"]}}},

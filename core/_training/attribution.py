@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -23,7 +23,35 @@ from .._files import atomic_open
 from .inference import to_device
 
 if TYPE_CHECKING:
-    from .explain import _Explainer
+    from .._data.binding import Binding
+    from .._data.table import Table
+
+
+class Rows(Protocol):
+    """The explained rows, encoded: what attribution reads of them."""
+
+    @property
+    def table(self) -> Table: ...
+    @property
+    def inputs(self) -> dict[str, Any]: ...
+    @property
+    def present(self) -> dict[str, torch.Tensor]: ...
+
+
+class Explaining(Protocol):
+    """What attribution needs of the explanation it is part of: the model on its device, its
+    binding, the rows, and the count of the passes made over them."""
+
+    passes: int
+
+    @property
+    def model(self) -> Any: ...
+    @property
+    def binding(self) -> Binding: ...
+    @property
+    def rows(self) -> Rows: ...
+    @property
+    def device(self) -> torch.device: ...
 
 #: ``--attribute`` choices and the Captum class of each.
 METHODS = {"integrated_gradients": "IntegratedGradients", "saliency": "Saliency",
@@ -44,7 +72,7 @@ def captum_method(method: str) -> Any:
     return getattr(attr, METHODS[method])
 
 
-def pictured_inputs(explainer: _Explainer) -> dict[str, torch.Tensor]:
+def pictured_inputs(explainer: Explaining) -> dict[str, torch.Tensor]:
     """The inputs whose codec gives them as numbers to attribute, as those numbers."""
     found = {}
     for bound in explainer.binding.inputs:
@@ -54,7 +82,7 @@ def pictured_inputs(explainer: _Explainer) -> dict[str, torch.Tensor]:
     return found
 
 
-def attribute(explainer: _Explainer, at: np.ndarray, method: str) -> dict[str, np.ndarray]:
+def attribute(explainer: Explaining, at: np.ndarray, method: str) -> dict[str, np.ndarray]:
     """For each row at positions ``at``, each head and each pictured input the head reads and the
     row holds: the attribution's pictures, by their file's path in the output folder
     (``attributions/row_7_decision_photo_rgb.png``)."""
@@ -80,7 +108,7 @@ def attribute(explainer: _Explainer, at: np.ndarray, method: str) -> dict[str, n
     return written
 
 
-def _one(explainer: _Explainer, make: Any, method: str, inputs: dict[str, Any],
+def _one(explainer: Explaining, make: Any, method: str, inputs: dict[str, Any],
          present: dict[str, torch.Tensor], head: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One row's input ``name`` and its attribution for ``head``'s strongest output."""
     device = explainer.device

@@ -40,9 +40,9 @@ from .._errors import DataError, OutputError
 from .._files import atomic_folder, atomic_path, output_lock, write_text
 from .inference import (
     RowReport,
-    _load,
     encoded_chunks,
     kept_name,
+    loaded_model,
     model_state,
     to_device,
 )
@@ -285,7 +285,7 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
     say = log or (lambda _: None)
     _check_request(repeats, rows, output, attribute)
     started = time.perf_counter()
-    model, source = _load(model)
+    model, source = loaded_model(model)
     state = model_state(model, source)
     binding = Binding(model.spec)
     target_device = torch.device(device)

@@ -33,7 +33,7 @@ from .engine import CHECKPOINT, train
 from .report import csv_text, json_safe
 
 if TYPE_CHECKING:
-    from .cv import FoldPlan
+    from .folds import FoldPlan
 
 RECORD = "fold.json"
 PREDICTIONS = "predictions.csv"

@@ -52,6 +52,39 @@ class GroupLike:
                f" {self.rows / self.groups:.1f} a value)"
 
 
+@dataclass
+class FoldPlan:
+    """Which fold each row of the table is left out in."""
+
+    fold_of_row: np.ndarray
+    folds: int
+    group_column: str | None = None  # the column whose groups stay together (or fold column)
+    from_column: bool = False  # the folds were named by a column
+    stratified_by: str | None = None
+    #: The column whose groups stay on one side of each fold's validation split (the rows
+    #: early stopping picks the best epoch on); None: split row by row.
+    split_by: str | None = None
+
+    def describe(self) -> str:
+        sizes = np.bincount(self.fold_of_row, minlength=self.folds)
+        if self.from_column:
+            how = f"taken from column {self.group_column!r}"
+        elif self.group_column:
+            how = f"grouped by {self.group_column!r}"
+        else:
+            how = "row by row"
+        strata = f", stratified by {self.stratified_by!r}" if self.stratified_by else ""
+        inner = f"; validation split by {self.split_by!r}" \
+            if self.from_column and self.split_by else ""
+        return f"{self.folds} folds of {', '.join(map(str, sizes))} rows ({how}{strata}{inner})"
+
+    def test_positions(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(self.fold_of_row == fold)
+
+    def train_positions(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(self.fold_of_row != fold)
+
+
 def group_like_columns(table: Table, used: Iterable[str]) -> list[GroupLike]:
     """Columns the spec does not read whose values repeat across rows like group identifiers
     (at least MIN_GROUPS values, each on MIN_ROWS_PER_GROUP rows on average; not fractional

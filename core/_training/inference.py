@@ -398,7 +398,7 @@ def _number(value: float | str | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
-def _load(model: Any, exports: bool = False) -> tuple[Any, str]:
+def loaded_model(model: Any, exports: bool = False) -> tuple[Any, str]:
     """The model of a model file (or, where ``exports``, of an ONNX export) and its name."""
     if isinstance(model, (str, Path)):
         if exports and Path(model).suffix.lower() == ".onnx":
@@ -415,7 +415,7 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
              device: str = "cpu") -> dict[str, Any]:
     """Metrics of each head of a trained model (file or object) on a table with targets,
     and each classification head's confusion matrix."""
-    model, source = _load(model)
+    model, source = loaded_model(model)
     state = model_state(model, source)
     binding = Binding(model.spec)
     unscored = _heads_without_targets(binding, data)
@@ -486,7 +486,7 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     if output is not None:
         _check_table_name(Path(output))
         refuse_overwriting_inputs(output, {"the table to predict": data, "the model": model})
-    model, source = _load(model, exports=True)
+    model, source = loaded_model(model, exports=True)
     state = model_state(model, source)
     target = torch.device(device)
     model.to(target).eval()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .._errors import DataError, ExportError, ModelFileError, first_line
-from .._export import KEY_EXPORT, ExportedInput, Layout
+from .._export_layout import KEY_EXPORT, ExportedInput, Layout
 from .._modelfile import metadata_json
 
 if TYPE_CHECKING:

@@ -43,10 +43,10 @@ from .._files import atomic_path, remove_stale_locks, write_text
 from .._search import Choice, FloatRange, IntRange, label, plain_data, put
 from .._spec import ModelSpec, load_spec
 from . import distributed, objective
-from .cv import FoldPlan, SpecScores, plan_folds, say_once, settled
+from .cv import SpecScores, plan_folds, say_once, settled
 from .engine import CHECKPOINT, train
 from .fold_run import run_fold
-from .folds import group_column, group_keys
+from .folds import FoldPlan, group_column, group_keys
 from .inference import presence_table
 from .report import json_safe
 
@@ -233,8 +233,7 @@ def _fold_plan(table: Table, spec: ModelSpec, folds: int | None, group_by: str |
 def check_connections(spec: ModelSpec) -> None:
     """Every end of a range and every choice, put into the spec on its own, connects (the spec
     check validates them; this plans the model too), before any trial runs."""
-    from .._assembly import plan
-    from .._footprint import refuse_too_large
+    from .._assembly import plan, refuse_too_large
     from .._search import candidates
 
     base = plain_data(spec)

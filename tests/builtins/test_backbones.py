@@ -484,7 +484,8 @@ def test_a_model_file_of_a_constructor_reading_tensor_values_loads(route, roundt
 def test_meta_builds_then_a_regnet_build_leave_the_process_as_they_found_it():
     from torch._C import _len_torch_function_stack
 
-    from polymodal._footprint import Footprint, measured
+    from polymodal._assembly import measured
+    from polymodal._footprint import Footprint
 
     def process_state():
         return _len_torch_function_stack(), torch.get_default_device(), torch.get_default_dtype()
