@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import types
-import typing
 import unicodedata
 import weakref
 from collections.abc import Mapping, Sequence
@@ -39,7 +37,7 @@ from pydantic import (
     create_model,
     model_validator,
 )
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import PydanticCustomError
 
 from ._components import (
     AdapterConfig,
@@ -50,14 +48,9 @@ from ._components import (
     SchemaWithDefaults,
 )
 from ._errors import (
-    ComponentError,
-    Problem,
     SpecError,
-    close_matches,
     did_you_mean,
     excerpt,
-    shorten,
-    validator_problem,
 )
 from ._options import TrainingOptions
 from ._registry import ComponentRecord, Registry, component_problems, get_registry
@@ -69,6 +62,8 @@ from ._spec_files import (
     read_spec_file,
     too_many_values,
 )
+from ._spec_problems import MAX_PROBLEMS, format_loc, pydantic_problems
+from ._spec_slots import PLUGIN_LOADED, ComponentSlot, custom_problem
 
 if TYPE_CHECKING:
     from pydantic.json_schema import JsonDict
@@ -78,21 +73,11 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _NAMES: JsonDict = {"propertyNames": {"pattern": NAME_PATTERN}}
 
 
-def _problem(kind: str, message: str, cause: BaseException | None = None) -> PydanticCustomError:
-    """A validation error of our own ``kind`` whose message is ``message`` as written (the
-    message goes in through the context: a template would read braces in it as fields); the
-    exception a component raised, if it caused it, travels along for --debug and the
-    conformance kit."""
-    context: dict[str, Any] = {"message": message}
-    if cause is not None:
-        context["cause"] = cause
-    return PydanticCustomError(kind, "{message}", context)
-
-
 def _valid_name(name: str) -> str:
     if not re.match(NAME_PATTERN, name):
-        raise _problem("spec_name", f"name {excerpt(name)} is not valid: use letters, digits and _,"
-                       " not starting with a digit")
+        raise custom_problem(
+            "spec_name", f"name {excerpt(name)} is not valid: use letters, digits and _,"
+                         " not starting with a digit")
     return name
 
 
@@ -113,16 +98,19 @@ def _valid_model_name(name: str) -> str:
     """A model name is a label; commands use it in file and folder names, so it must be one
     name that stays in its folder."""
     if not name.strip():
-        raise _problem("spec_name", "the model's name is empty; give a label such as `claims`")
+        raise custom_problem(
+            "spec_name", "the model's name is empty; give a label such as `claims`")
     if len(name) > MODEL_NAME_MAX:
-        raise _problem("spec_name", f"the model's name has {len(name):,} characters; give one of"
-                       f" at most {MODEL_NAME_MAX} (it becomes part of file names)")
+        raise custom_problem(
+            "spec_name", f"the model's name has {len(name):,} characters; give one of"
+                         f" at most {MODEL_NAME_MAX} (it becomes part of file names)")
     invisible = any(unicodedata.category(c) in ("Cc", "Cf") for c in name)  # e.g. U+202E
     if _NOT_IN_MODEL_NAME.search(name) or invisible or name in (".", ".."):
-        raise _problem("spec_name", f"the model's name {excerpt(name)} is not a label: it becomes"
-                       " part of file and folder names, so it may not be `.` or `..`, begin"
-                       " with `-`, nor hold `/`, `\\`, `*?:<>|\"` or control or invisible"
-                       " characters")
+        raise custom_problem(
+            "spec_name", f"the model's name {excerpt(name)} is not a label: it becomes"
+                         " part of file and folder names, so it may not be `.` or `..`, begin"
+                         " with `-`, nor hold `/`, `\\`, `*?:<>|\"` or control or invisible"
+                         " characters")
     return name
 
 
@@ -153,16 +141,10 @@ class InputSpec(_StrictModel):
     @classmethod
     def _a_mapping(cls, data: Any) -> Any:
         if not isinstance(data, (Mapping, InputSpec)):
-            raise _problem("spec_input", "an input is a mapping with an `adapter` and, optionally,"
-                           " a `backbone`")
+            raise custom_problem(
+                "spec_input", "an input is a mapping with an `adapter` and, optionally,"
+                              " a `backbone`")
         return data
-
-
-#: The message of a section a spec cannot do without, when it is absent or empty.
-_REQUIRED_SECTIONS = {
-    "inputs": "missing: a spec needs at least one entry in `inputs`",
-    "heads": "missing: a spec needs at least one entry in `heads`",
-}
 
 
 class ModelSpec(_StrictModel):
@@ -337,128 +319,11 @@ def unknown_metric(head: str, name: str, known: Sequence[str]) -> tuple[str, str
             f"{did_you_mean(name, known)} Its metrics: {', '.join(known)}.")
 
 
-# -- component places: the installed components, discriminated on `type` --------------------
-
-
-def _config_class(record: ComponentRecord) -> type[ComponentConfig]:
-    """The config class of a loaded component's ``record``."""
-    assert record.cls is not None, "a spec model is made of loaded components only"
-    return record.cls.Config
-
-
-class _ComponentSlot:
-    """Pydantic annotation of a place in the spec that holds one component of ``kind``.
-
-    Validation resolves ``type`` through the registry (short name or ``package:type``; an
-    unknown one is a problem that names close matches and install hints), then validates the
-    options with that component's own config. The JSON Schema has one ``if type is ... then
-    <config>`` branch per component, its summary as the branch's description."""
-
-    def __init__(self, kind: str, registry: Registry, records: Sequence[ComponentRecord]):
-        self.kind = kind
-        # Weak: the model made per registry is kept while its registry lives, not longer.
-        self._registry = weakref.ref(registry)
-        self.records = {rec.canonical: rec for rec in records}
-        shorts = [rec.type for rec in records]
-        # A short name two packages share is ambiguous: only the canonical ids stand for them.
-        self.names = {rec.canonical: ([rec.type] if shorts.count(rec.type) == 1 else [])
-                      + [rec.canonical] for rec in records}
-
-    @property
-    def registry(self) -> Registry:
-        registry = self._registry()
-        assert registry is not None, "a spec model outlived its registry"
-        return registry
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        if not self.records:  # nothing of this kind installed: every type is unknown
-            return core_schema.no_info_plain_validator_function(self._resolve)
-        choices: dict[str, core_schema.CoreSchema] = {
-            canonical: core_schema.no_info_wrap_validator_function(
-                self._branch(rec), handler.generate_schema(_config_class(rec)))
-            for canonical, rec in self.records.items()}
-        union = core_schema.tagged_union_schema(choices, discriminator=self._tag)
-        return core_schema.no_info_before_validator_function(self._resolve, union,
-                                                             ref=f"polymodal-{self.kind}")
-
-    def _resolve(self, value: Any) -> dict[str, Any]:
-        """``value`` with its ``type`` replaced by the canonical id of the component it names."""
-        if not isinstance(value, Mapping):
-            raise _problem("spec_component",
-                           f"{_a(self.kind)} is a mapping with a `type` and its options")
-        name = value.get("type")
-        if not isinstance(name, str) or not name:
-            installed = ", ".join(sorted({r.type for r in self.registry.components(self.kind)}))
-            missing = "missing" if name is None or name == "" else f"{excerpt(name)} is not a name"
-            raise _problem("spec_type", f"{missing}: name the {self.kind} type, one of"
-                           f" {installed or 'none installed'}")
-        try:
-            record = self.registry.resolve(self.kind, name)
-            if record.canonical not in self.records:
-                # Listed by a manifest: its plugin is imported now that a spec names it, and the
-                # spec is validated again by a model that has it (validate_spec_data).
-                self.registry.load(record)
-                raise _problem(_PLUGIN_LOADED, f"{record.canonical} is loaded now")
-        except ComponentError as exc:
-            raise _problem("spec_type", str(exc)) from None
-        return {**value, "type": record.canonical}
-
-    def _tag(self, value: Any) -> str | None:
-        if isinstance(value, Mapping):
-            return value.get("type")
-        return self.registry.record_for_config(type(value)).canonical
-
-    def _branch(self, record: ComponentRecord):
-        def validate(value: dict[str, Any], handler: Any) -> ComponentConfig:
-            try:  # the config's `type` literal is the short name
-                return handler({**value, "type": record.type})
-            except (ValidationError, PydanticCustomError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a validator's own error (SpecError, TypeError, ...)
-                problems = component_problems(exc, "", record, self.registry)
-                raise _problem("spec_component", "; ".join(
-                    f"{where}: {message}" if where else message for where, message in problems),
-                    cause=exc) from None
-        return validate
-
-    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
-        if not self.records:
-            return {"not": {}, "description": f"No {self.kind} is installed."}
-        generated = handler(schema)
-        union = handler.resolve_ref_schema(generated)
-        if "oneOf" not in union:
-            return generated  # a second place holding this kind: its definition is made
-        branches = []
-        # One branch a component, in the order of the union's choices (each its own config).
-        for ref, (canonical, record) in zip(union.pop("oneOf"), self.records.items(), strict=True):
-            names = self.names[canonical]
-            config = handler.resolve_ref_schema(ref)
-            config.update(title=f"{record.kind} {canonical}", description=record.summary)
-            config["properties"]["type"] = {"enum": names, "description": record.summary}
-            branches.append({"if": {"properties": {"type": {"enum": names}}, "required": ["type"]},
-                             "then": ref})
-        summaries = [self.records[c].summary for c, names in self.names.items() for _ in names]
-        union.update({
-            "type": "object",
-            "description": f"A {self.kind}: `type` names the component, the other keys are its"
-                           " options.",
-            "properties": {"type": {
-                "description": f"The {self.kind} type.",
-                "enum": [name for names in self.names.values() for name in names],
-                "enumDescriptions": summaries, "markdownEnumDescriptions": summaries}},
-            "required": ["type"],
-            "allOf": branches,
-        })
-        return generated
-
-
 # -- one spec model per registry ---------------------------------------------------------------
 
 #: ``registry -> (its loaded components, the spec model made from them)``
 _SPEC_MODELS: weakref.WeakKeyDictionary[Registry, tuple[tuple, type[ModelSpec]]] = \
     weakref.WeakKeyDictionary()
-#: The error of a pass that loaded a plugin: the spec is validated again.
-_PLUGIN_LOADED = "spec_plugin_loaded"
 #: Union tags of an input's backbone (a tag may show in error locations: no key is spelt so).
 _BACKBONE_NAME, _INLINE_BACKBONE = "backbone name", "inline backbone"
 
@@ -489,7 +354,7 @@ def _none_is(empty: Any) -> AfterValidator:
 
 def _make_spec_model(registry: Registry, records: Sequence[ComponentRecord]) -> type[ModelSpec]:
     adapters, backbones, fusions, heads = (
-        _ComponentSlot(kind, registry, [r for r in records if r.kind == kind])
+        ComponentSlot(kind, registry, [r for r in records if r.kind == kind])
         for kind in ("adapter", "backbone", "fusion", "head"))
     backbone = Annotated[BackboneConfig, backbones]
     backbone_place = Annotated[Union[Annotated[str, Tag(_BACKBONE_NAME)],
@@ -535,7 +400,7 @@ def validate_spec_data(
             spec = _plain(model.model_validate_json(text, strict=True, context=context))
             break
         except ValidationError as exc:
-            if not any(err["type"] == _PLUGIN_LOADED for err in exc.errors()):
+            if not any(err["type"] == PLUGIN_LOADED for err in exc.errors()):
                 raise SpecError(pydantic_problems(exc, "", model, data), source) from None
     else:
         raise AssertionError("a plugin was loaded on every pass")  # pragma: no cover
@@ -585,14 +450,14 @@ def _json_value(value: Any, loc: tuple[Any, ...], memo: dict[int, tuple[Any, int
         value = int(value)  # a count written as 1e3; a larger float stays a float (1e300)
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
         # No size, count or seed is this large; torch would fail on it with C++ frames.
-        problems.append((_format_loc(loc), f"{excerpt(value)} is too large a number: no size,"
+        problems.append((format_loc(loc), f"{excerpt(value)} is too large a number: no size,"
                                            " count or seed exceeds 2**63"))
         return None, 1
     if value is None or isinstance(value, (bool, int, str, float)):
         return value, 1
     if isinstance(value, (Mapping, list, tuple)):
         if id(value) in open_:
-            problems.append((_format_loc(loc), "this value contains itself (an alias inside"
+            problems.append((format_loc(loc), "this value contains itself (an alias inside"
                                                " its own anchor)"))
             return None, 1
         if id(value) not in memo:
@@ -603,7 +468,7 @@ def _json_value(value: Any, loc: tuple[Any, ...], memo: dict[int, tuple[Any, int
     item = getattr(value, "item", None)  # a NumPy scalar: the number it holds
     if callable(item) and getattr(value, "shape", None) == ():
         return _json_value(item(), loc, memo, open_, problems)
-    problems.append((_format_loc(loc), f"a spec holds text, numbers, true/false, lists and"
+    problems.append((format_loc(loc), f"a spec holds text, numbers, true/false, lists and"
                                        f" mappings, not {type(value).__name__} (got"
                                        f" {excerpt(value)})"))
     return None, 1
@@ -622,7 +487,7 @@ def _json_container(value: Mapping | list | tuple, loc: tuple[Any, ...], memo: d
     mapping = {}
     for key, item in value.items():
         if not (key is None or isinstance(key, (bool, int, float, str))):
-            problems.append((_format_loc((*loc, excerpt(key))), "a key is text"))
+            problems.append((format_loc((*loc, excerpt(key))), "a key is text"))
             continue
         text = key if isinstance(key, str) else json.dumps(key)  # 1 -> "1", as JSON has it
         mapping[text], count = _json_value(item, (*loc, text), memo, open_, problems)
@@ -647,208 +512,6 @@ def load_spec(source: ModelSpec | str | Path | Mapping[str, Any],
         SPEC_FOLDER.reset(reading)
     spec._folder = folder
     return spec
-
-
-# -- problems: from Pydantic's errors to one line per place ------------------------------------
-
-#: At most this many problems are listed; a value with a million wrong items is one line each.
-MAX_PROBLEMS = 30
-
-
-def _a(kind: str) -> str:
-    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + shorten(str(part), 60)
-    return out
-
-
-def pydantic_problems(
-    exc: ValidationError, prefix: str, model: type[BaseModel] | Any, data: Any = None
-) -> list[tuple[str, str]]:
-    """One ``(location, message)`` per wrong place. With the validated ``data``, the names
-    pydantic gives the members of a union (``constrained-int``, ``literal['auto']``, a
-    component's canonical id) are left out of locations and the members' complaints are joined
-    into one message."""
-    # By place, and whether the complaint is about the name (the key) there or its value.
-    problems: dict[tuple[str, bool], list[str]] = {}
-    causes: dict[str, BaseException] = {}  # a component's own exception behind a problem
-    got: dict[tuple[str, bool], str] = {}
-    suggested: set[str] = set()  # keys a misspelt key points to: their "missing" goes unsaid
-    for err in exc.errors(include_url=False):
-        if err["type"] == "spec_references":
-            for where, message in err["ctx"]["problems"]:
-                problems.setdefault((where, False), []).append(message)
-            continue
-        raw_loc = tuple(err["loc"])
-        loc = raw_loc if data is None else _data_location(raw_loc, data, err["type"] == "missing")
-        if err["type"] == "spec_type":
-            loc += ("type",)
-        place = (_join(prefix, loc), raw_loc[-1:] == ("[key]",))
-        reported = validator_problem(place[0], err)  # a component's ConfigError, at its option
-        if reported is not None:
-            problems.setdefault((reported[0], False), []).append(reported[1])
-            continue
-        if err["type"] == "extra_forbidden":
-            fields = _fields_at(model, raw_loc[:-1])
-            hint = did_you_mean(str(loc[-1]), fields) if fields else ""
-            suggested.update(_join(prefix, (*loc[:-1], f))
-                             for f in close_matches(str(loc[-1]), fields or ()))
-            known = f" Known keys: {', '.join(sorted(fields))}." if fields else ""
-            problems.setdefault(place, []).append(_unknown_key(hint, known))
-            continue
-        if isinstance((err.get("ctx") or {}).get("cause"), BaseException):
-            causes[place[0]] = err["ctx"]["cause"]
-        messages = problems.setdefault(place, [])
-        msg = _message(err, loc if not prefix else None)
-        if messages and msg.startswith("Input should "):
-            msg = msg[len("Input should "):]  # "... greater than 0 or be 'auto'"
-        if msg not in messages:
-            messages.append(msg)
-        # A whole component's options (a validator across fields) would only repeat the spec;
-        # a problem with a name or a type says the value itself.
-        if err["type"] not in _SAYS_WHAT_IT_GOT and msg not in _REQUIRED_SECTIONS.values() \
-                and "input" in err and not isinstance(err["input"], Mapping) \
-                and not (err["type"] in _VALIDATOR_ERRORS and _states_value(msg, err["input"])):
-            got[place] = f" (got {excerpt(err['input'])})"
-    found: list[tuple[str, str]] = [
-        Problem(where, " or ".join(msgs) + got.get((where, key), ""), causes.get(where))
-        for (where, key), msgs in problems.items()
-        if not (where in suggested and msgs == ["Field required"])]
-    if len(found) > MAX_PROBLEMS:
-        found = found[:MAX_PROBLEMS] + [("", f"... and {len(found) - MAX_PROBLEMS} more problems")]
-    return found
-
-
-_SAYS_WHAT_IT_GOT = {"missing", "spec_type", "spec_name"}
-
-
-#: Errors a config's own validator raised: its message is the plugin author's, and may state the
-#: value (pydantic's own messages state bounds, never the value).
-_VALIDATOR_ERRORS = {"value_error", "assertion_error"}
-
-
-def _states_value(message: str, value: Any) -> bool:
-    """Whether ``message`` already shows ``value`` (a validator's ``must be even, got 3``): as
-    its repr, or a number or a word of three letters or more as written (3 in "got 3." but not
-    in "got 30")."""
-    if excerpt(value) in message:
-        return True
-    plain = isinstance(value, (int, float)) and not isinstance(value, bool) \
-        or isinstance(value, str) and len(value.strip()) >= 3
-    return plain and re.search(rf"(?<![\w.]){re.escape(str(value))}(?!\w|\.\d)",
-                               message) is not None
-
-
-def _join(prefix: str, loc: tuple[Any, ...]) -> str:
-    return ".".join(filter(None, [prefix, _format_loc(loc)]))
-
-
-def _message(err: Any, spec_loc: tuple[Any, ...] | None) -> str:
-    """Pydantic's message of ``err``, in the words of a spec where they are Python's."""
-    kind = err["type"]
-    if spec_loc is not None and len(spec_loc) == 1 and spec_loc[0] in _REQUIRED_SECTIONS \
-            and (kind in ("missing", "too_short") or err.get("input", 0) is None):
-        return _REQUIRED_SECTIONS[spec_loc[0]]
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"should be a mapping of names to values, not {type(err.get('input')).__name__}"
-    if kind == "value_error":
-        return err["msg"].removeprefix("Value error, ")  # a validator's own sentence
-    return err["msg"]
-
-
-def _data_location(loc: tuple[Any, ...], data: Any, missing: bool) -> tuple[Any, ...]:
-    """``loc`` without the parts that name no key or index of ``data`` (union member names);
-    the last part of a ``missing`` error names a key that is absent by definition."""
-    kept: list[Any] = []
-    node = data
-    for i, part in enumerate(loc):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, (list, tuple)) and isinstance(part, int) and -len(node) <= part < len(node):
-            node = node[part]
-        elif not (missing and i == len(loc) - 1):
-            continue
-        kept.append(part)
-    return tuple(kept)
-
-
-def _unknown_key(hint: str, known: str) -> str:
-    return f"unknown key.{hint}{known}"
-
-
-def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the model at Pydantic's error location ``loc`` (union tags included)
-    inside ``model``: what an unknown key there could have meant."""
-    current: Any = model
-    for part in loc:
-        current = _inside(current, part)
-        if current is None:
-            return []
-    current, _ = _annotated(current)
-    if typing.get_origin(current) in (Union, types.UnionType):  # ``Model | None``
-        members = [m for m in typing.get_args(current) if m is not type(None)]
-        current = _annotated(members[0])[0] if len(members) == 1 else None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _annotated(annotation: Any) -> tuple[Any, list[Any]]:
-    """An annotation without ``Annotated``, and the metadata that was on it."""
-    metadata: list[Any] = []
-    while typing.get_origin(annotation) is Annotated:
-        metadata += annotation.__metadata__
-        annotation = annotation.__origin__
-    return annotation, metadata
-
-
-def _type_tag(member: Any) -> Any:
-    """The tag of a union member told apart by a ``type: Literal[...]`` field (pydantic puts
-    it in error locations)."""
-    model = _annotated(member)[0]
-    if not (isinstance(model, type) and issubclass(model, BaseModel)) or "type" not in model.model_fields:
-        return None
-    values = typing.get_args(model.model_fields["type"].annotation)
-    return values[0] if len(values) == 1 else None
-
-
-def _inside(annotation: Any, part: Any) -> Any:
-    """The annotation of what ``part`` (a field, key, index or union tag) names in a value of
-    ``annotation``; None where that is not known."""
-    annotation, metadata = _annotated(annotation)
-    slot = next((m for m in metadata if isinstance(m, _ComponentSlot)), None)
-    if slot is not None:
-        record = slot.records.get(part)
-        return record.cls.Config if record is not None and record.cls is not None else None
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        members = [m for m in typing.get_args(annotation) if m is not type(None)]
-        for member in members:
-            if any(isinstance(m, Tag) and m.tag == part for m in _annotated(member)[1]):
-                return member
-            if getattr(_annotated(member)[0], "__name__", None) == part or _type_tag(member) == part:
-                return member
-        return _inside(members[0], part) if len(members) == 1 else None
-    if origin is dict:
-        return typing.get_args(annotation)[1]
-    if origin is list:
-        return typing.get_args(annotation)[0]
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        field = annotation.model_fields.get(str(part))
-        if field is None:
-            return None
-        if not field.metadata:
-            return field.annotation
-        annotated = (field.annotation, *field.metadata)  # Annotated[annotation, *metadata]
-        return Annotated[annotated]
-    return None
 
 
 # -- JSON Schema -----------------------------------------------------------------------------
