@@ -23,15 +23,9 @@ Environment:
 
 from __future__ import annotations
 
-import builtins
 import importlib.metadata as metadata
-import importlib.util
 import os
-import re
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -40,7 +34,6 @@ from . import _hooks as hooks
 from ._errors import ComponentError, PolymodalError, Problem, did_you_mean, located
 from ._known_failures import KnownFailures, fingerprint
 from ._manifest import (
-    CATALOG_PATH,
     KINDS,
     ComponentEntry,
     Manifest,
@@ -48,6 +41,19 @@ from ._manifest import (
     find_package_manifest,
     read_manifest,
 )
+from ._plugin_faults import (
+    api_mismatch,
+    as_sentence,
+    check_api,
+    check_records,
+    described,
+    exception_chain,
+    older_api_use,
+    origin_of,
+    top_module,
+    underlying_import_error,
+)
+from ._plugin_records import ComponentRecord, PluginInfo, Refused, normalize_package
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -57,63 +63,6 @@ ENTRY_POINT_GROUP = "polymodal"
 DISABLE_ENV = "POLYMODAL_DISABLE_PLUGINS"
 ALLOW_ENV = "POLYMODAL_PLUGINS"
 CORE_PACKAGE = "polymodal"
-
-
-def normalize_package(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-@dataclass
-class ComponentRecord:
-    """A component known to the registry, loaded or not yet."""
-
-    kind: str
-    type: str
-    package: str
-    version: str
-    plugin: str
-    summary: str
-    target: str
-    cls: builtins.type[Component] | None = None  # `type` is a field of this class
-
-    @property
-    def canonical(self) -> str:
-        return f"{self.package}:{self.type}"
-
-
-@dataclass
-class PluginInfo:
-    """One entry point of group ``polymodal`` and what became of it."""
-
-    name: str
-    package: str
-    version: str
-    value: str
-    status: str = "pending"  # lazy (manifest, not imported) | loaded | failed | disabled
-    error: str | None = None
-    api: int | None = None  # the plugin API it is written for, once known
-    components: list[ComponentRecord] = field(default_factory=list)
-    entry_point: metadata.EntryPoint | None = field(default=None, repr=False)
-    #: (kind, type) of each component its manifest lists; None: listed by no manifest.
-    listed: frozenset[tuple[str, str]] | None = None
-    manifest: Path | None = None  # a third-party plugin's manifest file
-
-    @property
-    def label(self) -> str:
-        return f"{self.package} {self.version}, entry point {self.name!r} ({self.value})"
-
-    @property
-    def key(self) -> str:
-        return f"{self.package}:{self.name}"
-
-    @property
-    def top_module(self) -> str:
-        return self.value.split(":", 1)[0].split(".", 1)[0]
-
-
-class _Refused(PolymodalError):
-    """A plugin's code fails a check of the registry (its API version, its component classes,
-    its manifest); unlike a failing import or hook, the same files always fail it again."""
 
 
 def _env_names(var: str) -> set[str] | None:
@@ -180,7 +129,7 @@ class Registry:
             plugin.status, plugin.error = "failed", str(exc)
             return
         if plugin.api is not None and plugin.api != hooks.PLUGIN_API:
-            plugin.status, plugin.error = "failed", _api_mismatch(plugin)
+            plugin.status, plugin.error = "failed", api_mismatch(plugin)
             return
         if entries is None:
             self._activate(plugin)
@@ -233,14 +182,14 @@ class Registry:
 
     def _import_failed(self, plugin: PluginInfo, exc: BaseException) -> None:
         plugin.status, plugin.components = "failed", []
-        plugin.error = f"import failed: {_described(exc, plugin.top_module)}"
-        underlying = _underlying_import_error(exc)
+        plugin.error = f"import failed: {described(exc, plugin.top_module)}"
+        underlying = underlying_import_error(exc)
         if underlying is not None:
-            plugin.error += f", caused by {_described(underlying, plugin.top_module)}"
-        older = _older_api_use(exc)
+            plugin.error += f", caused by {described(underlying, plugin.top_module)}"
+        older = older_api_use(exc)
         if older is not None:
             plugin.api = 1
-            plugin.error = f"{_api_mismatch(plugin)} It {older} ({plugin.error})."
+            plugin.error = f"{api_mismatch(plugin)} It {older} ({plugin.error})."
 
     def add_plugin(self, obj: object, package: str, version: str = "0", name: str | None = None) -> PluginInfo:
         """Register a plugin object (a module or any object with the hook) without an entry point.
@@ -257,17 +206,17 @@ class Registry:
 
     def _register(self, plugin: PluginInfo, obj: object, assumed_api: int | None = None) -> None:
         try:
-            _check_api(plugin, obj, assumed_api)
+            check_api(plugin, obj, assumed_api)
             self.manager.register(obj, name=f"{plugin.package}:{plugin.name}")
             records = self._records(plugin, obj)
-            _check_records(plugin, records)
-        except _Refused as exc:
+            check_records(plugin, records)
+        except Refused as exc:
             self._fail(plugin, obj, str(exc))
             self._remember(plugin, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - the plugin's hook raised
             self._fail(plugin, obj, str(exc) if isinstance(exc, PolymodalError) else (
-                f"{type(exc).__name__}: {exc}{_origin(exc)}"))
+                f"{type(exc).__name__}: {exc}{origin_of(exc)}"))
             return
         plugin.components, plugin.status, plugin.error = records, "loaded", None
         self._remember(plugin, None)
@@ -279,19 +228,19 @@ class Registry:
         impls = [impl for impl in self.manager.hook.polymodal_components.get_hookimpls()
                  if impl.plugin is obj]
         if not impls:
-            raise _Refused("implements no polymodal_components() hook")
+            raise Refused("implements no polymodal_components() hook")
         records = []
         for impl in impls:
             returned = impl.function()
             if not isinstance(returned, (list, tuple)):
-                raise _Refused(f"polymodal_components() returned {type(returned).__name__},"
-                               " not a list of component classes")
+                raise Refused(f"polymodal_components() returned {type(returned).__name__},"
+                              " not a list of component classes")
             for cls in returned:
                 try:
                     kind, type_name = component_identity(cls)
                     check_defaults(cls)
                 except PolymodalError as exc:
-                    raise _Refused(str(exc)) from None
+                    raise Refused(str(exc)) from None
                 records.append(ComponentRecord(
                     kind, type_name, plugin.package, plugin.version, plugin.name,
                     summary_of(cls), f"{cls.__module__}:{cls.__qualname__}", cls))
@@ -398,9 +347,10 @@ class Registry:
                 provides = self._manifest_types(plugin)
                 if (kind, short) in provides:
                     msg += (f" Plugin {plugin.label} would provide it but is {plugin.status}:"
-                            f" {_sentence(plugin.error)}")
+                            f" {as_sentence(plugin.error)}")
                 elif not provides:
-                    msg += f" (Plugin {plugin.label} is {plugin.status}: {_sentence(plugin.error)})"
+                    msg += (f" (Plugin {plugin.label} is {plugin.status}:"
+                            f" {as_sentence(plugin.error)})")
         msg += f" Installed {kind} types: {', '.join(names) if names else 'none'}."
         return msg
 
@@ -483,7 +433,7 @@ class Registry:
         else:
             what = f"{record.kind} {record.canonical!r} ({record.package} {record.version})"
             package, module = record.package, record.target.split(":", 1)[0]
-        origin = _origin(exc, prefer=module.split(".", 1)[0])
+        origin = origin_of(exc, prefer=module.split(".", 1)[0])
         if package == CORE_PACKAGE:
             whose = "a bug in polymodal: please report it"
         elif package is not None:
@@ -505,153 +455,15 @@ class Registry:
         raised it (the innermost of its frames), or None when no plugin's code is involved."""
         owners = {p.top_module: p for p in self.plugins
                   if p.status == "loaded" and p.package != CORE_PACKAGE}
-        for link in _chain(exc):
+        for link in exception_chain(exc):
             for frame, lineno in reversed(list(traceback.walk_tb(link.__traceback__))):
-                plugin = owners.get(_top_module(frame))
+                plugin = owners.get(top_module(frame))
                 if plugin is not None:
                     return (f"plugin {plugin.label} raised {type(exc).__name__}: {exc} (at"
                             f" {frame.f_code.co_filename}:{lineno}); this is a bug in"
                             f" {plugin.package} or a mistake it does not explain (--debug shows"
                             " the traceback)")
         return None
-
-
-def _check_api(plugin: PluginInfo, obj: object, assumed: int | None) -> None:
-    """Settle the plugin API the plugin is written for: its module's ``POLYMODAL_PLUGIN_API``,
-    else its manifest's ``api``, else ``assumed``; refuse it unless that is this polymodal's."""
-    declared = getattr(obj, "POLYMODAL_PLUGIN_API", None)
-    if declared is not None and (not isinstance(declared, int) or isinstance(declared, bool)):
-        raise _Refused(f"POLYMODAL_PLUGIN_API must be the plugin API version as an integer"
-                       f" (POLYMODAL_PLUGIN_API = {hooks.PLUGIN_API}), not {declared!r}")
-    if declared is not None and plugin.api is not None and declared != plugin.api:
-        raise _Refused(f"its module declares POLYMODAL_PLUGIN_API = {declared} but its manifest"
-                       f" states api = {plugin.api}; {_regenerate(plugin)}")
-    api = declared if declared is not None else plugin.api if plugin.api is not None else assumed
-    if api is None:
-        older = _since(1)
-        raise _Refused(
-            f"declares no plugin API version: a plugin for this polymodal (plugin API"
-            f" {hooks.PLUGIN_API}) declares `POLYMODAL_PLUGIN_API = {hooks.PLUGIN_API}` in its"
-            f" module {plugin.value.split(':', 1)[0]} (or `api = {hooks.PLUGIN_API}` in its"
-            f" manifest)" + (f". If it was written for plugin API 1, which did not ask for this:"
-                             f" {older}." if older else "."))
-    plugin.api = api
-    if api != hooks.PLUGIN_API:
-        raise _Refused(_api_mismatch(plugin))
-
-
-def _check_records(plugin: PluginInfo, records: list[ComponentRecord]) -> None:
-    """Each (kind, type) once, and exactly those its manifest lists."""
-    provided: set[tuple[str, str]] = set()
-    for rec in records:
-        if (rec.kind, rec.type) in provided:
-            raise _Refused(f"provides {rec.kind} {rec.type!r} twice")
-        provided.add((rec.kind, rec.type))
-    if plugin.listed is None:
-        return
-    missing, extra = sorted(plugin.listed - provided), sorted(provided - plugin.listed)
-    reasons = []
-    if missing:
-        reasons.append(f"its manifest lists {_components(missing)} but the plugin does not"
-                       f" provide {'it' if len(missing) == 1 else 'them'}")
-    if extra:
-        reasons.append(f"the plugin provides {_components(extra)} but its manifest does not"
-                       f" list {'it' if len(extra) == 1 else 'them'}")
-    if reasons:
-        raise _Refused("; ".join(reasons) + f"; {_regenerate(plugin)}")
-
-
-def _components(keys: list[tuple[str, str]]) -> str:
-    return ", ".join(f"{kind} {type_name!r}" for kind, type_name in keys)
-
-
-def _regenerate(plugin: PluginInfo) -> str:
-    path = plugin.manifest or CATALOG_PATH
-    return f"regenerate the manifest: polymodal manifest {plugin.package} -o {path}"
-
-
-def _since(api: int) -> str:
-    """What changed in the plugin API since version ``api`` (a sentence), or ``""``."""
-    changes = [hooks.API_CHANGES[v] for v in range(api, hooks.PLUGIN_API) if v in hooks.API_CHANGES]
-    return f"since plugin API {api}, {'; '.join(changes)}" if changes else ""
-
-
-def _api_mismatch(plugin: PluginInfo) -> str:
-    assert plugin.api is not None
-    both = (f"written for plugin API {plugin.api}, but this polymodal provides plugin API"
-            f" {hooks.PLUGIN_API}")
-    if plugin.api < hooks.PLUGIN_API:
-        changed = _since(plugin.api)
-        return (f"{both}{'; ' + changed if changed else ''}. Install a release of"
-                f" {plugin.package} made for plugin API {hooks.PLUGIN_API}.")
-    return (f"{both}. Upgrade polymodal (pip install -U polymodal), or install a release of"
-            f" {plugin.package} made for plugin API {hooks.PLUGIN_API}.")
-
-
-def _older_api_use(exc: BaseException) -> str | None:
-    """How a failed import shows a plugin written for plugin API 1 (a phrase), or None.
-
-    Such a plugin imports the plugin API from ``polymodal`` itself (``from polymodal import
-    Head``), uses an attribute that moved (``polymodal.hookimpl``), or imports a module that
-    became private (``polymodal.signals``)."""
-    for link in _chain(exc):
-        if isinstance(link, ModuleNotFoundError) and link.name and link.name.startswith("polymodal."):
-            public = link.name.split(".")[1]
-            if not public.startswith("_") and importlib.util.find_spec(f"polymodal._{public}"):
-                return f"imports the module {link.name}, which plugin API 2 made private"
-        elif isinstance(link, ImportError) and link.name == "polymodal":
-            found = re.match(r"cannot import name '(\w+)' from 'polymodal'", str(link))
-            if found and found.group(1) in hooks.MOVED_TO_PLUGIN_API:
-                return f"imports {found.group(1)} from `polymodal` instead of `polymodal.plugin`"
-        elif isinstance(link, AttributeError) and "written for plugin API 1" in str(link):
-            return "uses " + str(link).split(" is part of", 1)[0]
-    return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the exceptions it was raised from or while handling, innermost last."""
-    found: list[BaseException] = []
-    link: BaseException | None = exc
-    while link is not None and link not in found and len(found) < 8:
-        found.append(link)
-        link = link.__cause__ or link.__context__
-    return found
-
-
-def _described(exc: BaseException, prefer: str | None = None) -> str:
-    """``Type: message (at FILE:LINE)`` of an exception."""
-    return f"{type(exc).__name__}: {exc}{_origin(exc, prefer)}"
-
-
-def _underlying_import_error(exc: BaseException) -> BaseException | None:
-    """The import error a plugin's own exception was raised from or while handling (``raise
-    RuntimeError('backend missing') from exc``): the missing module is what the user must fix."""
-    return next((link for link in _chain(exc)[1:] if isinstance(link, ImportError)), None)
-
-
-def _sentence(text: str | None) -> str:
-    """``text`` as the end of a sentence: one final period, never two."""
-    text = (text or "").rstrip()
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def _top_module(frame: FrameType) -> str:
-    return str(frame.f_globals.get("__name__", "")).split(".", 1)[0]
-
-
-def _origin(exc: BaseException, prefer: str | None = None) -> str:
-    """`` (at FILE:LINE)``: where ``exc`` was raised, or its innermost frame in the top-level
-    module ``prefer`` (the plugin's own code rather than the library it called)."""
-    if isinstance(exc, SyntaxError) and exc.filename:  # its frames are the import system's
-        return f" (at {exc.filename}:{exc.lineno})"
-    frames = list(traceback.walk_tb(exc.__traceback__))
-    if not frames:
-        return ""
-    chosen = frames[-1]
-    if prefer:
-        chosen = next((f for f in reversed(frames) if _top_module(f[0]) == prefer), chosen)
-    frame, lineno = chosen
-    return f" (at {frame.f_code.co_filename}:{lineno})"
 
 
 def component_problems(exc: Exception, where: str, component: object,
