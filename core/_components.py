@@ -273,6 +273,9 @@ class Backbone(Component):
     kind = "backbone"
     Config = BackboneConfig
     config: BackboneConfig
+    #: Whether the backbone reads its input as discrete codes (token ids), so that no gradient
+    #: can flow back to its input; the conformance check then asks for none (plugin API 2.2).
+    discrete_input: ClassVar[bool] = False
 
     def __init__(self, config: ComponentConfig, takes: Any = None):
         super().__init__(config, takes)

@@ -571,7 +571,9 @@ def _check_model(cls: type[Component], kind: str, model: PolymodalModel, takes: 
            if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
     if bad:
         raise _fail(cls, "gradients", "non-finite gradient in " + ", ".join(bad[:8]), takes)
-    if kind != "adapter" and all(a.scale.grad is None for a in model.adapters.values()):
+    reads_codes = kind == "backbone" and getattr(cls, "discrete_input", False)
+    if kind != "adapter" and not reads_codes and all(
+            a.scale.grad is None for a in model.adapters.values()):
         raise _fail(cls, "gradients", "no gradient flows back to its input", takes)
     return batch
 
