@@ -124,9 +124,13 @@ class TransformersBackbone(Backbone):
                 raise ValueError("pretrained: true loads the weights of model; name it, or set"
                                  " pretrained: false")
             try:
-                _hidden(self.config)
+                _, layers = _hidden(self.config)
             except PolymodalError as exc:
                 raise ValueError(f"config: {exc}") from None
+            last = getattr(self.freeze, "train_last", None)
+            if last is not None and last > 1 + layers:
+                raise ValueError(f"freeze.train_last: {last}, but the encoder has {1 + layers}"
+                                 f" stages (its embeddings and {layers} layers)")
             return self
 
         def describe(self) -> str:
