@@ -27,7 +27,8 @@ PLUGIN_API = 2
 #: Additions within :data:`PLUGIN_API` that a plugin may use, and that a plugin written for an
 #: earlier minor version never needs: 1 -- ``Codec.absent`` (an input absent in some rows) and
 #: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split);
-#: 2 -- ``Backbone.discrete_input`` (a backbone reading token ids: no gradient to its input).
+#: 2 -- ``Backbone.discrete_input`` (a backbone reading token ids: no gradient to its input)
+#: and ``Component.example_takes`` (the input its conformance check takes by default).
 PLUGIN_API_MINOR = 2
 
 #: What changed since each earlier plugin API version, for the message refusing such a plugin.

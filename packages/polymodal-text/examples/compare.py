@@ -8,7 +8,7 @@ capability, threads), the cv table and each spec's wall time per epoch (training
 per-epoch validation of each fold, averaged over folds). The figures of the package README come
 from this script; run it alone on the machine (it takes a few minutes on two cores).
 
-    python compare.py [--out runs/notes-compare] [--rows 400] [--folds 5] [--epochs 8] [--smoke]
+    python compare.py [--out runs/notes-compare] [--rows 400] [--folds 5] [--epochs 10] [--threads N] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ENCODER = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
            "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
 
 
-def specs(vocabulary: int, epochs: int) -> dict[str, dict]:
+def specs(vocabulary: int, epochs: int, threads: int | None = None) -> dict[str, dict]:
     """The three specs compared, by file name: the fused one first."""
     photo = {"adapter": {"type": "image", "channels": 3},
              "backbone": {"type": "timm", "model": "resnet10t"}}
@@ -44,7 +44,8 @@ def specs(vocabulary: int, epochs: int) -> dict[str, dict]:
             "backbone": {"type": "transformers", "config": {**ENCODER, "vocab_size": vocabulary},
                          "pretrained": False, "output": "vector", "pooling": "mean"}}
     head = {"decision": {"type": "classification", "classes": ["approve", "review"]}}
-    training = {"epochs": epochs, "batch_size": 32, "lr": 0.002, "seed": 0}
+    training = {"epochs": epochs, "batch_size": 32, "lr": 0.005, "seed": 0,
+                **({"threads": threads} if threads else {})}
 
     def spec(name: str, inputs: dict) -> dict:
         fused = {"fusion": {"type": "concat", "hidden": [32]}} if len(inputs) > 1 else {}
@@ -69,7 +70,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/notes-compare"))
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of each run (training.threads); default: torch's.")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: only that it runs.")
     args = parser.parse_args()
     if args.smoke:
@@ -82,7 +85,7 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     vocabulary = Tokenizer.from_file(str(tokenizer / "tokenizer.json")).get_vocab_size()
-    written = specs(vocabulary, args.epochs)
+    written = specs(vocabulary, args.epochs, args.threads)
     for name, spec in written.items():
         (out / name).write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     first, *others = written
@@ -91,7 +94,8 @@ def main() -> None:
     for other in others:
         command += ["--compare", other]
     print(f"machine: {machine()}")
-    print(f"data: {args.rows} rows; {args.folds} folds; {args.epochs} epochs a fold")
+    print(f"data: {args.rows} rows; {args.folds} folds; {args.epochs} epochs a fold;"
+          f" training.threads {args.threads or 'default'}")
     print("$ polymodal " + " ".join(command[3:]), flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=out, check=True)

@@ -166,7 +166,8 @@ class TransformersBackbone(Backbone):
                                   "intermediate_size": 32, "max_position_embeddings": 128},
                        "pretrained": False}
     exportable = True
-    discrete_input = True
+    discrete_input = True  # token ids: no gradient flows back to them
+    example_takes = Sequence(2)  # what the text adapter gives
 
     def __init__(self, config: Config, takes: Signal):
         super().__init__(config, takes)

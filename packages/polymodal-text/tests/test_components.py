@@ -47,7 +47,7 @@ def test_the_text_adapter_conforms_and_exports():
     {"output": "vector", "freeze": "all"},
 ], ids=["tokens", "mean-vector", "train-last", "frozen"])
 def test_the_transformers_backbone_conforms(options):
-    report = check_component(TransformersBackbone, {**TINY, **options}, takes=Sequence(2),
+    report = check_component(TransformersBackbone, {**TINY, **options},
                              bad_options=[{"pretrained": True}, {"config": {"model_type": "nope"}},
                                           {"output": "map"}, {"freeze": {"train_last": 4}},
                                           {"config": None}])
@@ -55,7 +55,7 @@ def test_the_transformers_backbone_conforms(options):
 
 
 def test_the_transformers_backbone_exports():
-    found = check_export(TransformersBackbone, takes=Sequence(2))
+    found = check_export(TransformersBackbone)
     assert found["onnx"] is not None and found["onnx"] <= 1e-4
 
 
