@@ -4,7 +4,6 @@ codec, which reads the column with a ``tokenizers`` tokenizer kept in the model 
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any, Literal
 
 import numpy as np
@@ -131,9 +130,10 @@ class TextAdapter(ModalityAdapter):
 
 
 @functools.lru_cache(maxsize=8)
-def _tokenizer(text: str, digest: str, truncate_at: int | None) -> Any:
+def _tokenizer(text: str, truncate_at: int | None) -> Any:
     """The tokenizer of ``text`` (its JSON) with its own padding and truncation off (the codec
-    pads), truncating at ``truncate_at`` tokens. ``digest`` keys the cache cheaply."""
+    pads), truncating at ``truncate_at`` tokens. Cached: a state's text is one string object,
+    whose hash Python computes once."""
     tokenizer = _local.parse_tokenizer(text, "the tokenizer")
     tokenizer.no_padding()
     tokenizer.no_truncation()
@@ -183,8 +183,7 @@ class TextCodec(Codec[TextAdapter.Config]):
         texts = [self._text(table, position, value, issues)
                  for position, value in enumerate(table.columns[self.column()])]
         text = state["tokenizer"]
-        tokenizer = _tokenizer(text, hashlib.sha256(text.encode()).hexdigest(),
-                               config.max_length if config.truncation else None)
+        tokenizer = _tokenizer(text, config.max_length if config.truncation else None)
         encoded = [e.ids for e in tokenizer.encode_batch(texts)] if texts else []
         for position, ids in enumerate(encoded):
             if len(ids) > config.max_length:
