@@ -204,3 +204,22 @@ def test_a_program_with_tokenizers_and_onnxruntime_alone_predicts_from_the_expor
     predicted = polymodal.predict(path, notes_table)["columns"]
     expected = torch.tensor([predicted["decision_prob_approve"], predicted["decision_prob_review"]]).T
     assert torch.allclose(logits.softmax(dim=1), expected.float(), atol=1e-4)
+
+
+def test_train_names_a_missing_tokenizer_at_its_spec_path_and_exits_1(model_dir, notes_table,
+                                                                     tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import yaml
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    spec = _spec(tmp_path / "no-such-tokenizer", model_dir, {}, inputs=("note",), epochs=1)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    run = subprocess.run([sys.executable, "-m", "polymodal", "train", str(tmp_path / "spec.yaml"),
+                          "--data", str(notes_table), "-o", str(tmp_path / "m.safetensors")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "inputs.note.adapter.tokenizer: tokenizer" in run.stderr
+    assert "is neither a folder nor in the local Hugging Face cache" in run.stderr
+    assert not (tmp_path / "m.safetensors").exists()
