@@ -8,7 +8,7 @@ capability, threads), the cv table and each spec's wall time per epoch (training
 per-epoch validation of each fold, averaged over folds). The figures of the package README come
 from this script; run it alone on the machine (it takes a few minutes on two cores).
 
-    python compare.py [--out runs/notes-compare] [--rows 400] [--folds 5] [--epochs 10] [--threads N] [--smoke]
+    python compare.py [--out runs/notes-compare] [--rows 600] [--folds 5] [--epochs 20] [--threads N] [--smoke]
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/notes-compare"))
-    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--rows", type=int, default=600)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of each run (training.threads); default: torch's.")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: only that it runs.")
