@@ -6,9 +6,11 @@ STAMP := $(VENV)/.polymodal-installed
 
 .PHONY: demo test lint typecheck docs registry bench clean-venv mermaid-check
 
-$(STAMP): pyproject.toml
+# The text plugin is a package of its own (packages/polymodal-text); its tests run with polymodal's.
+$(STAMP): pyproject.toml packages/polymodal-text/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e packages/polymodal-text
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,7 +23,7 @@ test: lint typecheck
 # Static checks; `make test` runs the linter, then the type checker, before the tests, so a
 # finding of either fails it.
 lint: $(STAMP)
-	$(PY) -m ruff check core plugins examples/plugins/polymodal-signal
+	$(PY) -m ruff check core plugins examples/plugins/polymodal-signal packages/polymodal-text
 
 # The type checker sees the packages by their import names through links in build/typecheck
 # (see [tool.mypy]) and reports findings under the source paths.
@@ -29,8 +31,10 @@ typecheck: $(STAMP)
 	@mkdir -p build/typecheck
 	@ln -sfn ../../core build/typecheck/polymodal
 	@ln -sfn ../../plugins build/typecheck/polymodal_plugins
+	@ln -sfn ../../packages/polymodal-text/polymodal_text build/typecheck/polymodal_text
 	@$(PY) -m mypy >build/typecheck/mypy.out; status=$$?; \
 	  sed -e 's#^build/typecheck/polymodal/#core/#' -e 's#^build/typecheck/polymodal_plugins/#plugins/#' \
+	    -e 's#^build/typecheck/polymodal_text/#packages/polymodal-text/polymodal_text/#' \
 	    build/typecheck/mypy.out; \
 	  exit $$status
 

@@ -221,6 +221,11 @@ class Component(nn.Module):
     #: or a sentence saying why it cannot, which export reports instead of trying. ``None``:
     #: not stated; export tries, and names the component if it fails.
     exportable: ClassVar[bool | str | None] = None
+    #: The input (a signal, or a fusion's ``{input: signal}``) that
+    #: :func:`polymodal.plugin.check_component` and the reference's example check the component
+    #: with when no ``takes`` is given; ``None``: every default input its config accepts. For a
+    #: component that takes only what one adapter gives (plugin API 2.2).
+    example_takes: ClassVar[Any] = None
 
     def __init__(self, config: ComponentConfig, takes: Any = None):
         super().__init__()
@@ -285,6 +290,9 @@ class Backbone(Component):
     kind = "backbone"
     Config = BackboneConfig
     config: BackboneConfig
+    #: Whether the backbone reads its input as discrete codes (token ids), so that no gradient
+    #: can flow back to its input; the conformance check then asks for none (plugin API 2.2).
+    discrete_input: ClassVar[bool] = False
 
     def __init__(self, config: ComponentConfig, takes: Any = None):
         super().__init__(config, takes)

@@ -23,7 +23,9 @@ PLUGIN_API = 2
 #: Additions within :data:`PLUGIN_API` that a plugin may use, and that a plugin written for an
 #: earlier minor version never needs: 1 -- ``Codec.absent`` (an input absent in some rows),
 #: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split)
-#: and the explain hooks; 2 -- the image kit, :mod:`polymodal.imagekit`.
+#: and the explain hooks; 2 -- the image kit, :mod:`polymodal.imagekit`,
+#: ``Backbone.discrete_input`` (a backbone reading token ids: no gradient to its input) and
+#: ``Component.example_takes`` (the input its conformance check takes by default).
 PLUGIN_API_MINOR = 2
 
 #: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.

@@ -276,6 +276,7 @@ def _configured(cls: type[Component], options: Mapping[str, Any] | None) -> tupl
 def _probed_takes(cls: type, kind: str, config: Any, takes: Any) -> list[Any]:
     """The inputs to check ``cls`` with: ``takes`` when given (the config must accept it),
     otherwise every default input the config accepts."""
+    takes = getattr(cls, "example_takes", None) if takes is None else takes
     if takes is None:
         return _accepted_takes(cls, kind, config)
     with _check(cls, "gives", takes, "raised "):
@@ -396,7 +397,9 @@ def _check_model(cls: type[Component], kind: str, model: PolymodalModel, takes: 
            if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
     if bad:
         raise _fail(cls, "gradients", "non-finite gradient in " + ", ".join(bad[:8]), takes)
-    if kind != "adapter" and all(a.scale.grad is None for a in model.adapters.values()):
+    reads_codes = kind == "backbone" and getattr(cls, "discrete_input", False)
+    if kind != "adapter" and not reads_codes and all(
+            a.scale.grad is None for a in model.adapters.values()):
         raise _fail(cls, "gradients", "no gradient flows back to its input", takes)
     return batch
 
@@ -496,8 +499,8 @@ def check_component(
 
     ``options``: the config's options besides ``type`` (default: ``cls.example_options``).
     ``takes``: the signal a backbone or head takes, or a fusion's ``{input: signal}``
-    (default: every one of :data:`DEFAULT_TAKES`, or of :data:`DEFAULT_FUSION_TAKES` for a
-    fusion, that the config accepts; each is checked).
+    (default: the class's ``example_takes`` if set, else every one of :data:`DEFAULT_TAKES`, or
+    of :data:`DEFAULT_FUSION_TAKES` for a fusion, that the config accepts; each is checked).
     ``bad_options``: option sets that spec validation (connections included) must reject at the
     component's spec path; an unknown key always is checked.
 

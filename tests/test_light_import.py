@@ -33,9 +33,17 @@ def test_listing_components_imports_no_plugin_code():
 
 
 def test_cli_list_imports_no_torch():
+    # `list` reads every plugin's manifest, third-party ones (the text plugin) included.
     modules = imported_after(
         "import contextlib, io\nfrom polymodal._cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    assert main(['list']) == 0\n    assert main(['plugins']) == 0")
+        "    assert main(['list']) == 0")
+    assert heavy(modules) == []
+    # `plugins` imports each third-party plugin to show it as it is; the built-ins stay light.
+    modules = imported_after(
+        "import contextlib, io, os\nos.environ['POLYMODAL_PLUGINS'] = 'polymodal'\n"
+        "from polymodal._cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['plugins']) == 0")
     assert heavy(modules) == []
 

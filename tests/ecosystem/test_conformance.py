@@ -15,6 +15,7 @@ from polymodal.plugin import (
     Backbone,
     BackboneConfig,
     ConformanceError,
+    ConnectionMismatch,
     FeatureMap,
     Fusion,
     FusionConfig,
@@ -405,3 +406,42 @@ def test_third_party_signals_are_a_conformance_error_naming_the_check(registry):
                        r" know the signals vector, feature_map, tokens, sequence; a graph \(Mesh\)"
                        r" is not one of them, .* \(taking a graph\)$"):
         check_component(AnyKind, takes=Mesh(), registry=registry)
+
+
+class CodeBackbone(Backbone):
+    """Embeds integer codes given as a 1-channel sequence (a test helper, like a token-id
+    reader): no gradient can reach its input."""
+
+    class Config(BackboneConfig):
+        type: Literal["codes"] = "codes"
+
+        def gives(self, takes):
+            if not (isinstance(takes, Sequence) and takes.channels == 1):
+                raise ConnectionMismatch("takes codes as a 1-channel sequence", wanted=Sequence(1))
+            return Vector(4)
+
+    example_takes = Sequence(1)
+    discrete_input = True
+
+    def __init__(self, config, takes):
+        super().__init__(config, takes)
+        self.embed = nn.Embedding(8, 4)
+
+    def forward(self, x):
+        return self.embed(x[:, 0].round().long().clamp(0, 7)).mean(dim=1)
+
+
+class ContinuousCodeBackbone(CodeBackbone):
+    """The same, not declaring that it reads codes."""
+
+    class Config(CodeBackbone.Config):
+        type: Literal["continuous-codes"] = "continuous-codes"
+
+    discrete_input = False
+
+
+def test_a_backbone_reading_codes_is_checked_with_its_example_takes_and_no_input_gradient():
+    report = check_component(CodeBackbone)
+    assert report.probed == (Sequence(1),)
+    with pytest.raises(ConformanceError, match="no gradient flows back to its input"):
+        check_component(ContinuousCodeBackbone)
