@@ -61,8 +61,8 @@ def _schema_type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     if kind == "object" and "properties" in schema:
         return _object_type(schema, defs)
     if kind == "object":
-        values = schema.get("additionalProperties")
-        return f"dict[string, {_schema_type(values, defs)}]" if isinstance(values, dict) else "dict"
+        values = schema.get("additionalProperties", True)  # JSON Schema's default: any value
+        return f"dict[string, {_schema_type(values, defs) if isinstance(values, dict) else 'any'}]"
     return kind or "any"
 
 

@@ -20,11 +20,12 @@ import polymodal
 
 BUILT_INS = REPO / "plugins"
 EXAMPLE = REPO / "examples" / "plugins" / "polymodal-signal" / "polymodal_signal"
+TEXT = REPO / "packages" / "polymodal-text" / "polymodal_text"
 ALLOWED_MODULES = {"polymodal", "polymodal.plugin", "polymodal.imagekit"}
 
 
 def plugin_modules() -> list[Path]:
-    return sorted(BUILT_INS.glob("*.py")) + sorted(EXAMPLE.glob("*.py"))
+    return sorted(BUILT_INS.glob("*.py")) + sorted(EXAMPLE.glob("*.py")) + sorted(TEXT.glob("*.py"))
 
 
 def boundary_problems(source: str) -> list[str]:
@@ -63,6 +64,7 @@ def test_every_plugin_module_is_checked():
     names = {p.name for p in plugin_modules()}
     assert {"image.py", "tabular.py", "classification.py", "_columns.py"} <= names
     assert {"adapter.py", "tcn.py", "plugin.py"} <= names
+    assert {"backbone.py", "_local.py"} <= names
 
 
 @pytest.mark.parametrize("source", [
