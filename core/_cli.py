@@ -339,13 +339,20 @@ def build(spec_path: str, output: str, no_pretrained: bool) -> None:
               " the output's suffix.")
 @click.option("--no-check", is_flag=True, help="Skip running the file on a random batch against"
               " the model.")
-def export_cmd(model_path: str, output: str, fmt: str | None, no_check: bool) -> None:
+@click.option("--quantize", type=click.Choice(["int8"]), help="An int8 ONNX file for CPU serving"
+              " (ONNX Runtime's quantization: dynamic, or static with --calibration).")
+@click.option("--calibration", help="Table of rows to calibrate a static int8 quantization"
+              " with (read through the model's codecs; the first 512 rows).")
+def export_cmd(model_path: str, output: str, fmt: str | None, no_check: bool,
+               quantize: str | None, calibration: str | None) -> None:
     """A deployable model: ONNX or torch.export, with the fitted preprocessing in its metadata."""
     from ._export import export
 
-    result = export(model_path, output, format=fmt, check=not no_check)
+    result = export(model_path, output, format=fmt, check=not no_check, quantize=quantize,
+                    calibration=calibration)
     opset = result.layout.exporter.get("opset")
-    click.echo(f"wrote {output} ({result.format}{f', opset {opset}' if opset else ''})")
+    click.echo(f"wrote {output} ({result.format}{f', opset {opset}' if opset else ''}"
+               f"{f', {quantize}' if quantize else ''})")
     inputs = [f"{i.name} {i.dtype} [{', '.join(map(str, i.shape))}]"
               + (" (optional: marks missing inputs)" if i.present else "")
               for i in result.layout.inputs]
