@@ -50,7 +50,7 @@ def quantize(fp32: Path, output: Path, *, calibration: Any = None) -> dict[str, 
             with _quiet():
                 if calibration is None:
                     tools.quantize_dynamic(str(fp32), str(target), weight_type=tools.QuantType.QInt8)
-                    done = {"mode": "dynamic", "weights": "int8"}
+                    done: dict[str, Any] = {"mode": "dynamic", "weights": "int8"}
                 else:
                     reader, rows = _reader(fp32, calibration, tools)
                     tools.quantize_static(str(fp32), str(target), reader,
@@ -91,7 +91,7 @@ def _reader(fp32: Path, table: Any, tools: Any) -> tuple[Any, int]:
     from ._training.onnx_model import OnnxModel
 
     runner = OnnxModel.open(fp32)
-    state = model_state(runner, str(fp32))
+    state = model_state(runner, str(fp32))  # type: ignore[arg-type]  # the model's stand-in
     batches: list[dict[str, Any]] = []
     rows = 0
     for _, encoded in encoded_chunks(table, Binding(runner.spec), state, targets=False,
@@ -104,7 +104,7 @@ def _reader(fp32: Path, table: Any, tools: Any) -> tuple[Any, int]:
     if not rows:
         raise ExportError(f"{table}: no row of the calibration table can be read")
 
-    class Reader(tools.CalibrationDataReader):  # type: ignore[misc, name-defined]
+    class Reader(tools.CalibrationDataReader):
         def __init__(self) -> None:
             self.batches: Iterator[dict[str, Any]] = iter(batches)
 
