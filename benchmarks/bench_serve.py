@@ -9,7 +9,7 @@ Goals (2 CPU cores): at 32 clients at least 0.7x the rows/s of direct batched pr
 most 3x p50; memory within 5% after 10,000 requests; no error response.
 
     python benchmarks/bench_serve.py [--demo runs/parts-demo] [--requests 10000]
-        [--per-level 1500] [--max-batch 64] [--max-wait-ms 5]
+        [--per-level 1500] [--max-batch 64] [--max-wait-ms 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def start_server(model: Path, port: int, args, log: Path) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "polymodal", "serve", str(model), "--port", str(port),
          "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-         "--max-queue", "4096"], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+         "--max-queue", "4096", "--threads", str(args.threads)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -138,8 +138,12 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the server and of direct predict alike (1: on a"
+                        " shared 2-core machine more threads wait on each other)")
     args = parse_args(parser, requests=120, per_level=30, levels="1,8", demo=None)
     levels = [int(v) for v in args.levels.split(",")]
+    torch.set_num_threads(args.threads)
     folder = Path(args.demo or tempfile.mkdtemp(prefix="bench-serve-"))
     model, _, test = demo_model(folder, smoke=args.smoke)
     rows, frame = rows_of(test)

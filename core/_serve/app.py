@@ -52,6 +52,7 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
         batcher.start()
         yield
         await batcher.stop()
+        builder.close()
 
     app = FastAPI(title=f"polymodal: {predictor.spec.name}", lifespan=lifespan,
                   description=f"Predictions of the model {Path(options.model).name}.")

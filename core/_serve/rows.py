@@ -3,8 +3,9 @@
 A request sends rows of cells (column -> value), as ``predict`` reads a table. A cell of a
 column whose codec reads files (:attr:`Codec.reads_files`, the image adapter's) holds either the
 file's bytes, ``{"base64": "..."}`` or a multipart file part, or, only when the server was
-started with ``--data-root``, a path inside that folder. Sent bytes are written to a private
-folder of the request and the codec is given their path, so an uploaded image is read by the
+started with ``--data-root``, a path inside that folder. Sent bytes are written to the server
+process's private folder (mode 0700), under a name of their own, and the codec is given their
+path, so an uploaded image is read by the
 same code and within the same limits (pixels checked from the header) as a file of a table.
 """
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +43,8 @@ class RequestRows:
     #: each row's number in the request (from 1; rows skipped here are left out)
     numbers: list[int] = field(default_factory=list)
     policy: str = "fail"
-    folder: Path | None = None
+    #: the files this request sent, written for the codec (removed by :meth:`close`)
+    written: list[Path] = field(default_factory=list)
     files: int = 0
     #: rows left out before reaching the model (``skip``): row, column and message
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -50,9 +54,9 @@ class RequestRows:
         return len(self.numbers)
 
     def close(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        self.written.clear()
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,23 @@ class RowBuilder:
         self.columns = columns
         self.limits = limits
         self.data_root = data_root.resolve() if data_root is not None else None
+        self._folder: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The process's private folder (mode 0700) of the files requests send: in memory
+        (/dev/shm) where the system has it, as a request's files are read at once."""
+        if self._folder is None:
+            memory = Path("/dev/shm")
+            where = str(memory) if memory.is_dir() and os.access(memory, os.W_OK) else None
+            self._folder = Path(tempfile.mkdtemp(prefix="polymodal-serve-", dir=where))
+        return self._folder
+
+    def close(self) -> None:
+        """Remove the folder of sent files (at shutdown)."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
     def build(self, body: Any, parts: Mapping[str, tuple[bytes, str | None]] | None = None) -> RequestRows:
         """The rows of ``body`` (``{"rows": [...], "on_bad_row": ...}``) with the file
@@ -203,10 +224,10 @@ class RowBuilder:
         if suffix is None:
             raise ClientError(UNPROCESSABLE, f"row {row}, column {column!r}: not a PNG, JPEG, TIFF"
                               " or .npy file", row, column)
-        if request.folder is None:
-            request.folder = Path(tempfile.mkdtemp(prefix="polymodal-serve-"))  # mode 0700
-        path = request.folder / f"{row}-{len(request.columns)}-{request.files}{suffix}"
-        path.write_bytes(data)
+        path = self.folder / f"{uuid.uuid4().hex}{suffix}"  # a name no other request has
+        request.written.append(path)
+        with path.open("xb") as handle:
+            handle.write(data)
         return str(path)
 
     def _server_path(self, row: int, column: str, value: str) -> Path:
