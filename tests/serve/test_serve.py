@@ -292,3 +292,25 @@ def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
         assert slow.process.wait(60) == 0
     finally:
         slow.stop()
+
+
+def test_workers_each_hold_a_model_and_share_the_port(demo, tmp_path):
+    many = Server(demo["model"], "--workers", "2", log=tmp_path / "workers.log")
+
+    async def pids() -> set[int]:
+        seen: set[int] = set()
+        for _ in range(10):
+            async with httpx.AsyncClient(base_url=many.url, timeout=60) as client:
+                answers = await asyncio.gather(*(client.get("/health") for _ in range(8)))
+            seen |= {a.json()["pid"] for a in answers}
+            if len(seen) > 1:
+                break
+        return seen
+
+    try:
+        response = post(many, {"rows": request_rows(demo, 2)})
+        assert response.status_code == 200, response.text
+        assert_same(response.json()["rows"], expected(demo, 2), 1e-5)
+        assert len(asyncio.run(pids())) == 2
+    finally:
+        assert many.stop() == 0
