@@ -84,6 +84,8 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
                                     headers={"Retry-After": str(exc.retry_after)})
         finally:
             rows.close()
+        if outcome.fault is not None:
+            raise outcome.fault
         if outcome.error is not None:
             raise outcome.error
         return JSONResponse({"request_id": request.state.request_id, "rows": outcome.rows,

@@ -40,11 +40,16 @@ class Outcome:
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     error: ClientError | None = None
+    #: a fault of the server (a bug of a codec or the model) while predicting this request
+    fault: Exception | None = None
 
 
-def row_error(message: str) -> dict[str, Any]:
+def row_error(message: str, names: dict[str, str] | None = None) -> dict[str, Any]:
     """A codec's message about a row as ``{"row", "column", "message"}``, the message without
-    the table's name (``row 3, column 'photo': not found``)."""
+    the table's name (``row 3, column 'photo': not found``) and naming a sent file as it was
+    sent (``names``: its private path -> its name), not by the server's copy."""
+    for path, name in (names or {}).items():
+        message = message.replace(repr(path), repr(name)).replace(path, name)
     found = _WHERE.match(message)
     text = message.removeprefix(f"{SOURCE} ")
     if found is None:
@@ -86,11 +91,12 @@ class Predictor:
                            column=missing[0].split("'")[1])
 
     def run(self, requests: list[RequestRows]) -> list[Outcome]:
-        """The outcome of each request; a request whose rows a codec refuses as a whole (a
-        :class:`PolymodalError`) is retried alone, so that only it fails."""
+        """The outcome of each request. Where the batch fails as a whole (a codec refusing
+        some request's rows with a :class:`PolymodalError`, or a fault), each request is run
+        alone, so that only the one it comes from fails."""
         try:
             return self._run(requests)
-        except PolymodalError:
+        except Exception:  # noqa: BLE001 - retried one request at a time, below
             if len(requests) == 1:
                 raise
         outcomes = []
@@ -99,6 +105,8 @@ class Predictor:
                 outcomes.extend(self._run([request]))
             except PolymodalError as exc:
                 outcomes.append(Outcome(error=ClientError(UNPROCESSABLE, str(exc))))
+            except Exception as exc:  # noqa: BLE001 - a fault: this request's answer is a 500
+                outcomes.append(Outcome(fault=exc))
         return outcomes
 
     def _run(self, requests: list[RequestRows]) -> list[Outcome]:
@@ -129,7 +137,7 @@ class Predictor:
         of the rows still to predict."""
         for position in sorted(bad):
             owner = int(owners[position])
-            found = row_error(bad[position])
+            found = row_error(bad[position], requests[owner].names)
             if requests[owner].policy == "skip":
                 outcomes[owner].skipped.append(found)
             elif outcomes[owner].error is None:

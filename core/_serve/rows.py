@@ -45,6 +45,8 @@ class RequestRows:
     policy: str = "fail"
     #: the files this request sent, written for the codec (removed by :meth:`close`)
     written: list[Path] = field(default_factory=list)
+    #: how messages name each written file: its path -> the name it was sent with
+    names: dict[str, str] = field(default_factory=dict)
     files: int = 0
     #: rows left out before reaching the model (``skip``): row, column and message
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -177,6 +179,10 @@ class RowBuilder:
             raise ClientError(TOO_LARGE, f"row {row}, column {column!r}: a string of {len(value):,}"
                               f" characters, more than the {self.limits.max_string:,} a cell may"
                               " hold", row, column)
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1023:
+            raise ClientError(UNPROCESSABLE, f"row {row}, column {column!r}: an integer of"
+                              f" {len(str(abs(value)))} digits, beyond the range of a 64-bit"
+                              " float", row, column)
         if column in self.columns.files:
             return self._file_cell(request, row, column, value)
         if isinstance(value, (dict, list)):
@@ -226,6 +232,7 @@ class RowBuilder:
                               " or .npy file", row, column)
         path = self.folder / f"{uuid.uuid4().hex}{suffix}"  # a name no other request has
         request.written.append(path)
+        request.names[str(path)] = filename or f"sent {suffix} file"
         with path.open("xb") as handle:
             handle.write(data)
         return str(path)

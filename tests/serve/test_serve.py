@@ -165,7 +165,18 @@ def bad_row_cases(row: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, s
          "no row has column 'reading' (read by inputs.record.adapter)", None, "reading"),
         ("long string", second(site="x" * 10_001), 413, "more than the 10,000 a cell may hold",
          2, "site"),
+        ("huge integer", second(reading=int("9" * 400)), 422,
+         "row 2, column 'reading': an integer of 400 digits, beyond the range", 2, "reading"),
+        ("truncated file, named as sent", second(photo={**row["photo"], "filename": "p.png",
+                                                        "base64": truncated(row)}), 422,
+         "row 2, column 'photo': image 'p.png' cannot be read", 2, "photo"),
     ]
+
+
+def truncated(row: dict[str, Any]) -> str:
+    import base64
+
+    return base64.b64encode(base64.b64decode(row["photo"]["base64"])[:60]).decode()
 
 
 def test_every_bad_row_is_a_4xx_naming_row_and_column(server, demo):
