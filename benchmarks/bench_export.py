@@ -60,7 +60,6 @@ def session_of(path: Path, threads: int, device: torch.device):
 
 def runners(model, layout, onnx_file: Path, pt2_file: Path, device: torch.device, threads: int):
     """name -> function(tensors) for eager PyTorch, ONNX Runtime and the ExportedProgram."""
-    import onnxruntime
 
     def batch_of(tensors):
         batch: dict = {}

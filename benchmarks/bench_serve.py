@@ -21,7 +21,6 @@ import csv
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,7 @@ def batch_rates(model: Path, rows: list[dict], sizes: list[int], repeats: int) -
     builder = RowBuilder(predictor.columns, Limits(), None)
     rates = {}
     for size in sizes:
-        def run() -> None:
+        def run(size: int = size) -> None:
             requests = [builder.build({"rows": [rows[i % len(rows)]]}) for i in range(size)]
             predictor.run(requests)
             for request in requests:
