@@ -125,18 +125,42 @@ def _threads(options: ServeOptions) -> None:
         torch.set_num_threads(options.threads)
 
 
-def _errors(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Any) -> Any:
-        request.state.request_id = uuid.uuid4().hex
+class RequestIds:
+    """Gives every request an id (``request.state.request_id``, the ``X-Request-ID`` header of
+    its answer); a fault is logged with it and answered 500 with the id only. Plain ASGI: a
+    request passes through it at the cost of a function call."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", request_id.encode())]
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, sending)
         except Exception:  # noqa: BLE001 - logged with the id, answered without internals
-            log.exception("request %s failed", request.state.request_id)
-            response = JSONResponse({"error": {"message": "internal server error",
-                                               "request_id": request.state.request_id}}, 500)
-        response.headers["X-Request-ID"] = request.state.request_id
-        return response
+            log.exception("request %s failed", request_id)
+            if started:
+                raise
+            await JSONResponse({"error": {"message": "internal server error",
+                                          "request_id": request_id}}, 500)(scope, receive, sending)
+
+
+def _errors(app: FastAPI) -> None:
+    app.add_middleware(RequestIds)
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
