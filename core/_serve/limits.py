@@ -9,6 +9,7 @@ an image's pixels (the codec's own limit, read from the file's header before it 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,28 +49,23 @@ class ClientError(Exception):
         return {"error": error}
 
 
+#: A JSON string (escapes included), and the brackets that open and close arrays and objects.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(rb"[][{}]")
+
+
 def nesting_depth(text: bytes, limit: int) -> int:
     """The deepest nesting of arrays and objects in JSON ``text``, counted without parsing it
     (brackets inside strings do not count); stops counting past ``limit``."""
     depth = deepest = 0
-    in_string = escaped = False
-    for byte in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
+    for found in _BRACKET.finditer(_STRING.sub(b'""', text)):
+        if found.group() in (b"[", b"{"):
             depth += 1
             if depth > deepest:
                 deepest = depth
                 if deepest > limit:
                     return deepest
-        elif byte in (0x5D, 0x7D):
+        else:
             depth -= 1
     return deepest
 
