@@ -37,7 +37,7 @@ PART_NAME = re.compile(r"^(?P<column>.+?)(?:\[(?P<row>\d{1,9})\])?$")
 @dataclass
 class RequestRows:
     """The columns of a request's rows (only those the model reads), the bad-row policy, and
-    the private folder of the files it sent (removed by :meth:`close`)."""
+    the files it sent, written for the codec (removed by :meth:`close`)."""
 
     columns: dict[str, list[Any]]
     #: each row's number in the request (from 1; rows skipped here are left out)
