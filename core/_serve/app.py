@@ -57,8 +57,13 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
     app = FastAPI(title=f"polymodal: {predictor.spec.name}", lifespan=lifespan,
                   description=f"Predictions of the model {Path(options.model).name}.")
     _errors(app)
-    metadata = _metadata(predictor, options)
+    _routes(app, options, predictor, batcher, builder)
+    return app
 
+
+def _routes(app: FastAPI, options: ServeOptions, predictor: Predictor, batcher: Batcher,
+            builder: RowBuilder) -> None:
+    metadata = _metadata(predictor, options)
     body_schema = _documented(app, request_model(predictor))
 
     @app.post("/v1/predict", response_model=response_model(predictor), openapi_extra={
@@ -107,8 +112,6 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
         if DRAINING.is_set():
             return JSONResponse({"ready": False, "reason": "shutting down"}, 503)
         return JSONResponse({"ready": True})
-
-    return app
 
 
 def from_environment() -> FastAPI:
