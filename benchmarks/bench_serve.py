@@ -167,10 +167,14 @@ def main() -> None:
                         help="torch threads of the server and of direct predict alike (1: on a"
                         " shared 2-core machine more threads wait on each other)")
     args = parse_args(parser, requests=120, per_level=30, levels="1,8", demo=None)
-    levels = [int(v) for v in args.levels.split(",")]
     torch.set_num_threads(args.threads)
-    folder = Path(args.demo or tempfile.mkdtemp(prefix="bench-serve-"))
-    model, _, test = demo_model(folder, smoke=args.smoke)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+        run(args, Path(scratch))
+
+
+def run(args, scratch: Path) -> None:
+    levels = [int(v) for v in args.levels.split(",")]
+    model, _, test = demo_model(Path(args.demo) if args.demo else scratch, smoke=args.smoke)
     rows, frame = rows_of(test)
     print(f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}),"
           f" {os.cpu_count()} CPU(s), {torch.get_num_threads()} torch thread(s), load average"
@@ -184,8 +188,7 @@ def main() -> None:
           + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())
           + "\n")
     port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="bench-serve-log-")) / "server.log"
-    server = start_server(model, port, args, log)
+    server = start_server(model, port, args, scratch / "server.log")
     url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(drive(url, rows, max(levels), min(200, args.requests)))  # warm-up
