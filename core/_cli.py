@@ -341,13 +341,20 @@ def build(spec_path: str, output: str, no_pretrained: bool) -> None:
               " the output's suffix.")
 @click.option("--no-check", is_flag=True, help="Skip running the file on a random batch against"
               " the model.")
-def export_cmd(model_path: str, output: str, fmt: str | None, no_check: bool) -> None:
+@click.option("--quantize", type=click.Choice(["int8"]), help="An int8 ONNX file for CPU serving"
+              " (ONNX Runtime's quantization: dynamic, or static with --calibration).")
+@click.option("--calibration", help="Table of rows to calibrate a static int8 quantization"
+              " with (read through the model's codecs; the first 512 rows).")
+def export_cmd(model_path: str, output: str, fmt: str | None, no_check: bool,
+               quantize: str | None, calibration: str | None) -> None:
     """A deployable model: ONNX or torch.export, with the fitted preprocessing in its metadata."""
     from ._export import export
 
-    result = export(model_path, output, format=fmt, check=not no_check)
+    result = export(model_path, output, format=fmt, check=not no_check, quantize=quantize,
+                    calibration=calibration)
     opset = result.layout.exporter.get("opset")
-    click.echo(f"wrote {output} ({result.format}{f', opset {opset}' if opset else ''})")
+    click.echo(f"wrote {output} ({result.format}{f', opset {opset}' if opset else ''}"
+               f"{f', {quantize}' if quantize else ''})")
     inputs = [f"{i.name} {i.dtype} [{', '.join(map(str, i.shape))}]"
               + (" (optional: marks missing inputs)" if i.present else "")
               for i in result.layout.inputs]
@@ -671,6 +678,44 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], batc
     for line in report.lines():
         click.echo(line, err=True)
     click.echo(f"wrote {result['rows']} prediction(s) to {output}")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True,
+              help="Most rows of concurrent requests predicted in one batch.")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="Longest a request waits for others to fill its batch.")
+@click.option("--max-queue", type=click.IntRange(1), default=1024, show_default=True,
+              help="Rows that may wait; a request beyond them is answered 503 with Retry-After.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes, each with its own copy of the model.")
+@click.option("--threads", type=click.IntRange(1), help="Torch threads per worker (default:"
+              " every core, shared among the workers).")
+@click.option("--data-root", type=click.Path(file_okay=False),
+              help="Folder a request may name image paths in (else only sent files are read).")
+@click.option("--max-body-mb", type=click.FloatRange(0.001), default=32.0, show_default=True)
+@click.option("--max-rows", type=click.IntRange(1), default=1024, show_default=True,
+              help="Most rows in one request.")
+@click.option("--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds SIGTERM waits for the requests in flight.")
+def serve(model_path: str, host: str, port: int, device: str, max_batch: int, max_wait_ms: float,
+          max_queue: int, workers: int, threads: int | None, data_root: str | None,
+          max_body_mb: float, max_rows: int, drain_timeout: float) -> None:
+    """Serve a model file or ONNX export over HTTP: POST /v1/predict, batched (pip install
+    'polymodal[serve]'); see docs/serve.md."""
+    from ._serve.limits import Limits
+    from ._serve.options import ServeOptions
+    from ._serve.server import serve as run_server
+
+    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_rows=max_rows)
+    run_server(ServeOptions(model_path, host, port, device, max_batch, max_wait_ms, max_queue,
+                            workers, data_root, drain_timeout, threads, limits),
+               announce=lambda line: click.echo(line, err=True))
 
 
 @cli.command()

@@ -263,7 +263,8 @@ def _quiet() -> Iterator[None]:
 
 
 def export(model: Any, output: str | Path, *, format: str | None = None, check: bool = True,
-           registry: Registry | None = None) -> ExportResult:
+           registry: Registry | None = None, quantize: str | None = None,
+           calibration: Any = None) -> ExportResult:
     """Export a model (a model file, or a model built by polymodal) for deployment.
 
     ``format``: ``onnx`` (ONNX Runtime: servers, phones, browsers) or ``torch-export`` (a
@@ -271,10 +272,15 @@ def export(model: Any, output: str | Path, *, format: str | None = None, check: 
     fitted preprocessing in its metadata, in the form of the model file's. With ``check``, the
     file is run on a random batch of another size (ONNX: with ONNX Runtime, when installed)
     and must give the model's outputs.
+
+    ``quantize="int8"`` (ONNX only) quantizes the checked file with ONNX Runtime: dynamically,
+    or statically from the rows of the ``calibration`` table (read through the model's codecs);
+    its difference from the model is reported, not held to the fp32 tolerance.
     """
     output = Path(output)
-    refuse_overwriting_inputs(output, {"the model": model})
+    refuse_overwriting_inputs(output, {"the model": model, "the calibration table": calibration})
     fmt = _format_of(output, format)
+    _check_quantize(fmt, quantize, calibration)
     if fmt == "onnx":
         _require_onnx_exporter()
     model, metadata, source = _source(model, registry)
@@ -292,16 +298,54 @@ def export(model: Any, output: str | Path, *, format: str | None = None, check: 
                 write_onnx(program, layout, metadata, output, located_components(model))
             else:
                 write_program(program, metadata, output)
-        difference, checked_with = (None, None)
-        if check:
-            try:
-                difference, checked_with = _check(model, state, layout, output, source)
-            except ExportError:
-                output.unlink(missing_ok=True)  # a file that gives other outputs is no export
-                raise
+            difference, checked_with = (None, None)
+            if check:
+                try:
+                    difference, checked_with = _check(model, state, layout, output, source)
+                except ExportError:
+                    output.unlink(missing_ok=True)  # a file that gives other outputs is no export
+                    raise
+            if quantize:
+                difference, checked_with = _quantized(model, state, layout, output, calibration)
     finally:
         model.train(was_training)
     return ExportResult(output, fmt, layout, difference, checked_with)
+
+
+def _check_quantize(fmt: str, quantize: str | None, calibration: Any) -> None:
+    from ._quantize import QUANTIZE
+
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ExportError(f"unknown quantization {quantize!r}; use {' or '.join(QUANTIZE)}")
+    if quantize is not None and fmt != "onnx":
+        raise ExportError(f"--quantize {quantize} makes an ONNX file (ONNX Runtime's"
+                          " quantization); name the output .onnx")
+    if calibration is not None and quantize is None:
+        raise ExportError("--calibration gives the rows of a static quantization: add"
+                          " --quantize int8")
+
+
+def _quantized(model: PolymodalModel, state: Mapping[str, Any] | None, layout: Layout,
+               output: Path, calibration: Any) -> tuple[float | None, str | None]:
+    """The checked fp32 file at ``output`` replaced by its int8 quantization; how far the
+    int8 file's outputs are from the model's on a random batch, and what ran it. Nothing is
+    left at ``output`` when quantization fails."""
+    from ._quantize import quantize
+
+    try:
+        done = quantize(output, output, calibration=calibration)
+        described, args = _flat_examples(model, state, EXAMPLE_BATCH + 1)
+        with torch.no_grad():
+            expected = FlatModel(model, described)(*args)
+        got, _ = _run_file(layout, output, described, args)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+    if got is None:
+        return None, None
+    difference = max((float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected)
+                      if e.numel()), default=0.0)
+    return difference, f"ONNX Runtime, int8 ({done['mode']})"
 
 
 def _exporter_versions(fmt: str) -> dict[str, Any]:

@@ -25,7 +25,8 @@ PLUGIN_API = 2
 #: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split)
 #: and the explain hooks; 2 -- the image kit, :mod:`polymodal.imagekit`,
 #: ``Backbone.discrete_input`` (a backbone reading token ids: no gradient to its input) and
-#: ``Component.example_takes`` (the input its conformance check takes by default).
+#: ``Component.example_takes`` (the input its conformance check takes by default) and
+#: ``Codec.reads_files`` (the columns whose cells name files, for polymodal serve).
 PLUGIN_API_MINOR = 2
 
 #: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.

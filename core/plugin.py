@@ -7,7 +7,7 @@ declares the version it is written for as ``POLYMODAL_PLUGIN_API = 2``, and poly
 plugin written for another version with a message naming both. :data:`PLUGIN_API_MINOR` counts
 additions within a version (2.1: ``Codec.absent``, ``TargetCodec.fixed_options``,
 ``TargetCodec.holds_classes`` and the explain hooks; 2.2: ``Backbone.discrete_input``,
-``Component.example_takes`` and the image kit
+``Component.example_takes``, ``Codec.reads_files`` and the image kit
 :mod:`polymodal.imagekit`, for plugins of images): a plugin written for 2.0 keeps working
 unchanged.
 

@@ -242,6 +242,8 @@ class ImageCodec(Codec[ImageAdapter.Config]):
     training images, and augments training batches with the config's N-channel-safe
     operations."""
 
+    reads_files = True  # the cells are image file paths (or arrays)
+
     def column(self) -> str:
         return self.config.column or self.name
 

@@ -122,6 +122,12 @@ class Codec(ABC, Generic[ConfigT]):
     ``table.base_dir``. Positions are 0-based within the table given to the method.
     """
 
+    #: Whether the cells of :meth:`columns` name files (paths relative to ``table.base_dir``)
+    #: that the codec reads. ``polymodal serve`` gives such a codec the files a request
+    #: uploads as paths to private copies, and a path a request names only inside the server's
+    #: ``--data-root``; a cell of another codec is passed as sent. Default: False.
+    reads_files: ClassVar[bool] = False
+
     def __init__(self, config: ConfigT, name: str, where: str):
         #: The component's validated config.
         self.config = config

@@ -146,6 +146,11 @@ class OnnxModel:
 
     def __call__(self, batch: Mapping[str, Any],
                  present: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        return dict(zip(self.layout.outputs, self.run_flat(self.feeds(batch, present))))
+
+    def feeds(self, batch: Mapping[str, Any],
+              present: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The file's input tensors, by name, for a batch as codecs encode it."""
         inputs = {i.input for i in self.layout.inputs}
         unknown = [name for name in batch if name not in inputs]
         if unknown:
@@ -168,7 +173,7 @@ class OnnxModel:
                                      " read; the file was changed after export")
             feeds[described.name] = _fitting(value if described.key is None else value[described.key],
                                              described)
-        return dict(zip(self.layout.outputs, self.run_flat(feeds)))
+        return feeds
 
 
 def _names(names: Any) -> str:

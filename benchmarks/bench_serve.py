@@ -1,0 +1,240 @@
+"""polymodal serve under load: a real server process driven by an async HTTP client at 1, 8 and 32
+concurrent clients (one row a request, the photo sent as base64 bytes), beside direct batched
+polymodal.predict of the same rows in the same run, on the demo model (`make demo`, or trained
+here when missing).
+
+Prints rows/s, p50 and p99 latency per concurrency, the server's resident memory before and
+after all requests (10,000 by default, warm-up excluded) and every error response.
+Goals (2 CPU cores): at 32 clients at least 0.7x the rows/s of direct batched predict; p99 at
+most 3x p50; memory within 5% after 10,000 requests; no error response.
+
+    python benchmarks/bench_serve.py [--demo runs/parts-demo] [--requests 10000]
+        [--per-level 1500] [--max-batch 64] [--max-wait-ms 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import polymodal
+from _demo import demo_model
+from _timing import parse_args
+
+LEVELS = (1, 8, 32)
+THROUGHPUT_GOAL = 0.7
+TAIL_GOAL = 3.0
+MEMORY_GOAL = 0.05
+
+
+def rows_of(table: Path) -> tuple[list[dict], dict[str, list]]:
+    """The held-out rows as requests send them (photo bytes) and as predict reads them."""
+    with table.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    sent, frame = [], {k: [] for k in ("photo", "material", "site", "reading", "weight_kg")}
+    for r in records:
+        photo = table.parent / r["photo"]
+        sent.append({"photo": {"base64": base64.b64encode(photo.read_bytes()).decode()},
+                     "material": r["material"], "site": r["site"],
+                     "reading": float(r["reading"]), "weight_kg": float(r["weight_kg"])})
+        for k in frame:
+            frame[k].append(str(photo) if k == "photo" else r[k])
+    return sent, frame
+
+
+def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> float:
+    """Rows/s of polymodal.predict over ``rows`` rows (the table repeated), batches of ``batch``."""
+    repeats = -(-rows // len(frame["photo"]))
+    table = {k: (v * repeats)[:rows] for k, v in frame.items()}
+    loaded = polymodal.load(model)  # once, as the server does
+    polymodal.predict(loaded, {k: v[:batch] for k, v in table.items()}, batch_size=batch)  # warm
+    started = time.perf_counter()
+    polymodal.predict(loaded, table, batch_size=batch)
+    return rows / (time.perf_counter() - started)
+
+
+def batch_rates(model: Path, rows: list[dict], sizes: list[int], repeats: int) -> dict[int, float]:
+    """Rows/s of the server's own batch path without HTTP: ``size`` one-row requests built
+    (files written) and predicted together, as the batcher hands them to the model."""
+    from polymodal._serve.limits import Limits
+    from polymodal._serve.predictor import Predictor
+    from polymodal._serve.rows import RowBuilder
+
+    predictor = Predictor(model)
+    builder = RowBuilder(predictor.columns, Limits(), None)
+    rates = {}
+    for size in sizes:
+        def run(size: int = size) -> None:
+            requests = [builder.build({"rows": [rows[i % len(rows)]]}) for i in range(size)]
+            predictor.run(requests)
+            for request in requests:
+                request.close()
+
+        run()  # warm
+        started = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        rates[size] = size * repeats / (time.perf_counter() - started)
+    builder.close()
+    return rates
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(model: Path, port: int, args, log: Path) -> subprocess.Popen:
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polymodal", "serve", str(model), "--port", str(port),
+         "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+         "--max-queue", "4096", "--threads", str(args.threads)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: {log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"the server did not start: {log.read_text()}")
+
+
+async def drive(url: str, rows: list[dict], clients: int, requests: int) -> tuple[float, list[float], list[str]]:
+    """``requests`` one-row requests from ``clients`` concurrent clients: rows/s, each
+    request's latency, and the error responses."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    sent = iter(range(requests))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def one_client() -> None:
+            for n in sent:
+                started = time.perf_counter()
+                response = await client.post("/v1/predict", json={"rows": [rows[n % len(rows)]]})
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code} {response.text[:200]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return requests / elapsed, latencies, errors
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", default="runs/parts-demo", help="Folder of `make demo`'s model.")
+    parser.add_argument("--requests", type=int, default=10_000,
+                        help="Requests served between the two memory readings.")
+    parser.add_argument("--per-level", type=int, default=1500, help="Requests timed per level.")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the server and of direct predict alike (1: on a"
+                        " shared 2-core machine more threads wait on each other)")
+    args = parse_args(parser, requests=120, per_level=30, levels="1,8", demo=None)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+        run(args, Path(scratch))
+
+
+def run(args, scratch: Path) -> None:
+    levels = [int(v) for v in args.levels.split(",")]
+    model, _, test = demo_model(Path(args.demo) if args.demo else scratch, smoke=args.smoke)
+    rows, frame = rows_of(test)
+    print(f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}),"
+          f" {os.cpu_count()} CPU(s), {torch.get_num_threads()} torch thread(s), load average"
+          f" {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
+    print(f"model {model} ({model.stat().st_size / 1e6:.1f} MB), {len(rows)} held-out rows,"
+          f" one row a request; server --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms}")
+    direct = direct_rate(model, frame, max(args.per_level, 640), args.max_batch)
+    print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s")
+    alone = batch_rates(model, rows, [1, 8, 32], 3 if args.smoke else 20)
+    print("the server's batch path without HTTP (requests built, checked, encoded, predicted): "
+          + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())
+          + "\n")
+    port = free_port()
+    server = start_server(model, port, args, scratch / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(drive(url, rows, max(levels), min(200, args.requests)))  # warm-up
+        before = rss_mb(server.pid)
+        served, results, all_errors = 0, {}, []
+        for clients in levels:
+            rate, latencies, errors = asyncio.run(drive(url, rows, clients, args.per_level))
+            served += args.per_level
+            results[clients] = (rate, percentile(latencies, 0.5), percentile(latencies, 0.99))
+            all_errors += errors
+        if served < args.requests:  # the rest, at the highest concurrency, for the memory reading
+            _, _, errors = asyncio.run(drive(url, rows, max(levels), args.requests - served))
+            all_errors += errors
+            served = args.requests
+        after = rss_mb(server.pid)
+        import httpx
+
+        batching = httpx.get(f"{url}/health").json()["batching"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    report(results, direct, before, after, served, all_errors, batching)
+
+
+def report(results, direct, before, after, served, errors, batching) -> None:
+    print(f"{'clients':>8} {'rows/s':>9} {'vs direct':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8}")
+    for clients, (rate, p50, p99) in results.items():
+        print(f"{clients:>8} {rate:9.0f} {rate / direct:9.2f}x {p50 * 1e3:8.1f} {p99 * 1e3:8.1f}"
+              f" {p99 / p50:8.2f}")
+    growth = (after - before) / before
+    print(f"\nserver memory: {before:.0f} MB before, {after:.0f} MB after {served:,} requests"
+          f" ({growth:+.1%}); {len(errors)} error response(s)"
+          + (f", first: {errors[0]}" if errors else ""))
+    print(f"batches: {batching['batches']:,}, {batching['rows']:,} rows, at most"
+          f" {batching['largest_batch_requests']} requests in one")
+    top = max(results)
+    rate, p50, p99 = results[top]
+    checks = [(f"{top} clients: {rate / direct:.2f}x direct rows/s", rate / direct >= THROUGHPUT_GOAL,
+               f"at least {THROUGHPUT_GOAL}x"),
+              (f"{top} clients: p99 {p99 / p50:.2f}x p50", p99 / p50 <= TAIL_GOAL,
+               f"at most {TAIL_GOAL}x"),
+              (f"memory {growth:+.1%}", abs(growth) <= MEMORY_GOAL, f"within {MEMORY_GOAL:.0%}"),
+              (f"{len(errors)} error response(s)", not errors, "none")]
+    for text, met, goal in checks:
+        print(f"{text}: {'meets' if met else 'MISSES'} the goal of {goal}")
+
+
+if __name__ == "__main__":
+    main()

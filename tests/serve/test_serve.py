@@ -1,0 +1,328 @@
+"""polymodal serve over HTTP: rows in (JSON and multipart), class names out, the same answers
+as polymodal.predict, dynamic batching, and a 4xx with row and column for every bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import Server, encoded
+
+import polymodal
+
+
+def table_rows(table: Path, count: int) -> list[dict[str, str]]:
+    with table.open(newline="") as handle:
+        return list(csv.DictReader(handle))[:count]
+
+
+def request_rows(demo: dict[str, Path], count: int) -> list[dict[str, Any]]:
+    """The first test rows as a client sends them: the photo's bytes, typed numbers."""
+    rows = []
+    for row in table_rows(demo["test"], count):
+        rows.append({"photo": encoded(demo["data"] / row["photo"]), "material": row["material"],
+                     "site": row["site"], "reading": float(row["reading"]),
+                     "weight_kg": float(row["weight_kg"])})
+    return rows
+
+
+def expected(demo: dict[str, Path], count: int) -> dict[str, list[Any]]:
+    rows = table_rows(demo["test"], count)
+    frame = {k: [r[k] for r in rows] for k in rows[0]}
+    frame["photo"] = [str(demo["data"] / p) for p in frame["photo"]]
+    return polymodal.predict(demo["model"], frame)["columns"]
+
+
+def post(server: Server, body: Any = None, **kwargs: Any) -> httpx.Response:
+    if body is not None:
+        kwargs["json"] = body
+    return httpx.post(f"{server.url}/v1/predict", timeout=60, **kwargs)
+
+
+def assert_same(rows: list[dict[str, Any]], wanted: dict[str, list[Any]], tolerance: float) -> None:
+    assert [r["row"] for r in rows] == list(range(1, len(rows) + 1))
+    for index, row in enumerate(rows):
+        head = row["heads"]["decision"]
+        assert head["decision"] == wanted["decision"][index]
+        for name in ("accept", "reject"):
+            key = f"decision_prob_{name}"
+            assert abs(head[key] - wanted[key][index]) <= tolerance
+        assert row["inputs_used"] == ["photo", "record"]
+
+
+def test_json_rows_answer_as_predict_does(server, demo):
+    response = post(server, {"rows": request_rows(demo, 3)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["request_id"]) == 32 and response.headers["x-request-id"] == body["request_id"]
+    assert body["skipped"] == []
+    assert_same(body["rows"], expected(demo, 3), 1e-5)
+
+
+def test_multipart_rows_answer_as_json(server, demo):
+    rows = table_rows(demo["test"], 2)
+    files = {f"photo[{i + 1}]": (f"p{i}.png", (demo["data"] / r["photo"]).read_bytes(), "image/png")
+             for i, r in enumerate(rows)}
+    fields = [{k: r[k] for k in ("material", "site", "reading", "weight_kg")} for r in rows]
+    response = post(server, files=files, data={"request": json.dumps({"rows": fields})})
+    assert response.status_code == 200, response.text
+    assert_same(response.json()["rows"], expected(demo, 2), 1e-5)
+
+
+def test_paths_only_inside_the_data_root(server, demo, tmp_path):
+    row = request_rows(demo, 1)[0]
+    inside = {**row, "photo": table_rows(demo["test"], 1)[0]["photo"]}
+    response = post(server, {"rows": [inside]})
+    assert response.status_code == 200, response.text
+    assert_same(response.json()["rows"], expected(demo, 1), 1e-5)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes((demo["data"] / inside["photo"]).read_bytes())
+    link = demo["data"] / "link.png"
+    link.symlink_to(outside)
+    try:
+        for path in ["../" * 8 + str(outside).lstrip("/"), str(outside), "link.png"]:
+            response = post(server, {"rows": [{**row, "photo": path}]})
+            assert response.status_code == 403, (path, response.text)
+            assert response.json()["error"] == {
+                "message": f"row 1, column 'photo': the path {path!r} is outside the server's"
+                " data root", "row": 1, "column": "photo",
+                "request_id": response.headers["x-request-id"]}
+    finally:
+        link.unlink()
+
+
+def test_concurrent_requests_are_batched(server, demo):
+    rows = request_rows(demo, 8)
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/predict", json={"rows": [row]})
+                                          for row in rows))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * len(rows)
+    batches = [r.json()["batch"] for r in responses]
+    assert max(b["requests"] for b in batches) > 1, batches
+    wanted = expected(demo, 8)
+    for index, response in enumerate(responses):  # each request gets its own row back
+        head = response.json()["rows"][0]["heads"]["decision"]
+        assert abs(head["decision_prob_accept"] - wanted["decision_prob_accept"][index]) < 1e-5
+    health = httpx.get(f"{server.url}/health").json()["batching"]
+    assert health["largest_batch_requests"] > 1 and health["rows"] >= len(rows)
+
+
+def bomb_png(side: int = 100_000) -> bytes:
+    """A PNG whose header claims side x side pixels, in a few dozen bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def npy_bytes(array: np.ndarray) -> dict[str, str]:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return {"base64": base64.b64encode(buffer.getvalue()).decode()}
+
+
+def bad_row_cases(row: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str, int | None, str | None]]:
+    import base64
+
+    def second(**change: Any) -> dict[str, Any]:
+        return {"rows": [row, {**row, **change}]}
+
+    return [
+        ("wrong type", second(reading="abc"), 422,
+         "row 2, column 'reading': 'abc' is not a number", 2, "reading"),
+        ("not an image", second(photo={"base64": base64.b64encode(b"hello").decode()}), 422,
+         "row 2, column 'photo': not a PNG, JPEG, TIFF or .npy file", 2, "photo"),
+        ("bad base64", second(photo={"base64": "!!!"}), 422,
+         "row 2, column 'photo': the base64 text is not valid base64", 2, "photo"),
+        ("decompression bomb", second(photo={"base64": base64.b64encode(bomb_png()).decode()}),
+         422, "more than the 67,108,864 (8192x8192) an image may have", 2, "photo"),
+        ("wrong channels", second(photo=npy_bytes(np.zeros((5, 8, 8), np.float32))), 422,
+         "has 5 channel(s) but inputs.photo.adapter.channels is 3", 2, "photo"),
+        ("NaN pixels", second(photo=npy_bytes(np.full((3, 8, 8), np.nan, np.float32))), 422,
+         "not finite numbers", 2, "photo"),
+        ("object in a value column", second(material={"a": 1}), 422,
+         "row 2, column 'material': holds a JSON object", 2, "material"),
+        ("file cell of another shape", second(photo={"url": "x"}), 422,
+         'a file cell is {"base64"', 2, "photo"),
+        ("missing column", {"rows": [{k: v for k, v in row.items() if k != "reading"}]}, 422,
+         "no row has column 'reading' (read by inputs.record.adapter)", None, "reading"),
+        ("long string", second(site="x" * 10_001), 413, "more than the 10,000 a cell may hold",
+         2, "site"),
+        ("huge integer", second(reading=int("9" * 400)), 422,
+         "row 2, column 'reading': an integer of 400 digits, beyond the range", 2, "reading"),
+        ("truncated file, named as sent", second(photo={**row["photo"], "filename": "p.png",
+                                                        "base64": truncated(row)}), 422,
+         "row 2, column 'photo': image 'p.png' cannot be read", 2, "photo"),
+    ]
+
+
+def truncated(row: dict[str, Any]) -> str:
+    import base64
+
+    return base64.b64encode(base64.b64decode(row["photo"]["base64"])[:60]).decode()
+
+
+def test_every_bad_row_is_a_4xx_naming_row_and_column(server, demo):
+    row = request_rows(demo, 1)[0]
+    for name, body, status, message, line, column in bad_row_cases(row):
+        response = post(server, body)
+        assert response.status_code == status, (name, response.text)
+        error = response.json()["error"]
+        assert message in error["message"], (name, error)
+        assert error.get("row") == line and error.get("column") == column, (name, error)
+        assert error["request_id"] == response.headers["x-request-id"]
+
+
+def test_bad_requests_are_4xx(server, demo):
+    row = request_rows(demo, 1)[0]
+    cases = [
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400,
+         "the body is not valid JSON"),
+        ({"content": b"[" * 50 + b"]" * 50, "headers": {"content-type": "application/json"}},
+         400, "nests JSON arrays and objects more than 8 deep"),
+        ({"content": b'{"rows": [{"reading": NaN}]}', "headers": {"content-type": "application/json"}},
+         400, "NaN is not a JSON value"),
+        ({"content": b"\xff\xfe", "headers": {"content-type": "application/json"}}, 400,
+         "is not"),
+        ({"json": [row]}, 400, "the body is not a JSON object"),
+        ({"json": {"rows": row}}, 400, "rows must be a list of objects"),
+        ({"json": {"rows": [row], "extra": 1}}, 400, "unknown field(s) 'extra'"),
+        ({"json": {"rows": [row], "on_bad_row": "ignore"}}, 400, "on_bad_row is 'ignore'"),
+        ({"json": {"rows": []}}, 400, "no rows to predict"),
+        ({"content": b"a,b\n1,2", "headers": {"content-type": "text/csv"}}, 415,
+         "a body of type 'text/csv'"),
+        ({"json": {"rows": [row] * 21}}, 413, "21 rows in one request, more than the 20"),
+        ({"content": b"x" * (2**19 + 1), "headers": {"content-type": "application/json"}}, 413,
+         "larger than the 524,288 bytes"),
+        ({"files": {"color": ("a.png", b"x")}}, 422, "column 'color' is not one the model reads"
+         " files from"),
+        ({"files": {"photo": ("a.png", b"x")}, "data": {"other": "1"}}, 400,
+         "a text field 'other'"),
+    ]
+    for kwargs, status, message in cases:
+        response = post(server, **kwargs)
+        assert response.status_code == status, (kwargs.keys(), response.text)
+        assert message in response.json()["error"]["message"], response.text
+    response = httpx.get(f"{server.url}/v2/nothing")
+    assert response.status_code == 404 and "error" in response.json()
+    assert httpx.get(f"{server.url}/v1/predict").status_code == 405
+
+
+def test_skip_answers_the_good_rows_and_lists_the_bad(server, demo):
+    rows = request_rows(demo, 3)
+    rows[1] = {**rows[1], "reading": "abc"}
+    rows[2] = {**rows[2], "photo": {"base64": "aGVsbG8="}}
+    response = post(server, {"rows": rows, "on_bad_row": "skip"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["row"] for r in body["rows"]] == [1]
+    assert body["skipped"] == [
+        {"row": 2, "column": "reading", "message": "row 2, column 'reading': 'abc' is not a number"},
+        {"row": 3, "column": "photo", "message": "row 3, column 'photo': not a PNG, JPEG, TIFF or"
+         " .npy file"}]
+
+
+def test_metadata_and_openapi_describe_this_model(server, demo):
+    metadata = httpx.get(f"{server.url}/v1/metadata").json()
+    assert metadata["heads"]["decision"]["classes"] == ["accept", "reject"]
+    assert metadata["inputs"]["photo"]["files"] is True
+    assert metadata["inputs"]["record"]["vocabularies"]["material"] == ["plastic", "steel", "wood"]
+    assert metadata["spec"]["name"] == "parts" and metadata["versions"]["polymodal"]
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    text = json.dumps(schema)
+    assert '"enum": ["plastic", "steel", "wood"]' in text
+    assert '"enum": ["accept", "reject"]' in text
+    assert "PartsRow" in schema["components"]["schemas"]
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+def test_an_onnx_export_serves_the_same_answers(demo, tmp_path):
+    onnx = Server(demo["onnx"], log=tmp_path / "onnx.log")
+    try:
+        response = post(onnx, {"rows": request_rows(demo, 3)})
+        assert response.status_code == 200, response.text
+        assert_same(response.json()["rows"], expected(demo, 3), 1e-4)
+        assert httpx.get(f"{onnx.url}/v1/metadata").json()["model"]["format"] == "onnx"
+    finally:
+        assert onnx.stop() == 0
+
+
+def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
+    """A queue of 4 rows, batches waiting a second to fill: a second request finds it full;
+    then SIGTERM lets a request in flight finish and refuses new connections."""
+    slow = Server(demo["model"], "--max-wait-ms", "1500", "--max-queue", "4",
+                  log=tmp_path / "slow.log")
+    rows = request_rows(demo, 4)
+
+    async def full() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=slow.url, timeout=60) as client:
+            first = asyncio.ensure_future(client.post("/v1/predict", json={"rows": rows}))
+            await asyncio.sleep(0.5)
+            second = await client.post("/v1/predict", json={"rows": rows[:1]})
+            return await first, second
+
+    try:
+        first, second = asyncio.run(full())
+        assert first.status_code == 200 and len(first.json()["rows"]) == 4
+        assert second.status_code == 503, second.text
+        assert int(second.headers["retry-after"]) >= 1
+        assert "queue" in second.json()["error"]["message"]
+        assert httpx.get(f"{slow.url}/health").json()["batching"]["refused_full"] == 1
+        # without --data-root, a path is refused
+        refused = post(slow, {"rows": [{**rows[0], "photo": "images/test_00000.png"}]})
+        assert refused.status_code == 403 and "without --data-root" in refused.text
+
+        async def drained() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=slow.url, timeout=60) as client:
+                flight = asyncio.ensure_future(client.post("/v1/predict", json={"rows": rows[:1]}))
+                await asyncio.sleep(0.5)
+                slow.process.terminate()  # SIGTERM
+                await asyncio.sleep(0.3)
+                with pytest.raises(httpx.TransportError):
+                    await httpx.AsyncClient().post(f"{slow.url}/v1/predict", json={"rows": rows})
+                return await flight
+
+        answered = asyncio.run(drained())
+        assert answered.status_code == 200 and len(answered.json()["rows"]) == 1
+        assert slow.process.wait(60) == 0
+    finally:
+        slow.stop()
+
+
+def test_workers_each_hold_a_model_and_share_the_port(demo, tmp_path):
+    many = Server(demo["model"], "--workers", "2", log=tmp_path / "workers.log")
+
+    async def pids() -> set[int]:
+        seen: set[int] = set()
+        for _ in range(10):
+            async with httpx.AsyncClient(base_url=many.url, timeout=60) as client:
+                answers = await asyncio.gather(*(client.get("/health") for _ in range(8)))
+            seen |= {a.json()["pid"] for a in answers}
+            if len(seen) > 1:
+                break
+        return seen
+
+    try:
+        response = post(many, {"rows": request_rows(demo, 2)})
+        assert response.status_code == 200, response.text
+        assert_same(response.json()["rows"], expected(demo, 2), 1e-5)
+        assert len(asyncio.run(pids())) == 2
+    finally:
+        assert many.stop() == 0
