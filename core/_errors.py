@@ -7,9 +7,12 @@ the fix when one is known.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import reprlib
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -234,3 +237,20 @@ def excerpt(value: Any, limit: int = 100) -> str:
 
 def shorten(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def exception_summary(exc: BaseException) -> str:
+    """``Type: first line of the message``: an exception a library raised, in one line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Whatever a library prints or warns while inside: exporters print progress, dump graphs
+    that fail and warn about their internals, none of it the user's to act on (what failed is
+    raised, and reported naming the component)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield

@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ._assembly import PolymodalModel
 from ._components import ModalityAdapter
-from ._errors import ExportError, PolymodalError
+from ._errors import ExportError, PolymodalError, exception_summary, silenced
 from ._export_layout import BATCH, KEY_EXPORT, ExportedInput, Layout
-from ._files import atomic_open, output_lock, refuse_overwriting_inputs
+from ._files import atomic_write, output_lock, refuse_overwriting_inputs
 from ._registry import Registry
 
 #: The file formats and their usual suffix.
@@ -176,20 +174,15 @@ def _culprit(exc: BaseException, located: Sequence[tuple[str, nn.Module]]) -> tu
     return found
 
 
-def _reason(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
 def _failure(exc: BaseException, located: Sequence[tuple[str, nn.Module]], step: str) -> ExportError:
     culprit = _culprit(exc, located)
     if culprit is None:
-        return ExportError(f"{step} failed: {_reason(exc)}")
+        return ExportError(f"{step} failed: {exception_summary(exc)}")
     where, module = culprit
     stated = getattr(type(module), "exportable", None)
     note = (" (its plugin states it exports: a bug in the plugin)" if stated is True
             else " (its plugin does not state whether it exports)")
-    return ExportError(f"{step} failed in {_label(where, module)}{note}: {_reason(exc)}")
+    return ExportError(f"{step} failed in {_label(where, module)}{note}: {exception_summary(exc)}")
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -245,21 +238,11 @@ def trace(model: PolymodalModel, state: Mapping[str, Any] | None = None, *,
     batch = torch.export.Dim(BATCH)
     dynamic = tuple({0: batch} for _ in args)
     try:
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), silenced():
             program = torch.export.export(flat, tuple(args), dynamic_shapes=(dynamic,))
     except Exception as exc:  # noqa: BLE001 - the failing component is the finding
         raise _failure(exc, located, "torch.export") from None
     return program, layout, args
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Exporters print progress, dump graphs that fail and warn about their internals: none of
-    it is the user's to act on (what failed is raised, and reported naming the component)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
 
 
 def export(model: Any, output: str | Path, *, format: str | None = None, check: bool = True,
@@ -359,20 +342,10 @@ def _exporter_versions(fmt: str) -> dict[str, Any]:
     return versions
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """``write`` the file into memory, then to ``path`` atomically and with the mode every other
-    output gets: torch's C++ writer, given a file, aborts the process on a full disk (or hides
-    the error), where Python's write raises it."""
-    buffer = io.BytesIO()
-    write(buffer)
-    with atomic_open(path, "wb") as handle:
-        handle.write(buffer.getbuffer())
-
-
 def write_program(program: torch.export.ExportedProgram, metadata: Mapping[str, str],
                   output: Path) -> None:
     """``program`` as a ``.pt2`` file, ``metadata`` in its extra files."""
-    _atomic_write(output, lambda file: torch.export.save(program, file,
+    atomic_write(output, lambda file: torch.export.save(program, file,
                                                         extra_files=dict(metadata)))
 
 
@@ -383,7 +356,7 @@ def write_onnx(program: torch.export.ExportedProgram, layout: Layout, metadata: 
     _require_onnx_exporter()
     names = [i.name for i in layout.inputs]
     try:
-        with _quiet():
+        with silenced():
             onnx_program = torch.onnx.export(
                 program, dynamo=True, input_names=names, output_names=list(layout.outputs),
                 opset_version=OPSET, optimize=True, verbose=False, report=False)
@@ -399,7 +372,7 @@ def write_onnx(program: torch.export.ExportedProgram, layout: Layout, metadata: 
     if proto.ByteSize() >= 2**31:
         raise ExportError("the model is over 2 GB, more than one ONNX file holds; export it with"
                           " --format torch-export")
-    _atomic_write(output, lambda file: file.write(proto.SerializeToString()))
+    atomic_write(output, lambda file: file.write(proto.SerializeToString()))
 
 
 def _require_onnx_exporter() -> None:
@@ -467,7 +440,7 @@ def _check(model: PolymodalModel, state: Mapping[str, Any] | None, layout: Layou
         try:
             got, checked_with = _run_file(layout, output, described, args)
         except Exception as exc:  # noqa: BLE001 - any failure to run the file is the finding
-            raise ExportError(f"{output}: the exported file fails to run ({_reason(exc)}); this is"
+            raise ExportError(f"{output}: the exported file fails to run ({exception_summary(exc)}); this is"
                               " a bug in the exporter or in a component") from None
     if got is None:
         return None, None
@@ -495,5 +468,5 @@ def _run_file(layout: Layout, output: Path, described: Sequence[ExportedInput],
         # Masks left out: their default, every sample present, is what is checked.
         return runner.run_flat({d.name: a for d, a in zip(described, args) if not d.present}), \
             "ONNX Runtime"
-    with _quiet():
+    with silenced():
         return list(torch.export.load(output).module()(*args)), "the saved ExportedProgram"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -301,6 +302,16 @@ def atomic_open(target: str | Path, mode: str = "w", *, encoding: str | None = "
         with open(tmp, mode, encoding=None if binary else encoding,
                   newline=None if binary else newline) as handle:
             yield handle
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """``write`` the file into memory, then to ``path`` atomically and with the mode every other
+    output gets: torch's C++ writer, given a file, aborts the process on a full disk (or hides
+    the error), where Python's write raises it."""
+    buffer = io.BytesIO()
+    write(buffer)
+    with atomic_open(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def write_text(target: str | Path, text: str) -> Path:

@@ -24,7 +24,7 @@ PLUGIN_API = 2
 #: earlier minor version never needs: 1 -- ``Codec.absent`` (an input absent in some rows),
 #: ``TargetCodec.fixed_options`` (a head's classes settled on a whole table before it is split)
 #: and the explain hooks; 2 -- the image kit, :mod:`polymodal.imagekit`,
-#: ``Backbone.discrete_input`` (a backbone reading token ids: no gradient to its input) and
+#: ``Backbone.discrete_input`` (a backbone reading token ids: no gradient to its input),
 #: ``Component.example_takes`` (the input its conformance check takes by default) and
 #: ``Codec.reads_files`` (the columns whose cells name files, for polymodal serve).
 PLUGIN_API_MINOR = 2

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._errors import ExportError
+from ._errors import ExportError, exception_summary, silenced
+from ._files import atomic_write
 
 QUANTIZE = ("int8",)
 #: The operators dynamic quantization makes integer (see above for why not Conv).
@@ -45,13 +46,12 @@ def quantize(fp32: Path, output: Path, *, calibration: Any = None) -> dict[str, 
     was done, as kept in the file's metadata."""
     import onnx
 
-    from ._export import _atomic_write, _quiet, _reason
 
     tools = _tools()
     with tempfile.TemporaryDirectory(prefix="polymodal-quantize-") as folder:
         target = Path(folder) / "int8.onnx"
         try:
-            with _quiet():
+            with silenced():
                 if calibration is None:
                     tools.quantize_dynamic(str(fp32), str(target), weight_type=tools.QuantType.QInt8,
                                            op_types_to_quantize=list(DYNAMIC_OPS))
@@ -69,14 +69,14 @@ def quantize(fp32: Path, output: Path, *, calibration: Any = None) -> dict[str, 
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own reason is the finding
-            raise ExportError(f"quantizing to int8 failed: {_reason(exc)}; export without"
+            raise ExportError(f"quantizing to int8 failed: {exception_summary(exc)}; export without"
                               " --quantize") from None
     ops = {node.op_type for node in proto.graph.node}
     if not ops & _QUANTIZED_OPS:
         raise ExportError("no operator of this model can be quantized to int8 by ONNX Runtime"
                           f" (it has {', '.join(sorted(ops))}); export without --quantize")
     _keep_metadata(proto, onnx.load(str(fp32), load_external_data=False), done)
-    _atomic_write(output, lambda file: file.write(proto.SerializeToString()))
+    atomic_write(output, lambda file: file.write(proto.SerializeToString()))
     return done
 
 

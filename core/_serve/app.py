@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from .batcher import Batcher, QueueFull
+from .draining import DRAINING, watch_signals
 from .limits import BAD_REQUEST, TOO_LARGE, UNSUPPORTED, ClientError, Limits, parse_json
 from .options import ServeOptions
 from .predictor import Predictor
@@ -31,9 +31,6 @@ from .rows import RowBuilder
 from .schema import request_model, response_model
 
 log = logging.getLogger("polymodal.serve")
-#: Set when the process was told to stop (SIGTERM): requests in flight finish, new ones are
-#: refused, /ready answers 503.
-DRAINING = threading.Event()
 
 
 def create_app(options: ServeOptions, predictor: Predictor | None = None) -> FastAPI:
@@ -46,8 +43,6 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        from .server import watch_signals
-
         watch_signals()
         batcher.start()
         yield

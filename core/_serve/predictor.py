@@ -23,7 +23,7 @@ from .._data.binding import Binding, presence_labels
 from .._data.table import Table
 from .._errors import PolymodalError
 from .._modelfile import KEY_SPEC, KEY_VERSIONS
-from .._training.inference import _load, model_state, to_device
+from .._training.inference import loaded_model, model_state, to_device
 from .limits import UNPROCESSABLE, ClientError
 from .rows import Columns, RequestRows
 
@@ -62,7 +62,7 @@ class Predictor:
     """A loaded model (a model file or an ONNX export) and what it needs to read rows."""
 
     def __init__(self, path: str | Path, device: str = "cpu"):
-        self.model, self.source = _load(path, exports=True)
+        self.model, self.source = loaded_model(path, exports=True)
         self.state = model_state(self.model, self.source)
         self.device = torch.device(device)
         self.model.to(self.device).eval()

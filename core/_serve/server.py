@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +33,6 @@ def check(options: ServeOptions) -> None:
         raise DataError(f"--data-root {options.data_root}: no such folder")
     if not Path(options.model).is_file():
         raise DataError(f"{options.model}: no such model file")
-
-
-def watch_signals() -> None:
-    """Mark the process as draining when uvicorn is told to stop (its handlers still run)."""
-    from .app import DRAINING
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for number in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(number)
-        if callable(previous):
-            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
-                DRAINING.set()
-                previous(sig, frame)
-
-            signal.signal(number, handler)
 
 
 def serve(options: ServeOptions, announce: Any = print) -> None:
