@@ -6,7 +6,7 @@ Only Pydantic here, so a spec validates without importing torch.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
@@ -76,8 +76,16 @@ class TrainingOptions(_Options):
     threads: PositiveInt | None = Field(
         None, description="Threads torch uses for CPU work during the run (torch.set_num_threads);"
         " default: torch's own choice (one per core, or OMP_NUM_THREADS).", le=4096)
-    workers: int = Field(0, description="Data-loading worker processes (0: load in the"
-                         " training process).", ge=0, le=256)
+    workers: Literal["auto"] | Annotated[int, Field(ge=0, le=256)] = Field(
+        "auto", description="Data-loading worker processes (0: load in the training process)."
+        " auto: none where the decoded rows are kept in memory (cache_mib) or where the run's"
+        " threads take every core (they would only share the cores), else one per spare core"
+        " (at most 4). Worker processes keep no decoded rows.")
+    cache_mib: Literal["auto"] | Annotated[int, Field(ge=0, le=2**24)] = Field(
+        "auto", description="Decoded rows (each input's encoded value, before augmentation)"
+        " kept in memory from epoch to epoch, so each file is read and decoded once per run,"
+        " when they fit in this many MiB. auto: half the memory available when the run starts;"
+        " 0: never kept. The run's first lines say the decoded size and the choice.")
     val_fraction: float = Field(0.2, description="Fraction of rows held out for validation"
                                 " when no validation table is given.", ge=0, lt=1)
     group_by: str | None = Field(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 
 from .._errors import ComponentError, ConfigError, DataError, SpecError, located
+from .cache import RowCache
 from .codec import Codec, RowIssues, State, TargetCodec, add_examples
 from .table import Table
 
@@ -317,20 +318,29 @@ class Binding:
             raise SpecError(problems)
         return self.spec.model_copy(update={"inputs": new_inputs, "heads": new_heads})
 
+    @staticmethod
+    def _encoder(bound: Bound[Codec], state: State,
+                 cache: RowCache | None) -> Callable[[Table, RowIssues], Any]:
+        read = functools.partial(_encode_rows, bound.codec, state=state["inputs"][bound.name])
+        if cache is None:
+            return read
+        return functools.partial(cache.read, bound.name, read=read)
+
     def prepare(self, model: Any, state: State) -> None:
         for i in self.inputs:
             i.codec.prepare(model.adapters[i.name], state["inputs"][i.name])
         for b in self.heads:
             b.codec.prepare(model.heads[b.name], state["heads"][b.name])
 
-    def encode(self, table: Table, state: State, targets: bool) -> Encoded:
-        """Encode every row of ``table``; rows with a problem are dropped and listed in ``bad``."""
+    def encode(self, table: Table, state: State, targets: bool,
+               cache: RowCache | None = None) -> Encoded:
+        """Encode every row of ``table``; rows with a problem are dropped and listed in ``bad``.
+        With ``cache``, each input's rows kept there are taken from it, and the others kept."""
         issues = RowIssues(table)
         absent = self.absent(table)
-        inputs = {b.name: self._read_rows(
-            b, table, issues, absent.get(b.name),
-            functools.partial(_encode_rows, b.codec, state=state["inputs"][b.name]))
-            for b in self.inputs}
+        inputs = {b.name: self._read_rows(b, table, issues, absent.get(b.name),
+                                          self._encoder(b, state, cache))
+                  for b in self.inputs}
         self._nothing_present(table, issues, absent)
         encoded_targets: dict[str, tuple[Any, Any]] = {}
         if targets:

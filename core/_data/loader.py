@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .binding import Binding, Encoded
+from .cache import RowCache
 from .codec import State
 from .table import Table
 
@@ -27,23 +28,26 @@ def derive_seed(*parts: int) -> int:
 
 class BatchDataset(Dataset):
     """Encoded batches of ``table``; with ``augment`` (training), each input's codec augments
-    them as its adapter's config says."""
+    them as its adapter's config says. With ``cache``, decoded rows are kept from epoch to
+    epoch (augmentation still runs on every batch, after them)."""
 
     def __init__(self, table: Table, binding: Binding, state: State, *, targets: bool,
-                 augment: bool = False, seed: int = 0):
+                 augment: bool = False, seed: int = 0, cache: RowCache | None = None):
         self.table = table
         self.binding = binding
         self.state = state
         self.targets = targets
         self.augment = augment
         self.seed = seed
+        self.cache = cache  # decoded rows kept across epochs (in this process only)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, item: tuple[int, int, np.ndarray]) -> Encoded:
         epoch, step, positions = item
-        encoded = self.binding.encode(self.table.take(positions), self.state, self.targets)
+        encoded = self.binding.encode(self.table.take(positions), self.state, self.targets,
+                                      self.cache)
         if self.augment:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, step))
             for bound in self.binding.inputs:

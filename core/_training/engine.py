@@ -45,7 +45,7 @@ from .._errors import (
 from .._files import output_lock, refuse_overwriting_inputs, sweep
 from .._options import TrainingOptions
 from .._spec import ModelSpec, load_spec
-from . import distributed, hardware, objective
+from . import distributed, hardware, loading, objective
 from .checkpoint import Checkpoint, fingerprint
 from .folds import group_keys, split_hint
 from .history import EpochRecord, Progress, Validation
@@ -436,11 +436,14 @@ def _runner(parts: _Parts, opts: TrainingOptions, context: distributed.Context) 
     parts.runner = runner
 
 
-def _datasets(rows: _Data, parts: _Parts, opts: TrainingOptions) -> tuple[BatchDataset, BatchDataset]:
-    """The training rows (augmented) and the validation rows, encoded batch by batch."""
+def _datasets(rows: _Data, parts: _Parts, opts: TrainingOptions,
+              feeding: loading.Loading) -> tuple[BatchDataset, BatchDataset]:
+    """The training rows (augmented) and the validation rows, encoded batch by batch (from
+    memory where their decoded rows are kept)."""
     train = BatchDataset(rows.train, parts.binding, parts.state, targets=True, augment=True,
-                         seed=opts.seed)
-    val = BatchDataset(rows.val, parts.binding, parts.state, targets=True)
+                         seed=opts.seed, cache=feeding.train_cache)
+    val = BatchDataset(rows.val, parts.binding, parts.state, targets=True,
+                       cache=feeding.val_cache)
     return train, val
 
 
@@ -450,7 +453,7 @@ class _Epochs:
 
     def __init__(self, parts: _Parts, rows: _Data, opts: TrainingOptions,
                  context: distributed.Context, policy: str, progress: bool,
-                 on_step: Callable[[int, int], None] | None):
+                 on_step: Callable[[int, int], None] | None, feeding: loading.Loading):
         self.parts, self.rows, self.opts, self.context = parts, rows, opts, context
         self.policy, self.progress, self.on_step = policy, progress, on_step
         self.weights = {h: opts.loss_weights.get(h, 1.0) for h in parts.spec.heads}
@@ -462,12 +465,13 @@ class _Epochs:
         self.guard_gradients = context.device.type == "cpu" and opts.precision == "bf16"
         self.skipped = 0  # steps skipped in the current epoch
         pinned = context.device.type == "cuda"
-        dataset, val_dataset = _datasets(rows, parts, opts)
+        dataset, val_dataset = _datasets(rows, parts, opts, feeding)
         self.plan = BatchPlan()
-        self.batches = loader(dataset, self.plan, opts.workers, pin_memory=pinned, keep_workers=True)
+        self.batches = loader(dataset, self.plan, feeding.workers, pin_memory=pinned,
+                              keep_workers=True)
         val_count = len(rows.val)
         val_plan = BatchPlan(0, [np.arange(i, min(i + 256, val_count)) for i in range(0, val_count, 256)])
-        self.val_batches = loader(val_dataset, val_plan, opts.workers, pin_memory=pinned,
+        self.val_batches = loader(val_dataset, val_plan, feeding.workers, pin_memory=pinned,
                                   keep_workers=True)
 
     def train(self, epoch: int, say: Callable[[str], None]) -> EpochRecord:
@@ -633,7 +637,9 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
     metric, higher = _monitor(opts, parts.binding, len(rows.val) > 0)
     run = _restore(parts, checkpoint, opts.epochs, say)
     _runner(parts, opts, context)
-    epochs = _Epochs(parts, rows, opts, context, policy, progress, hooks.on_step)
+    feeding = loading.plan(parts.binding, parts.state, rows.train, rows.val, opts, context.device,
+                           context.world, say)
+    epochs = _Epochs(parts, rows, opts, context, policy, progress, hooks.on_step, feeding)
     say(f"training on {len(rows.train)} rows, validating on {len(rows.val)}"
         f" ({context.world} process(es), {context.device.type}); logs in {run_dir}")
     stopped_early = run.epoch > 0 and run.out_of_patience(opts.early_stopping.patience)
