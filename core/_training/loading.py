@@ -95,14 +95,14 @@ def plan(binding: Binding, state: State, train: Table, val: Table, opts: Trainin
         return _workers(opts, device, say, "the decoded size of a row is unknown (an input's"
                         " codec gives values that are not tensors)")
     size = per_row * (len(train) + len(val))
-    described = (f"{_mib(size)} decoded ({len(train) + len(val)} rows of {_size(per_row)})")
+    described = (f"{_size(size)} decoded ({len(train) + len(val)} rows of {_size(per_row)})")
     if opts.workers not in ("auto", 0):
         return _workers(opts, device, say, f"{described}; not kept in memory: workers:"
                         f" {opts.workers} each decode their own batches")
     if allowed == 0:
         return _workers(opts, device, say, f"{described}; not kept in memory ({why})")
     if size > allowed:
-        return _workers(opts, device, say, f"{described}, more than the {_mib(allowed)} of"
+        return _workers(opts, device, say, f"{described}, more than the {_size(allowed)} of"
                         f" {why}: read and decoded batch by batch")
     say(f"data: {described}, kept in memory ({why}): each file read and decoded once")
     return Loading(0, cache, RowCache(val.rows, inputs) if len(val) else None)
@@ -120,9 +120,7 @@ def _workers(opts: TrainingOptions, device: torch.device, say: Callable[[str], N
     return Loading(workers)
 
 
-def _mib(count: int) -> str:
-    return f"{count / MIB:,.1f} MiB"
-
-
 def _size(count: int) -> str:
-    return f"{count:,} bytes" if count < 10 * 1024 else f"{count / 1024:,.1f} KiB"
+    if count < 10 * 1024:
+        return f"{count:,} bytes"
+    return f"{count / 1024:,.1f} KiB" if count < MIB else f"{count / MIB:,.1f} MiB"
