@@ -236,6 +236,48 @@ class ImageAdapter(ModalityAdapter):
 STATISTICS_SAMPLE = 256
 
 
+class _FitReads:
+    """The images the statistics pass read, kept (up to :data:`LIMIT` bytes) for the first
+    epoch's batches to take instead of decoding them again, each once. An image is known by its
+    file's path, size and modification time, so a file changed since is read anew."""
+
+    LIMIT = 64 * 2**20
+
+    def __init__(self) -> None:
+        self.images: dict[tuple[str, int, int, bool], np.ndarray] = {}
+        self.size = 0
+
+    @staticmethod
+    def _key(path: Path, keep_uint8: bool) -> tuple[str, int, int, bool] | None:
+        try:
+            found = path.stat()
+        except OSError:
+            return None
+        return str(path), found.st_size, found.st_mtime_ns, keep_uint8
+
+    def put(self, path: Path, keep_uint8: bool, image: np.ndarray) -> None:
+        key = self._key(path, keep_uint8)
+        if key is not None and self.size + image.nbytes <= self.LIMIT:
+            self.images[key] = image
+            self.size += image.nbytes
+
+    def take(self, path: Path, keep_uint8: bool) -> np.ndarray | None:
+        if not self.images:
+            return None
+        key = self._key(path, keep_uint8)
+        image = self.images.pop(key, None) if key is not None else None
+        if image is not None:
+            self.size -= image.nbytes
+        return image
+
+    def clear(self) -> None:
+        self.images.clear()
+        self.size = 0
+
+
+_FIT_READS = _FitReads()
+
+
 class ImageCodec(Codec[ImageAdapter.Config]):
     """Reads the images of the adapter's column (files, or arrays held in the cells) into
     ``[B, channels, H, W]`` batches, learns per-channel mean and standard deviation on the
@@ -343,13 +385,17 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         return message
 
     def _read(self, table: Table, position: int, issues: RowIssues,
-              keep_uint8: bool = False) -> np.ndarray | None:
+              keep_uint8: bool = False, keep: bool = False) -> np.ndarray | None:
         source = self._source(table, position, issues)
         if source is None:
             return None
         try:
             if isinstance(source, Path):
-                image = read_image(source, self.config.channels, keep_uint8=keep_uint8)
+                image = _FIT_READS.take(source, keep_uint8)
+                if image is None:
+                    image = read_image(source, self.config.channels, keep_uint8=keep_uint8)
+                    if keep:
+                        _FIT_READS.put(source, keep_uint8, image)
             else:
                 image = image_array(source, self.config.channels, keep_uint8=keep_uint8)
         except ImageReadError as exc:
@@ -377,11 +423,14 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         total_sq = np.zeros(self.config.channels)
         pixels = 0
         shape = None
+        _FIT_READS.clear()
         for position in positions:
-            image = self._read(table, int(position), issues)
+            # Read as batches read it (8-bit kept, kept for the first epoch to take) and scaled
+            # here as the adapter scales it: the same numbers as a float read.
+            image = self._read(table, int(position), issues, keep_uint8=True, keep=True)
             if image is None:
                 continue
-            resized = self._resize(image).numpy().astype(np.float64)
+            resized = _scaled(self._resize(image)).numpy().astype(np.float64)
             shape = list(resized.shape[1:])
             total += resized.sum(axis=(1, 2))
             total_sq += (resized**2).sum(axis=(1, 2))

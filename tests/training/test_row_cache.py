@@ -4,9 +4,12 @@ the budget respected and the choice said."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from training_data import read_csv, spec_data, write_csv, write_dataset
 
 import polymodal
@@ -166,3 +169,29 @@ def test_a_codec_whose_values_change_form_is_no_longer_kept():
     assert cache.read("x", table.take([2, 3]), issues, floats).dtype == torch.float32
     assert cache.stores["x"].off and cache.kept_bytes() == 0
     assert torch.equal(cache.read("x", table.take([0]), issues, floats), torch.ones(1, 2))
+
+
+def test_the_statistics_pass_and_the_first_epoch_share_their_reads(dataset):
+    """The images the statistics pass read are taken by the first batches that need them, each
+    once: with the files' bytes spoilt after fitting (their size and time kept, so that they
+    look unchanged), the first encoding still gives the images, a second does not."""
+    spec = polymodal.load_spec(spec_data())
+    table = read_table(dataset)
+    binding = Binding(spec)
+    state = binding.fit(table)  # 48 rows: the pass reads every image
+    float_reads = np.stack([np.asarray(Image.open(dataset.parent / p).convert("RGB"), np.float32)
+                            / np.float32(255.0) for p in table.columns["photo"]]).astype(np.float64)
+    assert np.allclose(state["inputs"]["photo"]["mean"], float_reads.mean(axis=(0, 1, 2)),
+                       rtol=1e-12, atol=0)
+    for path in (dataset.parent / "img").iterdir():
+        found = path.stat()
+        path.write_bytes(b"\0" * found.st_size)
+        os.utime(path, ns=(found.st_atime_ns, found.st_mtime_ns))
+    binding = Binding(binding.complete(state))
+    first = binding.encode(table, state, targets=True)
+    assert not first.bad and len(first.positions) == len(table)
+    assert np.array_equal(first.inputs["photo"].permute(0, 2, 3, 1).numpy(),
+                          np.round(float_reads * 255).astype(np.uint8))
+    again = binding.encode(table, state, targets=True)
+    assert len(again.bad) == len(table)
+    assert all("is not an image Pillow can read" in m for m in again.bad.values()), again.bad
