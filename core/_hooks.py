@@ -26,8 +26,9 @@ PLUGIN_API = 2
 #: and the explain hooks; 2 -- the image kit, :mod:`polymodal.imagekit`,
 #: ``Backbone.discrete_input`` (a backbone reading token ids: no gradient to its input),
 #: ``Component.example_takes`` (the input its conformance check takes by default) and
-#: ``Codec.reads_files`` (the columns whose cells name files, for polymodal serve).
-PLUGIN_API_MINOR = 2
+#: ``Codec.reads_files`` (the columns whose cells name files, for polymodal serve); 3 --
+#: ``Codec.keep_encoded`` (encoded training rows kept in memory across epochs).
+PLUGIN_API_MINOR = 3
 
 #: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.
 MOVED_TO_PLUGIN_API = frozenset({

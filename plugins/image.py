@@ -289,6 +289,9 @@ class ImageCodec(Codec[ImageAdapter.Config]):
     def column(self) -> str:
         return self.config.column or self.name
 
+    def keep_encoded(self) -> bool:
+        return True  # decoded pixels depend on the file alone; augmentation comes after
+
     def columns(self) -> list[str]:
         return [self.column()]
 

@@ -368,6 +368,9 @@ class TabularCodec(Codec[TabularAdapter.Config]):
     def columns(self) -> list[str]:
         return [*self.config.categorical, *self.config.numerical]
 
+    def keep_encoded(self) -> bool:
+        return True  # codes and scaled numbers depend on the cells and the state alone
+
     def absent(self, table: Table) -> np.ndarray:
         """A row whose every column is empty holds none of this input."""
         empty = np.ones(len(table), dtype=bool)

@@ -14,7 +14,8 @@ codec's methods in this order:
    in the model file.
 4. :meth:`Codec.complete` -- config fields that the data decides (learned cardinalities).
 5. :meth:`Codec.prepare` -- puts fitted values into the freshly built module.
-6. :meth:`Codec.encode` -- per batch, the tensors the module takes.
+6. :meth:`Codec.encode` -- per batch, the tensors the module takes (a training row's kept in
+   memory across epochs where :meth:`Codec.keep_encoded` says it may be, plugin API 2.3).
 7. :meth:`Codec.augment` -- per training batch, after encoding.
 
 A head's :class:`TargetCodec` also reads its targets, turns outputs back into the table's
@@ -183,6 +184,15 @@ class Codec(ABC, Generic[ConfigT]):
         """The module's input for every row of ``table`` (a batch): a tensor, or a dict or
         tuple of tensors, with one row per table row. A row that cannot be encoded goes to
         ``issues.bad_row``; give it any placeholder value of the right shape (it is dropped)."""
+
+    def keep_encoded(self) -> bool:
+        """Whether polymodal may keep what :meth:`encode` gives for a row in memory and give it
+        again in later epochs instead of calling :meth:`encode` (``training.cache_mib``), so
+        that each file is read and decoded once per run. Say True where ``encode`` is a
+        function of the row's cells, the files they name and the state alone: random work
+        belongs in :meth:`augment`, which still runs on every batch. Added in plugin API 2.3.
+        Default: False, every batch is encoded."""
+        return False
 
     def parts(self) -> list[str]:
         """The parts of this input that ``polymodal explain`` scores one at a time, by name:

@@ -73,12 +73,12 @@ def auto_workers(device: torch.device) -> int:
 
 
 def row_bytes(binding: Binding, state: State, table: Table, cache: RowCache) -> int | None:
-    """Bytes of one row's encoded inputs, from the first row that encodes (kept in ``cache``);
-    None where no input value is made of tensors or no probed row encodes."""
+    """Bytes of one row's encoded inputs that ``cache`` keeps, from the first row that encodes
+    (kept there); None where such a value is not made of tensors or no probed row encodes."""
     for position in range(min(PROBE_ROWS, len(table))):
         encoded = binding.encode(table.take([position]), state, targets=False, cache=cache)
         if len(encoded.positions):
-            sizes = [value_bytes(v) for v in encoded.inputs.values()]
+            sizes = [value_bytes(v) for k, v in encoded.inputs.items() if k in cache.stores]
             return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
     return None
 
@@ -87,7 +87,10 @@ def plan(binding: Binding, state: State, train: Table, val: Table, opts: Trainin
          device: torch.device, world: int, say: Callable[[str], None]) -> Loading:
     """Keep the decoded rows when they fit the budget (and no worker count is given), else
     load with workers; say which, with the decoded size."""
-    inputs = [b.name for b in binding.inputs]
+    inputs = [b.name for b in binding.inputs if b.codec.keep_encoded()]
+    if not inputs:
+        return _workers(opts, device, say, "no input's codec lets its encoded rows be kept"
+                        " (Codec.keep_encoded)")
     cache = RowCache(train.rows, inputs)
     per_row = row_bytes(binding, state, train, cache)
     allowed, why = budget(opts, world)
