@@ -40,7 +40,7 @@ from _timing import parse_args  # noqa: E402
 CLASSES = ["annual_crop", "forest", "herbaceous", "highway", "industrial", "pasture",
            "permanent_crop", "residential", "river", "sea_lake"]
 NUMERICAL = ["b1", "b2", "b3", "b4", "b5"]
-TOOLS = ("polymodal", "pytorch-widedeep", "hand-written")
+TOOLS = ("polymodal", "polymodal-decoding", "pytorch-widedeep", "hand-written")
 GOALS = {2: 1.2, 10: 1.5}  # polymodal against pytorch-widedeep, end to end, by epochs
 
 
@@ -75,7 +75,9 @@ def write_table(folder: Path, rows: int, size: int, seed: int = 0) -> Path:
 
 # -- each tool, run in a process of its own (``--tool``) ------------------------------------------
 
-def run_polymodal(table: Path, epochs: int, out: Path) -> dict:
+def run_polymodal(table: Path, epochs: int, out: Path, keep: bool = True) -> dict:
+    """polymodal as a user runs it; without ``keep``, with its decoded rows not kept in memory
+    (``cache_mib: 0``: every epoch reads and decodes its files, as before they were kept)."""
     import polymodal
 
     spec = {
@@ -90,7 +92,8 @@ def run_polymodal(table: Path, epochs: int, out: Path) -> dict:
         "fusion": {"type": "concat", "hidden": [256]},
         "heads": {"land_cover": {"type": "classification"}},
         "training": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4,
-                     "schedule": "none", "val_fraction": 0.0},  # precision: the default
+                     "schedule": "none", "val_fraction": 0.0,  # precision: the default
+                     **({} if keep else {"cache_mib": 0})},
     }
     said: list[str] = []
     started = time.perf_counter()
@@ -197,7 +200,8 @@ def tool_main(tool: str, table: Path, epochs: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     runs = {"polymodal": run_polymodal, "pytorch-widedeep": run_widedeep,
-            "hand-written": run_hand_written}
+            "hand-written": run_hand_written,
+            "polymodal-decoding": lambda *a: run_polymodal(*a, keep=False)}
     if tool == "pytorch-widedeep":
         import pytorch_widedeep  # noqa: F401
     else:
@@ -233,25 +237,30 @@ def _widedeep_python(args) -> str | None:
     return python
 
 
+def _median_total(runs: dict, tool: str) -> float:
+    return statistics.median(f["end_to_end"] for f in runs[tool])
+
+
+def _ratio(runs: dict, other: str, total: float) -> str:
+    return f"{_median_total(runs, other) / total:.2f}x" if other in runs else "-"
+
+
 def _report(results: dict, epochs_list: list[int], rows: int) -> None:
     print(f"\n{'tool':18} {'epochs':>6} {'end to end s':>13} {'loop s':>8} {'rows/s':>8}"
           f" {'vs widedeep':>12} {'vs hand-written':>16} {'peak RSS MiB':>13}")
     for epochs in epochs_list:
         runs = results[epochs]
         for tool, figures in runs.items():
-            total = statistics.median(f["end_to_end"] for f in figures)
+            total = _median_total(runs, tool)
             loop = statistics.median(f["loop"] for f in figures)
 
-            def ratio(other: str) -> str:
-                if other not in runs:
-                    return "-"
-                return f"{statistics.median(f['end_to_end'] for f in runs[other]) / total:.2f}x"
-
             print(f"{tool:18} {epochs:6d} {total:13.1f} {loop:8.1f} {rows * epochs / total:8.1f}"
-                  f" {ratio('pytorch-widedeep'):>12} {ratio('hand-written'):>16}"
+                  f" {_ratio(runs, 'pytorch-widedeep', total):>12} {_ratio(runs, 'hand-written', total):>16}"
                   f" {max(f['peak_mib'] for f in figures):13.0f}")
     for epochs in epochs_list:
         runs = results[epochs]
+        if "polymodal" not in runs:
+            continue
         mine = statistics.median(f["end_to_end"] for f in runs["polymodal"])
         for other, goal in (("pytorch-widedeep", GOALS.get(epochs)), ("hand-written", 1.0)):
             if other in runs and goal is not None:
@@ -270,6 +279,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--widedeep-python", help="An interpreter with pytorch-widedeep 1.7.0"
                         " installed (an environment of its own); without it, widedeep is left out.")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
+                        help="The tools to run (polymodal-decoding: cache_mib 0).")
     parser.add_argument("--tool", choices=TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--table", type=Path, help=argparse.SUPPRESS)
     args = parse_args(parser, rows=96, epochs=[1], rounds=1)
@@ -279,7 +290,7 @@ def main() -> None:
     import torch
 
     widedeep = _widedeep_python(args)
-    tools = [t for t in TOOLS if t != "pytorch-widedeep" or widedeep]
+    tools = [t for t in args.tools if t != "pytorch-widedeep" or widedeep]
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores,"
           f" {args.threads} threads per tool; load average at the start"
           f" {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
