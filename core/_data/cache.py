@@ -139,7 +139,7 @@ class RowCache:
         for the rows kept, encoded (and kept) for the others."""
         store = self.stores.get(name)
         slots = self._slots(table)
-        if store is None or store.off or slots is None:
+        if store is None or store.off or slots is None or not len(table):
             self.encoded += len(table)
             return read(table, issues)
         unknown = np.flatnonzero(~store.known[slots])

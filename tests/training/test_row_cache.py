@@ -164,6 +164,8 @@ def test_a_codec_whose_values_change_form_is_no_longer_kept():
     def floats(t, found):
         return torch.ones(len(t), 2)
 
+    assert cache.read("x", table.take([]), issues, uint8).shape == (0, 2)  # no row: not kept
+    assert not cache.stores["x"].known.any()
     assert cache.read("x", table.take([0, 1]), issues, uint8).dtype == torch.uint8
     assert cache.stores["x"].known.sum() == 2
     assert cache.read("x", table.take([2, 3]), issues, floats).dtype == torch.float32
