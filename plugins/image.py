@@ -239,32 +239,33 @@ STATISTICS_SAMPLE = 256
 class _FitReads:
     """The images the statistics pass read, kept (up to :data:`LIMIT` bytes) for the first
     epoch's batches to take instead of decoding them again, each once. An image is known by its
-    file's path, size and modification time, so a file changed since is read anew."""
+    file's path, size and modification time, so a file changed since is read anew. What the
+    first epoch does not take (it ran in worker processes) stays until the next pass."""
 
     LIMIT = 64 * 2**20
 
     def __init__(self) -> None:
-        self.images: dict[tuple[str, int, int, bool], np.ndarray] = {}
+        self.images: dict[tuple[str, int, int, int, bool], np.ndarray] = {}
         self.size = 0
 
     @staticmethod
-    def _key(path: Path, keep_uint8: bool) -> tuple[str, int, int, bool] | None:
+    def _key(path: Path, channels: int, keep_uint8: bool) -> tuple[str, int, int, int, bool] | None:
         try:
             found = path.stat()
         except OSError:
             return None
-        return str(path), found.st_size, found.st_mtime_ns, keep_uint8
+        return str(path), found.st_size, found.st_mtime_ns, channels, keep_uint8
 
-    def put(self, path: Path, keep_uint8: bool, image: np.ndarray) -> None:
-        key = self._key(path, keep_uint8)
+    def put(self, path: Path, channels: int, keep_uint8: bool, image: np.ndarray) -> None:
+        key = self._key(path, channels, keep_uint8)
         if key is not None and self.size + image.nbytes <= self.LIMIT:
             self.images[key] = image
             self.size += image.nbytes
 
-    def take(self, path: Path, keep_uint8: bool) -> np.ndarray | None:
+    def take(self, path: Path, channels: int, keep_uint8: bool) -> np.ndarray | None:
         if not self.images:
             return None
-        key = self._key(path, keep_uint8)
+        key = self._key(path, channels, keep_uint8)
         image = self.images.pop(key, None) if key is not None else None
         if image is not None:
             self.size -= image.nbytes
@@ -394,11 +395,12 @@ class ImageCodec(Codec[ImageAdapter.Config]):
             return None
         try:
             if isinstance(source, Path):
-                image = _FIT_READS.take(source, keep_uint8)
+                channels = self.config.channels
+                image = _FIT_READS.take(source, channels, keep_uint8)
                 if image is None:
-                    image = read_image(source, self.config.channels, keep_uint8=keep_uint8)
+                    image = read_image(source, channels, keep_uint8=keep_uint8)
                     if keep:
-                        _FIT_READS.put(source, keep_uint8, image)
+                        _FIT_READS.put(source, channels, keep_uint8, image)
             else:
                 image = image_array(source, self.config.channels, keep_uint8=keep_uint8)
         except ImageReadError as exc:
