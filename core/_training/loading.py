@@ -118,7 +118,8 @@ def _workers(opts: TrainingOptions, device: torch.device, say: Callable[[str], N
            else "no worker processes (the training process loads)")
     why = "workers: auto" if opts.workers == "auto" else f"workers: {opts.workers}"
     if opts.workers == "auto" and not workers:
-        why += ", the run's threads take every core"
+        why += (", the run's threads take every core" if device.type == "cpu"
+                else ", no core to spare")
     say(f"data: {what}; {how} ({why})")
     return Loading(workers)
 
