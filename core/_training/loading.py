@@ -18,7 +18,7 @@ import torch
 from .._data.binding import Binding, State
 from .._data.cache import RowCache, value_bytes
 from .._data.table import Table
-from .options import TrainingOptions
+from .._options import TrainingOptions
 
 MIB = 2**20
 #: Rows tried for the decoded size (a first row found bad when encoded is passed over).

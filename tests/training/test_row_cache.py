@@ -18,7 +18,7 @@ from polymodal._data.cache import RowCache
 from polymodal._data.loader import BatchDataset
 from polymodal._data.table import read_table
 from polymodal._training.loading import plan
-from polymodal._training.options import TrainingOptions
+from polymodal._options import TrainingOptions
 
 AUGMENT = {"hflip": True, "crop_padding": 2, "noise_std": 0.05}
 
