@@ -26,17 +26,13 @@ FIRST_PAUSE = 0.5
 STALL = 30.0
 
 
-class Unsent(Exception):
-    """A job that cannot run because one it needs failed (a run that was never created)."""
-
-
 @dataclass(frozen=True)
 class Job:
     """One call to the tracker: ``what`` it records (``metrics``, ``epoch 3``) and the call."""
 
     kind: str
     detail: str
-    call: Callable[[], None]
+    call: Callable[[], object]
 
 
 _STOP = object()
@@ -57,7 +53,7 @@ class Courier:
         self._thread = threading.Thread(target=self._work, name="polymodal-tracking", daemon=True)
         self._thread.start()
 
-    def send(self, kind: str, detail: str, call: Callable[[], None]) -> None:
+    def send(self, kind: str, detail: str, call: Callable[[], object]) -> None:
         """Queue ``call``; it runs after every job queued before it."""
         self._queue.put(Job(kind, detail, call))
 
@@ -101,8 +97,6 @@ class Courier:
         for attempt in range(tries):
             try:
                 job.call()
-            except Unsent:
-                return False
             except Exception as exc:  # noqa: BLE001 - whatever the tracker raises, training goes on
                 self._report(exc)
                 if attempt + 1 < tries and not self._closing.wait(FIRST_PAUSE * 2 ** attempt):

@@ -35,10 +35,8 @@ class TensorBoardBackend:
         self.open()
         from torch.utils.tensorboard import SummaryWriter
 
-        folder = Path(resume) if resume else (Path(parent) if parent else self.root) / _safe(name)
-        if resume is None:  # a new run of the same name replaces the old one's events
-            for old in folder.glob(EVENTS):
-                old.unlink()
+        folder = Path(resume) if resume else _free((Path(parent) if parent else self.root)
+                                                   / _safe(name))
         folder.mkdir(parents=True, exist_ok=True)
         run = str(folder)
         self.writers[run] = SummaryWriter(run, flush_secs=10)
@@ -111,6 +109,16 @@ def _end_content(status: str) -> bytes:
     data = plugin_data_pb2.HParamsPluginData(version=0)
     data.session_end_info.status = api_pb2.Status.Value(STATUS[status])
     return data.SerializeToString()
+
+
+def _free(folder: Path) -> Path:
+    """``folder``, or where it holds another run's events, ``folder-2``, ``folder-3``, ...: a new
+    run never mixes its events with, nor removes, those of an earlier one."""
+    candidate, number = folder, 1
+    while any(candidate.glob(EVENTS)):
+        number += 1
+        candidate = folder.with_name(f"{folder.name}-{number}")
+    return candidate
 
 
 def _safe(name: str) -> str:

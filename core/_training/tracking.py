@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from .._errors import PolymodalError
 from .._files import write_text
-from .courier import Courier, Job, Unsent
+from .courier import Courier, Job
 from .options import Track
 
 RECORD = "tracking.json"
@@ -131,6 +131,10 @@ class Session:
         self.runs.append(run)
         self.courier.send("start", name, run.ensure)
         return run
+
+    def existing(self, name: str, run_id: str) -> TrackedRun:
+        """A handle on a run recorded earlier (to tag it), without reopening it."""
+        return TrackedRun(self, name, None, None, None, run_id)
 
     def send(self, run: TrackedRun, kind: str, detail: str,
              call: Callable[[str], None]) -> None:
