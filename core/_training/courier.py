@@ -3,8 +3,9 @@
 Training never waits on the tracker: :meth:`Courier.send` queues a job and returns. One worker
 thread runs the jobs in order, retrying a failed one with growing pauses; the first failure is
 reported once (training goes on), and what could not be sent is listed when the courier closes.
-Closing waits for the queue only while the worker makes progress: a job that hangs longer than
-``stall`` seconds (a server that accepts connections and never answers) ends the wait, and the
+Closing waits for the queue only while the worker makes progress and the tracker answers:
+where the last job failed, the jobs left are not tried again, and a job that hangs longer than
+``stall`` seconds (a server that accepts connections and never answers) ends the wait; the
 jobs left are listed as not recorded. The worker is a daemon thread, so a hung call never keeps
 the process alive.
 """
@@ -48,6 +49,7 @@ class Courier:
         self._failing = False
         self._finished_at = time.monotonic()
         self._closing = threading.Event()
+        self._draining = False  # closing: a tracker that is failing gets no more tries
         self._queue: queue.Queue[object] = queue.Queue()
         self._current: Job | None = None
         self._thread = threading.Thread(target=self._work, name="polymodal-tracking", daemon=True)
@@ -60,6 +62,7 @@ class Courier:
     def close(self) -> list[Job]:
         """Wait while the worker makes progress; the jobs that were not sent."""
         self._queue.put(_STOP)
+        self._draining = True
         self._finished_at = time.monotonic()
         while self._thread.is_alive():
             self._thread.join(timeout=0.2)
@@ -85,9 +88,8 @@ class Courier:
                 return
             assert isinstance(item, Job)
             self._current = item
-            if not self._closing.is_set() and not self._attempt(item):
-                self.unsent.append(item)
-            elif self._closing.is_set():
+            given_up = self._closing.is_set() or (self._draining and self._failing)
+            if given_up or not self._attempt(item):
                 self.unsent.append(item)
             self._current = None
             self._finished_at = time.monotonic()
