@@ -59,8 +59,7 @@ def server(tmp_path_factory):
         assert time.monotonic() < deadline, "mlflow server did not answer in 240 s"
         time.sleep(0.5)
     yield {"uri": uri, "process": process}
-    os.killpg(process.pid, signal.SIGCONT)  # in case a test left it stopped
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGKILL)  # a stopped server too; its store is thrown away
     process.wait(timeout=30)
     log.close()
 
@@ -332,13 +331,22 @@ def test_tensorboard_holds_the_scalars_and_the_hyperparameters(tmp_path):
     params, status = _hparams(events)
     assert params["training.lr"] == 0.05 and params["resolved.device"] == "cpu"
     assert status == 1  # STATUS_SUCCESS
-    # cv: the command's folder, a folder per spec and fold inside it
-    assert main(["cv", str(spec), "--data", str(table), "--folds", "2", "-o",
-                 str(tmp_path / "c.cv"), "--quiet"]) == 0
+    # A new run of the same name goes beside it, neither removing nor mixing its events.
+    first = sorted((tmp_path / "tb" / "m").iterdir())
+    assert main(["train", str(spec), "--data", str(table), "-o", str(tmp_path / "m.safetensors"),
+                 "--quiet"]) == 0
+    assert sorted((tmp_path / "tb" / "m").iterdir()) == first
+    assert len(_events(tmp_path / "tb" / "m-2").Scalars("val.loss")) == 2
+    # cv: the command's folder, a folder per spec and fold inside it; folds an earlier run
+    # finished without tracking get their runs, with their scores, when it is run again
+    cv = ["cv", str(spec), "--data", str(table), "--folds", "2", "-o", str(tmp_path / "c.cv"),
+          "--quiet"]
+    assert main([*cv, "--track", "none"]) == 0 and not (tmp_path / "tb" / "c.cv").exists()
+    assert main(cv) == 0
     folds = sorted(p.name for p in (tmp_path / "tb" / "c.cv").iterdir() if p.is_dir())
     assert folds == ["tab_fold_1", "tab_fold_2"]
     fold = _events(tmp_path / "tb" / "c.cv" / "tab_fold_1")
-    assert "test.label.accuracy" in fold.Tags()["scalars"] and "train_loss" in fold.Tags()["scalars"]
+    assert "test.label.accuracy" in fold.Tags()["scalars"]
     assert "tab.label.accuracy.mean" in _events(tmp_path / "tb" / "c.cv").Tags()["scalars"]
 
 
