@@ -178,7 +178,6 @@ class TrackedRun:
     parent: TrackedRun | None = None
     earlier: str | None = None  # the id of the run to continue
     id: str | None = None
-    params_sent: bool = field(default=False)
 
     def ensure(self) -> str:
         """The run's id, creating (or reopening) the run first where it is not yet."""

@@ -411,3 +411,35 @@ def test_a_bad_track_section_is_a_located_spec_error(tmp_path, capsys):
     spec.write_text(yaml.safe_dump(data))
     assert main(["validate", str(spec)]) == 1
     assert "experiment is an option of mlflow only" in capsys.readouterr().err
+
+
+def test_the_courier_retries_warns_once_and_gives_up_on_a_hung_call():
+    """The sender itself: a failing call is tried again (and sent once it works), the first
+    failure is said once, and closing never waits longer than the stall on a call that hangs."""
+    from polymodal._training.courier import TRIES, Courier
+
+    said: list[str] = []
+    calls: list[str] = []
+
+    def flaky():
+        calls.append("flaky")
+        if len(calls) < TRIES:
+            raise ConnectionError("no answer")
+
+    courier = Courier("the tracker", said.append, stall=10.0)
+    courier.send("metrics", "epoch 1", flaky)
+    courier.send("metrics", "epoch 2", lambda: calls.append("second"))
+    assert courier.close() == []
+    assert calls == ["flaky"] * TRIES + ["second"]
+    assert len(said) == 1 and "ConnectionError: no answer" in said[0]
+
+    hung = __import__("threading").Event()
+    courier = Courier("the tracker", said.append, stall=1.0)
+    courier.send("metrics", "epoch 1", hung.wait)
+    courier.send("files", "model.safetensors", lambda: None)
+    started = time.monotonic()
+    left = courier.close()
+    assert time.monotonic() - started < 5
+    assert [(j.kind, j.detail) for j in left] == [("metrics", "epoch 1"),
+                                                   ("files", "model.safetensors")]
+    hung.set()
