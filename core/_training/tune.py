@@ -198,8 +198,9 @@ def tune(
     opened = _open_study(optuna, url, name, metric, higher, heartbeat, pruning, plan is not None,
                          sampler_seed)
     notes = []
-    tracking = runner.tracking = TuneTracking.open(track, spec, out, name, say)
+    tracking: TuneTracking | None = None
     try:
+        tracking = runner.tracking = TuneTracking.open(track, spec, out, name, say)
         if tracking is not None:
             tracking.start(spec, name, metric, opened.direction.name.lower(), trials,
                            plan.folds if plan else None, _safe_url(url), options)
