@@ -7,6 +7,7 @@ there, the first time a session sends something. Runs are addressed by id throug
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ class MlflowBackend:
             os.environ.setdefault(name, value)
         from mlflow.tracking import MlflowClient
 
+        # Its notes on creating a new local store's tables are not the run's to show.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.client = client = MlflowClient(tracking_uri=self.uri)
         found = client.get_experiment_by_name(self.experiment)
         if found is not None and found.lifecycle_stage == "deleted":
