@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500, help="Training rows of the parts data.")
     parser.add_argument("--epochs", type=int, default=6)
     args = parse_args(parser, rounds=1, rows=40, epochs=1)
+    # Stopped by a time limit (SIGTERM), the server started here is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory() as scratch:
         run(args, Path(scratch))
 

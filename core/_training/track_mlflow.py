@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 #: MLflow's own HTTP retries wait minutes for a server that is down; the courier retries
-#: instead, so that an epoch's records never wait behind them. A user's setting is kept.
-HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+#: instead, so that an epoch's records never wait behind them. Its links to a finished run
+#: would go to standard output, which ``--json`` keeps for the summary. A user's setting is kept.
+SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 #: MLflow's limits: entries in one batch call, length of a parameter's value.
 BATCH = 100
 PARAM_LENGTH = 6000
@@ -34,7 +36,7 @@ class MlflowBackend:
     def open(self) -> None:
         if self.client is not None and self.experiment_id is not None:
             return
-        for name, value in HTTP_SETTINGS.items():
+        for name, value in SETTINGS.items():
             os.environ.setdefault(name, value)
         from mlflow.tracking import MlflowClient
 

@@ -116,7 +116,7 @@ def test_train_records_parameters_metrics_tags_and_files(server, tmp_path):
     assert result.tracking and "recorded in MLflow" in result.tracking[0]
 
 
-def test_a_resumed_train_continues_the_same_run(server, tmp_path):
+def test_a_resumed_train_continues_the_same_run(server, tmp_path, capsys):
     table = write_grouped_table(tmp_path)
     spec = tmp_path / "tab.yaml"
     spec.write_text(yaml.safe_dump(table_spec(epochs=3)))
@@ -132,9 +132,12 @@ def test_a_resumed_train_continues_the_same_run(server, tmp_path):
     [stopped] = _runs(server["uri"], "resume")
     assert stopped.info.status == "KILLED"
     args = ["train", str(spec), "--data", str(table), "-o", str(tmp_path / "m.safetensors"),
-            "--resume", "--quiet", "--track", "mlflow", "--track-uri", server["uri"],
+            "--resume", "--json", "--track", "mlflow", "--track-uri", server["uri"],
             "--experiment", "resume"]
+    capsys.readouterr()
     assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)  # standard output holds the summary only
+    assert summary["tracking"][0].startswith("tracking: recorded in MLflow")
     [run] = _runs(server["uri"], "resume")
     assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
     assert [s for s, _ in _history(server["uri"], run.info.run_id, "train_loss")] == [1, 2, 3]
