@@ -293,7 +293,7 @@ def train(
                         _Hooks(on_step, on_epoch), context, tracking)
     except BaseException as exc:
         if tracking is not None:
-            for line in tracking.finish(output, run_dir, spec, exc):
+            for line in tracking.finish(run_dir, exc):
                 say(line)
         if fresh and context.main and not isinstance(exc, OutputLockedError):
             from .report import discard_unstarted_run
@@ -682,9 +682,11 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
     best = next((r for r in run.dicts() if r["epoch"] == run.best_epoch), None)
     for line in auxiliary_lines(best or {}, binding):
         say(line)
+    if tracking is not None:
+        tracking.trained(output, run_dir, spec)
     result = _finish(run, rows.report, output, run_dir, metric, stopped_early, context, say)
     if tracking is not None:
-        result.tracking = tracking.finish(output, run_dir, spec)
+        result.tracking = tracking.finish(run_dir)
         for line in result.tracking:
             say(line)
     return result

@@ -64,16 +64,21 @@ class TrainTracking:
     def epoch(self, row: Mapping[str, Any]) -> None:
         self.run.metrics(epoch_metrics(row), int(row["epoch"]), f"epoch {row['epoch']}")
 
-    def finish(self, output: Path, run_dir: Path, spec: Any,
-               exc: BaseException | None = None) -> list[str]:
-        """Send the run's files (where it finished) and its end; lines to say (where this run
-        owns its session: where it went, what was not recorded)."""
-        if exc is None and self.files:
-            import yaml
+    def trained(self, output: Path, run_dir: Path, spec: Any) -> None:
+        """The run's files, sent as soon as its epochs are done: they upload while the plot is
+        drawn and the best model read back."""
+        if not self.files:
+            return
+        import yaml
 
-            for path in (output, run_dir / "curves.png", run_dir / "validation_rows.csv",
-                         run_dir / "metrics.csv"):
-                self.run.file(path)
-            self.run.text(yaml.safe_dump(spec.to_dict(), sort_keys=False), "spec.yaml")
+        for path in (output, run_dir / "validation_rows.csv", run_dir / "metrics.csv"):
+            self.run.file(path)
+        self.run.text(yaml.safe_dump(spec.to_dict(), sort_keys=False), "spec.yaml")
+
+    def finish(self, run_dir: Path, exc: BaseException | None = None) -> list[str]:
+        """Send the plot (where the run finished) and the run's end; lines to say (where this
+        run owns its session: where it went, what was not recorded)."""
+        if exc is None and self.files:
+            self.run.file(run_dir / "curves.png")
         self.run.finish(end_status(exc))
         return self.session.close() if self.own else []
