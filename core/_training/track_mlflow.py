@@ -32,6 +32,7 @@ class MlflowBackend:
         self.artifact_root = artifact_root  # a default local store's artifact folder
         self.client: Any = None
         self.experiment_id: str | None = None
+        self.fresh: set[str] = set()  # runs made by this session: no parameters yet
 
     def open(self) -> None:
         if self.client is not None and self.experiment_id is not None:
@@ -66,12 +67,14 @@ class MlflowBackend:
                 return resume
         tags = {"mlflow.parentRunId": parent} if parent else {}
         made = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.fresh.add(made.info.run_id)
         return str(made.info.run_id)
 
     def log_params(self, run: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        known = self.client.get_run(run).data.params  # a resumed run keeps its first ones
+        # A continued run keeps the parameters it has (MLflow refuses to change one).
+        known = {} if run in self.fresh else self.client.get_run(run).data.params
         items = [Param(k, str(v)[:PARAM_LENGTH]) for k, v in params.items() if k not in known]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run, params=items[i:i + BATCH])

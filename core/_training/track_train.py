@@ -71,7 +71,7 @@ class TrainTracking:
             return
         import yaml
 
-        for path in (output, run_dir / "validation_rows.csv", run_dir / "metrics.csv"):
+        for path in (output, run_dir / "validation_rows.csv"):
             self.run.file(path)
         self.run.text(yaml.safe_dump(spec.to_dict(), sort_keys=False), "spec.yaml")
 
