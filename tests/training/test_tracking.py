@@ -449,3 +449,19 @@ def test_the_courier_retries_warns_once_and_gives_up_on_a_hung_call():
     assert [(j.kind, j.detail) for j in left] == [("metrics", "epoch 1"),
                                                    ("files", "model.safetensors")]
     hung.set()
+
+
+def test_a_trial_scored_over_folds_has_its_folds_as_children(tmp_path):
+    table = write_grouped_table(tmp_path)
+    spec = table_spec(epochs=1)
+    spec["search"] = {"training.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}}
+    polymodal.tune(spec, table, trials=1, folds=2, output=tmp_path / "t.tune",
+                   track={"to": "tensorboard", "uri": str(tmp_path / "tb")})
+    study = tmp_path / "tb" / "t.tune"
+    assert sorted(p.name for p in study.iterdir() if p.is_dir()) == ["best_model", "trial_0"]
+    trial = study / "trial_0"
+    assert sorted(p.name for p in trial.iterdir() if p.is_dir()) == ["trial_0_fold_1",
+                                                                      "trial_0_fold_2"]
+    assert [e.step for e in _events(trial).Scalars("objective")] == [1, 2, 0]
+    assert "test.label.accuracy" in _events(trial / "trial_0_fold_1").Tags()["scalars"]
+    assert "train_loss" in _events(study / "best_model").Tags()["scalars"]
