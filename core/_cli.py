@@ -564,6 +564,49 @@ def uninstall(name: str) -> None:
 _BAD_ROW = click.Choice(["fail", "skip"])
 
 
+def _tracking(command):
+    """Where train, cv and tune record their runs besides their own files."""
+    for option in reversed([
+        click.option("--track", type=click.Choice(["mlflow", "tensorboard", "none"]),
+                     help="Record the run(s) in MLflow or TensorBoard too (overrides the spec's"
+                     " training.track; none: not even there). docs/tracking.md"),
+        click.option("--track-uri", help="With --track: the MLflow tracking URI, or the"
+                     " TensorBoard log folder (default: a local store beside the run folder)."),
+        click.option("--experiment", help="With --track mlflow: the experiment (default: the"
+                     " spec's name)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _track(track: str | None, uri: str | None, experiment: str | None) -> Any:
+    """``train``'s ``track`` from the command line's options (None: the spec's)."""
+    from ._training.tracking import TrackingError
+
+    if track is None:
+        if uri is not None or experiment is not None:
+            raise TrackingError(f"{'--track-uri' if uri is not None else '--experiment'} needs"
+                                " --track mlflow (or tensorboard)")
+        return None
+    if track == "none":
+        if uri is not None or experiment is not None:
+            raise TrackingError("--track none records nowhere: leave out --track-uri and"
+                                " --experiment")
+        return "none"
+    if track == "tensorboard" and experiment is not None:
+        raise TrackingError("--experiment is an option of --track mlflow (TensorBoard has no"
+                            " experiments: give --track-uri a log folder of its own)")
+    return {"to": track, "uri": uri, "experiment": experiment}
+
+
+def _tracking_lines(lines: list[str], log: Any) -> None:
+    """Where the runs were recorded and what was not, on stderr where progress lines (which
+    said it already) were off."""
+    if log is None:
+        for line in lines:
+            click.echo(line, err=True)
+
+
 def _human(as_json: bool, quiet: bool):
     """Where progress lines go: stderr, or nowhere for --quiet and --json."""
     if quiet or as_json:
@@ -594,10 +637,12 @@ def _human(as_json: bool, quiet: bool):
 @click.option("--quiet", is_flag=True, help="No progress bar or epoch lines: the final summary"
               " only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON only.")
+@_tracking
 def train(spec_path: str, data: str, output: str, val_data: str | None, val_fraction: float | None,
           group_by: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
           seed: int | None, device: str | None, workers: int | None, on_bad_row: str,
-          run_dir: str | None, resume: bool, quiet: bool, as_json: bool) -> None:
+          run_dir: str | None, resume: bool, quiet: bool, as_json: bool, track: str | None,
+          track_uri: str | None, experiment: str | None) -> None:
     """Train the model SPEC describes on a table; save the best epoch to -o."""
     from ._errors import SpecError
     from ._files import refuse_overwriting_inputs
@@ -608,11 +653,12 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                  "device": device, "workers": workers}
     log = _human(as_json, quiet)
+    tracked = _track(track, track_uri, experiment)
     try:
         result = run_training(
             _load_spec(spec_path), data, output, val=val_data, val_fraction=val_fraction,
             group_by=group_by, on_bad_row=on_bad_row, resume=resume, run_dir=run_dir,
-            options=overrides, progress=log is not None, log=log)
+            options=overrides, progress=log is not None, log=log, track=tracked)
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
     if not result.is_main:
@@ -622,6 +668,7 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
         return
     for line in result.report.lines():
         click.echo(line, err=True)
+    _tracking_lines(result.tracking, log)
     click.echo(final_table(result))
 
 
@@ -827,11 +874,13 @@ def _folding(command):
 @click.option("-o", "--output", type=click.Path(file_okay=False),
               help="Folder for the report, predictions and fold models (default: <spec name>.cv).")
 @_overrides
+@_tracking
 def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
        fold_column: str | None, stratify: bool, compare: tuple[str, ...], explain: bool,
        output: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
        device: str | None, workers: int | None, on_bad_row: str, keep_checkpoints: bool,
-       quiet: bool, as_json: bool) -> None:
+       quiet: bool, as_json: bool, track: str | None, track_uri: str | None,
+       experiment: str | None) -> None:
     """Cross-validate SPEC: K models, each scored on the fold it did not see; mean ± sd of
     every head metric, and with --compare, other specs side by side on the same folds."""
     from ._training.cv import cv as run_cv
@@ -839,13 +888,17 @@ def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
                  "workers": workers}
+    log = _human(as_json, quiet)
     result = run_cv(spec_path, data, folds=folds, group_by=group_by, fold_column=fold_column,
                     stratify=stratify, compare=compare, output=output, options=overrides,
                     on_bad_row=on_bad_row, keep_checkpoints=keep_checkpoints,
-                    explain=DEFAULT_REPEATS if explain else 0, log=_human(as_json, quiet))
+                    explain=DEFAULT_REPEATS if explain else 0, log=log,
+                    track=_track(track, track_uri, experiment))
     if as_json:
-        click.echo(json.dumps(result.summary(), indent=2))
+        click.echo(json.dumps({**result.summary(), **({"tracking": result.tracking}
+                                                      if result.tracking else {})}, indent=2))
         return
+    _tracking_lines(result.tracking, log)
     click.echo(result.table())
     click.echo(f"\nreport: {result.output / 'report.json'}; out-of-fold predictions: "
                + ", ".join(str(s.predictions) for s in result.scores))
@@ -872,12 +925,14 @@ def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
               help="Seconds between a running trial's signs of life in the storage; a trial"
               " silent for twice this is failed and retried.")
 @_overrides
+@_tracking
 def tune(spec_path: str, data: str, trials: int, folds: int | None, group_by: str | None,
          fold_column: str | None, stratify: bool, storage: str | None, study_name: str | None,
          timeout: float | None, output: str | None, no_pruning: bool, sampler_seed: int | None,
          heartbeat: int, epochs: int | None, batch_size: int | None, seed: int | None,
          device: str | None, workers: int | None, on_bad_row: str, keep_checkpoints: bool,
-         quiet: bool, as_json: bool) -> None:
+         quiet: bool, as_json: bool, track: str | None, track_uri: str | None,
+         experiment: str | None) -> None:
     """Search the hyperparameters in SPEC's `search` section with Optuna; writes the best spec
     and its model."""
     from ._errors import SpecError
@@ -885,17 +940,20 @@ def tune(spec_path: str, data: str, trials: int, folds: int | None, group_by: st
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
                  "workers": workers}
+    log = _human(as_json, quiet)
     try:
         result = run_tune(
             _load_spec(spec_path), data, trials=trials, folds=folds, group_by=group_by,
             fold_column=fold_column, stratify=stratify, storage=storage, study=study_name,
             timeout=timeout, output=output, options=overrides, pruning=not no_pruning,
             sampler_seed=sampler_seed, heartbeat=heartbeat, on_bad_row=on_bad_row,
-            keep_checkpoints=keep_checkpoints, log=_human(as_json, quiet))
+            keep_checkpoints=keep_checkpoints, log=log, track=_track(track, track_uri, experiment))
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
     if not result.is_main:
         return  # under torchrun, the first process reports
+    if not as_json:
+        _tracking_lines(result.tracking, log)
     click.echo(json.dumps(result.summary(), indent=2) if as_json else result.text())
 
 

@@ -38,6 +38,28 @@ def checked_group_column(name: str | None) -> str | None:
     return name
 
 
+class Track(_Options):
+    """Where a run is recorded besides its own files: an experiment tracker (the package is
+    installed with `pip install 'polymodal[mlflow]'` or `'polymodal[tensorboard]'`)."""
+
+    to: Literal["mlflow", "tensorboard"] = Field(
+        description="mlflow (a tracking server or a local store) or tensorboard (event files).")
+    uri: str | None = Field(
+        None, description="mlflow: the tracking URI (http://host:5000, sqlite:///runs.db);"
+        " tensorboard: the log folder. Default: a local store beside the run folder"
+        " (mlflow.db and mlartifacts/, or tensorboard/). A relative folder is read from the"
+        " current folder.", min_length=1, max_length=2000)
+    experiment: str | None = Field(
+        None, description="mlflow only: the experiment the runs go to; default: the spec's"
+        " name.", min_length=1, max_length=250)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.experiment is not None and self.to != "mlflow":
+            raise ValueError("experiment is an option of mlflow only (tensorboard has none)")
+        return self
+
+
 class TrainingOptions(_Options):
     """How the model is trained: optimisation, schedule, precision, data split. Options that
     belong to one kind of input (augmentation) are options of that input's adapter."""
@@ -93,6 +115,10 @@ class TrainingOptions(_Options):
         " validation split.")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.",
                         pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    track: Track | None = Field(
+        None, description="Record every epoch's metrics, the parameters and the files of the run"
+        " in an experiment tracker too, e.g. `{to: mlflow, uri: 'http://localhost:5000'}`;"
+        " `--track` on the command line overrides it. null: only the run's own files.")
 
     @field_validator("group_by")
     @classmethod

@@ -47,6 +47,7 @@ from .folds import (
 )
 from .inference import fail_on, presence_table
 from .report import aligned, csv_text, json_safe
+from .track_groups import CvTracking
 
 
 @dataclass
@@ -137,6 +138,8 @@ class CVResult:
     absent: str | None = None  # classes of the first head's target missing from some fold
     untrained: str | None = None  # classes missing from some fold's training rows
     unread: str | None = None  # rows some spec cannot read, left out of every spec (skip)
+    #: where the runs were recorded in an experiment tracker, and what could not be sent
+    tracking: list[str] = field(default_factory=list)
 
     def differences(self, other: SpecScores) -> dict[str, dict[str, dict[str, Any]]]:
         """Fold-by-fold differences first spec minus ``other``: mean, sd, and in how many folds
@@ -284,6 +287,7 @@ def cv(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None = None,
+    track: Any = None,
 ) -> CVResult:
     """Cross-validate ``spec`` (and each spec in ``compare``, on the same folds) on the table
     ``data``: K models (``folds``, default 5), each trained on K-1 folds and scored on the
@@ -297,7 +301,9 @@ def cv(
     ``<spec name>.cv`` in the current folder). ``on_fold(spec_name, fold, metrics)`` is called
     as each fold is scored. With ``explain`` (a number of repeats), each fold's model is also
     explained on its held-out fold: what each input contributes (absent and permuted), in the
-    report as mean ± sd over the folds.
+    report as mean ± sd over the folds. ``track`` records the cross-validation in an
+    experiment tracker (as for :func:`polymodal.train`; default: the first spec's
+    ``training.track``): a parent run, a child run for each spec and fold.
     """
     say = log or (lambda _: None)
     started = time.perf_counter()
@@ -335,9 +341,12 @@ def cv(
         raise OutputError(f"{out}: this folder holds a hyperparameter search (study.db,"
                           " trials/); give the cross-validation another -o")
     # One cross-validation a folder: another one there would mix its folds into this report.
-    with output_lock(out, what="cross-validation folder", note=say):
+    with output_lock(out, what="cross-validation folder", note=say), \
+            CvTracking.opened(track, first, out, say) as tracking:
         _write_folds(out, table, plan)
         say(f"{len(table)} rows, {plan.describe()}; results in {out}")
+        if tracking is not None:
+            tracking.start(specs, plan, len(table), options)
         scores: list[SpecScores] = []
 
         def result() -> CVResult:
@@ -350,7 +359,7 @@ def cv(
             try:
                 scores.append(_run_spec(name, each, source, table, plan, out, predictions,
                                         options, on_bad_row, keep_checkpoints, explain, progress,
-                                        say, on_fold))
+                                        say, on_fold, tracking))
             except BaseException:
                 if scores:  # the specs that finished keep their report
                     _write_report(result())
@@ -360,6 +369,9 @@ def cv(
                 raise
         finished = result()
         _write_report(finished)
+        if tracking is not None:
+            tracking.result = finished
+    finished.tracking = tracking.lines if tracking is not None else []
     return finished
 
 
@@ -558,7 +570,8 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
               out: Path, predictions_file: Path, options: Mapping[str, Any], policy: str,
               keep_checkpoints: bool, explain: int,
               progress: bool, say: Callable[[str], None],
-              on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None) -> SpecScores:
+              on_fold: Callable[[str, int, dict[str, dict[str, float]]], None] | None,
+              tracking: CvTracking | None = None) -> SpecScores:
     scores = SpecScores(name, spec, source)
     predictions: dict[str, list[Any]] = {}
     shown: set[str] = set()
@@ -571,10 +584,13 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
             say(f"{where}: {line}")
 
         record = finished.record(fold)
+        slot = tracking.slot(name, fold) if tracking is not None and record is None else None
         if record is None:
             record = _fold(spec, source, table, plan, fold, fold_dir, options, policy, progress,
                            say_once(say_in_fold, shown, leave_out=(SPLIT_HINT_START,)),
-                           keep_checkpoints)
+                           keep_checkpoints, slot or "none")
+        if tracking is not None:
+            tracking.fold_done(slot, name, fold, fold_dir, record.metrics)
         scores.folds.append(record.metrics)
         scores.by_presence.append(record.by_presence)
         if explain:
@@ -597,10 +613,11 @@ def _run_spec(name: str, spec: ModelSpec, source: str | None, table: Table, plan
 
 def _fold(spec: ModelSpec, source: str | None, table: Table, plan: FoldPlan, fold: int,
           fold_dir: Path, options: Mapping[str, Any], policy: str, progress: bool,
-          say: Callable[[str], None], keep_checkpoints: bool) -> FoldRecord:
+          say: Callable[[str], None], keep_checkpoints: bool, track: Any = None) -> FoldRecord:
     """Run one fold and keep its record in its folder."""
     try:
-        record = run_fold(spec, table, plan, fold, fold_dir, options, policy, progress, say)
+        record = run_fold(spec, table, plan, fold, fold_dir, options, policy, progress, say,
+                          track)
     except SpecError as exc:
         raise (exc.with_source(source) if source else exc) from None
     record.save(fold_dir)

@@ -66,6 +66,7 @@ from .inference import (
 )
 from .presence import presence_lines
 from .report import plot_curves, summary_table, write_logs, write_validation_rows
+from .track_train import TrainTracking
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -84,6 +85,8 @@ class TrainResult:
     report: RowReport = field(default_factory=RowReport)
     stopped_early: bool = False
     is_main: bool = True  # False in the other processes of a data-parallel run
+    #: where the run was recorded in an experiment tracker, and what could not be sent
+    tracking: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> dict[str, Any]:
@@ -94,7 +97,7 @@ class TrainResult:
                 "best_epoch": self.best_epoch, "metric": self.metric,
                 "best_value": self.best_value, "epochs_run": len(self.history),
                 "stopped_early": self.stopped_early, "best": self.best,
-                **self.report.to_json()}
+                **self.report.to_json(), **({"tracking": self.tracking} if self.tracking else {})}
 
 
 def with_options(spec: ModelSpec, overrides: Mapping[str, Any] | None) -> ModelSpec:
@@ -246,6 +249,7 @@ def train(
     log: Callable[[str], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[dict[str, Any], float], bool | str | None] | None = None,
+    track: Any = None,
 ) -> TrainResult:
     """Train the model ``spec`` describes on the table ``data`` and save the best epoch to
     ``output`` (with its fitted preprocessing).
@@ -259,6 +263,10 @@ def train(
     the epoch's record (as in ``history``) and the value of ``early_stopping.metric``; a true
     return stops the run there, like early stopping (a text says why, in the log). In a
     data-parallel run every process calls it and must return the same answer.
+
+    ``track`` records the run in an experiment tracker too: ``"mlflow"``, ``"tensorboard"``,
+    a mapping of ``training.track``'s options (``{"to": "mlflow", "uri": ...}``) or ``"none"``;
+    default: the spec's ``training.track`` (docs/tracking.md).
 
     While the run lasts, ``output`` and ``run_dir`` are locked: another run on either fails at
     once with an :class:`~polymodal.PolymodalError` naming this one.
@@ -276,11 +284,18 @@ def train(
     # Batches keep one shape, so cuDNN's per-shape search for the fastest convolution pays off.
     torch.backends.cudnn.benchmark = autotune or context.device.type == "cuda"
     fresh = not run_dir.exists()  # made by this run: removed if it fails before an epoch
+    tracking: TrainTracking | None = None
     try:
         with _locked_outputs(context, output, run_dir, say), hardware.threads(spec.training.threads):
+            tracking = TrainTracking.open(track, spec, output, run_dir,
+                                          resume and (run_dir / CHECKPOINT).is_file(),
+                                          context.main, say)
             return _run(spec, data, val, output, run_dir, on_bad_row, resume, progress, say,
-                        _Hooks(on_step, on_epoch), context)
+                        _Hooks(on_step, on_epoch), context, tracking)
     except BaseException as exc:
+        if tracking is not None:
+            for line in tracking.finish(run_dir, exc):
+                say(line)
         if fresh and context.main and not isinstance(exc, OutputLockedError):
             from .report import discard_unstarted_run
 
@@ -369,7 +384,10 @@ def _restore_point(path: Path, spec: ModelSpec, rows: _Data,
 
 
 def _spec_json(spec: ModelSpec) -> str:
-    return json.dumps(spec.to_dict())
+    data = spec.to_dict()
+    # Where a run is recorded does not change what it trains: a resumed run may add a tracker.
+    data.get("training", {}).pop("track", None)
+    return json.dumps(data)
 
 
 @dataclass
@@ -619,7 +637,7 @@ class _Hooks:
 
 def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, policy: str,
          resume: bool, progress: bool, say: Callable[[str], None], hooks: _Hooks,
-         context: distributed.Context) -> TrainResult:
+         context: distributed.Context, tracking: TrainTracking | None) -> TrainResult:
     binding = Binding(spec)
     rows = _prepare_data(binding, spec.training, data, val, policy)
     # The precision this device runs well; the spec keeps what was asked (auto).
@@ -639,6 +657,8 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
     _runner(parts, opts, context)
     feeding = loading.plan(parts.binding, parts.state, rows.train, rows.val, opts, context.device,
                            context.world, say)
+    if tracking is not None:
+        tracking.start(spec, opts, context.device, torch.get_num_threads())
     epochs = _Epochs(parts, rows, opts, context, policy, progress, hooks.on_step, feeding)
     say(f"training on {len(rows.train)} rows, validating on {len(rows.val)}"
         f" ({context.world} process(es), {context.device.type}); logs in {run_dir}")
@@ -653,6 +673,8 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
         improved = run.add(record, record.value(metric), higher)
         if context.main:
             _write_epoch(parts, run, improved, output, run_dir, spec, rows)
+        if tracking is not None:
+            tracking.epoch(record.to_dict())
         say(_epoch_line(record, improved))
         distributed.barrier(context)
         if run.out_of_patience(opts.early_stopping.patience):
@@ -667,7 +689,14 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
     best = next((r for r in run.dicts() if r["epoch"] == run.best_epoch), None)
     for line in auxiliary_lines(best or {}, binding):
         say(line)
-    return _finish(run, rows.report, output, run_dir, metric, stopped_early, context, say)
+    if tracking is not None:
+        tracking.trained(output, run_dir, spec)
+    result = _finish(run, rows.report, output, run_dir, metric, stopped_early, context, say)
+    if tracking is not None:
+        result.tracking = tracking.finish(run_dir)
+        for line in result.tracking:
+            say(line)
+    return result
 
 
 #: An input alone this much below the fused head (a metric where higher is better; where

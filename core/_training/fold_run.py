@@ -31,6 +31,7 @@ from .._files import write_text
 from .._spec import ModelSpec
 from .engine import CHECKPOINT, train
 from .report import csv_text, json_safe
+from .tracking import RECORD as TRACKING
 
 if TYPE_CHECKING:
     from .folds import FoldPlan
@@ -96,9 +97,10 @@ def _numbers(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, fl
 
 def run_fold(spec: ModelSpec, table: Table, plan: FoldPlan, fold: int, fold_dir: Path,
              options: Mapping[str, Any], policy: str, progress: bool,
-             say: Callable[[str], None]) -> FoldRecord:
+             say: Callable[[str], None], track: Any = None) -> FoldRecord:
     """Train on every fold but ``fold``, then score ``fold`` in one pass. A checkpoint left in
-    ``fold_dir`` by an interrupted run of this fold is resumed from."""
+    ``fold_dir`` by an interrupted run of this fold is resumed from. ``track``: where the
+    fold's training is recorded (a :class:`~.tracking.Slot`, or as for ``train``)."""
     from .distributed import resolve_device
     from .inference import score
 
@@ -107,7 +109,8 @@ def run_fold(spec: ModelSpec, table: Table, plan: FoldPlan, fold: int, fold_dir:
     test_table = table.take(plan.test_positions(fold))
     result = train(spec, train_table, fold_dir / "model.safetensors", run_dir=fold_dir,
                    group_by=plan.split_by, options=options, on_bad_row=policy,
-                   resume=(fold_dir / CHECKPOINT).is_file(), progress=progress, log=say)
+                   resume=(fold_dir / CHECKPOINT).is_file(), progress=progress, log=say,
+                   track=track)
     device = str(resolve_device(str(options.get("device", spec.training.device))))
     scored = score(result.model, test_table, on_bad_row=policy, device=device)
     predictions = _with_truth(scored.columns, test_table, fold, plan.group_column, Binding(spec))
@@ -184,7 +187,7 @@ class FinishedFolds:
 
     def _forget(self) -> None:
         for fold_dir in self.folder.glob("fold_*"):
-            for name in (RECORD, PREDICTIONS, CHECKPOINT):
+            for name in (RECORD, PREDICTIONS, CHECKPOINT, TRACKING):
                 (fold_dir / name).unlink(missing_ok=True)
 
     def record(self, fold: int) -> FoldRecord | None:
@@ -195,5 +198,7 @@ def run_key(spec: ModelSpec, table: Table, plan: FoldPlan, options: Mapping[str,
             policy: str) -> dict[str, Any]:
     """What makes a spec's cross-validation the same run, for :class:`FinishedFolds`."""
     folds = hashlib.sha256(plan.fold_of_row.astype(np.int64).tobytes()).hexdigest()[:20]
-    return {"spec": spec.to_dict(), "table": table_fingerprint(table), "folds": folds,
+    data = spec.to_dict()
+    data.get("training", {}).pop("track", None)  # where it is recorded does not change it
+    return {"spec": data, "table": table_fingerprint(table), "folds": folds,
             "split_by": plan.split_by, "options": dict(options), "on_bad_row": policy}

@@ -49,6 +49,8 @@ from .fold_run import run_fold
 from .folds import FoldPlan, group_column, group_keys
 from .inference import presence_table
 from .report import json_safe
+from .track_groups import TuneTracking
+from .tracking import Slot
 
 
 class TrialFailed(PolymodalError):
@@ -98,6 +100,7 @@ class TuneResult:
     notes: list[str]
     by_inputs: list[str] = field(default_factory=list)  # the best trial's, by presence of inputs
     is_main: bool = True  # False in the other processes under torchrun
+    tracking: list[str] = field(default_factory=list)  # where the runs went, what was not sent
 
     def summary(self) -> dict[str, Any]:
         return json_safe({k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()})
@@ -142,6 +145,7 @@ def tune(
     on_bad_row: str = "fail",
     keep_checkpoints: bool = False,
     log: Callable[[str], None] | None = None,
+    track: Any = None,
 ) -> TuneResult:
     """Search the spec's ``search`` space until the study has ``trials`` finished (completed
     or pruned) trials, or ``timeout`` seconds have passed; write the results to ``output``
@@ -152,7 +156,9 @@ def tune(
     ``storage`` is an Optuna RDB URL (default: ``sqlite:///OUTPUT/study.db``) and ``study``
     the study's name (default: the spec's name); processes sharing both share the study.
     ``heartbeat`` (seconds) is how often a running trial tells the storage it is alive: a trial
-    whose process died is failed and retried after twice that.
+    whose process died is failed and retried after twice that. ``track`` records the study in
+    an experiment tracker (as for :func:`polymodal.train`; default: the spec's
+    ``training.track``): a parent run, a child run for each trial.
     """
     optuna = _optuna()
     say = log or (lambda _: None)
@@ -192,18 +198,29 @@ def tune(
     opened = _open_study(optuna, url, name, metric, higher, heartbeat, pruning, plan is not None,
                          sampler_seed)
     notes = []
+    tracking: TuneTracking | None = None
     try:
+        tracking = runner.tracking = TuneTracking.open(track, spec, out, name, say)
+        if tracking is not None:
+            tracking.start(spec, name, metric, opened.direction.name.lower(), trials,
+                           plan.folds if plan else None, _safe_url(url), options)
+            tracking.stale(opened)
         ran = runner.lead(opened, trials, timeout)
-    except BaseException:
+    except BaseException as exc:
         # What the study holds so far is written before the run stops (no best model is
         # retrained on the way out).
         with contextlib.suppress(Exception):
             write_summary(opened, runner, out)
+        if tracking is not None:
+            tracking.finish(out, None, exc)
         raise
     finally:
         group.finish()
     notes += write_results(optuna, opened, runner, out)
-    return _result(opened, out, name, url, metric, higher, ran, notes)
+    result = _result(opened, out, name, url, metric, higher, ran, notes)
+    if tracking is not None:
+        result.tracking = tracking.finish(out, _best(opened))
+    return result
 
 
 def _check_overrides(options: Mapping[str, Any], space: Mapping[str, Any]) -> None:
@@ -306,6 +323,8 @@ class _Runner:
         self.base = plain_data(spec)
         self.shown: set[str] = set()  # notes said once, not once a trial
         self.error: str | None = None  # why this process's last trial failed
+        self.tracking: TuneTracking | None = None  # the study's runs in a tracker (rank 0)
+        self.slot: Slot | None = None  # where the running trial's training is recorded
 
     # -- the study's side (rank 0) ---------------------------------------------------------
     def lead(self, study: Any, trials: int, timeout: float | None) -> int:
@@ -331,6 +350,8 @@ class _Runner:
                 study.optimize(self.objective, n_trials=1, catch=TRIAL_ERRORS)
             ran += 1
             keep_best_model(study, self)
+            if self.tracking is not None:
+                self.tracking.check_best(_best(study))
             failures = failures + 1 if self.error else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise TuneError(f"{failures} trials in a row failed; the last one: {self.error}")
@@ -351,7 +372,7 @@ class _Runner:
 
     def objective(self, trial: Any) -> float:
         optuna = _optuna()
-        self.error = None
+        self.error, self.slot = None, None
         values = suggest(trial, self.spec.search or {})
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         shown = ", ".join(f"{p}={label(v)}" for p, v in values.items())
@@ -360,10 +381,14 @@ class _Runner:
             spec_data = self._spec_data(values)
             trial.set_user_attr("spec", json.dumps(spec_data))
             self.group.share((trial.number, spec_data))
+            if self.tracking is not None and self.plan is not None:
+                self.tracking.trial_run(trial.number, values, self.trial_dir(trial.number))
             value = self._run(trial.number, spec_data,
                               lambda step, v, last: self._report(trial, step, v, last))
         except _Pruned:
             self.say(f"trial {trial.number}: pruned")
+            if self.tracking is not None:
+                self.tracking.ended(trial.number, self.slot, "pruned", None)
             raise optuna.TrialPruned() from None
         except TRIAL_ERRORS as exc:
             self._failed(trial, str(exc))
@@ -381,12 +406,16 @@ class _Runner:
             self._failed(trial, f"{self.metric} is {value}")
             raise SpecError([("", f"trial {trial.number}: {self.error}")])
         self.say(f"trial {trial.number}: {self.metric} {value:.4f}")
+        if self.tracking is not None:
+            self.tracking.ended(trial.number, self.slot, "complete", value)
         return value
 
     def _failed(self, trial: Any, error: str) -> None:
         self.error = error
         trial.set_user_attr("error", error)
         self.say(f"trial {trial.number} failed: {error}")
+        if self.tracking is not None:
+            self.tracking.ended(trial.number, self.slot, "failed", None, error)
 
     def _report(self, trial: Any, step: int, value: float, last: bool) -> bool:
         trial.report(value, step)
@@ -438,9 +467,11 @@ class _Runner:
                     return "pruned, worse than the median of earlier trials at this epoch"
                 return None
 
+            self.slot = self.tracking.trial_slot(number) if self.tracking is not None else None
             result = train(spec, self.table, folder / MODEL, run_dir=folder,
                            group_by=self.group_by, options=self.options,
-                           on_bad_row=self.policy, progress=False, log=say, on_epoch=on_epoch)
+                           on_bad_row=self.policy, progress=False, log=say, on_epoch=on_epoch,
+                           track=self.slot or "none")
             if pruned:
                 raise _Pruned()
             _keep_by_inputs(folder, result.best.get("val_by_presence", {}), "validation rows")
@@ -450,12 +481,16 @@ class _Runner:
         for fold in range(self.plan.folds):
             fold_dir = folder / f"fold_{fold + 1}"
             try:
+                track = (self.tracking.fold_slot(number, fold) if self.tracking is not None
+                         else "none")
                 record = run_fold(spec, self.table, self.plan, fold, fold_dir, self.options,
-                                  self.policy, False, say)
+                                  self.policy, False, say, track)
             finally:
                 self._tidy_fold(fold_dir)
             by_inputs.by_presence.append(record.by_presence)
             values.append(objective.value_of(record.metrics, self.metric, spec))
+            if self.tracking is not None:
+                self.tracking.fold_value(number, fold, record.metrics, float(np.mean(values)))
             # Steps count folds from 1, as they count epochs.
             if report(fold + 1, float(np.mean(values)), fold + 1 == self.plan.folds):
                 raise _Pruned()
@@ -724,7 +759,8 @@ def _best_model(best: Any, runner: _Runner, out: Path) -> list[str]:
         spec = runner.trial_spec(json.loads(best.user_attrs["spec"]))
         train(spec, runner.table, target, run_dir=out / "best.run", group_by=runner.group_by,
               options=runner.options, on_bad_row=runner.policy, progress=False,
-              log=lambda line: runner.say(f"best spec: {line}"))
+              log=lambda line: runner.say(f"best spec: {line}"),
+              track=runner.tracking.best_slot(best.number) if runner.tracking else "none")
         if not runner.keep_checkpoints:
             (out / "best.run" / CHECKPOINT).unlink(missing_ok=True)
     else:
