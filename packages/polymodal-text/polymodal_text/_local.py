@@ -43,7 +43,8 @@ def folder(name: str, what: str) -> Path:
         return Path(snapshot_download(name, cache_dir=cache, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached, or not a valid hub name: the same answer
         raise PolymodalError(
-            f"{what} {name!r} is neither a folder nor in the local Hugging Face cache ({cache});"
+            f"{what} {name!r} is neither a folder (none at {path.absolute()}) nor in the local"
+            f" Hugging Face cache ({cache});"
             " nothing is downloaded at run time. On a machine with network access, fetch it"
             f" with `hf download {name}` (or `python -c \"import huggingface_hub;"
             f" huggingface_hub.snapshot_download('{name}')\"`) and copy its cache folder"

@@ -217,7 +217,8 @@ class TextCodec(Codec[TextAdapter.Config]):
                 text = _local.tokenizer_json(self.config.tokenizer)
                 self._read = _state(text, self.config.pad_token)
             except PolymodalError as exc:
-                raise SpecError([(f"{self.where}.tokenizer", str(exc))]) from None
+                option = exc.option if isinstance(exc, ConfigError) and exc.option else "tokenizer"
+                raise SpecError([(f"{self.where}.{option}", str(exc))]) from None
         return self._read
 
 
@@ -232,5 +233,5 @@ def _state(text: str, pad_token: str | None) -> State:
     if pad is None:
         named = f"has no token {pad_token!r}" if pad_token else \
             f"has none of the padding tokens {', '.join(PAD_TOKENS)}; set pad_token"
-        raise PolymodalError(f"the tokenizer {named}")
+        raise ConfigError(f"the tokenizer {named}", option="pad_token" if pad_token else None)
     return {"tokenizer": text, "vocab_size": vocabulary, "pad_id": int(pad)}

@@ -157,6 +157,9 @@ def test_a_tokenizer_without_padding_token_asks_for_pad_token(tmp_path, make_not
     with pytest.raises(SpecError, match="none of the padding tokens.*set pad_token"):
         _codec(folder).fit(_table(["x"]))
     assert _codec(folder, pad_token="[NOPE]").fit(_table(["x"]))["pad_id"] == 0
+    with pytest.raises(SpecError) as named:  # a pad_token the tokenizer lacks: at that option
+        _codec(folder, pad_token="[PAD]").fit(_table(["x"]))
+    assert named.value.problems[0][0].endswith(".pad_token")
 
 
 def test_a_folder_of_an_older_tokenizer_is_converted(tmp_path, model_dir):
@@ -203,11 +206,12 @@ def test_pretrained_false_initialises_randomly(model_dir):
 
 def test_a_name_in_no_cache_says_how_to_fetch_it(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match=r"'acme/absent' is neither a folder nor in the local"
-                       r" Hugging Face cache .*nothing is downloaded.*`hf download acme/absent`"):
+    with pytest.raises(ValueError, match=r"'acme/absent' is neither a folder \(none at /.*acme/absent\)"
+                       r" nor in the local Hugging Face cache .*nothing is downloaded.*"
+                       r"`hf download acme/absent`"):
         TransformersBackbone.Config.model_validate({"type": "transformers", "model": "acme/absent"})
     with pytest.raises(SpecError, match=r"inputs.note.adapter.tokenizer: tokenizer 'acme/absent'"
-                       r" is neither a folder nor in the local Hugging Face cache"):
+                       r" is neither a folder \(none at .*\) nor in the local Hugging Face cache"):
         _codec(Path("acme/absent")).fit(_table(["x"]))
 
 

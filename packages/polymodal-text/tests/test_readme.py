@@ -60,3 +60,27 @@ def test_the_wheel_holds_the_plugin_and_its_manifest(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[polymodal]\ntext = polymodal_text.plugin" in text
+
+
+RECIPE = "<!-- the recipe below is run by tests/test_readme.py -->"
+
+
+def test_the_readme_recipe_makes_an_encoder_and_tokenizer_a_spec_trains_with(
+        notes_table, tmp_path, monkeypatch):
+    """The README's offline recipe, run as written on a text column: its folder trains."""
+    import csv
+
+    text = (PACKAGE / "README.md").read_text(encoding="utf-8")
+    block = re.search(re.escape(RECIPE) + r"\n```python\n(.*?)```", text, re.S)
+    assert block, "the README's recipe block is gone"
+    with open(notes_table, newline="") as handle:
+        notes = [row["note"] for row in csv.DictReader(handle) if row["note"]]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("\n".join(notes))
+    exec(compile(block.group(1), "README recipe", "exec"), {})
+    assert {"tokenizer.json", "config.json"} <= {p.name for p in (tmp_path / "models" / "bert").iterdir()}
+    spec = _readme_spec()
+    note = spec["inputs"]["note"]
+    note["adapter"]["tokenizer"] = note["backbone"]["model"] = str(tmp_path / "models" / "bert")
+    spec["training"]["epochs"] = 1
+    polymodal.train(spec, notes_table, tmp_path / "m.safetensors", progress=False)

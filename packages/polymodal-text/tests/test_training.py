@@ -221,5 +221,6 @@ def test_train_names_a_missing_tokenizer_at_its_spec_path_and_exits_1(model_dir,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "inputs.note.adapter.tokenizer: tokenizer" in run.stderr
-    assert "is neither a folder nor in the local Hugging Face cache" in run.stderr
+    assert "is neither a folder (none at " in run.stderr and "nor in the local Hugging Face cache" \
+        in run.stderr
     assert not (tmp_path / "m.safetensors").exists()
