@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .batcher import Batcher, QueueFull
 from .draining import DRAINING, watch_signals
@@ -69,7 +70,8 @@ def _routes(app: FastAPI, options: ServeOptions, predictor: Predictor, batcher: 
         """Predict rows: JSON ``{"rows": [...], "on_bad_row": "fail"}``, or multipart with a
         ``request`` field holding that JSON and file parts named ``COLUMN`` or ``COLUMN[ROW]``."""
         if DRAINING.is_set():
-            return JSONResponse({"error": {"message": "the server is shutting down"}}, 503,
+            return JSONResponse({"error": {"message": "the server is shutting down",
+                                           "request_id": request.state.request_id}}, 503,
                                 headers={"Retry-After": "1"})
         body, parts = await _read(request, options.limits)
         rows = builder.build(body, parts)
@@ -80,7 +82,8 @@ def _routes(app: FastAPI, options: ServeOptions, predictor: Predictor, batcher: 
             try:
                 outcome, batch = await batcher.submit(rows)
             except QueueFull as exc:
-                return JSONResponse({"error": {"message": str(exc)}}, 503,
+                return JSONResponse({"error": {"message": str(exc),
+                                               "request_id": request.state.request_id}}, 503,
                                     headers={"Retry-After": str(exc.retry_after)})
         finally:
             rows.close()
@@ -149,6 +152,8 @@ class RequestIds:
 
         try:
             await self.app(scope, receive, sending)
+        except ClientDisconnect:  # the client hung up mid-request: no fault, and no one to answer
+            log.info("request %s: the client disconnected before sending its body", request_id)
         except Exception:  # noqa: BLE001 - logged with the id, answered without internals
             log.exception("request %s failed", request_id)
             if started:

@@ -284,6 +284,7 @@ def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
         assert second.status_code == 503, second.text
         assert int(second.headers["retry-after"]) >= 1
         assert "queue" in second.json()["error"]["message"]
+        assert second.json()["error"]["request_id"] == second.headers["x-request-id"]
         assert httpx.get(f"{slow.url}/health").json()["batching"]["refused_full"] == 1
         # without --data-root, a path is refused
         refused = post(slow, {"rows": [{**rows[0], "photo": "images/test_00000.png"}]})
