@@ -283,15 +283,28 @@ def train(
     autotune = torch.backends.cudnn.benchmark
     # Batches keep one shape, so cuDNN's per-shape search for the fastest convolution pays off.
     torch.backends.cudnn.benchmark = autotune or context.device.type == "cuda"
-    fresh = not run_dir.exists()  # made by this run: removed if it fails before an epoch
+    try:
+        return _guarded(spec, data, val, output, run_dir, on_bad_row, resume, progress, say,
+                        _Hooks(on_step, on_epoch), context, track)
+    finally:
+        torch.backends.cudnn.benchmark = autotune
+        distributed.stop(context)
+
+
+def _guarded(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, policy: str,
+             resume: bool, progress: bool, say: Callable[[str], None], hooks: _Hooks,
+             context: distributed.Context, track: Any) -> TrainResult:
+    """The run with its outputs locked and its threads set; a tracker told how it ended, and
+    a run folder this run made removed when it fails before an epoch."""
+    fresh = not run_dir.exists()
     tracking: TrainTracking | None = None
     try:
         with _locked_outputs(context, output, run_dir, say), hardware.threads(spec.training.threads):
             tracking = TrainTracking.open(track, spec, output, run_dir,
                                           resume and (run_dir / CHECKPOINT).is_file(),
                                           context.main, say)
-            return _run(spec, data, val, output, run_dir, on_bad_row, resume, progress, say,
-                        _Hooks(on_step, on_epoch), context, tracking)
+            return _run(spec, data, val, output, run_dir, policy, resume, progress, say, hooks,
+                        context, tracking)
     except BaseException as exc:
         if tracking is not None:
             for line in tracking.finish(run_dir, exc):
@@ -301,9 +314,6 @@ def train(
 
             discard_unstarted_run(run_dir, CHECKPOINT)
         raise
-    finally:
-        torch.backends.cudnn.benchmark = autotune
-        distributed.stop(context)
 
 
 @contextlib.contextmanager
@@ -635,6 +645,16 @@ class _Hooks:
         return answer if isinstance(answer, str) else "the caller asked"
 
 
+def _announce(binding: Binding, rows: _Data, say: Callable[[str], None]) -> None:
+    """What the table's rows show, said before training while it can still be fixed: notes on
+    bad or unusual rows and on the validation split, and which inputs the rows hold."""
+    notes = [*rows.report.note_lines(), *([rows.split_note] if rows.split_note else [])]
+    for line in notes:
+        say(f"note: {line}")
+    for line in presence_lines(binding, rows.train, rows.val):
+        say(line)
+
+
 def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, policy: str,
          resume: bool, progress: bool, say: Callable[[str], None], hooks: _Hooks,
          context: distributed.Context, tracking: TrainTracking | None) -> TrainResult:
@@ -643,11 +663,7 @@ def _run(spec: ModelSpec, data: Any, val: Any, output: Path, run_dir: Path, poli
     # The precision this device runs well; the spec keeps what was asked (auto).
     opts = spec.training.model_copy(update={"precision": hardware.choose_precision(
         spec.training.precision, context.device, say)})
-    notes = [*rows.report.note_lines(), *([rows.split_note] if rows.split_note else [])]
-    for line in notes:  # before training, while it can still be fixed
-        say(f"note: {line}")
-    for line in presence_lines(binding, rows.train, rows.val):
-        say(line)
+    _announce(binding, rows, say)
     checkpoint = _restore_point(run_dir / CHECKPOINT, spec, rows, say) if resume else None
     if rows.held_out and context.main:
         _write_held_out(run_dir, rows, opts.group_by)
