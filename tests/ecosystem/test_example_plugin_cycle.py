@@ -236,7 +236,7 @@ def test_the_plugin_trains_evaluates_and_predicts_from_a_table_of_signal_files(w
 def test_install_refuses_unknown_names_and_missing_paths(fresh_env, tmp_path):
     unknown = _run(fresh_env, "-m", "polymodal", "install", "polymodal-signals", cwd=tmp_path)
     assert unknown.returncode == 1
-    assert "Did you mean 'polymodal-signal'?" in unknown.stderr
+    assert "Did you mean 'polymodal-signal'" in unknown.stderr  # or another catalog name
     missing = _run(fresh_env, "-m", "polymodal", "install", "./nowhere.whl", cwd=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "error: ./nowhere.whl: no such file or directory"
