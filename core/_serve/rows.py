@@ -146,6 +146,11 @@ class RowBuilder:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ClientError(BAD_REQUEST, "rows must be a list of objects (column -> value)")
         wanted = max([len(rows), *(self._part_row(name) for name in parts)])
+        if "rows" in body and wanted > len(rows):  # the rows are given: a part is one of them
+            beyond = next(n for n in parts if self._part_row(n) > len(rows))
+            raise ClientError(BAD_REQUEST, f"file part {beyond!r} is for row {wanted}, but the"
+                              f" request's rows are {len(rows)}: name a part after a row the"
+                              " request holds (COLUMN[ROW], from 1)")
         if wanted > self.limits.max_rows:
             raise ClientError(TOO_LARGE, f"{wanted} rows in one request, more than the"
                               f" {self.limits.max_rows} this server takes (--max-rows)")
@@ -169,6 +174,9 @@ class RowBuilder:
                 raise ClientError(UNPROCESSABLE, f"file part {name!r}: column {column!r} is not"
                                   f" one the model reads files from ({self._file_columns()})",
                                   row, column)
+            if rows[row - 1].get(column) is not None:
+                raise ClientError(BAD_REQUEST, f"file part {name!r} and the row's JSON both give"
+                                  f" column {column!r}: give the cell once", row, column)
             rows[row - 1][column] = _Upload(data, filename)
 
     def _file_columns(self) -> str:

@@ -75,6 +75,15 @@ def test_multipart_rows_answer_as_json(server, demo):
     response = post(server, files=files, data={"request": json.dumps({"rows": fields})})
     assert response.status_code == 200, response.text
     assert_same(response.json()["rows"], expected(demo, 2), 1e-5)
+    # a part must name one of the request's rows, and a cell comes once
+    beyond = {**files, "photo[3]": files["photo[1]"]}
+    refused = post(server, files=beyond, data={"request": json.dumps({"rows": fields})})
+    assert refused.status_code == 400 and "is for row 3, but the request's rows are 2" \
+        in refused.json()["error"]["message"], refused.text
+    twice = [{**fields[0], "photo": rows[0]["photo"]}, fields[1]]
+    refused = post(server, files=files, data={"request": json.dumps({"rows": twice})})
+    assert refused.status_code == 400, refused.text
+    assert "both give column 'photo'" in refused.json()["error"]["message"]
 
 
 def test_paths_only_inside_the_data_root(server, demo, tmp_path):
