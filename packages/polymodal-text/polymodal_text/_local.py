@@ -99,7 +99,7 @@ def tokenizer_json(name: str) -> str:
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder
         raise PolymodalError(f"tokenizer {name!r}: {where} has no tokenizer.json, and"
                              f" transformers cannot read a tokenizer there"
-                             f" ({type(exc).__name__}: {_first_line(exc)})") from None
+                             f" ({type(exc).__name__}: {first_line(exc)})") from None
     backend = getattr(converted, "backend_tokenizer", None)
     if backend is None:
         raise PolymodalError(f"tokenizer {name!r}: transformers has no fast (tokenizers) version of"
@@ -119,9 +119,10 @@ def _parse(text: str, source: str) -> Any:
         return Tokenizer.from_str(text)
     except Exception as exc:  # noqa: BLE001 - the Rust library raises plain Exceptions
         raise PolymodalError(f"{source}: not a tokenizer the tokenizers library reads"
-                             f" ({_first_line(exc)})") from None
+                             f" ({first_line(exc)})") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type's name when it has none)."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[0].strip() if lines else type(exc).__name__

@@ -199,7 +199,7 @@ class TransformersBackbone(Backbone):
         except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder
             raise PolymodalError(f"model {self.config.model!r}: transformers cannot load its"
                                  f" weights from {where} ({type(exc).__name__}:"
-                                 f" {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                 f" {_local.first_line(exc)})") from None
         state = {k: v for k, v in source.state_dict().items() if not k.startswith("pooler.")}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
