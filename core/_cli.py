@@ -21,6 +21,7 @@ import click
 
 from ._errors import ModelFileError, PolymodalError
 from ._manifest import KINDS
+from ._run_flags import override_options, overrides
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -623,12 +624,7 @@ def _human(as_json: bool, quiet: bool):
 @click.option("--val-fraction", type=float, help="Fraction of rows held out for validation"
               " (overrides training.val_fraction).")
 @click.option("--group-by", help="Keep each group of this column on one side of the split.")
-@click.option("--epochs", type=int, help="Override training.epochs.")
-@click.option("--batch-size", type=int, help="Override training.batch_size.")
-@click.option("--lr", type=float, help="Override training.lr.")
-@click.option("--seed", type=int, help="Override training.seed.")
-@click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N).")
-@click.option("--workers", type=int, help="Override training.workers.")
+@override_options(("epochs", "batch_size", "lr", "seed", "device", "workers"))
 @click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True,
               help="A row with a bad value stops the run, or is left out and reported.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
@@ -639,26 +635,24 @@ def _human(as_json: bool, quiet: bool):
 @click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON only.")
 @_tracking
 def train(spec_path: str, data: str, output: str, val_data: str | None, val_fraction: float | None,
-          group_by: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
-          seed: int | None, device: str | None, workers: int | None, on_bad_row: str,
-          run_dir: str | None, resume: bool, quiet: bool, as_json: bool, track: str | None,
-          track_uri: str | None, experiment: str | None) -> None:
+          group_by: str | None, on_bad_row: str, run_dir: str | None, resume: bool, quiet: bool,
+          as_json: bool, track: str | None, track_uri: str | None, experiment: str | None,
+          **training: Any) -> None:
     """Train the model SPEC describes on a table; save the best epoch to -o."""
     from ._errors import SpecError
     from ._files import refuse_overwriting_inputs
-    from ._training.engine import final_table, train as run_training
+    from ._training.engine import final_table, train_with
     from ._training.report import json_safe
+    from ._training.settings import RunSettings
 
     refuse_overwriting_inputs(output, {"the spec": spec_path})
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                 "device": device, "workers": workers}
     log = _human(as_json, quiet)
-    tracked = _track(track, track_uri, experiment)
+    settings = RunSettings({**overrides(training), "val_fraction": val_fraction,
+                            "group_by": group_by}, on_bad_row, output=output,
+                           track=_track(track, track_uri, experiment), progress=log is not None)
     try:
-        result = run_training(
-            _load_spec(spec_path), data, output, val=val_data, val_fraction=val_fraction,
-            group_by=group_by, on_bad_row=on_bad_row, resume=resume, run_dir=run_dir,
-            options=overrides, progress=log is not None, log=log, track=tracked)
+        result = train_with(_load_spec(spec_path), data, settings, val=val_data, resume=resume,
+                            run_dir=run_dir, log=log)
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
     if not result.is_main:
@@ -830,11 +824,8 @@ def _row_choice(text: str) -> int | list[int]:
 def _overrides(command):
     """The training options cv and tune override for every spec (and trial)."""
     for option in reversed([
-        click.option("--epochs", type=int, help="Override training.epochs."),
-        click.option("--batch-size", type=int, help="Override training.batch_size."),
-        click.option("--seed", type=int, help="Override training.seed (it also draws the folds)."),
-        click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N)."),
-        click.option("--workers", type=int, help="Override training.workers."),
+        override_options(("epochs", "batch_size", "seed", "device", "workers"),
+                         {"seed": " (it also draws the folds)"}),
         click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True,
                      help="A row with a bad value stops the run, or is left out and reported."),
         click.option("--keep-checkpoints", is_flag=True, help="Keep each fold's (trial's)"
@@ -877,23 +868,20 @@ def _folding(command):
 @_tracking
 def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
        fold_column: str | None, stratify: bool, compare: tuple[str, ...], explain: bool,
-       output: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
-       device: str | None, workers: int | None, on_bad_row: str, keep_checkpoints: bool,
-       quiet: bool, as_json: bool, track: str | None, track_uri: str | None,
-       experiment: str | None) -> None:
+       output: str | None, on_bad_row: str, keep_checkpoints: bool, quiet: bool, as_json: bool,
+       track: str | None, track_uri: str | None, experiment: str | None, **training: Any) -> None:
     """Cross-validate SPEC: K models, each scored on the fold it did not see; mean ± sd of
     every head metric, and with --compare, other specs side by side on the same folds."""
-    from ._training.cv import cv as run_cv
+    from ._training.cv import cross_validate
     from ._training.explain import DEFAULT_REPEATS
+    from ._training.settings import FoldSettings, RunSettings
 
-    overrides = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
-                 "workers": workers}
     log = _human(as_json, quiet)
-    result = run_cv(spec_path, data, folds=folds, group_by=group_by, fold_column=fold_column,
-                    stratify=stratify, compare=compare, output=output, options=overrides,
-                    on_bad_row=on_bad_row, keep_checkpoints=keep_checkpoints,
-                    explain=DEFAULT_REPEATS if explain else 0, log=log,
-                    track=_track(track, track_uri, experiment))
+    result = cross_validate(
+        [spec_path, *compare], data, FoldSettings(folds, group_by, fold_column, stratify),
+        RunSettings(overrides(training), on_bad_row, keep_checkpoints, output,
+                    _track(track, track_uri, experiment)),
+        explain=DEFAULT_REPEATS if explain else 0, log=log)
     if as_json:
         click.echo(json.dumps({**result.summary(), **({"tracking": result.tracking}
                                                       if result.tracking else {})}, indent=2))
@@ -929,25 +917,25 @@ def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
 def tune(spec_path: str, data: str, trials: int, folds: int | None, group_by: str | None,
          fold_column: str | None, stratify: bool, storage: str | None, study_name: str | None,
          timeout: float | None, output: str | None, no_pruning: bool, sampler_seed: int | None,
-         heartbeat: int, epochs: int | None, batch_size: int | None, seed: int | None,
-         device: str | None, workers: int | None, on_bad_row: str, keep_checkpoints: bool,
-         quiet: bool, as_json: bool, track: str | None, track_uri: str | None,
-         experiment: str | None) -> None:
+         heartbeat: int, on_bad_row: str, keep_checkpoints: bool, quiet: bool, as_json: bool,
+         track: str | None, track_uri: str | None, experiment: str | None,
+         **training: Any) -> None:
     """Search the hyperparameters in SPEC's `search` section with Optuna; writes the best spec
     and its model."""
     from ._errors import SpecError
-    from ._training.tune import tune as run_tune
+    from ._training.settings import FoldSettings, RunSettings
+    from ._training.study import SearchSettings
+    from ._training.tune import run_search
 
-    overrides = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
-                 "workers": workers}
     log = _human(as_json, quiet)
     try:
-        result = run_tune(
-            _load_spec(spec_path), data, trials=trials, folds=folds, group_by=group_by,
-            fold_column=fold_column, stratify=stratify, storage=storage, study=study_name,
-            timeout=timeout, output=output, options=overrides, pruning=not no_pruning,
-            sampler_seed=sampler_seed, heartbeat=heartbeat, on_bad_row=on_bad_row,
-            keep_checkpoints=keep_checkpoints, log=log, track=_track(track, track_uri, experiment))
+        result = run_search(
+            _load_spec(spec_path), data,
+            SearchSettings(trials, storage, study_name, timeout, not no_pruning, sampler_seed,
+                           heartbeat),
+            FoldSettings(folds, group_by, fold_column, stratify),
+            RunSettings(overrides(training), on_bad_row, keep_checkpoints, output,
+                        _track(track, track_uri, experiment)), log=log)
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
     if not result.is_main:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,16 +28,19 @@ import numpy as np
 
 from .._data.binding import Binding
 from .._data.table import Table
+from .._errors import SpecError
 from .._files import write_text
 from .._spec import ModelSpec
-from .engine import CHECKPOINT, train
+from .engine import CHECKPOINT, TrainCall, train_part
 from .report import csv_text, json_safe
+from .settings import RunSettings
 from .tracking import RECORD as TRACKING
 
 if TYPE_CHECKING:
     from .folds import FoldPlan
 
 RECORD = "fold.json"
+MODEL = "model.safetensors"
 PREDICTIONS = "predictions.csv"
 #: What a spec's folder of a cross-validation says it was run with (its spec, table, folds and
 #: options), so a rerun knows whether its finished folds are still of the same run.
@@ -96,41 +100,68 @@ def _numbers(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, fl
 
 
 def run_fold(spec: ModelSpec, table: Table, plan: FoldPlan, fold: int, fold_dir: Path,
-             options: Mapping[str, Any], policy: str, progress: bool,
-             say: Callable[[str], None], track: Any = None) -> FoldRecord:
-    """Train on every fold but ``fold``, then score ``fold`` in one pass. A checkpoint left in
-    ``fold_dir`` by an interrupted run of this fold is resumed from. ``track``: where the
-    fold's training is recorded (a :class:`~.tracking.Slot`, or as for ``train``)."""
-    from .distributed import resolve_device
+             settings: RunSettings, say: Callable[[str], None], track: Any = None) -> FoldRecord:
+    """Train on every fold but ``fold``, then score ``fold`` in one pass: its metrics and its
+    predictions. A checkpoint left in ``fold_dir`` by an interrupted run of this fold is resumed
+    from. ``track``: where the fold's training is recorded (a :class:`~.tracking.Slot`, or as
+    for ``train``)."""
     from .inference import score
 
     started = time.perf_counter()
-    train_table = table.take(plan.train_positions(fold))
     test_table = table.take(plan.test_positions(fold))
-    result = train(spec, train_table, fold_dir / "model.safetensors", run_dir=fold_dir,
-                   group_by=plan.split_by, options=options, on_bad_row=policy,
-                   resume=(fold_dir / CHECKPOINT).is_file(), progress=progress, log=say,
-                   track=track)
-    device = str(resolve_device(str(options.get("device", spec.training.device))))
-    scored = score(result.model, test_table, on_bad_row=policy, device=device)
+    call = TrainCall(fold_dir / MODEL, fold_dir, resume=(fold_dir / CHECKPOINT).is_file(), say=say)
+    result = train_part(spec, table.take(plan.train_positions(fold)), settings, call,
+                        plan.split_by, track)
+    scored = score(result.model, test_table, on_bad_row=settings.on_bad_row,
+                   device=_device(spec, settings))
     predictions = _with_truth(scored.columns, test_table, fold, plan.group_column, Binding(spec))
     return FoldRecord(scored.metrics, scored.by_presence, predictions,
                       time.perf_counter() - started)
 
 
 def explain_fold(record: FoldRecord, spec: ModelSpec, table: Table, plan: FoldPlan, fold: int,
-                 fold_dir: Path, repeats: int, options: Mapping[str, Any], policy: str) -> None:
+                 fold_dir: Path, repeats: int, settings: RunSettings) -> None:
     """What each input contributes to the fold's model on the fold's rows (each input absent
     and permuted, as ``polymodal explain`` without its parts), kept in ``record``. A fold
     finished by a run without ``--explain`` is explained from its saved model."""
-    from .distributed import resolve_device
     from .explain import explain
 
-    device = str(resolve_device(str(options.get("device", spec.training.device))))
-    found = explain(fold_dir / "model.safetensors", table.take(plan.test_positions(fold)),
-                    repeats=repeats, seed=int(options.get("seed", spec.training.seed)), device=device,
-                    on_bad_row=policy, parts=False)
+    found = explain(fold_dir / MODEL, table.take(plan.test_positions(fold)), repeats=repeats,
+                    seed=int(settings.option(spec, "seed")), device=_device(spec, settings),
+                    on_bad_row=settings.on_bad_row, parts=False)
     record.contributions = found.drops()
+
+
+def _device(spec: ModelSpec, settings: RunSettings) -> str:
+    from .distributed import resolve_device
+
+    return str(resolve_device(str(settings.option(spec, "device"))))
+
+
+def settled(spec: ModelSpec, table: Table, source: str | None = None) -> ModelSpec:
+    """``spec`` with what its heads fix from the whole table before it is cut into folds (the
+    class names: a fold whose training rows lack a class still has an output for it)."""
+    try:
+        return Binding(spec).settle(table)
+    except SpecError as exc:
+        raise (exc.with_source(source) if source else exc) from None
+
+
+def say_once(say: Callable[[str], None], shown: set[str],
+             leave_out: tuple[str, ...] = ()) -> Callable[[str], None]:
+    """``say`` that gives each note (the same for every fold or trial) only the first time, and
+    no line that begins as one of ``leave_out``."""
+    def said(line: str) -> None:
+        if line.startswith(leave_out):
+            return
+        if line.startswith(("note:", "precision auto:", "warning:")):
+            # The same note with other counts (each fold's rows) is said once too.
+            key = re.sub(r"\d+", "#", line)
+            if key in shown:
+                return
+            shown.add(key)
+        say(line)
+    return said
 
 
 def _with_truth(predicted: dict[str, list[Any]], table: Table, fold: int, group: str | None,
@@ -194,11 +225,11 @@ class FinishedFolds:
         return FoldRecord.load(self.folder / f"fold_{fold + 1}")
 
 
-def run_key(spec: ModelSpec, table: Table, plan: FoldPlan, options: Mapping[str, Any],
-            policy: str) -> dict[str, Any]:
+def run_key(spec: ModelSpec, table: Table, plan: FoldPlan, settings: RunSettings) -> dict[str, Any]:
     """What makes a spec's cross-validation the same run, for :class:`FinishedFolds`."""
     folds = hashlib.sha256(plan.fold_of_row.astype(np.int64).tobytes()).hexdigest()[:20]
     data = spec.to_dict()
     data.get("training", {}).pop("track", None)  # where it is recorded does not change it
     return {"spec": data, "table": table_fingerprint(table), "folds": folds,
-            "split_by": plan.split_by, "options": dict(options), "on_bad_row": policy}
+            "split_by": plan.split_by, "options": dict(settings.overrides),
+            "on_bad_row": settings.on_bad_row}

@@ -159,7 +159,7 @@ def test_a_resumed_study_removes_what_killed_trials_left(tmp_path):
 def test_train_and_cv_read_group_keys_by_one_rule(tmp_path):
     """A group value is its text, stripped ('s01 ' is 's01'); an empty one names its row."""
     from polymodal._data.table import read_table
-    from polymodal._training.engine import split_rows
+    from polymodal._training.rows import split_rows
 
     table = write_grouped_table(tmp_path)
     rows = read_csv(table)
@@ -222,14 +222,14 @@ def test_a_spec_that_fails_leaves_the_report_of_those_that_finished(tmp_path, mo
     out = tmp_path / "cv"
     second = spec_data(epochs=1)
     second["name"] = "second"
-    real = fold_run.train
+    real = fold_run.train_part
 
     def train(spec, *args, **kwargs):
         if spec.name == "second":
             raise KeyboardInterrupt
         return real(spec, *args, **kwargs)
 
-    monkeypatch.setattr(fold_run, "train", train)
+    monkeypatch.setattr(fold_run, "train_part", train)
     with pytest.raises(KeyboardInterrupt):
         polymodal.cv(spec_data(epochs=1), table, folds=2, compare=[second], output=out)
     report = json.loads((out / "report.json").read_text())
@@ -239,7 +239,8 @@ def test_a_spec_that_fails_leaves_the_report_of_those_that_finished(tmp_path, mo
 def test_a_class_with_few_training_rows_in_a_fold_is_noted(tmp_path):
     from polymodal._data.table import read_table
     from polymodal._spec import load_spec
-    from polymodal._training import cv
+    from polymodal._training.fold_classes import untrained_classes
+    from polymodal._training.settings import FoldSettings
 
     table = write_grouped_table(tmp_path)
     rows = read_csv(table)
@@ -247,9 +248,8 @@ def test_a_class_with_few_training_rows_in_a_fold_is_noted(tmp_path):
     rows[4]["label"] = "rare"  # site s01: fold 2
     read = read_table(write_csv(table, rows))
     spec = load_spec(table_spec())
-    plan = cv.plan_folds(read, spec, folds=None, group_by="site", fold_column="fold",
-                         stratify=False, seed=0)
-    note = cv.untrained_classes(read, spec, plan)
+    plan = FoldSettings(group_by="site", fold_column="fold").plan(read, spec, seed=0)
+    note = untrained_classes(read, spec, plan)
     assert note is not None and "no row of a class" not in note
     assert ("fewer than 5 rows of a class of column 'label' (fold 1: 'rare' (1); fold 2: 'rare'"
             " (2); fold 3: 'rare' (3))") in note

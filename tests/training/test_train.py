@@ -20,7 +20,7 @@ import polymodal
 from polymodal._cli import main
 from polymodal._data.table import read_table
 from polymodal._modelfile import read_metadata
-from polymodal._training.engine import split_rows
+from polymodal._training.rows import split_rows
 
 from training_data import read_csv, spec_data, write_csv, write_dataset
 
@@ -453,7 +453,7 @@ def test_rows_without_a_target_are_left_out_of_that_heads_loss():
 def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
     import io
 
-    from polymodal._training.engine import _progress
+    from polymodal._training.epochs import _progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
