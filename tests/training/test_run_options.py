@@ -36,7 +36,7 @@ class _NonFiniteGradient(torch.autograd.Function):
 
 
 def test_bf16_on_a_cpu_skips_a_step_whose_gradients_are_not_finite(tmp_path, monkeypatch):
-    from polymodal._training import engine
+    from polymodal._training import epochs as epoch_loop
 
     calls = []
 
@@ -47,8 +47,8 @@ def test_bf16_on_a_cpu_skips_a_step_whose_gradients_are_not_finite(tmp_path, mon
             losses = {h: (_NonFiniteGradient.apply(l), o, t) for h, (l, o, t) in losses.items()}
         return losses
 
-    head_losses = engine.head_losses
-    monkeypatch.setattr(engine, "head_losses", losses_faulty_once)
+    head_losses = epoch_loop.head_losses
+    monkeypatch.setattr(epoch_loop, "head_losses", losses_faulty_once)
     said: list[str] = []
     result = polymodal.train(table_spec(epochs=2, precision="bf16"), write_grouped_table(tmp_path),
                              tmp_path / "m.safetensors", progress=False, log=said.append)
@@ -147,10 +147,10 @@ def test_a_loss_that_is_no_longer_a_number_stops_the_run_with_what_to_do(tmp_pat
 
 
 def test_an_epoch_whose_every_step_is_skipped_stops_the_run(tmp_path, monkeypatch):
-    from polymodal._training import engine
+    from polymodal._training import epochs as epoch_loop
 
     monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: "AMX-BF16")
-    monkeypatch.setattr(engine, "_finite_gradients", lambda model: False)
+    monkeypatch.setattr(epoch_loop, "_finite_gradients", lambda model: False)
     with pytest.raises(polymodal.PolymodalError, match="epoch 1: the gradients of every step were"
                        " not finite in bf16, so no step was taken"):
         polymodal.train(table_spec(epochs=2, precision="bf16"), write_grouped_table(tmp_path),
