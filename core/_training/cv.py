@@ -237,7 +237,7 @@ class _CrossValidation:
 
 
 def _readable_by_every_spec(table: Table, specs: list[tuple[str, ModelSpec, str | None]],
-                            policy: str) -> tuple[Table, str | None]:
+                            on_bad_row: str) -> tuple[Table, str | None]:
     """The rows every spec can read, checked before any fold trains. A bad row stops the run
     here under ``fail`` (naming the spec that cannot read it); under ``skip`` it is left out of
     every spec, so that compared specs are scored on the same rows (a spec that reads an input
@@ -246,10 +246,10 @@ def _readable_by_every_spec(table: Table, specs: list[tuple[str, ModelSpec, str 
     by_spec: dict[str, int] = {}
     for name, spec, source in specs:
         found = Binding(spec).check(table, None, targets=True).bad
-        if found and policy == "fail":
+        if found and on_bad_row == "fail":
             where = f"spec {source or name}: " if len(specs) > 1 else ""
             try:
-                fail_on(found, policy, len(table), among="in the table")
+                fail_on(found, on_bad_row, len(table), among="in the table")
             except DataError as exc:
                 raise DataError(f"{where}{exc}") from None
         by_spec[name] = len(found)

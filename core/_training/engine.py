@@ -46,7 +46,7 @@ from .epochs import Epochs, Parts, backbone_parameters, epoch_batches
 from .history import EpochRecord, Progress
 from .inference import (
     RowReport,
-    check_policy,
+    check_on_bad_row,
     presence_table,
 )
 from .presence import presence_lines
@@ -176,7 +176,7 @@ def train_with(spec: ModelSpec | str | Path | Mapping[str, Any], data: Any,
                hooks: Hooks | None = None) -> TrainResult:
     """:func:`train` with its settings as an object (as ``polymodal train`` maps its options;
     ``settings.output`` is the model file)."""
-    check_policy(settings.on_bad_row)
+    check_on_bad_row(settings.on_bad_row)
     if settings.output is None:
         raise TypeError("train_with needs settings.output, the model file to write")
     output = Path(settings.output)
@@ -223,7 +223,7 @@ class TrainCall:
 def run_training(spec: ModelSpec, data: Any, settings: RunSettings, run: TrainCall) -> TrainResult:
     """Train ``spec`` (its ``training`` section resolved with ``settings``' overrides) on
     ``data`` as ``run`` says."""
-    check_policy(settings.on_bad_row)
+    check_on_bad_row(settings.on_bad_row)
     spec = settings.resolved(spec)
     context = distributed.start(spec.training.device)
     if not context.main:

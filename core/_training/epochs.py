@@ -103,7 +103,8 @@ class Epochs:
                  context: distributed.Context, settings: RunSettings,
                  on_step: Callable[[int, int], None] | None, feeding: loading.Loading):
         self.parts, self.rows, self.opts, self.context = parts, rows, opts, context
-        self.policy, self.progress, self.on_step = settings.on_bad_row, settings.progress, on_step
+        self.on_bad_row, self.progress = settings.on_bad_row, settings.progress
+        self.on_step = on_step
         self.weights = {h: opts.loss_weights.get(h, 1.0) for h in parts.spec.heads}
         # Parameters a component froze itself stay frozen when training.freeze_backbones ends.
         self.trainable = {id(p) for p in parts.model.parameters() if p.requires_grad}
@@ -177,7 +178,7 @@ class Epochs:
     def _step(self, encoded: Encoded) -> torch.Tensor | None:
         """One optimisation step on a batch; its (weighted) loss, or None without targets."""
         parts, opts, device = self.parts, self.opts, self.context.device
-        fail_on(encoded.bad, self.policy, len(encoded.positions) + len(encoded.bad))
+        fail_on(encoded.bad, self.on_bad_row, len(encoded.positions) + len(encoded.bad))
         self.rows.report.add(encoded)
         inputs = to_device(encoded.inputs, device, opts.channels_last)
         targets = device_targets(encoded.targets, device)

@@ -49,10 +49,10 @@ def split_rows(table: Table, fraction: float, group_by: str | None, seed: int) -
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
 
-def _checked(table: Table, binding: Binding, policy: str, report: RowReport) -> Table:
+def _checked(table: Table, binding: Binding, on_bad_row: str, report: RowReport) -> Table:
     binding.require_columns(table, targets=True)
     issues = binding.check(table, None, targets=True)
-    fail_on(issues.bad, policy, len(table), among="in the table")
+    fail_on(issues.bad, on_bad_row, len(table), among="in the table")
     report.add(issues)
     if not issues.bad:
         return table
@@ -72,11 +72,11 @@ class RunRows:
 
 
 def prepare_rows(binding: Binding, opts: TrainingOptions, data: Any, val: Any,
-                  policy: str) -> RunRows:
+                  on_bad_row: str) -> RunRows:
     report = RowReport()
-    table = _checked(read_table(data), binding, policy, report)
+    table = _checked(read_table(data), binding, on_bad_row, report)
     if val is not None:
-        train_table, val_table = table, _checked(read_table(val), binding, policy, report)
+        train_table, val_table = table, _checked(read_table(val), binding, on_bad_row, report)
     else:
         train_pos, val_pos = split_rows(table, opts.val_fraction, opts.group_by, opts.seed)
         train_table, val_table = table.take(train_pos), table.take(val_pos)
