@@ -6,7 +6,9 @@ checkpoint when resuming; build the model (fit the codecs' preprocessing on the 
 complete the spec from the data, make the optimiser and schedule); then, epoch by epoch, train,
 validate, and write the epoch's files (the model file when the epoch is the best so far, the
 logs, the checkpoint), each atomically; finish with the plot and the best model. An epoch's
-outcome is an :class:`EpochRecord`; where the run stands is its :class:`Progress`.
+outcome is an :class:`EpochRecord`; where the run stands is its :class:`Progress`. The rows are
+read and split in :mod:`.rows`, the epochs trained in :mod:`.epochs`; what a command asks of its
+runs (overrides, bad rows, tracking) is a :class:`~.settings.RunSettings`.
 
 Every random choice is derived from ``(seed, epoch, step)``, so ``resume`` from the last
 checkpoint repeats the interrupted epoch exactly and ends with the same weights as an
