@@ -31,7 +31,7 @@ def test_every_flag_named_after_a_training_field_comes_from_the_one_table(comman
         assert params[name].help.startswith(f"Override training.{name}")
 
 
-def test_an_override_flag_reaches_the_run_as_its_field(tmp_path):
+def test_the_overrides_are_picked_from_a_commands_values_by_field():
     from polymodal._run_flags import overrides
 
     assert overrides({"epochs": 2, "batch_size": None, "quiet": True}) == {"epochs": 2,
