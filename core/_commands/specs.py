@@ -48,8 +48,9 @@ def build(spec_path: str, output: str, no_pretrained: bool) -> None:
     """Assemble the model a spec describes and save it as one model file."""
     from .._assembly import build as build_model
     from .._errors import SpecError
-    from .._files import output_lock, refuse_overwriting_inputs
+    from .._files import refuse_overwriting_inputs
     from .._modelfile import save
+    from .._output_lock import output_lock
 
     refuse_overwriting_inputs(output, {"the spec": spec_path})
     spec = load_spec(spec_path)

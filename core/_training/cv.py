@@ -31,7 +31,8 @@ from .._assembly import plan as plan_model
 from .._data.binding import Binding
 from .._data.table import Table, is_missing, read_table
 from .._errors import DataError, OutputError, SpecError
-from .._files import output_lock, write_text
+from .._files import write_text
+from .._output_lock import output_lock
 from .._spec import ModelSpec, load_spec
 from .engine import CHECKPOINT, with_options
 from .fold_run import FinishedFolds, FoldRecord, explain_fold, run_fold, run_key

@@ -37,7 +37,8 @@ from .._data.codec import State
 from .._data.loader import derive_seed
 from .._data.table import Table, read_table
 from .._errors import DataError, OutputError
-from .._files import atomic_folder, atomic_path, output_lock, write_text
+from .._files import atomic_folder, atomic_path, write_text
+from .._output_lock import output_lock
 from .inference import (
     RowReport,
     encoded_chunks,

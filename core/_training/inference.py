@@ -22,7 +22,8 @@ from .._data.binding import Binding, Encoded, presence_labels
 from .._data.codec import RowIssues, State, add_examples
 from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, OutputError, did_you_mean
-from .._files import atomic_open, output_lock, refuse_overwriting_inputs
+from .._files import atomic_open, refuse_overwriting_inputs
+from .._output_lock import output_lock
 from .report import aligned
 
 if TYPE_CHECKING:
