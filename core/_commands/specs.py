@@ -35,7 +35,7 @@ def validate(spec_path: str, diagram: bool) -> None:
     click.echo(f"  model: {footprint if isinstance(footprint, str) else footprint.describe()}")
     for name, signal in the_plan.features.items():
         click.echo(f"  input {name}: {signal.describe()}")
-    for inputs, heads in the_plan.groups.items():
+    for inputs, heads in the_plan.heads_by_inputs.items():
         click.echo(f"  heads {', '.join(heads)} <- {' + '.join(inputs)}: {the_plan.fused[inputs].describe()}")
 
 

@@ -344,7 +344,7 @@ def _encoded(table: Table, binding: Binding, state: State, on_bad_row: str,
              report: RowReport) -> Encoded:
     """Every readable row of ``table``, encoded as one batch."""
     chunks = list(encoded_chunks(table, binding, state, targets=True,
-                                 batch_size=max(len(table), 1), policy=on_bad_row, report=report))
+                                 batch_size=max(len(table), 1), on_bad_row=on_bad_row, report=report))
     if not chunks or len(chunks[0][1].positions) == 0:
         raise DataError(f"{table.source}: no row to explain")
     return chunks[0][1]
@@ -387,7 +387,7 @@ def _sampled(table: Table, max_rows: int, seed: int, say: Callable[[str], None])
 def _variants(binding: Binding, spec: Any, parts: bool) -> list[Variant]:
     """Every input absent (where some head fuses it with others) and permuted, and each part
     of each input permuted."""
-    fused = {n for inputs in spec.fusion_groups() if len(inputs) > 1 for n in inputs}
+    fused = {n for inputs in spec.heads_by_inputs() if len(inputs) > 1 for n in inputs}
     found = []
     for bound in binding.inputs:
         if bound.name in fused:
@@ -465,7 +465,7 @@ def _per_row(explainer: _Explainer, full: Mapping[str, torch.Tensor],
     for c in keep:
         columns[kept_name(c, columns)] = [_plain(v) for v in rows.table.columns[c][at]]
     alone = _heads_reading_alone(explainer.binding)
-    fused = {n for inputs in explainer.binding.spec.fusion_groups() if len(inputs) > 1 for n in inputs}
+    fused = {n for inputs in explainer.binding.spec.heads_by_inputs() if len(inputs) > 1 for n in inputs}
     without = {}
     for name in [b.name for b in explainer.binding.inputs if b.name in fused]:
         present = {**rows.present, name: torch.zeros(rows.count, dtype=torch.bool)}
