@@ -2,6 +2,8 @@
 
 Bad input ends in one message on stderr and a non-zero exit; ``--debug`` shows the traceback.
 Listing commands read static manifests and import neither torch nor any plugin.
+This module holds the group, its error handling and the training commands (train, cv, tune);
+the other commands are defined in :mod:`polymodal._commands` and added here.
 
 Exit codes: 1 for every error of the input, a plugin included (a spec, a file, a table, a plugin
 that refuses or fails); 2 for a wrong command line; 3 for a bug in polymodal itself.
