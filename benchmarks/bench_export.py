@@ -184,7 +184,7 @@ def demo_batches(runner, table: Path, rows: int) -> dict:
     from polymodal._training.inference import RowReport, encoded_chunks, model_state
 
     chunks = encoded_chunks(table, Binding(runner.spec), model_state(runner, str(table)),
-                            targets=False, batch_size=rows, on_bad_row="fail", report=RowReport())
+                            targets=False, batch_size=rows, policy="fail", report=RowReport())
     _, encoded = next(chunks)
     return {k: v.numpy() for k, v in runner.feeds(encoded.inputs, encoded.present or None).items()}
 

@@ -101,7 +101,7 @@ def _reader(fp32: Path, table: Any, tools: Any) -> tuple[Any, int]:
     batches: list[dict[str, Any]] = []
     rows = 0
     for _, encoded in encoded_chunks(table, Binding(runner.spec), state, targets=False,
-                                     batch_size=64, on_bad_row="skip", report=RowReport()):
+                                     batch_size=64, policy="skip", report=RowReport()):
         feeds = runner.feeds(encoded.inputs, encoded.present or None)
         batches.append({name: value.numpy() for name, value in feeds.items()})
         rows += len(encoded.positions)

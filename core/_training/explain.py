@@ -344,7 +344,7 @@ def _encoded(table: Table, binding: Binding, state: State, on_bad_row: str,
              report: RowReport) -> Encoded:
     """Every readable row of ``table``, encoded as one batch."""
     chunks = list(encoded_chunks(table, binding, state, targets=True,
-                                 batch_size=max(len(table), 1), on_bad_row=on_bad_row, report=report))
+                                 batch_size=max(len(table), 1), policy=on_bad_row, report=report))
     if not chunks or len(chunks[0][1].positions) == 0:
         raise DataError(f"{table.source}: no row to explain")
     return chunks[0][1]

@@ -92,15 +92,15 @@ def _check_table_name(output: Path) -> None:
         raise OutputError(f"{output}: predictions are written as a .csv or .tsv table, and this"
                           f" is {what}; name the file .csv or .tsv")
 
-def check_policy(on_bad_row: str) -> None:
-    if on_bad_row not in BAD_ROW_POLICIES:
-        raise DataError(f"unknown bad-row policy {on_bad_row!r}; use {' or '.join(BAD_ROW_POLICIES)}")
+def check_policy(policy: str) -> None:
+    if policy not in BAD_ROW_POLICIES:
+        raise DataError(f"unknown bad-row policy {policy!r}; use {' or '.join(BAD_ROW_POLICIES)}")
 
 
-def fail_on(bad: dict[int, str], on_bad_row: str, rows: int, among: str = "in this batch") -> None:
-    """Under ``on_bad_row`` ``fail``, stop at the first of the ``bad`` rows of ``rows`` checked
+def fail_on(bad: dict[int, str], policy: str, rows: int, among: str = "in this batch") -> None:
+    """Under the ``fail`` policy, stop at the first of the ``bad`` rows of ``rows`` checked
     (``among``: which rows those were, for the message)."""
-    if bad and on_bad_row == "fail":
+    if bad and policy == "fail":
         first = next(iter(bad.values()))
         more = f" ({len(bad)} bad rows {among})" if len(bad) > 1 else ""
         if len(bad) == rows > 1:  # every row: the spec, not the data, is the likelier cause
@@ -135,9 +135,9 @@ def to_device(value: Any, device: torch.device, channels_last: bool = False) -> 
 
 
 def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool,
-                   batch_size: int, on_bad_row: str, report: RowReport) -> Iterator[tuple[Table, Encoded]]:
+                   batch_size: int, policy: str, report: RowReport) -> Iterator[tuple[Table, Encoded]]:
     """Checked and encoded batches of ``source`` (a table or a file read chunk by chunk)."""
-    check_policy(on_bad_row)
+    check_policy(policy)
     first = True
     for chunk in iter_table(source, batch_size):
         if first:
@@ -146,14 +146,14 @@ def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool
         if len(chunk) == 0:
             continue
         issues = binding.check(chunk, state, targets)
-        fail_on(issues.bad, on_bad_row, len(chunk), among=f"in rows {chunk.rows[0]}-{chunk.rows[-1]}")
+        fail_on(issues.bad, policy, len(chunk), among=f"in rows {chunk.rows[0]}-{chunk.rows[-1]}")
         report.add(issues)
         keep = [p for p in range(len(chunk)) if p not in issues.bad]
         chunk = chunk.take(keep) if len(keep) < len(chunk) else chunk
         if len(chunk) == 0:
             continue
         encoded = binding.encode(chunk, state, targets)
-        fail_on(encoded.bad, on_bad_row, len(chunk), among=f"in rows {chunk.rows[0]}-{chunk.rows[-1]}")
+        fail_on(encoded.bad, policy, len(chunk), among=f"in rows {chunk.rows[0]}-{chunk.rows[-1]}")
         report.add(encoded)
         yield chunk, encoded
 
@@ -315,7 +315,7 @@ def score(model: Any, data: Any, *, on_bad_row: str = "fail", device: str = "cpu
     report, collected = RowReport(), Collected()
     columns: dict[str, list[Any]] = {}
     chunks = encoded_chunks(data, binding, state, targets=True, batch_size=batch_size,
-                            on_bad_row=on_bad_row, report=report)
+                            policy=on_bad_row, report=report)
     for chunk, encoded in chunks:
         for _, outputs in _outputs(model, [encoded], target):
             _add(collected, model, encoded, outputs, target)
@@ -422,7 +422,7 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
     model.to(target)
     report = RowReport()
     batches = (e for _, e in encoded_chunks(data, binding, state, targets=True,
-                                            batch_size=batch_size, on_bad_row=on_bad_row, report=report))
+                                            batch_size=batch_size, policy=on_bad_row, report=report))
     collected = collect(model, batches, target)
     result: dict[str, Any] = {"rows": max(collected.counts.values(), default=0), "heads": {},
                               "not_evaluated": unscored}
@@ -518,11 +518,11 @@ def _counted(rows: int, columns: dict[str, list[Any]], on_batch: Callable[[int],
 
 
 def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_size: int,
-               on_bad_row: str, keep: list[str], report: RowReport) -> Iterator[dict[str, list[Any]]]:
+               policy: str, keep: list[str], report: RowReport) -> Iterator[dict[str, list[Any]]]:
     """The output columns of each batch: the row number, the kept columns, the predictions."""
     binding = Binding(model.spec)
     for chunk, encoded in encoded_chunks(data, binding, state, targets=False,
-                                         batch_size=batch_size, on_bad_row=on_bad_row, report=report):
+                                         batch_size=batch_size, policy=policy, report=report):
         missing = [c for c in keep if c not in chunk.columns]
         if missing:
             raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to keep."
