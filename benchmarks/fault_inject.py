@@ -47,8 +47,8 @@ import yaml  # noqa: E402
 
 import polymodal  # noqa: E402
 from polymodal._cli import main as cli  # noqa: E402
-from polymodal._files import is_temp  # noqa: E402
 from polymodal._modelfile import read_metadata  # noqa: E402
+from polymodal._temporaries import is_temp  # noqa: E402
 from polymodal._training.checkpoint import Checkpoint  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

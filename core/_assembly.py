@@ -26,6 +26,7 @@ from ._components import (
     FusionConfig,
     FusionInputs,
 )
+from ._data.nested import map_tensors
 from ._errors import (
     ConnectionMismatch,
     DataError,
@@ -47,18 +48,19 @@ class Plan:
 
     adapter_gives: dict[str, Signal]  # input -> adapter output
     features: dict[str, Signal]  # input -> what goes into fusion
-    groups: dict[tuple[str, ...], list[str]]  # input set -> heads
+    heads_by_inputs: dict[tuple[str, ...], list[str]]  # input set -> the heads that read it
     fused: dict[tuple[str, ...], Signal]  # input set -> fusion output (or the lone feature)
     fusion_takes: dict[tuple[str, ...], FusionInputs]  # input set -> what its fusion takes
 
 
-def group_key(inputs: tuple[str, ...]) -> str:
+def fusion_key(inputs: tuple[str, ...]) -> str:
+    """The name of the fusion of the input set ``inputs`` in the model's ``fusions``."""
     return "+".join(inputs)
 
 
 def auxiliary_inputs(spec: ModelSpec, inputs: tuple[str, ...]) -> tuple[str, ...]:
-    """The inputs of a head group that get a copy of each of its heads (``fusion.auxiliary``):
-    every input of a group that fuses several."""
+    """The inputs of an input set that get a copy of each of its heads (``fusion.auxiliary``):
+    every input of a set that fuses several."""
     fusion = spec.fusion
     return inputs if fusion is not None and fusion.auxiliary is not None and len(inputs) > 1 else ()
 
@@ -77,10 +79,10 @@ def plan(spec: ModelSpec) -> Plan:
     """Check every connection of ``spec``; raises :class:`SpecError` listing each mismatch."""
     problems: list[Problem] = []
     adapter_gives, features, backbone_of = _input_features(spec, problems)
-    groups = spec.fusion_groups()
+    heads_by_inputs = spec.heads_by_inputs()
     fused: dict[tuple[str, ...], Signal] = {}
     fusion_takes: dict[tuple[str, ...], FusionInputs] = {}
-    for inputs, heads in groups.items():
+    for inputs, heads in heads_by_inputs.items():
         if any(n not in features for n in inputs):
             continue
         if spec.fusion is None:
@@ -99,7 +101,7 @@ def plan(spec: ModelSpec) -> Plan:
             problems.extend(_head_problems(spec, head, inputs, fused[inputs]))
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))  # a shared backbone fails once per input
-    return Plan(adapter_gives, features, groups, fused, fusion_takes)
+    return Plan(adapter_gives, features, heads_by_inputs, fused, fusion_takes)
 
 
 def _input_features(spec: ModelSpec, problems: list[Problem]) -> tuple[
@@ -151,7 +153,7 @@ def _mismatch_problems(adapter: AdapterConfig, where: str, given: Signal,
 
 def _head_problems(spec: ModelSpec, head: str, inputs: tuple[str, ...],
                    fused: Signal) -> list[Problem]:
-    """Whether head ``head`` takes what its group's fusion (or single input) gives."""
+    """Whether head ``head`` takes what the fusion of its inputs (or its single input) gives."""
     try:
         spec.heads[head].check_takes(fused)
     except Exception as exc:  # noqa: BLE001
@@ -212,7 +214,7 @@ class PolymodalModel(nn.Module):
         self.input_backbones = nn.ModuleDict(modules["input_backbones"])
         self.fusions = nn.ModuleDict(modules["fusions"])
         self.heads = nn.ModuleDict(modules["heads"])
-        #: ``fusion.auxiliary``: a copy of a head for each input of its group (``head@input``),
+        #: ``fusion.auxiliary``: a copy of a head for each input it reads (``head@input``),
         #: trained on that input's pooled features; its outputs exist in training mode only.
         self.auxiliary = nn.ModuleDict(modules.get("auxiliary", {}))
         #: Whether they give outputs in evaluation mode too (training's validation sets it).
@@ -225,11 +227,12 @@ class PolymodalModel(nn.Module):
                 self._backbone_of[name] = cast(Backbone, self.input_backbones[name])
             else:
                 self._backbone_of[name] = None
-        self._groups = [(inputs, group_key(inputs), heads) for inputs, heads in plan.groups.items()]
-        # Inputs whose backbone a group's fusion modulates (conditioning), with the stages.
+        self._input_sets = [(inputs, fusion_key(inputs), heads)
+                            for inputs, heads in plan.heads_by_inputs.items()]
+        # Inputs whose backbone an input set's fusion modulates (conditioning), with the stages.
         self._conditions = {
-            group_key(inputs): dict(spec.fusion.conditions(inputs)) if spec.fusion else {}
-            for inputs in plan.groups
+            fusion_key(inputs): dict(spec.fusion.conditions(inputs)) if spec.fusion else {}
+            for inputs in plan.heads_by_inputs
         }
 
     def _adapt(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -266,7 +269,7 @@ class PolymodalModel(nn.Module):
         samples whose input is marked ``False`` are predicted as if it were missing."""
         self._check_names(batch, present)
         given = [n for n in self.adapters if batch.get(n) is not None]
-        plain: dict[str, torch.Tensor] = {}  # backbone features, computed once for all groups
+        plain: dict[str, torch.Tensor] = {}  # backbone features, computed once for all input sets
         adapted: dict[str, torch.Tensor] = {}  # adapter outputs of conditioned inputs
 
         def features(n: str) -> torch.Tensor:
@@ -276,7 +279,7 @@ class PolymodalModel(nn.Module):
             return plain[n]
 
         outputs: dict[str, torch.Tensor] = {}
-        for inputs, key, heads in self._groups:
+        for inputs, key, heads in self._input_sets:
             if not all(n in given for n in inputs):
                 continue
             if key not in self.fusions:
@@ -289,7 +292,7 @@ class PolymodalModel(nn.Module):
             for head in heads:
                 outputs[head] = self.heads[head](fused)
         if not outputs:
-            needs = "; ".join(f"{h} needs {', '.join(i)}" for i, _, hs in self._groups for h in hs)
+            needs = "; ".join(f"{h} needs {', '.join(i)}" for i, _, hs in self._input_sets for h in hs)
             raise DataError(
                 f"no head can be computed from the batch's input(s)"
                 f" {', '.join(map(repr, batch)) or '(none)'}: {needs}. To predict for samples"
@@ -308,7 +311,7 @@ class PolymodalModel(nn.Module):
     def _fuse(self, key: str, inputs: tuple[str, ...], batch: Mapping[str, Any],
               present: Mapping[str, torch.Tensor] | None, fed: dict[str, torch.Tensor],
               adapted: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The fusion of group ``key``: its inputs' features ``fed`` (to which it adds those of
+        """The fusion of input set ``key``: its inputs' features ``fed`` (to which it adds those of
         the inputs it conditions, whose backbones it modulates as they run)."""
         fusion = cast(Fusion, self.fusions[key])
         conditioned = self._conditions[key]
@@ -341,13 +344,7 @@ class PolymodalModel(nn.Module):
 
 def _rows(value: Any, rows: torch.Tensor) -> Any:
     """Rows ``rows`` of every tensor in a (nested) batch value."""
-    if isinstance(value, torch.Tensor):
-        return value.index_select(0, rows.to(value.device))
-    if isinstance(value, Mapping):
-        return {k: _rows(v, rows) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_rows(v, rows) for v in value)
-    return value
+    return map_tensors(value, lambda tensor: tensor.index_select(0, rows.to(tensor.device)))
 
 
 @dataclass
@@ -389,11 +386,11 @@ class _Modules:
                 self.made["input_backbones"][name] = self.make(inp.backbone, gives,
                                                                f"inputs.{name}.backbone")
 
-    def groups(self, spec: ModelSpec, the_plan: Plan) -> None:
-        """Each head group's fusion, its heads, and their per-input copies (fusion.auxiliary)."""
-        for inputs, heads in the_plan.groups.items():
+    def fusions_and_heads(self, spec: ModelSpec, the_plan: Plan) -> None:
+        """Each input set's fusion, its heads, and their per-input copies (fusion.auxiliary)."""
+        for inputs, heads in the_plan.heads_by_inputs.items():
             if spec.fusion is not None:
-                self.made["fusions"][group_key(inputs)] = self.make(
+                self.made["fusions"][fusion_key(inputs)] = self.make(
                     spec.fusion, the_plan.fusion_takes[inputs], "fusion")
             for head in heads:
                 config = spec.heads[head]
@@ -438,7 +435,7 @@ def build(
         refuse_too_large(spec)  # before allocating: what validate refuses, build refuses
     modules = _Modules(registry)
     modules.inputs(spec, the_plan)
-    modules.groups(spec, the_plan)
+    modules.fusions_and_heads(spec, the_plan)
     if modules.problems:
         raise SpecError(modules.problems)
     model = PolymodalModel(spec, modules.made, the_plan)

@@ -173,7 +173,7 @@ class FusionConfig(ComponentConfig):
         raise NotImplementedError
 
     def conditions(self, inputs: Sequence[str]) -> dict[str, tuple[int, ...]]:
-        """Inputs (of ``inputs``, a head group's) whose backbone this fusion modulates while it
+        """Inputs (of ``inputs``, the set some heads read) whose backbone this fusion modulates while it
         runs, each with the stage numbers: ``{"photo": (3, 4)}``. Assembly then encodes the
         other inputs first and runs those backbones through :meth:`Fusion.modulate`."""
         return {}

@@ -128,7 +128,7 @@ def mermaid(spec: ModelSpec) -> str:
         # A named backbone's edges say which input's features they carry.
         return f"{name}: {signal_text}" if isinstance(spec.inputs[name].backbone, str) else signal_text
 
-    for inputs, heads in the_plan.groups.items():
+    for inputs, heads in the_plan.heads_by_inputs.items():
         if spec.fusion is not None:
             source = chart.node("fusion", inputs, f"fusion: {spec.fusion.describe()}", spec.fusion)
             for name in inputs:
@@ -149,7 +149,7 @@ def mermaid(spec: ModelSpec) -> str:
 def _conditioning(chart: _Chart, spec: ModelSpec, inputs: tuple[str, ...], fusion: str,
                   feature_node: dict[str, str], the_plan: Plan) -> None:
     """Dotted edges from ``fusion`` into each backbone it conditions, naming the stages (and
-    what they give) and the inputs the condition comes from (the group's other inputs)."""
+    what they give) and the inputs the condition comes from (the other inputs of its set)."""
     assert spec.fusion is not None
     conditioned = spec.fusion.conditions(inputs)
     for target, stages in conditioned.items():

@@ -31,7 +31,8 @@ from ._assembly import PolymodalModel
 from ._components import ModalityAdapter
 from ._errors import ExportError, PolymodalError, exception_summary, silenced
 from ._export_layout import BATCH, KEY_EXPORT, ExportedInput, Layout
-from ._files import atomic_write, output_lock, refuse_overwriting_inputs
+from ._files import atomic_write, refuse_overwriting_inputs
+from ._output_lock import output_lock
 from ._registry import Registry
 
 #: The file formats and their usual suffix.

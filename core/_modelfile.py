@@ -27,6 +27,7 @@ from ._registry import Registry, get_registry
 from ._spec import validate_spec_data
 from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size, walk
 from ._version import __version__
+from ._weights import state_mismatch
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"
@@ -323,13 +324,9 @@ def _check_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], 
     # safetensors' save_model drops names that share storage with another; those are restored
     # from the kept name.
     shared = _shared_names(model)
-    missing = [k for k in expected if k not in tensors and k not in shared]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [
-        f"{k} {tuple(tensors[k].shape)} (spec gives {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
-    ]
+    missing, unexpected, reshaped = state_mismatch(expected, tensors, may_lack=shared)
+    wrong = [f"{k} {tuple(tensors[k].shape)} (spec gives {tuple(expected[k].shape)})"
+             for k in reshaped]
     # A float tensor may be stored in another float precision (it is cast on load); a tensor of
     # another kind (integers for floats) was not written by polymodal for this spec.
     kinds = [

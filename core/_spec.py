@@ -193,17 +193,17 @@ class ModelSpec(_StrictModel):
         chosen = self.heads[head].inputs
         return tuple(n for n in self.inputs if chosen is None or n in chosen)
 
-    def fusion_groups(self) -> dict[tuple[str, ...], list[str]]:
+    def heads_by_inputs(self) -> dict[tuple[str, ...], list[str]]:
         """Distinct input sets used by heads, each with the heads that use it."""
-        groups: dict[tuple[str, ...], list[str]] = {}
+        found: dict[tuple[str, ...], list[str]] = {}
         for head in self.heads:
-            groups.setdefault(self.head_inputs(head), []).append(head)
-        return groups
+            found.setdefault(self.head_inputs(head), []).append(head)
+        return found
 
     def read_alone_by(self, name: str) -> str | None:
         """A head that reads input ``name`` alone (no other input to fuse it with), so the input
         cannot be absent in a row; None where every head using it fuses it with others."""
-        return next((h for inputs, heads in self.fusion_groups().items()
+        return next((h for inputs, heads in self.heads_by_inputs().items()
                      if inputs == (name,) for h in heads), None)
 
     def absent_inputs(self) -> set[str]:

@@ -5,6 +5,7 @@ model library) is in the image kit, :mod:`polymodal.imagekit`."""
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from pathlib import Path
 
 import torch
@@ -83,6 +84,16 @@ def _check_torch_file(path: Path) -> None:
                              " .safetensors file, or a state dict saved with torch.save")
 
 
+def state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
+                   may_lack: Container[str] = ()) -> tuple[list[str], list[str], list[str]]:
+    """How the state dict ``given`` differs from the ``expected`` one: the names it lacks (but
+    for ``may_lack``), those it has beyond them, and those whose tensor has another shape."""
+    missing = [k for k in expected if k not in given and k not in may_lack]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [k for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    return missing, unexpected, reshaped
+
+
 def load_matching(
     module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str,
     ignore_prefixes: tuple[str, ...] = (),
@@ -93,10 +104,8 @@ def load_matching(
     """
     own = module.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
+    missing, unexpected, reshaped = state_mismatch(own, state)
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped]
     if missing or wrong or unexpected:
         parts = []
         if missing:

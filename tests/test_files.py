@@ -20,16 +20,9 @@ from pathlib import Path
 import pytest
 
 from polymodal._errors import OutputError, OutputLockedError, PolymodalError
-from polymodal._files import (
-    _host_tag,
-    atomic_open,
-    atomic_path,
-    is_temp,
-    lock_path,
-    output_lock,
-    sweep,
-    write_text,
-)
+from polymodal._files import atomic_open, atomic_path, write_text
+from polymodal._output_lock import lock_path, output_lock
+from polymodal._temporaries import host_tag, is_temp, sweep
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -48,7 +41,7 @@ def dead_pid() -> int:
 
 
 def temp_name(target: str, pid: int, host: str | None = None) -> str:
-    return f".{target}.polymodal-{host or _host_tag()}-{pid}-0a1b2c3d.tmp"
+    return f".{target}.polymodal-{host or host_tag()}-{pid}-0a1b2c3d.tmp"
 
 
 def python(code: str, *args: str, **kwargs) -> subprocess.Popen:
@@ -229,7 +222,7 @@ def test_signal_handlers_are_set_for_a_write_only_and_restored(tmp_path):
 
 HOLDS_THE_LOCK = """
 import sys
-from polymodal._files import output_lock
+from polymodal._output_lock import output_lock
 with output_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.readline()
@@ -307,14 +300,14 @@ def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path):
     child = context.Process(target=_sleep, args=(30,))
     child.start()
     try:
-        from polymodal import _files
+        from polymodal import _cleanup, _output_lock
 
         # The parent dies without releasing anything: only the kernel drops its lock, which
         # the child (a data-loading worker, say) must not be holding on its behalf.
-        for fd in list(_files._held_lock_fds):
+        for fd in list(_output_lock._held_lock_fds):
             os.close(fd)
-            _files._held_lock_fds.discard(fd)
-        _files.keep_on_signal(lock_path(target))
+            _output_lock._held_lock_fds.discard(fd)
+        _cleanup.keep_on_signal(lock_path(target))
         outsider = subprocess.run([sys.executable, "-c", HOLDS_THE_LOCK, str(target)],
                                   input="\n", capture_output=True, text=True, timeout=60)
         assert outsider.returncode == 0, outsider.stderr

@@ -21,6 +21,7 @@ import numpy as np
 from .._errors import ComponentError, ConfigError, DataError, SpecError, located
 from .cache import RowCache
 from .codec import Codec, RowIssues, State, TargetCodec, add_examples
+from .nested import map_tensors
 from .table import Table
 
 if TYPE_CHECKING:
@@ -61,15 +62,7 @@ class Encoded:
 
 
 def _pinned(value: Any) -> Any:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.pin_memory()
-    if isinstance(value, dict):
-        return {k: _pinned(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_pinned(v) for v in value)
-    return value
+    return map_tensors(value, lambda tensor: tensor.pin_memory())
 
 
 def _bound(config: AdapterConfig | HeadConfig, name: str, where: str, kind: str,
@@ -234,7 +227,7 @@ class Binding:
                          absent: Mapping[str, np.ndarray]) -> None:
         """A row that lacks every input of a head has nothing to predict from: a bad row."""
         lacking = {n: m for n, m in absent.items() if n in self.may_be_absent}
-        for inputs, heads in self.spec.fusion_groups().items():
+        for inputs, heads in self.spec.heads_by_inputs().items():
             if len(inputs) < 2 or not all(n in lacking for n in inputs):
                 continue
             none = np.logical_and.reduce([lacking[n] for n in inputs])
@@ -411,25 +404,19 @@ def _scattered(value: Any, positions: np.ndarray, count: int) -> Any:
     (placeholders the model never reads: the input is marked absent there)."""
     import torch
 
-    if isinstance(value, torch.Tensor):
-        out = value.new_zeros((count, *value.shape[1:]))
-        out[torch.as_tensor(positions, dtype=torch.long)] = value
+    index = torch.as_tensor(positions, dtype=torch.long)
+
+    def place(tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.new_zeros((count, *tensor.shape[1:]))
+        out[index] = tensor
         return out
-    if isinstance(value, dict):
-        return {k: _scattered(v, positions, count) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_scattered(v, positions, count) for v in value)
-    return value
+
+    return map_tensors(value, place)
 
 
 def select(value: Any, keep: np.ndarray) -> Any:
     """Rows ``keep`` of every tensor in a nested dict/tuple of batch tensors."""
     import torch
 
-    if isinstance(value, torch.Tensor):
-        return value[torch.as_tensor(keep, dtype=torch.long)]
-    if isinstance(value, dict):
-        return {k: select(v, keep) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(select(v, keep) for v in value)
-    return value
+    index = torch.as_tensor(keep, dtype=torch.long)
+    return map_tensors(value, lambda tensor: tensor[index])

@@ -138,7 +138,7 @@ class Predictor:
         for position in sorted(bad):
             owner = int(owners[position])
             found = row_error(bad[position], requests[owner].names)
-            if requests[owner].policy == "skip":
+            if requests[owner].on_bad_row == "skip":
                 outcomes[owner].skipped.append(found)
             elif outcomes[owner].error is None:
                 outcomes[owner].error = ClientError(UNPROCESSABLE, found["message"], found["row"],

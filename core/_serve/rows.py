@@ -36,13 +36,13 @@ PART_NAME = re.compile(r"^(?P<column>.+?)(?:\[(?P<row>\d{1,9})\])?$")
 
 @dataclass
 class RequestRows:
-    """The columns of a request's rows (only those the model reads), the bad-row policy, and
+    """The columns of a request's rows (only those the model reads), what ``on_bad_row`` says of its bad rows, and
     the files it sent, written for the codec (removed by :meth:`close`)."""
 
     columns: dict[str, list[Any]]
     #: each row's number in the request (from 1; rows skipped here are left out)
     numbers: list[int] = field(default_factory=list)
-    policy: str = "fail"
+    on_bad_row: str = "fail"
     #: the files this request sent, written for the codec (removed by :meth:`close`)
     written: list[Path] = field(default_factory=list)
     #: how messages name each written file: its path -> the name it was sent with
@@ -106,8 +106,8 @@ class RowBuilder:
     def build(self, body: Any, parts: Mapping[str, tuple[bytes, str | None]] | None = None) -> RequestRows:
         """The rows of ``body`` (``{"rows": [...], "on_bad_row": ...}``) with the file
         ``parts`` (part name -> bytes and file name) placed in their cells."""
-        rows, policy = self._rows(body, parts or {})
-        request = RequestRows({c: [] for c in self.columns.read}, policy=policy)
+        rows, on_bad_row = self._rows(body, parts or {})
+        request = RequestRows({c: [] for c in self.columns.read}, on_bad_row=on_bad_row)
         try:
             self._place_parts(rows, parts or {})
             sent = [c for c in self.columns.read if any(c in row for row in rows)]
@@ -115,7 +115,7 @@ class RowBuilder:
                 try:
                     cells = {c: self._cell(request, index, c, row.get(c)) for c in sent}
                 except ClientError as exc:
-                    if policy != "skip" or exc.row is None or exc.status == TOO_LARGE:
+                    if on_bad_row != "skip" or exc.row is None or exc.status == TOO_LARGE:
                         raise
                     request.skipped.append({"row": exc.row, "column": exc.column,
                                             "message": exc.message})
@@ -138,9 +138,9 @@ class RowBuilder:
         if unknown:
             raise ClientError(BAD_REQUEST, f"unknown field(s) {', '.join(map(repr, unknown))} in"
                               " the body; it takes rows and on_bad_row")
-        policy = body.get("on_bad_row", "fail")
-        if policy not in BAD_ROW_POLICIES:
-            raise ClientError(BAD_REQUEST, f"on_bad_row is {policy!r}; use"
+        on_bad_row = body.get("on_bad_row", "fail")
+        if on_bad_row not in BAD_ROW_POLICIES:
+            raise ClientError(BAD_REQUEST, f"on_bad_row is {on_bad_row!r}; use"
                               f" {' or '.join(BAD_ROW_POLICIES)}")
         rows = body.get("rows", [] if parts else None)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -156,7 +156,7 @@ class RowBuilder:
                               f" {self.limits.max_rows} this server takes (--max-rows)")
         if wanted == 0:
             raise ClientError(BAD_REQUEST, "no rows to predict")
-        return [dict(r) for r in rows] + [{} for _ in range(wanted - len(rows))], policy
+        return [dict(r) for r in rows] + [{} for _ in range(wanted - len(rows))], on_bad_row
 
     def _part_row(self, name: str) -> int:
         found = PART_NAME.match(name)

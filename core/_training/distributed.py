@@ -20,9 +20,9 @@ class Context:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
-    #: Whether this context started the process group (and so ends it); a group a caller
-    #: started (a search training trial after trial in it) is left to the caller.
-    owns_group: bool = False
+    #: Whether this context started the process group (and so ends it); a process group a
+    #: caller started (a search training trial after trial in it) is left to the caller.
+    owns_process_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -60,7 +60,7 @@ def start(device: str) -> Context:
 
 
 def stop(context: Context) -> None:
-    if context.distributed and context.owns_group:
+    if context.distributed and context.owns_process_group:
         import torch.distributed as dist
 
         if dist.is_initialized():

@@ -39,9 +39,11 @@ from .._errors import (
     SpecError,
     first_line,
 )
-from .._files import output_lock, refuse_overwriting_inputs, sweep
+from .._files import refuse_overwriting_inputs
 from .._options import TrainingOptions
+from .._output_lock import output_lock
 from .._spec import ModelSpec, load_spec
+from .._temporaries import sweep
 from . import distributed, hardware, loading, objective
 from .checkpoint import Checkpoint
 from .epochs import Epochs, Parts, backbone_parameters, epoch_batches

@@ -37,7 +37,8 @@ from .._data.codec import State
 from .._data.loader import derive_seed
 from .._data.table import Table, read_table
 from .._errors import DataError, OutputError
-from .._files import atomic_folder, atomic_path, output_lock, write_text
+from .._files import atomic_folder, atomic_path, write_text
+from .._output_lock import output_lock
 from .inference import (
     RowReport,
     encoded_chunks,
@@ -386,7 +387,7 @@ def _sampled(table: Table, max_rows: int, seed: int, say: Callable[[str], None])
 def _variants(binding: Binding, spec: Any, parts: bool) -> list[Variant]:
     """Every input absent (where some head fuses it with others) and permuted, and each part
     of each input permuted."""
-    fused = {n for inputs in spec.fusion_groups() if len(inputs) > 1 for n in inputs}
+    fused = {n for inputs in spec.heads_by_inputs() if len(inputs) > 1 for n in inputs}
     found = []
     for bound in binding.inputs:
         if bound.name in fused:
@@ -464,7 +465,7 @@ def _per_row(explainer: _Explainer, full: Mapping[str, torch.Tensor],
     for c in keep:
         columns[kept_name(c, columns)] = [_plain(v) for v in rows.table.columns[c][at]]
     alone = _heads_reading_alone(explainer.binding)
-    fused = {n for inputs in explainer.binding.spec.fusion_groups() if len(inputs) > 1 for n in inputs}
+    fused = {n for inputs in explainer.binding.spec.heads_by_inputs() if len(inputs) > 1 for n in inputs}
     without = {}
     for name in [b.name for b in explainer.binding.inputs if b.name in fused]:
         present = {**rows.present, name: torch.zeros(rows.count, dtype=torch.bool)}

@@ -20,9 +20,11 @@ import torch
 
 from .._data.binding import Binding, Encoded, presence_labels
 from .._data.codec import RowIssues, State, add_examples
+from .._data.nested import map_tensors
 from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, OutputError, did_you_mean
-from .._files import atomic_open, output_lock, refuse_overwriting_inputs
+from .._files import atomic_open, refuse_overwriting_inputs
+from .._output_lock import output_lock
 from .report import aligned
 
 if TYPE_CHECKING:
@@ -123,16 +125,13 @@ def autocast(device: torch.device, precision: str):
 
 
 def to_device(value: Any, device: torch.device, channels_last: bool = False) -> Any:
-    if isinstance(value, torch.Tensor):
-        value = value.to(device, non_blocking=True)
-        if channels_last and value.dim() == 4:
-            value = value.contiguous(memory_format=torch.channels_last)
-        return value
-    if isinstance(value, dict):
-        return {k: to_device(v, device, channels_last) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(to_device(v, device, channels_last) for v in value)
-    return value
+    def moved(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(device, non_blocking=True)
+        if channels_last and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    return map_tensors(value, moved)
 
 
 def encoded_chunks(source: Any, binding: Binding, state: State, *, targets: bool,

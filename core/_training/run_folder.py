@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import OutputError
-from .._files import output_lock, write_text
+from .._files import write_text
+from .._output_lock import output_lock
 from .engine import CHECKPOINT
 from .report import csv_text
 

@@ -38,7 +38,8 @@ from .._errors import (
     first_line,
     out_of_memory,
 )
-from .._files import atomic_path, remove_stale_locks, write_text
+from .._files import atomic_path, write_text
+from .._output_lock import remove_stale_locks
 from .._search import label, plain_data, put
 from .._spec import ModelSpec, load_spec
 from . import objective

@@ -47,7 +47,7 @@ def _torchrun(spec_path, dataset, output, *extra, **popen):
 
 
 def test_a_locked_output_stops_every_process_at_once(dataset, tmp_path):
-    from polymodal._files import output_lock
+    from polymodal._output_lock import output_lock
 
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec_data(epochs=1)))

@@ -23,7 +23,8 @@ from training_data import spec_data
 
 import polymodal
 from polymodal._cli import main
-from polymodal._files import _host_tag, is_temp, lock_path
+from polymodal._output_lock import lock_path
+from polymodal._temporaries import host_tag, is_temp
 
 
 def leftovers(*folders: Path) -> list[str]:
@@ -97,8 +98,8 @@ def test_a_killed_runs_lock_and_temporary_files_are_taken_over_and_swept(dataset
     lock_path(model).write_text(json.dumps({"pid": gone, "host": socket.gethostname(),
                                             "started": "2026-01-01 00:00:00",
                                             "command": "polymodal train spec.yaml"}))
-    stale = [run / f".checkpoint.pt.polymodal-{_host_tag()}-{gone}-00aa11bb.tmp",
-             tmp_path / f".m.safetensors.polymodal-{_host_tag()}-{gone}-22cc33dd.tmp"]
+    stale = [run / f".checkpoint.pt.polymodal-{host_tag()}-{gone}-00aa11bb.tmp",
+             tmp_path / f".m.safetensors.polymodal-{host_tag()}-{gone}-22cc33dd.tmp"]
     for path in stale:
         path.write_bytes(b"\0" * 4096)
     said: list[str] = []
@@ -126,7 +127,7 @@ def test_predict_holds_its_output_and_leaves_nothing_when_terminated(trained, tm
     out = tmp_path / "pred.csv"
     out.write_text("old\n")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from polymodal._files import output_lock\n"
+        [sys.executable, "-c", "import sys; from polymodal._output_lock import output_lock\n"
          "with output_lock(sys.argv[1]):\n print('held', flush=True); sys.stdin.readline()",
          str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -259,8 +260,9 @@ def test_predictions_never_overwrite_a_model_file(trained, tmp_path, capsys):
 
 
 def test_a_second_cross_validation_into_a_running_ones_folder_fails_at_once(tmp_path, capsys):
-    from polymodal._files import output_lock
     from training_data import table_spec, write_grouped_table
+
+    from polymodal._output_lock import output_lock
 
     table = write_grouped_table(tmp_path)
     spec = tmp_path / "tab.yaml"

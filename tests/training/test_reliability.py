@@ -114,7 +114,7 @@ def test_train_over_its_own_table_is_refused(capsys, tmp_path):
 
 HOLDS_THE_FOLDER = """
 import sys
-from polymodal._files import output_lock
+from polymodal._output_lock import output_lock
 with output_lock(sys.argv[1], what="cross-validation folder"):
     print("held", flush=True)
     sys.stdin.readline()
@@ -675,7 +675,7 @@ def _has_onnx() -> bool:
 def _held_by_another_process(target: Path) -> Iterator[None]:
     """``target``'s output lock, held by a child process until the block ends."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from polymodal._files import output_lock\n"
+        [sys.executable, "-c", "import sys, time; from polymodal._output_lock import output_lock\n"
          f"with output_lock({str(target)!r}):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
