@@ -27,7 +27,7 @@ from ._registry import Registry, get_registry
 from ._spec import validate_spec_data
 from ._spec_files import MAX_SPEC_BYTES, SPEC_SUFFIXES, check_spec_size, walk
 from ._version import __version__
-from ._weights import state_mismatch
+from ._weights import mismatch_problems, state_mismatch
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "polymodal.format"
@@ -336,15 +336,8 @@ def _check_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], 
         if k in tensors and tensors[k].dtype != v.dtype
         and not (tensors[k].is_floating_point() and v.is_floating_point())
     ]
-    problems = []
-    if kinds:
-        problems.append(f"{len(kinds)} of another type: {', '.join(kinds[:5])}")
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s): {', '.join(unexpected[:5])}")
-    if wrong:
-        problems.append(f"{len(wrong)} with the wrong shape: {', '.join(wrong[:5])}")
+    problems = [f"{len(kinds)} of another type: {', '.join(kinds[:5])}"] if kinds else []
+    problems += mismatch_problems(missing, unexpected, wrong)
     if problems:
         raise ModelFileError(f"{path}: its tensors do not match its spec: " + "; ".join(problems))
     for k, v in expected.items():  # another float precision: the spec's, as when built

@@ -94,6 +94,19 @@ def state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, tor
     return missing, unexpected, reshaped
 
 
+def mismatch_problems(missing: list[str], unexpected: list[str], wrong: list[str],
+                      shown: int = 5) -> list[str]:
+    """One phrase per kind of mismatch, naming the first ``shown`` tensors of each."""
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:shown])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {', '.join(unexpected[:shown])}")
+    if wrong:
+        problems.append(f"{len(wrong)} with the wrong shape: {', '.join(wrong[:shown])}")
+    return problems
+
+
 def load_matching(
     module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str,
     ignore_prefixes: tuple[str, ...] = (),
@@ -106,15 +119,9 @@ def load_matching(
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     missing, unexpected, reshaped = state_mismatch(own, state)
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped]
-    if missing or wrong or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} of the wrong shape (e.g. {', '.join(wrong[:3])})")
-        raise PolymodalError(f"pretrained weights {source} do not fit: " + "; ".join(parts))
+    problems = mismatch_problems(missing, unexpected, wrong, shown=3)
+    if problems:
+        raise PolymodalError(f"pretrained weights {source} do not fit: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
 
 
