@@ -3,6 +3,9 @@
 Requests wait in a queue bounded in rows; one task takes them in order, up to ``max_batch`` rows
 or until the oldest has waited ``max_wait`` seconds, and runs the batch in a thread of its own,
 so the event loop keeps reading requests (which fill the next batch) while the model computes.
+It waits for more rows only while another request is being read (:meth:`Batcher.reading`): a
+lone client's request runs at once instead of waiting ``max_wait`` for batch-mates that are not
+coming; under load, requests are being read and the batch fills.
 A request that would overfill the queue is refused at once (:class:`QueueFull`), which the
 server answers 503 with ``Retry-After``.
 """
@@ -10,10 +13,11 @@ server answers 503 with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +80,8 @@ class Batcher:
         self._pending: deque[_Item] = deque()
         self._queued = 0
         self._wake: asyncio.Event | None = None
+        #: requests whose body is being read or parsed: rows that may join the next batch
+        self._reading = 0
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="polymodal-predict")
 
@@ -106,6 +112,18 @@ class Batcher:
         self._wake.set()
         return await item.future
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Marks a request as on its way to :meth:`submit` (its body being read and parsed), so
+        that a batch being formed waits for it (at most ``max_wait``)."""
+        self._reading += 1
+        try:
+            yield
+        finally:
+            self._reading -= 1
+            if self._wake is not None:
+                self._wake.set()
+
     def _retry_after(self) -> int:
         """Seconds until the queue has emptied at the rate measured so far (1 at least)."""
         rate = self.counters.rows / self.counters.seconds_predicting \
@@ -125,11 +143,11 @@ class Batcher:
                 await self._run(batch)
 
     async def _fill(self) -> None:
-        """Wait for more rows until ``max_batch`` are queued or the oldest has waited
-        ``max_wait``."""
+        """Wait for more rows until ``max_batch`` are queued, the oldest has waited
+        ``max_wait``, or no other request is being read."""
         assert self._wake is not None
         deadline = self._pending[0].arrived + self.max_wait
-        while self._queued < self.max_batch:
+        while self._queued < self.max_batch and self._reading:
             left = deadline - time.monotonic()
             if left <= 0:
                 return

@@ -207,7 +207,9 @@ class RowBuilder:
         if isinstance(value, dict):
             return self._saved(request, row, column, *self._decoded(row, column, value))
         if isinstance(value, str):
-            return str(self._server_path(row, column, value))
+            path = str(self._server_path(row, column, value))
+            request.names[path] = value.strip()  # messages name the path as the client wrote it
+            return path
         raise ClientError(UNPROCESSABLE, f"row {row}, column {column!r}: a file cell holds"
                           ' {"base64": "..."} (the file\'s bytes), or a path under the server\'s'
                           f" data root, not a JSON {type(value).__name__}", row, column)

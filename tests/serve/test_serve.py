@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import socket
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,11 @@ def test_paths_only_inside_the_data_root(server, demo, tmp_path):
                 "request_id": response.headers["x-request-id"]}
     finally:
         link.unlink()
+    missing = post(server, {"rows": [{**row, "photo": "images/no_such.png"}]})
+    assert missing.status_code == 422, missing.text
+    message = missing.json()["error"]["message"]
+    assert message.startswith("row 1, column 'photo'") and "'images/no_such.png'" in message
+    assert str(demo["data"]) not in message  # the server's own folder is not told
 
 
 def test_concurrent_requests_are_batched(server, demo):
@@ -273,9 +280,19 @@ def test_an_onnx_export_serves_the_same_answers(demo, tmp_path):
         assert onnx.stop() == 0
 
 
+def slow_upload(server: Server) -> socket.socket:
+    """A connection sending a request's body slowly: the server is reading a request, so a
+    batch being formed waits for it (up to --max-wait-ms)."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"rows\": ")
+    return sock
+
+
 def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
-    """A queue of 4 rows, batches waiting a second to fill: a second request finds it full;
-    then SIGTERM lets a request in flight finish and refuses new connections."""
+    """A queue of 4 rows, batches waiting 1.5 s to fill while another request is being read: a
+    second request finds the queue full; a lone request does not wait; then SIGTERM lets a
+    request in flight finish and refuses new connections."""
     slow = Server(demo["model"], "--max-wait-ms", "1500", "--max-queue", "4",
                   log=tmp_path / "slow.log")
     rows = request_rows(demo, 4)
@@ -288,7 +305,13 @@ def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
             return await first, second
 
     try:
+        assert post(slow, {"rows": rows[:1]}).status_code == 200  # warm
+        started = time.monotonic()
+        assert post(slow, {"rows": rows[:1]}).status_code == 200
+        assert time.monotonic() - started < 1.0  # no one else is coming: no 1.5 s wait
+        uploading = slow_upload(slow)
         first, second = asyncio.run(full())
+        uploading.close()
         assert first.status_code == 200 and len(first.json()["rows"]) == 4
         assert second.status_code == 503, second.text
         assert int(second.headers["retry-after"]) >= 1
@@ -300,6 +323,7 @@ def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
         assert refused.status_code == 403 and "without --data-root" in refused.text
 
         async def drained() -> httpx.Response:
+            uploading = slow_upload(slow)  # keeps the request in flight waiting for a batch
             async with httpx.AsyncClient(base_url=slow.url, timeout=60) as client:
                 flight = asyncio.ensure_future(client.post("/v1/predict", json={"rows": rows[:1]}))
                 await asyncio.sleep(0.5)
@@ -307,7 +331,9 @@ def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
                 await asyncio.sleep(0.3)
                 with pytest.raises(httpx.TransportError):
                     await httpx.AsyncClient().post(f"{slow.url}/v1/predict", json={"rows": rows})
-                return await flight
+                answered = await flight
+                uploading.close()
+                return answered
 
         answered = asyncio.run(drained())
         assert answered.status_code == 200 and len(answered.json()["rows"]) == 1
