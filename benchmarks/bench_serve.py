@@ -56,15 +56,16 @@ def rows_of(table: Path) -> tuple[list[dict], dict[str, list]]:
     return sent, frame
 
 
-def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> float:
-    """Rows/s of polymodal.predict over ``rows`` rows (the table repeated), batches of ``batch``."""
+def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> tuple[float, float]:
+    """Rows/s of polymodal.predict over ``rows`` rows (the table repeated), batches of
+    ``batch``, and its CPU ms a row."""
     repeats = -(-rows // len(frame["photo"]))
     table = {k: (v * repeats)[:rows] for k, v in frame.items()}
     loaded = polymodal.load(model)  # once, as the server does
     polymodal.predict(loaded, {k: v[:batch] for k, v in table.items()}, batch_size=batch)  # warm
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     polymodal.predict(loaded, table, batch_size=batch)
-    return rows / (time.perf_counter() - started)
+    return rows / (time.perf_counter() - started), (time.process_time() - cpu) / rows * 1e3
 
 
 def batch_rates(model: Path, rows: list[dict], sizes: list[int], repeats: int) -> dict[int, float]:
@@ -207,8 +208,9 @@ def run(args, scratch: Path) -> None:
           f" {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
     print(f"model {model} ({model.stat().st_size / 1e6:.1f} MB), {len(rows)} held-out rows,"
           f" one row a request; server --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms}")
-    direct = direct_rate(model, frame, max(args.per_level, 640), args.max_batch)
-    print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s")
+    direct, direct_ms = direct_rate(model, frame, max(args.per_level, 640), args.max_batch)
+    print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s,"
+          f" {direct_ms:.2f} ms of CPU a row")
     alone = batch_rates(model, rows, [1, 8, 32], 3 if args.smoke else 20)
     print("the server's batch path without HTTP (requests built, checked, encoded, predicted): "
           + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())
@@ -256,7 +258,6 @@ def report(results, direct, before, after, served, errors, batching) -> None:
     for clients, (rate, p50, p99, server_ms, client_ms) in results.items():
         print(f"{clients:>8} {rate:9.0f} {rate / direct:9.2f}x {p50 * 1e3:8.1f} {p99 * 1e3:8.1f}"
               f" {p99 / p50:8.2f} {server_ms:18.2f} {client_ms:18.2f}")
-    print(f"(direct predict: {1e3 / direct:.2f} ms of one core a row)")
     growth = (after - before) / before
     print(f"\nserver memory: {before:.0f} MB before, {after:.0f} MB after {served:,} requests"
           f" ({growth:+.1%}); {len(errors)} error response(s)"

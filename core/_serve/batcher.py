@@ -69,6 +69,19 @@ class Counters:
         self.seconds_predicting += seconds
 
 
+def merged(outcomes: list[Outcome]) -> Outcome:
+    """The outcome of a request predicted in parts: their rows and skipped rows in order, and
+    the first part's error or fault."""
+    whole = Outcome()
+    for outcome in outcomes:
+        whole.rows += outcome.rows
+        whole.skipped += outcome.skipped
+        whole.error = whole.error or outcome.error
+        whole.fault = whole.fault or outcome.fault
+    whole.skipped.sort(key=lambda found: found["row"] or 0)
+    return whole
+
+
 class Batcher:
     """Collects requests into batches for ``run`` (a blocking call, given the batch's rows of
     each request, giving each request's outcome)."""
@@ -101,16 +114,26 @@ class Batcher:
 
     async def submit(self, rows: RequestRows) -> tuple[Outcome, BatchInfo]:
         """The request's outcome, once its batch has run; :class:`QueueFull` at once where the
-        queue cannot take its rows (a request larger than the whole queue waits alone)."""
+        queue cannot take its rows (a request larger than the whole queue waits alone). A
+        request of more than ``max_batch`` rows is predicted in parts of ``max_batch`` rows,
+        in consecutive batches; its answer is theirs together (the last batch's number)."""
         if self._queued and self._queued + rows.count > self.max_queue:
             self.counters.refused_full += 1
             raise QueueFull(self._queued, self._retry_after())
         assert self._wake is not None, "start() the batcher first"
-        item = _Item(rows, asyncio.get_running_loop().create_future())
-        self._pending.append(item)
+        loop = asyncio.get_running_loop()
+        items = [_Item(part, loop.create_future()) for part in rows.parts(self.max_batch)]
+        self._pending.extend(items)
         self._queued += rows.count
         self._wake.set()
-        return await item.future
+        if len(items) == 1:
+            return await items[0].future
+        answers = await asyncio.gather(*(item.future for item in items), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        done = [answer for answer in answers if not isinstance(answer, BaseException)]
+        return merged([outcome for outcome, _ in done]), done[-1][1]
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:

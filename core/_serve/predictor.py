@@ -23,6 +23,7 @@ from .._data.binding import Binding, presence_labels
 from .._data.table import Table
 from .._errors import PolymodalError
 from .._modelfile import KEY_SPEC, KEY_VERSIONS
+from .._quantize import KEY_QUANTIZATION
 from .._training.inference import loaded_model, model_state, to_device
 from .limits import UNPROCESSABLE, ClientError
 from .rows import Columns, RequestRows
@@ -71,6 +72,10 @@ class Predictor:
         self.inputs = list(self.spec.inputs)
         metadata = getattr(self.model, "metadata", None) or _file_metadata(path)
         self.versions = _json(metadata.get(KEY_VERSIONS))
+        #: a dynamically quantized int8 file scales activations by the rows it runs together,
+        #: so each request's rows run as a batch of their own: an answer does not move with
+        #: the requests that happen to share its batch
+        self.per_request = _json(metadata.get(KEY_QUANTIZATION)).get("mode") == "dynamic"
         self.spec_data = _json(metadata.get(KEY_SPEC))
 
     @property
@@ -94,6 +99,8 @@ class Predictor:
         """The outcome of each request. Where the batch fails as a whole (a codec refusing
         some request's rows with a :class:`PolymodalError`, or a fault), each request is run
         alone, so that only the one it comes from fails."""
+        if self.per_request and len(requests) > 1:
+            return [outcome for request in requests for outcome in self.run([request])]
         try:
             return self._run(requests)
         except Exception:  # noqa: BLE001 - retried one request at a time, below

@@ -55,6 +55,16 @@ class RequestRows:
     def count(self) -> int:
         return len(self.numbers)
 
+    def parts(self, size: int) -> list[RequestRows]:
+        """The rows in parts of at most ``size`` rows, in order (the first holds the rows
+        skipped while reading); this request still owns, and closes, the written files."""
+        if self.count <= size:
+            return [self]
+        return [RequestRows({c: values[start:start + size] for c, values in self.columns.items()},
+                            self.numbers[start:start + size], self.policy, names=self.names,
+                            skipped=self.skipped if start == 0 else [])
+                for start in range(0, self.count, size)]
+
     def close(self) -> None:
         for path in self.written:
             path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@ answered 500 without internals; and docs/serve.md's Python client run against a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -110,6 +111,29 @@ def test_the_int8_file_is_served(demo, tmp_path):
                                                     for i in range(2)]})["columns"]
         assert [r["heads"]["decision"]["decision"] for r in response.json()["rows"]] == \
             wanted["decision"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_dynamic_int8_answers_do_not_move_with_batch_mates(demo, tmp_path):
+    """A dynamic int8 file scales activations by the rows run together: the server runs each
+    request's rows apart, so a request batched with others gets the answer it gets alone."""
+    dynamic = tmp_path / "dynamic.onnx"
+    polymodal.export(demo["model"], dynamic, quantize="int8")
+    server = Server(dynamic, "--max-wait-ms", "300", log=tmp_path / "dynamic.log")
+    rows = request_rows(demo, 6)
+    try:
+        alone = [httpx.post(f"{server.url}/v1/predict", json={"rows": [row]}, timeout=60).json()
+                 for row in rows]
+
+        async def together() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                return await asyncio.gather(*(client.post("/v1/predict", json={"rows": [row]})
+                                              for row in rows))
+
+        batched = [r.json() for r in asyncio.run(together())]
+        assert max(b["batch"]["requests"] for b in batched) > 1, batched
+        assert [b["rows"] for b in batched] == [a["rows"] for a in alone]
     finally:
         assert server.stop() == 0
 

@@ -270,11 +270,23 @@ def test_metadata_and_openapi_describe_this_model(server, demo):
 
 
 def test_an_onnx_export_serves_the_same_answers(demo, tmp_path):
-    onnx = Server(demo["onnx"], log=tmp_path / "onnx.log")
+    """... and --max-batch caps a batch's rows even for one request: a request of more rows is
+    predicted in parts of --max-batch rows, answered together."""
+    onnx = Server(demo["onnx"], "--max-batch", "3", log=tmp_path / "onnx.log")
     try:
-        response = post(onnx, {"rows": request_rows(demo, 3)})
+        response = post(onnx, {"rows": request_rows(demo, 8)})
         assert response.status_code == 200, response.text
-        assert_same(response.json()["rows"], expected(demo, 3), 1e-4)
+        assert_same(response.json()["rows"], expected(demo, 8), 1e-4)
+        assert response.json()["batch"]["rows"] <= 3
+        bad = request_rows(demo, 8)
+        bad[6]["reading"] = "abc"
+        skipped = post(onnx, {"rows": bad, "on_bad_row": "skip"}).json()
+        assert [r["row"] for r in skipped["rows"]] == [1, 2, 3, 4, 5, 6, 8]
+        assert [s["row"] for s in skipped["skipped"]] == [7]
+        failed = post(onnx, {"rows": bad})
+        assert failed.status_code == 422 and failed.json()["error"]["row"] == 7
+        batching = httpx.get(f"{onnx.url}/health").json()["batching"]
+        assert batching["largest_batch_rows"] == 3 and batching["rows"] >= 8
         assert httpx.get(f"{onnx.url}/v1/metadata").json()["model"]["format"] == "onnx"
     finally:
         assert onnx.stop() == 0
