@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._data.codec import add_examples
 from .predictor import Outcome
 from .rows import RequestRows
 
@@ -76,6 +77,9 @@ def merged(outcomes: list[Outcome]) -> Outcome:
     for outcome in outcomes:
         whole.rows += outcome.rows
         whole.skipped += outcome.skipped
+        for what, count in outcome.notes.items():
+            whole.notes[what] = whole.notes.get(what, 0) + count
+            add_examples(whole.note_examples, what, outcome.note_examples.get(what, []))
         whole.error = whole.error or outcome.error
         whole.fault = whole.fault or outcome.fault
     whole.skipped.sort(key=lambda found: found["row"] or 0)

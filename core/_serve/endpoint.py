@@ -82,8 +82,8 @@ class PredictEndpoint:
             raise outcome.fault
         if outcome.error is not None:
             raise outcome.error
-        return 200, {"rows": outcome.rows, "skipped": outcome.skipped,
-                     "batch": batch.__dict__}, ()
+        return 200, {"rows": outcome.rows, "skipped": outcome.skipped, "notes": outcome.notes,
+                     "note_examples": outcome.note_examples, "batch": batch.__dict__}, ()
 
     async def _read(self, scope: Scope,
                     receive: Receive) -> tuple[Any, dict[str, tuple[bytes, str | None]]]:

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from .._data.binding import Binding, presence_labels
+from .._data.codec import add_examples
 from .._data.table import Table
 from .._errors import PolymodalError
 from .._modelfile import KEY_SPEC, KEY_VERSIONS
 from .._quantize import KEY_QUANTIZATION
-from .._training.inference import loaded_model, model_state, to_device
+from .._training.inference import RowReport, loaded_model, model_state, to_device
 from .limits import UNPROCESSABLE, ClientError
 from .rows import Columns, RequestRows
 
@@ -43,6 +44,10 @@ class Outcome:
     error: ClientError | None = None
     #: a fault of the server (a bug of a codec or the model) while predicting this request
     fault: Exception | None = None
+    #: tolerated oddities of its rows, as ``predict`` reports them: a phrase -> how many rows
+    #: (``value(s) in column 'site' not seen in training: ...``), with a few example values
+    notes: dict[str, int] = field(default_factory=dict)
+    note_examples: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def row_error(message: str, names: dict[str, str] | None = None) -> dict[str, Any]:
@@ -57,6 +62,11 @@ def row_error(message: str, names: dict[str, str] | None = None) -> dict[str, An
         return {"row": None, "column": None, "message": text}
     return {"row": int(found.group("row")), "column": ast.literal_eval(found.group("column")),
             "message": text}
+
+
+class _NotesOfSeveral(Exception):
+    """The rows of several requests gave notes (an unseen category...): each request is run
+    alone so that its answer counts its own rows' notes (rare, so the cost is rare)."""
 
 
 class Predictor:
@@ -103,6 +113,8 @@ class Predictor:
             return [outcome for request in requests for outcome in self.run([request])]
         try:
             return self._run(requests)
+        except _NotesOfSeveral:
+            pass
         except Exception:  # noqa: BLE001 - retried one request at a time, below
             if len(requests) == 1:
                 raise
@@ -134,9 +146,26 @@ class Predictor:
         table, owners = table.take(keep), owners[keep]
         if len(table):
             encoded = self.binding.encode(table, self.state, targets=False)
+            self._noted([issues, encoded], owners, outcomes)
             self._sorted(encoded.bad, owners, requests, outcomes)
             if len(encoded.positions):
                 self._predicted(table, owners, encoded, outcomes)
+
+    @staticmethod
+    def _noted(found: list[Any], owners: np.ndarray, outcomes: list[Outcome]) -> None:
+        """The notes of checking and encoding (``found``), given to the one request whose rows
+        they are about; :class:`_NotesOfSeveral` where the rows were several requests'."""
+        report = RowReport()
+        for each in found:
+            report.notes.update(each.notes)
+            for what, values in each.examples.items():
+                add_examples(report.examples, what, values)
+        if not report.notes:
+            return
+        if len(set(owners.tolist())) > 1:
+            raise _NotesOfSeveral  # run each request alone, to tell whose rows they are
+        outcome = outcomes[int(owners[0])]
+        outcome.notes, outcome.note_examples = dict(report.notes), report.examples
 
     def _sorted(self, bad: dict[int, str], owners: np.ndarray, requests: list[RequestRows],
                 outcomes: list[Outcome]) -> np.ndarray:

@@ -135,6 +135,30 @@ def test_concurrent_requests_are_batched(server, demo):
     assert health["largest_batch_requests"] > 1 and health["rows"] >= len(rows)
 
 
+def test_unseen_categories_are_noted_per_request(server, demo):
+    """A category not seen in training is read as unknown and noted, as predict notes it, in
+    the answer of the request that sent it only, even when batched with others."""
+    rows = request_rows(demo, 4)
+    odd = [{**rows[0], "material": "unobtainium"}, {**rows[1], "material": "unobtainium"}]
+    note = ("value(s) in column 'material' not seen in training: used the reserved unknown"
+            " category")
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(client.post("/v1/predict", json={"rows": odd}),
+                                        *(client.post("/v1/predict", json={"rows": [row]})
+                                          for row in rows[2:]))
+
+    answers = [r.json() for r in asyncio.run(run())]
+    assert answers[0]["notes"] == {note: 2} and answers[0]["note_examples"] == {note: ["unobtainium"]}
+    assert [a["notes"] for a in answers[1:]] == [{}, {}]
+    assert len(answers[0]["rows"]) == 2 and all(len(a["rows"]) == 1 for a in answers[1:])
+    wanted = polymodal.predict(demo["model"], {**{k: [r[k] for r in odd] for k in odd[0] if k != "photo"},
+                                               "photo": [str(demo["data"] / r["photo"])
+                                                         for r in table_rows(demo["test"], 2)]})
+    assert wanted["notes"] == {note: 2}
+
+
 def bomb_png(side: int = 100_000) -> bytes:
     """A PNG whose header claims side x side pixels, in a few dozen bytes."""
     def chunk(kind: bytes, data: bytes) -> bytes:
