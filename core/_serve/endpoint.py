@@ -3,10 +3,10 @@
 Every row a client sends crosses this path, so it does only what the request needs: reads the
 body within the size limit, parses its JSON once (with the bounded parser of :mod:`.limits`;
 FastAPI's request model is for the OpenAPI document only, so no second validation), builds
-the rows, waits for their batch and writes the answer's JSON. Measured on the demo model, the
-FastAPI route (its middleware stack, dependency solving, Request and JSONResponse objects)
-cost the event loop about twice the CPU of this handler per request; the loop's time is what
-bounds the rows a server takes per second when requests are small.
+the rows, waits for their batch and writes the answer's JSON. Measured on the demo model at 32
+clients, the event loop's CPU a request fell from 0.78 ms with the FastAPI route (its middleware
+stack, dependency solving, Request and JSONResponse objects) to 0.28 ms with this handler (and
+counted request ids); with one row a request, the server's CPU a request bounds its rows/s.
 """
 
 from __future__ import annotations
