@@ -4,13 +4,15 @@ polymodal.predict of the same rows in the same run, on the demo model (`make dem
 here when missing). The client is a minimal HTTP/1.1 keep-alive client (_http_client.py), since
 it shares the cores with the server: its CPU a request is printed beside the server's.
 
-Prints rows/s, p50 and p99 latency per concurrency (and, apart, several rows a request), the server's resident memory before and
-after all requests (10,000 by default, warm-up excluded) and every error response.
+Prints rows/s, p50 and p99 latency and the server's and the client's CPU a request per
+concurrency, the server's resident memory before and after all requests (10,000 by default,
+warm-up excluded), every error response, and apart from the goals' load, several rows a request.
 Goals (2 CPU cores): at 32 clients at least 0.7x the rows/s of direct batched predict; p99 at
 most 3x p50; memory within 5% after 10,000 requests; no error response.
 
     python benchmarks/bench_serve.py [--demo runs/parts-demo] [--requests 10000]
         [--per-level 1500] [--max-batch 64] [--max-wait-ms 5] [--threads 1]
+        [--rows-per-request 16]
 """
 
 from __future__ import annotations

@@ -143,10 +143,11 @@ class Predictor:
         owners = np.asarray(live, dtype=np.int64)[owners]
         issues = self.binding.check(table, self.state, targets=False)
         keep = self._sorted(issues.bad, owners, requests, outcomes)
+        every = owners  # the requests of the batch, before failed ones were left out
         table, owners = table.take(keep), owners[keep]
         if len(table):
             encoded = self.binding.encode(table, self.state, targets=False)
-            self._noted([issues, encoded], owners, outcomes)
+            self._noted([issues, encoded], every, outcomes)
             self._sorted(encoded.bad, owners, requests, outcomes)
             if len(encoded.positions):
                 self._predicted(table, owners, encoded, outcomes)
