@@ -1,15 +1,18 @@
 """polymodal serve under load: a real server process driven by an async HTTP client at 1, 8 and 32
 concurrent clients (one row a request, the photo sent as base64 bytes), beside direct batched
 polymodal.predict of the same rows in the same run, on the demo model (`make demo`, or trained
-here when missing).
+here when missing). The client is a minimal HTTP/1.1 keep-alive client (_http_client.py), since
+it shares the cores with the server: its CPU a request is printed beside the server's.
 
-Prints rows/s, p50 and p99 latency per concurrency, the server's resident memory before and
-after all requests (10,000 by default, warm-up excluded) and every error response.
+Prints rows/s, p50 and p99 latency and the server's and the client's CPU a request per
+concurrency, the server's resident memory before and after all requests (10,000 by default,
+warm-up excluded), every error response, and apart from the goals' load, several rows a request.
 Goals (2 CPU cores): at 32 clients at least 0.7x the rows/s of direct batched predict; p99 at
 most 3x p50; memory within 5% after 10,000 requests; no error response.
 
     python benchmarks/bench_serve.py [--demo runs/parts-demo] [--requests 10000]
         [--per-level 1500] [--max-batch 64] [--max-wait-ms 5] [--threads 1]
+        [--rows-per-request 16]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 
 import polymodal
 from _demo import demo_model
+from _http_client import Connection
 from _timing import parse_args
 
 LEVELS = (1, 8, 32)
@@ -54,15 +58,16 @@ def rows_of(table: Path) -> tuple[list[dict], dict[str, list]]:
     return sent, frame
 
 
-def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> float:
-    """Rows/s of polymodal.predict over ``rows`` rows (the table repeated), batches of ``batch``."""
+def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> tuple[float, float]:
+    """Rows/s of polymodal.predict over ``rows`` rows (the table repeated), batches of
+    ``batch``, and its CPU ms a row."""
     repeats = -(-rows // len(frame["photo"]))
     table = {k: (v * repeats)[:rows] for k, v in frame.items()}
     loaded = polymodal.load(model)  # once, as the server does
     polymodal.predict(loaded, {k: v[:batch] for k, v in table.items()}, batch_size=batch)  # warm
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     polymodal.predict(loaded, table, batch_size=batch)
-    return rows / (time.perf_counter() - started)
+    return rows / (time.perf_counter() - started), (time.process_time() - cpu) / rows * 1e3
 
 
 def batch_rates(model: Path, rows: list[dict], sizes: list[int], repeats: int) -> dict[int, float]:
@@ -125,28 +130,48 @@ def start_server(model: Path, port: int, args, log: Path) -> subprocess.Popen:
     raise SystemExit(f"the server did not start: {log.read_text()}")
 
 
-async def drive(url: str, rows: list[dict], clients: int, requests: int) -> tuple[float, list[float], list[str]]:
-    """``requests`` one-row requests from ``clients`` concurrent clients: rows/s, each
-    request's latency, and the error responses."""
-    import httpx
-
+async def drive(port: int, rows: list[dict], clients: int, requests: int,
+                per_request: int = 1) -> tuple[float, list[float], list[str]]:
+    """``requests`` requests of ``per_request`` rows from ``clients`` concurrent clients, each on
+    its own keep-alive connection: rows/s, each request's latency, and the error responses."""
     latencies: list[float] = []
     errors: list[str] = []
     sent = iter(range(requests))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        async def one_client() -> None:
-            for n in sent:
-                started = time.perf_counter()
-                response = await client.post("/v1/predict", json={"rows": [rows[n % len(rows)]]})
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 200:
-                    errors.append(f"{response.status_code} {response.text[:200]}")
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    return requests / elapsed, latencies, errors
+    async def one_client() -> None:
+        connection = Connection("127.0.0.1", port)
+        try:
+            for n in sent:
+                body = {"rows": [rows[(n * per_request + k) % len(rows)] for k in range(per_request)]}
+                started = time.perf_counter()
+                status, answer = await connection.post_json("/v1/predict", body)
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    errors.append(f"{status} {answer[:200].decode(errors='replace')}")
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    return requests * per_request / elapsed, latencies, errors
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def level(port: int, server_pid: int, rows: list[dict], clients: int, requests: int,
+          per_request: int = 1) -> tuple[tuple[float, ...], list[str]]:
+    """One timed level: rows/s, p50, p99, and the server's and the client's CPU ms a request."""
+    server_before, client_before = cpu_seconds(server_pid), time.process_time()
+    rate, latencies, errors = asyncio.run(drive(port, rows, clients, requests, per_request))
+    server_ms = (cpu_seconds(server_pid) - server_before) / requests * 1e3
+    client_ms = (time.process_time() - client_before) / requests * 1e3
+    return (rate, percentile(latencies, 0.5), percentile(latencies, 0.99), server_ms,
+            client_ms), errors
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -163,10 +188,14 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--rows-per-request", type=int, default=16,
+                        help="Rows a request in the extra row printed apart from the goals (1:"
+                        " none).")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the server and of direct predict alike (1: on a"
                         " shared 2-core machine more threads wait on each other)")
-    args = parse_args(parser, requests=120, per_level=30, levels="1,8", demo=None)
+    args = parse_args(parser, requests=120, per_level=30, levels="1,8", demo=None,
+                      rows_per_request=4)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         run(args, Path(scratch))
@@ -181,43 +210,56 @@ def run(args, scratch: Path) -> None:
           f" {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
     print(f"model {model} ({model.stat().st_size / 1e6:.1f} MB), {len(rows)} held-out rows,"
           f" one row a request; server --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms}")
-    direct = direct_rate(model, frame, max(args.per_level, 640), args.max_batch)
-    print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s")
+    direct, direct_ms = direct_rate(model, frame, max(args.per_level, 640), args.max_batch)
+    print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s,"
+          f" {direct_ms:.2f} ms of CPU a row")
     alone = batch_rates(model, rows, [1, 8, 32], 3 if args.smoke else 20)
     print("the server's batch path without HTTP (requests built, checked, encoded, predicted): "
           + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())
           + "\n")
     port = free_port()
     server = start_server(model, port, args, scratch / "server.log")
-    url = f"http://127.0.0.1:{port}"
     try:
-        asyncio.run(drive(url, rows, max(levels), min(200, args.requests)))  # warm-up
+        asyncio.run(drive(port, rows, max(levels), min(200, args.requests)))  # warm-up
         before = rss_mb(server.pid)
         served, results, all_errors = 0, {}, []
         for clients in levels:
-            rate, latencies, errors = asyncio.run(drive(url, rows, clients, args.per_level))
+            results[clients], errors = level(port, server.pid, rows, clients, args.per_level)
             served += args.per_level
-            results[clients] = (rate, percentile(latencies, 0.5), percentile(latencies, 0.99))
             all_errors += errors
         if served < args.requests:  # the rest, at the highest concurrency, for the memory reading
-            _, _, errors = asyncio.run(drive(url, rows, max(levels), args.requests - served))
+            _, _, errors = asyncio.run(drive(port, rows, max(levels), args.requests - served))
             all_errors += errors
             served = args.requests
         after = rss_mb(server.pid)
+        several = None
+        if args.rows_per_request > 1:  # a separate row: not the goal's one row a request
+            several, errors = level(port, server.pid, rows, max(levels),
+                                    max(1, args.per_level // args.rows_per_request),
+                                    args.rows_per_request)
+            all_errors += errors
         import httpx
 
-        batching = httpx.get(f"{url}/health").json()["batching"]
+        batching = httpx.get(f"http://127.0.0.1:{port}/health").json()["batching"]
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
     report(results, direct, before, after, served, all_errors, batching)
+    if several is not None:
+        rate, p50, p99, server_ms, client_ms = several
+        print(f"\nNOT the goal's load, {args.rows_per_request} rows a request at {max(levels)}"
+              f" clients: {rate:,.0f} rows/s ({rate / direct:.2f}x direct), p50 {p50 * 1e3:.1f} ms,"
+              f" p99 {p99 * 1e3:.1f} ms a request, server CPU"
+              f" {server_ms / args.rows_per_request:.2f} ms a row")
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
 
 
 def report(results, direct, before, after, served, errors, batching) -> None:
-    print(f"{'clients':>8} {'rows/s':>9} {'vs direct':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8}")
-    for clients, (rate, p50, p99) in results.items():
+    print(f"{'clients':>8} {'rows/s':>9} {'vs direct':>10} {'p50 ms':>8} {'p99 ms':>8}"
+          f" {'p99/p50':>8} {'server CPU ms/req':>18} {'client CPU ms/req':>18}")
+    for clients, (rate, p50, p99, server_ms, client_ms) in results.items():
         print(f"{clients:>8} {rate:9.0f} {rate / direct:9.2f}x {p50 * 1e3:8.1f} {p99 * 1e3:8.1f}"
-              f" {p99 / p50:8.2f}")
+              f" {p99 / p50:8.2f} {server_ms:18.2f} {client_ms:18.2f}")
     growth = (after - before) / before
     print(f"\nserver memory: {before:.0f} MB before, {after:.0f} MB after {served:,} requests"
           f" ({growth:+.1%}); {len(errors)} error response(s)"
@@ -225,7 +267,7 @@ def report(results, direct, before, after, served, errors, batching) -> None:
     print(f"batches: {batching['batches']:,}, {batching['rows']:,} rows, at most"
           f" {batching['largest_batch_requests']} requests in one")
     top = max(results)
-    rate, p50, p99 = results[top]
+    rate, p50, p99 = results[top][:3]
     checks = [(f"{top} clients: {rate / direct:.2f}x direct rows/s", rate / direct >= THROUGHPUT_GOAL,
                f"at least {THROUGHPUT_GOAL}x"),
               (f"{top} clients: p99 {p99 / p50:.2f}x p50", p99 / p50 <= TAIL_GOAL,

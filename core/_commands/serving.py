@@ -12,9 +12,9 @@ import click
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True,
-              help="Most rows of concurrent requests predicted in one batch.")
+              help="Most rows predicted in one batch (a larger request runs in parts).")
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
-              help="Longest a request waits for others to fill its batch.")
+              help="Longest a batch waits for requests being read to join it.")
 @click.option("--max-queue", type=click.IntRange(1), default=1024, show_default=True,
               help="Rows that may wait; a request beyond them is answered 503 with Retry-After.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,

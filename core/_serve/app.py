@@ -9,6 +9,8 @@ fault of the server is logged with the request's id and answered 500 without its
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
 import logging
 import os
 import uuid
@@ -17,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from .batcher import Batcher, QueueFull
+from .batcher import Batcher
 from .draining import DRAINING, watch_signals
-from .limits import BAD_REQUEST, TOO_LARGE, UNSUPPORTED, ClientError, Limits, parse_json
+from .endpoint import Disconnected, PredictEndpoint
+from .limits import ClientError
 from .options import ServeOptions
 from .predictor import Predictor
 from .rows import RowBuilder
@@ -46,6 +48,8 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         watch_signals()
         batcher.start()
+        gc.collect()
+        gc.freeze()  # the model's objects, made once, are not scanned by every full collection
         yield
         await batcher.stop()
         builder.close()
@@ -62,37 +66,17 @@ def _routes(app: FastAPI, options: ServeOptions, predictor: Predictor, batcher: 
     metadata = _metadata(predictor, options)
     body_schema = _documented(app, request_model(predictor))
 
+    endpoint = PredictEndpoint(predictor, batcher, builder, options.limits)
+    app.state.predict = endpoint  # RequestIds answers the route with it, bypassing FastAPI
+
     @app.post("/v1/predict", response_model=response_model(predictor), openapi_extra={
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": body_schema},
             "multipart/form-data": {"schema": _multipart_schema()}}}})
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request) -> Response:
         """Predict rows: JSON ``{"rows": [...], "on_bad_row": "fail"}``, or multipart with a
         ``request`` field holding that JSON and file parts named ``COLUMN`` or ``COLUMN[ROW]``."""
-        if DRAINING.is_set():
-            return JSONResponse({"error": {"message": "the server is shutting down",
-                                           "request_id": request.state.request_id}}, 503,
-                                headers={"Retry-After": "1"})
-        body, parts = await _read(request, options.limits)
-        rows = builder.build(body, parts)
-        try:
-            missing = predictor.missing_columns(rows)
-            if missing is not None:
-                raise missing
-            try:
-                outcome, batch = await batcher.submit(rows)
-            except QueueFull as exc:
-                return JSONResponse({"error": {"message": str(exc),
-                                               "request_id": request.state.request_id}}, 503,
-                                    headers={"Retry-After": str(exc.retry_after)})
-        finally:
-            rows.close()
-        if outcome.fault is not None:
-            raise outcome.fault
-        if outcome.error is not None:
-            raise outcome.error
-        return JSONResponse({"request_id": request.state.request_id, "rows": outcome.rows,
-                             "skipped": outcome.skipped, "batch": batch.__dict__})
+        return _Delegated(endpoint)
 
     @app.get("/v1/metadata")
     async def model_metadata() -> dict[str, Any]:
@@ -138,7 +122,7 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
 
@@ -151,8 +135,12 @@ class RequestIds:
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
-        except ClientDisconnect:  # the client hung up mid-request: no fault, and no one to answer
+            endpoint = getattr(scope["app"].state, "predict", None) if "app" in scope else None
+            if endpoint is not None and scope["path"] == "/v1/predict" and scope["method"] == "POST":
+                await endpoint(scope, receive, sending)  # the hot route, without FastAPI's layers
+            else:
+                await self.app(scope, receive, sending)
+        except (ClientDisconnect, Disconnected):  # the client hung up mid-request: no fault, and no one to answer
             log.info("request %s: the client disconnected before sending its body", request_id)
         except Exception:  # noqa: BLE001 - logged with the id, answered without internals
             log.exception("request %s failed", request_id)
@@ -160,6 +148,15 @@ class RequestIds:
                 raise
             await JSONResponse({"error": {"message": "internal server error",
                                           "request_id": request_id}}, 500)(scope, receive, sending)
+
+
+_ID_PREFIX, _ID_COUNTER = uuid.uuid4().hex[:20], itertools.count()
+
+
+def _request_id() -> str:
+    """An id of 32 hex digits no other request has: a random prefix drawn once per process
+    and a count (cheaper than a fresh uuid4, which reads the OS's random source each time)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 def _errors(app: FastAPI) -> None:
@@ -178,61 +175,16 @@ def _errors(app: FastAPI) -> None:
                             exc.status_code, headers=getattr(exc, "headers", None))
 
 
-async def _read(request: Request, limits: Limits) -> tuple[Any, dict[str, tuple[bytes, str | None]]]:
-    """The body's JSON and file parts, read within ``limits``."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind not in ("application/json", "multipart/form-data") and not kind.endswith("+json"):
-        raise ClientError(UNSUPPORTED, f"a body of type {kind or 'none'!r}; send"
-                          " application/json or multipart/form-data")
-    body = await _bounded_body(request, limits)
-    if kind != "multipart/form-data":
-        return parse_json(body, limits), {}
-    return await _multipart(request, body, limits)
+class _Delegated(Response):
+    """The answer of the FastAPI route of ``/v1/predict`` (reached only where
+    :class:`RequestIds` does not answer it first): the endpoint's own."""
 
+    def __init__(self, endpoint: PredictEndpoint):
+        super().__init__()
+        self.endpoint = endpoint
 
-async def _bounded_body(request: Request, limits: Limits) -> bytes:
-    declared = request.headers.get("content-length")
-    too_large = ClientError(TOO_LARGE, f"the body is larger than the {limits.max_body_bytes:,}"
-                            " bytes this server takes (--max-body-mb)")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _multipart(request: Request, body: bytes,
-                     limits: Limits) -> tuple[Any, dict[str, tuple[bytes, str | None]]]:
-    """A multipart body: its ``request`` field (JSON) and its file parts by name."""
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await Request(request.scope, replay).form(
-        max_files=limits.max_files, max_fields=8, max_part_size=limits.max_body_bytes)
-    data: Any = {}
-    parts: dict[str, tuple[bytes, str | None]] = {}
-    for name, value in form.multi_items():
-        if name in parts or (name == "request" and data):
-            raise ClientError(BAD_REQUEST, f"the multipart body has two parts named {name!r}")
-        if isinstance(value, UploadFile):
-            parts[name] = (await value.read(), value.filename)
-        elif name == "request":
-            data = parse_json(value.encode(), limits, "the request field")
-        else:
-            raise ClientError(BAD_REQUEST, f"the multipart body has a text field {name!r}; it"
-                              " takes a field 'request' (JSON) and file parts")
-    await form.close()
-    return data, parts
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.endpoint(scope, receive, send)
 
 
 def _documented(app: FastAPI, model: type[BaseModel]) -> dict[str, Any]:

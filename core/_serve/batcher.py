@@ -3,6 +3,9 @@
 Requests wait in a queue bounded in rows; one task takes them in order, up to ``max_batch`` rows
 or until the oldest has waited ``max_wait`` seconds, and runs the batch in a thread of its own,
 so the event loop keeps reading requests (which fill the next batch) while the model computes.
+It waits for more rows only while another request is being read (:meth:`Batcher.reading`): a
+lone client's request runs at once instead of waiting ``max_wait`` for batch-mates that are not
+coming; under load, requests are being read and the batch fills.
 A request that would overfill the queue is refused at once (:class:`QueueFull`), which the
 server answers 503 with ``Retry-After``.
 """
@@ -10,14 +13,16 @@ server answers 503 with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._data.codec import add_examples
 from .predictor import Outcome
 from .rows import RequestRows
 
@@ -65,6 +70,22 @@ class Counters:
         self.seconds_predicting += seconds
 
 
+def merged(outcomes: list[Outcome]) -> Outcome:
+    """The outcome of a request predicted in parts: their rows and skipped rows in order, and
+    the first part's error or fault."""
+    whole = Outcome()
+    for outcome in outcomes:
+        whole.rows += outcome.rows
+        whole.skipped += outcome.skipped
+        for what, count in outcome.notes.items():
+            whole.notes[what] = whole.notes.get(what, 0) + count
+            add_examples(whole.note_examples, what, outcome.note_examples.get(what, []))
+        whole.error = whole.error or outcome.error
+        whole.fault = whole.fault or outcome.fault
+    whole.skipped.sort(key=lambda found: found["row"] or 0)
+    return whole
+
+
 class Batcher:
     """Collects requests into batches for ``run`` (a blocking call, given the batch's rows of
     each request, giving each request's outcome)."""
@@ -76,6 +97,8 @@ class Batcher:
         self._pending: deque[_Item] = deque()
         self._queued = 0
         self._wake: asyncio.Event | None = None
+        #: requests whose body is being read or parsed: rows that may join the next batch
+        self._reading = 0
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="polymodal-predict")
 
@@ -95,16 +118,38 @@ class Batcher:
 
     async def submit(self, rows: RequestRows) -> tuple[Outcome, BatchInfo]:
         """The request's outcome, once its batch has run; :class:`QueueFull` at once where the
-        queue cannot take its rows (a request larger than the whole queue waits alone)."""
+        queue cannot take its rows (a request larger than the whole queue waits alone). A
+        request of more than ``max_batch`` rows is predicted in parts of ``max_batch`` rows,
+        in consecutive batches; its answer is theirs together (the last batch's number)."""
         if self._queued and self._queued + rows.count > self.max_queue:
             self.counters.refused_full += 1
             raise QueueFull(self._queued, self._retry_after())
         assert self._wake is not None, "start() the batcher first"
-        item = _Item(rows, asyncio.get_running_loop().create_future())
-        self._pending.append(item)
+        loop = asyncio.get_running_loop()
+        items = [_Item(part, loop.create_future()) for part in rows.parts(self.max_batch)]
+        self._pending.extend(items)
         self._queued += rows.count
         self._wake.set()
-        return await item.future
+        if len(items) == 1:
+            return await items[0].future
+        answers = await asyncio.gather(*(item.future for item in items), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        done = [answer for answer in answers if not isinstance(answer, BaseException)]
+        return merged([outcome for outcome, _ in done]), done[-1][1]
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Marks a request as on its way to :meth:`submit` (its body being read and parsed), so
+        that a batch being formed waits for it (at most ``max_wait``)."""
+        self._reading += 1
+        try:
+            yield
+        finally:
+            self._reading -= 1
+            if self._wake is not None:
+                self._wake.set()
 
     def _retry_after(self) -> int:
         """Seconds until the queue has emptied at the rate measured so far (1 at least)."""
@@ -125,11 +170,11 @@ class Batcher:
                 await self._run(batch)
 
     async def _fill(self) -> None:
-        """Wait for more rows until ``max_batch`` are queued or the oldest has waited
-        ``max_wait``."""
+        """Wait for more rows until ``max_batch`` are queued, the oldest has waited
+        ``max_wait``, or no other request is being read."""
         assert self._wake is not None
         deadline = self._pending[0].arrived + self.max_wait
-        while self._queued < self.max_batch:
+        while self._queued < self.max_batch and self._reading:
             left = deadline - time.monotonic()
             if left <= 0:
                 return

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from .._data.binding import Binding, presence_labels
+from .._data.codec import add_examples
 from .._data.table import Table
 from .._errors import PolymodalError
 from .._modelfile import KEY_SPEC, KEY_VERSIONS
-from .._training.inference import loaded_model, model_state, to_device
+from .._quantize import KEY_QUANTIZATION
+from .._training.inference import RowReport, loaded_model, model_state, to_device
 from .limits import UNPROCESSABLE, ClientError
 from .rows import Columns, RequestRows
 
@@ -42,6 +44,10 @@ class Outcome:
     error: ClientError | None = None
     #: a fault of the server (a bug of a codec or the model) while predicting this request
     fault: Exception | None = None
+    #: tolerated oddities of its rows, as ``predict`` reports them: a phrase -> how many rows
+    #: (``value(s) in column 'site' not seen in training: ...``), with a few example values
+    notes: dict[str, int] = field(default_factory=dict)
+    note_examples: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def row_error(message: str, names: dict[str, str] | None = None) -> dict[str, Any]:
@@ -58,6 +64,11 @@ def row_error(message: str, names: dict[str, str] | None = None) -> dict[str, An
             "message": text}
 
 
+class _NotesOfSeveral(Exception):
+    """The rows of several requests gave notes (an unseen category...): each request is run
+    alone so that its answer counts its own rows' notes (rare, so the cost is rare)."""
+
+
 class Predictor:
     """A loaded model (a model file or an ONNX export) and what it needs to read rows."""
 
@@ -71,6 +82,10 @@ class Predictor:
         self.inputs = list(self.spec.inputs)
         metadata = getattr(self.model, "metadata", None) or _file_metadata(path)
         self.versions = _json(metadata.get(KEY_VERSIONS))
+        #: a dynamically quantized int8 file scales activations by the rows it runs together,
+        #: so each request's rows run as a batch of their own: an answer does not move with
+        #: the requests that happen to share its batch
+        self.per_request = _json(metadata.get(KEY_QUANTIZATION)).get("mode") == "dynamic"
         self.spec_data = _json(metadata.get(KEY_SPEC))
 
     @property
@@ -94,8 +109,12 @@ class Predictor:
         """The outcome of each request. Where the batch fails as a whole (a codec refusing
         some request's rows with a :class:`PolymodalError`, or a fault), each request is run
         alone, so that only the one it comes from fails."""
+        if self.per_request and len(requests) > 1:
+            return [outcome for request in requests for outcome in self.run([request])]
         try:
             return self._run(requests)
+        except _NotesOfSeveral:
+            pass
         except Exception:  # noqa: BLE001 - retried one request at a time, below
             if len(requests) == 1:
                 raise
@@ -124,12 +143,30 @@ class Predictor:
         owners = np.asarray(live, dtype=np.int64)[owners]
         issues = self.binding.check(table, self.state, targets=False)
         keep = self._sorted(issues.bad, owners, requests, outcomes)
+        every = owners  # the requests of the batch, before failed ones were left out
         table, owners = table.take(keep), owners[keep]
         if len(table):
             encoded = self.binding.encode(table, self.state, targets=False)
+            self._noted([issues, encoded], every, outcomes)
             self._sorted(encoded.bad, owners, requests, outcomes)
             if len(encoded.positions):
                 self._predicted(table, owners, encoded, outcomes)
+
+    @staticmethod
+    def _noted(found: list[Any], owners: np.ndarray, outcomes: list[Outcome]) -> None:
+        """The notes of checking and encoding (``found``), given to the one request whose rows
+        they are about; :class:`_NotesOfSeveral` where the rows were several requests'."""
+        report = RowReport()
+        for each in found:
+            report.notes.update(each.notes)
+            for what, values in each.examples.items():
+                add_examples(report.examples, what, values)
+        if not report.notes:
+            return
+        if len(set(owners.tolist())) > 1:
+            raise _NotesOfSeveral  # run each request alone, to tell whose rows they are
+        outcome = outcomes[int(owners[0])]
+        outcome.notes, outcome.note_examples = dict(report.notes), report.examples
 
     def _sorted(self, bad: dict[int, str], owners: np.ndarray, requests: list[RequestRows],
                 outcomes: list[Outcome]) -> np.ndarray:

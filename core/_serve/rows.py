@@ -55,6 +55,16 @@ class RequestRows:
     def count(self) -> int:
         return len(self.numbers)
 
+    def parts(self, size: int) -> list[RequestRows]:
+        """The rows in parts of at most ``size`` rows, in order (the first holds the rows
+        skipped while reading); this request still owns, and closes, the written files."""
+        if self.count <= size:
+            return [self]
+        return [RequestRows({c: values[start:start + size] for c, values in self.columns.items()},
+                            self.numbers[start:start + size], self.on_bad_row, names=self.names,
+                            skipped=self.skipped if start == 0 else [])
+                for start in range(0, self.count, size)]
+
     def close(self) -> None:
         for path in self.written:
             path.unlink(missing_ok=True)
@@ -207,7 +217,9 @@ class RowBuilder:
         if isinstance(value, dict):
             return self._saved(request, row, column, *self._decoded(row, column, value))
         if isinstance(value, str):
-            return str(self._server_path(row, column, value))
+            path = str(self._server_path(row, column, value))
+            request.names[path] = value.strip()  # messages name the path as the client wrote it
+            return path
         raise ClientError(UNPROCESSABLE, f"row {row}, column {column!r}: a file cell holds"
                           ' {"base64": "..."} (the file\'s bytes), or a path under the server\'s'
                           f" data root, not a JSON {type(value).__name__}", row, column)

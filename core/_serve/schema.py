@@ -83,6 +83,10 @@ def response_model(predictor: Predictor) -> type[BaseModel]:
     batch = create_model("Batch", number=(int, ...), rows=(int, ...), requests=(int, ...))
     return create_model(f"{_title(predictor)}Response", request_id=(str, ...),
                         rows=(list[predicted], ...), skipped=(list[skipped], ...),
+                        notes=(dict[str, int], Field(description="Oddities tolerated in the rows,"
+                                                     " as predict reports them: how many rows")),
+                        note_examples=(dict[str, list[Any]], Field(
+                            description="A few values behind each note")),
                         batch=(batch, ...))
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import socket
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,11 @@ def test_paths_only_inside_the_data_root(server, demo, tmp_path):
                 "request_id": response.headers["x-request-id"]}
     finally:
         link.unlink()
+    missing = post(server, {"rows": [{**row, "photo": "images/no_such.png"}]})
+    assert missing.status_code == 422, missing.text
+    message = missing.json()["error"]["message"]
+    assert message.startswith("row 1, column 'photo'") and "'images/no_such.png'" in message
+    assert str(demo["data"]) not in message  # the server's own folder is not told
 
 
 def test_concurrent_requests_are_batched(server, demo):
@@ -126,6 +133,30 @@ def test_concurrent_requests_are_batched(server, demo):
         assert abs(head["decision_prob_accept"] - wanted["decision_prob_accept"][index]) < 1e-5
     health = httpx.get(f"{server.url}/health").json()["batching"]
     assert health["largest_batch_requests"] > 1 and health["rows"] >= len(rows)
+
+
+def test_unseen_categories_are_noted_per_request(server, demo):
+    """A category not seen in training is read as unknown and noted, as predict notes it, in
+    the answer of the request that sent it only, even when batched with others."""
+    rows = request_rows(demo, 4)
+    odd = [{**rows[0], "material": "unobtainium"}, {**rows[1], "material": "unobtainium"}]
+    note = ("value(s) in column 'material' not seen in training: used the reserved unknown"
+            " category")
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(client.post("/v1/predict", json={"rows": odd}),
+                                        *(client.post("/v1/predict", json={"rows": [row]})
+                                          for row in rows[2:]))
+
+    answers = [r.json() for r in asyncio.run(run())]
+    assert answers[0]["notes"] == {note: 2} and answers[0]["note_examples"] == {note: ["unobtainium"]}
+    assert [a["notes"] for a in answers[1:]] == [{}, {}]
+    assert len(answers[0]["rows"]) == 2 and all(len(a["rows"]) == 1 for a in answers[1:])
+    wanted = polymodal.predict(demo["model"], {**{k: [r[k] for r in odd] for k in odd[0] if k != "photo"},
+                                               "photo": [str(demo["data"] / r["photo"])
+                                                         for r in table_rows(demo["test"], 2)]})
+    assert wanted["notes"] == {note: 2}
 
 
 def bomb_png(side: int = 100_000) -> bytes:
@@ -263,19 +294,41 @@ def test_metadata_and_openapi_describe_this_model(server, demo):
 
 
 def test_an_onnx_export_serves_the_same_answers(demo, tmp_path):
-    onnx = Server(demo["onnx"], log=tmp_path / "onnx.log")
+    """... and --max-batch caps a batch's rows even for one request: a request of more rows is
+    predicted in parts of --max-batch rows, answered together."""
+    onnx = Server(demo["onnx"], "--max-batch", "3", log=tmp_path / "onnx.log")
     try:
-        response = post(onnx, {"rows": request_rows(demo, 3)})
+        response = post(onnx, {"rows": request_rows(demo, 8)})
         assert response.status_code == 200, response.text
-        assert_same(response.json()["rows"], expected(demo, 3), 1e-4)
+        assert_same(response.json()["rows"], expected(demo, 8), 1e-4)
+        assert response.json()["batch"]["rows"] <= 3
+        bad = request_rows(demo, 8)
+        bad[6]["reading"] = "abc"
+        skipped = post(onnx, {"rows": bad, "on_bad_row": "skip"}).json()
+        assert [r["row"] for r in skipped["rows"]] == [1, 2, 3, 4, 5, 6, 8]
+        assert [s["row"] for s in skipped["skipped"]] == [7]
+        failed = post(onnx, {"rows": bad})
+        assert failed.status_code == 422 and failed.json()["error"]["row"] == 7
+        batching = httpx.get(f"{onnx.url}/health").json()["batching"]
+        assert batching["largest_batch_rows"] == 3 and batching["rows"] >= 8
         assert httpx.get(f"{onnx.url}/v1/metadata").json()["model"]["format"] == "onnx"
     finally:
         assert onnx.stop() == 0
 
 
+def slow_upload(server: Server) -> socket.socket:
+    """A connection sending a request's body slowly: the server is reading a request, so a
+    batch being formed waits for it (up to --max-wait-ms)."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"rows\": ")
+    return sock
+
+
 def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
-    """A queue of 4 rows, batches waiting a second to fill: a second request finds it full;
-    then SIGTERM lets a request in flight finish and refuses new connections."""
+    """A queue of 4 rows, batches waiting 1.5 s to fill while another request is being read: a
+    second request finds the queue full; a lone request does not wait; then SIGTERM lets a
+    request in flight finish and refuses new connections."""
     slow = Server(demo["model"], "--max-wait-ms", "1500", "--max-queue", "4",
                   log=tmp_path / "slow.log")
     rows = request_rows(demo, 4)
@@ -288,7 +341,13 @@ def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
             return await first, second
 
     try:
+        assert post(slow, {"rows": rows[:1]}).status_code == 200  # warm
+        started = time.monotonic()
+        assert post(slow, {"rows": rows[:1]}).status_code == 200
+        assert time.monotonic() - started < 1.0  # no one else is coming: no 1.5 s wait
+        uploading = slow_upload(slow)
         first, second = asyncio.run(full())
+        uploading.close()
         assert first.status_code == 200 and len(first.json()["rows"]) == 4
         assert second.status_code == 503, second.text
         assert int(second.headers["retry-after"]) >= 1
@@ -300,6 +359,7 @@ def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
         assert refused.status_code == 403 and "without --data-root" in refused.text
 
         async def drained() -> httpx.Response:
+            uploading = slow_upload(slow)  # keeps the request in flight waiting for a batch
             async with httpx.AsyncClient(base_url=slow.url, timeout=60) as client:
                 flight = asyncio.ensure_future(client.post("/v1/predict", json={"rows": rows[:1]}))
                 await asyncio.sleep(0.5)
@@ -307,7 +367,9 @@ def test_full_queue_503_then_sigterm_drains(demo, tmp_path):
                 await asyncio.sleep(0.3)
                 with pytest.raises(httpx.TransportError):
                     await httpx.AsyncClient().post(f"{slow.url}/v1/predict", json={"rows": rows})
-                return await flight
+                answered = await flight
+                uploading.close()
+                return answered
 
         answered = asyncio.run(drained())
         assert answered.status_code == 200 and len(answered.json()["rows"]) == 1
