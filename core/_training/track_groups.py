@@ -248,7 +248,12 @@ class TuneTracking:
         return run
 
     def stale(self, study: Any) -> None:
-        """Trials whose process died (failed by the study, without a reason recorded)."""
+        """Trials whose process died (failed by the study, without a reason recorded); and the
+        study's best trial so far, so that a later one that beats it takes its tag."""
+        try:
+            self.best = study.best_trial.number
+        except ValueError:  # no completed trial yet
+            self.best = None
         for trial in study.trials:
             if trial.state.name == "FAIL" and not trial.user_attrs.get("error"):
                 run = self._handle(trial.number)

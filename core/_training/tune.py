@@ -204,7 +204,6 @@ def tune(
         if tracking is not None:
             tracking.start(spec, name, metric, opened.direction.name.lower(), trials,
                            plan.folds if plan else None, _safe_url(url), options)
-            tracking.stale(opened)
         ran = runner.lead(opened, trials, timeout)
     except BaseException as exc:
         # What the study holds so far is written before the run stops (no best model is
@@ -331,6 +330,8 @@ class _Runner:
         optuna = _optuna()
         with _quiet(optuna):
             optuna.storages.fail_stale_trials(study)  # trials of a process that died
+        if self.tracking is not None:  # their runs are failed too, now that the study says so
+            self.tracking.stale(study)
         self._tidy_failed(study)
         _enqueue_baseline(study, self.spec, self.say)
         finished = _finished(study)

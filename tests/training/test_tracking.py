@@ -4,6 +4,7 @@ event files read back with TensorBoard's own reader."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One ``mlflow server`` for the module (it takes seconds to start): its URI."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path):
+    """A real ``mlflow server`` (SQLite backend) on a free local port while the block runs:
+    its URI and process."""
     port = _free_port()
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
