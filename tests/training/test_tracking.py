@@ -473,3 +473,29 @@ def test_a_trial_scored_over_folds_has_its_folds_as_children(tmp_path):
     assert [e.step for e in _events(trial).Scalars("objective")] == [1, 2, 0]
     assert "test.label.accuracy" in _events(trial / "trial_0_fold_1").Tags()["scalars"]
     assert "train_loss" in _events(study / "best_model").Tags()["scalars"]
+
+
+def test_epochs_that_end_close_together_go_in_one_request(tmp_path):
+    """Metrics are held while the last request was sent less than METRICS_EVERY ago, then sent
+    together, each with its own step and time; the end sends what is held."""
+    from polymodal._options import Track
+    from polymodal._training.tracking import METRICS_EVERY, open_session
+
+    session = open_session(Track(to="tensorboard", uri=str(tmp_path / "tb")), tmp_path, "x",
+                           print)
+    run = session.run("r", None)
+    for step in (1, 2):
+        run.metrics({"loss": 1.0 / step}, step, f"epoch {step}")
+        time.sleep(0.05)
+    assert [detail for _, detail in run.held] == ["epoch 1", "epoch 2"]
+    session.metrics_sent -= METRICS_EVERY  # as if the last request was that long ago
+    run.metrics({"loss": 1 / 3}, 3, "epoch 3")
+    assert run.held == []  # due: the three go in one request
+    run.metrics({"loss": 1 / 4}, 4, "epoch 4")
+    assert len(run.held) == 1
+    run.finish("finished")
+    assert session.close()[0].startswith("tracking: recorded in TensorBoard")
+    scalars = _events(tmp_path / "tb" / "r").Scalars("loss")
+    assert [(s.step, pytest.approx(s.value)) for s in scalars] == [(1, 1.0), (2, 0.5),
+                                                                   (3, 1 / 3), (4, 0.25)]
+    assert scalars[1].wall_time - scalars[0].wall_time >= 0.04  # each epoch's own time
