@@ -56,20 +56,23 @@ def mlflow_server(folder: Path):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "mlflow server did not answer in 240 s"
-        time.sleep(0.5)
-    yield {"uri": uri, "process": process}
-    os.killpg(process.pid, signal.SIGKILL)  # a stopped server too; its store is thrown away
-    process.wait(timeout=30)
-    log.close()
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer in 240 s"
+            time.sleep(0.5)
+        yield {"uri": uri, "process": process}
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a stopped server too; its store goes
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        log.close()
 
 
 def _runs(uri: str, experiment: str) -> list:
