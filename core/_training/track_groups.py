@@ -258,7 +258,9 @@ class TuneTracking:
             if trial.state.name == "FAIL" and not trial.user_attrs.get("error"):
                 run = self._handle(trial.number)
                 if run is not None:
-                    run.tags({"state": "failed", "error": "its process stopped (killed?)"})
+                    # its own tags too: the process may have died before sending them
+                    run.tags({**self._trial_tags(trial.number), "state": "failed",
+                              "error": "its process stopped (killed?)"})
                     run.finish("failed")
 
     def finish(self, out: Path, best: Any, exc: BaseException | None = None) -> list[str]:

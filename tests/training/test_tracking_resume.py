@@ -15,7 +15,7 @@ import pytest
 
 import polymodal
 
-from test_tracking import _children, _history, _runs, mlflow_server
+from test_tracking import MlflowClient, _children, _history, _runs, mlflow_server
 from training_data import read_csv, table_spec, write_grouped_table
 
 pytest.importorskip("optuna")
@@ -57,10 +57,17 @@ def test_a_tune_trial_killed_mid_run_is_failed_when_the_study_resumes(server, tm
         [sys.executable, "-c", code, json.dumps([spec, str(table), str(out), track])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     trial = out / "trials" / "trial_0"
+
+    def training_and_recorded() -> bool:  # the trial's run holds its tags, its epochs go on
+        if not (trial / "tracking.json").is_file() or not (trial / "metrics.csv").is_file():
+            return False
+        if len(read_csv(trial / "metrics.csv")) < 2:
+            return False
+        record = json.loads((trial / "tracking.json").read_text())
+        return "optuna.trial" in MlflowClient(server["uri"]).get_run(record["run"]).data.tags
+
     try:
-        _wait_for(lambda: (trial / "tracking.json").is_file()
-                  and (trial / "metrics.csv").is_file()
-                  and len(read_csv(trial / "metrics.csv")) >= 2, process)
+        _wait_for(training_and_recorded, process)
     finally:
         process.send_signal(signal.SIGKILL)  # no handler runs: the trial stays RUNNING
         process.communicate()
