@@ -4,7 +4,11 @@ The fused spec trains in turn without tracking and with `--track mlflow` to a re
 `mlflow server` (SQLite backend, started by this script on a free port), in alternating rounds
 of one run; each tracked run's time includes waiting at its end for the last records to be
 sent. Prints the medians, the median of the per-round ratios against the untracked run (the
-goal: at most 1.02x), and the hardware (CPU, torch's CPU capability, threads, load).
+goal: at most 1.02x), the hardware (CPU, torch's CPU capability, threads, load), and the CPU
+seconds each run took in this process and in the server (on a busy machine these say more
+than the times), and what importing MLflow costs the first tracked run of a process (paid once
+here, in the warm-up round; a `polymodal train --track mlflow` command pays it every time, on
+its tracking thread).
 
     python benchmarks/bench_tracking.py [--rounds 5] [--rows 500] [--epochs 6]
 
@@ -19,6 +23,7 @@ import importlib.util
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,8 +42,9 @@ GOAL = 1.02
 
 
 @contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    """A local ``mlflow server`` on a free port while the block runs: its URI."""
+def mlflow_server(folder: Path) -> Iterator[tuple[str, int]]:
+    """A local ``mlflow server`` on a free port while the block runs: its URI, and its process
+    group (the server and its workers)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -60,11 +66,33 @@ def mlflow_server(folder: Path) -> Iterator[str]:
                     raise SystemExit(f"mlflow server did not start; see {folder / 'server.log'}")
                 time.sleep(0.5)
         print(f"mlflow server at {uri} answered after {time.perf_counter() - started:.0f} s")
-        yield uri
+        yield uri, process.pid
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
         log.close()
+
+
+def group_cpu(group: int | None) -> float:
+    """CPU seconds the processes of ``group`` have used so far (Linux; 0 elsewhere)."""
+    total = 0
+    for entry in Path("/proc").glob("[0-9]*/stat") if group is not None else ():
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a process that ended meanwhile
+        if int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.0
+
+
+def import_cpu() -> float:
+    """CPU seconds of ``import mlflow`` (what the tracking thread of a new process spends)."""
+    code = ("import time; started = time.process_time(); from mlflow.tracking import"
+            " MlflowClient; print(time.process_time() - started)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -87,11 +115,17 @@ def run(args: argparse.Namespace, out: Path) -> None:
     table, _ = make_data.generate(out / "data", args.rows, 8)
     print(f"hardware: {hardware()}")
     counter = iter(range(1_000_000))
+    server: list[int] = []  # the server's process group, once it runs
+    cpu: dict[str, list[tuple[float, float]]] = {}  # by run: (this process, the server)
 
     def train(track: object) -> None:
         number = next(counter)
+        started = (time.process_time(), group_cpu(server[0] if server else None))
         result = polymodal.train(HERE / "fused.yaml", table, out / f"m{number}.safetensors",
                                  options={"epochs": args.epochs}, progress=False, track=track)
+        cpu.setdefault("none" if track == "none" else "tracked", []).append(
+            (time.process_time() - started[0],
+             group_cpu(server[0] if server else None) - started[1]))
         unsent = [line for line in result.tracking if line.startswith("warning")]
         assert not unsent, unsent
 
@@ -102,7 +136,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
         report("smoke run (figures mean nothing)", times, "train", "train --track tensorboard",
                GOAL)
         return
-    with mlflow_server(out) as uri:
+    with mlflow_server(out) as (uri, group):
+        server.append(group)
         track = {"to": "mlflow", "uri": uri, "experiment": "bench"}
         times = alternate({"train": lambda: train("none"),
                            "train --track mlflow (server)": lambda: train(track)},
@@ -110,6 +145,11 @@ def run(args: argparse.Namespace, out: Path) -> None:
     report(f"polymodal train, demo data ({args.rows} rows, {args.epochs} epochs), with and"
            " without tracking to a local mlflow server", times, "train",
            "train --track mlflow (server)", GOAL)
+    for name, runs in cpu.items():  # the warm-up round (mlflow's import) is left out
+        mine, its = (statistics.median(r[i] for r in runs[1:]) for i in (0, 1))
+        print(f"CPU seconds a run, {name}: this process {mine:.2f} s, the server {its:.2f} s"
+              " (medians)")
+    print(f"importing mlflow (once a process: its first tracked run): {import_cpu():.2f} s CPU")
 
 
 if __name__ == "__main__":

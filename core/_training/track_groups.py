@@ -248,12 +248,19 @@ class TuneTracking:
         return run
 
     def stale(self, study: Any) -> None:
-        """Trials whose process died (failed by the study, without a reason recorded)."""
+        """Trials whose process died (failed by the study, without a reason recorded); and the
+        study's best trial so far, so that a later one that beats it takes its tag."""
+        try:
+            self.best = study.best_trial.number
+        except ValueError:  # no completed trial yet
+            self.best = None
         for trial in study.trials:
             if trial.state.name == "FAIL" and not trial.user_attrs.get("error"):
                 run = self._handle(trial.number)
                 if run is not None:
-                    run.tags({"state": "failed", "error": "its process stopped (killed?)"})
+                    # its own tags too: the process may have died before sending them
+                    run.tags({**self._trial_tags(trial.number), "state": "failed",
+                              "error": "its process stopped (killed?)"})
                     run.finish("failed")
 
     def finish(self, out: Path, best: Any, exc: BaseException | None = None) -> list[str]:

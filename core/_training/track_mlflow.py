@@ -11,7 +11,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tracking import Metrics
 
 #: MLflow's own HTTP retries wait minutes for a server that is down; the courier retries
 #: instead, so that an epoch's records never wait behind them. Its links to a finished run
@@ -70,14 +73,16 @@ class MlflowBackend:
         self.fresh.add(made.info.run_id)
         return str(made.info.run_id)
 
-    def log_params(self, run: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+    def log_params(self, run: str, params: dict[str, Any],
+                   tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Param, RunTag
 
         # A continued run keeps the parameters it has (MLflow refuses to change one).
         known = {} if run in self.fresh else self.client.get_run(run).data.params
         items = [Param(k, str(v)[:PARAM_LENGTH]) for k, v in params.items() if k not in known]
-        for i in range(0, len(items), BATCH):
-            self.client.log_batch(run, params=items[i:i + BATCH])
+        labels = [RunTag(k, str(v)[:PARAM_LENGTH]) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(items), len(labels)), BATCH):  # one request where they fit
+            self.client.log_batch(run, params=items[i:i + BATCH], tags=labels[i:i + BATCH])
 
     def set_tags(self, run: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -86,11 +91,11 @@ class MlflowBackend:
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run, tags=items[i:i + BATCH])
 
-    def log_metrics(self, run: str, metrics: dict[str, float], step: int, at: float) -> None:
+    def log_metrics(self, run: str, records: list[Metrics]) -> None:
         from mlflow.entities import Metric
 
-        stamp = int(at * 1000)
-        items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), int(at * 1000), step)
+                 for values, step, at in records for k, v in values.items()]
         for i in range(0, len(items), BATCH * 10):
             self.client.log_batch(run, metrics=items[i:i + BATCH * 10])
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tracking import Metrics
 
 #: HParams' session status for each way a run ends.
 STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "killed": "STATUS_ABORTED"}
@@ -49,19 +52,23 @@ class TensorBoardBackend:
             self.writers[run] = SummaryWriter(run, flush_secs=10)
         return self.writers[run]
 
-    def log_params(self, run: str, params: dict[str, Any]) -> None:
+    def log_params(self, run: str, params: dict[str, Any],
+                   tags: dict[str, str] | None = None) -> None:
         self.params[run] = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
                             for k, v in params.items()}
+        if tags:
+            self.set_tags(run, tags)
 
     def set_tags(self, run: str, tags: dict[str, str]) -> None:
         rows = "\n".join(f"| {k} | {v} |" for k, v in tags.items())
         self._writer(run).add_text("tags", f"| tag | value |\n| --- | --- |\n{rows}", 0)
 
-    def log_metrics(self, run: str, metrics: dict[str, float], step: int, at: float) -> None:
+    def log_metrics(self, run: str, records: list[Metrics]) -> None:
         writer = self._writer(run)
-        self._declare(run, metrics)
-        for key, value in metrics.items():
-            writer.add_scalar(key, value, step, walltime=at)
+        for metrics, step, at in records:
+            self._declare(run, metrics)
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, step, walltime=at)
         writer.flush()
 
     def _declare(self, run: str, metrics: dict[str, float]) -> None:

@@ -57,9 +57,9 @@ class TrainTracking:
         data.get("training", {}).pop("track", None)  # where it is recorded: not a parameter
         resolved = {"device": str(device), "precision": opts.precision, "threads": threads,
                     "seed": opts.seed}
-        self.run.params({**flat_params(data), **{f"resolved.{k}": v for k, v in resolved.items()}})
-        self.run.tags({"polymodal.command": "train", "precision": opts.precision,
-                       **version_tags(spec), **hardware_tags(device)})
+        self.run.params({**flat_params(data), **{f"resolved.{k}": v for k, v in resolved.items()}},
+                        {"polymodal.command": "train", "precision": opts.precision,
+                         **version_tags(spec), **hardware_tags(device)})
 
     def epoch(self, row: Mapping[str, Any]) -> None:
         self.run.metrics(epoch_metrics(row), int(row["epoch"]), f"epoch {row['epoch']}")

@@ -31,7 +31,15 @@ from .._options import Track
 from .courier import Courier, Job
 
 RECORD = "tracking.json"
+#: Metrics are sent at most once in this many seconds: epochs that end faster go together in
+#: one request (a short run sends all of its epochs as it ends), so that the tracker's work
+#: does not take the cores from training; an epoch that ends later than this is sent at once.
+METRICS_EVERY = 10.0
 PACKAGES = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboard", "tensorboard")}
+
+
+#: A step's metrics: (values, step, the time they were taken).
+Metrics = tuple[dict[str, float], int, float]
 
 
 class TrackingError(PolymodalError):
@@ -43,9 +51,10 @@ class Backend(Protocol):
 
     def open(self) -> None: ...
     def create_run(self, name: str, parent: str | None, resume: str | None) -> str: ...
-    def log_params(self, run: str, params: dict[str, Any]) -> None: ...
+    def log_params(self, run: str, params: dict[str, Any],
+                   tags: dict[str, str] | None = None) -> None: ...
     def set_tags(self, run: str, tags: dict[str, str]) -> None: ...
-    def log_metrics(self, run: str, metrics: dict[str, float], step: int, at: float) -> None: ...
+    def log_metrics(self, run: str, records: list[Metrics]) -> None: ...
     def log_file(self, run: str, path: Path, folder: str | None) -> None: ...
     def log_text(self, run: str, text: str, name: str) -> None: ...
     def finish(self, run: str, status: str) -> None: ...
@@ -114,6 +123,7 @@ class Session:
         self.courier = Courier(backend.describe(None), say)
         self.runs: list[TrackedRun] = []
         self.closed = False
+        self.metrics_sent = time.monotonic()  # when metrics were last sent (or the start)
 
     def key(self) -> dict[str, Any]:
         """What a run's record must match to be continued: the same tracker, URI, experiment."""
@@ -136,11 +146,21 @@ class Session:
         """A handle on a run recorded earlier (to tag it), without reopening it."""
         return TrackedRun(self, name, None, None, None, run_id)
 
-    def send(self, run: TrackedRun, kind: str, detail: str,
+    def send(self, run: TrackedRun, kind: str, detail: str | list[str],
              call: Callable[[str], None]) -> None:
+        """Queue ``call`` with ``run``'s id; ``detail`` says what it records (for the list of
+        what was not sent)."""
         def job() -> None:
             call(run.ensure())
-        self.courier.send(kind, f"{run.name}: {detail}" if detail else run.name, job)
+        details = [detail] if isinstance(detail, str) else detail
+        said = ", ".join(f"{run.name}: {d}" if d else run.name for d in details)
+        self.courier.send(kind, said, job)
+
+    def metrics_due(self) -> None:
+        """Send every run's held metrics where the last were sent ``METRICS_EVERY`` ago."""
+        if time.monotonic() - self.metrics_sent >= METRICS_EVERY:
+            for run in self.runs:
+                run.send_metrics()
 
     def close(self) -> list[str]:
         """Wait (bounded) for what is queued; lines saying where the runs are and what was not
@@ -148,6 +168,8 @@ class Session:
         if self.closed:
             return []
         self.closed = True
+        for run in self.runs:
+            run.send_metrics()
         self.courier.send("close", "", self.backend.close)
         unsent = [j for j in self.courier.close() if j.kind != "close"]
         return self._summary(unsent)
@@ -178,6 +200,7 @@ class TrackedRun:
     parent: TrackedRun | None = None
     earlier: str | None = None  # the id of the run to continue
     id: str | None = None
+    held: list[tuple[Metrics, str]] = field(default_factory=list)  # metrics not yet queued
 
     def ensure(self) -> str:
         """The run's id, creating (or reopening) the run first where it is not yet."""
@@ -191,10 +214,11 @@ class TrackedRun:
             write_text(self.record, json.dumps({**self.session.key(), "run": self.id}, indent=2))
         return self.id
 
-    def params(self, params: Mapping[str, Any]) -> None:
-        values = dict(params)
+    def params(self, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> None:
+        """Parameters (and tags, in the same request)."""
+        values, labels = dict(params), {k: str(v) for k, v in (tags or {}).items()}
         self.session.send(self, "parameters", "", lambda run: self.session.backend.log_params(
-            run, values))
+            run, values, labels))
 
     def tags(self, tags: Mapping[str, Any]) -> None:
         values = {k: str(v) for k, v in tags.items()}
@@ -202,13 +226,24 @@ class TrackedRun:
             run, values))
 
     def metrics(self, metrics: Mapping[str, float], step: int, detail: str) -> None:
+        """A step's metrics: held, and sent with the others held (:data:`METRICS_EVERY`)."""
         values = {metric_name(k): float(v) for k, v in metrics.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        at = time.time()
-        self.session.send(self, "metrics", detail, lambda run: self.session.backend.log_metrics(
-            run, values, step, at))
+        self.held.append(((values, step, time.time()), detail))
+        self.session.metrics_due()
+
+    def send_metrics(self) -> None:
+        """Queue the metrics held, in one job."""
+        if not self.held:
+            return
+        records, details = [r for r, _ in self.held], [d for _, d in self.held]
+        self.held = []
+        self.session.metrics_sent = time.monotonic()
+        self.session.send(self, "metrics", details, lambda run: self.session.backend.log_metrics(
+            run, records))
 
     def file(self, path: Path, folder: str | None = None) -> None:
+        self.send_metrics()  # the epochs are over: what they hold goes first
         if path.is_file():
             self.session.send(self, "files", path.name, lambda run: self.session.backend.log_file(
                 run, path, folder))
@@ -218,6 +253,7 @@ class TrackedRun:
             run, text, name))
 
     def finish(self, status: str) -> None:
+        self.send_metrics()
         self.session.send(self, "end", status, lambda run: self.session.backend.finish(
             run, status))
 

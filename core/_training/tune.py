@@ -237,7 +237,6 @@ class _Trials:
                 tracking.start(self.spec, name, self.metric, opened.direction.name.lower(),
                                search.trials, self.plan.folds if self.plan else None,
                                safe_url(self.url), self.settings.overrides)
-                tracking.stale(opened)
             ran = self.lead(opened, search.trials, search.timeout)
         except BaseException as exc:
             # What the study holds so far is written before the run stops (no best model is
@@ -259,6 +258,8 @@ class _Trials:
         optuna = optuna_module()
         with quiet(optuna):
             optuna.storages.fail_stale_trials(study)  # trials of a process that died
+        if self.tracking is not None:  # their runs are failed too, now that the study says so
+            self.tracking.stale(study)
         self._tidy_failed(study)
         enqueue_baseline(study, self.spec, self.say)
         finished = finished_count(study)

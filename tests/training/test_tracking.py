@@ -4,6 +4,7 @@ event files read back with TensorBoard's own reader."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One ``mlflow server`` for the module (it takes seconds to start): its URI."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path):
+    """A real ``mlflow server`` (SQLite backend) on a free local port while the block runs:
+    its URI and process."""
     port = _free_port()
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
@@ -48,20 +56,23 @@ def server(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "mlflow server did not answer in 240 s"
-        time.sleep(0.5)
-    yield {"uri": uri, "process": process}
-    os.killpg(process.pid, signal.SIGKILL)  # a stopped server too; its store is thrown away
-    process.wait(timeout=30)
-    log.close()
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer in 240 s"
+            time.sleep(0.5)
+        yield {"uri": uri, "process": process}
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a stopped server too; its store goes
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        log.close()
 
 
 def _runs(uri: str, experiment: str) -> list:
@@ -465,3 +476,29 @@ def test_a_trial_scored_over_folds_has_its_folds_as_children(tmp_path):
     assert [e.step for e in _events(trial).Scalars("objective")] == [1, 2, 0]
     assert "test.label.accuracy" in _events(trial / "trial_0_fold_1").Tags()["scalars"]
     assert "train_loss" in _events(study / "best_model").Tags()["scalars"]
+
+
+def test_epochs_that_end_close_together_go_in_one_request(tmp_path):
+    """Metrics are held while the last request was sent less than METRICS_EVERY ago, then sent
+    together, each with its own step and time; the end sends what is held."""
+    from polymodal._options import Track
+    from polymodal._training.tracking import METRICS_EVERY, open_session
+
+    session = open_session(Track(to="tensorboard", uri=str(tmp_path / "tb")), tmp_path, "x",
+                           print)
+    run = session.run("r", None)
+    for step in (1, 2):
+        run.metrics({"loss": 1.0 / step}, step, f"epoch {step}")
+        time.sleep(0.05)
+    assert [detail for _, detail in run.held] == ["epoch 1", "epoch 2"]
+    session.metrics_sent -= METRICS_EVERY  # as if the last request was that long ago
+    run.metrics({"loss": 1 / 3}, 3, "epoch 3")
+    assert run.held == []  # due: the three go in one request
+    run.metrics({"loss": 1 / 4}, 4, "epoch 4")
+    assert len(run.held) == 1
+    run.finish("finished")
+    assert session.close()[0].startswith("tracking: recorded in TensorBoard")
+    scalars = _events(tmp_path / "tb" / "r").Scalars("loss")
+    assert [(s.step, pytest.approx(s.value)) for s in scalars] == [(1, 1.0), (2, 0.5),
+                                                                   (3, 1 / 3), (4, 0.25)]
+    assert scalars[1].wall_time - scalars[0].wall_time >= 0.04  # each epoch's own time
