@@ -85,6 +85,40 @@ def strong_weak_spec() -> dict:
     }
 
 
+def memorising_table(out: Path, rows: int, noise_columns: int = 30, seed: int = 0) -> Path:
+    """A record whose ``x`` decides most rows, beside many noise columns a wide MLP can memorise;
+    a photo whose blob brightness ``u`` decides the rest: label ``x + 0.7 u + noise > 0``."""
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(rows):
+        u, x = rng.normal(), rng.normal()
+        image = rng.normal(100, 20, (24, 24, 3))
+        cy, cx = rng.integers(6, 18, 2)
+        image[cy - 5:cy + 5, cx - 5:cx + 5] = 128 + 45 * np.clip(u, -2.5, 2.5)
+        path = f"images/mem_{i:05d}.png"
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(out / path)
+        label = "yes" if x + 0.7 * u + rng.normal(0, 0.2) > 0 else "no"
+        noise = {f"n{j}": f"{rng.normal():.3f}" for j in range(noise_columns)}
+        records.append({"photo": path, "x": f"{x:.3f}", **noise, "label": label})
+    table = out / "memorising.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return table
+
+
+def memorising_spec(noise_columns: int = 30) -> dict:
+    spec = strong_weak_spec()
+    spec["inputs"]["record"] = {
+        "adapter": {"type": "tabular",
+                    "numerical": ["x", *(f"n{j}" for j in range(noise_columns))]},
+        "backbone": {"type": "mlp", "hidden": [256, 256]}}
+    spec["training"]["epochs"] = 20
+    return spec
+
+
 def variants(fused: dict, weight: float) -> list[dict]:
     """The fused spec with the option, without it, and each input alone."""
     with_aux = {**fused, "name": "fused_auxiliary",
@@ -124,7 +158,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the folds and of training.")
     parser.add_argument("--out", default="runs/aux-bench")
     parser.add_argument("--tables", default="parts,strong_weak",
-                        help="Which tables to run, of parts and strong_weak.")
+                        help="Which tables to run, of parts, strong_weak and memorising.")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny tables, 2 folds of one epoch: checks that the script runs")
     args = parser.parse_args()
@@ -143,6 +177,11 @@ def main() -> None:
         strong_weak = strong_weak_table(out / "strong_weak", rows)
         compare("strong photo, weak record", variants(strong_weak_spec(), args.weight),
                 strong_weak, folds, out / "strong_weak.cv", epochs, args.seed)
+    if "memorising" in tables:
+        memorising = memorising_table(out / "memorising", rows)
+        compare("strong record that can memorise, weak photo",
+                variants(memorising_spec(), args.weight), memorising, folds,
+                out / "memorising.cv", epochs, args.seed)
 
 
 if __name__ == "__main__":
