@@ -26,6 +26,7 @@ import argparse
 import csv
 import importlib.util
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,10 @@ def parts_table(out: Path, rows: int) -> Path:
     return module.write_split(out, "train", rows, seed=1)
 
 
-def strong_weak_table(out: Path, rows: int, seed: int = 0) -> Path:
-    """Photos whose blob brightness is ``u``, a record's ``x``; label: u + 0.5 x + noise > 0."""
+def _blob_table(out: Path, name: str, rows: int, seed: int,
+                weights: tuple[float, float], extra: Callable[[np.random.Generator], dict]) -> Path:
+    """Photos whose blob brightness is ``u`` and a record's ``x`` (with the ``extra`` columns
+    drawn for each row); label: ``weights[0] u + weights[1] x + noise > 0``."""
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
@@ -56,17 +59,22 @@ def strong_weak_table(out: Path, rows: int, seed: int = 0) -> Path:
         image = rng.normal(100, 20, (24, 24, 3))
         cy, cx = rng.integers(6, 18, 2)
         image[cy - 5:cy + 5, cx - 5:cx + 5] = 128 + 45 * np.clip(u, -2.5, 2.5)
-        path = f"images/sw_{i:05d}.png"
+        path = f"images/{name}_{i:05d}.png"
         Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(out / path)
-        label = "yes" if u + 0.5 * x + rng.normal(0, 0.2) > 0 else "no"
-        records.append({"photo": path, "x": f"{x:.3f}", "noise": f"{rng.normal():.3f}",
-                        "label": label})
-    table = out / "strong_weak.csv"
+        label = "yes" if weights[0] * u + weights[1] * x + rng.normal(0, 0.2) > 0 else "no"
+        records.append({"photo": path, "x": f"{x:.3f}", **extra(rng), "label": label})
+    table = out / f"{name}.csv"
     with table.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, list(records[0]))
         writer.writeheader()
         writer.writerows(records)
     return table
+
+
+def strong_weak_table(out: Path, rows: int, seed: int = 0) -> Path:
+    """A strong photo and a weak record: label ``u + 0.5 x + noise > 0``."""
+    return _blob_table(out, "strong_weak", rows, seed, (1.0, 0.5),
+                       lambda rng: {"noise": f"{rng.normal():.3f}"})
 
 
 def strong_weak_spec() -> dict:
@@ -88,25 +96,8 @@ def strong_weak_spec() -> dict:
 def memorising_table(out: Path, rows: int, noise_columns: int = 30, seed: int = 0) -> Path:
     """A record whose ``x`` decides most rows, beside many noise columns a wide MLP can memorise;
     a photo whose blob brightness ``u`` decides the rest: label ``x + 0.7 u + noise > 0``."""
-    rng = np.random.default_rng(seed)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(rows):
-        u, x = rng.normal(), rng.normal()
-        image = rng.normal(100, 20, (24, 24, 3))
-        cy, cx = rng.integers(6, 18, 2)
-        image[cy - 5:cy + 5, cx - 5:cx + 5] = 128 + 45 * np.clip(u, -2.5, 2.5)
-        path = f"images/mem_{i:05d}.png"
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(out / path)
-        label = "yes" if x + 0.7 * u + rng.normal(0, 0.2) > 0 else "no"
-        noise = {f"n{j}": f"{rng.normal():.3f}" for j in range(noise_columns)}
-        records.append({"photo": path, "x": f"{x:.3f}", **noise, "label": label})
-    table = out / "memorising.csv"
-    with table.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    return table
+    return _blob_table(out, "memorising", rows, seed, (0.7, 1.0),
+                       lambda rng: {f"n{j}": f"{rng.normal():.3f}" for j in range(noise_columns)})
 
 
 def memorising_spec(noise_columns: int = 30) -> dict:
