@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: A step's metrics, as a backend receives them: (values, step, the time they were taken).
+Metrics = tuple[dict[str, float], int, float]
+
 #: Tries of a job while the tracker answers; once a job has failed every try, later jobs get
 #: one try each until one succeeds (a server that is down costs one timeout a job, not three).
 TRIES = 3

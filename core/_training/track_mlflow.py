@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .tracking import Metrics
+    from .courier import Metrics
 
 #: MLflow's own HTTP retries wait minutes for a server that is down; the courier retries
 #: instead, so that an epoch's records never wait behind them. Its links to a finished run

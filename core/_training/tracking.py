@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from .._errors import PolymodalError
 from .._files import write_text
 from .._options import Track
-from .courier import Courier, Job
+from .courier import Courier, Job, Metrics
 
 RECORD = "tracking.json"
 #: Metrics are sent at most once in this many seconds: epochs that end faster go together in
@@ -36,10 +36,6 @@ RECORD = "tracking.json"
 #: does not take the cores from training; an epoch that ends later than this is sent at once.
 METRICS_EVERY = 10.0
 PACKAGES = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboard", "tensorboard")}
-
-
-#: A step's metrics: (values, step, the time they were taken).
-Metrics = tuple[dict[str, float], int, float]
 
 
 class TrackingError(PolymodalError):
