@@ -91,7 +91,10 @@ class TrainingOptions(_Options):
         " is faster but not exactly repeatable (a step whose gradients are not finite is"
         " skipped and noted); without those instructions it is emulated and slower than fp32"
         " (a warning says so). fp16 needs a CUDA GPU.")
-    channels_last: bool = Field(False, description="Channels-last memory format for images.")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="Channels-last memory format for image batches and the model."
+        " auto: on where the run trains on a CPU (faster convolutions there, at every"
+        " precision) or in bf16/fp16 on a CUDA GPU; off in fp32 on a GPU.")
     compile: bool = Field(False, description="torch.compile the model (slow first steps).")
     seed: int = Field(0, description="Seed of initialisation, shuffling, augmentation and"
                       " dropout: the same seed gives the same model.", ge=0, lt=2**31)

@@ -392,8 +392,9 @@ def _run(spec: ModelSpec, data: Any, settings: RunSettings, call: TrainCall,
     binding = Binding(spec)
     rows = prepare_rows(binding, spec.training, data, call.val, settings.on_bad_row)
     # The precision this device runs well; the spec keeps what was asked (auto).
-    opts = spec.training.model_copy(update={"precision": hardware.choose_precision(
-        spec.training.precision, context.device, say)})
+    precision = hardware.choose_precision(spec.training.precision, context.device, say)
+    opts = spec.training.model_copy(update={"precision": precision, "channels_last":
+        hardware.choose_channels_last(spec.training.channels_last, context.device, precision)})
     _announce(binding, rows, say)
     checkpoint = _restore_point(run_dir / CHECKPOINT, spec, rows, say) if call.resume else None
     if rows.held_out and context.main:

@@ -180,7 +180,8 @@ class Epochs:
         parts, opts, device = self.parts, self.opts, self.context.device
         fail_on(encoded.bad, self.on_bad_row, len(encoded.positions) + len(encoded.bad))
         self.rows.report.add(encoded)
-        inputs = to_device(encoded.inputs, device, opts.channels_last)
+        # The engine resolved channels_last's auto (hardware.choose_channels_last).
+        inputs = to_device(encoded.inputs, device, opts.channels_last is True)
         targets = device_targets(encoded.targets, device)
         present = to_device(encoded.present, device) or None
         with autocast(device, opts.precision):
@@ -223,7 +224,7 @@ class Epochs:
         parts.model.auxiliary_outputs = True  # the per-input heads' metrics too
         try:
             collected = collect(parts.model, self.val_batches, self.context.device,
-                                opts.precision, opts.channels_last)
+                                opts.precision, opts.channels_last is True)
         finally:
             parts.model.auxiliary_outputs = False
         per_head = head_metrics(collected, parts.binding, parts.state)

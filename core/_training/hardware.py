@@ -104,6 +104,14 @@ def choose_precision(asked: str, device: torch.device, say: Callable[[str], None
     return asked
 
 
+def choose_channels_last(asked: bool | str, device: torch.device, precision: str) -> bool:
+    """Whether a run keeps image batches and the model channels-last, for the option ``asked``:
+    ``auto`` where oneDNN's CPU convolutions or a GPU's mixed-precision ones run faster so."""
+    if asked != "auto":
+        return bool(asked)
+    return device.type == "cpu" or (device.type == "cuda" and precision in ("bf16", "fp16"))
+
+
 def _automatic(device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         if cuda_native_bf16(device):

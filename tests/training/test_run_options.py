@@ -155,3 +155,23 @@ def test_an_epoch_whose_every_step_is_skipped_stops_the_run(tmp_path, monkeypatc
                        " not finite in bf16, so no step was taken"):
         polymodal.train(table_spec(epochs=2, precision="bf16"), write_grouped_table(tmp_path),
                         tmp_path / "m.safetensors", progress=False)
+
+
+def test_channels_last_auto_is_on_for_a_cpu_and_for_mixed_precision_on_a_gpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert hardware.choose_channels_last("auto", cpu, "fp32") is True
+    assert hardware.choose_channels_last("auto", cpu, "bf16") is True
+    assert hardware.choose_channels_last("auto", cuda, "fp32") is False
+    assert hardware.choose_channels_last("auto", cuda, "bf16") is True
+    assert hardware.choose_channels_last("auto", cuda, "fp16") is True
+    assert hardware.choose_channels_last(False, cpu, "fp32") is False
+    assert hardware.choose_channels_last(True, cuda, "fp32") is True
+
+
+def test_the_default_memory_format_is_auto_and_the_saved_spec_keeps_it(tmp_path):
+    spec = table_spec()
+    spec["training"].pop("channels_last", None)
+    result = polymodal.train(spec, write_grouped_table(tmp_path), tmp_path / "m.safetensors",
+                             progress=False)
+    assert result.model.spec.training.channels_last == "auto"
+    assert polymodal.load(tmp_path / "m.safetensors").spec.training.channels_last == "auto"
