@@ -215,7 +215,8 @@ def _human(as_json: bool, quiet: bool):
 @click.option("--val-fraction", type=float, help="Fraction of rows held out for validation"
               " (overrides training.val_fraction).")
 @click.option("--group-by", help="Keep each group of this column on one side of the split.")
-@override_options(("epochs", "batch_size", "lr", "seed", "device", "workers"))
+@override_options(("epochs", "batch_size", "lr", "seed", "device", "workers", "precision",
+                   "channels_last"))
 @click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True,
               help="A row with a bad value stops the run, or is left out and reported.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
@@ -260,7 +261,8 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
 def _overrides(command):
     """The training options cv and tune override for every spec (and trial)."""
     for option in reversed([
-        override_options(("epochs", "batch_size", "seed", "device", "workers"),
+        override_options(("epochs", "batch_size", "seed", "device", "workers", "precision",
+                          "channels_last"),
                          {"seed": " (it also draws the folds)"}),
         click.option("--on-bad-row", type=_BAD_ROW, default="fail", show_default=True,
                      help="A row with a bad value stops the run, or is left out and reported."),

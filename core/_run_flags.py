@@ -22,6 +22,8 @@ OVERRIDES: dict[str, tuple[Any, str]] = {
     "seed": (int, ""),
     "device": (str, " (auto, cpu, cuda, cuda:N)"),
     "workers": (int, ""),
+    "precision": (click.Choice(["auto", "fp32", "bf16", "fp16"]), ""),
+    "channels_last": (click.Choice(["auto", "true", "false"]), ""),
 }
 #: Flags that set a ``training`` field with help of their own (not "Override ..."): ``train``'s
 #: split options (``cv`` and ``tune`` take ``--group-by`` as a fold setting), and ``--track``,

@@ -16,9 +16,33 @@ SAMPLES = {int: "3", float: "0.01", str: "cpu"}
 def test_each_override_flag_sets_a_training_field_of_its_type(field):
     assert field in TrainingOptions.model_fields, f"{flag(field)} names no training option"
     kind, _ = OVERRIDES[field]
+    if isinstance(kind, click.Choice):  # every choice is a value the field takes
+        for choice in kind.choices:
+            options = TrainingOptions.model_validate({field: choice})
+            assert str(getattr(options, field)).lower() == choice
+        return
     value = click.types.convert_type(kind).convert(SAMPLES[kind], None, None)
     options = TrainingOptions.model_validate({field: value})
     assert getattr(options, field) == value
+
+
+def _values(annotation) -> set[str]:
+    """Every value a field of ``annotation`` (Literal, bool, or a union of them) takes, as a
+    command line spells it."""
+    from typing import Literal, get_args, get_origin
+
+    if annotation is bool:
+        return {"true", "false"}
+    if get_origin(annotation) is Literal:
+        return {str(a).lower() for a in get_args(annotation)}
+    return set().union(*(_values(a) for a in get_args(annotation)))
+
+
+def test_a_choice_flag_offers_every_value_its_field_takes():
+    for field, (kind, _) in OVERRIDES.items():
+        if isinstance(kind, click.Choice):
+            annotation = TrainingOptions.model_fields[field].annotation
+            assert set(kind.choices) == _values(annotation), field
 
 
 @pytest.mark.parametrize("command", ["train", "cv", "tune"])
