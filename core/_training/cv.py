@@ -169,11 +169,10 @@ class _CrossValidation:
             record = self._fold(scores, fold, finished, shown)
             for column, values in record.predictions.items():
                 predictions.setdefault(column, []).extend(values)
-        scores.predictions = self.folder.path / ("oof_predictions.csv" if len(self.specs) == 1
-                                                 else f"{name}_oof_predictions.csv")
         order = np.argsort(np.asarray(predictions.get("row", []), np.int64), kind="stable")
-        self.folder.write_csv(scores.predictions, list(predictions),
-                              ([values[i] for values in predictions.values()] for i in order))
+        scores.predictions = self.folder.write_csv(
+            "oof_predictions.csv" if len(self.specs) == 1 else f"{name}_oof_predictions.csv",
+            list(predictions), ([values[i] for values in predictions.values()] for i in order))
         return scores
 
     def _fold(self, scores: SpecScores, fold: int, finished: FinishedFolds,
@@ -215,7 +214,7 @@ class _CrossValidation:
         plan, table = self.plan, self.table
         shown = list(dict.fromkeys(c for c in (plan.group_column, plan.split_by) if c))
         header = ["row", "fold", *(f"{c}_value" if c in ("row", "fold") else c for c in shown)]
-        self.folder.write_csv(Path("folds.csv"), header, (
+        self.folder.write_csv("folds.csv", header, (
             [int(row), int(fold) + 1, *(table.columns[c][i] for c in shown)]
             for i, (row, fold) in enumerate(zip(table.rows, plan.fold_of_row))))
 
@@ -223,12 +222,12 @@ class _CrossValidation:
         out, folder = result.output, self.folder
         write_text(out / "report.json", json.dumps(result.summary(), indent=2))
         write_text(out / "report.txt", result.table() + "\n")
-        folder.write_csv(Path("scores.csv"), ["spec", "fold", "head", "metric", "value"], (
+        folder.write_csv("scores.csv", ["spec", "fold", "head", "metric", "value"], (
             [scores.name, fold, head, m, v] for scores in result.scores
             for fold, metrics in enumerate(scores.folds, start=1)
             for head, values in metrics.items() for m, v in values.items()))
         if any(any(s.by_presence) for s in result.scores):
-            folder.write_csv(Path("scores_by_inputs.csv"),
+            folder.write_csv("scores_by_inputs.csv",
                              ["spec", "fold", "head", "inputs", "rows", "metric", "value"], (
                 [scores.name, fold, head, kind, found["rows"], m, v] for scores in result.scores
                 for fold, heads in enumerate(scores.by_presence, start=1)

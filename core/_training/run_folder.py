@@ -53,9 +53,11 @@ class RunFolder:
             for folder in folders:
                 (folder / CHECKPOINT).unlink(missing_ok=True)
 
-    def write_csv(self, path: Path, header: list[str], rows: Iterable[Any]) -> None:
-        """A CSV file, written atomically (``path`` relative to the folder, or absolute)."""
-        write_text(self.path / path, csv_text(header, rows))
+    def write_csv(self, name: str, header: list[str], rows: Iterable[Any]) -> Path:
+        """The CSV file ``name`` in the folder, written atomically; its path."""
+        path = self.path / name
+        write_text(path, csv_text(header, rows))
+        return path
 
 
 def _run_name(kind: str) -> str:

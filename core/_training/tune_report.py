@@ -131,7 +131,7 @@ def _write_trials(study: Any, folder: RunFolder) -> None:
         rows.append([t.number, t.state.name, "" if t.value is None else t.value, seconds, last,
                      *(t.params.get(p, "") for p in params), t.user_attrs.get("worker", ""),
                      bool(t.user_attrs.get("baseline")), _error(t)])
-    folder.write_csv(Path("trials.csv"), ["number", "state", "value", "seconds", "last_step",
+    folder.write_csv("trials.csv", ["number", "state", "value", "seconds", "last_step",
                                           *params, "worker", "baseline", "error"], rows)
 
 

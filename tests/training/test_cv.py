@@ -4,6 +4,7 @@ the same folds."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +72,18 @@ def test_a_row_without_a_group_is_named(tmp_path):
         writer.writerows(rows)
     with pytest.raises(polymodal.DataError, match=r"holes.csv row 7, column 'site': empty"):
         polymodal.cv(table_spec(), path, folds=3, group_by="site", output=tmp_path / "cv")
+
+
+def test_a_relative_output_folder_holds_every_file_the_report_names(tmp_path, monkeypatch):
+    table = write_grouped_table(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = polymodal.cv(table_spec(), table, folds=3, group_by="site", output=Path("rel.cv"))
+    predictions = result.scores[0].predictions
+    assert predictions is not None and predictions.is_file()
+    assert predictions.resolve() == (tmp_path / "rel.cv" / "oof_predictions.csv")
+    assert not (tmp_path / "rel.cv" / "rel.cv").exists()
+    report = json.loads((tmp_path / "rel.cv" / "report.json").read_text())
+    assert Path(report["specs"]["tab"]["predictions"]).resolve() == predictions.resolve()
 
 
 def test_same_seed_same_scores_and_what_a_run_leaves(tmp_path):
