@@ -57,6 +57,8 @@ class ExportResult:
     layout: Layout
     difference: float | None
     checked_with: str | None
+    #: For an int8 file, what was done (as kept in its metadata): mode, int8 node counts...
+    quantization: Mapping[str, Any] | None = None
 
 
 # -- the exported module ------------------------------------------------------------------------
@@ -283,6 +285,7 @@ def export(model: Any, output: str | Path, *, format: str | None = None, check: 
             else:
                 write_program(program, metadata, output)
             difference, checked_with = (None, None)
+            quantization: dict[str, Any] | None = None
             if check:
                 try:
                     difference, checked_with = _check(model, state, layout, output, source)
@@ -290,10 +293,11 @@ def export(model: Any, output: str | Path, *, format: str | None = None, check: 
                     output.unlink(missing_ok=True)  # a file that gives other outputs is no export
                     raise
             if quantize:
-                difference, checked_with = _quantized(model, state, layout, output, calibration)
+                difference, checked_with, quantization = _quantized(model, state, layout, output,
+                                                                    calibration)
     finally:
         model.train(was_training)
-    return ExportResult(output, fmt, layout, difference, checked_with)
+    return ExportResult(output, fmt, layout, difference, checked_with, quantization)
 
 
 def _check_quantize(fmt: str, quantize: str | None, calibration: Any) -> None:
@@ -310,10 +314,11 @@ def _check_quantize(fmt: str, quantize: str | None, calibration: Any) -> None:
 
 
 def _quantized(model: PolymodalModel, state: Mapping[str, Any] | None, layout: Layout,
-               output: Path, calibration: Any) -> tuple[float | None, str | None]:
+               output: Path, calibration: Any
+               ) -> tuple[float | None, str | None, dict[str, Any]]:
     """The checked fp32 file at ``output`` replaced by its int8 quantization; how far the
-    int8 file's outputs are from the model's on a random batch, and what ran it. Nothing is
-    left at ``output`` when quantization fails."""
+    int8 file's outputs are from the model's on a random batch, what ran it, and what was
+    done. Nothing is left at ``output`` when quantization fails."""
     from ._quantize import quantize
 
     try:
@@ -326,10 +331,10 @@ def _quantized(model: PolymodalModel, state: Mapping[str, Any] | None, layout: L
         output.unlink(missing_ok=True)
         raise
     if got is None:
-        return None, None
+        return None, None, done
     difference = max((float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected)
                       if e.numel()), default=0.0)
-    return difference, f"ONNX Runtime, int8 ({done['mode']})"
+    return difference, f"ONNX Runtime, int8 ({done['mode']})", done
 
 
 def _exporter_versions(fmt: str) -> dict[str, Any]:

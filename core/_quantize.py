@@ -81,9 +81,29 @@ def quantize(fp32: Path, output: Path, *, calibration: Any = None) -> dict[str, 
     if not ops & _QUANTIZED_OPS:
         raise ExportError("no operator of this model can be quantized to int8 by ONNX Runtime"
                           f" (it has {', '.join(sorted(ops))}); export without --quantize")
-    _keep_metadata(proto, onnx.load(str(fp32), load_external_data=False), done)
+    original = onnx.load(str(fp32), load_external_data=False)
+    done["int8_nodes"] = [_int8_nodes(proto.graph), _candidates(original.graph)]
+    _keep_metadata(proto, original, done)
     atomic_write(output, lambda file: file.write(proto.SerializeToString()))
     return done
+
+
+#: The operators whose work int8 can take: what "n of m quantized" counts.
+_CANDIDATE_OPS = {"Conv", "MatMul", "Gemm"}
+
+
+def _candidates(graph: Any) -> int:
+    return sum(node.op_type in _CANDIDATE_OPS for node in graph.node)
+
+
+def _int8_nodes(graph: Any) -> int:
+    """The convolutions and matrix products that run in int8: integer operators (dynamic),
+    quantized operators, or float operators fed a dequantized weight (static, QDQ)."""
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    integer = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm"}
+    return sum(node.op_type in integer or (node.op_type in _CANDIDATE_OPS and len(node.input) > 1
+                                           and made_by.get(node.input[1]) == "DequantizeLinear")
+               for node in graph.node)
 
 
 def padding_dominated_convs(path: Path) -> list[str]:

@@ -42,9 +42,16 @@ def export_cmd(model_path: str, output: str, fmt: str | None, no_check: bool,
     click.echo("  inputs: " + "; ".join(inputs))
     click.echo("  outputs: " + "; ".join(f"{h} [{', '.join(map(str, shape))}]"
                                         for h, shape in result.layout.outputs.items()))
+    if result.quantization:
+        int8, candidates = result.quantization["int8_nodes"]
+        click.echo(f"  int8 ({result.quantization['mode']}): {int8} of {candidates} convolutions"
+                   " and matrix products; the rest stay fp32 (docs/deploy.md says which)")
     if result.difference is not None:
+        rounding = ("; int8 rounding moves raw outputs, so judge the file by its predictions on"
+                    " held-out rows (polymodal predict FILE.onnx), as docs/deploy.md does"
+                    if result.quantization else "")
         click.echo(f"  checked with {result.checked_with} on a random batch: outputs within"
-                   f" {result.difference:.2g} of the model's")
+                   f" {result.difference:.2g} of the model's{rounding}")
     elif not no_check:
         click.echo("  not checked: ONNX Runtime is not installed (pip install 'polymodal[onnx]')")
 

@@ -40,7 +40,12 @@ def accuracy(path: Path, table: Path) -> float:
 def test_int8_exports_keep_metadata_and_predict(demo, tmp_path, capsys):
     dynamic, static = tmp_path / "dynamic.onnx", tmp_path / "static.onnx"
     assert main(["export", str(demo["model"]), "-o", str(dynamic), "--quantize", "int8"]) == 0
-    assert "int8 (dynamic)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    linear = sum(n.op_type in ("MatMul", "Gemm") for n in onnx.load(str(demo["onnx"])).graph.node)
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(demo["onnx"])).graph.node)
+    # dynamic int8 takes every matrix product and leaves every convolution
+    assert f"int8 (dynamic): {linear} of {linear + convs} convolutions and matrix products" in said
+    assert "judge the file by its predictions on held-out rows" in said
     assert main(["export", str(demo["model"]), "-o", str(static), "--quantize", "int8",
                  "--calibration", str(demo["train"])]) == 0
     fp32 = metadata(demo["onnx"])
@@ -72,7 +77,11 @@ def test_static_int8_keeps_padding_dominated_convolutions_fp32(demo, tmp_path):
         assert (name in kept) == (shape[2] < kernel[2] or shape[3] < kernel[3]), name
     static = tmp_path / "static.onnx"
     polymodal.export(demo["model"], static, quantize="int8", calibration=demo["train"])
-    assert json.loads(metadata(static)[KEY_QUANTIZATION])["fp32_convolutions"] == len(kept)
+    done = json.loads(metadata(static)[KEY_QUANTIZATION])
+    assert done["fp32_convolutions"] == len(kept)
+    # every convolution but the kept ones is int8, and so are the matrix products
+    linear = sum(n.op_type in ("MatMul", "Gemm") for n in graph.node)
+    assert done["int8_nodes"] == [len(convs) - len(kept) + linear, len(convs) + linear]
     quantized = onnx.load(str(static)).graph
     made = {i.name for i in quantized.initializer if i.data_type == onnx.TensorProto.FLOAT}
     produced_by = {o: n.op_type for n in quantized.node for o in n.output}
