@@ -364,7 +364,12 @@ class ImageCodec(Codec[ImageAdapter.Config]):
                     wanted = (height, width)
                 elif (height, width) != tuple(wanted):
                     issues.bad_row(position, self.column(),
-                                   f"{named} is {height}x{width} but {self._size_fix(wanted, state)}")
+                                   self._wrong_size(named, (height, width), wanted, state))
+
+    def _wrong_size(self, named: str, size: tuple[int, ...], wanted: tuple[int, ...],
+                    state: State | None) -> str:
+        return (f"{named} is {size[0]}x{size[1]} (height x width) but"
+                f" {self._size_fix(wanted, state)}")
 
     def _size_fix(self, wanted: tuple[int, ...], state: State | None) -> str:
         size = f"{wanted[0]}x{wanted[1]}"
@@ -464,9 +469,8 @@ class ImageCodec(Codec[ImageAdapter.Config]):
             image = self._read(table, position, issues, keep_uint8=True)
             tensor = None if image is None else self._resize(image)
             if tensor is not None and shape is not None and tuple(tensor.shape[1:]) != shape:
-                issues.bad_row(position, self.column(),
-                               f"{self._name(table, position)} is {tensor.shape[1]}x{tensor.shape[2]}"
-                               f" but {self._size_fix(shape, state)}")
+                issues.bad_row(position, self.column(), self._wrong_size(
+                    self._name(table, position), tuple(tensor.shape[1:]), shape, state))
                 tensor = None
             images.append(tensor)
         if shape is None:

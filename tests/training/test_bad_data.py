@@ -116,7 +116,7 @@ def test_images_of_another_size_need_resizing(dataset, tmp_path):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "img" / "big.png")
     _edit(dataset, 4, photo="img/big.png")
     with pytest.raises(polymodal.DataError, match="row 4, column 'photo': image 'img/big.png' is"
-                       " 20x20 but the others are 16x16; set inputs.photo.adapter.size"):
+                       " 20x20 \\(height x width\\) but the others are 16x16; set inputs.photo.adapter.size"):
         _train(dataset, tmp_path)
     spec = spec_data(epochs=1)
     spec["inputs"]["photo"]["adapter"]["size"] = 16

@@ -57,7 +57,7 @@ def test_images_held_in_memory_train_like_image_files(dataset, tmp_path):
         polymodal.predict(tmp_path / "files.safetensors", dataset)["columns"]["label_prob_yes"]
     columns["photo"][2] = torch.zeros(3, 8, 8)
     with pytest.raises(polymodal.DataError, match="<table> row 3, column 'photo': image array of"
-                       " shape \\[3, 8, 8\\] is 8x8 but the model was trained on 16x16; resize the"
+                       " shape \\[3, 8, 8\\] is 8x8 \\(height x width\\) but the model was trained on 16x16; resize the"
                        " images to 16x16 \\(a model trained with inputs.photo.adapter.size resizes"
                        " them itself\\)"):
         polymodal.predict(tmp_path / "files.safetensors", columns)
