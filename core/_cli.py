@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -233,7 +234,7 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
     """Train the model SPEC describes on a table; save the best epoch to -o."""
     from ._errors import SpecError
     from ._files import refuse_overwriting_inputs
-    from ._training.engine import final_table, train_with
+    from ._training.engine import default_run_dir, final_table, train_with
     from ._training.report import json_safe
     from ._training.settings import RunSettings
 
@@ -247,6 +248,9 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
                             run_dir=run_dir, log=log)
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
+    except KeyboardInterrupt:
+        _say_resumable(Path(run_dir) if run_dir else default_run_dir(output))
+        raise
     if not result.is_main:
         return  # one report per run: the other data-parallel processes stay silent
     if as_json:
@@ -256,6 +260,15 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
         click.echo(line, err=True)
     _tracking_lines(result.tracking, log)
     click.echo(final_table(result))
+
+
+def _say_resumable(run_dir: Path) -> None:
+    """After an interrupted ``train``: how to go on, where a finished epoch was kept."""
+    from ._training.engine import CHECKPOINT
+
+    if (run_dir / CHECKPOINT).is_file():
+        click.echo(f"the checkpoint in {run_dir} holds the last finished epoch: the same command"
+                   " with --resume continues from it", err=True)
 
 
 def _overrides(command):

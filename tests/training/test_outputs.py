@@ -284,3 +284,19 @@ def test_a_second_cross_validation_into_a_running_ones_folder_fails_at_once(tmp_
     (tmp_path / "search" / "trials").mkdir(parents=True)
     assert main(["cv", str(spec), "--data", str(table), "-o", str(tmp_path / "search")]) == 1
     assert "this folder holds a hyperparameter search (study.db, trials/)" in capsys.readouterr().err
+
+
+def test_an_interrupted_train_says_how_to_go_on(finished_run, tmp_path, capsys, monkeypatch):
+    from polymodal._training import engine
+
+    def interrupt(*_: object) -> str:  # Ctrl-C once the epoch's checkpoint is written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "plot_curves", interrupt)
+    code = main(["train", str(finished_run / "spec.yaml"), "--data", str(finished_run / "data.csv"),
+                 "-o", str(tmp_path / "m.safetensors"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert (f"the checkpoint in {tmp_path / 'm.run'} holds the last finished epoch: the same"
+            " command with --resume continues from it") in err
+    assert err.rstrip().endswith("interrupted")
