@@ -28,7 +28,7 @@ PLUGIN_API = 2
 #: ``Component.example_takes`` (the input its conformance check takes by default) and
 #: ``Codec.reads_files`` (the columns whose cells name files, for polymodal serve); 3 --
 #: ``Codec.keep_encoded`` (encoded training rows kept in memory across epochs).
-PLUGIN_API_MINOR = 3
+PLUGIN_API_MINOR = 4
 
 #: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.
 MOVED_TO_PLUGIN_API = frozenset({

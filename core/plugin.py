@@ -8,7 +8,8 @@ plugin written for another version with a message naming both. :data:`PLUGIN_API
 additions within a version (2.1: ``Codec.absent``, ``TargetCodec.fixed_options``,
 ``TargetCodec.holds_classes`` and the explain hooks; 2.2: ``Backbone.discrete_input``,
 ``Component.example_takes``, ``Codec.reads_files`` and the image kit
-:mod:`polymodal.imagekit`, for plugins of images; 2.3: ``Codec.keep_encoded``): a plugin
+:mod:`polymodal.imagekit`, for plugins of images; 2.3: ``Codec.keep_encoded``; 2.4:
+``Codec.expects``): a plugin
 written for 2.0 keeps working unchanged.
 
 Importing this module is light: torch is imported when the component bases or a codec are

@@ -299,6 +299,18 @@ class ImageCodec(Codec[ImageAdapter.Config]):
     def _target_size(self) -> tuple[int, int] | None:
         return self.config.image_size()
 
+    def expects(self, state: State) -> dict[str, Any]:
+        """The channels (named where ``bands`` names them) and the size, height and width:
+        the size images are resized to, or the size every image must have."""
+        size = self._target_size() or (tuple(state["shape"]) if state.get("shape") else None)
+        found: dict[str, Any] = {"channels": self.config.channels}
+        bands = self.config.band_names()
+        if bands:
+            found["bands"] = list(bands)
+        if size is not None:
+            found.update(height=size[0], width=size[1], resized=self._target_size() is not None)
+        return found
+
     def parts(self) -> list[str]:
         """Each band (channel) is explained on its own, by its name where the adapter names
         them (``bands``), else ``channel_1``, ``channel_2``, ..."""

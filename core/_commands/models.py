@@ -93,12 +93,13 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     spec = model.spec.to_dict()
     fitted = model.fitted_state
+    expects = _expects(model)
     if as_json:
         click.echo(json.dumps({
             "file": model_path, "format": metadata["polymodal.format"], "versions": versions,
             "spec": spec, "parameters": {"total": total, "trainable": trainable,
                                          "parts": {n: {"total": t, "trainable": tr} for n, t, tr in counts}},
-            "fitted": fitted,
+            "fitted": fitted, "expects": expects,
         }, indent=2))
         return
     import yaml
@@ -117,6 +118,22 @@ def inspect(model_path: str, as_json: bool, diagram: bool) -> None:
             for name, state in parts.items():
                 for key, value in state.items():
                     click.echo(f"  {section}.{name}.{key}: {_brief(value)}")
+    if expects:
+        click.echo("\nwhat a row's value must be:")
+        for name, said in expects.items():
+            click.echo(f"  {name}: " + ", ".join(f"{k} {_brief(v)}" for k, v in said.items()))
+
+
+def _expects(model: Any) -> dict[str, dict[str, Any]]:
+    """What each input's codec says a row's value must be (an image's channels and size)."""
+    from .._data.binding import Binding
+
+    if not model.fitted_state:
+        return {}
+    binding = Binding(model.spec)
+    found = {b.name: b.codec.expects(model.fitted_state["inputs"].get(b.name, {}))
+             for b in binding.inputs}
+    return {name: said for name, said in found.items() if said}
 
 
 def _inspect_unloadable(model_path: str, metadata: dict[str, str], versions: dict[str, str],

@@ -194,6 +194,13 @@ class Codec(ABC, Generic[ConfigT]):
         Default: False, every batch is encoded."""
         return False
 
+    def expects(self, state: State) -> dict[str, Any]:
+        """What a row's value must be for a model whose fitted state is ``state``, as plain JSON
+        data for its clients (``polymodal serve``'s ``/v1/metadata``, ``polymodal inspect``):
+        an image adapter's channels and size. Added in plugin API 2.4. Default: nothing to
+        say beyond the columns."""
+        return {}
+
     def parts(self) -> list[str]:
         """The parts of this input that ``polymodal explain`` scores one at a time, by name:
         a tabular input's columns, an image's bands. Added in plugin API 2.1. Default: none, so

@@ -225,7 +225,8 @@ def _metadata(predictor: Predictor, options: ServeOptions) -> dict[str, Any]:
             "type": getattr(bound.codec.config, "type", None), "columns": bound.codec.columns(),
             "files": bool(getattr(bound.codec, "reads_files", False)),
             "vocabularies": fitted.get("vocabularies", {}),
-            "numerical": list(getattr(bound.codec.config, "numerical", None) or [])}
+            "numerical": list(getattr(bound.codec.config, "numerical", None) or []),
+            "expects": bound.codec.expects(fitted)}
     heads = {b.name: {"type": getattr(b.codec.config, "type", None),
                       "classes": state["heads"].get(b.name, {}).get("classes")}
              for b in predictor.binding.heads}

@@ -10,6 +10,7 @@ this model's form.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -29,10 +30,12 @@ class FileCell(BaseModel):
 def _column_type(predictor: Predictor, name: str, column: str) -> tuple[Any, str]:
     """The annotation and description of one column read by input ``name``."""
     codec = predictor.binding.input_codec(name)
-    if getattr(codec, "reads_files", False):
-        return (Union[FileCell, str, None],
-                f"input {name!r}: the file's bytes, or (with --data-root) a path under it")
     fitted = predictor.state["inputs"].get(name, {})
+    if getattr(codec, "reads_files", False):
+        expects = codec.expects(fitted)
+        return (Union[FileCell, str, None],
+                f"input {name!r}: the file's bytes, or (with --data-root) a path under it"
+                + (f"; expects {json.dumps(expects)}" if expects else ""))
     vocabulary = (fitted.get("vocabularies") or {}).get(column)
     if vocabulary:
         return (Optional[Union[Literal[tuple(vocabulary)], str]],

@@ -129,3 +129,21 @@ def test_inputs_with_different_channel_counts_share_one_backbone():
     assert shared.grad is not None
     assert model.adapters["mri"].projection[0].weight.grad is not None
     assert model.backbones["base"].model.conv1[0].in_channels == 3
+
+
+def _codec(adapter: dict, backbone: dict):
+    from polymodal._data.binding import Binding
+    from polymodal._spec import load_spec
+
+    return Binding(load_spec(image_spec(adapter, backbone))).input_codec("scan")
+
+
+def test_what_the_adapter_expects_of_a_row_is_told_to_clients():
+    bands = ["red", "green", "blue", "nir", "swir1"]
+    fixed = _codec({"channels": 5, "bands": bands}, {**TINY_TIMM, "in_chans": 5})
+    # no size option: every image must have the size the training images had
+    assert fixed.expects({"shape": [24, 32]}) == {
+        "channels": 5, "bands": bands, "height": 24, "width": 32, "resized": False}
+    resized = _codec({"channels": 3, "size": [16, 20]}, TINY_TIMM)
+    assert resized.expects({"shape": [16, 20]}) == {
+        "channels": 3, "height": 16, "width": 20, "resized": True}

@@ -283,14 +283,30 @@ def test_metadata_and_openapi_describe_this_model(server, demo):
     metadata = httpx.get(f"{server.url}/v1/metadata").json()
     assert metadata["heads"]["decision"]["classes"] == ["accept", "reject"]
     assert metadata["inputs"]["photo"]["files"] is True
+    # the demo reads its 32 px files at 16 px (adapter size: 16): any size is resized
+    assert metadata["inputs"]["photo"]["expects"] == {"channels": 3, "height": 16, "width": 16,
+                                                      "resized": True}
+    assert metadata["inputs"]["record"]["expects"] == {}
     assert metadata["inputs"]["record"]["vocabularies"]["material"] == ["plastic", "steel", "wood"]
     assert metadata["spec"]["name"] == "parts" and metadata["versions"]["polymodal"]
     schema = httpx.get(f"{server.url}/openapi.json").json()
     text = json.dumps(schema)
     assert '"enum": ["plastic", "steel", "wood"]' in text
     assert '"enum": ["accept", "reject"]' in text
+    assert 'expects {\\"channels\\": 3, \\"height\\": 16' in text
     assert "PartsRow" in schema["components"]["schemas"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+def test_inspect_says_what_a_row_must_be(demo, capsys):
+    from polymodal._cli import main
+
+    assert main(["inspect", str(demo["model"])]) == 0
+    out = capsys.readouterr().out
+    assert "what a row's value must be:\n  photo: channels 3, height 16, width 16, resized True" in out
+    assert main(["inspect", str(demo["model"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["expects"] == {
+        "photo": {"channels": 3, "height": 16, "width": 16, "resized": True}}
 
 
 def test_an_onnx_export_serves_the_same_answers(demo, tmp_path):
