@@ -92,6 +92,11 @@ def numeric_column(table: Table, column: str, issues: RowIssues | None) -> np.nd
         if is_missing(value):
             out[i] = math.nan
             continue
+        if isinstance(value, (bool, np.bool_)):  # a true/false among numbers (JSON rows)
+            out[i] = math.nan
+            if issues is not None:
+                issues.bad_row(i, column, f"{str(value).lower()} is true/false, not a number")
+            continue
         try:
             out[i] = float(value)
         except (TypeError, ValueError):

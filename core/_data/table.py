@@ -99,6 +99,8 @@ def _from_mapping(data: Mapping[str, Sequence[Any]], source: str, base_dir: Path
     for name, values in data.items():
         if isinstance(values, (list, tuple)) and values and _is_array(values[0]):
             array = _object_array(list(values))  # arrays (images) in cells: no stacked copy
+        elif isinstance(values, (list, tuple)) and _mixes_booleans(values):
+            array = _object_array(list(values))  # true/false kept as such, not cast to 1.0
         else:
             array = np.asarray(values)
         if array.ndim != 1:
@@ -112,6 +114,13 @@ def _from_mapping(data: Mapping[str, Sequence[Any]], source: str, base_dir: Path
         columns[str(name)] = array
     rows = np.arange(first_row, first_row + (length or 0), dtype=np.int64)
     return Table(columns, rows, source, base_dir)
+
+
+def _mixes_booleans(values: Sequence[Any]) -> bool:
+    """Whether ``values`` holds true/false beside other values (rows sent as JSON): numpy would
+    make them 1.0 and 0.0, or the text 'True', and a codec could not tell them apart."""
+    booleans = sum(isinstance(v, (bool, np.bool_)) for v in values)
+    return 0 < booleans < len(values)
 
 
 def _is_dataframe(obj: Any) -> bool:

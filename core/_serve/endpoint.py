@@ -82,7 +82,8 @@ class PredictEndpoint:
             raise outcome.fault
         if outcome.error is not None:
             raise outcome.error
-        return 200, {"rows": outcome.rows, "skipped": outcome.skipped, "notes": outcome.notes,
+        notes = {**rows.notes, **outcome.notes}
+        return 200, {"rows": outcome.rows, "skipped": outcome.skipped, "notes": notes,
                      "note_examples": outcome.note_examples, "batch": batch.__dict__}, ()
 
     async def _read(self, scope: Scope,

@@ -50,6 +50,9 @@ class RequestRows:
     files: int = 0
     #: rows left out before reaching the model (``skip``): row, column and message
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: what was tolerated in the rows as sent (a key the model does not read, a column some
+    #: rows leave out), counted in rows, beside the notes predicting gives
+    notes: dict[str, int] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -121,6 +124,7 @@ class RowBuilder:
         try:
             self._place_parts(rows, parts or {})
             sent = [c for c in self.columns.read if any(c in row for row in rows)]
+            request.notes = self._key_notes(rows, sent)
             for index, row in enumerate(rows, start=1):
                 try:
                     cells = {c: self._cell(request, index, c, row.get(c)) for c in sent}
@@ -139,6 +143,19 @@ class RowBuilder:
             request.close()
             raise
         return request
+
+    def _key_notes(self, rows: list[dict[str, Any]], sent: list[str]) -> dict[str, int]:
+        """Rows with keys the model does not read (a misspelt column is one), and rows that
+        leave out a column other rows send (read as an empty cell, as null is)."""
+        read = set(self.columns.read)
+        notes = {}
+        for key in sorted({k for row in rows for k in row} - read):
+            notes[f"column {key!r} is not one the model reads: ignored"] = sum(key in r for r in rows)
+        for column in sent:
+            lacking = sum(column not in row for row in rows)
+            if lacking:
+                notes[f"no key for column {column!r}: read as an empty cell"] = lacking
+        return notes
 
     def _rows(self, body: Any, parts: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
         if not isinstance(body, dict):

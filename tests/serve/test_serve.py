@@ -159,6 +159,19 @@ def test_unseen_categories_are_noted_per_request(server, demo):
     assert wanted["notes"] == {note: 2}
 
 
+def test_a_misspelt_or_left_out_column_is_noted(server, demo):
+    """A key the model does not read (a misspelt column) and a column some rows leave out are
+    tolerated, as a table's extra columns and empty cells are, and said in the notes."""
+    rows = request_rows(demo, 3)
+    sent = [{**{k: v for k, v in rows[0].items() if k != "site"}, "sight": rows[0]["site"]},
+            rows[1], {k: v for k, v in rows[2].items() if k != "reading"}]
+    answer = httpx.post(f"{server.url}/v1/predict", json={"rows": sent}, timeout=60).json()
+    assert len(answer["rows"]) == 3
+    assert answer["notes"] == {"column 'sight' is not one the model reads: ignored": 1,
+                               "no key for column 'site': read as an empty cell": 1,
+                               "no key for column 'reading': read as an empty cell": 1}
+
+
 def bomb_png(side: int = 100_000) -> bytes:
     """A PNG whose header claims side x side pixels, in a few dozen bytes."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -187,6 +200,8 @@ def bad_row_cases(row: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, s
     return [
         ("wrong type", second(reading="abc"), 422,
          "row 2, column 'reading': 'abc' is not a number", 2, "reading"),
+        ("true/false as a number", second(reading=True), 422,
+         "row 2, column 'reading': true is true/false, not a number", 2, "reading"),
         ("not an image", second(photo={"base64": base64.b64encode(b"hello").decode()}), 422,
          "row 2, column 'photo': not a PNG, JPEG, TIFF or .npy file", 2, "photo"),
         ("bad base64", second(photo={"base64": "!!!"}), 422,
