@@ -169,7 +169,10 @@ class RowBuilder:
         if on_bad_row not in BAD_ROW_POLICIES:
             raise ClientError(BAD_REQUEST, f"on_bad_row is {on_bad_row!r}; use"
                               f" {' or '.join(BAD_ROW_POLICIES)}")
-        rows = body.get("rows", [] if parts else None)
+        if "rows" not in body and not parts:
+            raise ClientError(BAD_REQUEST, 'the body has no rows: send {"rows": [{column: value,'
+                              ' ...}, ...]}')
+        rows = body.get("rows", [])
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ClientError(BAD_REQUEST, "rows must be a list of objects (column -> value)")
         wanted = max([len(rows), *(self._part_row(name) for name in parts)])

@@ -261,6 +261,7 @@ def test_bad_requests_are_4xx(server, demo):
         ({"json": {"rows": [row], "extra": 1}}, 400, "unknown field(s) 'extra'"),
         ({"json": {"rows": [row], "on_bad_row": "ignore"}}, 400, "on_bad_row is 'ignore'"),
         ({"json": {"rows": []}}, 400, "no rows to predict"),
+        ({"json": {}}, 400, "the body has no rows: send {\"rows\""),
         ({"content": b"a,b\n1,2", "headers": {"content-type": "text/csv"}}, 415,
          "a body of type 'text/csv'"),
         ({"json": {"rows": [row] * 21}}, 413, "21 rows in one request, more than the 20"),
