@@ -115,8 +115,21 @@ class Courier:
     def _report(self, exc: Exception) -> None:
         if self.first_error is not None:
             return
-        text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
-        self.first_error = f"{type(exc).__name__}: {text}"
+        self.first_error = root_cause(exc)
         self.warn(f"warning: tracking: {self.where} refused or did not answer"
                   f" ({self.first_error}); training goes on, and what cannot be sent is retried"
                   " and listed at the end")
+
+
+def root_cause(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of the innermost exception behind ``exc`` (a refused connection,
+    rather than the retry wrapper of an HTTP library around it), whole up to ``limit``
+    characters, else cut at a word."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    text = " ".join((str(exc).strip() or type(exc).__name__).split())
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text}"

@@ -176,7 +176,8 @@ class Session:
         if made:
             first = made[0]
             more = f" and {len(made) - 1} more run(s)" if len(made) > 1 else ""
-            lines.append(f"tracking: recorded in {self.backend.describe(first.id)}{more}")
+            verb = "partly recorded (see below)" if unsent else "recorded"
+            lines.append(f"tracking: {verb} in {self.backend.describe(first.id)}{more}")
         if unsent:
             lines.append(f"warning: tracking: not recorded in {self.backend.describe(None)}"
                          f" ({self.courier.first_error or 'no answer in time'}): "

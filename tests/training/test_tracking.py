@@ -272,6 +272,7 @@ def test_a_server_stopped_mid_run_costs_training_a_bounded_time(server, tmp_path
     assert "not recorded in MLflow" in warnings[1] and "epoch 3" in warnings[1]
     assert "m.safetensors" in warnings[1] and "curves.png" in warnings[1]
     assert result.tracking[-1] == warnings[1]
+    assert result.tracking[0].startswith("tracking: partly recorded (see below) in MLflow")
     assert seconds < 90, seconds
 
 
@@ -291,6 +292,22 @@ def test_a_server_that_is_down_never_stops_training(tmp_path):
     assert out.stderr.count("warning: tracking: not recorded in MLflow at http://127.0.0.1") == 1
     assert "the start of run(s) m" in out.stderr and "metrics m: epoch 1, m: epoch 2" in out.stderr
     assert "Traceback" not in out.stderr
+    # the cause is the refused connection itself, whole, not an HTTP library's retry wrapper
+    assert "Connection refused" in out.stderr
+
+
+def test_the_cause_quoted_is_the_innermost_whole():
+    from polymodal._training.courier import root_cause
+
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as inner:
+            raise RuntimeError("Max retries exceeded with url: /api (Caused by " + "x" * 400) \
+                from inner
+    except RuntimeError as exc:
+        assert root_cause(exc) == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert root_cause(ValueError("word " * 100), limit=20) == "ValueError: word word word word ..."
 
 
 # -- the default local store, TensorBoard ---------------------------------------------------
