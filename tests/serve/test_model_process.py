@@ -1,0 +1,77 @@
+"""The model process of polymodal serve: forked from the server, it predicts the batches; it
+dies with the server (SIGTERM or SIGKILL), and one that dies is replaced, its lost batch
+answered 500 and the next answered as before."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from conftest import Server
+from test_serve import assert_same, expected, post, request_rows
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def gone(pid: int, within: float = 20) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def model_pid(server: Server) -> int:
+    return int(httpx.get(f"{server.url}/health", timeout=30).json()["model_pid"])
+
+
+def test_a_dead_model_process_is_replaced_and_sigterm_ends_it(demo, tmp_path):
+    server = Server(demo["model"], log=tmp_path / "server.log")
+    try:
+        first = model_pid(server)
+        assert first != server.process.pid and parent(first) == server.process.pid
+        answered = post(server, {"rows": request_rows(demo, 3)})
+        assert answered.status_code == 200, answered.text
+        assert_same(answered.json()["rows"], expected(demo, 3), 1e-5)
+        os.kill(first, signal.SIGKILL)
+        assert gone(first)
+        lost = post(server, {"rows": request_rows(demo, 1)})
+        assert lost.status_code == 500, lost.text
+        assert lost.json() == {"error": {"message": "internal server error",
+                                         "request_id": lost.headers["x-request-id"]}}
+        again = post(server, {"rows": request_rows(demo, 2)})
+        assert again.status_code == 200, again.text
+        assert_same(again.json()["rows"], expected(demo, 2), 1e-5)
+        second = model_pid(server)
+        assert second != first and alive(second)
+        assert "model process" in server.output() and lost.headers["x-request-id"] in server.output()
+    finally:
+        assert server.stop() == 0
+    assert gone(second)
+
+
+def test_the_model_process_dies_with_a_killed_server(demo, tmp_path):
+    server = Server(demo["model"], "--threads", "1", log=tmp_path / "server.log")
+    try:
+        pid = model_pid(server)
+        assert post(server, {"rows": request_rows(demo, 1)}).status_code == 200
+        server.process.kill()  # SIGKILL: no handler runs; the pipe's end closes with it
+        server.process.wait(30)
+        assert gone(pid), "the model process outlived its server"
+    finally:
+        server.stop()
