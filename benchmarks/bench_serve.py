@@ -12,7 +12,7 @@ most 3x p50; memory within 5% after 10,000 requests; no error response.
 
     python benchmarks/bench_serve.py [--demo runs/parts-demo] [--requests 10000]
         [--per-level 1500] [--max-batch 64] [--max-wait-ms 5] [--threads 1]
-        [--rows-per-request 16]
+        [--rows-per-request 16] [--workers 1]
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def start_server(model: Path, port: int, args, log: Path) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "polymodal", "serve", str(model), "--port", str(port),
          "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-         "--max-queue", "4096", "--threads", str(args.threads)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+         "--max-queue", "4096", "--threads", str(args.threads), "--workers", str(args.workers)],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -229,6 +230,8 @@ def main() -> None:
     parser.add_argument("--rows-per-request", type=int, default=16,
                         help="Rows a request in the extra row printed apart from the goals (1:"
                         " none).")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Server processes (each with its model process), not the goal's 1.")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the server and of direct predict alike (1: on a"
                         " shared 2-core machine more threads wait on each other)")

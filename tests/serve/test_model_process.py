@@ -82,10 +82,14 @@ def test_a_dead_model_process_is_replaced_and_sigterm_ends_it(demo, tmp_path):
     assert gone(second)
 
 
-def test_the_model_process_dies_with_a_killed_server(demo, tmp_path):
+def test_the_model_process_ignores_signals_and_dies_with_a_killed_server(demo, tmp_path):
     server = Server(demo["model"], "--threads", "1", log=tmp_path / "server.log")
     try:
         pid = model_pid(server)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # as a process group's Ctrl-C would send
+            os.kill(pid, sig)  # ignored: the server drains first, then closes the pipe
+        time.sleep(0.5)
+        assert alive(pid) and model_pid(server) == pid
         assert post(server, {"rows": request_rows(demo, 1)}).status_code == 200
         server.process.kill()  # SIGKILL: no handler runs; the pipe's end closes with it
         server.process.wait(30)
