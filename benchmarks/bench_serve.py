@@ -4,9 +4,12 @@ polymodal.predict of the same rows in the same run, on the demo model (`make dem
 here when missing). The client is a minimal HTTP/1.1 keep-alive client (_http_client.py), since
 it shares the cores with the server: its CPU a request is printed beside the server's.
 
-Prints rows/s, p50 and p99 latency and the server's and the client's CPU a request per
-concurrency, the server's resident memory before and after all requests (10,000 by default,
-warm-up excluded), every error response, and apart from the goals' load, several rows a request.
+Prints rows/s, p50 and p99 latency, the server's CPU a request (its HTTP process and its model
+process together, and the model process's share), the client's CPU a request and the rows a
+batch per concurrency, the server's memory before and after all requests (10,000 by default,
+warm-up excluded; the proportional set size of the server and its model process, pages they
+share counted once), every error response, and apart from the goals' load, several rows a
+request.
 Goals (2 CPU cores): at 32 clients at least 0.7x the rows/s of direct batched predict; p99 at
 most 3x p50; memory within 5% after 10,000 requests; no error response.
 
