@@ -257,7 +257,7 @@ def run(args, scratch: Path) -> None:
     direct, direct_ms = direct_rate(model, frame, max(args.per_level, 640), args.max_batch)
     print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s,"
           f" {direct_ms:.2f} ms of CPU a row")
-    alone = batch_rates(model, rows, [1, 8, 32], 3 if args.smoke else 20)
+    alone = batch_rates(model, rows, [1, 8, 16, 32], 3 if args.smoke else 20)
     print("the server's batch path without HTTP (requests built, checked, encoded, predicted): "
           + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())
           + "\n")
