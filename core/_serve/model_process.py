@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import traceback
@@ -106,13 +107,12 @@ class ModelProcess:
 
     def _restart(self) -> None:
         """A new model process after the last one died (its exit code logged)."""
-        code = self._process.exitcode if self._process is not None else None
-        log.error("the model process (pid %s) ended, exit code %s; starting a new one",
-                  self.pid, code)
         if self._connection is not None:
             self._connection.close()
         if self._process is not None:
             self._process.join(5)
+        log.error("the model process (pid %s) ended, exit code %s; starting a new one",
+                  self.pid, self._process.exitcode if self._process is not None else None)
         self.start()
 
 
@@ -127,6 +127,7 @@ def _main(predictor: Predictor, connection: Connection, theirs: Connection,
           threads: int) -> None:
     """The model process: batches in, outcomes out, until the pipe closes."""
     theirs.close()  # the server's end: held only by the server, so its death reads as EOF
+    _close_inherited(connection.fileno())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the server drains, then closes the pipe
     import torch
@@ -135,9 +136,18 @@ def _main(predictor: Predictor, connection: Connection, theirs: Connection,
     while True:
         try:
             requests = connection.recv()
-        except (EOFError, OSError):
+            connection.send(_answer(predictor, requests))
+        except (EOFError, OSError):  # the server closed the pipe, or is gone
             return
-        connection.send(_answer(predictor, requests))
+
+
+def _close_inherited(keep: int) -> None:
+    """Close the files inherited from the server but the pipe and the standard streams: its
+    listening socket, and (in a model process forked anew) its clients' connections, which
+    must close when the server closes them, not when this process leaves."""
+    most = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 4096
+    os.closerange(3, keep)
+    os.closerange(keep + 1, most)
 
 
 def _answer(predictor: Predictor, requests: list[RequestRows]) -> tuple[str, Any]:
