@@ -49,7 +49,7 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
 
     threads = options.threads or torch.get_num_threads()  # the model process's
     if predictor is None:
-        torch.set_num_threads(1)  # see below
+        torch.set_num_threads(1)  # no OpenMP threads here: see the docstring
         predictor = Predictor(options.model, options.device)
     model = ModelProcess(predictor, threads)
     batcher = Batcher(model.run, max_batch=options.max_batch,
