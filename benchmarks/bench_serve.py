@@ -4,15 +4,18 @@ polymodal.predict of the same rows in the same run, on the demo model (`make dem
 here when missing). The client is a minimal HTTP/1.1 keep-alive client (_http_client.py), since
 it shares the cores with the server: its CPU a request is printed beside the server's.
 
-Prints rows/s, p50 and p99 latency and the server's and the client's CPU a request per
-concurrency, the server's resident memory before and after all requests (10,000 by default,
-warm-up excluded), every error response, and apart from the goals' load, several rows a request.
+Prints rows/s, p50 and p99 latency, the server's CPU a request (its HTTP process and its model
+process together, and the model process's share), the client's CPU a request and the rows a
+batch per concurrency, the server's memory before and after all requests (10,000 by default,
+warm-up excluded; the proportional set size of the server and its model process, pages they
+share counted once), every error response, and apart from the goals' load, several rows a
+request.
 Goals (2 CPU cores): at 32 clients at least 0.7x the rows/s of direct batched predict; p99 at
 most 3x p50; memory within 5% after 10,000 requests; no error response.
 
     python benchmarks/bench_serve.py [--demo runs/parts-demo] [--requests 10000]
         [--per-level 1500] [--max-batch 64] [--max-wait-ms 5] [--threads 1]
-        [--rows-per-request 16]
+        [--rows-per-request 16] [--workers 1]
 """
 
 from __future__ import annotations
@@ -102,11 +105,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (the server's model process, its workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The resident memory of ``pid`` and its descendants: their proportional set size (each
+    page shared among them, as the model's weights after the fork, counted once)."""
+    total = 0.0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def start_server(model: Path, port: int, args, log: Path) -> subprocess.Popen:
@@ -115,7 +138,8 @@ def start_server(model: Path, port: int, args, log: Path) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "polymodal", "serve", str(model), "--port", str(port),
          "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-         "--max-queue", "4096", "--threads", str(args.threads)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+         "--max-queue", "4096", "--threads", str(args.threads), "--workers", str(args.workers)],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -157,21 +181,39 @@ async def drive(port: int, rows: list[dict], clients: int, requests: int,
     return requests * per_request / elapsed, latencies, errors
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user and system) process ``pid`` has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int, alone: bool = False) -> float:
+    """CPU seconds (user and system) process ``pid`` and its descendants have used."""
+    total = 0
+    for member in [pid] if alone else family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def level(port: int, server_pid: int, rows: list[dict], clients: int, requests: int,
           per_request: int = 1) -> tuple[tuple[float, ...], list[str]]:
-    """One timed level: rows/s, p50, p99, and the server's and the client's CPU ms a request."""
+    """One timed level: rows/s, p50, p99, the server's CPU ms a request (all its processes),
+    the model process's share of it, the client's CPU ms a request, and rows a batch."""
     server_before, client_before = cpu_seconds(server_pid), time.process_time()
+    model_before, batches_before = model_cpu_seconds(server_pid), batches(port)
     rate, latencies, errors = asyncio.run(drive(port, rows, clients, requests, per_request))
     server_ms = (cpu_seconds(server_pid) - server_before) / requests * 1e3
+    model_ms = (model_cpu_seconds(server_pid) - model_before) / requests * 1e3
     client_ms = (time.process_time() - client_before) / requests * 1e3
-    return (rate, percentile(latencies, 0.5), percentile(latencies, 0.99), server_ms,
-            client_ms), errors
+    made = batches(port) - batches_before
+    return (rate, percentile(latencies, 0.5), percentile(latencies, 0.99), server_ms, model_ms,
+            client_ms, requests * per_request / max(made, 1)), errors
+
+
+def model_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the server's descendants (its model process)."""
+    return cpu_seconds(pid) - cpu_seconds(pid, alone=True)
+
+
+def batches(port: int) -> int:
+    import httpx
+
+    return int(httpx.get(f"http://127.0.0.1:{port}/health").json()["batching"]["batches"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -191,6 +233,8 @@ def main() -> None:
     parser.add_argument("--rows-per-request", type=int, default=16,
                         help="Rows a request in the extra row printed apart from the goals (1:"
                         " none).")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Server processes (each with its model process), not the goal's 1.")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the server and of direct predict alike (1: on a"
                         " shared 2-core machine more threads wait on each other)")
@@ -213,7 +257,7 @@ def run(args, scratch: Path) -> None:
     direct, direct_ms = direct_rate(model, frame, max(args.per_level, 640), args.max_batch)
     print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s,"
           f" {direct_ms:.2f} ms of CPU a row")
-    alone = batch_rates(model, rows, [1, 8, 32], 3 if args.smoke else 20)
+    alone = batch_rates(model, rows, [1, 8, 16, 32], 3 if args.smoke else 20)
     print("the server's batch path without HTTP (requests built, checked, encoded, predicted): "
           + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())
           + "\n")
@@ -246,7 +290,7 @@ def run(args, scratch: Path) -> None:
         server.wait(60)
     report(results, direct, before, after, served, all_errors, batching)
     if several is not None:
-        rate, p50, p99, server_ms, client_ms = several
+        rate, p50, p99, server_ms, _, client_ms, _ = several
         print(f"\nNOT the goal's load, {args.rows_per_request} rows a request at {max(levels)}"
               f" clients: {rate:,.0f} rows/s ({rate / direct:.2f}x direct), p50 {p50 * 1e3:.1f} ms,"
               f" p99 {p99 * 1e3:.1f} ms a request, server CPU"
@@ -256,10 +300,12 @@ def run(args, scratch: Path) -> None:
 
 def report(results, direct, before, after, served, errors, batching) -> None:
     print(f"{'clients':>8} {'rows/s':>9} {'vs direct':>10} {'p50 ms':>8} {'p99 ms':>8}"
-          f" {'p99/p50':>8} {'server CPU ms/req':>18} {'client CPU ms/req':>18}")
-    for clients, (rate, p50, p99, server_ms, client_ms) in results.items():
+          f" {'p99/p50':>8} {'server CPU ms/req':>18} {'(model process)':>16}"
+          f" {'client CPU ms/req':>18} {'rows/batch':>11}")
+    for clients, (rate, p50, p99, server_ms, model_ms, client_ms, per_batch) in results.items():
         print(f"{clients:>8} {rate:9.0f} {rate / direct:9.2f}x {p50 * 1e3:8.1f} {p99 * 1e3:8.1f}"
-              f" {p99 / p50:8.2f} {server_ms:18.2f} {client_ms:18.2f}")
+              f" {p99 / p50:8.2f} {server_ms:18.2f} {model_ms:16.2f} {client_ms:18.2f}"
+              f" {per_batch:11.1f}")
     growth = (after - before) / before
     print(f"\nserver memory: {before:.0f} MB before, {after:.0f} MB after {served:,} requests"
           f" ({growth:+.1%}); {len(errors)} error response(s)"

@@ -19,8 +19,8 @@ import click
               help="Rows that may wait; a request beyond them is answered 503 with Retry-After.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Processes, each with its own copy of the model.")
-@click.option("--threads", type=click.IntRange(1), help="Torch threads per worker (default:"
-              " every core, shared among the workers).")
+@click.option("--threads", type=click.IntRange(1), help="Torch threads of each worker's model"
+              " process (default: every core, shared among the workers).")
 @click.option("--data-root", type=click.Path(file_okay=False),
               help="Folder a request may name image paths in (else only sent files are read).")
 @click.option("--max-body-mb", type=click.FloatRange(0.001), default=32.0, show_default=True)

@@ -8,6 +8,7 @@ fault of the server is logged with the request's id and answered 500 without its
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import itertools
@@ -28,6 +29,7 @@ from .batcher import Batcher
 from .draining import DRAINING, watch_signals
 from .endpoint import Disconnected, PredictEndpoint
 from .limits import ClientError
+from .model_process import ModelProcess
 from .options import ServeOptions
 from .predictor import Predictor
 from .rows import RowBuilder
@@ -37,9 +39,20 @@ log = logging.getLogger("polymodal.serve")
 
 
 def create_app(options: ServeOptions, predictor: Predictor | None = None) -> FastAPI:
-    """The application serving ``options.model`` (loaded here unless ``predictor`` is given)."""
-    predictor = predictor or Predictor(options.model, options.device)
-    batcher = Batcher(predictor.run, max_batch=options.max_batch,
+    """The application serving ``options.model`` (loaded here unless ``predictor`` is given).
+
+    The model runs in a process of its own (:mod:`.model_process`), forked from this one with
+    ``options.threads`` torch threads (by default, as many as torch takes). This process keeps
+    to one torch thread: it does not run the model, and a process forked from one that has
+    started OpenMP's threads hangs in its first parallel region."""
+    import torch
+
+    threads = options.threads or torch.get_num_threads()  # the model process's
+    if predictor is None:
+        torch.set_num_threads(1)  # no OpenMP threads here: see the docstring
+        predictor = Predictor(options.model, options.device)
+    model = ModelProcess(predictor, threads)
+    batcher = Batcher(model.run, max_batch=options.max_batch,
                       max_wait=options.max_wait_ms / 1000, max_queue=options.max_queue)
     builder = RowBuilder(predictor.columns, options.limits,
                          Path(options.data_root) if options.data_root else None)
@@ -47,10 +60,12 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         watch_signals()
-        batcher.start()
         gc.collect()
         gc.freeze()  # the model's objects, made once, are not scanned by every full collection
+        model.start()  # (and, frozen, are not copied into the model process by a collection)
+        batcher.start()
         yield
+        await asyncio.to_thread(model.stop, options.drain_timeout)
         await batcher.stop()
         builder.close()
 
@@ -58,6 +73,7 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
                   description=f"Predictions of the model {Path(options.model).name}.")
     _errors(app)
     _routes(app, options, predictor, batcher, builder)
+    app.state.model_process = model
     return app
 
 
@@ -86,7 +102,8 @@ def _routes(app: FastAPI, options: ServeOptions, predictor: Predictor, batcher: 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """The process is up; what it has served, batch by batch."""
-        return {"status": "ok", "pid": os.getpid(), "batching": batcher.stats()}
+        return {"status": "ok", "pid": os.getpid(), "model_pid": app.state.model_process.pid,
+                "batching": batcher.stats()}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -98,16 +115,7 @@ def _routes(app: FastAPI, options: ServeOptions, predictor: Predictor, batcher: 
 
 def from_environment() -> FastAPI:
     """The application of a worker process (uvicorn's factory, ``--workers`` above 1)."""
-    options = ServeOptions.from_environment()
-    _threads(options)
-    return create_app(options)
-
-
-def _threads(options: ServeOptions) -> None:
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
+    return create_app(ServeOptions.from_environment())
 
 
 class RequestIds:

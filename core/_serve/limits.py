@@ -40,6 +40,9 @@ class ClientError(Exception):
         super().__init__(message)
         self.status, self.message, self.row, self.column = status, message, row, column
 
+    def __reduce__(self) -> tuple[Any, ...]:  # sent back from the model process
+        return ClientError, (self.status, self.message, self.row, self.column)
+
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"message": self.message}
         if self.row is not None:

@@ -43,11 +43,7 @@ def serve(options: ServeOptions, announce: Any = print) -> None:
 
     threads = options.threads or (max(1, (os.cpu_count() or 1) // options.workers)
                                   if options.workers > 1 else None)
-    options = ServeOptions(**{**options.__dict__, "threads": threads})
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    options = ServeOptions(**{**options.__dict__, "threads": threads})  # the model process's
     settings = dict(host=options.host, port=options.port, log_level="info", access_log=False,
                     timeout_graceful_shutdown=options.drain_timeout, server_header=False)
     if options.workers == 1:
