@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from .mlflow_http import MlflowHttp
@@ -36,7 +36,7 @@ def store_for(artifact_uri: str, server: MlflowHttp) -> Store:
                               parts.path, own=True)
         return ProxyStore(server, parts.path, own=False)
     if parts.scheme == "file":
-        return LocalStore(Path(url2pathname(unquote(parts.path))))
+        return LocalStore(Path(url2pathname(parts.path)))
     if len(parts.scheme) <= 1:  # a path (on Windows, a drive letter reads as a scheme)
         return LocalStore(Path(artifact_uri))
     return LibraryStore(artifact_uri)
