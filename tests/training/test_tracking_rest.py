@@ -19,11 +19,12 @@ from urllib.request import url2pathname
 
 import pytest
 import yaml
-from test_tracking import MlflowClient, _artifacts, _history, _runs, mlflow_server
-from training_data import read_csv, table_spec, write_grouped_table
 
 import polymodal
 from polymodal._cli import main
+
+from test_tracking import MlflowClient, _artifacts, _history, _runs, mlflow_server
+from training_data import read_csv, table_spec, write_grouped_table
 
 
 @pytest.fixture(scope="module")
