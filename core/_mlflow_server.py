@@ -35,16 +35,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path, wait: float = 240) -> Iterator[Server]:
+def mlflow_server(folder: Path, wait: float = 240,
+                  artifact_schemes: tuple[str, ...] = ()) -> Iterator[Server]:
     """A server with its store and log (``server.log``) in ``folder`` while the block runs;
-    ``RuntimeError`` (with the log's end) where it does not answer within ``wait`` seconds."""
+    ``RuntimeError`` (with the log's end) where it does not answer within ``wait`` seconds.
+    ``artifact_schemes``: schemes of artifact locations naming another host (``http``) that
+    it accepts (it refuses them by default)."""
     port = free_port()
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
          f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES": ",".join(
+            artifact_schemes)})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + wait
     try:

@@ -22,15 +22,18 @@ import yaml
 
 import polymodal
 from polymodal._cli import main
+from polymodal._mlflow_server import mlflow_server as started_server
 
-from test_tracking import MlflowClient, _artifacts, _history, _runs, mlflow_server
+from test_tracking import MlflowClient, _artifacts, _history, _runs
 from training_data import read_csv, table_spec, write_grouped_table
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as started:
-        yield started
+    """A server that also takes experiments whose files go to an ``http://`` location."""
+    with started_server(tmp_path_factory.mktemp("mlflow-server"),
+                        artifact_schemes=("http",)) as started:
+        yield {"uri": started.uri, "process": started.process}
 
 
 class Gate:
@@ -156,6 +159,23 @@ def test_an_experiment_with_a_local_artifact_folder_gets_its_files_there(server,
     assert yaml.safe_load((files / "spec.yaml").read_text())["training"]["epochs"] == 2
     assert _artifacts(server["uri"], run.info.run_id) == {
         "m.safetensors", "curves.png", "spec.yaml", "validation_rows.csv"}
+
+
+def test_other_artifact_schemes_go_through_mlflows_own_store(server, tmp_path):
+    """An artifact location of a scheme the REST path does not write itself (here an
+    ``http://`` one, which MLflow's HTTP artifact store uploads to the server's proxy)."""
+    location = f"{server['uri']}/api/2.0/mlflow-artifacts/artifacts/elsewhere"
+    MlflowClient(tracking_uri=server["uri"]).create_experiment("library-store",
+                                                               artifact_location=location)
+    result = _train(tmp_path, server["uri"], "library-store", epochs=1)
+    assert not [line for line in result.tracking if line.startswith("warning")], result.tracking
+    [run] = _runs(server["uri"], "library-store")
+    assert run.info.artifact_uri.startswith(location)
+    assert _artifacts(server["uri"], run.info.run_id) == {
+        "m.safetensors", "curves.png", "spec.yaml", "validation_rows.csv"}
+    got = Path(MlflowClient(tracking_uri=server["uri"]).download_artifacts(
+        run.info.run_id, "spec.yaml", str(tmp_path / "d")))
+    assert yaml.safe_load(got.read_text())["training"]["epochs"] == 1
 
 
 def test_credentials_are_sent_as_mlflow_sends_them(server, tmp_path, monkeypatch):
