@@ -200,6 +200,39 @@ def test_credentials_are_sent_as_mlflow_sends_them(server, tmp_path, monkeypatch
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.parametrize("where", ["credentials file", "uri"])
+def test_credentials_of_the_file_or_the_uri(server, tmp_path, monkeypatch, where):
+    """As MLflow: ``~/.mlflow/credentials`` where the environment names none, else the URI's."""
+    basic = "Basic " + base64.b64encode(b"bo:pa55").decode()
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if where == "credentials file":
+        (tmp_path / "home" / ".mlflow").mkdir(parents=True)
+        (tmp_path / "home" / ".mlflow" / "credentials").write_text(
+            "[mlflow]\nmlflow_tracking_username = bo\nmlflow_tracking_password = pa55\n")
+    with gate(server["uri"], expect=basic) as door:
+        uri = door.uri if where != "uri" else door.uri.replace("://", "://bo:pa55@")
+        result = _train(tmp_path, uri, f"creds-{where.split()[0]}", epochs=1)
+    assert {auth for _, _, auth in door.seen} == {basic}
+    assert result.tracking[0].startswith("tracking: recorded in MLflow at http")
+    assert "pa55" not in " ".join(result.tracking)  # the password is never shown
+
+
+def test_settings_only_mlflow_honours_send_the_run_through_its_client(tmp_path, monkeypatch):
+    from polymodal._options import Track
+    from polymodal._training.tracking import open_session
+
+    target = Track(to="mlflow", uri="http://127.0.0.1:9", experiment="x")
+    session = open_session(target, tmp_path, "x", print)
+    assert type(session.backend).__name__ == "MlflowRestBackend"
+    session.close()
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "my_auth_plugin")
+    session = open_session(target, tmp_path, "x", print)
+    assert type(session.backend).__name__ == "MlflowBackend"
+    session.close()
+
+
 def test_a_server_that_refuses_the_credentials_never_stops_training(server, tmp_path):
     lines: list[str] = []
     with gate(server["uri"], expect="Bearer right") as door:
