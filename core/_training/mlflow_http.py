@@ -97,10 +97,14 @@ class MlflowHttp:
 
     def __init__(self, uri: str):
         parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SettingError(f"{uri!r} is not an http:// or https:// URI")
-        self.scheme, self.netloc = parts.scheme, parts.netloc.rpartition("@")[2]
-        self.host, self.port = parts.hostname, parts.port
+        try:
+            self.port = parts.port
+        except ValueError:
+            raise SettingError("its port is not a number from 0 to 65535") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise SettingError("give the server as http://HOST[:PORT] or https://HOST[:PORT]")
+        self.scheme, self.netloc = parts.scheme.lower(), parts.netloc.rpartition("@")[2]
+        self.host = parts.hostname
         self.prefix = parts.path.rstrip("/")
         self.timeout = _timeout()
         self.insecure = _flag("MLFLOW_TRACKING_INSECURE_TLS")

@@ -114,12 +114,13 @@ def _mlflow(target: Track, home: Path, experiment: str) -> Backend:
 
     if target.uri is not None and applies(target.uri):
         from .mlflow_http import SettingError
+        from .track_mlflow import safe_uri
         from .track_rest import MlflowRestBackend
 
         try:
             return MlflowRestBackend(target.uri, experiment)
         except SettingError as exc:
-            raise TrackingError(f"tracking to {target.uri}: {exc}") from None
+            raise TrackingError(f"tracking to {safe_uri(target.uri)}: {exc}") from None
     from .track_mlflow import MlflowBackend
 
     uri = target.uri or f"sqlite:///{(home / 'mlflow.db').resolve()}"

@@ -296,6 +296,22 @@ def test_a_malformed_setting_is_refused_before_training(tmp_path, capsys, monkey
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "m.run").exists()
 
 
+@pytest.mark.parametrize("uri, message", [
+    ("http://127.0.0.1:port", "its port is not a number"),
+    ("http://:5000", "give the server as http://HOST[:PORT]"),
+    ("https://ada:s3cret@:99999", "its port is not a number"),
+])
+def test_a_malformed_server_uri_is_refused(tmp_path, capsys, uri, message):
+    table = write_grouped_table(tmp_path)
+    spec = tmp_path / "tab.yaml"
+    spec.write_text(yaml.safe_dump(table_spec(epochs=1)))
+    code = main(["train", str(spec), "--data", str(table), "-o", str(tmp_path / "m.safetensors"),
+                 "--track", "mlflow", "--track-uri", uri])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: tracking to ") and message in err, err
+    assert "s3cret" not in err and not (tmp_path / "m.run").exists()
+
+
 def test_a_server_cert_path_that_is_not_there_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tmp_path / "no.pem"))
     table = write_grouped_table(tmp_path)
