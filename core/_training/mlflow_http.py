@@ -26,6 +26,8 @@ from urllib.parse import quote, urlencode, urlsplit
 TIMEOUT = 10.0
 #: The largest answer read: the API's answers for a run are kilobytes.
 MAX_ANSWER = 32 * 2**20
+#: Bytes of a file sent a call (http.client's own 8 KiB costs a large file thousands).
+BLOCK = 2**20
 #: Settings that only MLflow's own client can honour (request signing, auth plugins).
 LIBRARY_ONLY = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4")
 
@@ -179,10 +181,11 @@ class MlflowHttp:
         if self._connection is None:
             if self.scheme == "https":
                 self._connection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=self._tls)
+                    self.host, self.port, timeout=self.timeout, context=self._tls,
+                    blocksize=BLOCK)
             else:
-                self._connection = http.client.HTTPConnection(self.host, self.port,
-                                                              timeout=self.timeout)
+                self._connection = http.client.HTTPConnection(
+                    self.host, self.port, timeout=self.timeout, blocksize=BLOCK)
         return self._connection
 
     def _tls_context(self) -> Any:
