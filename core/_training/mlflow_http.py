@@ -149,18 +149,21 @@ class MlflowHttp:
                  headers: dict[str, str]) -> bytes:
         reused = self._connection is not None
         try:
-            return self._exchange(method, path, body, headers)
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            self.close()
-            # A connection kept alive that the server has closed meanwhile: the request never
-            # reached it, so once more on a new one (an upload's file is read again).
-            if not reused:
-                raise
-            if not isinstance(body, (bytes, type(None))):
-                body.seek(0)
-            return self._exchange(method, path, body, headers)
+            try:
+                return self._exchange(method, path, body, headers)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # A connection kept alive that the server closed meanwhile (an idle one past its
+                # keep-alive time): once more on a new one, an upload's file read again.
+                if not reused:
+                    raise
+                self.close()
+                if not isinstance(body, (bytes, type(None))):
+                    body.seek(0)
+                return self._exchange(method, path, body, headers)
+        except RestError:
+            raise  # an answer read whole: the connection is still good
         except BaseException:
-            self.close()
+            self.close()  # a call cut off part-way leaves the connection unusable
             raise
 
     def _exchange(self, method: str, path: str, body: IO[bytes] | bytes | None,
