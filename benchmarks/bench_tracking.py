@@ -122,6 +122,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
     report(f"polymodal train commands ({args.cli_rounds} rounds, each a new process), with and"
            " without --track mlflow to the server", commands, "polymodal train",
            "polymodal train --track mlflow", GOAL)
+    for name, values in {**times, **commands}.items():  # outliers of a busy machine show here
+        print(f"each run, in order, {name}: {' '.join(f'{v:.2f}' for v in values)} s")
     print(f"importing mlflow (which a run to a server no longer does): {import_cpu():.2f} s CPU")
 
 
