@@ -1,16 +1,17 @@
 """What experiment tracking costs a `polymodal train` run on the demo data (examples/parts).
 
 The fused spec trains in turn without tracking and with `--track mlflow` to a real local
-`mlflow server` (SQLite backend, started by this script on a free port), in alternating rounds
-of one run; each tracked run's time includes waiting at its end for the last records to be
-sent. Prints the medians, the median of the per-round ratios against the untracked run (the
-goal: at most 1.02x), the hardware (CPU, torch's CPU capability, threads, load), and the CPU
-seconds each run took in this process and in the server (on a busy machine these say more
-than the times), and what importing MLflow costs the first tracked run of a process (paid once
-here, in the warm-up round; a `polymodal train --track mlflow` command pays it every time, on
-its tracking thread).
+`mlflow server` (SQLite backend, artifacts proxied; started by this script on a free port), in
+alternating rounds of one run in this process; each tracked run's time includes waiting at its
+end for the last records to be sent. Then whole `polymodal train` commands (a new process each,
+its start and imports included) with and without `--track mlflow` to the same server. Prints
+for each the medians and the median of the per-round ratios against the untracked run (the
+goal: at most 1.02x), the hardware (CPU, torch's CPU capability, threads, load), the CPU
+seconds each in-process run took in this process and in the server (on a busy machine these
+say more than the times), and what importing MLflow would cost a new process (a run to a
+server talks to its REST API and imports no MLflow).
 
-    python benchmarks/bench_tracking.py [--rounds 5] [--rows 500] [--epochs 6]
+    python benchmarks/bench_tracking.py [--rounds 5] [--rows 500] [--epochs 6] [--cli-rounds 3]
 
 `--smoke` trains tiny runs tracked to TensorBoard instead (no server to start): it only checks
 that the script runs.
@@ -22,55 +23,20 @@ import argparse
 import importlib.util
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import polymodal
+from polymodal._mlflow_server import mlflow_server
 from _timing import alternate, parse_args, report
 from bench_cv_tune import hardware
 
 HERE = Path(__file__).resolve().parents[1] / "examples" / "parts"
 GOAL = 1.02
-
-
-@contextmanager
-def mlflow_server(folder: Path) -> Iterator[tuple[str, int]]:
-    """A local ``mlflow server`` on a free port while the block runs: its URI, and its process
-    group (the server and its workers)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-         f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.perf_counter() - started > 300:
-                    raise SystemExit(f"mlflow server did not start; see {folder / 'server.log'}")
-                time.sleep(0.5)
-        print(f"mlflow server at {uri} answered after {time.perf_counter() - started:.0f} s")
-        yield uri, process.pid
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-        log.close()
 
 
 def group_cpu(group: int | None) -> float:
@@ -100,7 +66,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=500, help="Training rows of the parts data.")
     parser.add_argument("--epochs", type=int, default=6)
-    args = parse_args(parser, rounds=1, rows=40, epochs=1)
+    parser.add_argument("--cli-rounds", type=int, default=3,
+                        help="Rounds of `polymodal train` commands, each a new process.")
+    args = parse_args(parser, rounds=1, rows=40, epochs=1, cli_rounds=1)
     # Stopped by a time limit (SIGTERM), the server started here is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory() as scratch:
@@ -136,12 +104,14 @@ def run(args: argparse.Namespace, out: Path) -> None:
         report("smoke run (figures mean nothing)", times, "train", "train --track tensorboard",
                GOAL)
         return
-    with mlflow_server(out) as (uri, group):
-        server.append(group)
-        track = {"to": "mlflow", "uri": uri, "experiment": "bench"}
+    with mlflow_server(out) as started:
+        server.append(started.process.pid)
+        print(f"mlflow server at {started.uri}")
+        track = {"to": "mlflow", "uri": started.uri, "experiment": "bench"}
         times = alternate({"train": lambda: train("none"),
                            "train --track mlflow (server)": lambda: train(track)},
                           args.rounds, warmup=1)
+        commands = cli_times(args, table, out, started.uri)
     report(f"polymodal train, demo data ({args.rows} rows, {args.epochs} epochs), with and"
            " without tracking to a local mlflow server", times, "train",
            "train --track mlflow (server)", GOAL)
@@ -149,7 +119,32 @@ def run(args: argparse.Namespace, out: Path) -> None:
         mine, its = (statistics.median(r[i] for r in runs[1:]) for i in (0, 1))
         print(f"CPU seconds a run, {name}: this process {mine:.2f} s, the server {its:.2f} s"
               " (medians)")
-    print(f"importing mlflow (once a process: its first tracked run): {import_cpu():.2f} s CPU")
+    report(f"polymodal train commands ({args.cli_rounds} rounds, each a new process), with and"
+           " without --track mlflow to the server", commands, "polymodal train",
+           "polymodal train --track mlflow", GOAL)
+    for name, values in {**times, **commands}.items():  # outliers of a busy machine show here
+        print(f"each run, in order, {name}: {' '.join(f'{v:.2f}' for v in values)} s")
+    print(f"importing mlflow (which a run to a server no longer does): {import_cpu():.2f} s CPU")
+
+
+def cli_times(args: argparse.Namespace, table: Path, out: Path,
+              uri: str) -> dict[str, list[float]]:
+    """Seconds of whole `polymodal train` commands, with and without tracking to ``uri``: what
+    a user waits for, the process's start and imports included."""
+    command = [str(Path(sys.executable).with_name("polymodal")), "train", str(HERE / "fused.yaml"),
+               "--data", str(table), "--epochs", str(args.epochs), "--quiet"]
+    counter = iter(range(1_000_000))
+
+    def train(*extra: str) -> None:
+        model = out / f"cli{next(counter)}.safetensors"
+        done = subprocess.run([*command, "-o", str(model), *extra], capture_output=True,
+                              text=True, timeout=1800)
+        assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-2000:]
+
+    tracked = ("--track", "mlflow", "--track-uri", uri, "--experiment", "bench-cli")
+    return alternate({"polymodal train": lambda: train(),
+                      "polymodal train --track mlflow": lambda: train(*tracked)},
+                     args.cli_rounds, warmup=0)
 
 
 if __name__ == "__main__":

@@ -99,16 +99,33 @@ def open_session(target: Track | None, home: Path, experiment: str,
                             f" pip install 'polymodal[{extra}]'")
     backend: Backend
     if target.to == "mlflow":
-        from .track_mlflow import MlflowBackend
-
-        uri = target.uri or f"sqlite:///{(home / 'mlflow.db').resolve()}"
-        root = home / "mlartifacts" if target.uri is None else None
-        backend = MlflowBackend(uri, target.experiment or experiment, root)
+        backend = _mlflow(target, home, target.experiment or experiment)
     else:
         from .track_tensorboard import TensorBoardBackend
 
         backend = TensorBoardBackend(Path(target.uri) if target.uri else home / "tensorboard")
     return Session(target, backend, say)
+
+
+def _mlflow(target: Track, home: Path, experiment: str) -> Backend:
+    """A tracking server's REST API where the URI is a server's (MLflow is not imported), else
+    MLflow's client (a database URI, the default local store)."""
+    from .track_rest import applies
+
+    if target.uri is not None and applies(target.uri):
+        from .mlflow_http import SettingError
+        from .track_mlflow import safe_uri
+        from .track_rest import MlflowRestBackend
+
+        try:
+            return MlflowRestBackend(target.uri, experiment)
+        except SettingError as exc:
+            raise TrackingError(f"tracking to {safe_uri(target.uri)}: {exc}") from None
+    from .track_mlflow import MlflowBackend
+
+    uri = target.uri or f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    root = home / "mlartifacts" if target.uri is None else None
+    return MlflowBackend(uri, experiment, root)
 
 
 class Session:

@@ -8,11 +8,9 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,8 @@ import yaml
 
 import polymodal
 from polymodal._cli import main
+from polymodal._mlflow_server import free_port
+from polymodal._mlflow_server import mlflow_server as started_server
 
 from training_data import read_csv, table_spec, write_grouped_table
 
@@ -28,12 +28,6 @@ pytest.importorskip("tensorboard")
 pytest.importorskip("optuna")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,32 +41,8 @@ def server(tmp_path_factory):
 def mlflow_server(folder: Path):
     """A real ``mlflow server`` (SQLite backend) on a free local port while the block runs:
     its URI and process."""
-    port = _free_port()
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-         f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer in 240 s"
-            time.sleep(0.5)
-        yield {"uri": uri, "process": process}
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # a stopped server too; its store goes
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        log.close()
+    with started_server(folder) as started:
+        yield {"uri": started.uri, "process": started.process}
 
 
 def _runs(uri: str, experiment: str) -> list:
@@ -284,7 +254,7 @@ def test_a_server_that_is_down_never_stops_training(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "polymodal", "train", str(spec), "--data", str(table), "-o",
          str(tmp_path / "m.safetensors"), "--quiet", "--track", "mlflow", "--track-uri",
-         f"http://127.0.0.1:{_free_port()}"], capture_output=True, text=True, timeout=300)
+         f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     # MLflow's own retries (minutes for each call to a server that is down) are off
     assert time.monotonic() - started < 150
