@@ -109,22 +109,24 @@ def open_session(target: Track | None, home: Path, experiment: str,
 
 def _mlflow(target: Track, home: Path, experiment: str) -> Backend:
     """A tracking server's REST API where the URI is a server's (MLflow is not imported), else
-    MLflow's client (a database URI, the default local store)."""
+    MLflow's client (a database URI, the default local store). The URI given, else MLflow's
+    own ``MLFLOW_TRACKING_URI``, else the local store beside the run."""
     from .track_rest import applies
 
-    if target.uri is not None and applies(target.uri):
+    given = target.uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip() or None
+    if given is not None and applies(given):
         from .mlflow_http import SettingError
         from .track_mlflow import safe_uri
         from .track_rest import MlflowRestBackend
 
         try:
-            return MlflowRestBackend(target.uri, experiment)
+            return MlflowRestBackend(given, experiment)
         except SettingError as exc:
-            raise TrackingError(f"tracking to {safe_uri(target.uri)}: {exc}") from None
+            raise TrackingError(f"tracking to {safe_uri(given)}: {exc}") from None
     from .track_mlflow import MlflowBackend
 
-    uri = target.uri or f"sqlite:///{(home / 'mlflow.db').resolve()}"
-    root = home / "mlartifacts" if target.uri is None else None
+    uri = given or f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    root = home / "mlartifacts" if given is None else None
     return MlflowBackend(uri, experiment, root)
 
 
@@ -141,7 +143,11 @@ class Session:
     def key(self) -> dict[str, Any]:
         """What a run's record must match to be continued: the same tracker, URI, experiment."""
         backend: Any = self.backend
-        where = getattr(backend, "uri", None) or str(getattr(backend, "root", ""))
+        from .track_mlflow import safe_uri
+
+        uri = getattr(backend, "uri", None)
+        # kept in tracking.json: a password in the URI is not
+        where = safe_uri(uri) if uri else str(getattr(backend, "root", ""))
         return {"to": self.target.to, "where": where,
                 "experiment": getattr(backend, "experiment", None)}
 

@@ -217,6 +217,19 @@ def test_credentials_of_the_file_or_the_uri(server, tmp_path, monkeypatch, where
     assert {auth for _, _, auth in door.seen} == {basic}
     assert result.tracking[0].startswith("tracking: recorded in MLflow at http")
     assert "pa55" not in " ".join(result.tracking)  # the password is never shown
+    assert "pa55" not in (tmp_path / "m.run" / "tracking.json").read_text()  # nor kept
+
+
+def test_mlflows_own_tracking_uri_is_honoured(server, tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI, where no URI is given, as MLflow's own client does."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server["uri"])
+    table = write_grouped_table(tmp_path)
+    result = polymodal.train(table_spec(epochs=1), table, tmp_path / "m.safetensors",
+                             progress=False, track={"to": "mlflow", "experiment": "from-env"})
+    assert result.tracking[0].startswith(f"tracking: recorded in MLflow at {server['uri']}")
+    [run] = _runs(server["uri"], "from-env")
+    assert run.info.status == "FINISHED"
+    assert not (tmp_path / "mlflow.db").exists()  # not the local store
 
 
 def test_settings_only_mlflow_honours_send_the_run_through_its_client(tmp_path, monkeypatch):
