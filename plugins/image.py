@@ -430,12 +430,28 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         return image
 
     def _resize(self, image: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(image)
+        resized = self._resized([image])[0]
+        assert resized is not None
+        return resized
+
+    def _resized(self, images: list[np.ndarray | None]) -> list[torch.Tensor | None]:
+        """Each image at the adapter's size (``size``), those of one shape resized in one call:
+        a batch of small images costs one resize, not one each."""
+        tensors = [None if image is None else torch.from_numpy(image) for image in images]
         size = self._target_size()
-        if size is None or tuple(tensor.shape[1:]) == size:
-            return tensor
-        return torch.nn.functional.interpolate(
-            _scaled(tensor)[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        if size is None:
+            return tensors
+        alike: dict[tuple[Any, ...], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            if tensor is not None and tuple(tensor.shape[1:]) != size:
+                alike.setdefault((*tensor.shape, tensor.dtype), []).append(index)
+        for members in alike.values():
+            batch = _scaled(torch.stack([tensors[k] for k in members]))  # type: ignore[misc]
+            out = torch.nn.functional.interpolate(batch, size=size, mode="bilinear",
+                                                  antialias=True, align_corners=False)
+            for index, resized in zip(members, out):
+                tensors[index] = resized
+        return tensors
 
     def fit(self, table: Table) -> State:
         issues = RowIssues(table)
@@ -476,15 +492,13 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         """A batch of the rows' images: uint8 when every one is 8-bit and unresized (the
         adapter scales it to 0..1 where it runs), float32 otherwise."""
         shape = tuple(state["shape"]) if state.get("shape") else None
-        images = []
-        for position in range(len(table)):
-            image = self._read(table, position, issues, keep_uint8=True)
-            tensor = None if image is None else self._resize(image)
+        images = self._resized([self._read(table, position, issues, keep_uint8=True)
+                                for position in range(len(table))])
+        for position, tensor in enumerate(images):
             if tensor is not None and shape is not None and tuple(tensor.shape[1:]) != shape:
                 issues.bad_row(position, self.column(), self._wrong_size(
                     self._name(table, position), tuple(tensor.shape[1:]), shape, state))
-                tensor = None
-            images.append(tensor)
+                images[position] = None
         if shape is None:
             shape = next((tuple(t.shape[1:]) for t in images if t is not None), (1, 1))
         found = [t for t in images if t is not None]

@@ -147,3 +147,26 @@ def test_what_the_adapter_expects_of_a_row_is_told_to_clients():
     resized = _codec({"channels": 3, "size": [16, 20]}, TINY_TIMM)
     assert resized.expects({"shape": [16, 20]}) == {
         "channels": 3, "height": 16, "width": 20, "resized": True}
+
+
+def test_images_of_one_shape_are_resized_together_exactly_as_one_by_one():
+    import numpy as np
+
+    from polymodal_plugins.image import _scaled
+
+    codec = _codec({"channels": 3, "size": 16}, TINY_TIMM)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (3, 32, 32), dtype=np.uint8) for _ in range(5)]
+    images += [rng.integers(0, 256, (3, 40, 24), dtype=np.uint8), None,
+               rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)]
+    resized = codec._resized(images)
+    for image, got in zip(images, resized):
+        if image is None:
+            assert got is None
+            continue
+        alone = torch.from_numpy(image)
+        if image.shape[1:] != (16, 16):
+            alone = torch.nn.functional.interpolate(_scaled(alone)[None], size=(16, 16),
+                                                    mode="bilinear", antialias=True,
+                                                    align_corners=False)[0]
+        assert torch.equal(got, alone)
