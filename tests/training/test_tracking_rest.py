@@ -298,15 +298,20 @@ def test_a_server_answering_errors_to_metrics_keeps_the_rest(server, tmp_path, s
 def test_a_malformed_setting_is_refused_before_training(tmp_path, capsys, monkeypatch, name,
                                                         value, message):
     monkeypatch.setenv(name, value)
+    code, err = _train_command(tmp_path, capsys, "http://127.0.0.1:9")
+    assert code == 1 and err.startswith("error: tracking to http://127.0.0.1:9: ") and (
+        message in err), err
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "m.run").exists()
+
+
+def _train_command(tmp_path: Path, capsys, uri: str) -> tuple[int, str]:
+    """``polymodal train ... --track mlflow --track-uri URI``: its exit code and stderr."""
     table = write_grouped_table(tmp_path)
     spec = tmp_path / "tab.yaml"
     spec.write_text(yaml.safe_dump(table_spec(epochs=1)))
     code = main(["train", str(spec), "--data", str(table), "-o", str(tmp_path / "m.safetensors"),
-                 "--track", "mlflow", "--track-uri", "http://127.0.0.1:9"])
-    err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: tracking to http://127.0.0.1:9: ") and (
-        message in err), err
-    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "m.run").exists()
+                 "--track", "mlflow", "--track-uri", uri])
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("uri, message", [
@@ -315,24 +320,14 @@ def test_a_malformed_setting_is_refused_before_training(tmp_path, capsys, monkey
     ("https://ada:s3cret@:99999", "its port is not a number"),
 ])
 def test_a_malformed_server_uri_is_refused(tmp_path, capsys, uri, message):
-    table = write_grouped_table(tmp_path)
-    spec = tmp_path / "tab.yaml"
-    spec.write_text(yaml.safe_dump(table_spec(epochs=1)))
-    code = main(["train", str(spec), "--data", str(table), "-o", str(tmp_path / "m.safetensors"),
-                 "--track", "mlflow", "--track-uri", uri])
-    err = capsys.readouterr().err
+    code, err = _train_command(tmp_path, capsys, uri)
     assert code == 1 and err.startswith("error: tracking to ") and message in err, err
     assert "s3cret" not in err and not (tmp_path / "m.run").exists()
 
 
 def test_a_server_cert_path_that_is_not_there_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tmp_path / "no.pem"))
-    table = write_grouped_table(tmp_path)
-    spec = tmp_path / "tab.yaml"
-    spec.write_text(yaml.safe_dump(table_spec(epochs=1)))
-    code = main(["train", str(spec), "--data", str(table), "-o", str(tmp_path / "m.safetensors"),
-                 "--track", "mlflow", "--track-uri", "https://127.0.0.1:9"])
-    err = capsys.readouterr().err
+    code, err = _train_command(tmp_path, capsys, "https://127.0.0.1:9")
     assert code == 1 and "MLFLOW_TRACKING_SERVER_CERT_PATH" in err, err
     assert "Traceback" not in err and not (tmp_path / "m.run").exists()
 
