@@ -243,6 +243,8 @@ def read_image(path: str | Path, channels: int | None = None, *,
         elif suffix in TIFF_SUFFIXES:
             array = cast(np.ndarray, _tiff(path, channels))
         else:
+            if suffix == ".png":
+                _png_shape(path)  # a PNG too large is refused from its header, as checked
             array = _pil_array(path)
     except FileNotFoundError:
         raise ImageReadError("not found") from None
@@ -277,6 +279,25 @@ def image_array(array: Any, channels: int | None = None, *, keep_uint8: bool = F
     return np.ascontiguousarray(image)
 
 
+#: A PNG's channels by the colour type its header gives (as Pillow opens it: grey, RGB, grey
+#: and alpha, RGBA). A palette (3) is Pillow's to say: its transparency adds a channel.
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_shape(path: Path) -> tuple[int, int, int] | None:
+    """``(channels, height, width)`` from a PNG file's first 26 bytes, without Pillow (a batch
+    of small files is checked several times faster); None where the file is no PNG or its
+    header is Pillow's to read (a palette, an unknown colour type)."""
+    with path.open("rb") as handle:
+        head = handle.read(26)
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    channels = _PNG_CHANNELS.get(head[25])
+    return None if channels is None else _bounded(channels, height, width)
+
+
 def image_shape(path: str | Path, channels: int | None = None) -> tuple[int, int, int]:
     """``(channels, height, width)`` of an image file, reading as little as its format allows."""
     path = Path(path)
@@ -286,10 +307,15 @@ def image_shape(path: str | Path, channels: int | None = None) -> tuple[int, int
     if not path.is_file():
         raise ImageReadError("not found")
     try:
+        shape = _png_shape(path) if suffix == ".png" else None
+        if shape is not None:
+            return shape
         if suffix in PIL_SUFFIXES:
             with _pillow_bounded(), _open_pil(path) as image:
                 width, height = image.size
-                return _pil_mode_channels(image.mode), height, width
+                # a palette with transparency is read as RGBA (_pil_array)
+                alpha = image.mode == "P" and "transparency" in image.info
+                return 4 if alpha else _pil_mode_channels(image.mode), height, width
         if suffix in NPY_SUFFIXES:
             with path.open("rb") as handle:
                 return _npy_header(handle, channels)

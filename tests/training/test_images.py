@@ -84,7 +84,7 @@ def test_an_image_larger_than_the_limit_is_refused_from_its_header(tmp_path):
     write_npy_header(tmp_path / "bands.npy", (4096, 512, 512))  # few pixels, too many values
     expected = {
         "zeros.png": "is 12000x12000 pixels, more than the 67,108,864 (8192x8192) an image may have",
-        "claims.png": "is 10,000,000,000 pixels, more than the 67,108,864 (8192x8192)",
+        "claims.png": "is 100000x100000 pixels, more than the 67,108,864 (8192x8192)",
         "claims.npy": "is 100000x100000 pixels, more than the 67,108,864 (8192x8192)",
         "bands.npy": "holds 4096 channels of 512x512 pixels, more than the 268,435,456 values",
     }
@@ -96,6 +96,21 @@ def test_an_image_larger_than_the_limit_is_refused_from_its_header(tmp_path):
                 with pytest.raises(ImageReadError, match=f"^{re.escape(said)}"):
                     read(tmp_path / name, 3)
                 assert time.process_time() - started < 1.0, (name, read)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "I;16", "LA", "RGB", "RGBA", "P", "P+t"])
+def test_a_png_header_says_what_pillow_reads(tmp_path, mode):
+    """The shape a PNG's header gives (read without Pillow) is the shape its pixels have."""
+    from PIL import Image
+
+    path = tmp_path / "x.png"
+    image = Image.new(mode.removesuffix("+t"), (7, 5))
+    image.save(path, **({"transparency": 0} if mode == "P+t" else {}))
+    assert image_shape(path) == read_image(path).shape
+    assert image_shape(path)[1:] == (5, 7)
+    jpeg = tmp_path / "named.png"  # a JPEG under a PNG's name: Pillow tells
+    Image.new("RGB", (6, 4)).save(jpeg, format="JPEG")
+    assert image_shape(jpeg) == read_image(jpeg).shape == (3, 4, 6)
 
 
 def test_a_tiff_larger_than_the_limit_is_refused_from_its_header(tmp_path):
