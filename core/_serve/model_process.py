@@ -93,6 +93,8 @@ class ModelProcess:
         with self._lock:
             if self._connection is None:
                 raise ModelFault("the model process is not running")
+            if not self._stopping and self._process is not None and not self._process.is_alive():
+                self._restart()  # it died between batches: this batch need not fail
             try:
                 self._connection.send([_portable(r) for r in requests])
                 kind, answer = self._connection.recv()

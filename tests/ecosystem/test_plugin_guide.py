@@ -141,7 +141,8 @@ def test_the_codec_interface_is_documented():
     assert methods == {"columns", "absent", "check", "fit", "complete", "prepare", "encode",
                        "augment", "check_state", "has_target", "fixed_options", "holds_classes",
                        "decode", "metrics", "details", "render_details", "parts", "permute_part",
-                       "row_scores", "attribution_value", "attribution_pictures", "keep_encoded"}
+                       "row_scores", "attribution_value", "attribution_pictures", "keep_encoded",
+                       "expects"}
     for name in [*methods, "declared_metrics", "Metric", "RowIssues", "Table", "is_missing",
                  "bad_row", "base_dir", "(config, name, where)"]:
         assert name in section, f"{name} is not described in the codec section"

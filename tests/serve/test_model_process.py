@@ -53,13 +53,19 @@ def test_a_dead_model_process_is_replaced_and_sigterm_ends_it(demo, tmp_path):
 
         async def busy() -> list[httpx.Response]:  # the model process killed while predicting
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                killed = asyncio.Event()
+
                 async def client_loop() -> list[httpx.Response]:
-                    return [await client.post("/v1/predict", json={"rows": rows})
-                            for _ in range(6)]
+                    answers, after = [], 0  # requests until the kill, and three after it
+                    while after < 3:
+                        answers.append(await client.post("/v1/predict", json={"rows": rows}))
+                        after += killed.is_set()
+                    return answers
 
                 async def killing() -> None:
                     await asyncio.sleep(0.3)
                     os.kill(first, signal.SIGKILL)
+                    killed.set()
 
                 answers = await asyncio.gather(*(client_loop() for _ in range(4)), killing())
             return [a for each in answers[:4] for a in each]
@@ -80,6 +86,20 @@ def test_a_dead_model_process_is_replaced_and_sigterm_ends_it(demo, tmp_path):
     finally:
         assert server.stop() == 0
     assert gone(second)
+
+
+def test_a_model_process_dead_between_batches_costs_no_request(demo, tmp_path):
+    server = Server(demo["model"], log=tmp_path / "server.log")
+    try:
+        first = model_pid(server)
+        os.kill(first, signal.SIGKILL)  # while no batch is predicted
+        assert gone(first)
+        answered = post(server, {"rows": request_rows(demo, 2)})
+        assert answered.status_code == 200, answered.text
+        assert_same(answered.json()["rows"], expected(demo, 2), 1e-5)
+        assert model_pid(server) != first
+    finally:
+        assert server.stop() == 0
 
 
 def test_the_model_process_ignores_signals_and_dies_with_a_killed_server(demo, tmp_path):
