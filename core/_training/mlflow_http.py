@@ -75,9 +75,13 @@ def authorization() -> str | None:
         saved = _saved_credentials()
         user, password = user or saved[0], password or saved[1]
     if user and password:
-        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return _basic(user, password)
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     return f"Bearer {token}" if token else None
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _saved_credentials() -> tuple[str | None, str | None]:
@@ -113,8 +117,7 @@ class MlflowHttp:
         self.headers = {"User-Agent": "polymodal", "Accept": "application/json"}
         auth = authorization()
         if parts.username and parts.password and auth is None:  # user:password@host
-            auth = "Basic " + base64.b64encode(f"{parts.username}:{parts.password}".encode()
-                                               ).decode()
+            auth = _basic(parts.username, parts.password)
         if auth:
             self.headers["Authorization"] = auth
         self._tls = self._tls_context() if self.scheme == "https" else None
