@@ -13,7 +13,7 @@ request.
 Goals (2 CPU cores): at 32 clients at least 0.7x the rows/s of direct batched predict; p99 at
 most 3x p50; memory within 5% after 10,000 requests; no error response.
 
-    python benchmarks/bench_serve.py [--demo runs/parts-demo] [--requests 10000]
+    python benchmarks/bench_serve.py [--demo runs/parts-demo] [--model FILE] [--requests 10000]
         [--per-level 1500] [--max-batch 64] [--max-wait-ms 5] [--threads 1]
         [--rows-per-request 16] [--workers 1]
 """
@@ -66,7 +66,9 @@ def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> t
     ``batch``, and its CPU ms a row."""
     repeats = -(-rows // len(frame["photo"]))
     table = {k: (v * repeats)[:rows] for k, v in frame.items()}
-    loaded = polymodal.load(model)  # once, as the server does
+    from polymodal._training.inference import loaded_model
+
+    loaded, _ = loaded_model(model, exports=True)  # once, as the server does
     polymodal.predict(loaded, {k: v[:batch] for k, v in table.items()}, batch_size=batch)  # warm
     started, cpu = time.perf_counter(), time.process_time()
     polymodal.predict(loaded, table, batch_size=batch)
@@ -224,6 +226,9 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default="runs/parts-demo", help="Folder of `make demo`'s model.")
+    parser.add_argument("--model", default=None,
+                        help="Serve this file of the demo's model instead (its ONNX export,"
+                        " `polymodal export`), predicted directly alike.")
     parser.add_argument("--requests", type=int, default=10_000,
                         help="Requests served between the two memory readings.")
     parser.add_argument("--per-level", type=int, default=1500, help="Requests timed per level.")
@@ -248,6 +253,7 @@ def main() -> None:
 def run(args, scratch: Path) -> None:
     levels = [int(v) for v in args.levels.split(",")]
     model, _, test = demo_model(Path(args.demo) if args.demo else scratch, smoke=args.smoke)
+    model = Path(args.model) if args.model else model
     rows, frame = rows_of(test)
     print(f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}),"
           f" {os.cpu_count()} CPU(s), {torch.get_num_threads()} torch thread(s), load average"
