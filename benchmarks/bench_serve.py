@@ -26,7 +26,6 @@ import base64
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,11 +33,12 @@ import time
 from pathlib import Path
 
 import torch
-
-import polymodal
 from _demo import demo_model
 from _http_client import Connection
 from _timing import parse_args
+
+import polymodal
+from polymodal._ports import free_port
 
 LEVELS = (1, 8, 32)
 THROUGHPUT_GOAL = 0.7
@@ -99,12 +99,6 @@ def batch_rates(model: Path, rows: list[dict], sizes: list[int], repeats: int) -
         rates[size] = size * repeats / (time.perf_counter() - started)
     builder.close()
     return rates
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def family(pid: int) -> list[int]:

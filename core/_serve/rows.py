@@ -190,6 +190,10 @@ class RowBuilder:
 
     def _part_row(self, name: str) -> int:
         found = PART_NAME.match(name)
+        if (found is None or found.group("row") is None) and name.endswith("]") and "[" in name \
+                and name not in self.columns.files:  # COLUMN[abc]: a row that is no number
+            raise ClientError(BAD_REQUEST, f"file part {name!r}: name a part COLUMN (row 1) or"
+                              " COLUMN[ROW], ROW a row number from 1")
         row = int(found.group("row")) if found and found.group("row") else 1
         if row < 1:
             raise ClientError(BAD_REQUEST, f"file part {name!r}: rows are numbered from 1")

@@ -82,6 +82,12 @@ def test_multipart_rows_answer_as_json(server, demo):
     refused = post(server, files=beyond, data={"request": json.dumps({"rows": fields})})
     assert refused.status_code == 400 and "is for row 3, but the request's rows are 2" \
         in refused.json()["error"]["message"], refused.text
+    for name in ("photo[abc]", "photo[]", "photo[-1]"):  # told as a bad part name, as above
+        misnamed = {"photo[1]": files["photo[1]"], name: files["photo[2]"]}
+        refused = post(server, files=misnamed, data={"request": json.dumps({"rows": fields})})
+        assert refused.status_code == 400, refused.text
+        assert f"file part {name!r}: name a part COLUMN (row 1) or COLUMN[ROW]" \
+            in refused.json()["error"]["message"], refused.text
     twice = [{**fields[0], "photo": rows[0]["photo"]}, fields[1]]
     refused = post(server, files=files, data={"request": json.dumps({"rows": twice})})
     assert refused.status_code == 400, refused.text

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from training_data import read_csv, table_spec, write_grouped_table
 
 import polymodal
 from polymodal._cli import main
-from polymodal._mlflow_server import free_port
 from polymodal._mlflow_server import mlflow_server as started_server
-
-from training_data import read_csv, table_spec, write_grouped_table
+from polymodal._ports import free_port
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
