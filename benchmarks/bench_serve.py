@@ -75,6 +75,28 @@ def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> t
     return rows / (time.perf_counter() - started), (time.process_time() - cpu) / rows * 1e3
 
 
+def forward_ms(model: Path, frame: dict[str, list], sizes: list[int], repeats: int) -> dict[int, float]:
+    """Milliseconds of the model's forward pass alone on ``size`` rows (encoded once, before
+    timing): the part of a batch's cost the model itself takes."""
+    from polymodal._data.binding import Binding
+    from polymodal._data.table import Table
+    from polymodal._training.inference import loaded_model, model_state
+
+    loaded, source = loaded_model(model, exports=True)
+    binding, state = Binding(loaded.spec), model_state(loaded, source)
+    times = {}
+    for size in sizes:
+        rows = {k: (v * -(-size // len(v)))[:size] for k, v in frame.items()}
+        encoded = binding.encode(Table.from_columns(rows), state, targets=False)
+        with torch.inference_mode():
+            loaded(encoded.inputs, encoded.present or None)  # warm
+            started = time.perf_counter()
+            for _ in range(repeats):
+                loaded(encoded.inputs, encoded.present or None)
+        times[size] = (time.perf_counter() - started) / repeats * 1e3
+    return times
+
+
 def batch_rates(model: Path, rows: list[dict], sizes: list[int], repeats: int) -> dict[int, float]:
     """Rows/s of the server's own batch path without HTTP: ``size`` one-row requests built
     (files written) and predicted together, as the batcher hands them to the model."""
@@ -257,6 +279,9 @@ def run(args, scratch: Path) -> None:
     direct, direct_ms = direct_rate(model, frame, max(args.per_level, 640), args.max_batch)
     print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s,"
           f" {direct_ms:.2f} ms of CPU a row")
+    forward = forward_ms(model, frame, [1, 16, 32, 64], 3 if args.smoke else 30)
+    print("the model's forward pass alone (rows encoded before): "
+          + ", ".join(f"{ms:.1f} ms at {size} rows" for size, ms in forward.items()))
     alone = batch_rates(model, rows, [1, 8, 16, 32], 3 if args.smoke else 20)
     print("the server's batch path without HTTP (requests built, checked, encoded, predicted): "
           + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())
