@@ -76,10 +76,29 @@ def save(
     if not isinstance(model, PolymodalModel):
         raise TypeError(f"polymodal.save takes a model built by polymodal, not {type(model).__name__}")
     path = Path(path)
-    metadata = file_metadata(model, state=state, registry=registry)
-    with atomic_path(path) as tmp:
-        save_model(model, str(tmp), metadata=metadata, force_contiguous=True)
+    write_weights(model.state_dict(), file_metadata(model, state=state, registry=registry), path)
     return path
+
+
+class _Weights:
+    """A state dict where safetensors' ``save_model`` wants a module: it only asks for the
+    state dict, and finds the tensors that share memory in it (a copy made with
+    ``copy.deepcopy`` shares them as the model does)."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor]):
+        self.weights = weights
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.weights)
+
+
+def write_weights(weights: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                  path: Path) -> None:
+    """A model file of ``weights`` (a model's state dict, or a copy of one) and ``metadata``
+    (:func:`file_metadata`'s), written atomically: what :func:`save` writes for the model."""
+    with atomic_path(path) as tmp:
+        save_model(_Weights(weights), str(tmp), metadata=dict(metadata),  # type: ignore[arg-type]
+                   force_contiguous=True)
 
 
 #: The largest safetensors header (tensor index and metadata) read from a model file. A

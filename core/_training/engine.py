@@ -5,7 +5,8 @@ prepare the data (read and check the table, split off the validation rows); rest
 checkpoint when resuming; build the model (fit the codecs' preprocessing on the training rows,
 complete the spec from the data, make the optimiser and schedule); then, epoch by epoch, train,
 validate, and write the epoch's files (the model file when the epoch is the best so far, the
-logs, the checkpoint), each atomically; finish with the plot and the best model. An epoch's
+logs, the checkpoint), each atomically, on a thread of their own while the next epoch trains
+(:mod:`.epoch_files`); finish with the plot and the best model. An epoch's
 outcome is an :class:`EpochRecord`; where the run stands is its :class:`Progress`. The rows are
 read and split in :mod:`.rows`, the epochs trained in :mod:`.epochs`; what a command asks of its
 runs (overrides, bad rows, tracking) is a :class:`~.settings.RunSettings`.
@@ -18,6 +19,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import math
@@ -46,6 +48,7 @@ from .._spec import ModelSpec, load_spec
 from .._temporaries import sweep
 from . import distributed, hardware, loading, objective
 from .checkpoint import Checkpoint
+from .epoch_files import EpochFiles
 from .epochs import Epochs, Parts, backbone_parameters, epoch_batches
 from .history import EpochRecord, Progress
 from .inference import (
@@ -363,17 +366,28 @@ def _wrap_for_training(parts: Parts, opts: TrainingOptions, context: distributed
     parts.forward = forward
 
 
-def _write_epoch(parts: Parts, progress: Progress, improved: bool, output: Path, run_dir: Path,
-                 spec: ModelSpec, rows: RunRows) -> None:
-    """An epoch's files: the model file if the epoch is the best so far, the logs, the
-    checkpoint (last, so that a run killed before it repeats the epoch on resume)."""
-    if improved:
-        from .._modelfile import save
+def _epoch_job(parts: Parts, progress: Progress, improved: bool, output: Path, run_dir: Path,
+               spec: ModelSpec, rows: RunRows) -> Callable[[], None]:
+    """An epoch's files, written by :class:`EpochFiles` while the next epoch trains, from
+    copies made now (the next steps change the weights in place): the model file if the epoch
+    is the best so far, the logs, the checkpoint (last, so that a run killed before it repeats
+    the epoch on resume)."""
+    from .._modelfile import file_metadata, write_weights
 
-        save(parts.model, output)
-    write_logs(run_dir, progress.history)
-    Checkpoint(parts.model.state_dict(), parts.optimizer.state_dict(), parts.scheduler.state_dict(),
-               progress, _spec_json(spec), parts.state, rows.fingerprint).write(run_dir / CHECKPOINT)
+    weights = copy.deepcopy(parts.model.state_dict())  # weights tied in the model stay tied
+    metadata = file_metadata(parts.model) if improved else None
+    checkpoint = Checkpoint(weights, copy.deepcopy(parts.optimizer.state_dict()),
+                            copy.deepcopy(parts.scheduler.state_dict()),
+                            replace(progress, history=list(progress.history)), _spec_json(spec),
+                            parts.state, rows.fingerprint)
+
+    def write() -> None:
+        if metadata is not None:
+            write_weights(weights, metadata, output)
+        write_logs(run_dir, checkpoint.progress.history)
+        checkpoint.write(run_dir / CHECKPOINT)
+
+    return write
 
 
 def _announce(binding: Binding, rows: RunRows, say: Callable[[str], None]) -> None:
@@ -413,27 +427,28 @@ def _run(spec: ModelSpec, data: Any, settings: RunSettings, call: TrainCall,
     stopped_early = run.epoch > 0 and run.out_of_patience(opts.early_stopping.patience)
     if stopped_early:
         say(f"the run had stopped early after epoch {run.epoch}: nothing left to train")
-    for epoch in range(opts.epochs + 1 if stopped_early else run.epoch + 1, opts.epochs + 1):
-        record = epochs.train(epoch, say)
-        if parts.scaler is None:  # fp16's scaler skips the steps that overflow on its own
-            _check_finite(record, opts, run)
-        record.val = epochs.validate()
-        improved = run.add(record, record.value(metric), higher)
-        if context.main:
-            _write_epoch(parts, run, improved, output, run_dir, spec, rows)
-        if tracking is not None:
-            tracking.epoch(record.to_dict())
-        say(_epoch_line(record, improved))
-        distributed.barrier(context)
-        if run.out_of_patience(opts.early_stopping.patience):
-            stopped_early = True
-            say(f"early stop: {metric} has not improved for {run.stale} epoch(s)")
-            break
-        stop = hooks.stop_after(record, record.value(metric))
-        if stop:
-            stopped_early = True
-            say(f"stopped after epoch {epoch}: {stop}")
-            break
+    with EpochFiles() as files:  # leaving it waits for the last epoch's files
+        for epoch in range(opts.epochs + 1 if stopped_early else run.epoch + 1, opts.epochs + 1):
+            record = epochs.train(epoch, say)
+            if parts.scaler is None:  # fp16's scaler skips the steps that overflow on its own
+                _check_finite(record, opts, run)
+            record.val = epochs.validate()
+            improved = run.add(record, record.value(metric), higher)
+            if context.main:
+                files.write(_epoch_job(parts, run, improved, output, run_dir, spec, rows))
+            if tracking is not None:
+                tracking.epoch(record.to_dict())
+            say(_epoch_line(record, improved))
+            distributed.barrier(context)
+            if run.out_of_patience(opts.early_stopping.patience):
+                stopped_early = True
+                say(f"early stop: {metric} has not improved for {run.stale} epoch(s)")
+                break
+            stop = hooks.stop_after(record, record.value(metric))
+            if stop:
+                stopped_early = True
+                say(f"stopped after epoch {epoch}: {stop}")
+                break
     best = next((r for r in run.dicts() if r["epoch"] == run.best_epoch), None)
     for line in auxiliary_lines(best or {}, binding):
         say(line)
