@@ -110,6 +110,47 @@ def memorising_spec(noise_columns: int = 30) -> dict:
     return spec
 
 
+def site_shortcut_table(out: Path, rows: int, sites: int = 20, seed: int = 0) -> Path:
+    """The label is ``u + 0.5 x + noise > 0`` (the photo's blob ``u`` strong, the record's ``x``
+    weak), but each site's rows were drawn so that 90% of them share one label (alternately
+    yes and no by site): within the training sites the record's ``site`` column predicts the
+    label better than anything else, a shortcut that is worthless on sites never seen, which
+    is what grouped folds test."""
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(rows):
+        site = i % sites
+        wanted = ("yes" if site % 2 == 0 else "no") if rng.random() < 0.9 else \
+            ("no" if site % 2 == 0 else "yes")
+        while True:  # rows drawn until one has the wanted label: the site's selection bias
+            u, x = rng.normal(), rng.normal()
+            if ("yes" if u + 0.5 * x + rng.normal(0, 0.2) > 0 else "no") == wanted:
+                break
+        image = rng.normal(100, 20, (24, 24, 3))
+        cy, cx = rng.integers(6, 18, 2)
+        image[cy - 5:cy + 5, cx - 5:cx + 5] = 128 + 45 * np.clip(u, -2.5, 2.5)
+        path = f"images/site_{i:05d}.png"
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(out / path)
+        records.append({"photo": path, "x": f"{x:.3f}", "site": f"site{site:02d}",
+                        "label": wanted})
+    table = out / "site_shortcut.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return table
+
+
+def site_shortcut_spec() -> dict:
+    spec = strong_weak_spec()
+    spec["inputs"]["record"] = {
+        "adapter": {"type": "tabular", "categorical": ["site"], "numerical": ["x"]},
+        "backbone": {"type": "mlp", "hidden": [32]}}
+    spec["training"]["group_by"] = "site"  # the validation rows are of other sites too
+    return spec
+
+
 def variants(fused: dict, weight: float) -> list[dict]:
     """The fused spec with the option, without it, and each input alone."""
     with_aux = {**fused, "name": "fused_auxiliary",
@@ -122,10 +163,10 @@ def variants(fused: dict, weight: float) -> list[dict]:
 
 
 def compare(title: str, specs: list[dict], table: Path, folds: int, out: Path,
-            epochs: int | None, seed: int) -> None:
+            epochs: int | None, seed: int, group_by: str | None = None) -> None:
     options = {"seed": seed, **({"epochs": epochs} if epochs else {})}
     result = polymodal.cv(specs[0], table, folds=folds, compare=specs[1:], output=out,
-                          options=options)
+                          options=options, group_by=group_by)
     head = next(iter(result.scores[0].metrics()))
     values = {s.name: s.values(head, METRIC) for s in result.scores}
     first, others = specs[0]["name"], [s["name"] for s in specs[1:]]
@@ -149,7 +190,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the folds and of training.")
     parser.add_argument("--out", default="runs/aux-bench")
     parser.add_argument("--tables", default="parts,strong_weak",
-                        help="Which tables to run, of parts, strong_weak and memorising.")
+                        help="Which tables to run, of parts, strong_weak, memorising and"
+                        " site_shortcut.")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny tables, 2 folds of one epoch: checks that the script runs")
     args = parser.parse_args()
@@ -173,6 +215,11 @@ def main() -> None:
         compare("strong record that can memorise, weak photo",
                 variants(memorising_spec(), args.weight), memorising, folds,
                 out / "memorising.cv", epochs, args.seed)
+    if "site_shortcut" in tables:
+        shortcut = site_shortcut_table(out / "site_shortcut", rows)
+        compare("weak record with a site shortcut, strong photo; folds by site",
+                variants(site_shortcut_spec(), args.weight), shortcut, folds,
+                out / "site_shortcut.cv", epochs, args.seed, group_by="site")
 
 
 if __name__ == "__main__":
