@@ -1,14 +1,18 @@
 """Per-input heads in training (``fusion.auxiliary``): does the fused model beat its best single
 input, and the same spec without them? Five-fold cross-validation, specs compared fold by fold.
 
-Two tables:
+Tables:
 
 - the parts demo data (examples/parts): photo and inspection record, each right about 75% of
   the time alone, both needed to be right every time;
 - a table where one input is strong and the other weak but complementary: a photo whose blob's
   brightness carries ``u`` and a record's number ``x``; the label is ``u + 0.5 x + noise > 0``,
   so the photo alone is right about 85% of the time, the record alone about 65%, and only the
-  two together approach 100%.
+  two together approach 100%;
+- ``memorising``: a strong record beside 30 noise columns a wide MLP can memorise, a weak photo;
+- ``site_shortcut``: the strong-photo, weak-record table, but each site's rows drawn so that 90%
+  share one label, with the record's ``site`` column, and folds that hold out whole sites: the
+  column predicts the label in the training sites and says nothing on the others.
 
 For each, the fused spec with ``fusion.auxiliary`` is compared with the same spec without it and
 with each input alone (every spec on the same folds): the goal is that with the option the fused
