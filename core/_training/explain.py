@@ -294,7 +294,7 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
     table = _sampled(read_table(data), max_rows, seed, say)
     _check_row_numbers(table, rows)  # before the rows are read and decoded
     report = RowReport()
-    encoded_rows = _Rows(table, _encoded(table, binding, state, on_bad_row, report), binding)
+    encoded_rows = _Rows(*_encoded(table, binding, state, on_bad_row, report), binding)
     variants = _variants(binding, model.spec, parts)
     total = 1 + sum(1 if v.how == "absent" else repeats for v in variants)
     bar = _bar(progress, total)
@@ -341,13 +341,14 @@ def _check_request(repeats: int, rows: int | Sequence[int], output: str | Path |
 
 
 def _encoded(table: Table, binding: Binding, state: State, on_bad_row: str,
-             report: RowReport) -> Encoded:
-    """Every readable row of ``table``, encoded as one batch."""
+             report: RowReport) -> tuple[Table, Encoded]:
+    """Every readable row of ``table``, encoded as one batch, and the table its positions are
+    of (the rows left after those found bad when checked, with their own row numbers)."""
     chunks = list(encoded_chunks(table, binding, state, targets=True,
                                  batch_size=max(len(table), 1), on_bad_row=on_bad_row, report=report))
     if not chunks or len(chunks[0][1].positions) == 0:
         raise DataError(f"{table.source}: no row to explain")
-    return chunks[0][1]
+    return chunks[0]
 
 
 def _refuse_others_folder(folder: Path) -> None:

@@ -78,6 +78,24 @@ def test_rows_by_number_and_the_python_api(two_heads):
         polymodal.explain(model, table, repeats=1, rows=[99], parts=False)
 
 
+def test_rows_after_skipped_bad_rows_are_shown_with_their_own_numbers(two_heads, tmp_path):
+    model, table = two_heads
+    rows = read_csv(table)
+    for row in rows[1:4]:  # rows 2 to 4: files that are not there
+        row["photo"] = "nowhere.png"
+    messy = tmp_path / "messy.csv"
+    write_csv(messy, rows)
+    (tmp_path / "img").symlink_to(table.parent / "img")
+    predicted = polymodal.predict(model, messy, on_bad_row="skip", keep=["id"])
+    by_row = dict(zip(predicted["columns"]["row"], predicted["columns"]["label"]))
+    result = polymodal.explain(model, messy, repeats=1, rows=[1, 5, 6], keep=["id"],
+                               on_bad_row="skip", parts=False)
+    assert result.per_row["row"] == [1, 5, 6] and result.per_row["id"] == ["r0", "r4", "r5"]
+    assert result.per_row["label"] == [by_row[1], by_row[5], by_row[6]]
+    first = polymodal.explain(model, messy, repeats=1, rows=3, on_bad_row="skip", parts=False)
+    assert first.per_row["row"] == [1, 5, 6]
+
+
 def test_the_same_seed_gives_the_same_explanation(two_heads):
     model, table = two_heads
     first = polymodal.explain(model, table, repeats=2, seed=3).importance_rows()
