@@ -24,9 +24,9 @@ def evaluate(model_path: str, data: str, batch_size: int, device: str, on_bad_ro
     from .._training.inference import RowReport, evaluate as run_evaluation, render_evaluation
     from .._training.report import json_safe
 
+    result = run_evaluation(model_path, data, batch_size=batch_size, on_bad_row=on_bad_row,
+                            device=device)  # from the path: its messages name the file
     model = load(model_path)
-    result = run_evaluation(model, data, batch_size=batch_size, on_bad_row=on_bad_row,
-                            device=device)
     if as_json:
         click.echo(json.dumps(json_safe(result), indent=2))
         return

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -433,6 +433,7 @@ def _run(spec: ModelSpec, data: Any, settings: RunSettings, call: TrainCall,
             if parts.scaler is None:  # fp16's scaler skips the steps that overflow on its own
                 _check_finite(record, opts, run)
             record.val = epochs.validate()
+            _check_outputs(record, opts, run)
             improved = run.add(record, record.value(metric), higher)
             if context.main:
                 files.write(_epoch_job(parts, run, improved, output, run_dir, spec, rows))
@@ -497,16 +498,29 @@ def auxiliary_lines(best: Mapping[str, Any], binding: Binding) -> list[str]:
 def _check_finite(record: EpochRecord, opts: TrainingOptions, run: Progress) -> None:
     """Stop where the training loss is no longer a number: every later step would learn from
     it, and the model file still holds the best epoch before it."""
-    if math.isfinite(record.train_loss):
-        return
+    if not math.isfinite(record.train_loss):
+        _diverged(f"epoch {record.epoch}: the mean training loss is {record.train_loss}", opts, run)
+
+
+def _check_outputs(record: EpochRecord, opts: TrainingOptions, run: Progress) -> None:
+    """Stop where the model's outputs on the validation rows are no longer numbers (its
+    training loss may still be one): such an epoch is never the best, whatever its metrics
+    (a class picked from NaN scores), and is not saved."""
+    if record.val is not None and record.val.nonfinite_rows:
+        _diverged(f"epoch {record.epoch}: the model's outputs on {record.val.nonfinite_rows}"
+                  " validation row(s) are not numbers (NaN or infinite)", opts, run)
+
+
+def _diverged(what: str, opts: TrainingOptions, run: Progress) -> NoReturn:
     kept = (f" The model file holds epoch {run.best_epoch}, the best before it."
             if run.best_epoch else " No epoch was saved.")
     precision = (f", or precision: fp32 (this run trained in {opts.precision})"
                  if opts.precision != "fp32" else "")
+    decay = (f" or a lower weight_decay (now {opts.weight_decay:g})"
+             if opts.weight_decay > 1 else "")  # a decay above 1 alone can blow the weights up
     raise DivergedError(
-        f"epoch {record.epoch}: the mean training loss is {record.train_loss}: training diverged"
-        f" and stopped.{kept} Try a lower lr (now {opts.lr:g}){precision}; a column with extreme"
-        " values can cause it too.")
+        f"{what}: training diverged and stopped.{kept} Try a lower lr (now {opts.lr:g}){decay}"
+        f"{precision}; a column with extreme values can cause it too.")
 
 
 def _finish(run: Progress, report: RowReport, output: Path, run_dir: Path, metric: str,

@@ -33,6 +33,7 @@ from .inference import (
     fail_on,
     head_losses,
     head_metrics,
+    nonfinite_rows,
     presence_metrics,
     to_device,
 )
@@ -228,9 +229,11 @@ class Epochs:
         finally:
             parts.model.auxiliary_outputs = False
         per_head = head_metrics(collected, parts.binding, parts.state)
+        broken = nonfinite_rows({h: torch.cat(v) for h, v in collected.outputs.items()})
         return Validation(objective.weighted_loss(per_head, opts.loss_weights), per_head,
                           presence_metrics(collected, parts.binding, parts.state),
-                          auxiliary_metrics(collected, parts.binding, parts.state))
+                          auxiliary_metrics(collected, parts.binding, parts.state),
+                          max((int(b.sum()) for b in broken.values()), default=0))
 
 
 def _finite_gradients(model: torch.nn.Module) -> bool:

@@ -25,6 +25,8 @@ class Validation:
     by_presence: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: ``fusion.auxiliary``: each head's per-input copy (``head@input``) -> metric -> value
     auxiliary: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: validation rows whose outputs were not numbers (NaN or infinite): a diverged model
+    nonfinite_rows: int = 0
 
 
 @dataclass

@@ -319,6 +319,7 @@ def score(model: Any, data: Any, *, on_bad_row: str = "fail", device: str = "cpu
                             on_bad_row=on_bad_row, report=report)
     for chunk, encoded in chunks:
         for _, outputs in _outputs(model, [encoded], target):
+            refuse_nonfinite(outputs, chunk.rows[encoded.positions])
             _add(collected, model, encoded, outputs, target)
             found = {"row": chunk.rows[encoded.positions].tolist(),
                      **_prediction_columns(binding, state, outputs, encoded)}
@@ -326,6 +327,34 @@ def score(model: Any, data: Any, *, on_bad_row: str = "fail", device: str = "cpu
                 columns.setdefault(column, []).extend(values)
     return Scored(head_metrics(collected, binding, state),
                   presence_metrics(collected, binding, state), columns, report)
+
+
+def nonfinite_rows(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each head's rows (a bool mask) whose output is not a number (NaN or infinite): the mark
+    of a model whose training diverged; heads without such rows are left out."""
+    found = {}
+    for head, output in outputs.items():
+        bad = ~torch.isfinite(output.detach().reshape(len(output), -1)).all(dim=1)
+        if bool(bad.any()):
+            found[head] = bad.cpu()
+    return found
+
+
+def refuse_nonfinite(outputs: Mapping[str, torch.Tensor], rows: np.ndarray | None = None,
+                     source: str | None = None) -> None:
+    """Refuse outputs that are not numbers: a class or value decoded from NaN means nothing
+    (and each library picks a different class from it). ``rows``: the batch's row numbers;
+    ``source``: the model file's name."""
+    found = nonfinite_rows(outputs)
+    if not found:
+        return
+    head, bad = next(iter(found.items()))
+    first = f", row {int(rows[int(bad.nonzero()[0])])} first" if rows is not None else ""
+    named = f"{source}: " if source and source != "<model>" else ""  # not an object's stand-in
+    raise ModelFileError(f"{named}the model's head {head!r} gives values that are not numbers (NaN or"
+                         f" infinite) for {int(bad.sum())} row(s){first}: it cannot predict. Was"
+                         " it saved from a run whose training diverged? Train it again with a"
+                         " lower lr")
 
 
 def _prediction_columns(binding: Binding, state: State, outputs: Mapping[str, torch.Tensor],
@@ -425,6 +454,7 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
     batches = (e for _, e in encoded_chunks(data, binding, state, targets=True,
                                             batch_size=batch_size, on_bad_row=on_bad_row, report=report))
     collected = collect(model, batches, target)
+    refuse_nonfinite({h: torch.cat(v) for h, v in collected.outputs.items()}, source=source)
     result: dict[str, Any] = {"rows": max(collected.counts.values(), default=0), "heads": {},
                               "not_evaluated": unscored}
     for name, values in head_metrics(collected, binding, state).items():
@@ -491,7 +521,8 @@ def predict(model: Any, data: Any, output: str | Path | None = None, *, batch_si
     target = torch.device(device)
     model.to(target).eval()
     report = RowReport()
-    batches = _predicted(model, state, data, target, batch_size, on_bad_row, list(keep), report)
+    batches = _predicted(model, state, data, target, batch_size, on_bad_row, list(keep), report,
+                         source)
     if output is None:
         gathered: dict[str, list[Any]] = {}
         rows = 0
@@ -519,7 +550,8 @@ def _counted(rows: int, columns: dict[str, list[Any]], on_batch: Callable[[int],
 
 
 def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_size: int,
-               on_bad_row: str, keep: list[str], report: RowReport) -> Iterator[dict[str, list[Any]]]:
+               on_bad_row: str, keep: list[str], report: RowReport,
+               source: str) -> Iterator[dict[str, list[Any]]]:
     """The output columns of each batch: the row number, the kept columns, the predictions."""
     binding = Binding(model.spec)
     for chunk, encoded in encoded_chunks(data, binding, state, targets=False,
@@ -531,6 +563,7 @@ def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_
         with torch.no_grad():
             outputs = model(to_device(encoded.inputs, device),
                             to_device(encoded.present, device) or None)
+        refuse_nonfinite(outputs, chunk.rows[encoded.positions], source)
         predicted = _prediction_columns(binding, state, outputs, encoded, ["row", *keep])
         columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
         for c in keep:
