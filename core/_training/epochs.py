@@ -110,6 +110,7 @@ class Epochs:
         # Parameters a component froze itself stay frozen when training.freeze_backbones ends.
         self.trainable = {id(p) for p in parts.model.parameters() if p.requires_grad}
         self.first: int | None = None  # the first epoch this process runs
+        self.epoch_trained = 0  # the epoch being trained
         # Some CPU bf16 convolution kernels now and then return non-finite weight gradients
         # (seen for 1x1 feature maps): such a step is skipped, as fp16's loss scaler does.
         self.guard_gradients = context.device.type == "cpu" and opts.precision == "bf16"
@@ -128,6 +129,7 @@ class Epochs:
         """One pass over the training rows; its record, without validation."""
         opts, context = self.opts, self.context
         self._freeze(epoch, say)
+        self.epoch_trained = epoch
         torch.manual_seed(derive_seed(opts.seed, epoch, 2))
         batches = epoch_batches(len(self.rows.train), opts.batch_size, context.world,
                                  context.rank, opts.seed, epoch)
@@ -180,7 +182,8 @@ class Epochs:
         """One optimisation step on a batch; its (weighted) loss, or None without targets."""
         parts, opts, device = self.parts, self.opts, self.context.device
         fail_on(encoded.bad, self.on_bad_row, len(encoded.positions) + len(encoded.bad))
-        self.rows.report.add(encoded)
+        if self.epoch_trained == self.first:  # later epochs meet the same rows: said once
+            self.rows.report.add(encoded)
         # The engine resolved channels_last's auto (hardware.choose_channels_last).
         inputs = to_device(encoded.inputs, device, opts.channels_last is True)
         targets = device_targets(encoded.targets, device)

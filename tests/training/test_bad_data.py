@@ -235,3 +235,14 @@ def test_skipped_rows_are_listed_in_row_order(dataset, tmp_path):
     _edit(dataset, 2, age="forty")
     result = _train(dataset, tmp_path, on_bad_row="skip")
     assert [m.split(",")[0] for m in result.report.skipped] == [f"{dataset} row 2", f"{dataset} row 5"]
+
+
+def test_a_row_found_bad_in_every_epoch_is_reported_once(dataset, tmp_path):
+    """A truncated image passes the header check and fails when decoded, in each epoch: the
+    run's report lists it once, not once an epoch."""
+    photo = dataset.parent / read_csv(dataset)[4]["photo"]
+    photo.write_bytes(photo.read_bytes()[:60])  # the header whole, the pixels cut
+    result = polymodal.train(spec_data(epochs=3), dataset, tmp_path / "m.safetensors",
+                             progress=False, on_bad_row="skip")
+    assert len(result.report.skipped) == 1, result.report.skipped
+    assert "row 5, column 'photo'" in result.report.skipped[0]
