@@ -328,11 +328,16 @@ def cv(spec_path: str, data: str, folds: int | None, group_by: str | None,
     from ._training.settings import FoldSettings, RunSettings
 
     log = _human(as_json, quiet)
-    result = cross_validate(
-        [spec_path, *compare], data, FoldSettings(folds, group_by, fold_column, stratify),
-        RunSettings(overrides(training), on_bad_row, keep_checkpoints, output,
-                    _track(track, track_uri, experiment)),
-        explain=DEFAULT_REPEATS if explain else 0, log=log)
+    try:
+        result = cross_validate(
+            [spec_path, *compare], data, FoldSettings(folds, group_by, fold_column, stratify),
+            RunSettings(overrides(training), on_bad_row, keep_checkpoints, output,
+                        _track(track, track_uri, experiment)),
+            explain=DEFAULT_REPEATS if explain else 0, log=log)
+    except KeyboardInterrupt:
+        click.echo("the folds that finished are kept, and a fold cut short keeps its last"
+                   " finished epoch: the same command continues from them", err=True)
+        raise
     if as_json:
         click.echo(json.dumps({**result.summary(), **({"tracking": result.tracking}
                                                       if result.tracking else {})}, indent=2))

@@ -300,3 +300,22 @@ def test_an_interrupted_train_says_how_to_go_on(finished_run, tmp_path, capsys, 
     assert (f"the checkpoint in {tmp_path / 'm.run'} holds the last finished epoch: the same"
             " command with --resume continues from it") in err
     assert err.rstrip().endswith("interrupted")
+
+
+def test_an_interrupted_cv_says_the_same_command_continues(finished_run, tmp_path, capsys,
+                                                           monkeypatch):
+    from polymodal._training import engine
+
+    def interrupt(*_: object) -> str:  # Ctrl-C at the end of the first fold's training
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "plot_curves", interrupt)
+    out = tmp_path / "cv"
+    code = main(["cv", str(finished_run / "spec.yaml"), "--data", str(finished_run / "data.csv"),
+                 "--folds", "2", "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert ("the folds that finished are kept, and a fold cut short keeps its last finished"
+            " epoch: the same command continues from them") in err
+    assert err.rstrip().endswith("interrupted")
+    assert list(out.glob("**/checkpoint.pt")), "the fold cut short keeps its checkpoint"
