@@ -90,7 +90,19 @@ def untrained_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | No
     if few:
         said.append(f"the training rows of some folds hold fewer than {FEW_TRAINING_ROWS} rows of"
                     f" a class of column {column!r} ({'; '.join(few)}), before their validation"
-                    " split takes its share: that fold's model can hardly learn the class;"
-                    " --stratify, or groups that spread the class, give every fold more of it")
+                    " split takes its share: that fold's model can hardly learn the class"
+                    + _more_of_it(plan))
     return "; ".join(said) or None
+
+
+def _more_of_it(plan: FoldPlan) -> str:
+    """What would give every fold more rows of a rare class, of what this plan has not done."""
+    if plan.from_column:
+        return ""  # the user's own folds
+    if plan.stratified_by is None:
+        return "; --stratify, or groups that spread the class, give every fold more of it"
+    if plan.group_column is not None:
+        return (f"; the folds are already stratified: groups of {plan.group_column!r} that"
+                " spread the class would give every fold more of it")
+    return "; the folds are already stratified: only more rows of the class would help"
 

@@ -253,6 +253,16 @@ def test_a_class_with_few_training_rows_in_a_fold_is_noted(tmp_path):
     assert note is not None and "no row of a class" not in note
     assert ("fewer than 5 rows of a class of column 'label' (fold 1: 'rare' (1); fold 2: 'rare'"
             " (2); fold 3: 'rare' (3))") in note
+    assert note.endswith("can hardly learn the class")  # the user's own folds: nothing to add
+    for settings, advice in [
+            (FoldSettings(folds=2, group_by="site"), "; --stratify, or groups that spread the"
+             " class, give every fold more of it"),
+            (FoldSettings(folds=2, group_by="site", stratify=True), "; the folds are already"
+             " stratified: groups of 'site' that spread the class would give every fold more"),
+            (FoldSettings(folds=2, stratify=True), "; the folds are already stratified: only more"
+             " rows of the class would help")]:
+        said = untrained_classes(read, spec, settings.plan(read, spec, seed=0)) or ""
+        assert advice in said, (settings, said)
 
 
 def test_tune_reports_the_best_trial_by_the_inputs_each_row_holds(tmp_path):
