@@ -11,7 +11,7 @@ import numpy as np
 
 from .._data.binding import Binding
 from .._data.loader import derive_seed
-from .._data.table import Table, read_table
+from .._data.table import Table, is_missing, read_table
 from .._errors import DataError
 from .._options import TrainingOptions
 from .checkpoint import fingerprint
@@ -86,7 +86,29 @@ def prepare_rows(binding: Binding, opts: TrainingOptions, data: Any, val: Any,
     note = split_hint(table, binding) if held_out and opts.group_by is None else None
     if held_out and opts.group_by is not None:
         note = _uneven_split(len(val_table), len(table), opts.val_fraction, opts.group_by)
+    unlearned = _validated_only(binding, train_table, val_table) if held_out else None
+    note = "; ".join(n for n in (note, unlearned) if n) or None
     return RunRows(train_table, val_table, report, fingerprint(train_table), held_out, note)
+
+
+def _validated_only(binding: Binding, train: Table, val: Table) -> str | None:
+    """A note where every row of a class fell in the validation split (its group did): the
+    model never learns the class, and scores no validation row of it."""
+    said = []
+    for bound in binding.heads:
+        column = bound.codec.columns()[0]
+        if not bound.codec.holds_classes() or column not in train.columns:
+            continue
+        trained = {str(v).strip() for v in train.columns[column] if not is_missing(v)}
+        only = sorted({str(v).strip() for v in val.columns[column] if not is_missing(v)} - trained)
+        if only:
+            said.append(f"{', '.join(map(repr, only[:3]))}{' and more' if len(only) > 3 else ''}"
+                        f" of column {column!r}")
+    if not said:
+        return None
+    return (f"every row of class(es) {'; '.join(said)} fell in the validation split: the model"
+            " never learns them, and no metric counts their validation rows; groups that spread"
+            " the class, or a --val table, keep some to train on")
 
 
 def _uneven_split(val_rows: int, rows: int, fraction: float, group_by: str) -> str | None:

@@ -293,3 +293,28 @@ def test_a_grouped_validation_split_far_larger_than_asked_is_noted(tmp_path, cap
                  "--group-by", "site"]) == 0
     assert ("note: the validation split holds 16 of 48 rows (33%) for a val_fraction of 0.1: the"
             " groups of column 'site' are large") in capsys.readouterr().err
+
+
+def test_a_class_whose_every_row_falls_in_the_validation_split_is_noted(tmp_path):
+    from polymodal._data.table import read_table
+    from polymodal._training.rows import split_rows
+
+    table = write_grouped_table(tmp_path)
+    rows = read_csv(table)
+    for row in rows[:4]:  # every row of site s00
+        row["label"] = "rare"
+    write_csv(table, rows)
+    read = read_table(table)
+    seed = next(s for s in range(100)  # a split that puts site s00 in the validation rows
+                if "s00" in set(read.take(split_rows(read, 0.25, "site", s)[1]).columns["site"]))
+    said: list[str] = []
+    polymodal.train(table_spec(), table, tmp_path / "m.safetensors", group_by="site",
+                    val_fraction=0.25, options={"seed": seed}, progress=False, log=said.append)
+    assert any("every row of class(es) 'rare' of column 'label' fell in the validation split:"
+               " the model never learns them" in line for line in said), said
+    trained = next(s for s in range(100)
+                   if "s00" in set(read.take(split_rows(read, 0.25, "site", s)[0]).columns["site"]))
+    said.clear()
+    polymodal.train(table_spec(), table, tmp_path / "n.safetensors", group_by="site",
+                    val_fraction=0.25, options={"seed": trained}, progress=False, log=said.append)
+    assert not any("fell in the validation split" in line for line in said), said
