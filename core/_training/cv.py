@@ -245,6 +245,8 @@ def _readable_by_every_spec(table: Table, specs: list[tuple[str, ModelSpec, str 
     by_spec: dict[str, int] = {}
     for name, spec, source in specs:
         found = Binding(spec).check(table, None, targets=True).bad
+        if not found or on_bad_row == "skip":
+            found.update(_unreadable_when_encoded(table, spec, found))
         if found and on_bad_row == "fail":
             where = f"spec {source or name}: " if len(specs) > 1 else ""
             try:
@@ -264,6 +266,27 @@ def _readable_by_every_spec(table: Table, specs: list[tuple[str, ModelSpec, str 
         note += "; every spec is scored on the same rows, so the comparison is paired"
     keep = np.array([p for p in range(len(table)) if p not in bad], dtype=np.int64)
     return table.take(keep), note
+
+
+#: Rows encoded at a time when every row is read once before the folds.
+_ENCODED_AT_ONCE = 256
+
+
+def _unreadable_when_encoded(table: Table, spec: ModelSpec, bad: dict[int, str]) -> dict[int, str]:
+    """The rows (not in ``bad``) that pass the check but cannot be encoded: a truncated image
+    passes a check of its header and fails when its pixels are read. Each row is read once
+    here, as a fold's batches read it (the codecs fitted on the whole table), so that such a
+    row stops the run, or is left out of every fold and spec, before any fold trains."""
+    binding = Binding(spec)
+    rows = np.array([p for p in range(len(table)) if p not in bad], dtype=np.int64)
+    readable = table.take(rows)
+    state = binding.fit(readable)
+    found = {}
+    for start in range(0, len(rows), _ENCODED_AT_ONCE):
+        chunk = np.arange(start, min(start + _ENCODED_AT_ONCE, len(rows)))
+        encoded = binding.encode(readable.take(chunk), state, targets=True)
+        found.update({int(rows[chunk[p]]): message for p, message in encoded.bad.items()})
+    return found
 
 
 def _named(specs: Sequence[SpecLike]) -> list[tuple[str, ModelSpec, str | None]]:

@@ -318,3 +318,30 @@ def test_a_class_whose_every_row_falls_in_the_validation_split_is_noted(tmp_path
     polymodal.train(table_spec(), table, tmp_path / "n.safetensors", group_by="site",
                     val_fraction=0.25, options={"seed": trained}, progress=False, log=said.append)
     assert not any("fell in the validation split" in line for line in said), said
+
+
+def test_an_image_unreadable_past_its_header_is_found_before_any_fold_trains(tmp_path, capsys):
+    """A truncated PNG passes the header check: cv reads every row once before the folds, so
+    it stops the run there (fail) or is left out of every fold and spec alike (skip)."""
+    table = write_dataset(tmp_path, rows=24)
+    photo = tmp_path / read_csv(table)[6]["photo"]
+    photo.write_bytes(photo.read_bytes()[:60])  # the header whole, the pixels cut
+    spec = tmp_path / "fused.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(epochs=1)))
+    alone = {**spec_data(epochs=1), "name": "report_only"}
+    alone["inputs"] = {"report": alone["inputs"]["report"]}
+    alone.pop("fusion")
+    other = tmp_path / "report_only.yaml"
+    other.write_text(yaml.safe_dump(alone))
+    out = tmp_path / "cv"
+    args = ["cv", str(spec), "--data", str(table), "--folds", "2", "--compare", str(other),
+            "-o", str(out), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "row 7, column 'photo'" in err and "truncated" in err, err
+    assert not list(out.glob("**/*.safetensors")), "no fold trained"
+    assert main([*args, "--on-bad-row", "skip"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "1 of 24 rows are left out (--on-bad-row skip)" in json.dumps(report)
+    counts = {len(read_csv(p)) for p in out.glob("*_oof_predictions.csv")}
+    assert counts == {23}, counts  # both specs scored on the same 23 rows: paired
