@@ -28,14 +28,14 @@ import numpy as np
 from .._assembly import plan as plan_model
 from .._data.binding import Binding
 from .._data.table import Table, read_table
-from .._errors import DataError, SpecError
+from .._errors import SpecError
 from .._files import write_text
 from .._spec import ModelSpec, load_spec
 from .cv_report import CVResult, SpecScores
 from .fold_classes import absent_classes, untrained_classes
 from .fold_run import FinishedFolds, FoldRecord, explain_fold, run_fold, run_key, say_once, settled
 from .folds import SPLIT_HINT_START, group_hint, group_like_columns
-from .inference import fail_on
+from .readable import readable_rows
 from .run_folder import RunFolder
 from .settings import FoldSettings, RunSettings
 from .track_groups import CvTracking
@@ -107,7 +107,7 @@ class _CrossValidation:
                 self.settings.resolved(each)  # and take the options
             except SpecError as exc:
                 raise (exc.with_source(source) if source else exc) from None
-        table, unread = _readable_by_every_spec(table, specs, self.settings.on_bad_row)
+        table, unread = readable_rows(table, specs, self.settings.on_bad_row)
         self._note("unread", unread)
         # Each head's classes from the whole table: every fold's model has an output for each.
         self.specs = [(name, settled(each, table, source), source) for name, each, source in specs]
@@ -233,60 +233,6 @@ class _CrossValidation:
                 for fold, heads in enumerate(scores.by_presence, start=1)
                 for head, kinds in heads.items() for kind, found in kinds.items()
                 for m, v in found["metrics"].items()))
-
-
-def _readable_by_every_spec(table: Table, specs: list[tuple[str, ModelSpec, str | None]],
-                            on_bad_row: str) -> tuple[Table, str | None]:
-    """The rows every spec can read, checked before any fold trains. A bad row stops the run
-    here under ``fail`` (naming the spec that cannot read it); under ``skip`` it is left out of
-    every spec, so that compared specs are scored on the same rows (a spec that reads an input
-    alone cannot read the rows that lack it). Also: a note saying what was left out."""
-    bad: dict[int, str] = {}
-    by_spec: dict[str, int] = {}
-    for name, spec, source in specs:
-        found = Binding(spec).check(table, None, targets=True).bad
-        if not found or on_bad_row == "skip":
-            found.update(_unreadable_when_encoded(table, spec, found))
-        if found and on_bad_row == "fail":
-            where = f"spec {source or name}: " if len(specs) > 1 else ""
-            try:
-                fail_on(found, on_bad_row, len(table), among="in the table")
-            except DataError as exc:
-                raise DataError(f"{where}{exc}") from None
-        by_spec[name] = len(found)
-        for position, message in found.items():
-            bad.setdefault(position, message)
-    if not bad:
-        return table, None
-    counts = ", ".join(f"{name} {count}" for name, count in by_spec.items() if count)
-    first = next(iter(sorted(bad.items())))[1]
-    note = (f"{len(bad)} of {len(table)} rows are left out (--on-bad-row skip): rows some spec"
-            f" cannot read ({counts}; e.g. {first})")
-    if len(specs) > 1:
-        note += "; every spec is scored on the same rows, so the comparison is paired"
-    keep = np.array([p for p in range(len(table)) if p not in bad], dtype=np.int64)
-    return table.take(keep), note
-
-
-#: Rows encoded at a time when every row is read once before the folds.
-_ENCODED_AT_ONCE = 256
-
-
-def _unreadable_when_encoded(table: Table, spec: ModelSpec, bad: dict[int, str]) -> dict[int, str]:
-    """The rows (not in ``bad``) that pass the check but cannot be encoded: a truncated image
-    passes a check of its header and fails when its pixels are read. Each row is read once
-    here, as a fold's batches read it (the codecs fitted on the whole table), so that such a
-    row stops the run, or is left out of every fold and spec, before any fold trains."""
-    binding = Binding(spec)
-    rows = np.array([p for p in range(len(table)) if p not in bad], dtype=np.int64)
-    readable = table.take(rows)
-    state = binding.fit(readable)
-    found = {}
-    for start in range(0, len(rows), _ENCODED_AT_ONCE):
-        chunk = np.arange(start, min(start + _ENCODED_AT_ONCE, len(rows)))
-        encoded = binding.encode(readable.take(chunk), state, targets=True)
-        found.update({int(rows[chunk[p]]): message for p, message in encoded.bad.items()})
-    return found
 
 
 def _named(specs: Sequence[SpecLike]) -> list[tuple[str, ModelSpec, str | None]]:

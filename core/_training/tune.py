@@ -47,6 +47,7 @@ from .cv_report import SpecScores
 from .engine import Hooks, TrainCall, train_part
 from .fold_run import MODEL, run_fold, say_once, settled
 from .folds import FoldPlan, group_keys
+from .readable import readable_rows
 from .run_folder import RunFolder
 from .settings import FoldSettings, RunSettings
 from .study import (
@@ -189,6 +190,7 @@ class _Trials:
         self.metric, self.higher = objective.monitored(spec.training, Binding(spec))
         self.base = plain_data(spec)
         self.shown: set[str] = set()  # notes said once, not once a trial
+        self.rows_note: str | None = None  # the rows left out of every trial (skip)
         self.error: str | None = None  # why this process's last trial failed
         self.tracking: TuneTracking | None = None  # the study's runs in a tracker (rank 0)
         self.slot: Slot | None = None  # where the running trial's training is recorded
@@ -210,6 +212,9 @@ class _Trials:
         folder = RunFolder(settings.folder(spec, "tune"), "tune", settings.keep_checkpoints)
         table = read_table(data)
         Binding(spec).require_columns(table, targets=True)
+        table, unread = readable_rows(table, [(spec.name, spec, None)], settings.on_bad_row)
+        if unread:
+            say(f"note: {unread}")
         plan = _fold_plan(table, spec, folding, settings)
         if plan is not None:  # every fold's model has an output for each class of the table
             spec = settled(spec, table)
@@ -219,6 +224,7 @@ class _Trials:
             group_keys(table, split_by, "group the validation split by")
         folder.path.mkdir(parents=True, exist_ok=True)
         trials = cls(spec, table, plan, folder, settings, split_by, say)
+        trials.rows_note = unread
         trials.url = search.storage or f"sqlite:///{(folder.path / 'study.db').resolve()}"
         trials.study_name = search.study or spec.name
         return trials
@@ -249,7 +255,8 @@ class _Trials:
         finally:
             self.ranks.finish()
         result = tune_result(opened, out, name, self.url, self.metric, self.higher, ran,
-                             self.write_results(optuna, opened))
+                             [*([self.rows_note] if self.rows_note else []),
+                              *self.write_results(optuna, opened)])
         if tracking is not None:
             result.tracking = tracking.finish(out, best_trial(opened))
         return result

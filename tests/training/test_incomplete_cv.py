@@ -345,3 +345,21 @@ def test_an_image_unreadable_past_its_header_is_found_before_any_fold_trains(tmp
     assert "1 of 24 rows are left out (--on-bad-row skip)" in json.dumps(report)
     counts = {len(read_csv(p)) for p in out.glob("*_oof_predictions.csv")}
     assert counts == {23}, counts  # both specs scored on the same 23 rows: paired
+
+
+def test_tune_finds_bad_rows_before_any_trial_and_says_what_it_left_out(tmp_path):
+    pytest.importorskip("optuna")
+    table = write_dataset(tmp_path, rows=24)
+    photo = tmp_path / read_csv(table)[2]["photo"]
+    photo.write_bytes(photo.read_bytes()[:60])  # found only when decoded
+    spec = spec_data(epochs=1)
+    spec["search"] = {"training.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}}
+    with pytest.raises(polymodal.DataError, match="row 3, column 'photo'.*truncated"):
+        polymodal.tune(spec, table, trials=1, output=tmp_path / "failed", pruning=False)
+    assert not (tmp_path / "failed" / "trials").exists()  # no trial ran
+    said: list[str] = []
+    found = polymodal.tune(spec, table, trials=1, folds=2, output=tmp_path / "skipped",
+                           pruning=False, on_bad_row="skip", log=said.append)
+    note = "1 of 24 rows are left out (--on-bad-row skip): rows the spec cannot read (e.g. "
+    assert any(note in line for line in said), said
+    assert any(note in line for line in found.summary()["notes"]), found.summary()
