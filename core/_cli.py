@@ -240,6 +240,9 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
 
     refuse_overwriting_inputs(output, {"the spec": spec_path})
     log = _human(as_json, quiet)
+    if log is not None and not resume and Path(output).is_file():
+        log(f"note: {output} exists: this run replaces it once its first epoch ends, and its"
+            f" run folder's logs and checkpoint (-o another file keeps them)")
     settings = RunSettings({**overrides(training), "val_fraction": val_fraction,
                             "group_by": group_by}, on_bad_row, output=output,
                            track=_track(track, track_uri, experiment), progress=log is not None)

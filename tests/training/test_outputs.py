@@ -319,3 +319,14 @@ def test_an_interrupted_cv_says_the_same_command_continues(finished_run, tmp_pat
             " epoch: the same command continues from them") in err
     assert err.rstrip().endswith("interrupted")
     assert list(out.glob("**/checkpoint.pt")), "the fold cut short keeps its checkpoint"
+
+
+def test_a_new_train_on_an_existing_model_file_says_it_replaces_it(finished_run, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    args = ["train", str(finished_run / "spec.yaml"), "--data", str(finished_run / "data.csv"),
+            "-o", str(model)]
+    assert main(args) == 0
+    assert "exists: this run replaces it" not in capsys.readouterr().err  # nothing there yet
+    assert main(args) == 0
+    assert (f"note: {model} exists: this run replaces it once its first epoch ends, and its run"
+            " folder's logs and checkpoint (-o another file keeps them)") in capsys.readouterr().err
