@@ -105,8 +105,8 @@ def fail_on(bad: dict[int, str], on_bad_row: str, rows: int, among: str = "in th
         more = f" ({len(bad)} bad rows {among})" if len(bad) > 1 else ""
         if len(bad) == rows > 1:  # every row: the spec, not the data, is the likelier cause
             more = f" (every row {among} is bad: check that the spec's options fit the table)"
-        raise DataError(f"{first}{more}. Fix the row, or pass --on-bad-row skip to leave such"
-                        " rows out")
+        raise DataError(f"{first}{more}. Fix the row, or pass --on-bad-row skip (in Python,"
+                        ' on_bad_row="skip") to leave such rows out')
 
 
 def model_state(model: PolymodalModel, source: str) -> State:
