@@ -155,3 +155,23 @@ def test_class_weights_by_name_train_with_classes_learned_from_data(tmp_path):
         "heads.label.class_weights: no class 'Yes' in the training rows' column 'label'."
         " Did you mean 'yes'?"), str(caught.value)
     assert not (tmp_path / "n.safetensors").exists()
+
+
+def test_spaces_around_values_and_relative_paths_in_columns_read_as_documented(trained, tmp_path,
+                                                                               monkeypatch):
+    model, table = trained
+    rows = read_csv(table)[:6]
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    plain = polymodal.predict(model, table)["columns"]["label_prob_yes"][:6]
+    spaced = {**columns, "color": [f" {c} " for c in columns["color"]],
+              "photo": [f" {table.parent / p} " for p in columns["photo"]]}
+    found = polymodal.predict(model, spaced)
+    assert found["notes"] == {} and found["columns"]["label_prob_yes"] == plain
+    monkeypatch.chdir(table.parent)  # a dict of columns has no folder: paths from here
+    assert polymodal.predict(model, columns)["columns"]["label_prob_yes"] == plain
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(polymodal.DataError, match=f"not found in {tmp_path}"):
+        polymodal.predict(model, columns)
+    without = {k: v for k, v in columns.items() if k != "photo"}
+    with pytest.raises(polymodal.DataError, match="no column 'photo'"):
+        polymodal.predict(model, without)
