@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +242,9 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
     refuse_overwriting_inputs(output, {"the spec": spec_path})
     log = _human(as_json, quiet)
     if log is not None and not resume and Path(output).is_file():
-        log(f"note: {output} exists: this run replaces it once its first epoch ends, and its"
-            f" run folder's logs and checkpoint (-o another file keeps them)")
+        log = _said_first(log, f"note: {output} exists: this run replaces it once its first"
+                          " epoch ends, and its run folder's logs and checkpoint (-o another"
+                          " file keeps them)")
     settings = RunSettings({**overrides(training), "val_fraction": val_fraction,
                             "group_by": group_by}, on_bad_row, output=output,
                            track=_track(track, track_uri, experiment), progress=log is not None)
@@ -263,6 +265,19 @@ def train(spec_path: str, data: str, output: str, val_data: str | None, val_frac
         click.echo(line, err=True)
     _tracking_lines(result.tracking, log)
     click.echo(final_table(result))
+
+
+def _said_first(log: Callable[[str], None], line: str) -> Callable[[str], None]:
+    """``log``, saying ``line`` before its first line: a note for a run that gets as far as
+    saying anything (past its output's lock), not for one refused before."""
+    pending = [line]
+
+    def say(text: str) -> None:
+        while pending:
+            log(pending.pop())
+        log(text)
+
+    return say
 
 
 def _say_resumable(run_dir: Path) -> None:

@@ -5,7 +5,8 @@ Core knows no modality here: what is kept is whatever a codec's ``encode`` retur
 or a dict or tuple of tensors, one row per table row), stored row by row in one preallocated
 tensor per leaf. A row's value is kept only where keeping it changes nothing a run reports:
 
-- rows a codec found bad are kept as their message, so every epoch reports them again;
+- rows a codec found bad are kept as their message, so every epoch finds them again (a run
+  reports each once);
 - a batch whose encoding gave notes (an unseen category) is not kept, so every epoch notes it
   again, as without the cache;
 - an input whose values change shape or type from batch to batch is no longer kept (its memory
