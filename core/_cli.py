@@ -412,6 +412,10 @@ def tune(spec_path: str, data: str, trials: int, folds: int | None, group_by: st
                         _track(track, track_uri, experiment)), log=log)
     except SpecError as exc:
         raise exc.with_source(spec_path) from None
+    except KeyboardInterrupt:
+        click.echo("the study keeps the trials that finished (trials.csv has them): the same"
+                   " command goes on to --trials", err=True)
+        raise
     if not result.is_main:
         return  # under torchrun, the first process reports
     if not as_json:

@@ -328,6 +328,10 @@ class _Trials:
         except TRIAL_ERRORS as exc:
             self._failed(trial, str(exc))
             raise
+        except KeyboardInterrupt:  # Optuna records the trial failed: say why, not "killed?"
+            self._failed(trial, "interrupted (Ctrl-C); a rerun of the command goes on with new"
+                         " trials")
+            raise
         except (DivergedError, MemoryError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not out_of_memory(exc):
                 raise

@@ -307,3 +307,35 @@ def test_under_torchrun_every_process_trains_each_trial(tmp_path):
     assert "training on 38 rows, validating on 10 (2 process(es), cpu)" in done.stderr
     assert [t["state"] for t in read_csv(tmp_path / "run" / "trials.csv")] == ["COMPLETE"] * 2
     assert polymodal.load(tmp_path / "run" / "best.safetensors")
+
+
+def test_an_interrupted_trial_is_recorded_as_interrupted(tmp_path, monkeypatch):
+    from polymodal._training import engine
+
+    def interrupt(*_: object) -> str:  # Ctrl-C at the end of the trial's training
+        raise KeyboardInterrupt
+
+    table = write_grouped_table(tmp_path)
+    monkeypatch.setattr(engine, "plot_curves", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        polymodal.tune(searched(epochs=1), table, trials=2, output=tmp_path / "t", pruning=False)
+    rows = read_csv(tmp_path / "t" / "trials.csv")
+    assert [(r["state"], r["error"]) for r in rows] == [
+        ("FAIL", "interrupted (Ctrl-C); a rerun of the command goes on with new trials")]
+
+
+def test_an_interrupted_tune_says_the_same_command_goes_on(tmp_path, monkeypatch, capsys):
+    from polymodal._training import engine
+
+    def interrupt(*_: object) -> str:
+        raise KeyboardInterrupt
+
+    table = write_grouped_table(tmp_path)
+    monkeypatch.setattr(engine, "plot_curves", interrupt)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(searched(epochs=1)))
+    assert main(["tune", str(spec), "--data", str(table), "--trials", "2", "-o",
+                 str(tmp_path / "t"), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert ("the study keeps the trials that finished (trials.csv has them): the same command"
+            " goes on to --trials") in err and err.rstrip().endswith("interrupted")
