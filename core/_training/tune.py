@@ -290,8 +290,19 @@ class _Trials:
                 self.tracking.check_best(best_trial(study))
             failures = failures + 1 if self.error else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
-                raise TuneError(f"{failures} trials in a row failed; the last one: {self.error}")
+                raise TuneError(f"{failures} trials in a row failed; the last one: {self.error}"
+                                f"{self._best_so_far(study)}")
         return ran
+
+    def _best_so_far(self, study: Any) -> str:
+        """Where the best model of a search that stops early is (its trial's folder)."""
+        best = best_trial(study)
+        if best is None:
+            return ""
+        model = self.trial_dir(best.number) / MODEL  # a trial by folds keeps none
+        kept = f", its model {model}" if model.is_file() else ""
+        return (f". The best trial so far is trial {best.number} ({self.metric}"
+                f" {best.value:.4f}): its spec is in best.yaml{kept}")
 
     def _tidy_failed(self, study: Any) -> None:
         """What killed trials left in this folder: their checkpoints (unless kept) and the lock

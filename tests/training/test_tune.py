@@ -339,3 +339,20 @@ def test_an_interrupted_tune_says_the_same_command_goes_on(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert ("the study keeps the trials that finished (trials.csv has them): the same command"
             " goes on to --trials") in err and err.rstrip().endswith("interrupted")
+
+
+def test_a_search_stopped_by_failures_says_where_its_best_trial_is(tmp_path, monkeypatch):
+    from polymodal._training import tune
+
+    monkeypatch.setattr(tune, "MAX_FAILURES_IN_A_ROW", 1)  # the first failure stops it
+    decays = [0.0001, *(float(f"{k}e6") for k in range(1, 10))]  # all but the first diverge
+    spec = searched(epochs=2, search={"training.weight_decay": {"type": "categorical",
+                                                               "choices": decays}})
+    spec["training"]["weight_decay"] = 0.0001  # the spec as written: the first trial
+    table = write_grouped_table(tmp_path)
+    with pytest.raises(polymodal.PolymodalError, match=r"1 trials in a row failed; the last one:"
+                       r" .*diverged.*\. The best trial so far is trial \d+ \(loss \d\.\d{4}\):"
+                       r" its spec is in best\.yaml, its model .*model\.safetensors"):
+        polymodal.tune(spec, table, trials=8, output=tmp_path / "t", pruning=False,
+                       sampler_seed=0)
+    assert (tmp_path / "t" / "best.yaml").is_file()
