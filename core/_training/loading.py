@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._data.binding import Binding, State
@@ -74,8 +75,11 @@ def auto_workers(device: torch.device) -> int:
 
 def row_bytes(binding: Binding, state: State, table: Table, cache: RowCache) -> int | None:
     """Bytes of one row's encoded inputs that ``cache`` keeps, from the first row that encodes
-    (kept there); None where such a value is not made of tensors or no probed row encodes."""
-    for position in range(min(PROBE_ROWS, len(table))):
+    (kept there), a row holding every input first; None where such a value is not made of
+    tensors or no probed row encodes."""
+    holds = binding.presence(table)  # an absent input encodes as a placeholder of its own type
+    whole = np.flatnonzero(np.logical_and.reduce([*holds.values(), np.ones(len(table), bool)]))
+    for position in [*whole[:PROBE_ROWS].tolist(), *range(min(PROBE_ROWS, len(table)))]:
         encoded = binding.encode(table.take([position]), state, targets=False, cache=cache)
         if len(encoded.positions):
             sizes = [value_bytes(v) for k, v in encoded.inputs.items() if k in cache.stores]

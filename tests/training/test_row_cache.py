@@ -197,3 +197,18 @@ def test_the_statistics_pass_and_the_first_epoch_share_their_reads(dataset):
     again = binding.encode(table, state, targets=True)
     assert len(again.bad) == len(table)
     assert all("is not an image Pillow can read" in m for m in again.bad.values()), again.bad
+
+
+def test_the_size_of_a_kept_row_is_taken_from_a_row_that_holds_every_input(dataset, tmp_path):
+    """An absent photo encodes as a float placeholder: a first row without its photo must not
+    make 8-bit images look four times their size."""
+    rows = read_csv(dataset)
+    for row in rows[:3]:
+        row["photo"] = ""
+    write_csv(dataset, rows)
+    said: list[str] = []
+    polymodal.train(spec_data(epochs=1), dataset, tmp_path / "m.safetensors", progress=False,
+                    log=said.append)
+    line = next(s for s in said if s.startswith("data: "))
+    per_row = int(line.split(" rows of ")[1].split(" bytes")[0].replace(",", ""))
+    assert per_row < 3 * 16 * 16 * 2, line  # uint8 pixels (768 bytes) and the record's few
