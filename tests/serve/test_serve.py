@@ -420,13 +420,15 @@ def test_workers_each_hold_a_model_and_share_the_port(demo, tmp_path):
     many = Server(demo["model"], "--workers", "2", log=tmp_path / "workers.log")
 
     async def pids() -> set[int]:
+        """The workers that answer, asked until both have (the second may still be loading
+        its model when the first answers: a minute at most)."""
         seen: set[int] = set()
-        for _ in range(10):
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 and time.monotonic() < deadline:
             async with httpx.AsyncClient(base_url=many.url, timeout=60) as client:
                 answers = await asyncio.gather(*(client.get("/health") for _ in range(8)))
             seen |= {a.json()["pid"] for a in answers}
-            if len(seen) > 1:
-                break
+            await asyncio.sleep(0.2)
         return seen
 
     try:
