@@ -243,9 +243,12 @@ def read_image(path: str | Path, channels: int | None = None, *,
         elif suffix in TIFF_SUFFIXES:
             array = cast(np.ndarray, _tiff(path, channels))
         else:
-            if suffix == ".png":
-                _png_shape(path)  # a PNG too large is refused from its header, as checked
-            array = _pil_array(path)
+            try:
+                array = _pil_array(path)
+            except ImageReadError:
+                if suffix == ".png":  # one too large for Pillow: said as HxW, as when checked
+                    _png_shape(path)
+                raise
     except FileNotFoundError:
         raise ImageReadError("not found") from None
     except OSError as exc:
