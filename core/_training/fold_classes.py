@@ -23,7 +23,8 @@ def _first_target(spec: ModelSpec) -> tuple[str, str, bool]:
     return bound.name, bound.codec.columns()[0], bound.codec.holds_classes()
 
 
-def _class_of_row(table: Table, column: str) -> np.ndarray:
+def class_of_row(table: Table, column: str) -> np.ndarray:
+    """Each row's class in ``column``, as text without surrounding spaces ("" where missing)."""
     return np.array([str(v).strip() if not is_missing(v) else "" for v in table.columns[column]],
                     dtype=object)
 
@@ -34,7 +35,7 @@ def strata(table: Table, spec: ModelSpec) -> tuple[np.ndarray, str]:
     if not classes:
         raise DataError(f"--stratify balances the classes of the first head's target, and head"
                         f" {head!r} ({spec.heads[head].describe()}) predicts no classes")
-    return _class_of_row(table, column), column
+    return class_of_row(table, column), column
 
 
 def absent_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None:
@@ -43,7 +44,7 @@ def absent_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | None:
     _, column, classes = _first_target(spec)
     if not classes:
         return None
-    values = _class_of_row(table, column)
+    values = class_of_row(table, column)
     absent = {c: [k + 1 for k in range(plan.folds) if not (values[plan.fold_of_row == k] == c).any()]
               for c in sorted(set(values) - {""})}
     said = [f"{c!r} in fold(s) {', '.join(map(str, f))}" for c, f in absent.items() if f]
@@ -69,7 +70,7 @@ def untrained_classes(table: Table, spec: ModelSpec, plan: FoldPlan) -> str | No
     _, column, classes = _first_target(spec)
     if not classes:
         return None
-    values = _class_of_row(table, column)
+    values = class_of_row(table, column)
     lacking, few = [], []
     for fold in range(plan.folds):
         names, counts = np.unique(values[plan.fold_of_row != fold], return_counts=True)

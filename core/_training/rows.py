@@ -11,10 +11,11 @@ import numpy as np
 
 from .._data.binding import Binding
 from .._data.loader import derive_seed
-from .._data.table import Table, is_missing, read_table
+from .._data.table import Table, read_table
 from .._errors import DataError
 from .._options import TrainingOptions
 from .checkpoint import fingerprint
+from .fold_classes import class_of_row
 from .folds import group_keys, split_hint
 from .inference import RowReport, fail_on
 from .report import write_validation_rows
@@ -99,8 +100,7 @@ def _validated_only(binding: Binding, train: Table, val: Table) -> str | None:
         column = bound.codec.columns()[0]
         if not bound.codec.holds_classes() or column not in train.columns:
             continue
-        trained = {str(v).strip() for v in train.columns[column] if not is_missing(v)}
-        only = sorted({str(v).strip() for v in val.columns[column] if not is_missing(v)} - trained)
+        only = sorted(set(class_of_row(val, column)) - set(class_of_row(train, column)) - {""})
         if only:
             said.append(f"{', '.join(map(repr, only[:3]))}{' and more' if len(only) > 3 else ''}"
                         f" of column {column!r}")
