@@ -23,9 +23,10 @@ def readable_rows(table: Table, specs: list[tuple[str, ModelSpec, str | None]],
     bad: dict[int, str] = {}
     by_spec: dict[str, int] = {}
     for name, spec, source in specs:
-        found = Binding(spec).check(table, None, targets=True).bad
+        binding = Binding(spec)
+        found = binding.check(table, None, targets=True).bad
         if not found or on_bad_row == "skip":
-            found.update(_unreadable_when_encoded(table, spec, found))
+            found.update(_unreadable_when_encoded(table, binding, found))
         if found and on_bad_row == "fail":
             where = f"spec {source or name}: " if len(specs) > 1 else ""
             try:
@@ -52,12 +53,11 @@ def readable_rows(table: Table, specs: list[tuple[str, ModelSpec, str | None]],
 _ENCODED_AT_ONCE = 256
 
 
-def _unreadable_when_encoded(table: Table, spec: ModelSpec, bad: dict[int, str]) -> dict[int, str]:
+def _unreadable_when_encoded(table: Table, binding: Binding, bad: dict[int, str]) -> dict[int, str]:
     """The rows (not in ``bad``) that pass the check but cannot be encoded: a truncated image
     passes a check of its header and fails when its pixels are read. Each row is read once
     here, as a fold's batches read it (the codecs fitted on the whole table), so that such a
     row stops the run, or is left out of every fold and spec, before any fold trains."""
-    binding = Binding(spec)
     rows = np.array([p for p in range(len(table)) if p not in bad], dtype=np.int64)
     readable = table.take(rows)
     state = binding.fit(readable)
