@@ -81,6 +81,7 @@ def forward_ms(model: Path, frame: dict[str, list], sizes: list[int], repeats: i
     from polymodal._data.binding import Binding
     from polymodal._data.table import Table
     from polymodal._training.inference import loaded_model, model_state
+    from polymodal._training.packing import packed_convolutions
 
     loaded, source = loaded_model(model, exports=True)
     binding, state = Binding(loaded.spec), model_state(loaded, source)
@@ -88,7 +89,7 @@ def forward_ms(model: Path, frame: dict[str, list], sizes: list[int], repeats: i
     for size in sizes:
         rows = {k: (v * -(-size // len(v)))[:size] for k, v in frame.items()}
         encoded = binding.encode(Table.from_columns(rows), state, targets=False)
-        with torch.inference_mode():
+        with torch.inference_mode(), packed_convolutions(loaded):  # as predict and serve run it
             loaded(encoded.inputs, encoded.present or None)  # warm
             started = time.perf_counter()
             for _ in range(repeats):

@@ -26,6 +26,7 @@ from .._errors import PolymodalError
 from .._modelfile import KEY_SPEC, KEY_VERSIONS
 from .._quantize import KEY_QUANTIZATION
 from .._training.inference import RowReport, loaded_model, model_state, to_device
+from .._training.packing import pack_convolutions
 from .limits import UNPROCESSABLE, ClientError
 from .rows import Columns, RequestRows
 
@@ -77,6 +78,7 @@ class Predictor:
         self.state = model_state(self.model, self.source)
         self.device = torch.device(device)
         self.model.to(self.device).eval()
+        pack_convolutions(self.model)  # for the server's life: its weights never change
         self.binding = Binding(self.model.spec)
         self.spec = self.model.spec
         self.inputs = list(self.spec.inputs)

@@ -47,6 +47,7 @@ from .inference import (
     model_state,
     to_device,
 )
+from .packing import packed_convolutions
 from .report import aligned, csv_text, json_safe
 
 DEFAULT_REPEATS = 5
@@ -301,13 +302,16 @@ def explain(model: Any, data: Any, output: str | Path | None = None, *,
     explainer = _Explainer(model, binding, state, encoded_rows, batch_size, target_device,
                            bar.update if bar is not None else (lambda: None))
     try:
-        full_outputs = explainer.outputs(encoded_rows.inputs, encoded_rows.present)
-        full = explainer.metrics(full_outputs)
-        rng = np.random.default_rng(derive_seed(seed, 0xE1))
-        for variant in variants:
-            _measure(explainer, variant, repeats, rng)
-        per_row = _per_row(explainer, full_outputs, rows, list(keep))
-        pictures = _pictures(explainer, rows, attribute)
+        # Every pass predicts with the same weights; attributions, which differentiate, take
+        # the usual path.
+        with packed_convolutions(model):
+            full_outputs = explainer.outputs(encoded_rows.inputs, encoded_rows.present)
+            full = explainer.metrics(full_outputs)
+            rng = np.random.default_rng(derive_seed(seed, 0xE1))
+            for variant in variants:
+                _measure(explainer, variant, repeats, rng)
+            per_row = _per_row(explainer, full_outputs, rows, list(keep))
+            pictures = _pictures(explainer, rows, attribute)
     finally:
         if bar is not None:
             bar.close()

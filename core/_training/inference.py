@@ -25,6 +25,7 @@ from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, OutputError, did_you_mean
 from .._files import atomic_open, refuse_overwriting_inputs
 from .._output_lock import output_lock
+from .packing import packed_convolutions
 from .report import aligned
 
 if TYPE_CHECKING:
@@ -274,11 +275,12 @@ def _outputs(model: Any, batches: Iterable[Encoded], device: torch.device, preci
     was_training = model.training
     model.eval()
     try:
-        for encoded in batches:
-            inputs = to_device(encoded.inputs, device, channels_last)
-            with torch.no_grad(), autocast(device, precision):
-                outputs = model(inputs, to_device(encoded.present, device) or None)
-            yield encoded, outputs
+        with packed_convolutions(model):
+            for encoded in batches:
+                inputs = to_device(encoded.inputs, device, channels_last)
+                with torch.no_grad(), autocast(device, precision):
+                    outputs = model(inputs, to_device(encoded.present, device) or None)
+                yield encoded, outputs
     finally:
         model.train(was_training)
 
@@ -317,14 +319,15 @@ def score(model: Any, data: Any, *, on_bad_row: str = "fail", device: str = "cpu
     columns: dict[str, list[Any]] = {}
     chunks = encoded_chunks(data, binding, state, targets=True, batch_size=batch_size,
                             on_bad_row=on_bad_row, report=report)
-    for chunk, encoded in chunks:
-        for _, outputs in _outputs(model, [encoded], target):
-            refuse_nonfinite(outputs, chunk.rows[encoded.positions])
-            _add(collected, model, encoded, outputs, target)
-            found = {"row": chunk.rows[encoded.positions].tolist(),
-                     **_prediction_columns(binding, state, outputs, encoded)}
-            for column, values in found.items():
-                columns.setdefault(column, []).extend(values)
+    with packed_convolutions(model):  # once for every chunk, not once each
+        for chunk, encoded in chunks:
+            for _, outputs in _outputs(model, [encoded], target):
+                refuse_nonfinite(outputs, chunk.rows[encoded.positions])
+                _add(collected, model, encoded, outputs, target)
+                found = {"row": chunk.rows[encoded.positions].tolist(),
+                         **_prediction_columns(binding, state, outputs, encoded)}
+                for column, values in found.items():
+                    columns.setdefault(column, []).extend(values)
     return Scored(head_metrics(collected, binding, state),
                   presence_metrics(collected, binding, state), columns, report)
 
@@ -554,23 +557,25 @@ def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_
                source: str) -> Iterator[dict[str, list[Any]]]:
     """The output columns of each batch: the row number, the kept columns, the predictions."""
     binding = Binding(model.spec)
-    for chunk, encoded in encoded_chunks(data, binding, state, targets=False,
-                                         batch_size=batch_size, on_bad_row=on_bad_row, report=report):
-        missing = [c for c in keep if c not in chunk.columns]
-        if missing:
-            raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to keep."
-                            f"{did_you_mean(missing[0], chunk.columns)}")
-        with torch.no_grad():
-            outputs = model(to_device(encoded.inputs, device),
-                            to_device(encoded.present, device) or None)
-        refuse_nonfinite(outputs, chunk.rows[encoded.positions], source)
-        predicted = _prediction_columns(binding, state, outputs, encoded, ["row", *keep])
-        columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
-        for c in keep:
-            columns[kept_name(c, [*predicted, *columns])] = [
-                _plain(v) for v in chunk.columns[c][encoded.positions]]
-        columns.update(predicted)
-        yield columns
+    chunks = encoded_chunks(data, binding, state, targets=False, batch_size=batch_size,
+                            on_bad_row=on_bad_row, report=report)
+    with packed_convolutions(model):
+        for chunk, encoded in chunks:
+            missing = [c for c in keep if c not in chunk.columns]
+            if missing:
+                raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to"
+                                f" keep.{did_you_mean(missing[0], chunk.columns)}")
+            with torch.no_grad():
+                outputs = model(to_device(encoded.inputs, device),
+                                to_device(encoded.present, device) or None)
+            refuse_nonfinite(outputs, chunk.rows[encoded.positions], source)
+            predicted = _prediction_columns(binding, state, outputs, encoded, ["row", *keep])
+            columns: dict[str, list[Any]] = {"row": chunk.rows[encoded.positions].tolist()}
+            for c in keep:
+                columns[kept_name(c, [*predicted, *columns])] = [
+                    _plain(v) for v in chunk.columns[c][encoded.positions]]
+            columns.update(predicted)
+            yield columns
 
 
 def decode(model: Any, outputs: Mapping[str, torch.Tensor]) -> dict[str, list[Any]]:
