@@ -80,20 +80,22 @@ def forward_ms(model: Path, frame: dict[str, list], sizes: list[int], repeats: i
     timing): the part of a batch's cost the model itself takes."""
     from polymodal._data.binding import Binding
     from polymodal._data.table import Table
-    from polymodal._training.inference import loaded_model, model_state
+    from polymodal._training.inference import channels_last_for, loaded_model, model_state, to_device
     from polymodal._training.packing import packed_convolutions
 
     loaded, source = loaded_model(model, exports=True)
     binding, state = Binding(loaded.spec), model_state(loaded, source)
+    channels_last = channels_last_for(loaded, torch.device("cpu"))
     times = {}
     for size in sizes:
         rows = {k: (v * -(-size // len(v)))[:size] for k, v in frame.items()}
         encoded = binding.encode(Table.from_columns(rows), state, targets=False)
+        inputs = to_device(encoded.inputs, torch.device("cpu"), channels_last)
         with torch.inference_mode(), packed_convolutions(loaded):  # as predict and serve run it
-            loaded(encoded.inputs, encoded.present or None)  # warm
+            loaded(inputs, encoded.present or None)  # warm
             started = time.perf_counter()
             for _ in range(repeats):
-                loaded(encoded.inputs, encoded.present or None)
+                loaded(inputs, encoded.present or None)
         times[size] = (time.perf_counter() - started) / repeats * 1e3
     return times
 

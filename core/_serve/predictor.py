@@ -25,7 +25,13 @@ from .._data.table import Table
 from .._errors import PolymodalError
 from .._modelfile import KEY_SPEC, KEY_VERSIONS
 from .._quantize import KEY_QUANTIZATION
-from .._training.inference import RowReport, loaded_model, model_state, to_device
+from .._training.inference import (
+    RowReport,
+    channels_last_for,
+    loaded_model,
+    model_state,
+    to_device,
+)
 from .._training.packing import pack_convolutions
 from .limits import UNPROCESSABLE, ClientError
 from .rows import Columns, RequestRows
@@ -79,6 +85,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         pack_convolutions(self.model)  # for the server's life: its weights never change
+        self.channels_last = channels_last_for(self.model, self.device)
         self.binding = Binding(self.model.spec)
         self.spec = self.model.spec
         self.inputs = list(self.spec.inputs)
@@ -189,7 +196,7 @@ class Predictor:
     @torch.no_grad()
     def _predicted(self, table: Table, owners: np.ndarray, encoded: Any,
                    outcomes: list[Outcome]) -> None:
-        outputs = self.model(to_device(encoded.inputs, self.device),
+        outputs = self.model(to_device(encoded.inputs, self.device, self.channels_last),
                              to_device(encoded.present, self.device) or None)
         heads = {b.name: b.codec.decode(outputs[b.name].detach().float().cpu(),
                                         self.state["heads"][b.name]) for b in self.binding.heads}

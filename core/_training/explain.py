@@ -41,6 +41,7 @@ from .._files import atomic_folder, atomic_path, write_text
 from .._output_lock import output_lock
 from .inference import (
     RowReport,
+    channels_last_for,
     encoded_chunks,
     kept_name,
     loaded_model,
@@ -223,7 +224,8 @@ class _Explainer:
             index = np.arange(start, min(start + self.batch_size, self.rows.count))
             masks = {n: m[index] for n, m in present.items() if n in self.binding.may_be_absent
                      or not bool(m[index].all())}
-            out = self.model(to_device(select(dict(inputs), index), self.device),
+            out = self.model(to_device(select(dict(inputs), index), self.device,
+                                       channels_last_for(self.model, self.device)),
                              to_device(masks, self.device) or None)
             for head, value in out.items():
                 gathered.setdefault(head, []).append(value.detach().float().cpu())

@@ -25,6 +25,7 @@ from .._data.table import Table, iter_table
 from .._errors import DataError, ModelFileError, OutputError, did_you_mean
 from .._files import atomic_open, refuse_overwriting_inputs
 from .._output_lock import output_lock
+from .hardware import choose_channels_last
 from .packing import packed_convolutions
 from .report import aligned
 
@@ -123,6 +124,16 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def channels_last_for(model: Any, device: torch.device) -> bool:
+    """Whether image batches reach ``model`` on ``device`` channels-last: as its training
+    resolved ``training.channels_last`` (on a CPU: on, unless its spec turns it off), the
+    layout the model was trained in and its convolutions run fastest in. A model that is no
+    torch module (an ONNX export) takes its inputs as they are."""
+    if not isinstance(model, torch.nn.Module) or getattr(model, "spec", None) is None:
+        return False
+    return choose_channels_last(model.spec.training.channels_last, device, "fp32")
 
 
 def to_device(value: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -321,7 +332,8 @@ def score(model: Any, data: Any, *, on_bad_row: str = "fail", device: str = "cpu
                             on_bad_row=on_bad_row, report=report)
     with packed_convolutions(model):  # once for every chunk, not once each
         for chunk, encoded in chunks:
-            for _, outputs in _outputs(model, [encoded], target):
+            for _, outputs in _outputs(model, [encoded], target,
+                                       channels_last=channels_last_for(model, target)):
                 refuse_nonfinite(outputs, chunk.rows[encoded.positions])
                 _add(collected, model, encoded, outputs, target)
                 found = {"row": chunk.rows[encoded.positions].tolist(),
@@ -456,7 +468,7 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, on_bad_row: str = 
     report = RowReport()
     batches = (e for _, e in encoded_chunks(data, binding, state, targets=True,
                                             batch_size=batch_size, on_bad_row=on_bad_row, report=report))
-    collected = collect(model, batches, target)
+    collected = collect(model, batches, target, channels_last=channels_last_for(model, target))
     refuse_nonfinite({h: torch.cat(v) for h, v in collected.outputs.items()}, source=source)
     result: dict[str, Any] = {"rows": max(collected.counts.values(), default=0), "heads": {},
                               "not_evaluated": unscored}
@@ -559,6 +571,7 @@ def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_
     binding = Binding(model.spec)
     chunks = encoded_chunks(data, binding, state, targets=False, batch_size=batch_size,
                             on_bad_row=on_bad_row, report=report)
+    channels_last = channels_last_for(model, device)
     with packed_convolutions(model):
         for chunk, encoded in chunks:
             missing = [c for c in keep if c not in chunk.columns]
@@ -566,7 +579,7 @@ def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_
                 raise DataError(f"{chunk.source}: no column {', '.join(map(repr, missing))} to"
                                 f" keep.{did_you_mean(missing[0], chunk.columns)}")
             with torch.no_grad():
-                outputs = model(to_device(encoded.inputs, device),
+                outputs = model(to_device(encoded.inputs, device, channels_last),
                                 to_device(encoded.present, device) or None)
             refuse_nonfinite(outputs, chunk.rows[encoded.positions], source)
             predicted = _prediction_columns(binding, state, outputs, encoded, ["row", *keep])
