@@ -80,7 +80,12 @@ def forward_ms(model: Path, frame: dict[str, list], sizes: list[int], repeats: i
     timing): the part of a batch's cost the model itself takes."""
     from polymodal._data.binding import Binding
     from polymodal._data.table import Table
-    from polymodal._training.inference import channels_last_for, loaded_model, model_state, to_device
+    from polymodal._training.inference import (
+        channels_last_for,
+        loaded_model,
+        model_state,
+        to_device,
+    )
     from polymodal._training.packing import packed_convolutions
 
     loaded, source = loaded_model(model, exports=True)
