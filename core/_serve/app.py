@@ -51,9 +51,9 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
     if predictor is None:
         torch.set_num_threads(1)  # no OpenMP threads here: see the docstring
         predictor = Predictor(options.model, options.device)
-    model = ModelProcess(predictor, threads)
-    batcher = Batcher(model.run, max_batch=options.max_batch,
-                      max_wait=options.max_wait_ms / 1000, max_queue=options.max_queue)
+    model = ModelProcess(predictor, threads, max_batch=options.max_batch,
+                         max_wait=options.max_wait_ms / 1000)
+    batcher = Batcher(model, max_batch=options.max_batch, max_queue=options.max_queue)
     builder = RowBuilder(predictor.columns, options.limits,
                          Path(options.data_root) if options.data_root else None)
 
@@ -62,8 +62,8 @@ def create_app(options: ServeOptions, predictor: Predictor | None = None) -> Fas
         watch_signals()
         gc.collect()
         gc.freeze()  # the model's objects, made once, are not scanned by every full collection
-        model.start()  # (and, frozen, are not copied into the model process by a collection)
-        batcher.start()
+        batcher.start()  # (and, frozen, are not copied into the model process by a collection)
+        model.start()
         yield
         await asyncio.to_thread(model.stop, options.drain_timeout)
         await batcher.stop()

@@ -15,11 +15,11 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .batcher import Batcher, QueueFull
+from .batcher import Batcher, BatchInfo, QueueFull
 from .draining import DRAINING
 from .limits import TOO_LARGE, UNSUPPORTED, ClientError, Limits, parse_json
-from .predictor import Predictor
-from .rows import RowBuilder
+from .predictor import Outcome, Predictor
+from .rows import RequestRows, RowBuilder
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -64,18 +64,13 @@ class PredictEndpoint:
         if DRAINING.is_set():
             return 503, {"error": {"message": "the server is shutting down"}}, \
                 ((b"retry-after", b"1"),)
-        with self.batcher.reading():  # a batch being formed waits for this request
-            data, parts = await self._read(scope, receive)
-            rows = self.builder.build(data, parts)
         try:
-            missing = self.predictor.missing_columns(rows)
-            if missing is not None:
-                raise missing
-            try:
-                outcome, batch = await self.batcher.submit(rows)
-            except QueueFull as exc:
-                return 503, {"error": {"message": str(exc)}}, \
-                    ((b"retry-after", str(exc.retry_after).encode()),)
+            rows, pending = await self._sent(scope, receive)
+        except QueueFull as exc:
+            return 503, {"error": {"message": str(exc)}}, \
+                ((b"retry-after", str(exc.retry_after).encode()),)
+        try:
+            outcome, batch = await pending
         finally:
             rows.close()
         if outcome.fault is not None:
@@ -85,6 +80,23 @@ class PredictEndpoint:
         notes = {**rows.notes, **outcome.notes}
         return 200, {"rows": outcome.rows, "skipped": outcome.skipped, "notes": notes,
                      "note_examples": outcome.note_examples, "batch": batch.__dict__}, ()
+
+    async def _sent(self, scope: Scope,
+                    receive: Receive) -> tuple[RequestRows, Awaitable[tuple[Outcome, BatchInfo]]]:
+        """The request read, its rows built and handed to the model process: the rows, and
+        their outcome to come. It counts as being read until handed over, so that a batch
+        being formed waits for it."""
+        with self.batcher.reading():
+            data, parts = await self._read(scope, receive)
+            rows = self.builder.build(data, parts)
+            try:
+                missing = self.predictor.missing_columns(rows)
+                if missing is not None:
+                    raise missing
+                return rows, self.batcher.send(rows)
+            except BaseException:
+                rows.close()
+                raise
 
     async def _read(self, scope: Scope,
                     receive: Receive) -> tuple[Any, dict[str, tuple[bytes, str | None]]]:
