@@ -27,8 +27,10 @@ PLUGIN_API = 2
 #: ``Backbone.discrete_input`` (a backbone reading token ids: no gradient to its input),
 #: ``Component.example_takes`` (the input its conformance check takes by default) and
 #: ``Codec.reads_files`` (the columns whose cells name files, for polymodal serve); 3 --
-#: ``Codec.keep_encoded`` (encoded training rows kept in memory across epochs).
-PLUGIN_API_MINOR = 4
+#: ``Codec.keep_encoded`` (encoded training rows kept in memory across epochs); 4 --
+#: ``Codec.expects`` (what a row's value must be, for a model's clients); 5 --
+#: ``Codec.read_sent`` (a file sent to polymodal serve read as its request is read).
+PLUGIN_API_MINOR = 5
 
 #: Names that plugin API 1 took from ``polymodal`` itself; they live in ``polymodal.plugin``.
 MOVED_TO_PLUGIN_API = frozenset({

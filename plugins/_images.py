@@ -14,6 +14,7 @@ whose last axis (and not its first) matches is read as channels-last.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import warnings
 from collections.abc import Iterator
@@ -127,7 +128,7 @@ def _pillow_bounded() -> Iterator[None]:
                                  " an image may have; resize it or cut it into tiles") from None
 
 
-def _open_pil(path: Path):
+def _open_pil(path: Path | BinaryIO):
     """The image at ``path``, opened (its header read) and checked to be no larger than the
     limits above; open it inside :func:`_pillow_bounded`."""
     from PIL import Image, UnidentifiedImageError
@@ -145,7 +146,7 @@ def _open_pil(path: Path):
     return image
 
 
-def _pil_array(path: Path) -> np.ndarray:
+def _pil_array(path: Path | BinaryIO) -> np.ndarray:
     with _pillow_bounded(), _open_pil(path) as image:
         if image.mode == "P":
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -253,10 +254,33 @@ def read_image(path: str | Path, channels: int | None = None, *,
         raise ImageReadError("not found") from None
     except OSError as exc:
         raise ImageReadError(f"cannot be read ({exc.strerror or exc})") from None
-    if suffix in PIL_SUFFIXES and array.ndim == 3:
-        # Pillow gives channels last
+    if suffix in PIL_SUFFIXES:
+        return _from_pillow(array, channels, keep_uint8)
+    return image_array(array, channels, keep_uint8=keep_uint8)
+
+
+def _from_pillow(array: np.ndarray, channels: int | None, keep_uint8: bool) -> np.ndarray:
+    if array.ndim == 3:  # Pillow gives channels last
         return image_array(np.moveaxis(array, -1, 0), keep_uint8=keep_uint8)
     return image_array(array, channels, keep_uint8=keep_uint8)
+
+
+def read_image_data(data: bytes, channels: int | None = None, *,
+                    keep_uint8: bool = False) -> np.ndarray | None:
+    """The image in ``data``, a PNG or JPEG file's bytes, as :func:`read_image` reads such a
+    file (within the same limits, its size checked from its header before it is decoded);
+    None where ``data`` is of another type."""
+    if not data.startswith((_PNG_SIGNATURE, _JPEG_SIGNATURE)):
+        return None
+    try:
+        array = _pil_array(io.BytesIO(data))
+    except ImageReadError:
+        if data.startswith(_PNG_SIGNATURE):  # one too large for Pillow: said as HxW
+            _png_header_shape(data[:26])
+        raise
+    except OSError as exc:
+        raise ImageReadError(f"cannot be read ({exc.strerror or exc})") from None
+    return _from_pillow(array, channels, keep_uint8)
 
 
 def is_image_array(value: Any) -> bool:
@@ -286,6 +310,7 @@ def image_array(array: Any, channels: int | None = None, *, keep_uint8: bool = F
 #: and alpha, RGBA). A palette (3) is Pillow's to say: its transparency adds a channel.
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 def _png_shape(path: Path) -> tuple[int, int, int] | None:
@@ -293,7 +318,11 @@ def _png_shape(path: Path) -> tuple[int, int, int] | None:
     of small files is checked several times faster); None where the file is no PNG or its
     header is Pillow's to read (a palette, an unknown colour type)."""
     with path.open("rb") as handle:
-        head = handle.read(26)
+        return _png_header_shape(handle.read(26))
+
+
+def _png_header_shape(head: bytes) -> tuple[int, int, int] | None:
+    """:func:`_png_shape` of a PNG file's first 26 bytes."""
     if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
         return None
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")

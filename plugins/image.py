@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,14 @@ from polymodal.plugin import (
 )
 
 from ._augment import Augment, augment_images
-from ._images import ImageReadError, image_array, image_shape, is_image_array, read_image
+from ._images import (
+    ImageReadError,
+    image_array,
+    image_shape,
+    is_image_array,
+    read_image,
+    read_image_data,
+)
 
 #: The plugin interface this module is written for.
 POLYMODAL_PLUGIN_API = 2
@@ -279,6 +287,16 @@ class _FitReads:
 _FIT_READS = _FitReads()
 
 
+@dataclass(frozen=True)
+class SentImage:
+    """An image file a client sent ``polymodal serve``, decoded on arrival (:meth:`ImageCodec.
+    read_sent`): the pixels (``[channels, height, width]``, 8-bit kept as uint8) and the name
+    messages give it, the one it was sent with."""
+
+    pixels: np.ndarray
+    name: str
+
+
 class ImageCodec(Codec[ImageAdapter.Config]):
     """Reads the images of the adapter's column (files, or arrays held in the cells) into
     ``[B, channels, H, W]`` batches, learns per-channel mean and standard deviation on the
@@ -333,15 +351,26 @@ class ImageCodec(Codec[ImageAdapter.Config]):
 
         return pictures(value, attribution, self.parts())
 
+    def read_sent(self, data: bytes, name: str) -> SentImage | None:
+        """A sent PNG or JPEG file, decoded where the request is read (as :meth:`encode` reads
+        a file: the size checked from the header first); other types are written and read
+        from their path."""
+        try:
+            pixels = read_image_data(data, self.config.channels, keep_uint8=True)
+        except ImageReadError as exc:
+            raise DataError(f"image {name!r} {exc}") from None
+        return None if pixels is None else SentImage(pixels, name)
+
     def absent(self, table: Table) -> np.ndarray:
         """A row whose cell is empty (no path: empty text, NaN, None) holds no image."""
         return np.fromiter((not is_image_array(v) and is_missing(v)
                             for v in table.columns[self.column()]), bool, len(table))
 
     def _source(self, table: Table, position: int, issues: RowIssues) -> Path | Any | None:
-        """The cell's image file path, or the image array the cell holds; None when empty."""
+        """The cell's image file path, or the image the cell holds (an array, or a sent image
+        decoded on arrival); None when empty."""
         value = table.columns[self.column()][position]
-        if is_image_array(value):
+        if is_image_array(value) or isinstance(value, SentImage):
             return value
         if is_missing(value):
             issues.bad_row(position, self.column(), "no image path (empty)")
@@ -363,6 +392,8 @@ class ImageCodec(Codec[ImageAdapter.Config]):
             try:
                 if isinstance(source, Path):
                     channels, height, width = image_shape(source, self.config.channels)
+                elif isinstance(source, SentImage):
+                    channels, height, width = source.pixels.shape
                 else:
                     channels, height, width = image_array(
                         source, self.config.channels, keep_uint8=True).shape
@@ -395,6 +426,8 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         value = table.columns[self.column()][position]
         if is_image_array(value):
             return f"image array of shape {list(value.shape)}"
+        if isinstance(value, SentImage):
+            return f"image {value.name!r}"
         return f"image {value!r}"
 
     def _unreadable(self, table: Table, position: int, problem: ImageReadError) -> str:
@@ -418,6 +451,8 @@ class ImageCodec(Codec[ImageAdapter.Config]):
                     image = read_image(source, channels, keep_uint8=keep_uint8)
                     if keep:
                         _FIT_READS.put(source, channels, keep_uint8, image)
+            elif isinstance(source, SentImage):  # read as the request was (keep_uint8: encode)
+                image = source.pixels if keep_uint8 else image_array(source.pixels)
             else:
                 image = image_array(source, self.config.channels, keep_uint8=keep_uint8)
         except ImageReadError as exc:

@@ -201,6 +201,21 @@ class Codec(ABC, Generic[ConfigT]):
         say beyond the columns."""
         return {}
 
+    def read_sent(self, data: bytes, name: str) -> Any:
+        """A file a client sent ``polymodal serve`` for a cell of :meth:`columns` (a codec that
+        :attr:`reads_files`), read as the request is read, in the server's HTTP process, so that
+        the process running the model does not: the value the cell then holds for :meth:`check`
+        and :meth:`encode` in place of the file's path (the image adapter's: the decoded image,
+        which its messages still name ``name``). ``name`` is the name the file was sent with,
+        as messages give it. Read it as :meth:`encode` reads a file, within the same limits
+        (check the size in its header before decoding it), and return a value that pickles (it
+        is sent to the model's process). Raise :class:`~polymodal.plugin.DataError` with the
+        message a row with this file is refused with (``image 'scan.png' cannot be read``);
+        the server names the row and column. Added in plugin API 2.5. Default: None, for every
+        file, as for a type it leaves alone: the server writes the file to its private folder
+        and the cell holds its path."""
+        return None
+
     def parts(self) -> list[str]:
         """The parts of this input that ``polymodal explain`` scores one at a time, by name:
         a tabular input's columns, an image's bands. Added in plugin API 2.1. Default: none, so

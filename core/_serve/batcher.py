@@ -96,8 +96,14 @@ class Batcher:
     def start(self) -> None:
         """Take the model process's answers (call from the event loop, before requests)."""
         loop = self._loop = asyncio.get_running_loop()
-        self.model.answered = lambda answer: loop.call_soon_threadsafe(self._answered, answer)
-        self.model.lost = lambda ids, why: loop.call_soon_threadsafe(self._lost, ids, why)
+
+        def answered(answer: Answer) -> None:  # called by the thread reading the answers
+            loop.call_soon_threadsafe(self._answered, answer)
+
+        def lost(ids: list[int], why: str) -> None:
+            loop.call_soon_threadsafe(self._lost, ids, why)
+
+        self.model.answered, self.model.lost = answered, lost
 
     async def stop(self) -> None:
         self._lost(list(self._waiting), "the server stopped before the request was predicted")

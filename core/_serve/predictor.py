@@ -100,9 +100,14 @@ class Predictor:
     @property
     def columns(self) -> Columns:
         read = [c for b in self.binding.inputs for c in b.codec.columns()]
-        files = {c for b in self.binding.inputs if getattr(b.codec, "reads_files", False)
-                 for c in b.codec.columns()}
-        return Columns(tuple(dict.fromkeys(read)), frozenset(files))
+        readers: dict[str, list[Any]] = {}
+        for bound in self.binding.inputs:
+            if getattr(bound.codec, "reads_files", False):
+                for column in bound.codec.columns():
+                    readers.setdefault(column, []).append(bound.codec.read_sent)
+        # a column two codecs read keeps its file: each reads it its own way
+        return Columns(tuple(dict.fromkeys(read)), frozenset(readers),
+                       {c: found[0] for c, found in readers.items() if len(found) == 1})
 
     def missing_columns(self, request: RequestRows) -> ClientError | None:
         """The error for a request whose rows lack a column the model reads, as the CLI words it."""

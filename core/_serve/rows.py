@@ -18,11 +18,12 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._errors import PolymodalError
 from .._training.inference import BAD_ROW_POLICIES
 from .limits import BAD_REQUEST, FORBIDDEN, TOO_LARGE, UNPROCESSABLE, ClientError, Limits
 
@@ -80,6 +81,9 @@ class Columns:
 
     read: tuple[str, ...]
     files: frozenset[str]
+    #: how a file sent for a column is read on arrival (its codec's ``read_sent``), for the
+    #: file columns one codec reads
+    readers: Mapping[str, Callable[[bytes, str], Any]] = field(default_factory=dict)
 
 
 def _sniffed(data: bytes, filename: str | None) -> str | None:
@@ -264,8 +268,9 @@ class RowBuilder:
                               " not valid base64", row, column) from None
 
     def _saved(self, request: RequestRows, row: int, column: str, data: bytes,
-               filename: str | None) -> str:
-        """``data`` written to the request's private folder; its path, for the codec."""
+               filename: str | None) -> Any:
+        """``data`` as read on arrival by its column's codec (``read_sent``), or written to the
+        request's private folder: its path, for the codec."""
         request.files += 1
         if request.files > self.limits.max_files:
             raise ClientError(TOO_LARGE, f"more than the {self.limits.max_files} files a request"
@@ -274,9 +279,19 @@ class RowBuilder:
         if suffix is None:
             raise ClientError(UNPROCESSABLE, f"row {row}, column {column!r}: not a PNG, JPEG, TIFF"
                               " or .npy file", row, column)
+        name = filename or f"sent {suffix} file"
+        read = self.columns.readers.get(column)
+        if read is not None:
+            try:
+                value = read(data, name)
+            except PolymodalError as exc:
+                raise ClientError(UNPROCESSABLE, f"row {row}, column {column!r}: {exc}", row,
+                                  column) from None
+            if value is not None:
+                return value
         path = self.folder / f"{uuid.uuid4().hex}{suffix}"  # a name no other request has
         request.written.append(path)
-        request.names[str(path)] = filename or f"sent {suffix} file"
+        request.names[str(path)] = name
         with path.open("xb") as handle:
             handle.write(data)
         return str(path)

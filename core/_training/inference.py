@@ -131,9 +131,10 @@ def channels_last_for(model: Any, device: torch.device) -> bool:
     resolved ``training.channels_last`` (on a CPU: on, unless its spec turns it off), the
     layout the model was trained in and its convolutions run fastest in. A model that is no
     torch module (an ONNX export) takes its inputs as they are."""
-    if not isinstance(model, torch.nn.Module) or getattr(model, "spec", None) is None:
+    spec = getattr(model, "spec", None)
+    if not isinstance(model, torch.nn.Module) or spec is None:
         return False
-    return choose_channels_last(model.spec.training.channels_last, device, "fp32")
+    return choose_channels_last(spec.training.channels_last, device, "fp32")
 
 
 def to_device(value: Any, device: torch.device, channels_last: bool = False) -> Any:

@@ -74,7 +74,7 @@ def pack_convolutions(model: Any) -> list[nn.Module]:
     this torch build has no oneDNN."""
     if not isinstance(model, nn.Module) or not _available():
         return []
-    changed = [m for m in model.modules() if type(m) is nn.Conv2d]
+    changed: list[nn.Module] = [m for m in model.modules() if type(m) is nn.Conv2d]
     for module in changed:
         module.__class__ = _PackedConv2d
         module._packed = None  # type: ignore[assignment]

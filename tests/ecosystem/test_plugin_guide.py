@@ -142,7 +142,7 @@ def test_the_codec_interface_is_documented():
                        "augment", "check_state", "has_target", "fixed_options", "holds_classes",
                        "decode", "metrics", "details", "render_details", "parts", "permute_part",
                        "row_scores", "attribution_value", "attribution_pictures", "keep_encoded",
-                       "expects"}
+                       "expects", "read_sent"}
     for name in [*methods, "declared_metrics", "Metric", "RowIssues", "Table", "is_missing",
                  "bad_row", "base_dir", "(config, name, where)"]:
         assert name in section, f"{name} is not described in the codec section"

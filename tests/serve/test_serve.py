@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
 import socket
 import struct
@@ -188,6 +189,17 @@ def bomb_png(side: int = 100_000) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def png_cell(mode: str, name: str) -> dict[str, str]:
+    """A sent 16x16 PNG of Pillow's ``mode`` (``L``: one channel), named ``name``."""
+    import base64
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (16, 16)).save(buffer, "PNG")
+    return {"base64": base64.b64encode(buffer.getvalue()).decode(), "filename": name}
+
+
 def npy_bytes(array: np.ndarray) -> dict[str, str]:
     import base64
     import io
@@ -216,6 +228,9 @@ def bad_row_cases(row: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, s
          422, "more than the 67,108,864 (8192x8192) an image may have", 2, "photo"),
         ("wrong channels", second(photo=npy_bytes(np.zeros((5, 8, 8), np.float32))), 422,
          "has 5 channel(s) but inputs.photo.adapter.channels is 3", 2, "photo"),
+        ("wrong channels, a PNG decoded on arrival", second(photo=png_cell("L", "grey.png")),
+         422, "row 2, column 'photo': image 'grey.png' has 1 channel(s) but"
+         " inputs.photo.adapter.channels is 3", 2, "photo"),
         ("NaN pixels", second(photo=npy_bytes(np.full((3, 8, 8), np.nan, np.float32))), 422,
          "not finite numbers", 2, "photo"),
         ("object in a value column", second(material={"a": 1}), 422,
@@ -238,6 +253,31 @@ def truncated(row: dict[str, Any]) -> str:
     import base64
 
     return base64.b64encode(base64.b64decode(row["photo"]["base64"])[:60]).decode()
+
+
+def test_a_sent_png_is_decoded_on_arrival_and_other_files_are_written(demo):
+    """The image adapter reads a sent PNG or JPEG where the request is read (Codec.read_sent):
+    the model's process gets its pixels, no file is written; a .npy file is written for the
+    codec to read from its path, as for a codec without read_sent."""
+    from polymodal._serve.limits import Limits
+    from polymodal._serve.predictor import Predictor
+    from polymodal._serve.rows import RowBuilder
+
+    predictor = Predictor(demo["model"])
+    builder = RowBuilder(predictor.columns, Limits(), None)
+    row = request_rows(demo, 1)[0]
+    try:
+        sent = builder.build({"rows": [row, {**row, "photo": npy_bytes(np.zeros((3, 16, 16)))}]})
+        decoded, written = sent.columns["photo"]
+        assert type(decoded).__name__ == "SentImage" and decoded.pixels.dtype == np.uint8
+        assert decoded.pixels.shape[0] == 3 and decoded.name == "sent .png file"
+        assert sent.written == [Path(written)] and Path(written).suffix == ".npy"
+        outcome = predictor.run([sent])[0]
+        assert outcome.error is None and len(outcome.rows) == 2
+        sent.close()
+        assert not Path(written).exists()
+    finally:
+        builder.close()
 
 
 def test_every_bad_row_is_a_4xx_naming_row_and_column(server, demo):
