@@ -16,7 +16,8 @@ import click
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Longest a batch waits for requests being read to join it.")
 @click.option("--max-queue", type=click.IntRange(1), default=1024, show_default=True,
-              help="Rows that may wait; a request beyond them is answered 503 with Retry-After.")
+              help="Rows the server holds, waiting or being predicted; a request beyond them"
+              " is answered 503 with Retry-After.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Processes, each with its own copy of the model.")
 @click.option("--threads", type=click.IntRange(1), help="Torch threads of each worker's model"
