@@ -75,9 +75,12 @@ def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> t
     return rows / (time.perf_counter() - started), (time.process_time() - cpu) / rows * 1e3
 
 
-def forward_ms(model: Path, frame: dict[str, list], sizes: list[int], repeats: int) -> dict[int, float]:
+def forward_ms(model: Path, frame: dict[str, list], sizes: list[int],
+               repeats: int) -> dict[int, tuple[float, float]]:
     """Milliseconds of the model's forward pass alone on ``size`` rows (encoded once, before
-    timing): the part of a batch's cost the model itself takes."""
+    timing): the part of a batch's cost the model itself takes; as predict and serve run it
+    (convolution weights laid out once, images channels-last as trained) and, beside it in the
+    same run, as plain PyTorch runs it (a contiguous batch, weights laid out on every call)."""
     from polymodal._data.binding import Binding
     from polymodal._data.table import Table
     from polymodal._training.inference import (
@@ -91,17 +94,24 @@ def forward_ms(model: Path, frame: dict[str, list], sizes: list[int], repeats: i
     loaded, source = loaded_model(model, exports=True)
     binding, state = Binding(loaded.spec), model_state(loaded, source)
     channels_last = channels_last_for(loaded, torch.device("cpu"))
+
+    def timed(inputs: dict, present: dict) -> float:
+        loaded(inputs, present or None)  # warm
+        started = time.perf_counter()
+        for _ in range(repeats):
+            loaded(inputs, present or None)
+        return (time.perf_counter() - started) / repeats * 1e3
+
     times = {}
     for size in sizes:
         rows = {k: (v * -(-size // len(v)))[:size] for k, v in frame.items()}
         encoded = binding.encode(Table.from_columns(rows), state, targets=False)
-        inputs = to_device(encoded.inputs, torch.device("cpu"), channels_last)
-        with torch.inference_mode(), packed_convolutions(loaded):  # as predict and serve run it
-            loaded(inputs, encoded.present or None)  # warm
-            started = time.perf_counter()
-            for _ in range(repeats):
-                loaded(inputs, encoded.present or None)
-        times[size] = (time.perf_counter() - started) / repeats * 1e3
+        with torch.inference_mode():
+            plain = timed(encoded.inputs, encoded.present)
+            with packed_convolutions(loaded):
+                packed = timed(to_device(encoded.inputs, torch.device("cpu"), channels_last),
+                               encoded.present)
+        times[size] = (packed, plain)
     return times
 
 
@@ -288,8 +298,9 @@ def run(args, scratch: Path) -> None:
     print(f"direct polymodal.predict, batches of {args.max_batch}: {direct:,.0f} rows/s,"
           f" {direct_ms:.2f} ms of CPU a row")
     forward = forward_ms(model, frame, [1, 16, 32, 64], 3 if args.smoke else 30)
-    print("the model's forward pass alone (rows encoded before): "
-          + ", ".join(f"{ms:.1f} ms at {size} rows" for size, ms in forward.items()))
+    print("the model's forward pass alone (rows encoded before), as predict and serve run it"
+          " (as plain PyTorch runs it): " + ", ".join(f"{ms:.1f} ms ({plain:.1f} ms) at {size}"
+                                                      f" rows" for size, (ms, plain) in forward.items()))
     alone = batch_rates(model, rows, [1, 8, 16, 32], 3 if args.smoke else 20)
     print("the server's batch path without HTTP (requests built, checked, encoded, predicted): "
           + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())

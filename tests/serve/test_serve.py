@@ -189,14 +189,15 @@ def bomb_png(side: int = 100_000) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def png_cell(mode: str, name: str) -> dict[str, str]:
-    """A sent 16x16 PNG of Pillow's ``mode`` (``L``: one channel), named ``name``."""
+def png_cell(mode: str, name: str, kind: str = "PNG") -> dict[str, str]:
+    """A sent 16x16 image file (``kind``: PNG, JPEG) of Pillow's ``mode`` (``L``: one
+    channel), named ``name``."""
     import base64
 
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new(mode, (16, 16)).save(buffer, "PNG")
+    Image.new(mode, (16, 16), "orange").save(buffer, kind)
     return {"base64": base64.b64encode(buffer.getvalue()).decode(), "filename": name}
 
 
@@ -267,13 +268,16 @@ def test_a_sent_png_is_decoded_on_arrival_and_other_files_are_written(demo):
     builder = RowBuilder(predictor.columns, Limits(), None)
     row = request_rows(demo, 1)[0]
     try:
-        sent = builder.build({"rows": [row, {**row, "photo": npy_bytes(np.zeros((3, 16, 16)))}]})
-        decoded, written = sent.columns["photo"]
+        sent = builder.build({"rows": [row, {**row, "photo": npy_bytes(np.zeros((3, 16, 16)))},
+                                       {**row, "photo": png_cell("RGB", "o.jpg", "JPEG")}]})
+        decoded, written, jpeg = sent.columns["photo"]
         assert type(decoded).__name__ == "SentImage" and decoded.pixels.dtype == np.uint8
         assert decoded.pixels.shape[0] == 3 and decoded.name == "sent .png file"
         assert sent.written == [Path(written)] and Path(written).suffix == ".npy"
+        assert jpeg.name == "o.jpg" and jpeg.pixels.shape == (3, 16, 16)
+        assert abs(int(jpeg.pixels[0].mean()) - 255) <= 2  # orange: red 255, green 165, blue 0
         outcome = predictor.run([sent])[0]
-        assert outcome.error is None and len(outcome.rows) == 2
+        assert outcome.error is None and len(outcome.rows) == 3
         sent.close()
         assert not Path(written).exists()
     finally:

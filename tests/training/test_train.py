@@ -482,7 +482,9 @@ def test_decode_turns_raw_outputs_into_what_predict_writes(dataset, tmp_path):
         outputs = model(encoded.inputs)
     decoded = polymodal.decode(model, outputs)
     predicted = polymodal.predict(tmp_path / "m.safetensors", dataset)["columns"]
-    assert decoded["label"] == predicted["label"] and decoded["score"] == predicted["score"]
+    assert decoded["label"] == predicted["label"]
+    # predict runs convolutions with their weights laid out once: the same to float rounding
+    np.testing.assert_allclose(decoded["score"], predicted["score"], rtol=1e-5)
     assert 2.0 < float(np.mean(decoded["score"])) < 7.0  # the target's units, not standardised
     assert abs(float(outputs["score"].mean())) < 2.0
 
