@@ -87,6 +87,7 @@ class Batcher:
         self._queued = 0
         self._waiting: dict[int, tuple[asyncio.Future[tuple[Outcome, BatchInfo]], int]] = {}
         self._ids = itertools.count()
+        self._outbox: list[tuple[int, RequestRows]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -117,22 +118,30 @@ class Batcher:
             self.counters.refused_full += 1
             raise QueueFull(self._queued, self._retry_after())
         assert self._loop is not None, "start() the batcher first"
-        futures, ids = [], []
-        try:
-            for part in rows.parts(self.max_batch):
-                ids.append(next(self._ids))
-                future: asyncio.Future[tuple[Outcome, BatchInfo]] = self._loop.create_future()
-                self._waiting[ids[-1]] = (future, part.count)
-                self._queued += part.count
-                futures.append(future)
-                self.model.send(ids[-1], part)
-        except BaseException:
-            for request_id in ids:  # its parts sent already: their answers go unread
-                self._settle(request_id)
-            raise
+        futures = []
+        for part in rows.parts(self.max_batch):
+            request_id = next(self._ids)
+            future: asyncio.Future[tuple[Outcome, BatchInfo]] = self._loop.create_future()
+            self._waiting[request_id] = (future, part.count)
+            self._queued += part.count
+            futures.append(future)
+            self._outbox.append((request_id, part))
+            self.model.reading.value += 1  # read, not yet sent: a batch being formed waits
+        if len(self._outbox) == len(futures):  # the first of this turn of the event loop
+            self._loop.call_soon(self._flush)
         if len(futures) == 1:
             return futures[0]
         return asyncio.ensure_future(_together(futures))
+
+    def _flush(self) -> None:
+        """The requests sent in one turn of the event loop, handed to the model process in one
+        write at its end (a write a request costs the event loop as much as its parsing)."""
+        sending, self._outbox = self._outbox, []
+        self.model.reading.value -= len(sending)
+        try:
+            self.model.send(sending)
+        except Exception as exc:  # noqa: BLE001 - each request answers the fault
+            self._lost([request_id for request_id, _ in sending], repr(exc))
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:

@@ -106,23 +106,27 @@ class ModelProcess:
         threading.Thread(target=self._read_answers, args=(generation,), daemon=True,
                          name="polymodal-answers").start()
 
-    def send(self, request_id: int, request: RequestRows) -> None:
-        """Hand a request (at most ``max_batch`` rows) to the model process; a process found
-        dead is replaced first, so a request sent between batches never finds it gone."""
+    def send(self, requests: list[tuple[int, RequestRows]]) -> None:
+        """Hand requests (each of at most ``max_batch`` rows) to the model process, in one
+        write; a process found dead is replaced first, so requests sent between batches never
+        find it gone."""
+        message = [(request_id, _portable(request), time.monotonic())
+                   for request_id, request in requests]
         with self._lock:
             generation = self._current
             if generation is None or self._stopping:
                 raise ModelFault("the model process is not running")
             if not generation.process.is_alive():
                 generation = self._restart(generation)
-            generation.held.add(request_id)
+            ids = [request_id for request_id, _ in requests]
+            generation.held.update(ids)
             try:
-                generation.connection.send((request_id, _portable(request), time.monotonic()))
-            except OSError:  # it died just now: this request goes to the next one
-                generation.held.discard(request_id)
+                generation.connection.send(message)
+            except OSError:  # it died just now: these requests go to the next one
+                generation.held.difference_update(ids)
                 generation = self._restart(generation)
-                generation.held.add(request_id)
-                generation.connection.send((request_id, _portable(request), time.monotonic()))
+                generation.held.update(ids)
+                generation.connection.send(message)
 
     def _restart(self, dead: _Generation) -> _Generation:
         """A new model process after ``dead`` ended (its exit code logged). Its pipe is left
@@ -203,7 +207,7 @@ class _Inbox:
                     self._ready.notify()
                 return
             with self._ready:
-                self._items.append(item)
+                self._items.extend(item)
                 self._ready.notify()
 
     def batch(self, max_batch: int, max_wait: float,
