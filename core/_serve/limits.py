@@ -79,7 +79,8 @@ def _refuse_constant(name: str) -> Any:
 
 def parse_json(text: bytes, limits: Limits, what: str = "the body") -> Any:
     """``text`` parsed as JSON, within ``limits``; a :class:`ClientError` saying what is wrong."""
-    if nesting_depth(text, limits.max_depth) > limits.max_depth:
+    brackets = text.count(b"[") + text.count(b"{")  # at most this deep: most bodies stop here
+    if brackets > limits.max_depth and nesting_depth(text, limits.max_depth) > limits.max_depth:
         raise ClientError(BAD_REQUEST, f"{what} nests JSON arrays and objects more than"
                           f" {limits.max_depth} deep")
     try:
