@@ -76,7 +76,7 @@ def direct_rate(model: Path, frame: dict[str, list], rows: int, batch: int) -> t
 
 
 def forward_ms(model: Path, frame: dict[str, list], sizes: list[int],
-               repeats: int) -> dict[int, tuple[float, float]]:
+               repeats: int) -> dict[int, tuple[float, float | None]]:
     """Milliseconds of the model's forward pass alone on ``size`` rows (encoded once, before
     timing): the part of a batch's cost the model itself takes; as predict and serve run it
     (convolution weights laid out once, images channels-last as trained) and, beside it in the
@@ -107,7 +107,9 @@ def forward_ms(model: Path, frame: dict[str, list], sizes: list[int],
         rows = {k: (v * -(-size // len(v)))[:size] for k, v in frame.items()}
         encoded = binding.encode(Table.from_columns(rows), state, targets=False)
         with torch.inference_mode():
-            plain = timed(encoded.inputs, encoded.present)
+            # an ONNX export runs one way: no plain PyTorch pass to compare with
+            plain = timed(encoded.inputs, encoded.present) \
+                if isinstance(loaded, torch.nn.Module) else None
             with packed_convolutions(loaded):
                 packed = timed(to_device(encoded.inputs, torch.device("cpu"), channels_last),
                                encoded.present)
@@ -303,8 +305,9 @@ def run(args, scratch: Path) -> None:
           f" {direct_ms:.2f} ms of CPU a row")
     forward = forward_ms(model, frame, [1, 16, 32, 64], 3 if args.smoke else 30)
     print("the model's forward pass alone (rows encoded before), as predict and serve run it"
-          " (as plain PyTorch runs it): " + ", ".join(f"{ms:.1f} ms ({plain:.1f} ms) at {size}"
-                                                      f" rows" for size, (ms, plain) in forward.items()))
+          " (as plain PyTorch runs it): " + ", ".join(
+              f"{ms:.1f} ms{f' ({plain:.1f} ms)' if plain is not None else ''} at {size} rows"
+              for size, (ms, plain) in forward.items()))
     alone = batch_rates(model, rows, [1, 8, 16, 32], 3 if args.smoke else 20)
     print("the server's batch path without HTTP (requests built, checked, encoded, predicted): "
           + ", ".join(f"{rate:,.0f} rows/s at {size} a batch" for size, rate in alone.items())
