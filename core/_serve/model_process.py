@@ -4,12 +4,14 @@ One process cannot use two cores for serving: the event loop (reading requests, 
 writing answers) and the Python parts of predicting (checking and encoding rows, the model's
 modules, formatting outcomes) take turns on the interpreter lock. So the server forks, once the
 model is loaded, a process that only predicts. The HTTP process sends it each request's rows as
-soon as they are parsed (values, and the paths of the files the request sent); a thread of the
-model process takes them in, and the process runs whatever has come as one batch as soon as the
-last batch is done. The batches are formed here, not in the HTTP process, so that no batch waits
-for the HTTP process's event loop (busy with other requests) to send it: with one row a request,
-the model process is what bounds the rate, and it no longer idles between batches. A thread of
-the HTTP process reads the answers, a batch's outcomes at a time.
+soon as they are parsed (values, and the files the request sent: read on arrival by their
+codec's ``read_sent``, or their paths); the requests parsed in one turn of the event loop go
+in one write. A thread of the model process takes them in, and the process runs whatever has
+come as one batch as soon as the last batch is done. The batches are formed here, not in the
+HTTP process, so that no batch waits for the HTTP process's event loop (busy with other
+requests) to send it: with one row a request, the model process is what bounds the rate, and it
+no longer idles between batches. A thread of the HTTP process reads the answers, a batch's
+outcomes at a time.
 
 The fork shares the loaded model's memory with the HTTP process (copy-on-write; the HTTP process
 never touches the weights), so the model is not loaded twice. The HTTP process keeps torch to
@@ -17,9 +19,9 @@ one thread, so it never starts OpenMP's threads: a process forked from one that 
 OpenMP's) hangs in its first parallel region, waiting for threads it did not inherit. A model
 process that dies is forked anew for the next request; the requests it held answer 500.
 
-The process dies with the server: it ignores SIGINT and SIGTERM (the server drains, then closes
-the pipe) and leaves as soon as its end of the pipe reads end-of-file, which is also what it
-reads when the server is killed (SIGKILL included), since only the server holds the other end.
+The process dies with the server: it ignores SIGINT and SIGTERM (the server drains, then tells
+it to leave) and leaves as soon as its end of the pipe reads end-of-file, which is what it reads
+when the server is killed (SIGKILL included), since only the server holds the other end.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ class Answer:
 
 @dataclass
 class _Generation:
-    """One forked model process, its pipe, the thread reading its answers, and the requests it
-    holds (sent, not answered)."""
+    """One forked model process, its pipe (read by a thread of its own, :meth:`ModelProcess.
+    _read_answers`), and the requests it holds (sent, not answered)."""
 
     process: multiprocessing.process.BaseProcess
     connection: Connection
