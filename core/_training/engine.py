@@ -427,6 +427,7 @@ def _run(spec: ModelSpec, data: Any, settings: RunSettings, call: TrainCall,
     stopped_early = run.epoch > 0 and run.out_of_patience(opts.early_stopping.patience)
     if stopped_early:
         say(f"the run had stopped early after epoch {run.epoch}: nothing left to train")
+    warned = False  # of a training loss that explodes: once a run
     with EpochFiles() as files:  # leaving it waits for the last epoch's files
         for epoch in range(opts.epochs + 1 if stopped_early else run.epoch + 1, opts.epochs + 1):
             record = epochs.train(epoch, say)
@@ -434,6 +435,10 @@ def _run(spec: ModelSpec, data: Any, settings: RunSettings, call: TrainCall,
                 _check_finite(record, opts, run)
             record.val = epochs.validate()
             _check_outputs(record, opts, run)
+            exploding = None if warned else exploding_note(record, run, opts)
+            if exploding is not None:
+                say(exploding)
+                warned = True
             improved = run.add(record, record.value(metric), higher)
             if context.main:
                 files.write(_epoch_job(parts, run, improved, output, run_dir, spec, rows))
@@ -500,6 +505,28 @@ def _check_finite(record: EpochRecord, opts: TrainingOptions, run: Progress) -> 
     it, and the model file still holds the best epoch before it."""
     if not math.isfinite(record.train_loss):
         _diverged(f"epoch {record.epoch}: the mean training loss is {record.train_loss}", opts, run)
+
+
+#: A mean training loss this many times the lowest of the epochs before it marks a run that
+#: diverges while its loss stays a number (too high an lr, a huge weight_decay): noted, once.
+EXPLODING = 100.0
+
+
+def exploding_note(record: EpochRecord, run: Progress, opts: TrainingOptions) -> str | None:
+    """The note for an epoch whose mean training loss is :data:`EXPLODING` times the lowest
+    of the epochs before it, or None. Not a stop: the run goes on, and the model file keeps
+    its best epoch, which the validation metric picks."""
+    earlier = [r for r in run.history if math.isfinite(r.train_loss) and r.train_loss > 0]
+    lowest = min(earlier, key=lambda r: r.train_loss, default=None)
+    if lowest is None or not record.train_loss >= EXPLODING * lowest.train_loss:
+        return None
+    decay = (f" or a lower weight_decay (now {opts.weight_decay:g})"
+             if opts.weight_decay > 1 else "")
+    return (f"note: epoch {record.epoch}: the mean training loss ({record.train_loss:.4g}) is"
+            f" {record.train_loss / lowest.train_loss:,.0f}x epoch {lowest.epoch}'s"
+            f" ({lowest.train_loss:.4g}): training is diverging. Try a lower lr (now"
+            f" {opts.lr:g}){decay}; the model file keeps the best epoch by the validation"
+            " metric")
 
 
 def _check_outputs(record: EpochRecord, opts: TrainingOptions, run: Progress) -> None:

@@ -12,7 +12,7 @@ import polymodal
 from polymodal._cli import main
 from polymodal._errors import DivergedError
 from polymodal._options import TrainingOptions
-from polymodal._training.engine import _check_outputs
+from polymodal._training.engine import _check_outputs, exploding_note
 from polymodal._training.history import EpochRecord, Progress, Validation
 
 
@@ -60,3 +60,16 @@ def test_a_huge_weight_decay_is_named_in_the_divergence_advice(tmp_path):
     spec = table_spec(epochs=3, weight_decay=1e6)
     with pytest.raises(DivergedError, match=r"or a lower weight_decay \(now 1e\+06\)"):
         polymodal.train(spec, table, tmp_path / "m.safetensors", progress=False)
+
+
+def test_a_training_loss_that_explodes_but_stays_a_number_is_noted():
+    """A run whose loss grows a hundredfold past its lowest epoch's is diverging though no value
+    overflows (the last stop's trial saw a train loss of 1.6e6 pass without a word)."""
+    run = Progress([EpochRecord(1, 0.7, 0.01, 1.0, 100.0), EpochRecord(2, 0.5, 0.01, 1.0, 100.0)])
+    note = exploding_note(EpochRecord(3, 60.0, 0.01, 1.0, 100.0), run, TrainingOptions(lr=3.0))
+    assert note == ("note: epoch 3: the mean training loss (60) is 120x epoch 2's (0.5): training"
+                    " is diverging. Try a lower lr (now 3); the model file keeps the best epoch by"
+                    " the validation metric")
+    assert exploding_note(EpochRecord(3, 40.0, 0.01, 1.0, 100.0), run, TrainingOptions()) is None
+    assert exploding_note(EpochRecord(1, 1e9, 0.01, 1.0, 100.0), Progress(), TrainingOptions()) \
+        is None  # nothing earlier to compare with
