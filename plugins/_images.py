@@ -265,12 +265,24 @@ def _from_pillow(array: np.ndarray, channels: int | None, keep_uint8: bool) -> n
     return image_array(array, channels, keep_uint8=keep_uint8)
 
 
+def _pillow_type(data: bytes) -> bool:
+    """Whether ``data`` starts as a file Pillow reads here: PNG, JPEG, BMP, GIF or WebP."""
+    return (data.startswith((_PNG_SIGNATURE, _JPEG_SIGNATURE, b"BM", b"GIF87a", b"GIF89a"))
+            or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"))
+
+
+def is_image_file(data: bytes) -> bool:
+    """Whether ``data`` (a file's bytes) is, by its first bytes, of a type :func:`read_image`
+    reads: PNG, JPEG, BMP, GIF, WebP, TIFF (either byte order) or .npy."""
+    return _pillow_type(data) or data.startswith((b"II*\x00", b"MM\x00*", b"\x93NUMPY"))
+
+
 def read_image_data(data: bytes, channels: int | None = None, *,
                     keep_uint8: bool = False) -> np.ndarray | None:
-    """The image in ``data``, a PNG or JPEG file's bytes, as :func:`read_image` reads such a
-    file (within the same limits, its size checked from its header before it is decoded);
-    None where ``data`` is of another type."""
-    if not data.startswith((_PNG_SIGNATURE, _JPEG_SIGNATURE)):
+    """The image in ``data``, the bytes of a file Pillow reads (PNG, JPEG, BMP, GIF, WebP), as
+    :func:`read_image` reads such a file (within the same limits, its size checked from its
+    header before it is decoded); None where ``data`` is of another type."""
+    if not _pillow_type(data):
         return None
     try:
         array = _pil_array(io.BytesIO(data))

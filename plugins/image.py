@@ -33,6 +33,7 @@ from ._images import (
     image_array,
     image_shape,
     is_image_array,
+    is_image_file,
     read_image,
     read_image_data,
 )
@@ -352,14 +353,20 @@ class ImageCodec(Codec[ImageAdapter.Config]):
         return pictures(value, attribution, self.parts())
 
     def read_sent(self, data: bytes, name: str) -> SentImage | None:
-        """A sent PNG or JPEG file, decoded where the request is read (as :meth:`encode` reads
-        a file: the size checked from the header first); other types are written and read
-        from their path."""
+        """A sent PNG, JPEG, BMP, GIF or WebP file, decoded where the request is read (as
+        :meth:`encode` reads a file: the size checked from the header first); TIFF and .npy
+        files are written and read from their path. The type is told by the first bytes,
+        whatever the name says: a file of no type the adapter reads is refused here."""
         try:
             pixels = read_image_data(data, self.config.channels, keep_uint8=True)
         except ImageReadError as exc:
             raise DataError(f"image {name!r} {exc}") from None
-        return None if pixels is None else SentImage(pixels, name)
+        if pixels is not None:
+            return SentImage(pixels, name)
+        if not is_image_file(data):
+            raise DataError(f"image {name!r} is not a PNG, JPEG, TIFF or .npy file (nor BMP,"
+                            " GIF or WebP)")
+        return None
 
     def absent(self, table: Table) -> np.ndarray:
         """A row whose cell is empty (no path: empty text, NaN, None) holds no image."""

@@ -87,7 +87,8 @@ class Columns:
 
 
 def _sniffed(data: bytes, filename: str | None) -> str | None:
-    """The suffix the codec reads ``data`` by: a known file type's, else the sent name's."""
+    """The suffix a sent file is written with, for a codec that reads it by its path: a known
+    file type's (by its first bytes), else the sent name's; None where neither says."""
     for signature, suffix in _SIGNATURES:
         if data.startswith(signature):
             return suffix
@@ -276,11 +277,8 @@ class RowBuilder:
             raise ClientError(TOO_LARGE, f"more than the {self.limits.max_files} files a request"
                               " may send", row, column)
         suffix = _sniffed(data, filename)
-        if suffix is None:
-            raise ClientError(UNPROCESSABLE, f"row {row}, column {column!r}: not a PNG, JPEG, TIFF"
-                              " or .npy file", row, column)
-        name = filename or f"sent {suffix} file"
-        read = self.columns.readers.get(column)
+        name = filename or (f"sent {suffix} file" if suffix else "sent file")
+        read = self.columns.readers.get(column)  # the codec says what it reads, and refuses
         if read is not None:
             try:
                 value = read(data, name)
@@ -289,7 +287,7 @@ class RowBuilder:
                                   column) from None
             if value is not None:
                 return value
-        path = self.folder / f"{uuid.uuid4().hex}{suffix}"  # a name no other request has
+        path = self.folder / f"{uuid.uuid4().hex}{suffix or ''}"  # a name no other has
         request.written.append(path)
         request.names[str(path)] = name
         with path.open("xb") as handle:

@@ -222,7 +222,11 @@ def bad_row_cases(row: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, s
         ("true/false as a number", second(reading=True), 422,
          "row 2, column 'reading': true is true/false, not a number", 2, "reading"),
         ("not an image", second(photo={"base64": base64.b64encode(b"hello").decode()}), 422,
-         "row 2, column 'photo': not a PNG, JPEG, TIFF or .npy file", 2, "photo"),
+         "row 2, column 'photo': image 'sent file' is not a PNG, JPEG, TIFF or .npy file (nor"
+         " BMP, GIF or WebP)", 2, "photo"),
+        ("not an image, whatever its name", second(photo={"filename": "fake.png", "base64":
+                                                          base64.b64encode(b"hello").decode()}),
+         422, "row 2, column 'photo': image 'fake.png' is not a PNG, JPEG, TIFF", 2, "photo"),
         ("bad base64", second(photo={"base64": "!!!"}), 422,
          "row 2, column 'photo': the base64 text is not valid base64", 2, "photo"),
         ("decompression bomb", second(photo={"base64": base64.b64encode(bomb_png()).decode()}),
@@ -284,6 +288,36 @@ def test_a_sent_png_is_decoded_on_arrival_and_other_files_are_written(demo):
         builder.close()
 
 
+def test_a_codec_reads_the_files_sent_to_it_whatever_their_type_or_name():
+    """The server leaves telling a sent file's type to the codec: a plugin's own format, sent
+    without a name, reaches its read_sent; one it leaves alone (None) is written, with the
+    suffix its first bytes or its name give (none where neither says)."""
+    import base64
+
+    from polymodal._serve.limits import Limits
+    from polymodal._serve.rows import Columns, RowBuilder
+
+    seen = []
+
+    def read(data: bytes, name: str) -> Any:
+        seen.append((data, name))
+        return None if data.startswith(b"keep") else {"grid": data.decode(), "name": name}
+
+    builder = RowBuilder(Columns(("heat",), frozenset({"heat"}), {"heat": read}), Limits(), None)
+    cells = [{"base64": base64.b64encode(data).decode(), **({"filename": name} if name else {})}
+             for data, name in ((b"1,2\n3,4", None), (b"keep me", "grid.csv"), (b"keep", None))]
+    try:
+        sent = builder.build({"rows": [{"heat": cell} for cell in cells]})
+        read_here, kept, unnamed = sent.columns["heat"]
+        assert read_here == {"grid": "1,2\n3,4", "name": "sent file"}
+        assert seen[1] == (b"keep me", "grid.csv")
+        assert Path(kept).suffix == ".csv" and Path(kept).read_bytes() == b"keep me"
+        assert Path(unnamed).suffix == "" and sent.names[unnamed] == "sent file"
+        sent.close()
+    finally:
+        builder.close()
+
+
 def test_every_bad_row_is_a_4xx_naming_row_and_column(server, demo):
     row = request_rows(demo, 1)[0]
     for name, body, status, message, line, column in bad_row_cases(row):
@@ -341,8 +375,8 @@ def test_skip_answers_the_good_rows_and_lists_the_bad(server, demo):
     assert [r["row"] for r in body["rows"]] == [1]
     assert body["skipped"] == [
         {"row": 2, "column": "reading", "message": "row 2, column 'reading': 'abc' is not a number"},
-        {"row": 3, "column": "photo", "message": "row 3, column 'photo': not a PNG, JPEG, TIFF or"
-         " .npy file"}]
+        {"row": 3, "column": "photo", "message": "row 3, column 'photo': image 'sent file' is not"
+         " a PNG, JPEG, TIFF or .npy file (nor BMP, GIF or WebP)"}]
 
 
 def test_metadata_and_openapi_describe_this_model(server, demo):
