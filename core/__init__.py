@@ -49,6 +49,7 @@ _LAZY = {
     "evaluate": "_training.inference",
     "predict": "_training.inference",
     "decode": "_training.inference",
+    "encode": "_training.inference",
     "explain": "_training.explain",
     "read_table": "_data.table",
     "export": "_export",
@@ -98,5 +99,10 @@ if TYPE_CHECKING:  # the names of _LAZY, for type checkers; `X as X` marks a re-
     from ._training.cv import cv as cv
     from ._training.engine import train as train
     from ._training.explain import explain as explain
-    from ._training.inference import decode as decode, evaluate as evaluate, predict as predict
+    from ._training.inference import (
+        decode as decode,
+        encode as encode,
+        evaluate as evaluate,
+        predict as predict,
+    )
     from ._training.tune import tune as tune

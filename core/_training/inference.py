@@ -21,7 +21,7 @@ import torch
 from .._data.binding import Binding, Encoded, presence_labels
 from .._data.codec import RowIssues, State, add_examples
 from .._data.nested import map_tensors
-from .._data.table import Table, iter_table
+from .._data.table import Table, iter_table, read_table
 from .._errors import DataError, ModelFileError, OutputError, did_you_mean
 from .._files import atomic_open, refuse_overwriting_inputs
 from .._output_lock import output_lock
@@ -590,6 +590,23 @@ def _predicted(model: Any, state: State, data: Any, device: torch.device, batch_
                     _plain(v) for v in chunk.columns[c][encoded.positions]]
             columns.update(predicted)
             yield columns
+
+
+def encode(model: Any, data: Any) -> Encoded:
+    """The rows of ``data`` (a table file, a DataFrame, a dict of columns) as a trained model
+    (file or object) takes them: read by its own codecs and fitted preprocessing, as ``predict``
+    reads them, all in one batch. Call the model on it, ``model(batch.inputs, batch.present)``,
+    and :func:`decode` the outputs. ``batch.present`` marks the rows that lack an input the
+    model takes as absent; ``batch.positions`` are the rows held, 0-based. A row that cannot be
+    read is an error naming it, as in ``predict`` without ``on_bad_row="skip"``; targets are
+    not read."""
+    model, source = loaded_model(model)
+    table = read_table(data)
+    chunks = encoded_chunks(table, Binding(model.spec), model_state(model, source), targets=False,
+                            batch_size=max(len(table), 1), on_bad_row="fail", report=RowReport())
+    for _, encoded in chunks:
+        return encoded
+    raise DataError(f"{table.source}: no rows to encode")
 
 
 def decode(model: Any, outputs: Mapping[str, torch.Tensor]) -> dict[str, list[Any]]:

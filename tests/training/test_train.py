@@ -470,16 +470,14 @@ def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
 
 
 def test_decode_turns_raw_outputs_into_what_predict_writes(dataset, tmp_path):
-    from polymodal._data.binding import Binding
-
     spec = spec_data(epochs=1)
     spec["heads"]["score"] = {"type": "regression"}
     polymodal.train(spec, dataset, tmp_path / "m.safetensors", progress=False)
     model = polymodal.load(tmp_path / "m.safetensors").eval()
-    table = read_table(dataset)
-    encoded = Binding(model.spec).encode(table, model.fitted_state, targets=False)
+    batch = polymodal.encode(model, dataset)  # as docs/training.md calls the model itself
+    assert batch.positions.tolist() == list(range(len(read_table(dataset))))
     with torch.no_grad():
-        outputs = model(encoded.inputs)
+        outputs = model(batch.inputs, batch.present)
     decoded = polymodal.decode(model, outputs)
     predicted = polymodal.predict(tmp_path / "m.safetensors", dataset)["columns"]
     assert decoded["label"] == predicted["label"]
@@ -598,3 +596,14 @@ def test_image_augmentation_is_the_image_inputs_own_and_for_training_batches_onl
     unaugmented = Binding(polymodal.load_spec(spec_data()))
     untouched = BatchDataset(table, unaugmented, state, targets=True, augment=True)[item].inputs
     assert torch.equal(untouched["photo"], plain["photo"])
+
+
+def test_encode_names_a_row_it_cannot_read(dataset, tmp_path):
+    polymodal.train(spec_data(epochs=1), dataset, tmp_path / "m.safetensors", progress=False)
+    table = read_table(dataset)
+    columns = {name: list(values) for name, values in table.columns.items()}
+    columns["photo"] = [str(Path(table.base_dir) / p) for p in columns["photo"]]
+    assert len(polymodal.encode(tmp_path / "m.safetensors", columns).positions) == len(table)
+    columns["age"][2] = "abc"
+    with pytest.raises(polymodal.DataError, match=r"row 3, column 'age': 'abc' is not a number"):
+        polymodal.encode(tmp_path / "m.safetensors", columns)
