@@ -93,6 +93,7 @@ def test_modules_and_state_are_as_before_after_the_block():
         assert torch.equal(value, state[key])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # still how ONNX export traces
 def test_gradients_autocast_and_tracing_take_the_usual_path():
     model = Net().eval()
     x = torch.rand(2, 3, 12, 10, requires_grad=True)
