@@ -211,7 +211,8 @@ class Codec(ABC, Generic[ConfigT]):
         (check the size in its header before decoding it), and return a value that pickles (it
         is sent to the model's process). Raise :class:`~polymodal.plugin.DataError` with the
         message a row with this file is refused with (``image 'scan.png' cannot be read``);
-        the server names the row and column. Added in plugin API 2.5. Default: None, for every
+        the server names the row and column. A file of more than 1 MiB is not given here: the
+        server writes it, as one left alone. Added in plugin API 2.5. Default: None, for every
         file, as for a type it leaves alone: the server writes the file to its private folder
         and the cell holds its path."""
         return None

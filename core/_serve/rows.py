@@ -31,6 +31,10 @@ from .limits import BAD_REQUEST, FORBIDDEN, TOO_LARGE, UNPROCESSABLE, ClientErro
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tif"),
                (b"MM\x00*", ".tif"), (b"\x93NUMPY", ".npy"))
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+#: The largest sent file read on arrival (its codec's ``read_sent``), in the HTTP process: a
+#: larger one is written and read in the model process, since decoding it in the event loop
+#: would hold up every request being read meanwhile.
+READ_ON_ARRIVAL_BYTES = 1 << 20
 #: A multipart file part's name: ``COLUMN`` (row 1) or ``COLUMN[ROW]`` (rows from 1).
 PART_NAME = re.compile(r"^(?P<column>.+?)(?:\[(?P<row>\d{1,9})\])?$")
 
@@ -279,7 +283,7 @@ class RowBuilder:
         suffix = _sniffed(data, filename)
         name = filename or (f"sent {suffix} file" if suffix else "sent file")
         read = self.columns.readers.get(column)  # the codec says what it reads, and refuses
-        if read is not None:
+        if read is not None and len(data) <= READ_ON_ARRIVAL_BYTES:
             try:
                 value = read(data, name)
             except PolymodalError as exc:

@@ -295,7 +295,7 @@ def test_a_codec_reads_the_files_sent_to_it_whatever_their_type_or_name():
     import base64
 
     from polymodal._serve.limits import Limits
-    from polymodal._serve.rows import Columns, RowBuilder
+    from polymodal._serve.rows import READ_ON_ARRIVAL_BYTES, Columns, RowBuilder
 
     seen = []
 
@@ -304,15 +304,18 @@ def test_a_codec_reads_the_files_sent_to_it_whatever_their_type_or_name():
         return None if data.startswith(b"keep") else {"grid": data.decode(), "name": name}
 
     builder = RowBuilder(Columns(("heat",), frozenset({"heat"}), {"heat": read}), Limits(), None)
+    large = b"1," * (READ_ON_ARRIVAL_BYTES // 2 + 1)  # read where the model runs, not here
     cells = [{"base64": base64.b64encode(data).decode(), **({"filename": name} if name else {})}
-             for data, name in ((b"1,2\n3,4", None), (b"keep me", "grid.csv"), (b"keep", None))]
+             for data, name in ((b"1,2\n3,4", None), (b"keep me", "grid.csv"), (b"keep", None),
+                                (large, "large.csv"))]
     try:
         sent = builder.build({"rows": [{"heat": cell} for cell in cells]})
-        read_here, kept, unnamed = sent.columns["heat"]
+        read_here, kept, unnamed, written = sent.columns["heat"]
         assert read_here == {"grid": "1,2\n3,4", "name": "sent file"}
-        assert seen[1] == (b"keep me", "grid.csv")
+        assert seen[1] == (b"keep me", "grid.csv") and len(seen) == 3
         assert Path(kept).suffix == ".csv" and Path(kept).read_bytes() == b"keep me"
         assert Path(unnamed).suffix == "" and sent.names[unnamed] == "sent file"
+        assert Path(written).read_bytes() == large and sent.names[written] == "large.csv"
         sent.close()
     finally:
         builder.close()
