@@ -213,6 +213,7 @@ class _Explainer:
                  device: torch.device, tick: Callable[[], None]):
         self.model, self.binding, self.state, self.rows = model, binding, state, rows
         self.batch_size, self.device, self.tick = batch_size, device, tick
+        self.channels_last = channels_last_for(model, device)
         self.passes = 0
 
     @torch.no_grad()
@@ -225,7 +226,7 @@ class _Explainer:
             masks = {n: m[index] for n, m in present.items() if n in self.binding.may_be_absent
                      or not bool(m[index].all())}
             out = self.model(to_device(select(dict(inputs), index), self.device,
-                                       channels_last_for(self.model, self.device)),
+                                       self.channels_last),
                              to_device(masks, self.device) or None)
             for head, value in out.items():
                 gathered.setdefault(head, []).append(value.detach().float().cpu())

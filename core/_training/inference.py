@@ -331,10 +331,10 @@ def score(model: Any, data: Any, *, on_bad_row: str = "fail", device: str = "cpu
     columns: dict[str, list[Any]] = {}
     chunks = encoded_chunks(data, binding, state, targets=True, batch_size=batch_size,
                             on_bad_row=on_bad_row, report=report)
+    channels_last = channels_last_for(model, target)
     with packed_convolutions(model):  # once for every chunk, not once each
         for chunk, encoded in chunks:
-            for _, outputs in _outputs(model, [encoded], target,
-                                       channels_last=channels_last_for(model, target)):
+            for _, outputs in _outputs(model, [encoded], target, channels_last=channels_last):
                 refuse_nonfinite(outputs, chunk.rows[encoded.positions])
                 _add(collected, model, encoded, outputs, target)
                 found = {"row": chunk.rows[encoded.positions].tolist(),
